@@ -1,0 +1,70 @@
+# givt: build the library (libgivt.a), the programs and the tests.
+# The CPU path always builds; CUDA kernels build when nvcc is found; MPI when mpicc is found.
+#   make            library + programs        make test      build and run every test
+#   make clean      remove build outputs      make install   PREFIX=/usr/local
+#   make cuda       compile the CUDA sources (sm_90 + PTX) when nvcc is found
+
+PREFIX  ?= /usr/local
+BUILD   ?= build
+CC      ?= cc
+ARCH    ?= -march=native
+OPT     ?= -O3
+CFLAGS  ?= $(OPT) $(ARCH) -g
+CFLAGS  += -std=c11 -Wall -Wextra -Werror -fopenmp -MMD -MP -Icsrc
+LDLIBS  += -fopenmp -lm
+
+# BLAS: OpenBLAS via pkg-config; Debian's OpenMP build is preferred when installed (one thread pool
+# shared with our own OpenMP loops), found beside the default .pc file rather than by a fixed path.
+PKG_CONFIG ?= pkg-config
+OPENBLAS_PCDIR := $(shell $(PKG_CONFIG) --variable=pcfiledir openblas 2>/dev/null)
+OPENBLAS_PC := $(or $(wildcard $(OPENBLAS_PCDIR)/../openblas-openmp/pkgconfig/openblas.pc),openblas)
+ifeq ($(shell $(PKG_CONFIG) --exists $(OPENBLAS_PC) && echo yes),yes)
+  CFLAGS += $(shell $(PKG_CONFIG) --cflags $(OPENBLAS_PC))
+  BLAS_LIBDIR := $(shell $(PKG_CONFIG) --variable=libdir $(OPENBLAS_PC))
+  LDLIBS += $(shell $(PKG_CONFIG) --libs $(OPENBLAS_PC)) $(if $(BLAS_LIBDIR),-Wl$(comma)-rpath$(comma)$(BLAS_LIBDIR))
+else
+  LDLIBS += -lopenblas
+endif
+comma := ,
+
+NVCC ?= $(shell command -v nvcc 2>/dev/null)
+MPICC ?= $(shell command -v mpicc 2>/dev/null)
+
+LIB_SRCS  := $(filter-out csrc/programs/%,$(wildcard csrc/*.c))
+LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+LIB       := $(BUILD)/libgivt.a
+PROGRAMS  := givt-eval
+TEST_SRCS := $(wildcard tests/*.c)
+TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)
+TEST_BIN  := $(BUILD)/run_tests
+
+.PHONY: all test clean install cuda
+all: $(LIB) $(PROGRAMS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJS)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+givt-%: $(BUILD)/csrc/programs/givt_%.o $(LIB)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(TEST_BIN): $(TEST_OBJS) $(LIB)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+test: $(TEST_BIN) $(PROGRAMS)
+	$(TEST_BIN) $(TEST_FILTER)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/givt
+	install -m 755 $(PROGRAMS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 csrc/*.h $(DESTDIR)$(PREFIX)/include/givt/
+
+clean:
+	rm -rf $(BUILD) $(PROGRAMS)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

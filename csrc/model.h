@@ -1,0 +1,110 @@
+// model: the GIVT model of shared/GIVT.md: configuration, the parameter table, and the forward and
+// backward passes written once over the backend op table (ops.h).
+#ifndef GIVT_MODEL_H
+#define GIVT_MODEL_H
+
+#include <stddef.h>
+
+#include "ops.h"
+#include "util.h"
+
+// The model's configuration (the seed's GIVTConfig; keys and defaults as in GIVT.md).
+typedef struct {
+    int input_dim;         // D
+    int hidden_dim;        // C
+    int intermediate_dim;  // F
+    int num_heads;         // H
+    int num_layers;        // L
+    int block_size;        // longest sequence
+    double eps;            // added to the std; clamp of the variance in the loss
+    double rope_base;
+    double rope_rotary_percentage;
+    double rope_condense_ratio;
+} GivtConfig;
+
+void givt_config_default(GivtConfig *cfg);
+// Checks ranges and consistency; on failure records a message naming the key.
+int givt_config_validate(const GivtConfig *cfg);
+int givt_config_head_dim(const GivtConfig *cfg);     // hd = C / H
+int givt_config_rope_n_elem(const GivtConfig *cfg);  // int(pct * hd), as Python's int()
+
+// ---- the parameter table ------------------------------------------------------------------
+typedef enum { INIT_ZEROS, INIT_ONES, INIT_XAVIER_UNIFORM, INIT_NORMAL_002 } ParamInit;
+
+typedef struct {
+    char name[64];     // the seed's state_dict name, e.g. "model.blocks.0.attn.qkv_proj.weight"
+    int ndim;          // 1 or 2
+    int shape[2];      // PyTorch order: [out, in] for Linear weights
+    ParamInit init;
+    int weight_decay;  // 1 for tensors with more than one dimension (AdamW decay group)
+    size_t offset;     // in floats, into the one flat parameter buffer
+    size_t numel;
+} ParamSpec;
+
+// Per-layer tensors, in table order. fc1 and fc2 are adjacent so that together they form one
+// [2F, C] matrix for a single matmul.
+enum {
+    P_ATTN_NORM,
+    P_QKV,
+    P_O_PROJ,
+    P_MLP_NORM,
+    P_FC1,
+    P_FC2,
+    P_FC3,
+    P_PER_LAYER
+};
+
+typedef struct {
+    ParamSpec *specs;
+    int count;
+    size_t total;  // floats
+    // indices into specs of the non-layer tensors
+    int embed, bos, norm, head;
+    int layer0;  // index of layer 0's first tensor; layer l tensor k is layer0 + l*P_PER_LAYER + k
+} ParamTable;
+
+void param_table_build(ParamTable *pt, const GivtConfig *cfg);
+void param_table_free(ParamTable *pt);
+int param_table_find(const ParamTable *pt, const char *name);  // -1 if absent
+// Fills params (host, pt->total floats) with the table's initialisation, from rng.
+void param_table_init(const ParamTable *pt, float *params, Rng *rng);
+
+// ---- the model ----------------------------------------------------------------------------
+typedef struct GivtActs GivtActs;
+
+typedef struct {
+    GivtConfig cfg;
+    ParamTable table;
+    const GivtOps *ops;
+    float *params;  // backend memory, table.total floats
+    float *grads;   // backend memory, table.total floats (NULL until model_alloc_grads)
+    GivtActs *acts; // sized for (max_B, max_T)
+    int max_B, max_T, training;
+    float *rope_cos, *rope_sin;  // (block_size, n_elem), backend memory
+} GivtModel;
+
+// Creates a model with parameters initialised from seed (or left for loading when seed < 0).
+int model_create(GivtModel *m, const GivtConfig *cfg, const GivtOps *ops);
+void model_free(GivtModel *m);
+void model_init_params(GivtModel *m, Rng *rng);
+// Sizes activation memory once for batches up to (max_B, max_T); training keeps what backward needs.
+void model_alloc_acts(GivtModel *m, int max_B, int max_T, int training);
+void model_alloc_grads(GivtModel *m);
+void model_zero_grads(GivtModel *m);
+
+typedef struct {
+    double loss;      // mean Gaussian NLL over B*T*D elements, without the constant (seed's loss)
+    double loss_sum;  // sum over elements, without the constant
+    long count;       // B*T*D
+} ModelLoss;
+
+// x: (B, T, D) targets in backend memory. Runs the forward pass and the loss.
+// full adds 0.5*log(2*pi) per element to loss (not to loss_sum).
+ModelLoss model_forward(GivtModel *m, const float *x, int B, int T, int full);
+// Backward of the last model_forward (training mode); gradients accumulate into m->grads,
+// scaled so that they are those of the mean loss times loss_scale.
+void model_backward(GivtModel *m, float loss_scale);
+// Host copies of the last forward's outputs mu, std (B, T, D) each; dst must hold B*T*D floats.
+void model_get_mu_std(GivtModel *m, float *mu, float *std_out);
+
+#endif

@@ -1,0 +1,245 @@
+// util: error reporting, checked allocation and I/O, atomic file writes, number conversions.
+#define _GNU_SOURCE
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static _Thread_local char g_err[1024];
+
+int givt_fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+const char *givt_last_error(void) { return g_err[0] ? g_err : "unknown error"; }
+
+void givt_die_at(const char *file, int line, const char *fmt, ...) {
+    fprintf(stderr, "givt: %s:%d: ", file, line);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(1);
+}
+
+void *xmalloc_at(size_t n, const char *file, int line) {
+    void *p = malloc(n ? n : 1);
+    if (!p) givt_die_at(file, line, "out of memory allocating %zu bytes", n);
+    return p;
+}
+
+void *xcalloc_at(size_t count, size_t size, const char *file, int line) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) givt_die_at(file, line, "out of memory allocating %zu x %zu bytes", count, size);
+    return p;
+}
+
+char *read_file_text(const char *path, size_t *len_out) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp) {
+        givt_fail("%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 4096, len = 0;
+    char *buf = xmalloc(cap);
+    size_t got;
+    while ((got = fread(buf + len, 1, cap - len - 1, fp)) > 0) {
+        len += got;
+        if (cap - len - 1 == 0) {
+            cap *= 2;
+            char *nb = realloc(buf, cap);
+            if (!nb) givt_die("out of memory reading %s", path);
+            buf = nb;
+        }
+    }
+    int err = ferror(fp);
+    fclose(fp);
+    if (err) {
+        free(buf);
+        givt_fail("%s: read error", path);
+        return NULL;
+    }
+    buf[len] = '\0';
+    if (len_out) *len_out = len;
+    return buf;
+}
+
+int path_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+int fsync_dir_of(const char *path) {
+    char *copy = strdup(path);
+    if (!copy) givt_die("out of memory");
+    const char *dir = dirname(copy);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) {
+        int rc = givt_fail("%s: cannot open directory to fsync: %s", dir, strerror(errno));
+        free(copy);
+        return rc;
+    }
+    int rc = 0;
+    if (fsync(fd) != 0 && errno != EINVAL) rc = givt_fail("%s: fsync failed: %s", dir, strerror(errno));
+    close(fd);
+    free(copy);
+    return rc;
+}
+
+int atomic_open(AtomicFile *af, const char *path) {
+    memset(af, 0, sizeof *af);
+    af->final_path = strdup(path);
+    size_t n = strlen(path) + 32;
+    af->tmp_path = malloc(n);
+    if (!af->final_path || !af->tmp_path) givt_die("out of memory");
+    snprintf(af->tmp_path, n, "%s.tmp.%ld", path, (long)getpid());
+    af->fp = fopen(af->tmp_path, "wb");
+    if (!af->fp) {
+        int rc = givt_fail("%s: cannot create: %s", af->tmp_path, strerror(errno));
+        free(af->final_path);
+        free(af->tmp_path);
+        af->final_path = af->tmp_path = NULL;
+        return rc;
+    }
+    return 0;
+}
+
+int atomic_write(AtomicFile *af, const void *data, size_t n) {
+    if (af->failed) return -1;
+    if (n && fwrite(data, 1, n, af->fp) != n) {
+        af->failed = 1;
+        return givt_fail("%s: write failed: %s", af->tmp_path, strerror(errno));
+    }
+    return 0;
+}
+
+static void atomic_free(AtomicFile *af) {
+    free(af->final_path);
+    free(af->tmp_path);
+    af->final_path = af->tmp_path = NULL;
+    af->fp = NULL;
+}
+
+void atomic_abort(AtomicFile *af) {
+    if (af->fp) fclose(af->fp);
+    if (af->tmp_path) unlink(af->tmp_path);
+    atomic_free(af);
+}
+
+int atomic_commit(AtomicFile *af) {
+    int rc = af->failed ? -1 : 0;
+    if (rc == 0 && fflush(af->fp) != 0) rc = givt_fail("%s: flush failed: %s", af->tmp_path, strerror(errno));
+    if (rc == 0 && fsync(fileno(af->fp)) != 0)
+        rc = givt_fail("%s: fsync failed: %s", af->tmp_path, strerror(errno));
+    if (fclose(af->fp) != 0 && rc == 0) rc = givt_fail("%s: close failed: %s", af->tmp_path, strerror(errno));
+    af->fp = NULL;
+    if (rc == 0 && rename(af->tmp_path, af->final_path) != 0)
+        rc = givt_fail("%s: rename to %s failed: %s", af->tmp_path, af->final_path, strerror(errno));
+    if (rc == 0) rc = fsync_dir_of(af->final_path);
+    if (rc != 0) unlink(af->tmp_path);
+    atomic_free(af);
+    return rc;
+}
+
+// ---- float16 / bfloat16 -------------------------------------------------------------------
+static inline uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static inline float bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+    if (exp == 0x1f) return bits_f32(sign | 0x7f800000u | (mant << 13));  // inf / nan
+    if (exp == 0) {
+        if (mant == 0) return bits_f32(sign);
+        float v = ldexpf((float)mant, -24);  // subnormal
+        return sign ? -v : v;
+    }
+    return bits_f32(sign | ((exp + 112) << 23) | (mant << 13));
+}
+
+uint16_t f32_to_f16(float f) {
+    uint32_t u = f32_bits(f);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+    uint32_t a = u & 0x7fffffffu;
+    if (a >= 0x7f800000u) return sign | 0x7c00 | (a > 0x7f800000u ? 0x200 : 0);  // inf / nan
+    if (a >= 0x477ff000u) return sign | 0x7c00;                                  // overflow
+    if (a < 0x38800000u) {                                                       // subnormal or 0
+        float v = bits_f32(a) * 16777216.0f;  // scale by 2^24: exact
+        return sign | (uint16_t)lrintf(v);    // lrintf rounds to nearest even
+    }
+    uint32_t mant = a & 0x7fffff, exp = (a >> 23) - 112;
+    uint32_t r = (exp << 10) | (mant >> 13);
+    uint32_t rem = mant & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (r & 1))) r++;
+    return sign | (uint16_t)r;
+}
+
+float bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+
+uint16_t f32_to_bf16(float f) {
+    uint32_t u = f32_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // quiet nan
+    u += 0x7fff + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+// ---- rng ----------------------------------------------------------------------------------
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void rng_seed(Rng *r, uint64_t seed) {
+    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
+}
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t rng_next(Rng *r) {
+    uint64_t *s = r->s;
+    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+double rng_uniform(Rng *r) { return (double)(rng_next(r) >> 11) * 0x1.0p-53; }
+
+double rng_normal(Rng *r) {
+    double u1 = rng_uniform(r), u2 = rng_uniform(r);
+    if (u1 < 1e-300) u1 = 1e-300;
+    return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
+}
+
+double time_now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}

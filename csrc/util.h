@@ -1,0 +1,60 @@
+// util: error reporting, checked allocation and I/O, atomic file writes, float16/bfloat16 conversions.
+#ifndef GIVT_UTIL_H
+#define GIVT_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+// ---- errors -------------------------------------------------------------------------------
+// Library functions that can fail on user input return 0 on success and -1 on failure, after
+// recording a one-line message that names the thing to fix; programs print it and exit(1).
+int givt_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+const char *givt_last_error(void);
+// For internal invariants and out-of-memory: print "file:line: message" and exit(1).
+void givt_die_at(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4), noreturn));
+#define givt_die(...) givt_die_at(__FILE__, __LINE__, __VA_ARGS__)
+
+// ---- memory -------------------------------------------------------------------------------
+void *xmalloc_at(size_t n, const char *file, int line);
+void *xcalloc_at(size_t count, size_t size, const char *file, int line);
+#define xmalloc(n) xmalloc_at((n), __FILE__, __LINE__)
+#define xcalloc(c, s) xcalloc_at((c), (s), __FILE__, __LINE__)
+
+// ---- files --------------------------------------------------------------------------------
+// Reads a whole file into a NUL-terminated buffer; NULL (with givt_fail) on error.
+char *read_file_text(const char *path, size_t *len_out);
+// Atomic write: data goes to "path.tmp.<pid>", is flushed and fsync'd, then renamed over path,
+// and the directory is fsync'd. A crash leaves either the old file or the new one, never half.
+typedef struct {
+    FILE *fp;
+    char *final_path;
+    char *tmp_path;
+    int failed;
+} AtomicFile;
+int atomic_open(AtomicFile *af, const char *path);
+int atomic_write(AtomicFile *af, const void *data, size_t n);
+int atomic_commit(AtomicFile *af);  // flush, fsync, rename; frees af
+void atomic_abort(AtomicFile *af);  // removes the temporary file; frees af
+int fsync_dir_of(const char *path);
+int path_exists(const char *path);
+
+// ---- number formats -----------------------------------------------------------------------
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);   // round to nearest even
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_bf16(float f);  // round to nearest even
+
+// ---- random numbers (deterministic, portable) ----------------------------------------------
+typedef struct {
+    uint64_t s[4];
+} Rng;  // xoshiro256**
+void rng_seed(Rng *r, uint64_t seed);
+uint64_t rng_next(Rng *r);
+double rng_uniform(Rng *r);  // [0, 1)
+double rng_normal(Rng *r);   // standard normal (Box-Muller, no cached second value)
+
+double time_now_s(void);
+
+#endif
