@@ -33,7 +33,7 @@ MPICC ?= $(shell command -v mpicc 2>/dev/null)
 LIB_SRCS  := $(filter-out csrc/programs/%,$(wildcard csrc/*.c))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 LIB       := $(BUILD)/libgivt.a
-PROGRAMS  := givt-eval
+PROGRAMS  := givt-eval givt-train givt-prepare-digits
 TEST_SRCS := $(wildcard tests/*.c)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)
 TEST_BIN  := $(BUILD)/run_tests
@@ -49,7 +49,9 @@ $(LIB): $(LIB_OBJS)
 	@rm -f $@
 	$(AR) rcs $@ $^
 
-givt-%: $(BUILD)/csrc/programs/givt_%.o $(LIB)
+# program givt-foo-bar is built from csrc/programs/givt_foo_bar.c
+.SECONDEXPANSION:
+$(PROGRAMS): $$(BUILD)/csrc/programs/$$(subst -,_,$$@).o $(LIB)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
 $(TEST_BIN): $(TEST_OBJS) $(LIB)

@@ -83,7 +83,7 @@ typedef struct {
     float *rope_cos, *rope_sin;  // (block_size, n_elem), backend memory
 } GivtModel;
 
-// Creates a model with parameters initialised from seed (or left for loading when seed < 0).
+// Creates a model whose parameters are zero until model_init_params or a load fills them.
 int model_create(GivtModel *m, const GivtConfig *cfg, const GivtOps *ops);
 void model_free(GivtModel *m);
 void model_init_params(GivtModel *m, Rng *rng);

@@ -15,11 +15,11 @@ typedef struct GivtOps {
     void (*download)(void *host_dst, const void *src, size_t bytes);
     void (*zero)(void *p, size_t bytes);
 
-    // out (N, O) = inp (N, I) @ w^T, w (O, I)
-    void (*matmul_fwd)(float *out, const float *inp, const float *w, int N, int I, int O);
-    // dinp (N, I) = dout (N, O) @ w (dinp may be NULL); dw (O, I) += dout^T @ inp
+    // out (N, M) = inp (N, K) @ w^T, w (M, K)
+    void (*matmul_fwd)(float *out, const float *inp, const float *w, int N, int K, int M);
+    // dinp (N, K) = dout (N, M) @ w (dinp may be NULL); dw (M, K) += dout^T @ inp
     void (*matmul_bwd)(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
-                       int N, int I, int O);
+                       int N, int K, int M);
 
     // out (N, C) = inp * rsqrt(mean(inp^2) + 1e-5) * w; rstd (N) saved for backward
     void (*rmsnorm_fwd)(float *out, float *rstd, const float *inp, const float *w, int N, int C);
@@ -60,8 +60,15 @@ typedef struct GivtOps {
     double (*gaussian_nll)(float *dy, const float *y, const float *x, int N, int D, double eps,
                            float scale);
 
-    // Sum of squares of n floats (double accumulation), for gradient norms.
+    // Sum of squares of n floats (double accumulation, fixed order), for gradient norms.
     double (*sumsq)(const float *p, size_t n);
+
+    // AdamW (PyTorch's formula) on n floats; g is multiplied by grad_scale first (clipping).
+    // t is the 1-based update count for the bias corrections.
+    void (*adamw)(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
+                  float eps, float weight_decay, float grad_scale, int t);
+    // ema = decay * ema + (1 - decay) * p, on n floats
+    void (*ema_update)(float *ema, const float *p, size_t n, float decay);
 } GivtOps;
 
 const GivtOps *ops_cpu(void);

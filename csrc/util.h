@@ -57,4 +57,6 @@ double rng_normal(Rng *r);   // standard normal (Box-Muller, no cached second va
 
 double time_now_s(void);
 
+#define GIVT_LOG_2PI 1.8378770664093454836  // log(2*pi)
+
 #endif

@@ -9,7 +9,9 @@
 
 typedef void (*test_fn)(void);
 void t_register(const char *name, test_fn fn, const char *file);
-void t_fail_at(const char *file, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+// Records a failure: "CHECK(cond)" (cond may be NULL) followed by the formatted message.
+void t_fail_at(const char *file, int line, const char *cond, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 void t_skip(const char *reason);  // marks the running test skipped; return from the test after it
 int t_failed(void);               // has the running test failed so far?
 
@@ -20,9 +22,10 @@ int t_failed(void);               // has the running test failed so far?
     }                                                                               \
     static void name(void)
 
+// CHECK(cond) or CHECK(cond, "format", args...): the optional message follows the condition's text.
 #define CHECK(cond, ...)                                                            \
     do {                                                                            \
-        if (!(cond)) t_fail_at(__FILE__, __LINE__, "CHECK(" #cond ") " __VA_ARGS__); \
+        if (!(cond)) t_fail_at(__FILE__, __LINE__, #cond, " " __VA_ARGS__);          \
     } while (0)
 
 // |got - want| <= tol * max(1, |want|)
@@ -30,7 +33,7 @@ int t_failed(void);               // has the running test failed so far?
     do {                                                                                         \
         double g_ = (got), w_ = (want), t_ = (tol);                                              \
         if (!(fabs(g_ - w_) <= t_ * fmax(1.0, fabs(w_))))                                       \
-            t_fail_at(__FILE__, __LINE__, "%s = %.10g, want %s = %.10g (tol %g)", #got, g_, #want, \
+            t_fail_at(__FILE__, __LINE__, NULL, "%s = %.10g, want %s = %.10g (tol %g)", #got, g_, #want, \
                       w_, t_);                                                                   \
     } while (0)
 

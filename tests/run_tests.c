@@ -24,9 +24,10 @@ void t_register(const char *name, test_fn fn, const char *file) {
     g_tests[g_ntests++] = (TestEntry){name, file, fn};
 }
 
-void t_fail_at(const char *file, int line, const char *fmt, ...) {
+void t_fail_at(const char *file, int line, const char *cond, const char *fmt, ...) {
     if (g_cur_failed < 20) {
         fprintf(stderr, "  FAIL %s (%s:%d): ", g_cur_name, file, line);
+        if (cond) fprintf(stderr, "CHECK(%s)", cond);
         va_list ap;
         va_start(ap, fmt);
         vfprintf(stderr, fmt, ap);

@@ -1,0 +1,493 @@
+// data: windows of seq_len vectors from memory-mapped .npy files or seeded noise; split, shuffling,
+// batches with a resumable position; the digits conversion.
+#define _GNU_SOURCE
+#include "data.h"
+
+#include <errno.h>
+#include <glob.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+// Salts that separate the random streams derived from the one seed.
+enum { SALT_SPLIT = 1, SALT_SHUFFLE = 2, SALT_DUMMY = 3 };
+
+static uint64_t mix64(uint64_t z) {
+    z ^= z >> 30;
+    z *= 0xbf58476d1ce4e5b9ull;
+    z ^= z >> 27;
+    z *= 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+// A 64-bit hash of (seed, salt, index): seeds the Rng of one permutation or one dummy sequence.
+static uint64_t hash3(uint64_t seed, uint64_t salt, uint64_t index) {
+    uint64_t h = mix64(seed + 0x9e3779b97f4a7c15ull);
+    h = mix64(h ^ (salt * 0xd1b54a32d192ed03ull));
+    return mix64(h ^ (index + 0x8cb92ba72f3d8dd7ull));
+}
+
+// Uniform integer in [0, bound), without modulo bias.
+static uint64_t rng_below(Rng *r, uint64_t bound) {
+    uint64_t threshold = (0 - bound) % bound;
+    for (;;) {
+        uint64_t x = rng_next(r);
+        if (x >= threshold) return x % bound;
+    }
+}
+
+void data_config_default(DataConfig *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->kind = DATA_DUMMY;
+    cfg->seq_len = 512;
+    cfg->input_dim = 16;
+    cfg->dummy_count = 10000;
+    cfg->seed = 0;
+    cfg->val_size = 0;
+    cfg->rank = 0;
+    cfg->world_size = 1;
+}
+
+// ---- file list ------------------------------------------------------------------------------
+typedef struct {
+    char **v;
+    int n, cap;
+} StrList;
+
+static void sl_push(StrList *l, const char *s) {
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 8;
+        char **nv = realloc(l->v, (size_t)l->cap * sizeof *nv);
+        if (!nv) givt_die("out of memory");
+        l->v = nv;
+    }
+    l->v[l->n] = strdup(s);
+    if (!l->v[l->n]) givt_die("out of memory");
+    l->n++;
+}
+
+static void sl_free(StrList *l) {
+    for (int i = 0; i < l->n; i++) free(l->v[i]);
+    free(l->v);
+    memset(l, 0, sizeof *l);
+}
+
+// "a.npy,dir/*.npy" -> the files, each glob pattern's matches sorted.
+static int expand_paths(const char *spec, StrList *out) {
+    char *copy = strdup(spec);
+    if (!copy) givt_die("out of memory");
+    int rc = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(copy, ",", &save); tok && rc == 0; tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ' || *tok == '\t') tok++;
+        char *e = tok + strlen(tok);
+        while (e > tok && (e[-1] == ' ' || e[-1] == '\t')) *--e = '\0';
+        if (!*tok) continue;
+        if (strpbrk(tok, "*?[")) {
+            glob_t g;
+            int gr = glob(tok, GLOB_ERR, NULL, &g);
+            if (gr == GLOB_NOMATCH) rc = givt_fail("%s: no files match this pattern", tok);
+            else if (gr != 0) rc = givt_fail("%s: glob failed (%s)", tok, gr == GLOB_ABORTED ? "read error" : "out of memory");
+            else
+                for (size_t i = 0; i < g.gl_pathc; i++) sl_push(out, g.gl_pathv[i]);
+            if (gr == 0 || gr == GLOB_NOMATCH) globfree(&g);
+        } else {
+            sl_push(out, tok);
+        }
+    }
+    free(copy);
+    if (rc == 0 && out->n == 0) rc = givt_fail("data path \"%s\" names no files", spec);
+    return rc;
+}
+
+// ---- open / close ---------------------------------------------------------------------------
+static int open_files(Dataset *ds) {
+    StrList paths = {0};
+    if (expand_paths(ds->cfg.path, &paths)) {
+        sl_free(&paths);
+        return -1;
+    }
+    ds->files = xcalloc((size_t)paths.n, sizeof *ds->files);
+    ds->file_win0 = xcalloc((size_t)paths.n + 1, sizeof *ds->file_win0);
+    int rc = 0;
+    for (int i = 0; i < paths.n && rc == 0; i++) {
+        NpyFile *f = &ds->files[i];
+        if (npy_open(f, paths.v[i])) {
+            rc = -1;
+            break;
+        }
+        ds->nfiles = i + 1;
+        int64_t D = f->ndim == 3 ? f->shape[2] : f->shape[1];
+        if (D != ds->cfg.input_dim) {
+            rc = givt_fail("%s: vectors have D = %lld but input_dim is %d", f->path, (long long)D,
+                           ds->cfg.input_dim);
+            break;
+        }
+        if (ds->cfg.seq_len == 0) {  // take T from the first file
+            if (f->ndim != 3) {
+                rc = givt_fail("%s: seq_len 0 (the files' own T) needs an (N, T, D) file", f->path);
+                break;
+            }
+            if (f->shape[1] < 1 || f->shape[1] > 1 << 30) {
+                rc = givt_fail("%s: T = %lld is not a usable sequence length", f->path, (long long)f->shape[1]);
+                break;
+            }
+            ds->cfg.seq_len = (int)f->shape[1];
+        }
+        int64_t L = ds->cfg.seq_len, w;
+        if (f->ndim == 3) {
+            if (f->shape[1] < L) {
+                rc = givt_fail("%s: sequences have T = %lld, shorter than seq_len = %lld", f->path,
+                               (long long)f->shape[1], (long long)L);
+                break;
+            }
+            w = f->shape[0] * (f->shape[1] / L);
+        } else {
+            if (f->shape[0] < L) {
+                rc = givt_fail("%s: the (M, D) stream has M = %lld vectors, fewer than seq_len = %lld", f->path,
+                               (long long)f->shape[0], (long long)L);
+                break;
+            }
+            w = f->shape[0] / L;
+        }
+        ds->file_win0[i + 1] = ds->file_win0[i] + w;
+    }
+    if (rc == 0) ds->num_windows = ds->file_win0[ds->nfiles];
+    sl_free(&paths);
+    return rc;
+}
+
+static int make_split(Dataset *ds) {
+    int64_t n = ds->num_windows, nv = ds->cfg.val_size;
+    if (nv >= n)
+        return givt_fail("val_size = %lld but the data have %lld windows (need val_size < windows)", (long long)nv,
+                         (long long)n);
+    // The first nv entries of a forward Fisher-Yates permutation of all windows are validation.
+    int64_t *a = xmalloc((size_t)n * sizeof *a);
+    for (int64_t i = 0; i < n; i++) a[i] = i;
+    Rng r;
+    rng_seed(&r, hash3(ds->cfg.seed, SALT_SPLIT, 0));
+    for (int64_t i = 0; i < nv; i++) {
+        int64_t j = i + (int64_t)rng_below(&r, (uint64_t)(n - i));
+        int64_t t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+    }
+    unsigned char *is_val = xcalloc((size_t)n, 1);
+    for (int64_t i = 0; i < nv; i++) is_val[a[i]] = 1;
+    free(a);
+    ds->num_val = nv;
+    ds->num_train = n - nv;
+    ds->val_ids = xmalloc((size_t)(nv ? nv : 1) * sizeof *ds->val_ids);
+    ds->train_ids = xmalloc((size_t)ds->num_train * sizeof *ds->train_ids);
+    int64_t kv = 0, kt = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (is_val[i]) ds->val_ids[kv++] = i;
+        else ds->train_ids[kt++] = i;
+    }
+    free(is_val);
+    return 0;
+}
+
+int data_open(Dataset *ds, const DataConfig *cfg) {
+    memset(ds, 0, sizeof *ds);
+    ds->cfg = *cfg;
+    ds->cfg.path = NULL;
+    ds->perm_epoch = -1;
+    if (cfg->input_dim < 1) return givt_fail("input_dim = %d: must be at least 1", cfg->input_dim);
+    if (cfg->seq_len < 0 || (cfg->seq_len == 0 && cfg->kind != DATA_NPY))
+        return givt_fail("seq_len = %d: must be at least 1", cfg->seq_len);
+    if (cfg->world_size < 1 || cfg->rank < 0 || cfg->rank >= cfg->world_size)
+        return givt_fail("rank %d of world_size %d: need 0 <= rank < world_size", cfg->rank, cfg->world_size);
+    if (cfg->val_size < 0) return givt_fail("val_size = %lld: must be >= 0", (long long)cfg->val_size);
+    if (cfg->kind == DATA_NPY) {
+        if (!cfg->path || !*cfg->path) return givt_fail("data kind npy needs a path");
+        ds->cfg.path = strdup(cfg->path);
+        if (!ds->cfg.path) givt_die("out of memory");
+        if (open_files(ds)) {
+            data_close(ds);
+            return -1;
+        }
+    } else if (cfg->kind == DATA_DUMMY) {
+        if (cfg->dummy_count < 1)
+            return givt_fail("dummy data: count = %lld: must be at least 1", (long long)cfg->dummy_count);
+        ds->num_windows = cfg->dummy_count;
+    } else {
+        return givt_fail("unknown data kind %d", (int)cfg->kind);
+    }
+    if (ds->num_windows < 1) {
+        int rc = givt_fail("%s: the data hold no windows of seq_len = %d", cfg->path, ds->cfg.seq_len);
+        data_close(ds);
+        return rc;
+    }
+    if (make_split(ds)) {
+        data_close(ds);
+        return -1;
+    }
+    ds->perm = xmalloc((size_t)ds->num_train * sizeof *ds->perm);
+    return 0;
+}
+
+void data_close(Dataset *ds) {
+    for (int i = 0; i < ds->nfiles; i++) npy_close(&ds->files[i]);
+    free(ds->files);
+    free(ds->file_win0);
+    free(ds->train_ids);
+    free(ds->val_ids);
+    free(ds->perm);
+    free((char *)ds->cfg.path);
+    memset(ds, 0, sizeof *ds);
+}
+
+int data_seq_len(const Dataset *ds) { return ds->cfg.seq_len; }
+int64_t data_num_windows(const Dataset *ds) { return ds->num_windows; }
+int64_t data_num_train(const Dataset *ds) { return ds->num_train; }
+int64_t data_num_val(const Dataset *ds) { return ds->num_val; }
+
+// ---- windows --------------------------------------------------------------------------------
+// File of window id (binary search over file_win0) and the flat element offset of its first value.
+static int locate(const Dataset *ds, int64_t id, int64_t *flat) {
+    int lo = 0, hi = ds->nfiles - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (ds->file_win0[mid] <= id) lo = mid;
+        else hi = mid - 1;
+    }
+    const NpyFile *f = &ds->files[lo];
+    int64_t w = id - ds->file_win0[lo], L = ds->cfg.seq_len, D = ds->cfg.input_dim;
+    if (f->ndim == 3) {
+        int64_t per = f->shape[1] / L;
+        *flat = ((w / per) * f->shape[1] + (w % per) * L) * D;
+    } else {
+        *flat = w * L * D;
+    }
+    return lo;
+}
+
+void data_window_origin(const Dataset *ds, int64_t id, int *file, int64_t *n, int64_t *t) {
+    if (ds->cfg.kind == DATA_DUMMY) {
+        *file = 0;
+        *n = id;
+        *t = 0;
+        return;
+    }
+    int64_t flat, idx[3];
+    int fi = locate(ds, id, &flat);
+    npy_unravel(&ds->files[fi], flat, idx);
+    *file = fi;
+    *n = idx[0];
+    *t = ds->files[fi].ndim == 3 ? idx[1] : 0;
+}
+
+int data_read_window(Dataset *ds, int64_t id, float *dst) {
+    int64_t L = ds->cfg.seq_len, D = ds->cfg.input_dim, count = L * D;
+    if (id < 0 || id >= ds->num_windows)
+        return givt_fail("window %lld out of range (%lld windows)", (long long)id, (long long)ds->num_windows);
+    if (ds->cfg.kind == DATA_DUMMY) {
+        Rng r;
+        rng_seed(&r, hash3(ds->cfg.seed, SALT_DUMMY, (uint64_t)id));
+        for (int64_t i = 0; i < count; i++) dst[i] = (float)rng_normal(&r);
+        return 0;
+    }
+    int64_t flat;
+    const NpyFile *f = &ds->files[locate(ds, id, &flat)];
+    if (npy_read_f32(f, flat, count, dst)) return -1;
+    for (int64_t i = 0; i < count; i++) {
+        if (!isfinite(dst[i])) {
+            char ib[96];
+            npy_format_index(f, flat + i, ib, sizeof ib);
+            return givt_fail("%s: non-finite value (%s) at index %s", f->path, isnan(dst[i]) ? "nan" : dst[i] > 0 ? "inf" : "-inf", ib);
+        }
+    }
+    return 0;
+}
+
+// ---- training stream ------------------------------------------------------------------------
+static const int64_t *perm_of_epoch(Dataset *ds, int64_t epoch) {
+    if (ds->perm_epoch != epoch) {
+        int64_t n = ds->num_train, *p = ds->perm;
+        for (int64_t i = 0; i < n; i++) p[i] = i;
+        Rng r;
+        rng_seed(&r, hash3(ds->cfg.seed, SALT_SHUFFLE, (uint64_t)epoch));
+        for (int64_t i = n - 1; i > 0; i--) {
+            int64_t j = (int64_t)rng_below(&r, (uint64_t)i + 1);
+            int64_t t = p[i];
+            p[i] = p[j];
+            p[j] = t;
+        }
+        ds->perm_epoch = epoch;
+    }
+    return ds->perm;
+}
+
+static DataPos pos_advance(DataPos p, int64_t k, int64_t n) {
+    p.index += k;
+    p.epoch += p.index / n;
+    p.index %= n;
+    return p;
+}
+
+int data_next_batch(Dataset *ds, int B, float *buf) {
+    if (B < 1) return givt_fail("batch size %d: must be at least 1", B);
+    size_t stride = (size_t)ds->cfg.seq_len * (size_t)ds->cfg.input_dim;
+    DataPos p = pos_advance(ds->pos, (int64_t)ds->cfg.rank * B, ds->num_train);
+    for (int b = 0; b < B; b++) {
+        const int64_t *perm = perm_of_epoch(ds, p.epoch);
+        if (data_read_window(ds, ds->train_ids[perm[p.index]], buf + (size_t)b * stride)) return -1;
+        p = pos_advance(p, 1, ds->num_train);
+    }
+    ds->pos = pos_advance(ds->pos, (int64_t)ds->cfg.world_size * B, ds->num_train);
+    return 0;
+}
+
+DataPos data_get_pos(const Dataset *ds) { return ds->pos; }
+
+int data_set_pos(Dataset *ds, DataPos pos) {
+    if (pos.epoch < 0 || pos.index < 0 || pos.index >= ds->num_train)
+        return givt_fail("data position (epoch %lld, index %lld) out of range (%lld training windows)",
+                         (long long)pos.epoch, (long long)pos.index, (long long)ds->num_train);
+    ds->pos = pos;
+    return 0;
+}
+
+// ---- in-order batches -----------------------------------------------------------------------
+static int ordered_batch(Dataset *ds, const int64_t *ids, int64_t n, int64_t k, int B, float *buf) {
+    if (B < 1) return givt_fail("batch size %d: must be at least 1", B);
+    if (k < 0 || k > n / B + 1) return 0;
+    int64_t start = k * B;
+    if (start >= n) return 0;
+    int64_t cnt = n - start < B ? n - start : B;
+    size_t stride = (size_t)ds->cfg.seq_len * (size_t)ds->cfg.input_dim;
+    for (int64_t i = 0; i < cnt; i++)
+        if (data_read_window(ds, ids ? ids[start + i] : start + i, buf + (size_t)i * stride)) return -1;
+    return (int)cnt;
+}
+
+int data_val_batch(Dataset *ds, int64_t k, int B, float *buf) {
+    return ordered_batch(ds, ds->val_ids, ds->num_val, k, B, buf);
+}
+
+int data_all_batch(Dataset *ds, int64_t k, int B, float *buf) {
+    return ordered_batch(ds, NULL, ds->num_windows, k, B, buf);
+}
+
+int data_check_finite(const Dataset *ds) {
+    for (int i = 0; i < ds->nfiles; i++)
+        if (npy_check_finite(&ds->files[i], NULL)) return -1;
+    return 0;
+}
+
+// ---- digits ---------------------------------------------------------------------------------
+static uint32_t rd_u32(const unsigned char *b) {
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+int digits_to_npy(const char *bin_path, const char *npy_out, const char *labels_out, int patch,
+                  DigitsInfo *info) {
+    FILE *fp = fopen(bin_path, "rb");
+    if (!fp) return givt_fail("%s: cannot open: %s", bin_path, strerror(errno));
+    unsigned char hdr[24];
+    if (fread(hdr, 1, sizeof hdr, fp) != sizeof hdr || memcmp(hdr, "GIVTDIG1", 8) != 0) {
+        fclose(fp);
+        return givt_fail("%s: not a digits file (bad magic or short header)", bin_path);
+    }
+    uint32_t n = rd_u32(hdr + 8), h = rd_u32(hdr + 12), w = rd_u32(hdr + 16), maxval = rd_u32(hdr + 20);
+    if (n < 1 || n > (1u << 24) || h < 1 || h > 4096 || w < 1 || w > 4096 || maxval < 1 || maxval > 255) {
+        fclose(fp);
+        return givt_fail("%s: implausible header (n %u, %ux%u, maxval %u)", bin_path, n, h, w, maxval);
+    }
+    if (patch < 1 || h % (uint32_t)patch || w % (uint32_t)patch) {
+        fclose(fp);
+        return givt_fail("patch = %d: must divide the image size %ux%u", patch, h, w);
+    }
+    size_t npix = (size_t)h * w, body = (size_t)n * npix + n;
+    unsigned char *raw = xmalloc(body + 1);
+    size_t got = fread(raw, 1, body + 1, fp);
+    fclose(fp);
+    if (got != body) {
+        free(raw);
+        return givt_fail("%s: %s: expected %zu bytes after the header, found %zu%s", bin_path,
+                         got < body ? "truncated" : "too long", body, got, got > body ? "+" : "");
+    }
+    const unsigned char *pix = raw, *lab = raw + (size_t)n * npix;
+    double sum = 0, sumsq = 0;
+    for (size_t i = 0; i < (size_t)n * npix; i++) {
+        if (pix[i] > maxval) {
+            int rc = givt_fail("%s: pixel %zu of image %zu is %d > maxval %u", bin_path, i % npix, i / npix,
+                               pix[i], maxval);
+            free(raw);
+            return rc;
+        }
+        sum += pix[i];
+        sumsq += (double)pix[i] * pix[i];
+    }
+    double cnt = (double)n * (double)npix, mean = sum / cnt, var = sumsq / cnt - mean * mean;
+    double sd = var > 0 ? sqrt(var) : 1.0;
+
+    // (n, T, D): token j = patch (pr, pc) in raster order, dim d = pixel (a, b) inside it.
+    int p = patch, pw = (int)w / p, T = (int)(npix / (size_t)(p * p)), D = p * p;
+    float *x = xmalloc((size_t)n * npix * sizeof *x);
+    for (uint32_t i = 0; i < n; i++)
+        for (int t = 0; t < T; t++)
+            for (int d = 0; d < D; d++) {
+                int row = (t / pw) * p + d / p, col = (t % pw) * p + d % p;
+                double v = pix[(size_t)i * npix + (size_t)row * w + (size_t)col];
+                x[((size_t)i * T + t) * D + d] = (float)((v - mean) / sd);
+            }
+
+    // Baseline: one diagonal Gaussian per (t, d), fitted by maximum likelihood over the set.
+    size_t TD = (size_t)T * D;
+    double *mu = xcalloc(TD, sizeof *mu), *va = xcalloc(TD, sizeof *va);
+    for (uint32_t i = 0; i < n; i++)
+        for (size_t k = 0; k < TD; k++) mu[k] += x[(size_t)i * TD + k];
+    for (size_t k = 0; k < TD; k++) mu[k] /= n;
+    for (uint32_t i = 0; i < n; i++)
+        for (size_t k = 0; k < TD; k++) {
+            double e = x[(size_t)i * TD + k] - mu[k];
+            va[k] += e * e;
+        }
+    int constant = 0;
+    for (size_t k = 0; k < TD; k++) {
+        va[k] /= n;
+        if (va[k] < 1e-8) {
+            va[k] = 1e-8;  // the model's loss clamps the variance at eps = 1e-8
+            constant++;
+        }
+    }
+    double nll = 0, lo = INFINITY, hi = -INFINITY;
+    for (uint32_t i = 0; i < n; i++)
+        for (size_t k = 0; k < TD; k++) {
+            double v = x[(size_t)i * TD + k], e = v - mu[k];
+            nll += 0.5 * (log(va[k]) + e * e / va[k]);
+            if (v < lo) lo = v;
+            if (v > hi) hi = v;
+        }
+    free(mu);
+    free(va);
+    if (info) {
+        info->n = n;
+        info->T = T;
+        info->D = D;
+        info->pixel_mean = mean;
+        info->pixel_std = sd;
+        info->baseline = nll / ((double)n * (double)TD);
+        info->constant_dims = constant;
+        info->min_value = lo;
+        info->max_value = hi;
+    }
+
+    int64_t shape[3] = {n, T, D};
+    int rc = npy_write_f32(npy_out, x, 3, shape);
+    free(x);
+    if (rc == 0 && labels_out) {
+        int32_t *labels = xmalloc((size_t)n * sizeof *labels);
+        for (uint32_t i = 0; i < n; i++) labels[i] = lab[i];
+        int64_t ls[1] = {n};
+        rc = npy_write(labels_out, "<i4", 4, labels, 1, ls);
+        free(labels);
+    }
+    free(raw);
+    return rc;
+}

@@ -1,0 +1,109 @@
+// data: the training data: windows of seq_len vectors from memory-mapped .npy files (or seeded
+// dummy noise), a seeded validation split, per-epoch shuffling into batches with a resumable
+// position, and the conversion of the bundled digits set into an .npy of patch sequences.
+#ifndef GIVT_DATA_H
+#define GIVT_DATA_H
+
+#include <stdint.h>
+
+#include "npy.h"
+
+typedef enum { DATA_NPY, DATA_DUMMY } DataKind;
+
+typedef struct {
+    DataKind kind;
+    // DATA_NPY: one file, a comma-separated list, or glob(3) patterns ("shards/*.npy"); each pattern
+    // matches in sorted order and must match at least one file. Files are (N, T, D) float32/float16
+    // sequences, T >= seq_len, each giving floor(T / seq_len) windows per sequence; or (M, D) streams
+    // giving floor(M / seq_len) windows. Windows are numbered in file order.
+    const char *path;
+    int seq_len;            // T of a window; 0 with DATA_NPY: the T of the first file (rank 3)
+    int input_dim;          // D; every file must have it
+    int64_t dummy_count;    // DATA_DUMMY: number of sequences (the seed's 10000)
+    uint64_t seed;          // split, shuffling and dummy values
+    int64_t val_size;       // windows held out for validation (0 allowed; must be < the window count)
+    int rank, world_size;   // rank r of world_size takes every world_size-th batch slot (0, 1)
+} DataConfig;
+
+void data_config_default(DataConfig *cfg);  // dummy, seq_len 512, input_dim 16, 10000, seed 0, val 0, 0/1
+
+// Where training stands in the stream of batches: the next batch starts at entry `index` of the
+// permutation of epoch `epoch`. Saved in checkpoints; restoring it reproduces the following batches.
+typedef struct {
+    int64_t epoch;
+    int64_t index;  // 0 <= index < num_train
+} DataPos;
+
+typedef struct {
+    DataConfig cfg;        // path points to a copy owned by the dataset
+    int nfiles;
+    NpyFile *files;        // (nfiles)
+    int64_t *file_win0;    // (nfiles + 1): window ids of file i are [file_win0[i], file_win0[i+1])
+    int64_t num_windows;   // all windows
+    int64_t num_train, num_val;
+    int64_t *train_ids;    // (num_train) window ids, ascending
+    int64_t *val_ids;      // (num_val) window ids, ascending
+    int64_t *perm;         // (num_train) permutation of train_ids indices for epoch perm_epoch
+    int64_t perm_epoch;    // -1: none yet
+    DataPos pos;
+} Dataset;
+
+// Opens the files (memory-mapped; nothing is read into memory), checks their shapes against
+// seq_len and input_dim, numbers the windows and makes the validation split: the first val_size
+// entries of a permutation seeded by seed are validation, the rest training. Returns 0 or -1 with
+// givt_fail naming the file or key.
+int data_open(Dataset *ds, const DataConfig *cfg);
+void data_close(Dataset *ds);
+
+int data_seq_len(const Dataset *ds);
+int64_t data_num_windows(const Dataset *ds);
+int64_t data_num_train(const Dataset *ds);
+int64_t data_num_val(const Dataset *ds);
+
+// Window `id` (0 <= id < num_windows, file order) into dst (seq_len, D). Returns 0, or -1 when a
+// value is NaN or Inf (givt_fail names the file and the index [n, t, d]) or id is out of range.
+int data_read_window(Dataset *ds, int64_t id, float *dst);
+// Which file and where in it window `id` starts: file index, row n and position t (for (M, D)
+// files n is the row of the first vector and t is 0).
+void data_window_origin(const Dataset *ds, int64_t id, int *file, int64_t *n, int64_t *t);
+
+// The training stream is the concatenation of one permutation of the training windows per epoch
+// (Fisher-Yates, seeded from (seed, epoch)), so every training window appears exactly once per epoch.
+// Each call takes the next world_size * B windows of the stream; rank r copies windows
+// [r*B, (r+1)*B) of them into buf (B, seq_len, D), and the position advances past all of them
+// (all ranks keep the same position). Returns 0, or -1 on a NaN/Inf (the position is unchanged).
+int data_next_batch(Dataset *ds, int B, float *buf);
+DataPos data_get_pos(const Dataset *ds);
+int data_set_pos(Dataset *ds, DataPos pos);  // -1 (givt_fail) when pos is out of range
+
+// Validation batch k: validation windows [k*B, k*B + B) in ascending window order into buf
+// (B, seq_len, D). Returns the number copied (B, fewer for the last batch, 0 past the end) or -1.
+int data_val_batch(Dataset *ds, int64_t k, int B, float *buf);
+// All windows in file order (ignoring the split), batch k, same contract: for evaluating a file.
+int data_all_batch(Dataset *ds, int64_t k, int B, float *buf);
+
+// Scans every file for NaN/Inf. Returns 0, or -1 naming the file and the index of the first one.
+int data_check_finite(const Dataset *ds);
+
+// ---- the digits set (data/digits/digits.bin, see data/digits/README.md) -------------------------
+typedef struct {
+    int64_t n;          // images (1797)
+    int T, D;           // tokens per image (8/patch)^2 and vector size patch^2
+    double pixel_mean;  // mean and (population) std of all pixel values 0..16 used by the transform
+    double pixel_std;
+    double baseline;    // mean NLL (without 0.5*log(2*pi)) under the per-position diagonal Gaussian
+    int constant_dims;  // (t, d) entries with zero variance over the set (their variance is clamped)
+    double min_value, max_value;
+} DigitsInfo;
+
+// Converts digits.bin into npy_out: (n, T, D) float32 where image i's patch j (patches of
+// patch x patch pixels in raster order over the image, pixels in raster order inside a patch) is
+// token j, and x = (pixel - pixel_mean) / pixel_std with the mean and std over all pixels of the set.
+// patch must divide the image side (1, 2, 4, 8). labels_out (NULL to skip) gets (n,) int32 labels.
+// info (may be NULL) receives the sizes, the transform's constants and the baseline loss: for each
+// position t and dim d, the mean and variance over the set (variance clamped at 1e-8 as in the
+// model's loss), and the mean of 0.5*(log var + (x - mu)^2 / var) over all n*T*D values.
+int digits_to_npy(const char *bin_path, const char *npy_out, const char *labels_out, int patch,
+                  DigitsInfo *info);
+
+#endif

@@ -1,0 +1,217 @@
+// hf: the Hugging Face folder of a GIVT model (config.json + model.safetensors).
+#define _POSIX_C_SOURCE 200809L
+#include "hf.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "json.h"
+#include "util.h"
+
+// The config.json keys of GIVT.md and where they live in GivtConfig.
+static const struct {
+    const char *key;
+    int is_int;
+    size_t offset;
+} g_keys[] = {
+    {"input_dim", 1, offsetof(GivtConfig, input_dim)},
+    {"hidden_dim", 1, offsetof(GivtConfig, hidden_dim)},
+    {"intermediate_dim", 1, offsetof(GivtConfig, intermediate_dim)},
+    {"num_heads", 1, offsetof(GivtConfig, num_heads)},
+    {"num_layers", 1, offsetof(GivtConfig, num_layers)},
+    {"block_size", 1, offsetof(GivtConfig, block_size)},
+    {"eps", 0, offsetof(GivtConfig, eps)},
+    {"rope_base", 0, offsetof(GivtConfig, rope_base)},
+    {"rope_rotary_percentage", 0, offsetof(GivtConfig, rope_rotary_percentage)},
+    {"rope_condense_ratio", 0, offsetof(GivtConfig, rope_condense_ratio)},
+};
+#define N_KEYS ((int)(sizeof g_keys / sizeof g_keys[0]))
+
+// "<folder>/<name>" (no doubled slash), malloc'd.
+static char *join(const char *folder, const char *name) {
+    size_t n = strlen(folder);
+    char *p = xmalloc(n + strlen(name) + 2);
+    sprintf(p, "%s%s%s", folder, n && folder[n - 1] == '/' ? "" : "/", name);
+    return p;
+}
+
+int hf_mkdir_p(const char *path) {
+    if (!path[0]) return givt_fail("cannot create a directory with an empty name");
+    char *p = xmalloc(strlen(path) + 1);
+    strcpy(p, path);
+    int rc = 0;
+    for (char *s = p + 1;; s++) {
+        if (*s != '/' && *s != '\0') continue;
+        char saved = *s;
+        *s = '\0';
+        struct stat st;
+        if (mkdir(p, 0777) != 0 && errno != EEXIST) rc = givt_fail("%s: cannot create directory: %s", p, strerror(errno));
+        else if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode)) rc = givt_fail("%s: exists and is not a directory", p);
+        *s = saved;
+        if (rc || saved == '\0') break;
+    }
+    free(p);
+    return rc;
+}
+
+// ---- config.json --------------------------------------------------------------------------
+static int read_key(const char *path, const JsonValue *root, int k, GivtConfig *cfg) {
+    const JsonValue *v = json_get(root, g_keys[k].key);
+    if (!v) return 0;  // absent: the default, as the seed's GIVTConfig
+    char what[600];
+    snprintf(what, sizeof what, "%s: key \"%s\"", path, g_keys[k].key);
+    char *field = (char *)cfg + g_keys[k].offset;
+    if (g_keys[k].is_int) return json_as_int(v, (int *)(void *)field, what);
+    return json_as_double(v, (double *)(void *)field, what);
+}
+
+int hf_read_config_json(const char *path, GivtConfig *cfg) {
+    size_t len;
+    char *text = read_file_text(path, &len);
+    if (!text) return -1;
+    JsonValue *root = json_parse(text, len, path);
+    free(text);
+    if (!root) return -1;
+    givt_config_default(cfg);
+    int rc = json_expect(root, JSON_OBJECT, path);
+    for (int k = 0; k < N_KEYS && rc == 0; k++) rc = read_key(path, root, k, cfg);
+    json_free(root);
+    if (rc == 0 && givt_config_validate(cfg) != 0) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", givt_last_error());
+        rc = givt_fail("%s: %s", path, msg);
+    }
+    return rc;
+}
+
+int hf_read_config(const char *folder, GivtConfig *cfg) {
+    char *path = join(folder, "config.json");
+    int rc = hf_read_config_json(path, cfg);
+    free(path);
+    return rc;
+}
+
+// Integers stay integers; rope_base is written as an integer when it is one (as in GIVT.md).
+static int write_value(JsonBuf *b, const GivtConfig *cfg, int k) {
+    const char *field = (const char *)cfg + g_keys[k].offset;
+    if (g_keys[k].is_int) {
+        json_buf_printf(b, "%d", *(const int *)(const void *)field);
+        return 0;
+    }
+    double x = *(const double *)(const void *)field;
+    if (!isfinite(x)) return givt_fail("key \"%s\" = %g: not a finite number", g_keys[k].key, x);
+    if (strcmp(g_keys[k].key, "rope_base") == 0 && x == floor(x) && fabs(x) < 9007199254740992.0) {
+        json_buf_printf(b, "%.0f", x);
+        return 0;
+    }
+    return json_buf_double(b, x);
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+// Keys sorted, indent 2, as transformers' PretrainedConfig.to_json_file writes them.
+static int config_text(JsonBuf *b, const GivtConfig *cfg) {
+    const char *keys[N_KEYS + 2];
+    for (int k = 0; k < N_KEYS; k++) keys[k] = g_keys[k].key;
+    keys[N_KEYS] = "architectures";
+    keys[N_KEYS + 1] = "model_type";
+    qsort(keys, N_KEYS + 2, sizeof keys[0], cmp_str);
+    json_buf_puts(b, "{\n");
+    for (int i = 0; i < N_KEYS + 2; i++) {
+        json_buf_printf(b, "  \"%s\": ", keys[i]);
+        int k = 0;
+        while (k < N_KEYS && strcmp(g_keys[k].key, keys[i]) != 0) k++;
+        if (k < N_KEYS && write_value(b, cfg, k)) return -1;
+        if (strcmp(keys[i], "architectures") == 0) json_buf_puts(b, "[\n    \"GIVT\"\n  ]");
+        if (strcmp(keys[i], "model_type") == 0) json_buf_puts(b, "\"givt\"");
+        json_buf_puts(b, i + 1 < N_KEYS + 2 ? ",\n" : "\n");
+    }
+    json_buf_puts(b, "}\n");
+    return 0;
+}
+
+int hf_write_config_json(const char *path, const GivtConfig *cfg) {
+    JsonBuf b;
+    json_buf_init(&b);
+    int rc = config_text(&b, cfg);
+    if (rc) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", givt_last_error());
+        rc = givt_fail("%s: %s", path, msg);
+    }
+    AtomicFile af;
+    if (rc == 0) rc = atomic_open(&af, path);
+    if (rc == 0) {
+        if (atomic_write(&af, b.data, b.len) == 0) {
+            rc = atomic_commit(&af);
+        } else {
+            rc = -1;
+            atomic_abort(&af);
+        }
+    }
+    json_buf_free(&b);
+    return rc;
+}
+
+// ---- tensors ------------------------------------------------------------------------------
+static void spec_shape(const ParamSpec *s, int64_t *shape) {
+    for (int d = 0; d < s->ndim; d++) shape[d] = s->shape[d];
+}
+
+int hf_save_tensors(const char *path, const ParamTable *pt, const float *params_host, const StMeta *meta,
+                    int n_meta) {
+    StWriteTensor *ts = xcalloc((size_t)(pt->count ? pt->count : 1), sizeof *ts);
+    for (int i = 0; i < pt->count; i++) {
+        const ParamSpec *s = &pt->specs[i];
+        ts[i].name = s->name;
+        ts[i].ndim = s->ndim;
+        spec_shape(s, ts[i].shape);
+        ts[i].data = params_host + s->offset;
+    }
+    int rc = st_write(path, ts, pt->count, meta, n_meta);
+    free(ts);
+    return rc;
+}
+
+static int load_all(const StFile *f, const ParamTable *pt, float *params_host) {
+    for (int i = 0; i < f->count; i++)
+        if (param_table_find(pt, f->tensors[i].name) < 0)
+            return givt_fail("%s: unexpected tensor \"%.200s\" (not a parameter of this model configuration)",
+                             f->path, f->tensors[i].name);
+    for (int i = 0; i < pt->count; i++) {
+        const ParamSpec *s = &pt->specs[i];
+        int64_t shape[2];
+        spec_shape(s, shape);
+        if (st_load_f32(f, s->name, s->ndim, shape, params_host + s->offset)) return -1;
+    }
+    return 0;
+}
+
+int hf_load_tensors(const char *path, const ParamTable *pt, float *params_host) {
+    StFile f;
+    int rc = st_open(&f, path);
+    if (rc == 0) rc = load_all(&f, pt, params_host);
+    st_close(&f);
+    return rc;
+}
+
+int hf_load_weights(const char *folder, const ParamTable *pt, float *params_host) {
+    char *path = join(folder, "model.safetensors");
+    int rc = hf_load_tensors(path, pt, params_host);
+    free(path);
+    return rc;
+}
+
+int hf_save(const char *folder, const GivtConfig *cfg, const ParamTable *pt, const float *params_host) {
+    if (hf_mkdir_p(folder)) return -1;
+    char *cfg_path = join(folder, "config.json"), *st_path = join(folder, "model.safetensors");
+    int rc = hf_write_config_json(cfg_path, cfg);
+    if (rc == 0) rc = hf_save_tensors(st_path, pt, params_host, NULL, 0);
+    free(cfg_path);
+    free(st_path);
+    return rc;
+}

@@ -1,0 +1,31 @@
+// hf: the Hugging Face folder of a GIVT model (config.json + model.safetensors, float32), as the
+// seed's GIVT.from_pretrained reads it; also table-shaped safetensors files (EMA, optimizer state).
+#ifndef GIVT_HF_H
+#define GIVT_HF_H
+
+#include "model.h"
+#include "safetensors.h"
+
+// Reads <folder>/config.json: keys of GIVT.md, absent ones take the defaults, unknown ones (written by
+// transformers: model_type, architectures, torch_dtype, ...) are ignored; then givt_config_validate.
+int hf_read_config(const char *folder, GivtConfig *cfg);
+int hf_read_config_json(const char *path, GivtConfig *cfg);  // the same, given the file's path
+// Writes config.json (every GIVT.md key, "model_type": "givt", "architectures": ["GIVT"]) atomically.
+int hf_write_config_json(const char *path, const GivtConfig *cfg);
+
+// Reads <folder>/model.safetensors into params_host (pt->total floats): every table tensor must be
+// there with its exact shape (F32, F16 or BF16), and no other tensor may be.
+int hf_load_weights(const char *folder, const ParamTable *pt, float *params_host);
+// Creates folder (mkdir -p) and writes config.json and model.safetensors, each atomically.
+int hf_save(const char *folder, const GivtConfig *cfg, const ParamTable *pt, const float *params_host);
+
+// A safetensors file holding one float32 tensor per table entry (the table's names and shapes),
+// e.g. model.safetensors, ema.safetensors or the AdamW moments; meta adds to {"format": "pt"}.
+int hf_save_tensors(const char *path, const ParamTable *pt, const float *params_host, const StMeta *meta,
+                    int n_meta);
+int hf_load_tensors(const char *path, const ParamTable *pt, float *params_host);
+
+// mkdir -p: creates path and its missing parents (0 if it already is a directory).
+int hf_mkdir_p(const char *path);
+
+#endif

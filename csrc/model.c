@@ -1,0 +1,389 @@
+// model: GIVT configuration, parameter table, and the forward/backward passes over the op table.
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// ---- configuration ------------------------------------------------------------------------
+void givt_config_default(GivtConfig *cfg) {
+    *cfg = (GivtConfig){
+        .input_dim = 16,
+        .hidden_dim = 32,
+        .intermediate_dim = 64,
+        .num_heads = 4,
+        .num_layers = 2,
+        .block_size = 512,
+        .eps = 1e-8,
+        .rope_base = 1000000,
+        .rope_rotary_percentage = 1.0,
+        .rope_condense_ratio = 4.0,
+    };
+}
+
+int givt_config_head_dim(const GivtConfig *cfg) { return cfg->hidden_dim / cfg->num_heads; }
+
+int givt_config_rope_n_elem(const GivtConfig *cfg) {
+    return (int)(cfg->rope_rotary_percentage * (double)givt_config_head_dim(cfg));  // Python int()
+}
+
+int givt_config_validate(const GivtConfig *cfg) {
+    const struct {
+        const char *key;
+        int value;
+    } positive[] = {{"input_dim", cfg->input_dim},   {"hidden_dim", cfg->hidden_dim},
+                    {"intermediate_dim", cfg->intermediate_dim}, {"num_heads", cfg->num_heads},
+                    {"num_layers", cfg->num_layers}, {"block_size", cfg->block_size}};
+    for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++)
+        if (positive[i].value < 1) return givt_fail("model.%s = %d: must be >= 1", positive[i].key, positive[i].value);
+    if (cfg->hidden_dim % cfg->num_heads != 0)
+        return givt_fail("model.hidden_dim = %d is not divisible by model.num_heads = %d", cfg->hidden_dim,
+                         cfg->num_heads);
+    if (!(cfg->eps > 0) || !isfinite(cfg->eps)) return givt_fail("model.eps = %g: must be > 0", cfg->eps);
+    if (!(cfg->rope_base > 0) || !isfinite(cfg->rope_base))
+        return givt_fail("model.rope_base = %g: must be > 0", cfg->rope_base);
+    if (!(cfg->rope_rotary_percentage >= 0 && cfg->rope_rotary_percentage <= 1))
+        return givt_fail("model.rope_rotary_percentage = %g: must be in [0, 1]", cfg->rope_rotary_percentage);
+    if (!(cfg->rope_condense_ratio > 0) || !isfinite(cfg->rope_condense_ratio))
+        return givt_fail("model.rope_condense_ratio = %g: must be > 0", cfg->rope_condense_ratio);
+    int n_elem = givt_config_rope_n_elem(cfg);
+    if (n_elem % 2 != 0)
+        return givt_fail("model.rope_rotary_percentage = %g gives %d rotated dims of head_dim %d: must be even",
+                         cfg->rope_rotary_percentage, n_elem, givt_config_head_dim(cfg));
+    return 0;
+}
+
+// ---- parameter table ----------------------------------------------------------------------
+static void table_add(ParamTable *pt, const char *name, int d0, int d1, ParamInit init) {
+    ParamSpec *s = &pt->specs[pt->count++];
+    memset(s, 0, sizeof *s);
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->ndim = d1 > 0 ? 2 : 1;
+    s->shape[0] = d0;
+    s->shape[1] = d1 > 0 ? d1 : 0;
+    s->init = init;
+    s->weight_decay = s->ndim > 1;
+    s->numel = (size_t)d0 * (size_t)(d1 > 0 ? d1 : 1);
+    s->offset = pt->total;
+    pt->total += s->numel;
+}
+
+// The table of GIVT.md, in this order: embed, bos, blocks (P_* order), norm, head.
+void param_table_build(ParamTable *pt, const GivtConfig *cfg) {
+    int D = cfg->input_dim, C = cfg->hidden_dim, F = cfg->intermediate_dim, L = cfg->num_layers;
+    memset(pt, 0, sizeof *pt);
+    pt->specs = xcalloc((size_t)(4 + L * P_PER_LAYER), sizeof(ParamSpec));
+    char name[64];
+    pt->embed = pt->count;
+    table_add(pt, "model.embed.weight", C, D, INIT_XAVIER_UNIFORM);
+    pt->bos = pt->count;
+    table_add(pt, "model.bos", D, 0, INIT_NORMAL_002);
+    pt->layer0 = pt->count;
+    for (int l = 0; l < L; l++) {
+        const struct {
+            const char *suffix;
+            int d0, d1;
+            ParamInit init;
+        } layer[P_PER_LAYER] = {
+            [P_ATTN_NORM] = {"attn.norm.weight", C, 0, INIT_ONES},
+            [P_QKV] = {"attn.qkv_proj.weight", 3 * C, C, INIT_XAVIER_UNIFORM},
+            [P_O_PROJ] = {"attn.o_proj.weight", C, C, INIT_ZEROS},
+            [P_MLP_NORM] = {"mlp.norm.weight", C, 0, INIT_ONES},
+            [P_FC1] = {"mlp.fc1.weight", F, C, INIT_XAVIER_UNIFORM},
+            [P_FC2] = {"mlp.fc2.weight", F, C, INIT_XAVIER_UNIFORM},
+            [P_FC3] = {"mlp.fc3.weight", C, F, INIT_ZEROS},
+        };
+        for (int k = 0; k < P_PER_LAYER; k++) {
+            snprintf(name, sizeof name, "model.blocks.%d.%s", l, layer[k].suffix);
+            table_add(pt, name, layer[k].d0, layer[k].d1, layer[k].init);
+        }
+    }
+    pt->norm = pt->count;
+    table_add(pt, "model.norm.weight", C, 0, INIT_ONES);
+    pt->head = pt->count;
+    table_add(pt, "model.head.weight", 2 * D, C, INIT_ZEROS);
+}
+
+void param_table_free(ParamTable *pt) {
+    free(pt->specs);
+    memset(pt, 0, sizeof *pt);
+}
+
+int param_table_find(const ParamTable *pt, const char *name) {
+    for (int i = 0; i < pt->count; i++)
+        if (strcmp(pt->specs[i].name, name) == 0) return i;
+    return -1;
+}
+
+void param_table_init(const ParamTable *pt, float *params, Rng *rng) {
+    for (int i = 0; i < pt->count; i++) {
+        const ParamSpec *s = &pt->specs[i];
+        float *p = params + s->offset;
+        // PyTorch Linear weight [out, in]: fan_in = in, fan_out = out
+        double a = s->ndim == 2 ? sqrt(6.0 / (double)(s->shape[0] + s->shape[1])) : 0.0;
+        for (size_t j = 0; j < s->numel; j++) {
+            switch (s->init) {
+            case INIT_ZEROS: p[j] = 0.0f; break;
+            case INIT_ONES: p[j] = 1.0f; break;
+            case INIT_XAVIER_UNIFORM: p[j] = (float)(a * (2.0 * rng_uniform(rng) - 1.0)); break;
+            case INIT_NORMAL_002: p[j] = (float)(0.02 * rng_normal(rng)); break;
+            }
+        }
+    }
+}
+
+// ---- activations --------------------------------------------------------------------------
+// Per-layer tensors are at base + l * layer_stride; for inference the stride is 0 and every layer
+// reuses one slot (the residual adds are elementwise, so aliasing in and out is safe).
+struct GivtActs {
+    size_t layer_stride_c, layer_stride_r, layer_stride_3c, layer_stride_att, layer_stride_2f,
+        layer_stride_f;
+    float *x_in;      // (B, T, D) shifted input
+    float *res;       // (L+1) x (B, T, C): residual stream entering layer l; res[L] leaves the last
+    float *ln1;       // L x (B, T, C)
+    float *ln1_rstd;  // L x (B, T)
+    float *qkv;       // L x (B, T, 3C), q and k after RoPE
+    float *att;       // L x (B, H, T, T)
+    float *atty;      // L x (B, T, C) attention output before o_proj
+    float *res_mid;   // L x (B, T, C) residual after attention
+    float *ln2;       // L x (B, T, C)
+    float *ln2_rstd;  // L x (B, T)
+    float *fc12;      // L x (B, T, 2F) [fc1 | fc2] outputs
+    float *swi;       // L x (B, T, F)
+    float *lnf;       // (B, T, C)
+    float *lnf_rstd;  // (B, T)
+    float *y;         // (B, T, 2D) head output [mu | pre]
+    float *proj;      // (B, T, C) scratch: o_proj / fc3 output
+    // backward scratch (training only)
+    float *dres, *dtmp, *dqkv, *datt, *dfc12, *dswi, *dy, *din;
+    const float *x;   // targets of the last forward
+    int B, T, full;
+};
+
+static float *acts_alloc(const GivtOps *ops, size_t floats) { return ops->alloc(floats * sizeof(float)); }
+
+void model_alloc_acts(GivtModel *m, int max_B, int max_T, int training) {
+    const GivtConfig *c = &m->cfg;
+    if (max_T > c->block_size) givt_die("model_alloc_acts: T = %d > block_size = %d", max_T, c->block_size);
+    if (m->acts) givt_die("model_alloc_acts: activations already allocated");
+    const GivtOps *ops = m->ops;
+    size_t BT = (size_t)max_B * max_T, C = c->hidden_dim, F = c->intermediate_dim, D = c->input_dim;
+    size_t H = c->num_heads, L = training ? (size_t)c->num_layers : 1;
+    GivtActs *a = xcalloc(1, sizeof *a);
+    a->layer_stride_c = training ? BT * C : 0;
+    a->layer_stride_r = training ? BT : 0;
+    a->layer_stride_3c = training ? BT * 3 * C : 0;
+    a->layer_stride_att = training ? BT * H * max_T : 0;
+    a->layer_stride_2f = training ? BT * 2 * F : 0;
+    a->layer_stride_f = training ? BT * F : 0;
+    a->x_in = acts_alloc(ops, BT * D);
+    a->res = acts_alloc(ops, (training ? (size_t)c->num_layers + 1 : 1) * BT * C);
+    a->ln1 = acts_alloc(ops, L * BT * C);
+    a->ln1_rstd = acts_alloc(ops, L * BT);
+    a->qkv = acts_alloc(ops, L * BT * 3 * C);
+    a->att = acts_alloc(ops, L * BT * H * max_T);
+    a->atty = acts_alloc(ops, L * BT * C);
+    a->res_mid = acts_alloc(ops, L * BT * C);
+    a->ln2 = acts_alloc(ops, L * BT * C);
+    a->ln2_rstd = acts_alloc(ops, L * BT);
+    a->fc12 = acts_alloc(ops, L * BT * 2 * F);
+    a->swi = acts_alloc(ops, L * BT * F);
+    a->lnf = acts_alloc(ops, BT * C);
+    a->lnf_rstd = acts_alloc(ops, BT);
+    a->y = acts_alloc(ops, BT * 2 * D);
+    a->proj = acts_alloc(ops, BT * C);
+    if (training) {
+        a->dres = acts_alloc(ops, BT * C);
+        a->dtmp = acts_alloc(ops, BT * C);
+        a->dqkv = acts_alloc(ops, BT * 3 * C);
+        a->datt = acts_alloc(ops, BT * H * max_T);
+        a->dfc12 = acts_alloc(ops, BT * 2 * F);
+        a->dswi = acts_alloc(ops, BT * F);
+        a->dy = acts_alloc(ops, BT * 2 * D);
+        a->din = acts_alloc(ops, BT * D);
+    }
+    m->acts = a;
+    m->max_B = max_B;
+    m->max_T = max_T;
+    m->training = training;
+}
+
+static void acts_free(const GivtOps *ops, GivtActs *a) {
+    float *bufs[] = {a->x_in, a->res,  a->ln1,  a->ln1_rstd, a->qkv,  a->att,   a->atty, a->res_mid,
+                     a->ln2,  a->ln2_rstd, a->fc12, a->swi, a->lnf, a->lnf_rstd, a->y, a->proj,
+                     a->dres, a->dtmp, a->dqkv, a->datt, a->dfc12, a->dswi, a->dy, a->din};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i]) ops->free(bufs[i]);
+    free(a);
+}
+
+// ---- model --------------------------------------------------------------------------------
+// cos, sin (block_size, n): row t holds the n/2 angles (t / condense) * base^(-2i/n), twice.
+static void rope_cache_build(GivtModel *m) {
+    const GivtConfig *c = &m->cfg;
+    int n = givt_config_rope_n_elem(c), T = c->block_size;
+    size_t count = (size_t)T * (n > 0 ? n : 1);
+    float *cs = xcalloc(count, sizeof(float)), *sn = xcalloc(count, sizeof(float));
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < n / 2; i++) {
+            double theta = 1.0 / pow(c->rope_base, (double)(2 * i) / (double)n);
+            double angle = ((double)t / c->rope_condense_ratio) * theta;
+            cs[(size_t)t * n + i] = cs[(size_t)t * n + i + n / 2] = (float)cos(angle);
+            sn[(size_t)t * n + i] = sn[(size_t)t * n + i + n / 2] = (float)sin(angle);
+        }
+    m->rope_cos = acts_alloc(m->ops, count);
+    m->rope_sin = acts_alloc(m->ops, count);
+    m->ops->upload(m->rope_cos, cs, count * sizeof(float));
+    m->ops->upload(m->rope_sin, sn, count * sizeof(float));
+    free(cs);
+    free(sn);
+}
+
+int model_create(GivtModel *m, const GivtConfig *cfg, const GivtOps *ops) {
+    memset(m, 0, sizeof *m);
+    if (givt_config_validate(cfg) != 0) return -1;
+    m->cfg = *cfg;
+    m->ops = ops;
+    param_table_build(&m->table, cfg);
+    m->params = ops->alloc(m->table.total * sizeof(float));
+    rope_cache_build(m);
+    return 0;
+}
+
+void model_init_params(GivtModel *m, Rng *rng) {
+    float *host = xmalloc(m->table.total * sizeof(float));
+    param_table_init(&m->table, host, rng);
+    m->ops->upload(m->params, host, m->table.total * sizeof(float));
+    free(host);
+}
+
+void model_alloc_grads(GivtModel *m) {
+    if (!m->grads) m->grads = m->ops->alloc(m->table.total * sizeof(float));
+}
+
+void model_zero_grads(GivtModel *m) { m->ops->zero(m->grads, m->table.total * sizeof(float)); }
+
+void model_free(GivtModel *m) {
+    if (m->acts) acts_free(m->ops, m->acts);
+    if (m->params) m->ops->free(m->params);
+    if (m->grads) m->ops->free(m->grads);
+    if (m->rope_cos) m->ops->free(m->rope_cos);
+    if (m->rope_sin) m->ops->free(m->rope_sin);
+    param_table_free(&m->table);
+    memset(m, 0, sizeof *m);
+}
+
+static float *param(const GivtModel *m, float *base, int index) { return base + m->table.specs[index].offset; }
+static float *layer_param(const GivtModel *m, float *base, int l, int k) {
+    return param(m, base, m->table.layer0 + l * P_PER_LAYER + k);
+}
+
+ModelLoss model_forward(GivtModel *m, const float *x, int B, int T, int full) {
+    const GivtConfig *c = &m->cfg;
+    const GivtOps *ops = m->ops;
+    GivtActs *a = m->acts;
+    if (!a || B > m->max_B || T > m->max_T || B < 1 || T < 1)
+        givt_die("model_forward: batch (%d, %d) exceeds the allocated (%d, %d)", B, T, m->max_B, m->max_T);
+    int D = c->input_dim, C = c->hidden_dim, F = c->intermediate_dim, H = c->num_heads, N = B * T;
+    int n_elem = givt_config_rope_n_elem(c);
+    a->x = x;
+    a->B = B;
+    a->T = T;
+    a->full = full;
+
+    ops->shift_bos(a->x_in, x, param(m, m->params, m->table.bos), B, T, D);
+    ops->matmul_fwd(a->res, a->x_in, param(m, m->params, m->table.embed), N, D, C);
+    for (int l = 0; l < c->num_layers; l++) {
+        float *res_in = a->res + (size_t)l * a->layer_stride_c;
+        float *res_out = a->res + (size_t)(l + 1) * a->layer_stride_c;
+        float *ln1 = a->ln1 + l * a->layer_stride_c, *ln1_rstd = a->ln1_rstd + l * a->layer_stride_r;
+        float *qkv = a->qkv + l * a->layer_stride_3c, *att = a->att + l * a->layer_stride_att;
+        float *atty = a->atty + l * a->layer_stride_c, *res_mid = a->res_mid + l * a->layer_stride_c;
+        float *ln2 = a->ln2 + l * a->layer_stride_c, *ln2_rstd = a->ln2_rstd + l * a->layer_stride_r;
+        float *fc12 = a->fc12 + l * a->layer_stride_2f, *swi = a->swi + l * a->layer_stride_f;
+        // attention: res_mid = res_in + o_proj(attn(rope(qkv(rmsnorm(res_in)))))
+        ops->rmsnorm_fwd(ln1, ln1_rstd, res_in, layer_param(m, m->params, l, P_ATTN_NORM), N, C);
+        ops->matmul_fwd(qkv, ln1, layer_param(m, m->params, l, P_QKV), N, C, 3 * C);
+        ops->rope_fwd(qkv, m->rope_cos, m->rope_sin, B, T, C, H, n_elem);
+        ops->attention_fwd(atty, att, qkv, B, T, C, H);
+        ops->matmul_fwd(a->proj, atty, layer_param(m, m->params, l, P_O_PROJ), N, C, C);
+        ops->add(res_mid, res_in, a->proj, (size_t)N * C);
+        // mlp: res_out = res_mid + fc3(silu(fc1(m)) * fc2(m)), m = rmsnorm(res_mid)
+        ops->rmsnorm_fwd(ln2, ln2_rstd, res_mid, layer_param(m, m->params, l, P_MLP_NORM), N, C);
+        ops->matmul_fwd(fc12, ln2, layer_param(m, m->params, l, P_FC1), N, C, 2 * F);  // fc1, fc2 adjacent
+        ops->swiglu_fwd(swi, fc12, N, F);
+        ops->matmul_fwd(a->proj, swi, layer_param(m, m->params, l, P_FC3), N, F, C);
+        ops->add(res_out, res_mid, a->proj, (size_t)N * C);
+    }
+    float *res_last = a->res + (size_t)c->num_layers * a->layer_stride_c;
+    ops->rmsnorm_fwd(a->lnf, a->lnf_rstd, res_last, param(m, m->params, m->table.norm), N, C);
+    ops->matmul_fwd(a->y, a->lnf, param(m, m->params, m->table.head), N, C, 2 * D);
+
+    ModelLoss out;
+    out.count = (long)N * D;
+    out.loss_sum = ops->gaussian_nll(NULL, a->y, x, N, D, c->eps, 0.0f);
+    out.loss = out.loss_sum / (double)out.count + (full ? 0.5 * GIVT_LOG_2PI : 0.0);
+    return out;
+}
+
+void model_backward(GivtModel *m, float loss_scale) {
+    const GivtConfig *c = &m->cfg;
+    const GivtOps *ops = m->ops;
+    GivtActs *a = m->acts;
+    if (!m->training || !m->grads) givt_die("model_backward: model not set up for training");
+    int B = a->B, T = a->T, D = c->input_dim, C = c->hidden_dim, F = c->intermediate_dim, H = c->num_heads;
+    int N = B * T, n_elem = givt_config_rope_n_elem(c);
+    float *P = m->params, *G = m->grads;
+
+    // head: dy = d(mean nll)/dy; dlnf = dy @ head; then the final norm into dres
+    ops->gaussian_nll(a->dy, a->y, a->x, N, D, c->eps, loss_scale / (float)((long)N * D));
+    ops->matmul_bwd(a->dtmp, param(m, G, m->table.head), a->dy, a->lnf, param(m, P, m->table.head), N, C, 2 * D);
+    ops->zero(a->dres, (size_t)N * C * sizeof(float));
+    float *res_last = a->res + (size_t)c->num_layers * a->layer_stride_c;
+    ops->rmsnorm_bwd(a->dres, param(m, G, m->table.norm), a->dtmp, res_last, param(m, P, m->table.norm),
+                     a->lnf_rstd, N, C);
+    for (int l = c->num_layers - 1; l >= 0; l--) {
+        float *res_in = a->res + (size_t)l * a->layer_stride_c;
+        float *ln1 = a->ln1 + l * a->layer_stride_c, *ln1_rstd = a->ln1_rstd + l * a->layer_stride_r;
+        float *qkv = a->qkv + l * a->layer_stride_3c, *att = a->att + l * a->layer_stride_att;
+        float *atty = a->atty + l * a->layer_stride_c, *res_mid = a->res_mid + l * a->layer_stride_c;
+        float *ln2 = a->ln2 + l * a->layer_stride_c, *ln2_rstd = a->ln2_rstd + l * a->layer_stride_r;
+        float *fc12 = a->fc12 + l * a->layer_stride_2f, *swi = a->swi + l * a->layer_stride_f;
+        // mlp (dres is d res_out; it passes straight to res_mid, plus the branch)
+        ops->matmul_bwd(a->dswi, layer_param(m, G, l, P_FC3), a->dres, swi, layer_param(m, P, l, P_FC3), N, F, C);
+        ops->swiglu_bwd(a->dfc12, a->dswi, fc12, N, F);
+        ops->matmul_bwd(a->dtmp, layer_param(m, G, l, P_FC1), a->dfc12, ln2, layer_param(m, P, l, P_FC1), N, C,
+                        2 * F);
+        ops->rmsnorm_bwd(a->dres, layer_param(m, G, l, P_MLP_NORM), a->dtmp, res_mid,
+                         layer_param(m, P, l, P_MLP_NORM), ln2_rstd, N, C);
+        // attention (dres is now d res_mid)
+        ops->matmul_bwd(a->dtmp, layer_param(m, G, l, P_O_PROJ), a->dres, atty, layer_param(m, P, l, P_O_PROJ), N,
+                        C, C);
+        ops->attention_bwd(a->dqkv, a->datt, a->dtmp, qkv, att, B, T, C, H);
+        ops->rope_bwd(a->dqkv, m->rope_cos, m->rope_sin, B, T, C, H, n_elem);
+        ops->matmul_bwd(a->dtmp, layer_param(m, G, l, P_QKV), a->dqkv, ln1, layer_param(m, P, l, P_QKV), N, C,
+                        3 * C);
+        ops->rmsnorm_bwd(a->dres, layer_param(m, G, l, P_ATTN_NORM), a->dtmp, res_in,
+                         layer_param(m, P, l, P_ATTN_NORM), ln1_rstd, N, C);
+    }
+    // embedding and bos
+    ops->matmul_bwd(a->din, param(m, G, m->table.embed), a->dres, a->x_in, param(m, P, m->table.embed), N, D, C);
+    ops->shift_bos_bwd(param(m, G, m->table.bos), a->din, B, T, D);
+}
+
+void model_get_mu_std(GivtModel *m, float *mu, float *std_out) {
+    GivtActs *a = m->acts;
+    int D = m->cfg.input_dim;
+    size_t N = (size_t)a->B * a->T;
+    float *y = xmalloc(N * 2 * D * sizeof(float));
+    m->ops->download(y, a->y, N * 2 * D * sizeof(float));
+    for (size_t n = 0; n < N; n++)
+        for (int d = 0; d < D; d++) {
+            double pre = y[n * 2 * D + D + d];
+            double sp = pre > 20.0 ? pre : log1p(exp(pre));
+            mu[n * D + d] = y[n * 2 * D + d];
+            std_out[n * D + d] = (float)((float)sp + m->cfg.eps);
+        }
+    free(y);
+}

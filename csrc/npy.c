@@ -1,0 +1,388 @@
+// npy: NumPy .npy files: a validating, memory-mapped reader and an atomic writer.
+#define _GNU_SOURCE
+#include "npy.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util.h"
+
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "npy: little-endian hosts only");
+
+static const unsigned char NPY_MAGIC[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
+#define NPY_MAX_DIM ((int64_t)1 << 48)
+
+// ---- header dict parser --------------------------------------------------------------------
+// The header is a Python dict literal, e.g. {'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }
+typedef struct {
+    const char *s, *end;
+    const char *path;
+    char descr[32];
+    int fortran;  // 0/1
+    int ndim;
+    int64_t shape[8];
+    int have_descr, have_fortran, have_shape;
+} HeaderParser;
+
+static void hp_ws(HeaderParser *p) {
+    while (p->s < p->end && (*p->s == ' ' || *p->s == '\t' || *p->s == '\n' || *p->s == '\r')) p->s++;
+}
+
+static int hp_expect(HeaderParser *p, char c, const char *what) {
+    hp_ws(p);
+    if (p->s >= p->end || *p->s != c)
+        return givt_fail("%s: bad .npy header: expected '%c' %s", p->path, c, what);
+    p->s++;
+    return 0;
+}
+
+// A quoted Python string (no escapes needed for the keys and dtypes we accept).
+static int hp_string(HeaderParser *p, char *out, size_t outsize, const char *what) {
+    hp_ws(p);
+    if (p->s >= p->end || (*p->s != '\'' && *p->s != '"'))
+        return givt_fail("%s: bad .npy header: expected a quoted string %s", p->path, what);
+    char q = *p->s++;
+    size_t n = 0;
+    while (p->s < p->end && *p->s != q) {
+        if (*p->s == '\\' || n + 1 >= outsize)
+            return givt_fail("%s: bad .npy header: unsupported or too long string %s", p->path, what);
+        out[n++] = *p->s++;
+    }
+    if (p->s >= p->end) return givt_fail("%s: bad .npy header: unterminated string %s", p->path, what);
+    p->s++;
+    out[n] = '\0';
+    return 0;
+}
+
+static int hp_word(HeaderParser *p, const char *w) {
+    size_t n = strlen(w);
+    if ((size_t)(p->end - p->s) >= n && memcmp(p->s, w, n) == 0) {
+        p->s += n;
+        return 1;
+    }
+    return 0;
+}
+
+static int hp_bool(HeaderParser *p, int *out) {
+    hp_ws(p);
+    if (hp_word(p, "True")) *out = 1;
+    else if (hp_word(p, "False")) *out = 0;
+    else return givt_fail("%s: bad .npy header: 'fortran_order' must be True or False", p->path);
+    return 0;
+}
+
+static int hp_shape(HeaderParser *p) {
+    if (hp_expect(p, '(', "to open 'shape'")) return -1;
+    p->ndim = 0;
+    for (;;) {
+        hp_ws(p);
+        if (p->s < p->end && *p->s == ')') {
+            p->s++;
+            return 0;
+        }
+        if (p->s >= p->end || *p->s < '0' || *p->s > '9')
+            return givt_fail("%s: bad .npy header: 'shape' must be a tuple of non-negative integers",
+                             p->path);
+        int64_t v = 0;
+        while (p->s < p->end && *p->s >= '0' && *p->s <= '9') {
+            v = v * 10 + (*p->s++ - '0');
+            if (v > NPY_MAX_DIM) return givt_fail("%s: bad .npy header: a dimension of 'shape' is too large", p->path);
+        }
+        if (p->s < p->end && *p->s == 'L') p->s++;  // Python 2 long
+        if (p->ndim == 8) return givt_fail("%s: bad .npy header: 'shape' has more than 8 dimensions", p->path);
+        p->shape[p->ndim++] = v;
+        hp_ws(p);
+        if (p->s < p->end && *p->s == ',') {
+            p->s++;
+        } else if (p->s >= p->end || *p->s != ')') {
+            return givt_fail("%s: bad .npy header: expected ',' or ')' in 'shape'", p->path);
+        }
+    }
+}
+
+static int hp_parse(HeaderParser *p) {
+    if (hp_expect(p, '{', "at the start of the header dict")) return -1;
+    for (;;) {
+        hp_ws(p);
+        if (p->s < p->end && *p->s == '}') {
+            p->s++;
+            break;
+        }
+        char key[32];
+        if (hp_string(p, key, sizeof key, "(a key of the header dict)")) return -1;
+        if (hp_expect(p, ':', "after a key of the header dict")) return -1;
+        if (strcmp(key, "descr") == 0 && !p->have_descr) {
+            if (hp_string(p, p->descr, sizeof p->descr, "for 'descr'")) return -1;
+            p->have_descr = 1;
+        } else if (strcmp(key, "fortran_order") == 0 && !p->have_fortran) {
+            if (hp_bool(p, &p->fortran)) return -1;
+            p->have_fortran = 1;
+        } else if (strcmp(key, "shape") == 0 && !p->have_shape) {
+            if (hp_shape(p)) return -1;
+            p->have_shape = 1;
+        } else {
+            return givt_fail("%s: bad .npy header: unexpected or repeated key '%s'", p->path, key);
+        }
+        hp_ws(p);
+        if (p->s < p->end && *p->s == ',') {
+            p->s++;
+        } else if (p->s >= p->end || *p->s != '}') {
+            return givt_fail("%s: bad .npy header: expected ',' or '}' in the header dict", p->path);
+        }
+    }
+    hp_ws(p);
+    if (p->s != p->end) return givt_fail("%s: bad .npy header: unexpected text after the header dict", p->path);
+    if (!p->have_descr || !p->have_fortran || !p->have_shape)
+        return givt_fail("%s: bad .npy header: missing key '%s'", p->path,
+                         !p->have_descr ? "descr" : !p->have_fortran ? "fortran_order" : "shape");
+    return 0;
+}
+
+// ---- reader ---------------------------------------------------------------------------------
+static int open_fail(NpyFile *f) {
+    npy_close(f);
+    return -1;
+}
+
+int npy_open(NpyFile *f, const char *path) {
+    memset(f, 0, sizeof *f);
+    f->path = strdup(path);
+    if (!f->path) givt_die("out of memory");
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) {
+        givt_fail("%s: cannot open: %s", path, strerror(errno));
+        return open_fail(f);
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        givt_fail("%s: cannot stat: %s", path, strerror(errno));
+        close(fd);
+        return open_fail(f);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        givt_fail("%s: not a regular file", path);
+        close(fd);
+        return open_fail(f);
+    }
+    size_t size = (size_t)st.st_size;
+    if (size < 10) {
+        close(fd);
+        givt_fail("%s: not a .npy file (only %zu bytes)", path, size);
+        return open_fail(f);
+    }
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) {
+        givt_fail("%s: mmap failed: %s", path, strerror(errno));
+        return open_fail(f);
+    }
+    f->map = map;
+    f->map_len = size;
+    const unsigned char *b = map;
+
+    if (memcmp(b, NPY_MAGIC, 6) != 0) {
+        givt_fail("%s: not a .npy file (bad magic)", path);
+        return open_fail(f);
+    }
+    int major = b[6], minor = b[7];
+    size_t prefix, hlen;
+    if (major == 1 && minor == 0) {
+        prefix = 10;
+        hlen = (size_t)b[8] | (size_t)b[9] << 8;
+    } else if ((major == 2 || major == 3) && minor == 0) {
+        prefix = 12;
+        if (size < prefix) {
+            givt_fail("%s: truncated .npy header", path);
+            return open_fail(f);
+        }
+        hlen = (size_t)b[8] | (size_t)b[9] << 8 | (size_t)b[10] << 16 | (size_t)b[11] << 24;
+    } else {
+        givt_fail("%s: unsupported .npy format version %d.%d (need 1.0, 2.0 or 3.0)", path, major, minor);
+        return open_fail(f);
+    }
+    if (hlen > size - prefix) {
+        givt_fail("%s: .npy header length %zu runs past the end of the file (%zu bytes)", path, hlen, size);
+        return open_fail(f);
+    }
+
+    HeaderParser p = {.s = (const char *)b + prefix, .end = (const char *)b + prefix + hlen, .path = path};
+    if (hp_parse(&p)) return open_fail(f);
+
+    if (strcmp(p.descr, "<f4") == 0) {
+        f->dtype = NPY_F32;
+        f->itemsize = 4;
+    } else if (strcmp(p.descr, "<f2") == 0) {
+        f->dtype = NPY_F16;
+        f->itemsize = 2;
+    } else {
+        givt_fail("%s: dtype '%s' not supported (need little-endian float32 '<f4' or float16 '<f2')",
+                  path, p.descr);
+        return open_fail(f);
+    }
+    if (p.fortran) {
+        givt_fail("%s: Fortran-order arrays are not supported (save a C-order array: np.ascontiguousarray)", path);
+        return open_fail(f);
+    }
+    if (p.ndim != 2 && p.ndim != 3) {
+        givt_fail("%s: array has rank %d; need rank 2 (M, D) or 3 (N, T, D)", path, p.ndim);
+        return open_fail(f);
+    }
+    f->ndim = p.ndim;
+    f->shape[0] = f->shape[1] = f->shape[2] = 1;
+    int64_t numel = 1;
+    for (int i = 0; i < p.ndim; i++) {
+        f->shape[i] = p.shape[i];
+        if (p.shape[i] != 0 && numel > INT64_MAX / 8 / p.shape[i]) {
+            givt_fail("%s: shape is too large", path);
+            return open_fail(f);
+        }
+        numel *= p.shape[i];
+    }
+    f->numel = numel;
+    size_t data_off = prefix + hlen;
+    size_t want = (size_t)numel * (size_t)f->itemsize, have = size - data_off;
+    if (have < want) {
+        givt_fail("%s: truncated: shape needs %zu data bytes but the file has %zu", path, want, have);
+        return open_fail(f);
+    }
+    if (have > want) {
+        givt_fail("%s: %zu unexpected bytes after the data (shape needs %zu)", path, have - want, want);
+        return open_fail(f);
+    }
+    f->data = b + data_off;
+    return 0;
+}
+
+void npy_close(NpyFile *f) {
+    if (f->map) munmap(f->map, f->map_len);
+    free(f->path);
+    memset(f, 0, sizeof *f);
+}
+
+int npy_read_f32(const NpyFile *f, int64_t start, int64_t count, float *dst) {
+    if (start < 0 || count < 0 || start > f->numel || count > f->numel - start)
+        return givt_fail("%s: read of elements [%lld, %lld) is out of bounds (%lld elements)", f->path,
+                         (long long)start, (long long)(start + count), (long long)f->numel);
+    if (f->dtype == NPY_F32) {
+        memcpy(dst, f->data + (size_t)start * 4, (size_t)count * 4);
+    } else {
+        const unsigned char *src = f->data + (size_t)start * 2;
+        for (int64_t i = 0; i < count; i++) {
+            uint16_t h;
+            memcpy(&h, src + 2 * i, 2);
+            dst[i] = f16_to_f32(h);
+        }
+    }
+    return 0;
+}
+
+int npy_read_rows_f32(const NpyFile *f, int64_t row, int64_t count, float *dst) {
+    int64_t per_row = f->shape[1] * f->shape[2];
+    if (row < 0 || count < 0 || row > f->shape[0] || count > f->shape[0] - row)
+        return givt_fail("%s: read of rows [%lld, %lld) is out of bounds (%lld rows)", f->path, (long long)row,
+                         (long long)(row + count), (long long)f->shape[0]);
+    return npy_read_f32(f, row * per_row, count * per_row, dst);
+}
+
+void npy_unravel(const NpyFile *f, int64_t flat, int64_t idx[3]) {
+    for (int i = f->ndim - 1; i >= 0; i--) {
+        int64_t d = f->shape[i] > 0 ? f->shape[i] : 1;
+        idx[i] = flat % d;
+        flat /= d;
+    }
+}
+
+void npy_format_index(const NpyFile *f, int64_t flat, char *buf, size_t bufsize) {
+    int64_t idx[3];
+    npy_unravel(f, flat, idx);
+    if (f->ndim == 3)
+        snprintf(buf, bufsize, "[%lld, %lld, %lld]", (long long)idx[0], (long long)idx[1], (long long)idx[2]);
+    else
+        snprintf(buf, bufsize, "[%lld, %lld]", (long long)idx[0], (long long)idx[1]);
+}
+
+int64_t npy_find_nonfinite(const NpyFile *f, int64_t start, int64_t count) {
+    if (start < 0) start = 0;
+    if (count > f->numel - start) count = f->numel - start;
+    if (f->dtype == NPY_F32) {
+        const unsigned char *src = f->data + (size_t)start * 4;
+        for (int64_t i = 0; i < count; i++) {
+            uint32_t u;
+            memcpy(&u, src + 4 * i, 4);
+            if ((u & 0x7f800000u) == 0x7f800000u) return start + i;
+        }
+    } else {
+        const unsigned char *src = f->data + (size_t)start * 2;
+        for (int64_t i = 0; i < count; i++) {
+            uint16_t h;
+            memcpy(&h, src + 2 * i, 2);
+            if ((h & 0x7c00u) == 0x7c00u) return start + i;
+        }
+    }
+    return -1;
+}
+
+int npy_check_finite(const NpyFile *f, int64_t idx[3]) {
+    int64_t at = npy_find_nonfinite(f, 0, f->numel);
+    if (at < 0) return 0;
+    float v;
+    npy_read_f32(f, at, 1, &v);
+    char ib[96];
+    npy_format_index(f, at, ib, sizeof ib);
+    if (idx) npy_unravel(f, at, idx);
+    return givt_fail("%s: non-finite value (%s) at index %s", f->path, isnan(v) ? "nan" : v > 0 ? "inf" : "-inf", ib);
+}
+
+// ---- writer ---------------------------------------------------------------------------------
+int npy_write(const char *path, const char *descr, size_t itemsize, const void *data, int ndim,
+              const int64_t *shape) {
+    if (ndim < 0 || ndim > 8) return givt_fail("%s: cannot write an array of rank %d", path, ndim);
+    char dict[512];
+    int n = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (", descr);
+    size_t numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0) return givt_fail("%s: negative dimension %lld", path, (long long)shape[i]);
+        n += snprintf(dict + n, sizeof dict - (size_t)n, i ? ", %lld" : "%lld", (long long)shape[i]);
+        numel *= (size_t)shape[i];
+    }
+    n += snprintf(dict + n, sizeof dict - (size_t)n, "%s), }", ndim == 1 ? "," : "");
+    // Pad with spaces and a final newline so that the data start at a multiple of 64 bytes.
+    size_t hlen = (size_t)n + 1;
+    int v2 = 10 + hlen > 65535;
+    size_t prefix = v2 ? 12 : 10;
+    size_t total = (prefix + hlen + 63) / 64 * 64;
+    hlen = total - prefix;
+    unsigned char *hdr = xmalloc(total);
+    memcpy(hdr, NPY_MAGIC, 6);
+    hdr[6] = v2 ? 2 : 1;
+    hdr[7] = 0;
+    if (v2) {
+        for (int i = 0; i < 4; i++) hdr[8 + i] = (unsigned char)(hlen >> (8 * i));
+    } else {
+        hdr[8] = (unsigned char)(hlen & 0xff);
+        hdr[9] = (unsigned char)(hlen >> 8);
+    }
+    memcpy(hdr + prefix, dict, (size_t)n);
+    memset(hdr + prefix + n, ' ', hlen - (size_t)n - 1);
+    hdr[total - 1] = '\n';
+
+    AtomicFile af;
+    if (atomic_open(&af, path)) {
+        free(hdr);
+        return -1;
+    }
+    atomic_write(&af, hdr, total);
+    atomic_write(&af, data, numel * itemsize);
+    free(hdr);
+    return atomic_commit(&af);
+}
+
+int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *shape) {
+    return npy_write(path, "<f4", 4, data, ndim, shape);
+}

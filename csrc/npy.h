@@ -1,0 +1,59 @@
+// npy: NumPy .npy files: a validating, memory-mapped reader (little-endian float32/float16, C order,
+// rank 2 or 3) and an atomic writer.
+#ifndef GIVT_NPY_H
+#define GIVT_NPY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { NPY_F32, NPY_F16 } NpyDtype;
+
+// An open .npy file. The file is mapped read-only; elements are read through npy_read_f32.
+typedef struct {
+    char *path;                 // as given to npy_open (for error messages)
+    void *map;                  // the whole file, mapped read-only
+    size_t map_len;             // file size in bytes
+    const unsigned char *data;  // first element (may be unaligned: read with memcpy)
+    NpyDtype dtype;
+    int itemsize;               // 4 or 2
+    int ndim;                   // 2 or 3
+    int64_t shape[3];           // unused trailing entries are 1
+    int64_t numel;              // prod(shape)
+} NpyFile;
+
+// Opens and validates path: magic, version 1.0/2.0/3.0, header length within the file, header dict
+// ('descr' '<f4' or '<f2', 'fortran_order' False, 'shape' of rank 2 or 3), and a data size of exactly
+// prod(shape) * itemsize. Returns 0, or -1 with givt_fail("PATH: problem").
+int npy_open(NpyFile *f, const char *path);
+void npy_close(NpyFile *f);  // safe on a zeroed or already closed NpyFile
+
+static inline int npy_ndim(const NpyFile *f) { return f->ndim; }
+static inline int64_t npy_dim(const NpyFile *f, int i) { return f->shape[i]; }
+
+// Copies elements [start, start + count) (flat C-order indices) to dst as float32, converting
+// float16. Returns 0, or -1 (givt_fail) when the range is out of bounds.
+int npy_read_f32(const NpyFile *f, int64_t start, int64_t count, float *dst);
+// Rows along the first axis: row r holds numel / shape[0] elements. dst holds count rows.
+int npy_read_rows_f32(const NpyFile *f, int64_t row, int64_t count, float *dst);
+
+// Flat index -> per-axis index (ndim entries of idx are set).
+void npy_unravel(const NpyFile *f, int64_t flat, int64_t idx[3]);
+// Writes "[i, j, k]" (ndim entries) for a flat index into buf.
+void npy_format_index(const NpyFile *f, int64_t flat, char *buf, size_t bufsize);
+
+// Finds the first NaN or Inf among elements [start, start + count). Returns its flat index, or -1
+// when all are finite.
+int64_t npy_find_nonfinite(const NpyFile *f, int64_t start, int64_t count);
+// Scans the whole file. Returns 0 if all values are finite; otherwise -1 with
+// givt_fail("PATH: non-finite value (nan) at index [n, t, d]") and, when idx is not NULL, the
+// per-axis index of the first one in idx (for rank 2: [m, d]).
+int npy_check_finite(const NpyFile *f, int64_t idx[3]);
+
+// Writes a C-order .npy file atomically (temporary file, fsync, rename). descr is the NumPy dtype
+// string ("<f4", "<i4", ...) whose size is itemsize; ndim 0..8.
+int npy_write(const char *path, const char *descr, size_t itemsize, const void *data, int ndim,
+              const int64_t *shape);
+// float32 data of the given shape, e.g. (N, T, D).
+int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *shape);
+
+#endif

@@ -1,0 +1,63 @@
+// optim: AdamW, schedules, clipping, EMA decay.
+#include "optim.h"
+
+#include <math.h>
+#include <string.h>
+
+double lr_factor(const OptimConfig *oc, long step) {
+    if (step < oc->warmup_steps) return (double)step / (double)(oc->warmup_steps > 1 ? oc->warmup_steps : 1);
+    switch (oc->schedule) {
+    case LR_SCHEDULE_INVERSE_SQRT: {
+        double shift = oc->timescale - (double)oc->warmup_steps;
+        return 1.0 / sqrt(((double)step + shift) / oc->timescale);
+    }
+    case LR_SCHEDULE_COSINE: {
+        long span = oc->max_steps - oc->warmup_steps;
+        double progress = span > 0 ? (double)(step - oc->warmup_steps) / (double)span : 1.0;
+        if (progress > 1.0) progress = 1.0;
+        return oc->min_lr_ratio + (1.0 - oc->min_lr_ratio) * 0.5 * (1.0 + cos(3.14159265358979323846 * progress));
+    }
+    case LR_SCHEDULE_CONSTANT: return 1.0;
+    }
+    return 1.0;
+}
+
+void adamw_create(AdamW *opt, const GivtModel *model, const OptimConfig *cfg) {
+    memset(opt, 0, sizeof *opt);
+    opt->cfg = *cfg;
+    size_t bytes = model->table.total * sizeof(float);
+    opt->m = model->ops->alloc(bytes);
+    opt->v = model->ops->alloc(bytes);
+}
+
+void adamw_free(AdamW *opt, const GivtModel *model) {
+    if (opt->m) model->ops->free(opt->m);
+    if (opt->v) model->ops->free(opt->v);
+    memset(opt, 0, sizeof *opt);
+}
+
+double grad_global_norm(const GivtModel *model) {
+    return sqrt(model->ops->sumsq(model->grads, model->table.total));
+}
+
+void adamw_step(AdamW *opt, GivtModel *model, double lr, double norm) {
+    const OptimConfig *c = &opt->cfg;
+    double scale = 1.0;
+    if (c->grad_norm > 0) {
+        double coef = c->grad_norm / (norm + 1e-6);
+        if (coef < 1.0) scale = coef;
+    }
+    opt->t++;
+    for (int i = 0; i < model->table.count; i++) {
+        const ParamSpec *s = &model->table.specs[i];
+        model->ops->adamw(model->params + s->offset, model->grads + s->offset, opt->m + s->offset,
+                          opt->v + s->offset, s->numel, (float)lr, (float)c->beta1, (float)c->beta2, (float)c->eps,
+                          s->weight_decay ? (float)c->weight_decay : 0.0f, (float)scale, (int)opt->t);
+    }
+}
+
+double ema_decay(double power, long updates) {
+    if (updates <= 2) return 0.0;
+    double d = 1.0 - pow((double)(updates - 1), -power);
+    return d < 0.9999 ? d : 0.9999;
+}

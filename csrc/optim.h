@@ -1,0 +1,45 @@
+// optim: AdamW over the parameter table (the seed's decay groups), learning-rate schedules,
+// global gradient-norm clipping and the EMA of the weights.
+#ifndef GIVT_OPTIM_H
+#define GIVT_OPTIM_H
+
+#include "model.h"
+
+typedef enum { LR_SCHEDULE_INVERSE_SQRT, LR_SCHEDULE_COSINE, LR_SCHEDULE_CONSTANT } LrSchedule;
+
+typedef struct {
+    double lr, beta1, beta2, eps, weight_decay;
+    double grad_norm;  // clip the global norm to this; 0 = no clipping
+    LrSchedule schedule;
+    long warmup_steps;
+    double timescale;     // inverse_sqrt
+    long max_steps;       // cosine
+    double min_lr_ratio;  // cosine floor, as a share of lr
+} OptimConfig;
+
+// The multiplier of lr for optimizer step `step` (0-based, as the scheduler's LambdaLR sees it):
+// inverse_sqrt (Hugging Face get_inverse_sqrt_schedule): step / warmup while step < warmup, then
+//   1 / sqrt((step + timescale - warmup) / timescale);
+// cosine: the same linear warmup, then min + (1 - min) * 0.5 * (1 + cos(pi * progress)) to max_steps;
+// constant: the same linear warmup, then 1.
+double lr_factor(const OptimConfig *oc, long step);
+
+typedef struct {
+    OptimConfig cfg;
+    float *m, *v;  // backend memory, table.total floats each
+    long t;        // updates applied so far (AdamW's step count)
+} AdamW;
+
+void adamw_create(AdamW *opt, const GivtModel *model, const OptimConfig *cfg);
+void adamw_free(AdamW *opt, const GivtModel *model);
+// Global L2 norm of model->grads (double accumulation).
+double grad_global_norm(const GivtModel *model);
+// One update with learning rate lr. The gradients are scaled by min(1, grad_norm / (norm + 1e-6))
+// first, as torch.nn.utils.clip_grad_norm_ does. Decay applies to tensors with more than one dim.
+void adamw_step(AdamW *opt, GivtModel *model, double lr, double norm);
+
+// EMA decay for the `updates`-th update (1-based), as ema_pytorch's EMA(power=..) computes it when
+// updated every step from the start: 0 (a copy) for the first two, then min(0.9999, 1 - (updates-1)^-power).
+double ema_decay(double power, long updates);
+
+#endif

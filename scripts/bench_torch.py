@@ -1,0 +1,193 @@
+#!/usr/bin/python3
+"""PyTorch side of the CPU benchmark (scripts/bench_cpu.sh): the GIVT model of shared/GIVT.md in
+float32, timed over full training steps (zero_grad, forward, backward, clip_grad_norm_, AdamW step)
+with the same sizes, initialisation rule and timing loop as givt-bench. Prints one line
+"RESULT impl=torch threads=N tokens_per_s=... ms_per_step=... gflops=... params=..." (the FLOP count is
+givt-bench's: 6 * matmul params + 12 * L * T * C per token, dense attention).
+
+Run with Debian's PyTorch: /usr/bin/python3 scripts/bench_torch.py --threads 2 [sizes as givt-bench]
+"""
+import argparse
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F_
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * self.weight
+
+
+def rope_cache(T, n, base, condense):
+    theta = 1.0 / (base ** (torch.arange(0, n, 2, dtype=torch.float32) / n))
+    angle = torch.outer(torch.arange(T, dtype=torch.float32) / condense, theta)
+    angle = torch.cat([angle, angle], dim=-1)
+    return angle.cos(), angle.sin()
+
+
+def apply_rope(x, cos, sin):  # x (B, H, T, hd); rotate-half on the first n dims
+    n = cos.shape[-1]
+    xr, xp = x[..., :n], x[..., n:]
+    rot = torch.cat([-xr[..., n // 2:], xr[..., : n // 2]], dim=-1)
+    return torch.cat([xr * cos + rot * sin, xp], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, C, H):
+        super().__init__()
+        self.H = H
+        self.norm = RMSNorm(C)
+        self.qkv_proj = nn.Linear(C, 3 * C, bias=False)
+        self.o_proj = nn.Linear(C, C, bias=False)
+
+    def forward(self, h, cos, sin):
+        B, T, C = h.shape
+        hd = C // self.H
+        q, k, v = self.qkv_proj(self.norm(h)).split(C, dim=-1)
+        q, k, v = (t.view(B, T, self.H, hd).transpose(1, 2) for t in (q, k, v))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if hasattr(F_, "scaled_dot_product_attention"):  # PyTorch >= 2.0
+            y = F_.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # 1.13: dense masked softmax, as the C CPU backend computes it
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))
+            mask = torch.ones(T, T, dtype=torch.bool, device=h.device).triu(1)
+            att = att.masked_fill(mask, float("-inf")).softmax(dim=-1)
+            y = att @ v
+        return h + self.o_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Mlp(nn.Module):
+    def __init__(self, C, F):
+        super().__init__()
+        self.norm = RMSNorm(C)
+        self.fc1 = nn.Linear(C, F, bias=False)
+        self.fc2 = nn.Linear(C, F, bias=False)
+        self.fc3 = nn.Linear(F, C, bias=False)
+
+    def forward(self, h):
+        m = self.norm(h)
+        return h + self.fc3(F_.silu(self.fc1(m)) * self.fc2(m))
+
+
+class Block(nn.Module):
+    def __init__(self, C, F, H):
+        super().__init__()
+        self.attn = Attention(C, H)
+        self.mlp = Mlp(C, F)
+
+    def forward(self, h, cos, sin):
+        return self.mlp(self.attn(h, cos, sin))
+
+
+class Givt(nn.Module):
+    def __init__(self, D, C, F, H, L, T, eps=1e-8, rope_base=1e6, rope_pct=1.0, condense=4.0):
+        super().__init__()
+        self.D, self.eps = D, eps
+        self.embed = nn.Linear(D, C, bias=False)
+        self.bos = nn.Parameter(torch.randn(D) * 0.02)
+        self.blocks = nn.ModuleList(Block(C, F, H) for _ in range(L))
+        self.norm = RMSNorm(C)
+        self.head = nn.Linear(C, 2 * D, bias=False)
+        cos, sin = rope_cache(T, int(rope_pct * (C // H)), rope_base, condense)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, x):
+        B, T, D = x.shape
+        inp = torch.cat([self.bos.expand(B, 1, D), x[:, :-1]], dim=1)
+        h = self.embed(inp)
+        cos, sin = self.cos[:T], self.sin[:T]
+        for blk in self.blocks:
+            h = blk(h, cos, sin)
+        y = self.head(self.norm(h))
+        mu, std = y[..., :D], F_.softplus(y[..., D:]) + self.eps
+        return F_.gaussian_nll_loss(mu, x, std.pow(2), eps=self.eps, full=False, reduction="mean")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--input-dim", type=int, default=16)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--intermediate", type=int, default=688)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-adamw", action="store_true", help="time forward + backward only")
+    ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--show-config", action="store_true", help="print torch.__config__.show() and exit")
+    ap.add_argument("--profile", action="store_true", help="print the autograd profiler's top ops")
+    a = ap.parse_args()
+    if a.show_config:
+        print(torch.__version__)
+        print(torch.__config__.show())
+        print(torch.__config__.parallel_info())
+        with open("/proc/self/maps") as f:
+            libs = sorted({line.split()[-1] for line in f if "blas" in line or "omp" in line or "dnnl" in line})
+        print("loaded:", " ".join(libs))
+        return
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    D, C, F, H, L, T, B = a.input_dim, a.hidden, a.intermediate, a.heads, a.layers, a.seq, a.batch
+    model = Givt(D, C, F, H, L, T)
+    with torch.no_grad():  # xavier uniform like the seed; its zero-initialised weights get small values
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                if name.endswith(("o_proj.weight", "fc3.weight", "head.weight")):
+                    p.normal_(0.0, 0.02)
+                else:
+                    nn.init.xavier_uniform_(p)
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.dim() <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=1e-4, betas=(0.9, 0.99), eps=1e-8)
+    x = torch.randn(B, T, D)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    n_mm = sum(p.numel() for p in model.parameters() if p.dim() == 2)
+    fpt = 6.0 * n_mm + 12.0 * L * T * C  # as givt-bench: dense attention, forward + backward
+    tokens = B * T
+
+    def step():
+        opt.zero_grad()
+        loss = model(x)
+        loss.backward()
+        if not a.no_adamw:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        return loss.item()
+
+    for _ in range(a.warmup):
+        step()
+    times = []
+    for _ in range(a.steps):
+        t0 = time.perf_counter()
+        loss = step()
+        times.append(time.perf_counter() - t0)
+    if a.profile:
+        with torch.autograd.profiler.profile() as prof:
+            step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+    per_step = sum(times) / len(times)
+    gflops = fpt * tokens / per_step / 1e9
+    print(f"torch {torch.__version__}: {a.steps} steps (+{a.warmup} warmup), {a.threads} threads: "
+          f"{1e3 * per_step:.1f} ms/step (best {1e3 * min(times):.1f}), {tokens / per_step:.0f} tokens/s, "
+          f"{gflops:.2f} GFLOP/s, loss {loss:.4f}")
+    print(f"RESULT impl=torch threads={a.threads} tokens_per_s={tokens / per_step:.1f} "
+          f"ms_per_step={1e3 * per_step:.2f} best_ms={1e3 * min(times):.2f} gflops={gflops:.2f} "
+          f"params={n_params} flops_per_token={fpt:.0f} loss={loss:.5f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what givt needs to build and test from Debian's packages (as root; uses sudo otherwise).
+# Idempotent: installs only what is missing. Set GIVT_WITH_TORCH=1 to add PyTorch (reference
+# generation and the benchmark's comparison only; the tests do not need it).
+set -euo pipefail
+pkgs=(build-essential pkg-config libopenblas-openmp-dev)
+[[ "${GIVT_WITH_TORCH:-0}" == 1 ]] && pkgs+=(python3-numpy python3-torch python3-sklearn python3-matplotlib)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  echo "install_deps: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,279 @@
+// Tests of the Hugging Face folder: save -> load bit-exact, config.json defaults and extra keys,
+// F16/BF16 weights, and every bad folder (messages must name the file, and the key or tensor).
+#define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "hf.h"
+#include "json.h"
+#include "model.h"
+#include "util.h"
+
+static void hf_tmpdir(char *dir) {
+    strcpy(dir, "/tmp/givt_hf_XXXXXX");
+    if (!mkdtemp(dir)) givt_die("mkdtemp failed");
+}
+
+static void hf_rmtree(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) {
+        unlink(dir);
+        return;
+    }
+    struct dirent *e;
+    char p[512];
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        hf_rmtree(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+static void put_text(const char *path, const char *text) {
+    FILE *fp = fopen(path, "wb");
+    if (!fp || fputs(text, fp) < 0 || fclose(fp) != 0) givt_die("cannot write %s", path);
+}
+
+static void tiny_config(GivtConfig *c) {
+    givt_config_default(c);
+    c->input_dim = 4;
+    c->hidden_dim = 8;
+    c->intermediate_dim = 12;
+    c->num_heads = 2;
+    c->num_layers = 2;
+    c->block_size = 16;
+}
+
+static int one_line(const char *a, const char *b) {
+    const char *m = givt_last_error();
+    return strstr(m, a) && (!b || strstr(m, b)) && !strchr(m, '\n');
+}
+
+TEST(hf_round_trip_bit_exact) {
+    char dir[64], folder[128];
+    hf_tmpdir(dir);
+    snprintf(folder, sizeof folder, "%s/a/b/ckpt", dir);  // mkdir -p
+    GivtConfig cfg, back;
+    tiny_config(&cfg);
+    cfg.eps = 1e-6;
+    cfg.rope_base = 10000;
+    cfg.rope_rotary_percentage = 0.5;
+    cfg.rope_condense_ratio = 1.5;
+    ParamTable pt;
+    param_table_build(&pt, &cfg);
+    float *p = xmalloc(pt.total * sizeof(float)), *q = xcalloc(pt.total, sizeof(float));
+    Rng rng;
+    rng_seed(&rng, 1);
+    for (size_t i = 0; i < pt.total; i++) p[i] = (float)rng_normal(&rng);
+    CHECK(hf_save(folder, &cfg, &pt, p) == 0, "%s", givt_last_error());
+    CHECK(hf_read_config(folder, &back) == 0, "%s", givt_last_error());
+    CHECK(memcmp(&cfg, &back, sizeof cfg) == 0, "config changed in the round trip");
+    CHECK(hf_load_weights(folder, &pt, q) == 0, "%s", givt_last_error());
+    CHECK(memcmp(p, q, pt.total * sizeof(float)) == 0, "weights not bit-exact");
+    char path[160];
+    snprintf(path, sizeof path, "%s/config.json", folder);
+    char *text = read_file_text(path, NULL);
+    CHECK(text && strstr(text, "\"model_type\": \"givt\"") && strstr(text, "\"GIVT\"") &&
+          strstr(text, "\"rope_base\": 10000,") && strstr(text, "\"eps\": 1e-06,"), "%s", text);
+    free(text);
+    CHECK(hf_save(folder, &cfg, &pt, p) == 0, "saving over an existing folder: %s", givt_last_error());
+    free(p);
+    free(q);
+    param_table_free(&pt);
+    hf_rmtree(dir);
+}
+
+TEST(hf_config_defaults_and_extra_keys) {
+    char dir[64], path[128];
+    hf_tmpdir(dir);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    put_text(path, "{\"hidden_dim\": 64, \"num_heads\": 8, \"eps\": 1e-6, \"rope_condense_ratio\": 2,\n"
+                   " \"model_type\": \"givt\", \"architectures\": [\"GIVT\"], \"transformers_version\": \"4.40.0\",\n"
+                   " \"torch_dtype\": \"float32\", \"head_dim\": 8, \"rope_n_elem\": 8, \"_name_or_path\": \"x\"}\n");
+    GivtConfig c, d;
+    givt_config_default(&d);
+    d.hidden_dim = 64;
+    d.num_heads = 8;
+    d.eps = 1e-6;
+    d.rope_condense_ratio = 2.0;
+    CHECK(hf_read_config(dir, &c) == 0, "%s", givt_last_error());
+    CHECK(memcmp(&c, &d, sizeof c) == 0);
+    put_text(path, "{}");
+    givt_config_default(&d);
+    CHECK(hf_read_config(dir, &c) == 0 && memcmp(&c, &d, sizeof c) == 0, "%s", givt_last_error());
+    hf_rmtree(dir);
+}
+
+TEST(hf_config_errors) {
+    static const struct {
+        const char *text, *want1, *want2;
+    } cases[] = {
+        {"{\"hidden_dim\": \"abc\"}", "key \"hidden_dim\"", "a string \"abc\""},
+        {"{\"hidden_dim\": 3.5}", "key \"hidden_dim\"", "expected an integer"},
+        {"{\"hidden_dim\": 32.0}", "key \"hidden_dim\"", "expected an integer"},
+        {"{\"num_layers\": true}", "key \"num_layers\"", "expected an integer"},
+        {"{\"block_size\": null}", "key \"block_size\"", "null"},
+        {"{\"input_dim\": 10000000000}", "key \"input_dim\"", "int range"},
+        {"{\"eps\": \"1e-8\"}", "key \"eps\"", "expected a number"},
+        {"{\"rope_base\": [1]}", "key \"rope_base\"", "an array"},
+        {"{\"num_heads\": 5}", "num_heads", NULL},
+        {"{\"num_layers\": 0}", "num_layers", NULL},
+        {"[1]", "expected an object", NULL},
+        {"{\"hidden_dim\": 32,}", "invalid JSON at line 1", NULL},
+        {"", "invalid JSON", NULL},
+    };
+    char dir[64], path[128];
+    hf_tmpdir(dir);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        put_text(path, cases[i].text);
+        GivtConfig c;
+        CHECK(hf_read_config(dir, &c) == -1, "case %zu accepted", i);
+        CHECK(one_line(path, cases[i].want1) && one_line(path, cases[i].want2), "case %zu: %s", i, givt_last_error());
+    }
+    unlink(path);
+    GivtConfig c;
+    CHECK(hf_read_config(dir, &c) == -1 && one_line(path, "cannot open"), "%s", givt_last_error());
+    hf_rmtree(dir);
+}
+
+// A model.safetensors with the table's names, each tensor stored in the dtype dtype_of(name) gives
+// (NULL: left out), plus an extra tensor when extra != NULL; every element is the value 1.
+static void write_table_file(const char *path, const ParamTable *pt, const char *(*dtype_of)(const char *),
+                             const char *extra) {
+    JsonBuf h;
+    json_buf_init(&h);
+    size_t off = 0;
+    json_buf_puts(&h, "{");
+    unsigned char *data = xcalloc(pt->total * 8 + 64, 1);
+    for (int i = 0; i <= pt->count; i++) {
+        const char *name = i < pt->count ? pt->specs[i].name : extra;
+        const char *dt = i < pt->count ? dtype_of(name) : "F32";
+        if (!name || !dt) continue;
+        size_t numel = i < pt->count ? pt->specs[i].numel : 1;
+        size_t es = strcmp(dt, "F32") == 0 ? 4 : strcmp(dt, "I64") == 0 ? 8 : 2;
+        json_buf_printf(&h, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", off ? "," : "", name, dt);
+        if (i < pt->count)
+            for (int d = 0; d < pt->specs[i].ndim; d++) json_buf_printf(&h, "%s%d", d ? "," : "", pt->specs[i].shape[d]);
+        else json_buf_puts(&h, "1");
+        json_buf_printf(&h, "],\"data_offsets\":[%zu,%zu]}", off, off + numel * es);
+        static const unsigned char one_f32[] = {0, 0, 0x80, 0x3f}, one_f16[] = {0, 0x3c}, one_bf16[] = {0x80, 0x3f},
+                                   one_i64[] = {1, 0, 0, 0, 0, 0, 0, 0};
+        const unsigned char *one = es == 4 ? one_f32 : es == 8 ? one_i64 : strcmp(dt, "F16") == 0 ? one_f16 : one_bf16;
+        for (size_t k = 0; k < numel; k++) memcpy(data + off + k * es, one, es);
+        off += numel * es;
+    }
+    json_buf_puts(&h, "}");
+    FILE *fp = fopen(path, "wb");
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)h.len >> (8 * i));
+    if (!fp || fwrite(len8, 1, 8, fp) != 8 || fwrite(h.data, 1, h.len, fp) != h.len ||
+        fwrite(data, 1, off, fp) != off || fclose(fp) != 0)
+        givt_die("cannot write %s", path);
+    free(data);
+    json_buf_free(&h);
+}
+
+static const char *all_f32(const char *n) { (void)n; return "F32"; }
+static const char *all_f16(const char *n) { (void)n; return "F16"; }
+static const char *mixed_bf16(const char *n) { return strstr(n, "norm") ? "BF16" : "F32"; }
+static const char *no_head(const char *n) { return strcmp(n, "model.head.weight") ? "F32" : NULL; }
+static const char *bos_i64(const char *n) { return strcmp(n, "model.bos") ? "F32" : "I64"; }
+
+TEST(hf_loads_f16_bf16_and_rejects_bad_weights) {
+    char dir[64], path[128];
+    hf_tmpdir(dir);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    GivtConfig cfg;
+    tiny_config(&cfg);
+    ParamTable pt;
+    param_table_build(&pt, &cfg);
+    float *p = xcalloc(pt.total, sizeof(float));
+    const char *(*good[])(const char *) = {all_f32, all_f16, mixed_bf16};
+    for (int g = 0; g < 3; g++) {
+        write_table_file(path, &pt, good[g], NULL);
+        memset(p, 0, pt.total * sizeof(float));
+        CHECK(hf_load_weights(dir, &pt, p) == 0, "%s", givt_last_error());
+        int ones = 1;
+        for (size_t i = 0; i < pt.total; i++) ones &= p[i] == 1.0f;
+        CHECK(ones, "dtype set %d did not load as ones", g);
+    }
+    write_table_file(path, &pt, no_head, NULL);
+    CHECK(hf_load_weights(dir, &pt, p) == -1 && one_line(path, "tensor \"model.head.weight\" is missing"), "%s", givt_last_error());
+    write_table_file(path, &pt, all_f32, "model.extra.weight");
+    CHECK(hf_load_weights(dir, &pt, p) == -1 && one_line(path, "unexpected tensor \"model.extra.weight\""), "%s", givt_last_error());
+    write_table_file(path, &pt, bos_i64, NULL);
+    CHECK(hf_load_weights(dir, &pt, p) == -1 && one_line(path, "tensor \"model.bos\": dtype I64 is not supported"), "%s", givt_last_error());
+    // wrong shape: saved with input_dim 4, loaded as input_dim 6
+    GivtConfig other = cfg;
+    other.input_dim = 6;
+    ParamTable pt6;
+    param_table_build(&pt6, &other);
+    float *p6 = xcalloc(pt6.total, sizeof(float));
+    write_table_file(path, &pt, all_f32, NULL);
+    CHECK(hf_load_weights(dir, &pt6, p6) == -1 && one_line(path, "tensor \"model.embed.weight\": shape [8, 4], expected [8, 6]"), "%s", givt_last_error());
+    // fewer layers in the file than the table: missing; more: unexpected
+    GivtConfig three = cfg;
+    three.num_layers = 3;
+    ParamTable pt3;
+    param_table_build(&pt3, &three);
+    float *p3 = xcalloc(pt3.total, sizeof(float));
+    CHECK(hf_load_weights(dir, &pt3, p3) == -1 && one_line(path, "tensor \"model.blocks.2.attn.norm.weight\" is missing"), "%s", givt_last_error());
+    write_table_file(path, &pt3, all_f32, NULL);
+    CHECK(hf_load_weights(dir, &pt, p) == -1 && one_line(path, "unexpected tensor \"model.blocks.2."), "%s", givt_last_error());
+    // truncated file
+    size_t n;
+    char *full = read_file_text(path, &n);
+    FILE *fp = fopen(path, "wb");
+    fwrite(full, 1, n - 5, fp);
+    fclose(fp);
+    free(full);
+    CHECK(hf_load_weights(dir, &pt3, p3) == -1 && one_line(path, "tensor \"model."), "%s", givt_last_error());
+    unlink(path);
+    CHECK(hf_load_weights(dir, &pt, p) == -1 && one_line(path, "cannot open"), "%s", givt_last_error());
+    free(p);
+    free(p6);
+    free(p3);
+    param_table_free(&pt);
+    param_table_free(&pt6);
+    param_table_free(&pt3);
+    hf_rmtree(dir);
+}
+
+TEST(hf_save_errors_and_table_files) {
+    char dir[64], path[160];
+    hf_tmpdir(dir);
+    GivtConfig cfg;
+    tiny_config(&cfg);
+    ParamTable pt;
+    param_table_build(&pt, &cfg);
+    float *p = xcalloc(pt.total, sizeof(float)), *q = xcalloc(pt.total, sizeof(float));
+    snprintf(path, sizeof path, "%s/file", dir);
+    put_text(path, "x");
+    snprintf(path, sizeof path, "%s/file/sub", dir);
+    CHECK(hf_save(path, &cfg, &pt, p) == -1 && one_line("file", "not a directory"), "%s", givt_last_error());
+    GivtConfig bad = cfg;
+    bad.eps = NAN;
+    snprintf(path, sizeof path, "%s/nan", dir);
+    CHECK(hf_save(path, &bad, &pt, p) == -1 && one_line("config.json", "\"eps\""), "%s", givt_last_error());
+    // the table-shaped writer used for EMA weights / optimizer state, with metadata
+    for (size_t i = 0; i < pt.total; i++) p[i] = (float)i * 0.25f;
+    snprintf(path, sizeof path, "%s/ema.safetensors", dir);
+    StMeta meta[] = {{"step", "100"}};
+    CHECK(hf_save_tensors(path, &pt, p, meta, 1) == 0, "%s", givt_last_error());
+    CHECK(hf_load_tensors(path, &pt, q) == 0 && memcmp(p, q, pt.total * sizeof(float)) == 0, "%s", givt_last_error());
+    StFile f;
+    CHECK(st_open(&f, path) == 0 && f.count == pt.count && st_metadata(&f, "step") &&
+          strcmp(st_metadata(&f, "step"), "100") == 0 && strcmp(st_metadata(&f, "format"), "pt") == 0);
+    st_close(&f);
+    free(p);
+    free(q);
+    param_table_free(&pt);
+    hf_rmtree(dir);
+}

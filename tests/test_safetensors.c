@@ -1,0 +1,393 @@
+// Tests of json (strict parsing, limits, typed getters, writing) and safetensors (round trip, F16/BF16,
+// and every malformed file: each must fail with a one-line message naming the file and tensor).
+#define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "json.h"
+#include "safetensors.h"
+#include "util.h"
+
+// ---- helpers ------------------------------------------------------------------------------
+static void st_tmpdir(char *dir) {
+    strcpy(dir, "/tmp/givt_st_XXXXXX");
+    if (!mkdtemp(dir)) givt_die("mkdtemp failed");
+}
+
+static void st_rmdir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char p[512];
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        unlink(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+static void write_bytes(const char *path, const void *data, size_t n) {
+    FILE *fp = fopen(path, "wb");
+    if (!fp || fwrite(data, 1, n, fp) != n || fclose(fp) != 0) givt_die("cannot write %s", path);
+}
+
+// A safetensors file from a header text and data_len bytes of data (byte i = i & 0xff).
+static void write_raw(const char *path, const char *header, uint64_t header_len, size_t data_len) {
+    size_t hl = strlen(header);
+    unsigned char *buf = xcalloc(8 + hl + data_len, 1);
+    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)(header_len >> (8 * i));
+    memcpy(buf + 8, header, hl);
+    for (size_t i = 0; i < data_len; i++) buf[8 + hl + i] = (unsigned char)i;
+    write_bytes(path, buf, 8 + hl + data_len);
+    free(buf);
+}
+
+static int has(const char *msg, const char *a, const char *b) {
+    return strstr(msg, a) && (!b || strstr(msg, b)) && !strchr(msg, '\n');
+}
+
+// ---- json ---------------------------------------------------------------------------------
+TEST(json_parses_all_types) {
+    const char *t = "{\"a\": [1, -2, 3.5, 1e3, 9223372036854775807, 9223372036854775808, -0],\n"
+                    " \"s\": \"q\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\\u0000x\", \"t\": true,"
+                    " \"f\": false, \"n\": null, \"o\": {}, \"e\": []}";
+    JsonValue *v = json_parse(t, strlen(t), "t.json");
+    CHECK(v != NULL, "%s", givt_last_error());
+    if (!v) return;
+    const JsonValue *a = json_get(v, "a");
+    CHECK(a && a->type == JSON_ARRAY && a->count == 7);
+    CHECK(json_at(a, 0)->is_int && json_at(a, 0)->integer == 1);
+    CHECK(json_at(a, 1)->is_int && json_at(a, 1)->integer == -2);
+    CHECK(!json_at(a, 2)->is_int && json_at(a, 2)->number == 3.5);
+    CHECK(!json_at(a, 3)->is_int && json_at(a, 3)->number == 1000.0);
+    CHECK(json_at(a, 4)->is_int && json_at(a, 4)->integer == INT64_MAX);
+    CHECK(!json_at(a, 5)->is_int);
+    CHECK(json_at(a, 6)->is_int && json_at(a, 6)->integer == 0);
+    CHECK(json_at(a, 7) == NULL && json_at(a, -1) == NULL);
+    const JsonValue *s = json_get(v, "s");
+    const char want[] = "q\"\\/\b\f\n\r\t\xc3\xa9\xf0\x9f\x98\x80\0x";
+    CHECK(s && s->str_len == sizeof want - 1 && memcmp(s->str, want, sizeof want - 1) == 0);
+    CHECK(json_get(v, "t")->boolean == 1 && json_get(v, "f")->type == JSON_BOOL && !json_get(v, "f")->boolean);
+    CHECK(json_get(v, "n")->type == JSON_NULL);
+    CHECK(json_get(v, "o")->type == JSON_OBJECT && json_get(v, "o")->count == 0);
+    CHECK(json_get(v, "missing") == NULL);
+    CHECK(json_at(a, 2)->line == 1 && json_get(v, "s")->line == 2);
+    json_free(v);
+}
+
+TEST(json_rejects_bad_text) {
+    static const char *bad[] = {
+        "", " ", "{", "[1,]", "{\"a\":1,}", "01", "1.", ".5", "-", "+1", "1e", "\"\\x\"", "\"\x01\"",
+        "\"\\ud800\"", "\"\\udc00\"", "\"\\ud800\\u0041\"", "\"\\u12g4\"", "nul", "tru", "[1] x", "{\"a\" 1}",
+        "{1:2}", "{\"a\":1,\"a\":2}", "1e999", "\"\xff\"", "\"\xc0\xaf\"", "\"\xed\xa0\x80\"", "NaN",
+        "Infinity", "\xef\xbb\xbf{}", "[1 2]", "{\"a\":1 \"b\":2}", "\"abc", "'a'", "{\"\\u0000\":1}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        JsonValue *v = json_parse(bad[i], strlen(bad[i]), "bad.json");
+        CHECK(v == NULL, "accepted case %zu: %s", i, bad[i]);
+        json_free(v);
+        CHECK(has(givt_last_error(), "bad.json: invalid JSON at line 1, column", NULL), "%s", givt_last_error());
+    }
+}
+
+TEST(json_depth_limit) {
+    char deep[400];
+    memset(deep, '[', 200);
+    memset(deep + 200, ']', 200);
+    CHECK(json_parse(deep, 400, "deep.json") == NULL);
+    CHECK(strstr(givt_last_error(), "nesting deeper than") != NULL, "%s", givt_last_error());
+    int n = JSON_MAX_DEPTH;  // exactly at the limit parses
+    memset(deep, '[', (size_t)n);
+    memset(deep + n, ']', (size_t)n);
+    JsonValue *v = json_parse(deep, (size_t)(2 * n), "ok.json");
+    CHECK(v != NULL, "%s", givt_last_error());
+    json_free(v);
+}
+
+TEST(json_typed_getters) {
+    const char *t = "{\"i\": 3, \"d\": 3.5, \"s\": \"abc\", \"b\": true, \"big\": 10000000000}";
+    JsonValue *v = json_parse(t, strlen(t), "g.json");
+    if (!v) {
+        CHECK(0, "%s", givt_last_error());
+        return;
+    }
+    int i = 0, b = 0;
+    int64_t i64 = 0;
+    double d = 0;
+    const char *s = NULL;
+    CHECK(json_as_int(json_get(v, "i"), &i, "i") == 0 && i == 3);
+    CHECK(json_as_double(json_get(v, "i"), &d, "i") == 0 && d == 3.0);
+    CHECK(json_as_double(json_get(v, "d"), &d, "d") == 0 && d == 3.5);
+    CHECK(json_as_string(json_get(v, "s"), &s, "s") == 0 && strcmp(s, "abc") == 0);
+    CHECK(json_as_bool(json_get(v, "b"), &b, "b") == 0 && b == 1);
+    CHECK(json_as_int64(json_get(v, "big"), &i64, "big") == 0 && i64 == 10000000000LL);
+    CHECK(json_as_int(json_get(v, "big"), &i, "cfg: big") == -1 && strstr(givt_last_error(), "cfg: big"));
+    CHECK(json_as_int(json_get(v, "d"), &i, "cfg: d") == -1 && strstr(givt_last_error(), "the number 3.5"));
+    CHECK(json_as_int(json_get(v, "s"), &i, "cfg: s") == -1 && strstr(givt_last_error(), "a string \"abc\""));
+    CHECK(json_as_double(json_get(v, "b"), &d, "cfg: b") == -1 && strstr(givt_last_error(), "cfg: b: expected a number"));
+    CHECK(json_as_string(json_get(v, "nope"), &s, "cfg: nope") == -1 && strstr(givt_last_error(), "missing"));
+    CHECK(json_expect(v, JSON_ARRAY, "root") == -1 && strstr(givt_last_error(), "root: expected an array"));
+    json_free(v);
+}
+
+TEST(json_writer) {
+    static const struct {
+        double x;
+        const char *want;
+    } cases[] = {{4.0, "4.0"}, {1e-8, "1e-08"}, {1000000.0, "1000000.0"}, {0.1, "0.1"}, {0.0, "0.0"},
+                 {-2.5, "-2.5"}, {1e16, "1e+16"}, {1.5e-5, "1.5e-05"}, {0.0001, "0.0001"}, {123.456, "123.456"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        JsonBuf b;
+        json_buf_init(&b);
+        CHECK(json_buf_double(&b, cases[i].x) == 0);
+        CHECK(strcmp(b.data, cases[i].want) == 0, "%g -> %s, want %s", cases[i].x, b.data, cases[i].want);
+        json_buf_free(&b);
+    }
+    JsonBuf b;
+    json_buf_init(&b);
+    CHECK(json_buf_double(&b, 1.0 / 3.0) == 0 && strtod(b.data, NULL) == 1.0 / 3.0);
+    CHECK(json_buf_double(&b, NAN) == -1);
+    json_buf_free(&b);
+    json_buf_init(&b);
+    json_buf_string(&b, "a\"b\\c\n\x01\xc3\xa9");
+    CHECK(strcmp(b.data, "\"a\\\"b\\\\c\\n\\u0001\xc3\xa9\"") == 0, "%s", b.data);
+    JsonValue *v = json_parse(b.data, b.len, "w");
+    CHECK(v && strcmp(v->str, "a\"b\\c\n\x01\xc3\xa9") == 0);
+    json_free(v);
+    json_buf_free(&b);
+}
+
+// ---- safetensors: round trip --------------------------------------------------------------
+TEST(st_round_trip_bit_exact) {
+    char dir[64], path[128];
+    st_tmpdir(dir);
+    snprintf(path, sizeof path, "%s/x.safetensors", dir);
+    Rng rng;
+    rng_seed(&rng, 7);
+    float a[6 * 5], b[7], c[1];
+    for (int i = 0; i < 30; i++) a[i] = (float)rng_normal(&rng);
+    for (int i = 0; i < 7; i++) b[i] = (float)rng_normal(&rng) * 1e-30f;
+    c[0] = -0.0f;
+    StWriteTensor ts[] = {{"z.weight", 2, {6, 5}, a}, {"a.bias", 1, {7}, b}, {"m.scalar", 0, {0}, c},
+                          {"m.empty", 2, {0, 4}, NULL}};
+    StMeta meta[] = {{"step", "12"}};
+    CHECK(st_write(path, ts, 4, meta, 1) == 0, "%s", givt_last_error());
+    StFile f;
+    CHECK(st_open(&f, path) == 0, "%s", givt_last_error());
+    CHECK(f.count == 4);
+    CHECK(st_metadata(&f, "format") && strcmp(st_metadata(&f, "format"), "pt") == 0);
+    CHECK(st_metadata(&f, "step") && strcmp(st_metadata(&f, "step"), "12") == 0);
+    CHECK(st_metadata(&f, "nope") == NULL);
+    long data_start = (long)(f.data - f.map);
+    CHECK((data_start & 7) == 0, "header not padded to 8 bytes: data at %ld", data_start);
+    int ia = st_find(&f, "z.weight"), ib = st_find(&f, "a.bias"), ic = st_find(&f, "m.scalar");
+    CHECK(ia >= 0 && ib >= 0 && ic >= 0 && st_find(&f, "nope") == -1);
+    if (ia >= 0 && ib >= 0 && ic >= 0) {
+        CHECK(f.tensors[ib].begin == 0 && f.tensors[ib].begin < f.tensors[ic].begin, "not sorted by name");
+        CHECK(f.tensors[ia].ndim == 2 && f.tensors[ia].shape[0] == 6 && f.tensors[ia].shape[1] == 5);
+        CHECK(f.tensors[ia].dtype == ST_F32 && f.tensors[ic].ndim == 0 && f.tensors[ic].numel == 1);
+        float ra[30], rb[7], rc[1];
+        int64_t shape_a[2] = {6, 5}, shape_b[1] = {7};
+        CHECK(st_load_f32(&f, "z.weight", 2, shape_a, ra) == 0 && memcmp(ra, a, sizeof a) == 0);
+        CHECK(st_load_f32(&f, "a.bias", 1, shape_b, rb) == 0 && memcmp(rb, b, sizeof b) == 0);
+        CHECK(st_read_f32(&f, ic, rc) == 0 && memcmp(rc, c, sizeof c) == 0);
+        int64_t wrong[2] = {5, 6};
+        CHECK(st_load_f32(&f, "z.weight", 2, wrong, ra) == -1);
+        CHECK(has(givt_last_error(), path, "tensor \"z.weight\": shape [6, 5], expected [5, 6]"), "%s", givt_last_error());
+        CHECK(st_load_f32(&f, "q", 1, shape_b, rb) == -1 && has(givt_last_error(), path, "tensor \"q\" is missing"));
+    }
+    st_close(&f);
+    st_rmdir(dir);
+}
+
+TEST(st_reads_f16_and_bf16) {
+    char dir[64], path[128];
+    st_tmpdir(dir);
+    snprintf(path, sizeof path, "%s/h.safetensors", dir);
+    const char *hdr = "{\"h\":{\"dtype\":\"F16\",\"shape\":[5],\"data_offsets\":[0,10]},"
+                      "\"b\":{\"dtype\":\"BF16\",\"shape\":[1,3],\"data_offsets\":[10,16]}}";
+    uint16_t h[5] = {0x3c00, 0xc000, 0x3800, 0x7bff, 0x0001}, bf[3] = {0x3f80, 0xc040, 0x4049};
+    size_t hl = strlen(hdr);
+    unsigned char buf[512];
+    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)hl >> (8 * i));
+    memcpy(buf + 8, hdr, hl);
+    for (int i = 0; i < 5; i++) buf[8 + hl + 2 * i] = h[i] & 0xff, buf[8 + hl + 2 * i + 1] = h[i] >> 8;
+    for (int i = 0; i < 3; i++) buf[8 + hl + 10 + 2 * i] = bf[i] & 0xff, buf[8 + hl + 10 + 2 * i + 1] = bf[i] >> 8;
+    write_bytes(path, buf, 8 + hl + 16);
+    StFile f;
+    CHECK(st_open(&f, path) == 0, "%s", givt_last_error());
+    float rh[5], rb[3];
+    int64_t sh[1] = {5}, sb[2] = {1, 3};
+    CHECK(st_load_f32(&f, "h", 1, sh, rh) == 0, "%s", givt_last_error());
+    CHECK(rh[0] == 1.0f && rh[1] == -2.0f && rh[2] == 0.5f && rh[3] == 65504.0f && rh[4] == ldexpf(1.0f, -24));
+    CHECK(st_load_f32(&f, "b", 2, sb, rb) == 0, "%s", givt_last_error());
+    CHECK(rb[0] == 1.0f && rb[1] == -3.0f && rb[2] == 3.140625f);
+    CHECK(st_metadata(&f, "format") == NULL);
+    st_close(&f);
+    st_rmdir(dir);
+}
+
+// ---- safetensors: malformed files ---------------------------------------------------------
+#define T1 "{\"t1\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}"
+static const struct {
+    const char *header;
+    size_t data_len;
+    const char *want, *tensor;  // substrings the message must contain
+} g_bad[] = {
+    {"{\"t1\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 12, "extends past the end", "\"t1\""},
+    {"{\"t1\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 12, "cover 8", NULL},
+    {T1 ",\"t2\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12, "overlap", "\"t2\""},
+    {T1 ",\"t2\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[12,16]}}", 16, "gap", "\"t2\""},
+    {T1 ",\"t2\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "overlap", "\"t2\""},
+    {T1 ",\"t2\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8, "not a valid range", "\"t2\""},
+    {T1 ",\"t2\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[-8,0]}}", 8, "not a valid range", "\"t2\""},
+    {"{\"t1\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, "needs 12 bytes", "\"t1\""},
+    {"{\"t1\":{\"dtype\":\"F7\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "unknown dtype \"F7\"", "\"t1\""},
+    {"{\"t1\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8, "negative dimension", "\"t1\""},
+    {"{\"t1\":{\"dtype\":\"F32\",\"shape\":[2.5],\"data_offsets\":[0,8]}}", 8, "expected an integer", "\"t1\""},
+    {"{\"t1\":{\"dtype\":\"F32\",\"shape\":2,\"data_offsets\":[0,8]}}", 8, "expected an array", "\"t1\""},
+    {"{\"t1\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8, "\"data_offsets\": missing", "\"t1\""},
+    {"{\"t1\":{\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "\"dtype\": missing", "\"t1\""},
+    {"{\"t1\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4,8]}}", 8, "expected [begin, end]", "\"t1\""},
+    {"{\"t1\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8],\"x\":1}}", 8, "unexpected key", "\"t1\""},
+    {"{\"t1\":[2]}", 8, "expected an object", "\"t1\""},
+    {"{\"__metadata__\":{\"format\":1}," "\"t1\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8,
+     "\"__metadata__\" key \"format\": expected a string", NULL},
+    {"{\"t1\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4, "at most 8", "\"t1\""},
+    {"{\"t1\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},}", 8, "invalid JSON", NULL},
+    {"{\"t1\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}x", 8, "invalid JSON", NULL},
+    {"[1, 2]   ", 0, "header: expected an object", NULL},
+    {"\"t1\"", 0, "header: expected an object", NULL},
+    {"", 0, "invalid JSON", NULL},
+};
+
+TEST(st_rejects_malformed_headers) {
+    char dir[64], path[128];
+    st_tmpdir(dir);
+    snprintf(path, sizeof path, "%s/bad.safetensors", dir);
+    for (size_t i = 0; i < sizeof g_bad / sizeof g_bad[0]; i++) {
+        write_raw(path, g_bad[i].header, strlen(g_bad[i].header), g_bad[i].data_len);
+        StFile f;
+        CHECK(st_open(&f, path) == -1, "case %zu accepted", i);
+        CHECK(has(givt_last_error(), path, g_bad[i].want), "case %zu: %s", i, givt_last_error());
+        if (g_bad[i].tensor) CHECK(strstr(givt_last_error(), g_bad[i].tensor), "case %zu: %s", i, givt_last_error());
+        st_close(&f);
+    }
+    st_rmdir(dir);
+}
+
+TEST(st_rejects_bad_lengths) {
+    char dir[64], path[128];
+    st_tmpdir(dir);
+    snprintf(path, sizeof path, "%s/len.safetensors", dir);
+    StFile f;
+    write_bytes(path, "abc", 3);
+    CHECK(st_open(&f, path) == -1 && has(givt_last_error(), path, "too short"), "%s", givt_last_error());
+    st_close(&f);
+    write_raw(path, "{}", 1000, 0);  // header length larger than the file
+    CHECK(st_open(&f, path) == -1 && has(givt_last_error(), path, "exceeds the file size"), "%s", givt_last_error());
+    st_close(&f);
+    write_raw(path, "{}", (uint64_t)1 << 40, 0);
+    CHECK(st_open(&f, path) == -1 && has(givt_last_error(), path, "larger than the limit"), "%s", givt_last_error());
+    st_close(&f);
+    write_raw(path, "{}", ~(uint64_t)0, 0);
+    CHECK(st_open(&f, path) == -1 && has(givt_last_error(), path, "larger than the limit"), "%s", givt_last_error());
+    st_close(&f);
+    write_raw(path, "{}  ", 4, 0);  // an empty file is valid
+    CHECK(st_open(&f, path) == 0 && f.count == 0, "%s", givt_last_error());
+    st_close(&f);
+    CHECK(st_open(&f, dir) == -1 && has(givt_last_error(), dir, "not a regular file"), "%s", givt_last_error());
+    st_close(&f);
+    snprintf(path, sizeof path, "%s/none.safetensors", dir);
+    CHECK(st_open(&f, path) == -1 && has(givt_last_error(), path, "cannot open"), "%s", givt_last_error());
+    st_close(&f);
+    st_rmdir(dir);
+}
+
+TEST(st_unsupported_dtype_is_named) {
+    char dir[64], path[128];
+    st_tmpdir(dir);
+    snprintf(path, sizeof path, "%s/i64.safetensors", dir);
+    const char *h = "{\"steps\":{\"dtype\":\"I64\",\"shape\":[2],\"data_offsets\":[0,16]}}";
+    write_raw(path, h, strlen(h), 16);
+    StFile f;
+    CHECK(st_open(&f, path) == 0, "%s", givt_last_error());
+    float out[2];
+    CHECK(st_read_f32(&f, 0, out) == -1);
+    CHECK(has(givt_last_error(), path, "tensor \"steps\": dtype I64 is not supported"), "%s", givt_last_error());
+    st_close(&f);
+    st_rmdir(dir);
+}
+
+// Every truncation of a valid file, and random byte flips in its header, fail cleanly.
+TEST(st_truncations_and_corruptions) {
+    char dir[64], path[128], cut[128];
+    st_tmpdir(dir);
+    snprintf(path, sizeof path, "%s/full.safetensors", dir);
+    snprintf(cut, sizeof cut, "%s/cut.safetensors", dir);
+    float a[12] = {1, 2, 3}, b[3] = {4, 5, 6};
+    StWriteTensor ts[] = {{"a", 2, {3, 4}, a}, {"b", 1, {3}, b}};
+    CHECK(st_write(path, ts, 2, NULL, 0) == 0, "%s", givt_last_error());
+    size_t n;
+    char *full = read_file_text(path, &n);
+    StFile f;
+    for (size_t len = 0; len < n; len++) {
+        write_bytes(cut, full, len);
+        CHECK(st_open(&f, cut) == -1, "truncated to %zu of %zu bytes accepted", len, n);
+        CHECK(strstr(givt_last_error(), cut) != NULL, "%s", givt_last_error());
+        st_close(&f);
+    }
+    Rng rng;
+    rng_seed(&rng, 3);
+    size_t hl = (size_t)(unsigned char)full[0];
+    for (int trial = 0; trial < 3000; trial++) {
+        char *m = xmalloc(n);
+        memcpy(m, full, n);
+        int flips = 1 + (int)(rng_next(&rng) % 3);
+        for (int k = 0; k < flips; k++) m[8 + rng_next(&rng) % hl] = (char)(rng_next(&rng) & 0xff);
+        write_bytes(cut, m, n);
+        if (st_open(&f, cut) == 0) {
+            float buf[64];
+            for (int i = 0; i < f.count; i++)
+                if (f.tensors[i].numel <= 64) (void)st_read_f32(&f, i, buf);
+        } else {
+            CHECK(strstr(givt_last_error(), cut) != NULL && !strchr(givt_last_error(), '\n'), "%s", givt_last_error());
+        }
+        st_close(&f);
+        free(m);
+    }
+    free(full);
+    st_rmdir(dir);
+}
+
+TEST(st_write_errors) {
+    char dir[64], path[128];
+    st_tmpdir(dir);
+    snprintf(path, sizeof path, "%s/w.safetensors", dir);
+    float a[2] = {0};
+    StWriteTensor dup[] = {{"x", 1, {2}, a}, {"x", 1, {2}, a}};
+    CHECK(st_write(path, dup, 2, NULL, 0) == -1 && has(givt_last_error(), path, "\"x\" given twice"));
+    StWriteTensor meta_name[] = {{"__metadata__", 1, {2}, a}};
+    CHECK(st_write(path, meta_name, 1, NULL, 0) == -1 && has(givt_last_error(), path, "__metadata__"));
+    StWriteTensor neg[] = {{"n", 1, {-2}, a}};
+    CHECK(st_write(path, neg, 1, NULL, 0) == -1 && has(givt_last_error(), path, "\"n\": negative"));
+    StMeta m2[] = {{"k", "v"}, {"k", "w"}};
+    CHECK(st_write(path, NULL, 0, m2, 2) == -1 && has(givt_last_error(), path, "\"k\" given twice"));
+    CHECK(!path_exists(path), "a failed write left a file");
+    snprintf(path, sizeof path, "%s/no/such/dir/w.safetensors", dir);
+    CHECK(st_write(path, dup, 1, NULL, 0) == -1 && strstr(givt_last_error(), "no/such/dir"), "%s", givt_last_error());
+    snprintf(path, sizeof path, "%s/fmt.safetensors", dir);
+    StMeta fmt[] = {{"format", "np"}};
+    CHECK(st_write(path, dup, 1, fmt, 1) == 0, "%s", givt_last_error());
+    StFile f;
+    CHECK(st_open(&f, path) == 0 && f.n_meta == 1 && strcmp(st_metadata(&f, "format"), "np") == 0);
+    st_close(&f);
+    st_rmdir(dir);
+}
