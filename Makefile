@@ -33,7 +33,7 @@ MPICC ?= $(shell command -v mpicc 2>/dev/null)
 LIB_SRCS  := $(filter-out csrc/programs/%,$(wildcard csrc/*.c))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 LIB       := $(BUILD)/libgivt.a
-PROGRAMS  := givt-eval givt-train givt-prepare-digits
+PROGRAMS  := givt-eval givt-train givt-prepare-digits givt-bench
 TEST_SRCS := $(wildcard tests/*.c)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)
 TEST_BIN  := $(BUILD)/run_tests

@@ -385,7 +385,7 @@ static uint32_t rd_u32(const unsigned char *b) {
 }
 
 int digits_to_npy(const char *bin_path, const char *npy_out, const char *labels_out, int patch,
-                  DigitsInfo *info) {
+                  int64_t dequant_seed, DigitsInfo *info) {
     FILE *fp = fopen(bin_path, "rb");
     if (!fp) return givt_fail("%s: cannot open: %s", bin_path, strerror(errno));
     unsigned char hdr[24];
@@ -412,16 +412,22 @@ int digits_to_npy(const char *bin_path, const char *npy_out, const char *labels_
                          got < body ? "truncated" : "too long", body, got, got > body ? "+" : "");
     }
     const unsigned char *pix = raw, *lab = raw + (size_t)n * npix;
+    // level + u, u ~ U(0, 1) from one seeded stream in pixel order (dequantization), or the level
+    double *level = xmalloc((size_t)n * npix * sizeof *level);
+    Rng rng;
+    rng_seed(&rng, (uint64_t)dequant_seed);
     double sum = 0, sumsq = 0;
     for (size_t i = 0; i < (size_t)n * npix; i++) {
         if (pix[i] > maxval) {
             int rc = givt_fail("%s: pixel %zu of image %zu is %d > maxval %u", bin_path, i % npix, i / npix,
                                pix[i], maxval);
             free(raw);
+            free(level);
             return rc;
         }
-        sum += pix[i];
-        sumsq += (double)pix[i] * pix[i];
+        level[i] = pix[i] + (dequant_seed >= 0 ? rng_uniform(&rng) : 0.0);
+        sum += level[i];
+        sumsq += level[i] * level[i];
     }
     double cnt = (double)n * (double)npix, mean = sum / cnt, var = sumsq / cnt - mean * mean;
     double sd = var > 0 ? sqrt(var) : 1.0;
@@ -433,7 +439,7 @@ int digits_to_npy(const char *bin_path, const char *npy_out, const char *labels_
         for (int t = 0; t < T; t++)
             for (int d = 0; d < D; d++) {
                 int row = (t / pw) * p + d / p, col = (t % pw) * p + d % p;
-                double v = pix[(size_t)i * npix + (size_t)row * w + (size_t)col];
+                double v = level[(size_t)i * npix + (size_t)row * w + (size_t)col];
                 x[((size_t)i * T + t) * D + d] = (float)((v - mean) / sd);
             }
 
@@ -489,5 +495,6 @@ int digits_to_npy(const char *bin_path, const char *npy_out, const char *labels_
         free(labels);
     }
     free(raw);
+    free(level);
     return rc;
 }

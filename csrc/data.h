@@ -98,12 +98,15 @@ typedef struct {
 
 // Converts digits.bin into npy_out: (n, T, D) float32 where image i's patch j (patches of
 // patch x patch pixels in raster order over the image, pixels in raster order inside a patch) is
-// token j, and x = (pixel - pixel_mean) / pixel_std with the mean and std over all pixels of the set.
+// token j, and x = (level - pixel_mean) / pixel_std with the mean and std over all values of the set.
+// level is the pixel value 0..16, plus u ~ U(0, 1) when dequant_seed >= 0 (uniform dequantization,
+// one stream seeded by dequant_seed in pixel order): a continuous density on discrete data, so that no
+// always-zero pixel lets the loss run to -inf through the variance clamp.
 // patch must divide the image side (1, 2, 4, 8). labels_out (NULL to skip) gets (n,) int32 labels.
 // info (may be NULL) receives the sizes, the transform's constants and the baseline loss: for each
 // position t and dim d, the mean and variance over the set (variance clamped at 1e-8 as in the
 // model's loss), and the mean of 0.5*(log var + (x - mu)^2 / var) over all n*T*D values.
 int digits_to_npy(const char *bin_path, const char *npy_out, const char *labels_out, int patch,
-                  DigitsInfo *info);
+                  int64_t dequant_seed, DigitsInfo *info);
 
 #endif

@@ -92,7 +92,7 @@ static const ConfigKey k_keys[] = {
     {"train", "out_dir", CFG_STR, FIELD(train.out_dir), "runs/default",
      "folder for checkpoints, the resolved config and logs", NO_RANGE, NULL},
     {"train", "resume_from_ckpt", CFG_STR, FIELD(train.resume_from_ckpt), "",
-     "resume from a checkpoint folder, or \"latest\" in out_dir; empty = start fresh", NO_RANGE, NULL},
+     "resume from a checkpoint folder, or \"latest\": the newest in out_dir (none yet: start fresh); empty = start fresh", NO_RANGE, NULL},
     {"train", "init_from", CFG_STR, FIELD(train.init_from), "",
      "initial weights from a Hugging Face style folder; empty = random init", NO_RANGE, NULL},
     {"train", "device", CFG_ENUM, FIELD(train.device), "auto", "auto = cuda when a GPU is present, else cpu",
@@ -618,10 +618,10 @@ static int check(const Checker *ck) {
         locs_prefix(ck, pre, sizeof pre, "train", "out_dir", NULL);
         return givt_fail("%s[train] out_dir must not be empty", pre);
     }
-    if (t->resume_from_ckpt[0] && t->init_from[0]) {
+    if (t->resume_from_ckpt[0] && strcmp(t->resume_from_ckpt, "latest") != 0 && t->init_from[0]) {
         locs_prefix(ck, pre, sizeof pre, "train", "resume_from_ckpt", "train", "init_from", NULL);
         return givt_fail("%s[train] resume_from_ckpt = \"%s\" and [train] init_from = \"%s\": set at most one "
-                         "(a resumed run takes its weights from the checkpoint)",
+                         "(a resumed run takes its weights from the checkpoint; with \"latest\", init_from serves a fresh start)",
                          pre, t->resume_from_ckpt, t->init_from);
     }
     if (t->resume_from_ckpt[0] && strcmp(t->resume_from_ckpt, "latest") && !path_exists(t->resume_from_ckpt)) {

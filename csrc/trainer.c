@@ -115,6 +115,22 @@ static int remove_folder(const char *dir) {
     return rc;
 }
 
+// Removes ".tmp-step_*" folders: checkpoints a killed run did not finish (one trainer per out_dir).
+static int remove_stale_temporaries(const char *out_dir) {
+    DIR *d = opendir(out_dir);
+    if (!d) return givt_fail("%s: cannot open: %s", out_dir, strerror(errno));
+    struct dirent *e;
+    int rc = 0;
+    while (rc == 0 && (e = readdir(d))) {
+        if (strncmp(e->d_name, ".tmp-" CKPT_PREFIX, strlen(".tmp-" CKPT_PREFIX)) != 0) continue;
+        char *p = path_join(out_dir, e->d_name);
+        rc = remove_folder(p);
+        free(p);
+    }
+    closedir(d);
+    return rc;
+}
+
 static void download_params(const GivtModel *m, const float *src, float *host) {
     m->ops->download(host, src, m->table.total * sizeof(float));
 }
@@ -285,14 +301,8 @@ static int load_weights_from(Trainer *tr, const char *folder, const char *what) 
     return rc;
 }
 
-static int resume(Trainer *tr) {
-    const TrainSettings *ts = &tr->cfg.train;
-    char dir[TRAIN_CONFIG_STR_MAX + 32];
-    if (!strcmp(ts->resume_from_ckpt, "latest")) {
-        if (trainer_latest_checkpoint(ts->out_dir, dir, sizeof dir) != 0) return -1;
-    } else {
-        snprintf(dir, sizeof dir, "%s", ts->resume_from_ckpt);
-    }
+// Restores weights, EMA, optimizer and data position from the checkpoint folder dir.
+static int resume(Trainer *tr, const char *dir) {
     if (load_weights_from(tr, dir, "resume_from_ckpt") != 0) return -1;
     if (tr->ema) {
         char *p = path_join(dir, "ema.safetensors");
@@ -326,7 +336,8 @@ static int metrics_truncate(const char *path, long step) {
         next = strchr(line, '\n');
         if (next) *next++ = '\0';
         const char *s = strstr(line, "\"step\":");
-        if (!s || strtol(s + 7, NULL, 10) > step) continue;
+        size_t len = strlen(line);
+        if (!s || len == 0 || line[len - 1] != '}' || strtol(s + 7, NULL, 10) > step) continue;  // cut or later
         atomic_write(&af, line, strlen(line));
         atomic_write(&af, "\n", 1);
     }
@@ -457,7 +468,7 @@ static int setup(Trainer *tr) {
         fprintf(stderr, "givt-train: note: mixed_precision = bf16 applies to the CUDA backend; the CPU trains in float32\n");
     if (ts->gradient_checkpointing)
         fprintf(stderr, "givt-train: note: gradient_checkpointing is not used on the CPU (all activations are kept)\n");
-    if (hf_mkdir_p(ts->out_dir) != 0) return -1;
+    if (hf_mkdir_p(ts->out_dir) != 0 || remove_stale_temporaries(ts->out_dir) != 0) return -1;
     if (open_data(tr) != 0) return -1;
     if (model_create(&tr->model, &tr->cfg.model, ops_cpu()) != 0) return -1;
     GivtModel *m = &tr->model;
@@ -469,7 +480,17 @@ static int setup(Trainer *tr) {
     size_t batch_floats = (size_t)ts->batch_size * tr->T * m->cfg.input_dim;
     tr->batch_host = xmalloc(batch_floats * sizeof(float));
     tr->batch = m->ops->alloc(batch_floats * sizeof(float));
-    if (ts->resume_from_ckpt[0]) return resume(tr);
+    char ckpt[TRAIN_CONFIG_STR_MAX + 32] = "";
+    if (!strcmp(ts->resume_from_ckpt, "latest")) {
+        if (trainer_latest_checkpoint(ts->out_dir, ckpt, sizeof ckpt) != 0) {
+            fprintf(stderr, "givt-train: resume_from_ckpt = latest: no checkpoint in %s yet; starting fresh\n",
+                    ts->out_dir);
+            ckpt[0] = '\0';
+        }
+    } else if (ts->resume_from_ckpt[0]) {
+        snprintf(ckpt, sizeof ckpt, "%s", ts->resume_from_ckpt);
+    }
+    if (ckpt[0]) return resume(tr, ckpt);
     if (ts->init_from[0]) {
         if (load_weights_from(tr, ts->init_from, "init_from") != 0) return -1;
     } else {

@@ -9,6 +9,7 @@ Run with Debian's PyTorch: /usr/bin/python3 scripts/bench_torch.py --threads 2 [
 """
 import argparse
 import math
+import statistics
 import time
 
 import torch
@@ -179,10 +180,10 @@ def main():
         with torch.autograd.profiler.profile() as prof:
             step()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
-    per_step = sum(times) / len(times)
+    per_step = statistics.median(times)  # as givt-bench: robust to a step slowed by another process
     gflops = fpt * tokens / per_step / 1e9
     print(f"torch {torch.__version__}: {a.steps} steps (+{a.warmup} warmup), {a.threads} threads: "
-          f"{1e3 * per_step:.1f} ms/step (best {1e3 * min(times):.1f}), {tokens / per_step:.0f} tokens/s, "
+          f"median {1e3 * per_step:.1f} ms/step (best {1e3 * min(times):.1f}, mean {1e3 * sum(times) / len(times):.1f}), {tokens / per_step:.0f} tokens/s, "
           f"{gflops:.2f} GFLOP/s, loss {loss:.4f}")
     print(f"RESULT impl=torch threads={a.threads} tokens_per_s={tokens / per_step:.1f} "
           f"ms_per_step={1e3 * per_step:.2f} best_ms={1e3 * min(times):.2f} gflops={gflops:.2f} "

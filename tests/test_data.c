@@ -451,7 +451,7 @@ TEST(digits_conversion_layout_on_a_small_file) {
     CHECK(fp && fwrite(f, 1, sizeof f, fp) == sizeof f);
     fclose(fp);
     DigitsInfo info;
-    CHECK(digits_to_npy(tpath("d.bin"), tpath("d.npy"), tpath("l.npy"), 2, &info) == 0, "%s", givt_last_error());
+    CHECK(digits_to_npy(tpath("d.bin"), tpath("d.npy"), tpath("l.npy"), 2, -1, &info) == 0, "%s", givt_last_error());
     CHECK(info.n == 2 && info.T == 4 && info.D == 4);
     double s = 0, ss = 0;
     for (int i = 0; i < 32; i++) s += f[24 + i], ss += (double)f[24 + i] * f[24 + i];
@@ -487,16 +487,16 @@ TEST(digits_conversion_layout_on_a_small_file) {
     }
     CHECK_CLOSE(info.baseline, nll / 32, 1e-9);
 
-    CHECK(digits_to_npy(tpath("d.bin"), tpath("e.npy"), NULL, 3, NULL) == -1 && strstr(givt_last_error(), "patch = 3"));
+    CHECK(digits_to_npy(tpath("d.bin"), tpath("e.npy"), NULL, 3, -1, NULL) == -1 && strstr(givt_last_error(), "patch = 3"));
     fp = fopen(tpath("d.bin"), "wb");
     CHECK(fp && fwrite(f, 1, sizeof f - 1, fp) == sizeof f - 1);
     fclose(fp);
-    CHECK(digits_to_npy(tpath("d.bin"), tpath("e.npy"), NULL, 2, NULL) == -1 && strstr(givt_last_error(), "truncated"));
+    CHECK(digits_to_npy(tpath("d.bin"), tpath("e.npy"), NULL, 2, -1, NULL) == -1 && strstr(givt_last_error(), "truncated"));
     f[30] = 17;
     fp = fopen(tpath("d.bin"), "wb");
     CHECK(fp && fwrite(f, 1, sizeof f, fp) == sizeof f);
     fclose(fp);
-    CHECK(digits_to_npy(tpath("d.bin"), tpath("e.npy"), NULL, 2, NULL) == -1 && strstr(givt_last_error(), "> maxval"));
+    CHECK(digits_to_npy(tpath("d.bin"), tpath("e.npy"), NULL, 2, -1, NULL) == -1 && strstr(givt_last_error(), "> maxval"));
     CHECK(!path_exists(tpath("e.npy")));
     tmpdir_remove();
 }
@@ -509,7 +509,7 @@ TEST(digits_conversion_of_the_bundled_set) {
     }
     tmpdir_make();
     DigitsInfo info;
-    CHECK(digits_to_npy(bin, tpath("d.npy"), NULL, 2, &info) == 0, "%s", givt_last_error());
+    CHECK(digits_to_npy(bin, tpath("d.npy"), NULL, 2, -1, &info) == 0, "%s", givt_last_error());
     CHECK(info.n == 1797 && info.T == 16 && info.D == 4);
     CHECK(info.min_value > -1 && info.max_value < 2, "range [%g, %g]", info.min_value, info.max_value);
     CHECK(info.constant_dims == 3);
@@ -532,5 +532,41 @@ TEST(digits_conversion_of_the_bundled_set) {
     double n = 1797.0 * 64, mean = s / n;
     CHECK(fabs(mean) < 1e-6 && fabs(ss / n - mean * mean - 1) < 1e-5, "mean %g", mean);
     data_close(&ds);
+    tmpdir_remove();
+}
+
+TEST(digits_dequantization_adds_seeded_uniform_noise) {
+    const char *bin = "data/digits/digits.bin";
+    if (!path_exists(bin)) {
+        t_skip("data/digits/digits.bin not found (run the tests from the repository root)");
+        return;
+    }
+    tmpdir_make();
+    DigitsInfo plain, dq, dq2;
+    CHECK(digits_to_npy(bin, tpath("p.npy"), NULL, 2, -1, &plain) == 0, "%s", givt_last_error());
+    CHECK(digits_to_npy(bin, tpath("q.npy"), NULL, 2, 0, &dq) == 0, "%s", givt_last_error());
+    CHECK(digits_to_npy(bin, tpath("r.npy"), NULL, 2, 0, &dq2) == 0, "%s", givt_last_error());
+    CHECK(dq.constant_dims == 0, "%d constant dims after dequantization", dq.constant_dims);
+    CHECK(fabs(dq.pixel_mean - (plain.pixel_mean + 0.5)) < 0.01, "mean %g", dq.pixel_mean);  // E[u] = 1/2
+    CHECK(dq.baseline > plain.baseline, "baseline %g vs %g", dq.baseline, plain.baseline);
+    NpyFile p, q, r;
+    CHECK(npy_open(&p, tpath("p.npy")) == 0 && npy_open(&q, tpath("q.npy")) == 0 && npy_open(&r, tpath("r.npy")) == 0);
+    float a[64], b[64], c[64];
+    int same = 1, within = 1;
+    for (int64_t i = 0; i < 1797; i += 97) {
+        npy_read_f32(&p, i * 64, 64, a);
+        npy_read_f32(&q, i * 64, 64, b);
+        npy_read_f32(&r, i * 64, 64, c);
+        for (int j = 0; j < 64; j++) {
+            double level = a[j] * plain.pixel_std + plain.pixel_mean, noisy = b[j] * dq.pixel_std + dq.pixel_mean;
+            within &= noisy - level > -1e-4 && noisy - level < 1 + 1e-4;  // level <= value < level + 1
+            same &= b[j] == c[j];
+        }
+    }
+    CHECK(within, "dequantized values must lie in [level, level + 1)");
+    CHECK(same, "the same seed must give the same values");
+    npy_close(&p);
+    npy_close(&q);
+    npy_close(&r);
     tmpdir_remove();
 }

@@ -19,9 +19,10 @@ static void usage(FILE *out) {
             "  --input-dim D [16]  --hidden C [256]  --intermediate F [688]  --heads H [4]  --layers L [4]\n"
             "  --seq T [256]  --batch B [8]\n"
             "A step is zero_grads, forward, backward, global grad norm and AdamW (lr 1e-4, betas 0.9/0.99,\n"
-            "wd 0.1, clip 1.0); --no-adamw times forward + backward only. --profile adds a table of the\n"
-            "time spent in each backend op (matmuls by shape). --sgemm times C (M,N) = A (M,K) B^T\n"
-            "(B stored (N,K), as the model's matmul_fwd), best of R repetitions.\n"
+            "wd 0.1, clip 1.0); ms/step and tokens/s are of the median timed step. --no-adamw times forward\n"
+            "+ backward only. --profile adds a table of the time spent in each backend op (matmuls by\n"
+            "shape). --sgemm times C (M,N) = A (M,K) B^T (B stored (N,K), as the model's matmul_fwd),\n"
+            "best of R repetitions.\n"
             "Threads: OMP_NUM_THREADS (OpenMP loops and the OpenMP build of OpenBLAS).\n");
 }
 
@@ -157,7 +158,7 @@ static void prof_print(int steps, double step_seconds) {
     qsort(g_prof, (size_t)g_nprof, sizeof g_prof[0], prof_cmp);
     double total = 0;
     for (int i = 0; i < g_nprof; i++) total += g_prof[i].seconds;
-    printf("profile over %d steps (ms per step; ops total %.1f of %.1f ms/step):\n", steps, 1e3 * total / steps,
+    printf("profile over %d steps (mean ms per step; ops total %.1f of %.1f ms/step):\n", steps, 1e3 * total / steps,
            1e3 * step_seconds);
     for (int i = 0; i < g_nprof; i++)
         printf("  %-32s %9.2f ms  %5.1f%%  (%ld calls/step)\n", g_prof[i].key, 1e3 * g_prof[i].seconds / steps,
@@ -188,6 +189,11 @@ static int bench_sgemm(int M, int N, int K, int reps) {
     free(b);
     free(c);
     return 0;
+}
+
+static int dbl_cmp(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
 }
 
 // ---- FLOP count -------------------------------------------------------------------------------
@@ -288,7 +294,8 @@ int main(int argc, char **argv) {
 
     size_t mm_params;
     double fpt = flops_per_token(&m, T, &mm_params);
-    double tokens = (double)B * T, total = 0, best = 1e30, loss = 0;
+    double tokens = (double)B * T, total = 0, loss = 0;
+    double *times = xcalloc((size_t)steps, sizeof(double));
     printf("model: D %d C %d F %d H %d L %d, T %d, B %d; %zu params (%zu in matmuls); %.3f GFLOP/step%s\n",
            cfg.input_dim, cfg.hidden_dim, cfg.intermediate_dim, cfg.num_heads, cfg.num_layers, T, B,
            m.table.total, mm_params, fpt * tokens / 1e9, adamw ? "" : " (no optimizer step)");
@@ -302,15 +309,21 @@ int main(int argc, char **argv) {
         double dt = time_now_s() - t0;
         if (!isfinite(loss)) givt_die("step %d: loss is %g", s, loss);
         if (s >= warmup) {
+            times[s - warmup] = dt;
             total += dt;
-            best = dt < best ? dt : best;
         }
     }
     m.ops = ops;
-    double per_step = total / steps;
-    printf("givt: %d steps (+%d warmup): %.1f ms/step (best %.1f), %.0f tokens/s, %.2f GFLOP/s, loss %.4f\n", steps,
-           warmup, 1e3 * per_step, 1e3 * best, tokens / per_step, fpt * tokens / per_step / 1e9, loss);
-    if (profile) prof_print(steps, per_step);
+    // The median step: robust to the odd step slowed by another process on a shared machine.
+    qsort(times, (size_t)steps, sizeof(double), dbl_cmp);
+    double per_step = steps % 2 ? times[steps / 2] : 0.5 * (times[steps / 2 - 1] + times[steps / 2]);
+    double best = times[0];
+    free(times);
+    printf("givt: %d steps (+%d warmup): median %.1f ms/step (best %.1f, mean %.1f), %.0f tokens/s, %.2f GFLOP/s, "
+           "loss %.4f\n",
+           steps, warmup, 1e3 * per_step, 1e3 * best, 1e3 * total / steps, tokens / per_step,
+           fpt * tokens / per_step / 1e9, loss);
+    if (profile) prof_print(steps, total / steps);
     printf("RESULT impl=givt threads=%d tokens_per_s=%.1f ms_per_step=%.2f best_ms=%.2f gflops=%.2f params=%zu "
            "flops_per_token=%.0f loss=%.5f\n",
            omp_get_max_threads(), tokens / per_step, 1e3 * per_step, 1e3 * best, fpt * tokens / per_step / 1e9,

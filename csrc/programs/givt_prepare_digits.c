@@ -1,4 +1,4 @@
-// givt-prepare_digits: turns data/digits/digits.bin into an (N, T, D) float32 .npy of patch sequences
+// givt-prepare-digits: turns data/digits/digits.bin into an (N, T, D) float32 .npy of patch sequences
 // (and optionally the labels) and prints the per-position diagonal Gaussian baseline loss.
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,8 +9,9 @@
 
 static void usage(const char *prog) {
     fprintf(stderr,
-            "usage: %s DIGITS.bin OUT.npy [--patch P] [--labels LABELS.npy]\n"
-            "  P divides the 8x8 image (1, 2, 4 or 8; default 2): T = (8/P)^2 tokens of D = P*P values\n",
+            "usage: %s DIGITS.bin OUT.npy [--patch P] [--labels LABELS.npy] [--no-dequantize]\n"
+            "  P divides the 8x8 image (1, 2, 4 or 8; default 2): T = (8/P)^2 tokens of D = P*P values\n"
+            "  values are level + U(0, 1) noise (seed 0) before scaling, unless --no-dequantize\n",
             prog);
     exit(2);
 }
@@ -18,6 +19,7 @@ static void usage(const char *prog) {
 int main(int argc, char **argv) {
     const char *bin = NULL, *out = NULL, *labels = NULL;
     int patch = 2;
+    int64_t dequant_seed = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--patch") == 0 && i + 1 < argc) {
             char *end;
@@ -29,6 +31,8 @@ int main(int argc, char **argv) {
             patch = (int)v;
         } else if (strcmp(argv[i], "--labels") == 0 && i + 1 < argc) {
             labels = argv[++i];
+        } else if (strcmp(argv[i], "--no-dequantize") == 0) {
+            dequant_seed = -1;
         } else if (argv[i][0] == '-' && argv[i][1]) {
             usage(argv[0]);
         } else if (!bin) {
@@ -41,15 +45,15 @@ int main(int argc, char **argv) {
     }
     if (!bin || !out) usage(argv[0]);
     DigitsInfo info;
-    if (digits_to_npy(bin, out, labels, patch, &info)) {
+    if (digits_to_npy(bin, out, labels, patch, dequant_seed, &info)) {
         fprintf(stderr, "%s: %s\n", argv[0], givt_last_error());
         return 1;
     }
     printf("wrote %s: (%lld, %d, %d) float32, patches of %dx%d in raster order\n", out, (long long)info.n,
            info.T, info.D, patch, patch);
     if (labels) printf("wrote %s: (%lld,) int32 labels\n", labels, (long long)info.n);
-    printf("transform: x = (pixel - %.17g) / %.17g  (mean and std of all pixels 0..16); range [%.6f, %.6f]\n",
-           info.pixel_mean, info.pixel_std, info.min_value, info.max_value);
+    printf("transform: x = (pixel%s - %.17g) / %.17g  (mean and std over the set); range [%.6f, %.6f]\n",
+           dequant_seed >= 0 ? " + U(0,1)" : "", info.pixel_mean, info.pixel_std, info.min_value, info.max_value);
     printf("baseline loss (per-position diagonal Gaussian) = %.6f\n", info.baseline);
     if (info.constant_dims)
         printf("note: %d of %d (t, d) entries are constant over the set; their variance is clamped at 1e-8\n",

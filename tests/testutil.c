@@ -1,0 +1,60 @@
+// testutil: helpers shared by the tests (see testutil.h).
+#define _GNU_SOURCE
+#include "testutil.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "util.h"
+
+void tu_mkdtemp(char *dir, const char *tag) {
+    const char *base = getenv("TMPDIR");
+    snprintf(dir, 256, "%s/givt_%s_XXXXXX", base && *base ? base : "/tmp", tag);
+    if (!mkdtemp(dir)) givt_die("mkdtemp %s failed", dir);
+}
+
+void tu_rmtree(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) {
+        unlink(path);
+        return;
+    }
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char *p;
+        if (asprintf(&p, "%s/%s", path, e->d_name) < 0) givt_die("out of memory");
+        tu_rmtree(p);
+        free(p);
+    }
+    closedir(d);
+    rmdir(path);
+}
+
+void tu_put_text(const char *path, const char *text) {
+    FILE *fp = fopen(path, "wb");
+    if (!fp || fputs(text, fp) < 0 || fclose(fp) != 0) givt_die("cannot write %s", path);
+}
+
+int tu_same_file(const char *a, const char *b) {
+    size_t na, nb;
+    char *x = read_file_text(a, &na), *y = read_file_text(b, &nb);
+    int same = x && y && na == nb && memcmp(x, y, na) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+
+int tu_count_prefix(const char *dir, const char *prefix) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (!strncmp(e->d_name, prefix, strlen(prefix))) n++;
+    closedir(d);
+    return n;
+}
