@@ -1,7 +1,9 @@
 // ops_cpu: the float32 CPU backend, the reference for every other backend. Matrix products go to
-// OpenBLAS (cblas_sgemm, never called from inside an OpenMP region); elementwise and row loops are
-// OpenMP-parallel. Every reduction has a fixed order, so results do not depend on the thread count
-// or scheduling (bit-exact resume relies on it).
+// OpenBLAS (cblas_sgemm; attention calls it per head from inside an OpenMP loop, where the OpenMP
+// build of OpenBLAS runs single-threaded); elementwise and row loops are OpenMP-parallel. Our own
+// reductions have a fixed order, independent of the thread count; OpenBLAS's sgemm may round
+// differently with another thread count, so bit-exact reproduction (resume) needs the same
+// OMP_NUM_THREADS, and holds run to run with it.
 #define _POSIX_C_SOURCE 200809L
 #include "ops.h"
 
@@ -58,27 +60,32 @@ static void cpu_rmsnorm_fwd(float *out, float *rstd, const float *inp, const flo
 }
 
 // dinp (N, C) += r*w*dout - x * r^3/C * sum(w*dout*x); dw (C) += sum_n dout*x*r
+// dw: RMS_CHUNKS fixed row chunks each sum their rows into a partial (contiguous, vectorised), and
+// the partials are added in chunk order: the same result for any thread count.
+#define RMS_CHUNKS 16
 static void cpu_rmsnorm_bwd(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
                             const float *rstd, int N, int C) {
-#pragma omp parallel
-    {
-#pragma omp for schedule(static) nowait
-        for (int n = 0; n < N; n++) {
+    float *part = calloc((size_t)RMS_CHUNKS * C, sizeof(float));
+    if (!part) givt_die("out of memory");
+#pragma omp parallel for schedule(static)
+    for (int ch = 0; ch < RMS_CHUNKS; ch++) {
+        int n0 = (int)((long)N * ch / RMS_CHUNKS), n1 = (int)((long)N * (ch + 1) / RMS_CHUNKS);
+        float *pw = part + (size_t)ch * C;
+        for (int n = n0; n < n1; n++) {
             const float *x = inp + (size_t)n * C, *g = dout + (size_t)n * C;
             float *dx = dinp + (size_t)n * C;
             float r = rstd[n], dot = 0.0f;
             for (int c = 0; c < C; c++) dot += w[c] * g[c] * x[c];
             float k = dot * r * r * r / (float)C;
-            for (int c = 0; c < C; c++) dx[c] += r * w[c] * g[c] - x[c] * k;
-        }
-        // dw: each thread owns a column range and sums rows in order (deterministic)
-#pragma omp for schedule(static)
-        for (int c = 0; c < C; c++) {
-            float acc = 0.0f;
-            for (int n = 0; n < N; n++) acc += dout[(size_t)n * C + c] * inp[(size_t)n * C + c] * rstd[n];
-            dw[c] += acc;
+            for (int c = 0; c < C; c++) {
+                dx[c] += r * w[c] * g[c] - x[c] * k;
+                pw[c] += g[c] * x[c] * r;
+            }
         }
     }
+    for (int ch = 0; ch < RMS_CHUNKS; ch++)
+        for (int c = 0; c < C; c++) dw[c] += part[(size_t)ch * C + c];
+    free(part);
 }
 
 // ---- rope ---------------------------------------------------------------------------------
@@ -126,12 +133,18 @@ static void cpu_rope_bwd(float *dqkv, const float *cos_t, const float *sin_t, in
 #define HEAD_V(qkv, b, h) (HEAD_Q(qkv, b, h) + 2 * C)
 #define HEAD_P(att, b, h) ((att) + ((size_t)(b) * H + (h)) * T * T)
 
-// In place: row t of each (T, T) slice becomes the softmax of its entries 0..t, zeros after.
-static void causal_softmax_rows(float *att, int rows, int T) {
-#pragma omp parallel for schedule(static)
-    for (int r = 0; r < rows; r++) {
-        int t = r % T;
-        float *p = att + (size_t)r * T;
+// Each (b, h) slice is one task of an OpenMP loop: its products are single-threaded sgemm calls
+// (the OpenMP build of OpenBLAS runs serially inside a parallel region), and its T x T slice stays
+// in cache from the product to the softmax to the next product. Causal: rows [r0, r1) of P only need
+// columns [0, r1), so the products go by row blocks of ATT_BLOCK and skip the upper triangle.
+#ifndef ATT_BLOCK
+#define ATT_BLOCK 64
+#endif
+static inline int imin(int a, int b) { return a < b ? a : b; }
+
+// In place on one (T, T) slice: row t becomes the softmax of its entries 0..t, zeros after.
+static void causal_softmax_slice(float *p, int T) {
+    for (int t = 0; t < T; t++, p += T) {
         float mx = -INFINITY;
         for (int j = 0; j <= t; j++) mx = p[j] > mx ? p[j] : mx;
         float sum = 0.0f;
@@ -149,29 +162,23 @@ static void causal_softmax_rows(float *att, int rows, int T) {
 static void cpu_attention_fwd(float *out, float *att, const float *qkv, int B, int T, int C, int H) {
     int hd = C / H;
     float scale = 1.0f / sqrtf((float)hd);
-    for (int b = 0; b < B; b++)  // S = scale * Q K^T
-        for (int h = 0; h < H; h++)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, HEAD_Q(qkv, b, h), 3 * C,
-                        HEAD_K(qkv, b, h), 3 * C, 0.0f, HEAD_P(att, b, h), T);
-    causal_softmax_rows(att, B * H * T, T);
-    for (int b = 0; b < B; b++)  // Y = P V
-        for (int h = 0; h < H; h++)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, HEAD_P(att, b, h), T,
-                        HEAD_V(qkv, b, h), 3 * C, 0.0f, out + (size_t)b * T * C + (size_t)h * hd, C);
-}
-
-// dS = P * (dP - rowsum(dP * P)), in place over dP (rows of T)
-static void softmax_bwd_rows(float *dp, const float *att, int rows, int T) {
-#pragma omp parallel for schedule(static)
-    for (int r = 0; r < rows; r++) {
-        int t = r % T;
-        float *d = dp + (size_t)r * T;
-        const float *p = att + (size_t)r * T;
-        float dot = 0.0f;
-        for (int j = 0; j <= t; j++) dot += d[j] * p[j];
-        for (int j = 0; j <= t; j++) d[j] = p[j] * (d[j] - dot);
-        for (int j = t + 1; j < T; j++) d[j] = 0.0f;
-    }
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            const float *q = HEAD_Q(qkv, b, h), *k = HEAD_K(qkv, b, h), *v = HEAD_V(qkv, b, h);
+            float *p = HEAD_P(att, b, h), *y = out + (size_t)b * T * C + (size_t)h * hd;
+            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {  // S = scale * Q K^T, lower block triangle
+                int r1 = imin(r0 + ATT_BLOCK, T);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, r1, hd, scale, q + (size_t)r0 * 3 * C,
+                            3 * C, k, 3 * C, 0.0f, p + (size_t)r0 * T, T);
+            }
+            causal_softmax_slice(p, T);
+            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {  // Y = P V
+                int r1 = imin(r0 + ATT_BLOCK, T);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, hd, r1, 1.0f, p + (size_t)r0 * T, T,
+                            v, 3 * C, 0.0f, y + (size_t)r0 * C, C);
+            }
+        }
 }
 
 // dqkv (B, T, 3C) = d/dqkv of out = attention(qkv); scratch (B, H, T, T)
@@ -179,23 +186,41 @@ static void cpu_attention_bwd(float *dqkv, float *scratch, const float *dout, co
                               const float *att, int B, int T, int C, int H) {
     int hd = C / H;
     float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
-            const float *dy = dout + (size_t)b * T * C + (size_t)h * hd;
-            // dP = dY V^T (T, T);  dV = P^T dY (T, hd)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dy, C, HEAD_V(qkv, b, h),
-                        3 * C, 0.0f, HEAD_P(scratch, b, h), T);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, HEAD_P(att, b, h), T, dy, C,
-                        0.0f, HEAD_V(dqkv, b, h), 3 * C);
-        }
-    softmax_bwd_rows(scratch, att, B * H * T, T);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++) {
-            // dQ = scale * dS K;  dK = scale * dS^T Q
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, scale, HEAD_P(scratch, b, h), T,
-                        HEAD_K(qkv, b, h), 3 * C, 0.0f, HEAD_Q(dqkv, b, h), 3 * C);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, scale, HEAD_P(scratch, b, h), T,
-                        HEAD_Q(qkv, b, h), 3 * C, 0.0f, HEAD_K(dqkv, b, h), 3 * C);
+            const float *q = HEAD_Q(qkv, b, h), *k = HEAD_K(qkv, b, h), *v = HEAD_V(qkv, b, h);
+            const float *p = HEAD_P(att, b, h), *dy = dout + (size_t)b * T * C + (size_t)h * hd;
+            float *ds = HEAD_P(scratch, b, h);
+            float *dq = HEAD_Q(dqkv, b, h), *dk = HEAD_K(dqkv, b, h), *dv = HEAD_V(dqkv, b, h);
+            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+                int r1 = imin(r0 + ATT_BLOCK, T);
+                // dP = dY V^T, rows [r0, r1), columns [0, r1)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, r1, hd, 1.0f, dy + (size_t)r0 * C, C, v,
+                            3 * C, 0.0f, ds + (size_t)r0 * T, T);
+                // dV = P^T dY, rows [r0, r1) of dV take rows [r0, T) of P (P is 0 above the diagonal)
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1 - r0, hd, T - r0, 1.0f,
+                            p + (size_t)r0 * T + r0, T, dy + (size_t)r0 * C, C, 0.0f, dv + (size_t)r0 * 3 * C, 3 * C);
+            }
+            // dS = P * (dP - rowsum(dP * P)), zeros above the diagonal
+            for (int t = 0; t < T; t++) {
+                float *d = ds + (size_t)t * T;
+                const float *pr = p + (size_t)t * T;
+                float dot = 0.0f;
+                for (int j = 0; j <= t; j++) dot += d[j] * pr[j];
+                for (int j = 0; j <= t; j++) d[j] = pr[j] * (d[j] - dot);
+                for (int j = t + 1; j < T; j++) d[j] = 0.0f;
+            }
+            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+                int r1 = imin(r0 + ATT_BLOCK, T);
+                // dQ = scale * dS K, rows [r0, r1), columns [0, r1) of dS
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, hd, r1, scale, ds + (size_t)r0 * T, T,
+                            k, 3 * C, 0.0f, dq + (size_t)r0 * 3 * C, 3 * C);
+                // dK = scale * dS^T Q, rows [r0, r1) of dK take rows [r0, T) of dS
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1 - r0, hd, T - r0, scale,
+                            ds + (size_t)r0 * T + r0, T, q + (size_t)r0 * 3 * C, 3 * C, 0.0f, dk + (size_t)r0 * 3 * C,
+                            3 * C);
+            }
         }
 }
 
