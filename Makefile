@@ -10,7 +10,8 @@ CC      ?= cc
 ARCH    ?= -march=native
 OPT     ?= -O3
 CFLAGS  ?= $(OPT) $(ARCH) -g
-CFLAGS  += -std=c11 -Wall -Wextra -Werror -fopenmp -MMD -MP -Icsrc
+# flags the build needs whatever CFLAGS the user sets (e.g. CFLAGS="-O1 -g -fsanitize=address,undefined")
+override CFLAGS += -std=c11 -Wall -Wextra -Werror -fopenmp -MMD -MP -Icsrc
 LDLIBS  += -fopenmp -lm
 
 # BLAS: OpenBLAS via pkg-config; Debian's OpenMP build is preferred when installed (one thread pool
@@ -19,7 +20,7 @@ PKG_CONFIG ?= pkg-config
 OPENBLAS_PCDIR := $(shell $(PKG_CONFIG) --variable=pcfiledir openblas 2>/dev/null)
 OPENBLAS_PC := $(or $(wildcard $(OPENBLAS_PCDIR)/../openblas-openmp/pkgconfig/openblas.pc),openblas)
 ifeq ($(shell $(PKG_CONFIG) --exists $(OPENBLAS_PC) && echo yes),yes)
-  CFLAGS += $(shell $(PKG_CONFIG) --cflags $(OPENBLAS_PC))
+  override CFLAGS += $(shell $(PKG_CONFIG) --cflags $(OPENBLAS_PC))
   BLAS_LIBDIR := $(shell $(PKG_CONFIG) --variable=libdir $(OPENBLAS_PC))
   LDLIBS += $(shell $(PKG_CONFIG) --libs $(OPENBLAS_PC)) $(if $(BLAS_LIBDIR),-Wl$(comma)-rpath$(comma)$(BLAS_LIBDIR))
 else

@@ -261,12 +261,18 @@ def run_seed(seed, exe, keep):
 
 def main():
     seeds = [int(a) for a in sys.argv[1:]] or [1, 2, 3, 4, 5]
-    exe = os.path.join(REPO, "givt-train")
-    if not os.path.exists(exe):
+    if not os.path.exists(os.path.join(REPO, "givt-train")):
         subprocess.run(["make", "-j2"], cwd=REPO, check=True)
+    # a private copy: a rebuild in the repo while the check runs must not swap the binary under it
+    bindir = tempfile.mkdtemp(prefix="givt-check-train-bin-")
+    exe = os.path.join(bindir, "givt-train")
+    shutil.copy2(os.path.join(REPO, "givt-train"), exe)
     torch.set_num_threads(1)
     keep = os.environ.get("GIVT_KEEP") == "1"
-    results = {s: run_seed(s, exe, keep) for s in seeds}
+    try:
+        results = {s: run_seed(s, exe, keep) for s in seeds}
+    finally:
+        shutil.rmtree(bindir, ignore_errors=True)
     failed = [s for s, r in results.items() if not r]
     print(f"check_train: {len(seeds) - len(failed)}/{len(seeds)} seeds passed"
           + (f"; failed: {failed}" if failed else ""))

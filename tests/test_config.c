@@ -7,6 +7,7 @@
 
 #include "harness.h"
 #include "ini.h"
+#include "testutil.h"
 #include "train_config.h"
 #include "util.h"
 
@@ -341,17 +342,11 @@ TEST(config_rejects_inconsistent_values) {
 }
 
 TEST(config_data_paths) {
-    char dir[] = "/tmp/givt_cfg_XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
-    char a[64], b[64], text[512];
-    snprintf(a, sizeof a, "%s/a.npy", dir);
-    snprintf(b, sizeof b, "%s/b.npy", dir);
-    FILE *fp = fopen(a, "wb");
-    CHECK(fp != NULL);
-    if (fp) fclose(fp);
-    fp = fopen(b, "wb");
-    CHECK(fp != NULL);
-    if (fp) fclose(fp);
+    char dir[256], text[2048];
+    tu_mkdtemp(dir, "cfg");
+    const char *a = tu_path(dir, "a.npy"), *b = tu_path(dir, "b.npy");
+    tu_put_text(a, "");
+    tu_put_text(b, "");
     TrainConfig *c = malloc(sizeof *c);
 
     EXPECT_ERR("[data]\nkind = npy\n", 0, 0, NULL, "x.ini:2: [data] path is required when [data] kind = npy");
@@ -374,9 +369,7 @@ TEST(config_data_paths) {
     CHECK(load_text(c, "[data]\nkind = dummy\npath = /nonexistent.npy\n", 0, 0, NULL) == 0, "%s",
           givt_last_error());
     free(c);
-    unlink(a);
-    unlink(b);
-    rmdir(dir);
+    tu_rmtree(dir);
 }
 
 TEST(config_help_lists_every_key) {

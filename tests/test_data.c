@@ -1,7 +1,6 @@
 // test_data: the training data loader (windows, files and globs, split, shuffling, resumable
 // position, sharding, NaN checks, dummy data) and the digits conversion.
 #define _GNU_SOURCE
-#include <ftw.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -12,32 +11,15 @@
 #include "data.h"
 #include "harness.h"
 #include "npy.h"
+#include "testutil.h"
 #include "util.h"
 
 // ---- temp dir ---------------------------------------------------------------------------------
-static char g_dir[64];
+static char g_dir[256];
 
-static void tmpdir_make(void) {
-    snprintf(g_dir, sizeof g_dir, "/tmp/givt_data_XXXXXX");
-    if (!mkdtemp(g_dir)) {
-        perror("mkdtemp");
-        exit(2);
-    }
-}
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-static void tmpdir_remove(void) { nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
-
-static char *tpath(const char *name) {
-    static char buf[4][256];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", g_dir, name);
-    return buf[k];
-}
+static void tmpdir_make(void) { tu_mkdtemp(g_dir, "data"); }
+static void tmpdir_remove(void) { tu_rmtree(g_dir); }
+static const char *tpath(const char *name) { return tu_path(g_dir, name); }
 
 // value of element (file, flat index): unique, so a window is identified by its first value
 static float tag(int file, int64_t flat) { return (float)(file * 100000 + flat); }
@@ -231,11 +213,17 @@ static void take(Dataset *ds, int nb, int B, int *ids) {
     }
 }
 
-TEST(data_shuffle_is_seeded_and_covers_each_epoch) {
+// A fresh temp folder holding 12 id windows (see write_ids), and a config that reads them with seed.
+static DataConfig ids_cfg(uint64_t seed) {
     tmpdir_make();
     write_ids(tpath("i.npy"), 12, -1);
     DataConfig c = npy_cfg(tpath("i.npy"), 1, 1);
-    c.seed = 7;
+    c.seed = seed;
+    return c;
+}
+
+TEST(data_shuffle_is_seeded_and_covers_each_epoch) {
+    DataConfig c = ids_cfg(7);
     Dataset d1, d2, d3;
     CHECK(data_open(&d1, &c) == 0 && data_open(&d2, &c) == 0);
     c.seed = 8;
@@ -264,10 +252,7 @@ TEST(data_shuffle_is_seeded_and_covers_each_epoch) {
 }
 
 TEST(data_position_save_restore) {
-    tmpdir_make();
-    write_ids(tpath("i.npy"), 12, -1);
-    DataConfig c = npy_cfg(tpath("i.npy"), 1, 1);
-    c.seed = 3;
+    DataConfig c = ids_cfg(3);
     c.val_size = 2;
     Dataset d1, d2;
     CHECK(data_open(&d1, &c) == 0 && data_open(&d2, &c) == 0);
@@ -290,10 +275,7 @@ TEST(data_position_save_restore) {
 }
 
 TEST(data_val_split_disjoint) {
-    tmpdir_make();
-    write_ids(tpath("i.npy"), 12, -1);
-    DataConfig c = npy_cfg(tpath("i.npy"), 1, 1);
-    c.seed = 11;
+    DataConfig c = ids_cfg(11);
     c.val_size = 4;
     Dataset ds;
     CHECK(data_open(&ds, &c) == 0, "%s", givt_last_error());
@@ -334,10 +316,7 @@ TEST(data_val_split_disjoint) {
 }
 
 TEST(data_sharding_by_rank) {
-    tmpdir_make();
-    write_ids(tpath("i.npy"), 12, -1);
-    DataConfig c = npy_cfg(tpath("i.npy"), 1, 1);
-    c.seed = 5;
+    DataConfig c = ids_cfg(5);
     Dataset one, r0, r1;
     CHECK(data_open(&one, &c) == 0);
     c.world_size = 2;
@@ -447,9 +426,7 @@ TEST(digits_conversion_layout_on_a_small_file) {
     for (int i = 0; i < 32; i++) f[24 + i] = (unsigned char)(i % 17);
     f[56] = 3;
     f[57] = 7;
-    FILE *fp = fopen(tpath("d.bin"), "wb");
-    CHECK(fp && fwrite(f, 1, sizeof f, fp) == sizeof f);
-    fclose(fp);
+    tu_put_bytes(tpath("d.bin"), f, sizeof f);
     DigitsInfo info;
     CHECK(digits_to_npy(tpath("d.bin"), tpath("d.npy"), tpath("l.npy"), 2, -1, &info) == 0, "%s", givt_last_error());
     CHECK(info.n == 2 && info.T == 4 && info.D == 4);
@@ -488,25 +465,26 @@ TEST(digits_conversion_layout_on_a_small_file) {
     CHECK_CLOSE(info.baseline, nll / 32, 1e-9);
 
     CHECK(digits_to_npy(tpath("d.bin"), tpath("e.npy"), NULL, 3, -1, NULL) == -1 && strstr(givt_last_error(), "patch = 3"));
-    fp = fopen(tpath("d.bin"), "wb");
-    CHECK(fp && fwrite(f, 1, sizeof f - 1, fp) == sizeof f - 1);
-    fclose(fp);
+    tu_put_bytes(tpath("d.bin"), f, sizeof f - 1);
     CHECK(digits_to_npy(tpath("d.bin"), tpath("e.npy"), NULL, 2, -1, NULL) == -1 && strstr(givt_last_error(), "truncated"));
     f[30] = 17;
-    fp = fopen(tpath("d.bin"), "wb");
-    CHECK(fp && fwrite(f, 1, sizeof f, fp) == sizeof f);
-    fclose(fp);
+    tu_put_bytes(tpath("d.bin"), f, sizeof f);
     CHECK(digits_to_npy(tpath("d.bin"), tpath("e.npy"), NULL, 2, -1, NULL) == -1 && strstr(givt_last_error(), "> maxval"));
     CHECK(!path_exists(tpath("e.npy")));
     tmpdir_remove();
 }
 
-TEST(digits_conversion_of_the_bundled_set) {
+// data/digits/digits.bin, or NULL after marking the test skipped when it is not there.
+static const char *bundled_digits(void) {
     const char *bin = "data/digits/digits.bin";
-    if (!path_exists(bin)) {
-        t_skip("data/digits/digits.bin not found (run the tests from the repository root)");
-        return;
-    }
+    if (path_exists(bin)) return bin;
+    t_skip("data/digits/digits.bin not found (run the tests from the repository root)");
+    return NULL;
+}
+
+TEST(digits_conversion_of_the_bundled_set) {
+    const char *bin = bundled_digits();
+    if (!bin) return;
     tmpdir_make();
     DigitsInfo info;
     CHECK(digits_to_npy(bin, tpath("d.npy"), NULL, 2, -1, &info) == 0, "%s", givt_last_error());
@@ -536,11 +514,8 @@ TEST(digits_conversion_of_the_bundled_set) {
 }
 
 TEST(digits_dequantization_adds_seeded_uniform_noise) {
-    const char *bin = "data/digits/digits.bin";
-    if (!path_exists(bin)) {
-        t_skip("data/digits/digits.bin not found (run the tests from the repository root)");
-        return;
-    }
+    const char *bin = bundled_digits();
+    if (!bin) return;
     tmpdir_make();
     DigitsInfo plain, dq, dq2;
     CHECK(digits_to_npy(bin, tpath("p.npy"), NULL, 2, -1, &plain) == 0, "%s", givt_last_error());

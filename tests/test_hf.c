@@ -1,7 +1,6 @@
 // Tests of the Hugging Face folder: save -> load bit-exact, config.json defaults and extra keys,
 // F16/BF16 weights, and every bad folder (messages must name the file, and the key or tensor).
 #define _POSIX_C_SOURCE 200809L
-#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -11,34 +10,8 @@
 #include "hf.h"
 #include "json.h"
 #include "model.h"
+#include "testutil.h"
 #include "util.h"
-
-static void hf_tmpdir(char *dir) {
-    strcpy(dir, "/tmp/givt_hf_XXXXXX");
-    if (!mkdtemp(dir)) givt_die("mkdtemp failed");
-}
-
-static void hf_rmtree(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) {
-        unlink(dir);
-        return;
-    }
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        hf_rmtree(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
-static void put_text(const char *path, const char *text) {
-    FILE *fp = fopen(path, "wb");
-    if (!fp || fputs(text, fp) < 0 || fclose(fp) != 0) givt_die("cannot write %s", path);
-}
 
 static void tiny_config(GivtConfig *c) {
     givt_config_default(c);
@@ -50,15 +23,10 @@ static void tiny_config(GivtConfig *c) {
     c->block_size = 16;
 }
 
-static int one_line(const char *a, const char *b) {
-    const char *m = givt_last_error();
-    return strstr(m, a) && (!b || strstr(m, b)) && !strchr(m, '\n');
-}
-
 TEST(hf_round_trip_bit_exact) {
-    char dir[64], folder[128];
-    hf_tmpdir(dir);
-    snprintf(folder, sizeof folder, "%s/a/b/ckpt", dir);  // mkdir -p
+    char dir[256];
+    tu_mkdtemp(dir, "hf");
+    const char *folder = tu_path(dir, "a/b/ckpt");  // mkdir -p
     GivtConfig cfg, back;
     tiny_config(&cfg);
     cfg.eps = 1e-6;
@@ -76,8 +44,7 @@ TEST(hf_round_trip_bit_exact) {
     CHECK(memcmp(&cfg, &back, sizeof cfg) == 0, "config changed in the round trip");
     CHECK(hf_load_weights(folder, &pt, q) == 0, "%s", givt_last_error());
     CHECK(memcmp(p, q, pt.total * sizeof(float)) == 0, "weights not bit-exact");
-    char path[160];
-    snprintf(path, sizeof path, "%s/config.json", folder);
+    const char *path = tu_path(folder, "config.json");
     char *text = read_file_text(path, NULL);
     CHECK(text && strstr(text, "\"model_type\": \"givt\"") && strstr(text, "\"GIVT\"") &&
           strstr(text, "\"rope_base\": 10000,") && strstr(text, "\"eps\": 1e-06,"), "%s", text);
@@ -86,14 +53,14 @@ TEST(hf_round_trip_bit_exact) {
     free(p);
     free(q);
     param_table_free(&pt);
-    hf_rmtree(dir);
+    tu_rmtree(dir);
 }
 
 TEST(hf_config_defaults_and_extra_keys) {
-    char dir[64], path[128];
-    hf_tmpdir(dir);
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    put_text(path, "{\"hidden_dim\": 64, \"num_heads\": 8, \"eps\": 1e-6, \"rope_condense_ratio\": 2,\n"
+    char dir[256];
+    tu_mkdtemp(dir, "hf");
+    const char *path = tu_path(dir, "config.json");
+    tu_put_text(path, "{\"hidden_dim\": 64, \"num_heads\": 8, \"eps\": 1e-6, \"rope_condense_ratio\": 2,\n"
                    " \"model_type\": \"givt\", \"architectures\": [\"GIVT\"], \"transformers_version\": \"4.40.0\",\n"
                    " \"torch_dtype\": \"float32\", \"head_dim\": 8, \"rope_n_elem\": 8, \"_name_or_path\": \"x\"}\n");
     GivtConfig c, d;
@@ -104,10 +71,10 @@ TEST(hf_config_defaults_and_extra_keys) {
     d.rope_condense_ratio = 2.0;
     CHECK(hf_read_config(dir, &c) == 0, "%s", givt_last_error());
     CHECK(memcmp(&c, &d, sizeof c) == 0);
-    put_text(path, "{}");
+    tu_put_text(path, "{}");
     givt_config_default(&d);
     CHECK(hf_read_config(dir, &c) == 0 && memcmp(&c, &d, sizeof c) == 0, "%s", givt_last_error());
-    hf_rmtree(dir);
+    tu_rmtree(dir);
 }
 
 TEST(hf_config_errors) {
@@ -128,19 +95,19 @@ TEST(hf_config_errors) {
         {"{\"hidden_dim\": 32,}", "invalid JSON at line 1", NULL},
         {"", "invalid JSON", NULL},
     };
-    char dir[64], path[128];
-    hf_tmpdir(dir);
-    snprintf(path, sizeof path, "%s/config.json", dir);
+    char dir[256];
+    tu_mkdtemp(dir, "hf");
+    const char *path = tu_path(dir, "config.json");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        put_text(path, cases[i].text);
+        tu_put_text(path, cases[i].text);
         GivtConfig c;
         CHECK(hf_read_config(dir, &c) == -1, "case %zu accepted", i);
-        CHECK(one_line(path, cases[i].want1) && one_line(path, cases[i].want2), "case %zu: %s", i, givt_last_error());
+        CHECK(tu_error_has(path, cases[i].want1) && tu_error_has(path, cases[i].want2), "case %zu: %s", i, givt_last_error());
     }
     unlink(path);
     GivtConfig c;
-    CHECK(hf_read_config(dir, &c) == -1 && one_line(path, "cannot open"), "%s", givt_last_error());
-    hf_rmtree(dir);
+    CHECK(hf_read_config(dir, &c) == -1 && tu_error_has(path, "cannot open"), "%s", givt_last_error());
+    tu_rmtree(dir);
 }
 
 // A model.safetensors with the table's names, each tensor stored in the dtype dtype_of(name) gives
@@ -187,9 +154,9 @@ static const char *no_head(const char *n) { return strcmp(n, "model.head.weight"
 static const char *bos_i64(const char *n) { return strcmp(n, "model.bos") ? "F32" : "I64"; }
 
 TEST(hf_loads_f16_bf16_and_rejects_bad_weights) {
-    char dir[64], path[128];
-    hf_tmpdir(dir);
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    char dir[256];
+    tu_mkdtemp(dir, "hf");
+    const char *path = tu_path(dir, "model.safetensors");
     GivtConfig cfg;
     tiny_config(&cfg);
     ParamTable pt;
@@ -205,11 +172,11 @@ TEST(hf_loads_f16_bf16_and_rejects_bad_weights) {
         CHECK(ones, "dtype set %d did not load as ones", g);
     }
     write_table_file(path, &pt, no_head, NULL);
-    CHECK(hf_load_weights(dir, &pt, p) == -1 && one_line(path, "tensor \"model.head.weight\" is missing"), "%s", givt_last_error());
+    CHECK(hf_load_weights(dir, &pt, p) == -1 && tu_error_has(path, "tensor \"model.head.weight\" is missing"), "%s", givt_last_error());
     write_table_file(path, &pt, all_f32, "model.extra.weight");
-    CHECK(hf_load_weights(dir, &pt, p) == -1 && one_line(path, "unexpected tensor \"model.extra.weight\""), "%s", givt_last_error());
+    CHECK(hf_load_weights(dir, &pt, p) == -1 && tu_error_has(path, "unexpected tensor \"model.extra.weight\""), "%s", givt_last_error());
     write_table_file(path, &pt, bos_i64, NULL);
-    CHECK(hf_load_weights(dir, &pt, p) == -1 && one_line(path, "tensor \"model.bos\": dtype I64 is not supported"), "%s", givt_last_error());
+    CHECK(hf_load_weights(dir, &pt, p) == -1 && tu_error_has(path, "tensor \"model.bos\": dtype I64 is not supported"), "%s", givt_last_error());
     // wrong shape: saved with input_dim 4, loaded as input_dim 6
     GivtConfig other = cfg;
     other.input_dim = 6;
@@ -217,54 +184,52 @@ TEST(hf_loads_f16_bf16_and_rejects_bad_weights) {
     param_table_build(&pt6, &other);
     float *p6 = xcalloc(pt6.total, sizeof(float));
     write_table_file(path, &pt, all_f32, NULL);
-    CHECK(hf_load_weights(dir, &pt6, p6) == -1 && one_line(path, "tensor \"model.embed.weight\": shape [8, 4], expected [8, 6]"), "%s", givt_last_error());
+    CHECK(hf_load_weights(dir, &pt6, p6) == -1 && tu_error_has(path, "tensor \"model.embed.weight\": shape [8, 4], expected [8, 6]"), "%s", givt_last_error());
     // fewer layers in the file than the table: missing; more: unexpected
     GivtConfig three = cfg;
     three.num_layers = 3;
     ParamTable pt3;
     param_table_build(&pt3, &three);
     float *p3 = xcalloc(pt3.total, sizeof(float));
-    CHECK(hf_load_weights(dir, &pt3, p3) == -1 && one_line(path, "tensor \"model.blocks.2.attn.norm.weight\" is missing"), "%s", givt_last_error());
+    CHECK(hf_load_weights(dir, &pt3, p3) == -1 && tu_error_has(path, "tensor \"model.blocks.2.attn.norm.weight\" is missing"), "%s", givt_last_error());
     write_table_file(path, &pt3, all_f32, NULL);
-    CHECK(hf_load_weights(dir, &pt, p) == -1 && one_line(path, "unexpected tensor \"model.blocks.2."), "%s", givt_last_error());
+    CHECK(hf_load_weights(dir, &pt, p) == -1 && tu_error_has(path, "unexpected tensor \"model.blocks.2."), "%s", givt_last_error());
     // truncated file
     size_t n;
     char *full = read_file_text(path, &n);
-    FILE *fp = fopen(path, "wb");
-    fwrite(full, 1, n - 5, fp);
-    fclose(fp);
+    tu_put_bytes(path, full, n - 5);
     free(full);
-    CHECK(hf_load_weights(dir, &pt3, p3) == -1 && one_line(path, "tensor \"model."), "%s", givt_last_error());
+    CHECK(hf_load_weights(dir, &pt3, p3) == -1 && tu_error_has(path, "tensor \"model."), "%s", givt_last_error());
     unlink(path);
-    CHECK(hf_load_weights(dir, &pt, p) == -1 && one_line(path, "cannot open"), "%s", givt_last_error());
+    CHECK(hf_load_weights(dir, &pt, p) == -1 && tu_error_has(path, "cannot open"), "%s", givt_last_error());
     free(p);
     free(p6);
     free(p3);
     param_table_free(&pt);
     param_table_free(&pt6);
     param_table_free(&pt3);
-    hf_rmtree(dir);
+    tu_rmtree(dir);
 }
 
 TEST(hf_save_errors_and_table_files) {
-    char dir[64], path[160];
-    hf_tmpdir(dir);
+    char dir[256];
+    tu_mkdtemp(dir, "hf");
     GivtConfig cfg;
     tiny_config(&cfg);
     ParamTable pt;
     param_table_build(&pt, &cfg);
     float *p = xcalloc(pt.total, sizeof(float)), *q = xcalloc(pt.total, sizeof(float));
-    snprintf(path, sizeof path, "%s/file", dir);
-    put_text(path, "x");
-    snprintf(path, sizeof path, "%s/file/sub", dir);
-    CHECK(hf_save(path, &cfg, &pt, p) == -1 && one_line("file", "not a directory"), "%s", givt_last_error());
+    const char *path = tu_path(dir, "file");
+    tu_put_text(path, "x");
+    path = tu_path(dir, "file/sub");
+    CHECK(hf_save(path, &cfg, &pt, p) == -1 && tu_error_has("file", "not a directory"), "%s", givt_last_error());
     GivtConfig bad = cfg;
     bad.eps = NAN;
-    snprintf(path, sizeof path, "%s/nan", dir);
-    CHECK(hf_save(path, &bad, &pt, p) == -1 && one_line("config.json", "\"eps\""), "%s", givt_last_error());
+    path = tu_path(dir, "nan");
+    CHECK(hf_save(path, &bad, &pt, p) == -1 && tu_error_has("config.json", "\"eps\""), "%s", givt_last_error());
     // the table-shaped writer used for EMA weights / optimizer state, with metadata
     for (size_t i = 0; i < pt.total; i++) p[i] = (float)i * 0.25f;
-    snprintf(path, sizeof path, "%s/ema.safetensors", dir);
+    path = tu_path(dir, "ema.safetensors");
     StMeta meta[] = {{"step", "100"}};
     CHECK(hf_save_tensors(path, &pt, p, meta, 1) == 0, "%s", givt_last_error());
     CHECK(hf_load_tensors(path, &pt, q) == 0 && memcmp(p, q, pt.total * sizeof(float)) == 0, "%s", givt_last_error());
@@ -275,5 +240,5 @@ TEST(hf_save_errors_and_table_files) {
     free(p);
     free(q);
     param_table_free(&pt);
-    hf_rmtree(dir);
+    tu_rmtree(dir);
 }

@@ -1,6 +1,5 @@
 // test_npy: the .npy reader (good files of every accepted kind, every rejected kind) and writer.
 #define _GNU_SOURCE
-#include <ftw.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -10,42 +9,15 @@
 
 #include "harness.h"
 #include "npy.h"
+#include "testutil.h"
 #include "util.h"
 
 // ---- temp dir and raw files -------------------------------------------------------------------
-static char g_dir[64];
+static char g_dir[256];
 
-static const char *tmpdir_make(void) {
-    snprintf(g_dir, sizeof g_dir, "/tmp/givt_npy_XXXXXX");
-    if (!mkdtemp(g_dir)) {
-        perror("mkdtemp");
-        exit(2);
-    }
-    return g_dir;
-}
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-static void tmpdir_remove(void) { nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
-
-static char *tpath(const char *name) {
-    static char buf[4][256];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", g_dir, name);
-    return buf[k];
-}
-
-static void write_bytes(const char *path, const void *data, size_t n) {
-    FILE *fp = fopen(path, "wb");
-    if (!fp || fwrite(data, 1, n, fp) != n) {
-        perror(path);
-        exit(2);
-    }
-    fclose(fp);
-}
+static void tmpdir_make(void) { tu_mkdtemp(g_dir, "npy"); }
+static void tmpdir_remove(void) { tu_rmtree(g_dir); }
+static const char *tpath(const char *name) { return tu_path(g_dir, name); }
 
 // A .npy with the given version and dict text (padded with spaces and '\n' to a multiple of 64),
 // followed by nbytes of data.
@@ -61,7 +33,7 @@ static void write_npy_raw(const char *path, int major, const char *dict, const v
     memset(b + prefix + dl, ' ', hlen - dl - 1);
     b[total - 1] = '\n';
     if (nbytes) memcpy(b + total, data, nbytes);
-    write_bytes(path, b, total + nbytes);
+    tu_put_bytes(path, b, total + nbytes);
     free(b);
 }
 
@@ -177,18 +149,18 @@ TEST(npy_rejects_bad_files) {
     size_t len;
     char *raw = read_file_text(p, &len);
     raw[1] = 'X';
-    write_bytes(p, raw, len);
+    tu_put_bytes(p, raw, len);
     EXPECT_OPEN_ERROR(p, "bad magic");
-    write_bytes(p, raw, 5);
+    tu_put_bytes(p, raw, 5);
     EXPECT_OPEN_ERROR(p, "not a .npy file");
     raw[1] = 'N';
     raw[6] = 4;
-    write_bytes(p, raw, len);
+    tu_put_bytes(p, raw, len);
     EXPECT_OPEN_ERROR(p, "version 4.0");
     raw[6] = 1;
     raw[8] = (char)0xff;  // header length 0x??ff > file
     raw[9] = (char)0x7f;
-    write_bytes(p, raw, len);
+    tu_put_bytes(p, raw, len);
     EXPECT_OPEN_ERROR(p, "header length");
     free(raw);
 
@@ -245,7 +217,7 @@ TEST(npy_rejects_bad_files) {
     }
     // A header dict cut short by the file's end (the length field says more than there is).
     unsigned char shortf[20] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, 100, 0, '{', '\'', 'd'};
-    write_bytes(p, shortf, sizeof shortf);
+    tu_put_bytes(p, shortf, sizeof shortf);
     EXPECT_OPEN_ERROR(p, "runs past the end");
     tmpdir_remove();
 }

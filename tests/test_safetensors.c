@@ -1,7 +1,6 @@
 // Tests of json (strict parsing, limits, typed getters, writing) and safetensors (round trip, F16/BF16,
 // and every malformed file: each must fail with a one-line message naming the file and tensor).
 #define _POSIX_C_SOURCE 200809L
-#include <dirent.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,33 +10,10 @@
 #include "harness.h"
 #include "json.h"
 #include "safetensors.h"
+#include "testutil.h"
 #include "util.h"
 
 // ---- helpers ------------------------------------------------------------------------------
-static void st_tmpdir(char *dir) {
-    strcpy(dir, "/tmp/givt_st_XXXXXX");
-    if (!mkdtemp(dir)) givt_die("mkdtemp failed");
-}
-
-static void st_rmdir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
-static void write_bytes(const char *path, const void *data, size_t n) {
-    FILE *fp = fopen(path, "wb");
-    if (!fp || fwrite(data, 1, n, fp) != n || fclose(fp) != 0) givt_die("cannot write %s", path);
-}
-
 // A safetensors file from a header text and data_len bytes of data (byte i = i & 0xff).
 static void write_raw(const char *path, const char *header, uint64_t header_len, size_t data_len) {
     size_t hl = strlen(header);
@@ -45,12 +21,8 @@ static void write_raw(const char *path, const char *header, uint64_t header_len,
     for (int i = 0; i < 8; i++) buf[i] = (unsigned char)(header_len >> (8 * i));
     memcpy(buf + 8, header, hl);
     for (size_t i = 0; i < data_len; i++) buf[8 + hl + i] = (unsigned char)i;
-    write_bytes(path, buf, 8 + hl + data_len);
+    tu_put_bytes(path, buf, 8 + hl + data_len);
     free(buf);
-}
-
-static int has(const char *msg, const char *a, const char *b) {
-    return strstr(msg, a) && (!b || strstr(msg, b)) && !strchr(msg, '\n');
 }
 
 // ---- json ---------------------------------------------------------------------------------
@@ -93,7 +65,7 @@ TEST(json_rejects_bad_text) {
         JsonValue *v = json_parse(bad[i], strlen(bad[i]), "bad.json");
         CHECK(v == NULL, "accepted case %zu: %s", i, bad[i]);
         json_free(v);
-        CHECK(has(givt_last_error(), "bad.json: invalid JSON at line 1, column", NULL), "%s", givt_last_error());
+        CHECK(tu_error_has("bad.json: invalid JSON at line 1, column", NULL), "%s", givt_last_error());
     }
 }
 
@@ -166,9 +138,9 @@ TEST(json_writer) {
 
 // ---- safetensors: round trip --------------------------------------------------------------
 TEST(st_round_trip_bit_exact) {
-    char dir[64], path[128];
-    st_tmpdir(dir);
-    snprintf(path, sizeof path, "%s/x.safetensors", dir);
+    char dir[256];
+    tu_mkdtemp(dir, "st");
+    const char *path = tu_path(dir, "x.safetensors");
     Rng rng;
     rng_seed(&rng, 7);
     float a[6 * 5], b[7], c[1];
@@ -200,17 +172,17 @@ TEST(st_round_trip_bit_exact) {
         CHECK(st_read_f32(&f, ic, rc) == 0 && memcmp(rc, c, sizeof c) == 0);
         int64_t wrong[2] = {5, 6};
         CHECK(st_load_f32(&f, "z.weight", 2, wrong, ra) == -1);
-        CHECK(has(givt_last_error(), path, "tensor \"z.weight\": shape [6, 5], expected [5, 6]"), "%s", givt_last_error());
-        CHECK(st_load_f32(&f, "q", 1, shape_b, rb) == -1 && has(givt_last_error(), path, "tensor \"q\" is missing"));
+        CHECK(tu_error_has(path, "tensor \"z.weight\": shape [6, 5], expected [5, 6]"), "%s", givt_last_error());
+        CHECK(st_load_f32(&f, "q", 1, shape_b, rb) == -1 && tu_error_has(path, "tensor \"q\" is missing"));
     }
     st_close(&f);
-    st_rmdir(dir);
+    tu_rmtree(dir);
 }
 
 TEST(st_reads_f16_and_bf16) {
-    char dir[64], path[128];
-    st_tmpdir(dir);
-    snprintf(path, sizeof path, "%s/h.safetensors", dir);
+    char dir[256];
+    tu_mkdtemp(dir, "st");
+    const char *path = tu_path(dir, "h.safetensors");
     const char *hdr = "{\"h\":{\"dtype\":\"F16\",\"shape\":[5],\"data_offsets\":[0,10]},"
                       "\"b\":{\"dtype\":\"BF16\",\"shape\":[1,3],\"data_offsets\":[10,16]}}";
     uint16_t h[5] = {0x3c00, 0xc000, 0x3800, 0x7bff, 0x0001}, bf[3] = {0x3f80, 0xc040, 0x4049};
@@ -220,7 +192,7 @@ TEST(st_reads_f16_and_bf16) {
     memcpy(buf + 8, hdr, hl);
     for (int i = 0; i < 5; i++) buf[8 + hl + 2 * i] = h[i] & 0xff, buf[8 + hl + 2 * i + 1] = h[i] >> 8;
     for (int i = 0; i < 3; i++) buf[8 + hl + 10 + 2 * i] = bf[i] & 0xff, buf[8 + hl + 10 + 2 * i + 1] = bf[i] >> 8;
-    write_bytes(path, buf, 8 + hl + 16);
+    tu_put_bytes(path, buf, 8 + hl + 16);
     StFile f;
     CHECK(st_open(&f, path) == 0, "%s", givt_last_error());
     float rh[5], rb[3];
@@ -231,7 +203,7 @@ TEST(st_reads_f16_and_bf16) {
     CHECK(rb[0] == 1.0f && rb[1] == -3.0f && rb[2] == 3.140625f);
     CHECK(st_metadata(&f, "format") == NULL);
     st_close(&f);
-    st_rmdir(dir);
+    tu_rmtree(dir);
 }
 
 // ---- safetensors: malformed files ---------------------------------------------------------
@@ -269,69 +241,68 @@ static const struct {
 };
 
 TEST(st_rejects_malformed_headers) {
-    char dir[64], path[128];
-    st_tmpdir(dir);
-    snprintf(path, sizeof path, "%s/bad.safetensors", dir);
+    char dir[256];
+    tu_mkdtemp(dir, "st");
+    const char *path = tu_path(dir, "bad.safetensors");
     for (size_t i = 0; i < sizeof g_bad / sizeof g_bad[0]; i++) {
         write_raw(path, g_bad[i].header, strlen(g_bad[i].header), g_bad[i].data_len);
         StFile f;
         CHECK(st_open(&f, path) == -1, "case %zu accepted", i);
-        CHECK(has(givt_last_error(), path, g_bad[i].want), "case %zu: %s", i, givt_last_error());
+        CHECK(tu_error_has(path, g_bad[i].want), "case %zu: %s", i, givt_last_error());
         if (g_bad[i].tensor) CHECK(strstr(givt_last_error(), g_bad[i].tensor), "case %zu: %s", i, givt_last_error());
         st_close(&f);
     }
-    st_rmdir(dir);
+    tu_rmtree(dir);
 }
 
 TEST(st_rejects_bad_lengths) {
-    char dir[64], path[128];
-    st_tmpdir(dir);
-    snprintf(path, sizeof path, "%s/len.safetensors", dir);
+    char dir[256];
+    tu_mkdtemp(dir, "st");
+    const char *path = tu_path(dir, "len.safetensors");
     StFile f;
-    write_bytes(path, "abc", 3);
-    CHECK(st_open(&f, path) == -1 && has(givt_last_error(), path, "too short"), "%s", givt_last_error());
+    tu_put_bytes(path, "abc", 3);
+    CHECK(st_open(&f, path) == -1 && tu_error_has(path, "too short"), "%s", givt_last_error());
     st_close(&f);
     write_raw(path, "{}", 1000, 0);  // header length larger than the file
-    CHECK(st_open(&f, path) == -1 && has(givt_last_error(), path, "exceeds the file size"), "%s", givt_last_error());
+    CHECK(st_open(&f, path) == -1 && tu_error_has(path, "exceeds the file size"), "%s", givt_last_error());
     st_close(&f);
     write_raw(path, "{}", (uint64_t)1 << 40, 0);
-    CHECK(st_open(&f, path) == -1 && has(givt_last_error(), path, "larger than the limit"), "%s", givt_last_error());
+    CHECK(st_open(&f, path) == -1 && tu_error_has(path, "larger than the limit"), "%s", givt_last_error());
     st_close(&f);
     write_raw(path, "{}", ~(uint64_t)0, 0);
-    CHECK(st_open(&f, path) == -1 && has(givt_last_error(), path, "larger than the limit"), "%s", givt_last_error());
+    CHECK(st_open(&f, path) == -1 && tu_error_has(path, "larger than the limit"), "%s", givt_last_error());
     st_close(&f);
     write_raw(path, "{}  ", 4, 0);  // an empty file is valid
     CHECK(st_open(&f, path) == 0 && f.count == 0, "%s", givt_last_error());
     st_close(&f);
-    CHECK(st_open(&f, dir) == -1 && has(givt_last_error(), dir, "not a regular file"), "%s", givt_last_error());
+    CHECK(st_open(&f, dir) == -1 && tu_error_has(dir, "not a regular file"), "%s", givt_last_error());
     st_close(&f);
-    snprintf(path, sizeof path, "%s/none.safetensors", dir);
-    CHECK(st_open(&f, path) == -1 && has(givt_last_error(), path, "cannot open"), "%s", givt_last_error());
+    path = tu_path(dir, "none.safetensors");
+    CHECK(st_open(&f, path) == -1 && tu_error_has(path, "cannot open"), "%s", givt_last_error());
     st_close(&f);
-    st_rmdir(dir);
+    tu_rmtree(dir);
 }
 
 TEST(st_unsupported_dtype_is_named) {
-    char dir[64], path[128];
-    st_tmpdir(dir);
-    snprintf(path, sizeof path, "%s/i64.safetensors", dir);
+    char dir[256];
+    tu_mkdtemp(dir, "st");
+    const char *path = tu_path(dir, "i64.safetensors");
     const char *h = "{\"steps\":{\"dtype\":\"I64\",\"shape\":[2],\"data_offsets\":[0,16]}}";
     write_raw(path, h, strlen(h), 16);
     StFile f;
     CHECK(st_open(&f, path) == 0, "%s", givt_last_error());
     float out[2];
     CHECK(st_read_f32(&f, 0, out) == -1);
-    CHECK(has(givt_last_error(), path, "tensor \"steps\": dtype I64 is not supported"), "%s", givt_last_error());
+    CHECK(tu_error_has(path, "tensor \"steps\": dtype I64 is not supported"), "%s", givt_last_error());
     st_close(&f);
-    st_rmdir(dir);
+    tu_rmtree(dir);
 }
 
 // Every truncation of a valid file, and random byte flips in its header, fail cleanly.
 TEST(st_truncations_and_corruptions) {
-    char dir[64], path[128], cut[128];
-    st_tmpdir(dir);
-    snprintf(path, sizeof path, "%s/full.safetensors", dir);
-    snprintf(cut, sizeof cut, "%s/cut.safetensors", dir);
+    char dir[256];
+    tu_mkdtemp(dir, "st");
+    const char *path = tu_path(dir, "full.safetensors"), *cut = tu_path(dir, "cut.safetensors");
     float a[12] = {1, 2, 3}, b[3] = {4, 5, 6};
     StWriteTensor ts[] = {{"a", 2, {3, 4}, a}, {"b", 1, {3}, b}};
     CHECK(st_write(path, ts, 2, NULL, 0) == 0, "%s", givt_last_error());
@@ -339,7 +310,7 @@ TEST(st_truncations_and_corruptions) {
     char *full = read_file_text(path, &n);
     StFile f;
     for (size_t len = 0; len < n; len++) {
-        write_bytes(cut, full, len);
+        tu_put_bytes(cut, full, len);
         CHECK(st_open(&f, cut) == -1, "truncated to %zu of %zu bytes accepted", len, n);
         CHECK(strstr(givt_last_error(), cut) != NULL, "%s", givt_last_error());
         st_close(&f);
@@ -352,7 +323,7 @@ TEST(st_truncations_and_corruptions) {
         memcpy(m, full, n);
         int flips = 1 + (int)(rng_next(&rng) % 3);
         for (int k = 0; k < flips; k++) m[8 + rng_next(&rng) % hl] = (char)(rng_next(&rng) & 0xff);
-        write_bytes(cut, m, n);
+        tu_put_bytes(cut, m, n);
         if (st_open(&f, cut) == 0) {
             float buf[64];
             for (int i = 0; i < f.count; i++)
@@ -364,30 +335,30 @@ TEST(st_truncations_and_corruptions) {
         free(m);
     }
     free(full);
-    st_rmdir(dir);
+    tu_rmtree(dir);
 }
 
 TEST(st_write_errors) {
-    char dir[64], path[128];
-    st_tmpdir(dir);
-    snprintf(path, sizeof path, "%s/w.safetensors", dir);
+    char dir[256];
+    tu_mkdtemp(dir, "st");
+    const char *path = tu_path(dir, "w.safetensors");
     float a[2] = {0};
     StWriteTensor dup[] = {{"x", 1, {2}, a}, {"x", 1, {2}, a}};
-    CHECK(st_write(path, dup, 2, NULL, 0) == -1 && has(givt_last_error(), path, "\"x\" given twice"));
+    CHECK(st_write(path, dup, 2, NULL, 0) == -1 && tu_error_has(path, "\"x\" given twice"));
     StWriteTensor meta_name[] = {{"__metadata__", 1, {2}, a}};
-    CHECK(st_write(path, meta_name, 1, NULL, 0) == -1 && has(givt_last_error(), path, "__metadata__"));
+    CHECK(st_write(path, meta_name, 1, NULL, 0) == -1 && tu_error_has(path, "__metadata__"));
     StWriteTensor neg[] = {{"n", 1, {-2}, a}};
-    CHECK(st_write(path, neg, 1, NULL, 0) == -1 && has(givt_last_error(), path, "\"n\": negative"));
+    CHECK(st_write(path, neg, 1, NULL, 0) == -1 && tu_error_has(path, "\"n\": negative"));
     StMeta m2[] = {{"k", "v"}, {"k", "w"}};
-    CHECK(st_write(path, NULL, 0, m2, 2) == -1 && has(givt_last_error(), path, "\"k\" given twice"));
+    CHECK(st_write(path, NULL, 0, m2, 2) == -1 && tu_error_has(path, "\"k\" given twice"));
     CHECK(!path_exists(path), "a failed write left a file");
-    snprintf(path, sizeof path, "%s/no/such/dir/w.safetensors", dir);
+    path = tu_path(dir, "no/such/dir/w.safetensors");
     CHECK(st_write(path, dup, 1, NULL, 0) == -1 && strstr(givt_last_error(), "no/such/dir"), "%s", givt_last_error());
-    snprintf(path, sizeof path, "%s/fmt.safetensors", dir);
+    path = tu_path(dir, "fmt.safetensors");
     StMeta fmt[] = {{"format", "np"}};
     CHECK(st_write(path, dup, 1, fmt, 1) == 0, "%s", givt_last_error());
     StFile f;
     CHECK(st_open(&f, path) == 0 && f.n_meta == 1 && strcmp(st_metadata(&f, "format"), "np") == 0);
     st_close(&f);
-    st_rmdir(dir);
+    tu_rmtree(dir);
 }

@@ -3,6 +3,7 @@
 #include "testutil.h"
 
 #include <dirent.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,9 +35,23 @@ void tu_rmtree(const char *path) {
     rmdir(path);
 }
 
+const char *tu_path(const char *dir, const char *name) {
+    static char buf[8][PATH_MAX];
+    static int k;
+    k = (k + 1) % 8;
+    int n = snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
+    if (n < 0 || (size_t)n >= sizeof buf[k]) givt_die("path %s/%s is too long", dir, name);
+    return buf[k];
+}
+
 void tu_put_text(const char *path, const char *text) {
     FILE *fp = fopen(path, "wb");
     if (!fp || fputs(text, fp) < 0 || fclose(fp) != 0) givt_die("cannot write %s", path);
+}
+
+void tu_put_bytes(const char *path, const void *data, size_t n) {
+    FILE *fp = fopen(path, "wb");
+    if (!fp || fwrite(data, 1, n, fp) != n || fclose(fp) != 0) givt_die("cannot write %s", path);
 }
 
 int tu_same_file(const char *a, const char *b) {
@@ -57,4 +72,9 @@ int tu_count_prefix(const char *dir, const char *prefix) {
         if (!strncmp(e->d_name, prefix, strlen(prefix))) n++;
     closedir(d);
     return n;
+}
+
+int tu_error_has(const char *a, const char *b) {
+    const char *m = givt_last_error();
+    return strstr(m, a) && (!b || strstr(m, b)) && !strchr(m, '\n');
 }

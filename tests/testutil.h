@@ -8,11 +8,18 @@
 void tu_mkdtemp(char *dir, const char *tag);
 // Removes path and everything below it.
 void tu_rmtree(const char *path);
+// "dir/name" in one of 8 static buffers used in turn, so a few such paths can be alive at once;
+// dies when it would not fit (PATH_MAX).
+const char *tu_path(const char *dir, const char *name);
 // Writes text to path; dies on failure.
 void tu_put_text(const char *path, const char *text);
+// Writes the n bytes at data to path; dies on failure.
+void tu_put_bytes(const char *path, const void *data, size_t n);
 // 1 when both files exist and are byte for byte identical.
 int tu_same_file(const char *a, const char *b);
 // Number of entries of dir whose name starts with prefix (-1 if dir cannot be read).
 int tu_count_prefix(const char *dir, const char *prefix);
+// 1 when givt_last_error() contains a, and b unless b is NULL, and is a single line.
+int tu_error_has(const char *a, const char *b);
 
 #endif
