@@ -2,7 +2,7 @@
 # The CPU path always builds; CUDA kernels build when nvcc is found; MPI when mpicc is found.
 #   make            library + programs        make test      build and run every test
 #   make clean      remove build outputs      make install   PREFIX=/usr/local
-#   make cuda       compile the CUDA sources (sm_90 + PTX) when nvcc is found
+#   make info       what was detected (BLAS, nvcc, mpicc)
 
 PREFIX  ?= /usr/local
 BUILD   ?= build
@@ -39,7 +39,7 @@ TEST_SRCS := $(wildcard tests/*.c)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)
 TEST_BIN  := $(BUILD)/run_tests
 
-.PHONY: all test clean install cuda
+.PHONY: all test clean install info
 all: $(LIB) $(PROGRAMS)
 
 $(BUILD)/%.o: %.c
@@ -69,5 +69,10 @@ install: all
 
 clean:
 	rm -rf $(BUILD) $(PROGRAMS)
+
+info:
+	@echo "BLAS:  $(OPENBLAS_PC) ($(or $(BLAS_LIBDIR),-lopenblas))"
+	@echo "nvcc:  $(or $(NVCC),not found) (CUDA backend: not written yet)"
+	@echo "mpicc: $(or $(MPICC),not found) (multi-process training: not written yet)"
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -115,20 +115,42 @@ static int remove_folder(const char *dir) {
     return rc;
 }
 
-// Removes ".tmp-step_*" folders: checkpoints a killed run did not finish (one trainer per out_dir).
+// A temporary file of AtomicFile: "<name>.tmp.<pid>".
+static int is_atomic_temporary(const char *name) {
+    const char *t = strstr(name, ".tmp.");
+    if (!t || !t[5]) return 0;
+    for (t += 5; *t; t++)
+        if (*t < '0' || *t > '9') return 0;
+    return 1;
+}
+
+// Removes what a killed run can leave in out_dir: ".tmp-step_*" folders (checkpoints being written
+// or removed) and temporary files of atomic writes. One trainer runs per out_dir.
 static int remove_stale_temporaries(const char *out_dir) {
     DIR *d = opendir(out_dir);
     if (!d) return givt_fail("%s: cannot open: %s", out_dir, strerror(errno));
     struct dirent *e;
     int rc = 0;
     while (rc == 0 && (e = readdir(d))) {
-        if (strncmp(e->d_name, ".tmp-" CKPT_PREFIX, strlen(".tmp-" CKPT_PREFIX)) != 0) continue;
+        int folder = !strncmp(e->d_name, ".tmp-" CKPT_PREFIX, strlen(".tmp-" CKPT_PREFIX));
+        if (!folder && !is_atomic_temporary(e->d_name)) continue;
         char *p = path_join(out_dir, e->d_name);
-        rc = remove_folder(p);
+        if (folder) rc = remove_folder(p);
+        else if (unlink(p) != 0) rc = givt_fail("%s: cannot remove: %s", p, strerror(errno));
         free(p);
     }
     closedir(d);
     return rc;
+}
+
+// Removes checkpoint folder `step` as a whole: it is first renamed to a temporary name, so that a
+// kill in the middle never leaves a partial step_ folder behind.
+static int remove_checkpoint(const char *out_dir, long step) {
+    char dir[TRAIN_CONFIG_STR_MAX + 32], doomed[TRAIN_CONFIG_STR_MAX + 64];
+    checkpoint_path(out_dir, step, dir, sizeof dir);
+    snprintf(doomed, sizeof doomed, "%s/.tmp-" CKPT_PREFIX "%08ld-old-%ld", out_dir, step, (long)getpid());
+    if (rename(dir, doomed) != 0) return givt_fail("%s: cannot rename to %s: %s", dir, doomed, strerror(errno));
+    return remove_folder(doomed);
 }
 
 static void download_params(const GivtModel *m, const float *src, float *host) {
@@ -247,7 +269,7 @@ static int save_checkpoint(Trainer *tr) {
     p = path_join(tmp_dir, "train.ini");
     if (rc == 0) rc = train_config_save(&tr->cfg, p);
     free(p);
-    if (rc == 0 && path_exists(final_dir)) rc = remove_folder(final_dir);  // re-saving the same step
+    if (rc == 0 && path_exists(final_dir)) rc = remove_checkpoint(ts->out_dir, tr->step);  // saved again
     if (rc == 0 && rename(tmp_dir, final_dir) != 0)
         rc = givt_fail("%s: cannot rename to %s: %s", tmp_dir, final_dir, strerror(errno));
     if (rc == 0) rc = fsync_dir_of(final_dir);
@@ -257,10 +279,8 @@ static int save_checkpoint(Trainer *tr) {
     }
     int n;
     long *steps = list_checkpoints(ts->out_dir, &n);
-    for (int i = 0; ts->keep_checkpoints > 0 && i < n - ts->keep_checkpoints; i++) {
-        checkpoint_path(ts->out_dir, steps[i], final_dir, sizeof final_dir);
-        if (remove_folder(final_dir) != 0) fprintf(stderr, "givt-train: warning: %s\n", givt_last_error());
-    }
+    for (int i = 0; ts->keep_checkpoints > 0 && i < n - ts->keep_checkpoints; i++)
+        if (remove_checkpoint(ts->out_dir, steps[i]) != 0) fprintf(stderr, "givt-train: warning: %s\n", givt_last_error());
     free(steps);
     return 0;
 }

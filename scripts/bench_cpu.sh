@@ -26,19 +26,7 @@ say() { echo "$@" | tee -a "$LOG" >&2; }
 
 # ---- build ----------------------------------------------------------------------------------
 BENCH=./givt-bench
-if ! make -s BUILD="$BUILD" givt-bench >>"$LOG" 2>&1; then
-    # The library does not build as a whole yet: compile the bench over the modules it needs, with
-    # the OpenBLAS build the Makefile prefers (OpenMP, beside the default .pc file).
-    say "make givt-bench failed (see $LOG); compiling it directly"
-    pcdir=$(pkg-config --variable=pcfiledir openblas)
-    pc=openblas
-    [ -f "$pcdir/../openblas-openmp/pkgconfig/openblas.pc" ] && pc="$pcdir/../openblas-openmp/pkgconfig/openblas.pc"
-    BENCH=$BUILD/givt-bench
-    mkdir -p "$BUILD"
-    ${CC:-gcc} -std=c11 -O3 -march=native -fopenmp -Icsrc $(pkg-config --cflags "$pc") \
-        csrc/programs/givt_bench.c csrc/model.c csrc/ops_cpu.c csrc/optim.c csrc/util.c \
-        $(pkg-config --libs "$pc") -Wl,-rpath,"$(pkg-config --variable=libdir "$pc")" -lm -o "$BENCH" 2>&1 | tee -a "$LOG"
-fi
+make -s BUILD="$BUILD" givt-bench >>"$LOG" 2>&1 || { echo "make givt-bench failed: see $LOG" >&2; exit 1; }
 
 # ---- what each side loads -------------------------------------------------------------------
 {

@@ -100,9 +100,12 @@ TEST(trainer_keeps_the_newest_checkpoints_and_no_temporaries) {
     // a leftover temporary folder of a killed run is cleaned up by the next run
     snprintf(want, sizeof want, "%s/.tmp-step_00000014-999", d);
     CHECK(hf_mkdir_p(want) == 0);
+    snprintf(want, sizeof want, "%s/metrics.jsonl.tmp.12345", d);  // an atomic write cut short
+    tu_put_text(want, "{\"step\": 1");
     char *more[] = {"train.resume_from_ckpt=latest", "train.max_steps=14"};
     CHECK(run(k_tiny_ini, d, 2, more) == 0, "%s", givt_last_error());
     CHECK(tu_count_prefix(d, ".tmp") == 0);
+    CHECK(!path_exists(want), "%s was left behind", want);
     tu_rmtree(d);
 }
 
