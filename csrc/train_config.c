@@ -82,7 +82,7 @@ static const ConfigKey k_keys[] = {
     {"train", "val_every", CFG_I64, FIELD(train.val_every), "1000", "validate every N steps; 0 = never",
      CFG_GE, 0, 0, NULL},
     {"train", "val_size", CFG_I64, FIELD(train.val_size), "100",
-     "sequences held out of the data for validation", CFG_GE, 0, 0, NULL},
+     "sequences held out of the data for validation; 0 = no validation", CFG_GE, 0, 0, NULL},
     {"train", "save_every", CFG_I64, FIELD(train.save_every), "1000",
      "save a checkpoint every N steps (and at the end); 0 = only at the end", CFG_GE, 0, 0, NULL},
     {"train", "keep_checkpoints", CFG_INT, FIELD(train.keep_checkpoints), "5",
@@ -602,11 +602,6 @@ static int check(const Checker *ck) {
                          m->block_size);
     }
     // [train]
-    if (t->val_every > 0 && t->val_size < 1) {
-        locs_prefix(ck, pre, sizeof pre, "train", "val_every", "train", "val_size", NULL);
-        return givt_fail("%s[train] val_every = %lld needs [train] val_size >= 1 (or set val_every = 0)", pre,
-                         (long long)t->val_every);
-    }
     if (t->lr_schedule == LR_SCHEDULE_COSINE && t->warmup_steps >= t->max_steps) {
         locs_prefix(ck, pre, sizeof pre, "train", "warmup_steps", "train", "max_steps", "train", "lr_schedule",
                     NULL);
