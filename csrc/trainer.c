@@ -511,6 +511,11 @@ static int setup(Trainer *tr) {
         snprintf(ckpt, sizeof ckpt, "%s", ts->resume_from_ckpt);
     }
     if (ckpt[0]) return resume(tr, ckpt);
+    char existing[TRAIN_CONFIG_STR_MAX + 32];
+    if (trainer_latest_checkpoint(ts->out_dir, existing, sizeof existing) == 0)
+        return givt_fail("[train] out_dir = %s already holds checkpoints of a run (newest: %s): continue it with "
+                         "train.resume_from_ckpt=latest, or choose another out_dir (nothing was changed)",
+                         ts->out_dir, existing);
     if (ts->init_from[0]) {
         if (load_weights_from(tr, ts->init_from, "init_from") != 0) return -1;
     } else {
@@ -564,6 +569,9 @@ static int loop(Trainer *tr) {
     long tokens_per_step = (long)ts->batch_size * tr->T * ts->grad_accum_steps;
     double t_window = time_now_s(), t_start = t_window;
     long steps_window = 0, start_step = tr->step;
+    if (tr->step >= ts->max_steps)
+        fprintf(stderr, "givt-train: step %ld already reaches max_steps = %ld: nothing to do\n", tr->step,
+                (long)ts->max_steps);
     while (tr->step < ts->max_steps) {
         double loss, lr, gnorm;
         int rc = train_step(tr, &loss, &lr, &gnorm);

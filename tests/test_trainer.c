@@ -109,6 +109,19 @@ TEST(trainer_keeps_the_newest_checkpoints_and_no_temporaries) {
     tu_rmtree(d);
 }
 
+TEST(trainer_fresh_start_refuses_an_out_dir_with_checkpoints) {
+    char d[256];
+    tu_mkdtemp(d, "train_refuse");
+    char *short_run[] = {"train.max_steps=2"};
+    CHECK(run(k_tiny_ini, d, 1, short_run) == 0, "%s", givt_last_error());
+    CHECK(run(k_tiny_ini, d, 1, short_run) == -1);
+    CHECK(tu_error_has("already holds checkpoints", "resume_from_ckpt=latest"), "got: %s", givt_last_error());
+    char *again[] = {"train.max_steps=2", "train.resume_from_ckpt=latest"};  // at max_steps: nothing to do
+    CHECK(run(k_tiny_ini, d, 2, again) == 0, "%s", givt_last_error());
+    CHECK(tu_count_prefix(d, "step_") == 1);
+    tu_rmtree(d);
+}
+
 TEST(trainer_resume_with_another_model_names_the_key) {
     char d[256];
     tu_mkdtemp(d, "train_mismatch");
