@@ -485,9 +485,9 @@ static int setup(Trainer *tr) {
     if (ts->device == DEVICE_CUDA)
         return givt_fail("[train] device = cuda: this build has no CUDA backend yet (use cpu or auto)");
     if (ts->mixed_precision == MIXED_PRECISION_BF16)
-        fprintf(stderr, "givt-train: note: mixed_precision = bf16 applies to the CUDA backend; the CPU trains in float32\n");
+        fprintf(stderr, "givt-train: note: mixed_precision = bf16 is for GPU training; the CPU backend trains in float32\n");
     if (ts->gradient_checkpointing)
-        fprintf(stderr, "givt-train: note: gradient_checkpointing is not used on the CPU (all activations are kept)\n");
+        fprintf(stderr, "givt-train: note: gradient_checkpointing is for GPU training; the CPU backend keeps all activations\n");
     if (hf_mkdir_p(ts->out_dir) != 0 || remove_stale_temporaries(ts->out_dir) != 0) return -1;
     if (open_data(tr) != 0) return -1;
     if (model_create(&tr->model, &tr->cfg.model, ops_cpu()) != 0) return -1;

@@ -82,6 +82,8 @@ int main(int argc, char **argv) {
     if (parse_args(argc, argv, &folder, &data_path, &batch) != 0 || load_model(&m, folder) != 0 ||
         open_data(&ds, data_path, &m.cfg) != 0) {
         fprintf(stderr, "givt-eval: %s\n", givt_last_error());
+        data_close(&ds);
+        model_free(&m);
         return 1;
     }
     int T = data_seq_len(&ds), D = m.cfg.input_dim;
