@@ -376,37 +376,42 @@ static int metrics_open(Trainer *tr) {
     return rc;
 }
 
+// x with 9 significant digits, or null when it is not finite (JSON has no NaN or Inf); buf[32].
+static const char *json_number(char *buf, double x) {
+    if (isfinite(x)) snprintf(buf, 32, "%.9g", x);
+    else snprintf(buf, 32, "null");
+    return buf;
+}
+
 static void metrics_write(Trainer *tr, double loss, double lr, double gnorm, double tok_s, double val_loss) {
     FILE *f = tr->metrics;
-    fprintf(f, "{\"step\": %ld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens_per_s\": %.1f", tr->step,
-            loss, lr, gnorm, tok_s);
-    if (!isnan(val_loss)) fprintf(f, ", \"val_loss\": %.9g", val_loss);
+    char l[32], g[32], v[32];
+    fprintf(f, "{\"step\": %ld, \"loss\": %s, \"lr\": %.9g, \"grad_norm\": %s, \"tokens_per_s\": %.1f", tr->step,
+            json_number(l, loss), lr, json_number(g, gnorm), tok_s);
+    if (!isnan(val_loss)) fprintf(f, ", \"val_loss\": %s", json_number(v, val_loss));
     fprintf(f, "}\n");
     fflush(f);
 }
 
 // ---- the loop -----------------------------------------------------------------------------
-// Mean loss over the validation windows, with the EMA weights when the EMA is on.
-static double validate(Trainer *tr) {
+// Mean loss over the validation windows into *loss, with the EMA weights when the EMA is on.
+// -1 on a data error (NaN or Inf in the validation data).
+static int validate(Trainer *tr, double *loss) {
     GivtModel *m = &tr->model;
-    int B = tr->cfg.train.batch_size, D = m->cfg.input_dim;
+    int B = tr->cfg.train.batch_size, D = m->cfg.input_dim, got;
     float *saved = m->params;
     if (tr->ema) m->params = tr->ema;
     double sum = 0.0;
     long count = 0;
-    for (int64_t k = 0;; k++) {
-        int got = data_val_batch(&tr->data, k, B, tr->batch_host);
-        if (got <= 0) {
-            if (got < 0) fprintf(stderr, "givt-train: validation: %s\n", givt_last_error());
-            break;
-        }
+    for (int64_t k = 0; (got = data_val_batch(&tr->data, k, B, tr->batch_host)) > 0; k++) {
         m->ops->upload(tr->batch, tr->batch_host, (size_t)got * tr->T * D * sizeof(float));
         ModelLoss l = model_forward(m, tr->batch, got, tr->T, 0);
         sum += l.loss_sum;
         count += l.count;
     }
     m->params = saved;
-    return count ? sum / (double)count : NAN;
+    *loss = count ? sum / (double)count : NAN;
+    return got < 0 ? -1 : 0;
 }
 
 // Forward and backward over grad_accum_steps batches; returns the mean loss (NaN on a data error).
@@ -579,8 +584,9 @@ static int loop(Trainer *tr) {
         steps_window++;
         int last = tr->step == ts->max_steps;
         double val_loss = NAN;
-        if (ts->val_every > 0 && data_num_val(&tr->data) > 0 && (tr->step % ts->val_every == 0 || last))
-            val_loss = validate(tr);
+        if (ts->val_every > 0 && data_num_val(&tr->data) > 0 && (tr->step % ts->val_every == 0 || last) &&
+            validate(tr, &val_loss) != 0)
+            return -1;
         if (tr->step % ts->log_every == 0 || last || !isnan(val_loss)) {
             double now = time_now_s();
             double tok_s = (double)(steps_window * tokens_per_step) / (now - t_window);
@@ -619,6 +625,7 @@ int trainer_run(const TrainConfig *cfg) {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = on_signal;
+        sa.sa_flags = SA_RESETHAND;  // a second Ctrl-C stops at once
         sigaction(SIGINT, &sa, NULL);
         sigaction(SIGTERM, &sa, NULL);
         rc = loop(tr);

@@ -154,6 +154,10 @@ TEST(trainer_stops_after_ten_non_finite_steps_and_writes_no_checkpoint) {
     CHECK(run(k_tiny_ini, d, 2, extra) == -1);
     CHECK(strstr(givt_last_error(), "10 steps in a row"), "got: %s", givt_last_error());
     CHECK(tu_count_prefix(d, "step_") == 0, "a checkpoint was written");
+    char *metrics = read_file_text(tu_path(d, "metrics.jsonl"), NULL);  // still JSON: null, never nan
+    CHECK(metrics && strstr(metrics, "\"loss\": null") && !strstr(metrics, "nan") && !strstr(metrics, "inf"),
+          "metrics.jsonl: %s", metrics ? metrics : "(missing)");
+    free(metrics);
     free(c);
     tu_rmtree(d);
 }
