@@ -134,23 +134,25 @@ void param_table_init(const ParamTable *pt, float *params, Rng *rng) {
 }
 
 // ---- activations --------------------------------------------------------------------------
-// Per-layer tensors are at base + l * layer_stride; for inference the stride is 0 and every layer
-// reuses one slot (the residual adds are elementwise, so aliasing in and out is safe).
+// The residual stream entering each layer, res[l] (B, T, C), is kept for every layer; res[L] leaves
+// the last one. A layer's other activations live in slot l when every layer keeps its own (training
+// without checkpointing), and in one shared slot otherwise: in inference, and with gradient
+// checkpointing, where backward recomputes layer l from res[l] into the shared slot.
 struct GivtActs {
-    size_t layer_stride_c, layer_stride_r, layer_stride_3c, layer_stride_att, layer_stride_2f,
-        layer_stride_f;
+    int layer_slots;  // L, or 1 when the slot is shared
+    size_t BT;        // max_B * max_T, the size each slot is laid out for
     float *x_in;      // (B, T, D) shifted input
-    float *res;       // (L+1) x (B, T, C): residual stream entering layer l; res[L] leaves the last
-    float *ln1;       // L x (B, T, C)
-    float *ln1_rstd;  // L x (B, T)
-    float *qkv;       // L x (B, T, 3C), q and k after RoPE
-    float *att;       // L x (B, H, T, T)
-    float *atty;      // L x (B, T, C) attention output before o_proj
-    float *res_mid;   // L x (B, T, C) residual after attention
-    float *ln2;       // L x (B, T, C)
-    float *ln2_rstd;  // L x (B, T)
-    float *fc12;      // L x (B, T, 2F) [fc1 | fc2] outputs
-    float *swi;       // L x (B, T, F)
+    float *res;       // (L+1) x (B, T, C), or 1 x (B, T, C) in inference (updated in place)
+    float *ln1;       // slots x (B, T, C)
+    float *ln1_rstd;  // slots x (B, T)
+    float *qkv;       // slots x (B, T, 3C), q and k after RoPE
+    float *att;       // slots x (B, H, T, T)
+    float *atty;      // slots x (B, T, C) attention output before o_proj
+    float *res_mid;   // slots x (B, T, C) residual after attention
+    float *ln2;       // slots x (B, T, C)
+    float *ln2_rstd;  // slots x (B, T)
+    float *fc12;      // slots x (B, T, 2F) [fc1 | fc2] outputs
+    float *swi;       // slots x (B, T, F)
     float *lnf;       // (B, T, C)
     float *lnf_rstd;  // (B, T)
     float *y;         // (B, T, 2D) head output [mu | pre]
@@ -161,34 +163,56 @@ struct GivtActs {
     int B, T, full;
 };
 
+// The activations of layer l: pointers into its slot, and its residual input and output.
+typedef struct {
+    float *res_in, *res_out, *ln1, *ln1_rstd, *qkv, *att, *atty, *res_mid, *ln2, *ln2_rstd, *fc12, *swi;
+} LayerActs;
+
+static LayerActs layer_acts(const GivtModel *m, int l) {
+    const GivtActs *a = m->acts;
+    size_t BT = a->BT, C = m->cfg.hidden_dim, F = m->cfg.intermediate_dim, H = m->cfg.num_heads;
+    size_t slot = a->layer_slots > 1 ? (size_t)l : 0, res_slot = m->training ? (size_t)l : 0;
+    LayerActs la = {
+        .res_in = a->res + res_slot * BT * C,
+        .res_out = a->res + (m->training ? res_slot + 1 : 0) * BT * C,
+        .ln1 = a->ln1 + slot * BT * C,
+        .ln1_rstd = a->ln1_rstd + slot * BT,
+        .qkv = a->qkv + slot * BT * 3 * C,
+        .att = a->att + slot * BT * H * (size_t)m->max_T,
+        .atty = a->atty + slot * BT * C,
+        .res_mid = a->res_mid + slot * BT * C,
+        .ln2 = a->ln2 + slot * BT * C,
+        .ln2_rstd = a->ln2_rstd + slot * BT,
+        .fc12 = a->fc12 + slot * BT * 2 * F,
+        .swi = a->swi + slot * BT * F,
+    };
+    return la;
+}
+
 static float *acts_alloc(const GivtOps *ops, size_t floats) { return ops->alloc(floats * sizeof(float)); }
 
-void model_alloc_acts(GivtModel *m, int max_B, int max_T, int training) {
+void model_alloc_acts(GivtModel *m, int max_B, int max_T, int training, int checkpointing) {
     const GivtConfig *c = &m->cfg;
     if (max_T > c->block_size) givt_die("model_alloc_acts: T = %d > block_size = %d", max_T, c->block_size);
     if (m->acts) givt_die("model_alloc_acts: activations already allocated");
     const GivtOps *ops = m->ops;
     size_t BT = (size_t)max_B * max_T, C = c->hidden_dim, F = c->intermediate_dim, D = c->input_dim;
-    size_t H = c->num_heads, L = training ? (size_t)c->num_layers : 1;
+    size_t H = c->num_heads, S = training && !checkpointing ? (size_t)c->num_layers : 1;
     GivtActs *a = xcalloc(1, sizeof *a);
-    a->layer_stride_c = training ? BT * C : 0;
-    a->layer_stride_r = training ? BT : 0;
-    a->layer_stride_3c = training ? BT * 3 * C : 0;
-    a->layer_stride_att = training ? BT * H * max_T : 0;
-    a->layer_stride_2f = training ? BT * 2 * F : 0;
-    a->layer_stride_f = training ? BT * F : 0;
+    a->layer_slots = (int)S;
+    a->BT = BT;
     a->x_in = acts_alloc(ops, BT * D);
     a->res = acts_alloc(ops, (training ? (size_t)c->num_layers + 1 : 1) * BT * C);
-    a->ln1 = acts_alloc(ops, L * BT * C);
-    a->ln1_rstd = acts_alloc(ops, L * BT);
-    a->qkv = acts_alloc(ops, L * BT * 3 * C);
-    a->att = acts_alloc(ops, L * BT * H * max_T);
-    a->atty = acts_alloc(ops, L * BT * C);
-    a->res_mid = acts_alloc(ops, L * BT * C);
-    a->ln2 = acts_alloc(ops, L * BT * C);
-    a->ln2_rstd = acts_alloc(ops, L * BT);
-    a->fc12 = acts_alloc(ops, L * BT * 2 * F);
-    a->swi = acts_alloc(ops, L * BT * F);
+    a->ln1 = acts_alloc(ops, S * BT * C);
+    a->ln1_rstd = acts_alloc(ops, S * BT);
+    a->qkv = acts_alloc(ops, S * BT * 3 * C);
+    a->att = acts_alloc(ops, S * BT * H * max_T);
+    a->atty = acts_alloc(ops, S * BT * C);
+    a->res_mid = acts_alloc(ops, S * BT * C);
+    a->ln2 = acts_alloc(ops, S * BT * C);
+    a->ln2_rstd = acts_alloc(ops, S * BT);
+    a->fc12 = acts_alloc(ops, S * BT * 2 * F);
+    a->swi = acts_alloc(ops, S * BT * F);
     a->lnf = acts_alloc(ops, BT * C);
     a->lnf_rstd = acts_alloc(ops, BT);
     a->y = acts_alloc(ops, BT * 2 * D);
@@ -279,14 +303,35 @@ static float *layer_param(const GivtModel *m, float *base, int l, int k) {
     return param(m, base, m->table.layer0 + l * P_PER_LAYER + k);
 }
 
+// One block: res_out = res_in + attention branch + MLP branch, activations into layer l's slot.
+static void layer_forward(GivtModel *m, int l, int B, int T) {
+    const GivtConfig *c = &m->cfg;
+    const GivtOps *ops = m->ops;
+    int C = c->hidden_dim, F = c->intermediate_dim, H = c->num_heads, N = B * T;
+    float *proj = m->acts->proj;
+    LayerActs la = layer_acts(m, l);
+    // attention: res_mid = res_in + o_proj(attn(rope(qkv(rmsnorm(res_in)))))
+    ops->rmsnorm_fwd(la.ln1, la.ln1_rstd, la.res_in, layer_param(m, m->params, l, P_ATTN_NORM), N, C);
+    ops->matmul_fwd(la.qkv, la.ln1, layer_param(m, m->params, l, P_QKV), N, C, 3 * C);
+    ops->rope_fwd(la.qkv, m->rope_cos, m->rope_sin, B, T, C, H, givt_config_rope_n_elem(c));
+    ops->attention_fwd(la.atty, la.att, la.qkv, B, T, C, H);
+    ops->matmul_fwd(proj, la.atty, layer_param(m, m->params, l, P_O_PROJ), N, C, C);
+    ops->add(la.res_mid, la.res_in, proj, (size_t)N * C);
+    // mlp: res_out = res_mid + fc3(silu(fc1(m)) * fc2(m)), m = rmsnorm(res_mid)
+    ops->rmsnorm_fwd(la.ln2, la.ln2_rstd, la.res_mid, layer_param(m, m->params, l, P_MLP_NORM), N, C);
+    ops->matmul_fwd(la.fc12, la.ln2, layer_param(m, m->params, l, P_FC1), N, C, 2 * F);  // fc1, fc2 adjacent
+    ops->swiglu_fwd(la.swi, la.fc12, N, F);
+    ops->matmul_fwd(proj, la.swi, layer_param(m, m->params, l, P_FC3), N, F, C);
+    ops->add(la.res_out, la.res_mid, proj, (size_t)N * C);
+}
+
 ModelLoss model_forward(GivtModel *m, const float *x, int B, int T, int full) {
     const GivtConfig *c = &m->cfg;
     const GivtOps *ops = m->ops;
     GivtActs *a = m->acts;
     if (!a || B > m->max_B || T > m->max_T || B < 1 || T < 1)
         givt_die("model_forward: batch (%d, %d) exceeds the allocated (%d, %d)", B, T, m->max_B, m->max_T);
-    int D = c->input_dim, C = c->hidden_dim, F = c->intermediate_dim, H = c->num_heads, N = B * T;
-    int n_elem = givt_config_rope_n_elem(c);
+    int D = c->input_dim, C = c->hidden_dim, N = B * T;
     a->x = x;
     a->B = B;
     a->T = T;
@@ -294,29 +339,8 @@ ModelLoss model_forward(GivtModel *m, const float *x, int B, int T, int full) {
 
     ops->shift_bos(a->x_in, x, param(m, m->params, m->table.bos), B, T, D);
     ops->matmul_fwd(a->res, a->x_in, param(m, m->params, m->table.embed), N, D, C);
-    for (int l = 0; l < c->num_layers; l++) {
-        float *res_in = a->res + (size_t)l * a->layer_stride_c;
-        float *res_out = a->res + (size_t)(l + 1) * a->layer_stride_c;
-        float *ln1 = a->ln1 + l * a->layer_stride_c, *ln1_rstd = a->ln1_rstd + l * a->layer_stride_r;
-        float *qkv = a->qkv + l * a->layer_stride_3c, *att = a->att + l * a->layer_stride_att;
-        float *atty = a->atty + l * a->layer_stride_c, *res_mid = a->res_mid + l * a->layer_stride_c;
-        float *ln2 = a->ln2 + l * a->layer_stride_c, *ln2_rstd = a->ln2_rstd + l * a->layer_stride_r;
-        float *fc12 = a->fc12 + l * a->layer_stride_2f, *swi = a->swi + l * a->layer_stride_f;
-        // attention: res_mid = res_in + o_proj(attn(rope(qkv(rmsnorm(res_in)))))
-        ops->rmsnorm_fwd(ln1, ln1_rstd, res_in, layer_param(m, m->params, l, P_ATTN_NORM), N, C);
-        ops->matmul_fwd(qkv, ln1, layer_param(m, m->params, l, P_QKV), N, C, 3 * C);
-        ops->rope_fwd(qkv, m->rope_cos, m->rope_sin, B, T, C, H, n_elem);
-        ops->attention_fwd(atty, att, qkv, B, T, C, H);
-        ops->matmul_fwd(a->proj, atty, layer_param(m, m->params, l, P_O_PROJ), N, C, C);
-        ops->add(res_mid, res_in, a->proj, (size_t)N * C);
-        // mlp: res_out = res_mid + fc3(silu(fc1(m)) * fc2(m)), m = rmsnorm(res_mid)
-        ops->rmsnorm_fwd(ln2, ln2_rstd, res_mid, layer_param(m, m->params, l, P_MLP_NORM), N, C);
-        ops->matmul_fwd(fc12, ln2, layer_param(m, m->params, l, P_FC1), N, C, 2 * F);  // fc1, fc2 adjacent
-        ops->swiglu_fwd(swi, fc12, N, F);
-        ops->matmul_fwd(a->proj, swi, layer_param(m, m->params, l, P_FC3), N, F, C);
-        ops->add(res_out, res_mid, a->proj, (size_t)N * C);
-    }
-    float *res_last = a->res + (size_t)c->num_layers * a->layer_stride_c;
+    for (int l = 0; l < c->num_layers; l++) layer_forward(m, l, B, T);
+    float *res_last = layer_acts(m, c->num_layers - 1).res_out;
     ops->rmsnorm_fwd(a->lnf, a->lnf_rstd, res_last, param(m, m->params, m->table.norm), N, C);
     ops->matmul_fwd(a->y, a->lnf, param(m, m->params, m->table.head), N, C, 2 * D);
 
@@ -333,39 +357,36 @@ void model_backward(GivtModel *m, float loss_scale) {
     GivtActs *a = m->acts;
     if (!m->training || !m->grads) givt_die("model_backward: model not set up for training");
     int B = a->B, T = a->T, D = c->input_dim, C = c->hidden_dim, F = c->intermediate_dim, H = c->num_heads;
-    int N = B * T, n_elem = givt_config_rope_n_elem(c);
+    int N = B * T, L = c->num_layers, n_elem = givt_config_rope_n_elem(c);
     float *P = m->params, *G = m->grads;
 
     // head: dy = d(mean nll)/dy; dlnf = dy @ head; then the final norm into dres
     ops->gaussian_nll(a->dy, a->y, a->x, N, D, c->eps, loss_scale / (float)((long)N * D));
     ops->matmul_bwd(a->dtmp, param(m, G, m->table.head), a->dy, a->lnf, param(m, P, m->table.head), N, C, 2 * D);
     ops->zero(a->dres, (size_t)N * C * sizeof(float));
-    float *res_last = a->res + (size_t)c->num_layers * a->layer_stride_c;
-    ops->rmsnorm_bwd(a->dres, param(m, G, m->table.norm), a->dtmp, res_last, param(m, P, m->table.norm),
-                     a->lnf_rstd, N, C);
-    for (int l = c->num_layers - 1; l >= 0; l--) {
-        float *res_in = a->res + (size_t)l * a->layer_stride_c;
-        float *ln1 = a->ln1 + l * a->layer_stride_c, *ln1_rstd = a->ln1_rstd + l * a->layer_stride_r;
-        float *qkv = a->qkv + l * a->layer_stride_3c, *att = a->att + l * a->layer_stride_att;
-        float *atty = a->atty + l * a->layer_stride_c, *res_mid = a->res_mid + l * a->layer_stride_c;
-        float *ln2 = a->ln2 + l * a->layer_stride_c, *ln2_rstd = a->ln2_rstd + l * a->layer_stride_r;
-        float *fc12 = a->fc12 + l * a->layer_stride_2f, *swi = a->swi + l * a->layer_stride_f;
+    ops->rmsnorm_bwd(a->dres, param(m, G, m->table.norm), a->dtmp, layer_acts(m, L - 1).res_out,
+                     param(m, P, m->table.norm), a->lnf_rstd, N, C);
+    for (int l = L - 1; l >= 0; l--) {
+        // with a shared slot (gradient checkpointing), layer l is recomputed from res[l]; the slot
+        // still holds the last layer from the forward pass
+        if (a->layer_slots == 1 && l < L - 1) layer_forward(m, l, B, T);
+        LayerActs la = layer_acts(m, l);
         // mlp (dres is d res_out; it passes straight to res_mid, plus the branch)
-        ops->matmul_bwd(a->dswi, layer_param(m, G, l, P_FC3), a->dres, swi, layer_param(m, P, l, P_FC3), N, F, C);
-        ops->swiglu_bwd(a->dfc12, a->dswi, fc12, N, F);
-        ops->matmul_bwd(a->dtmp, layer_param(m, G, l, P_FC1), a->dfc12, ln2, layer_param(m, P, l, P_FC1), N, C,
+        ops->matmul_bwd(a->dswi, layer_param(m, G, l, P_FC3), a->dres, la.swi, layer_param(m, P, l, P_FC3), N, F, C);
+        ops->swiglu_bwd(a->dfc12, a->dswi, la.fc12, N, F);
+        ops->matmul_bwd(a->dtmp, layer_param(m, G, l, P_FC1), a->dfc12, la.ln2, layer_param(m, P, l, P_FC1), N, C,
                         2 * F);
-        ops->rmsnorm_bwd(a->dres, layer_param(m, G, l, P_MLP_NORM), a->dtmp, res_mid,
-                         layer_param(m, P, l, P_MLP_NORM), ln2_rstd, N, C);
+        ops->rmsnorm_bwd(a->dres, layer_param(m, G, l, P_MLP_NORM), a->dtmp, la.res_mid,
+                         layer_param(m, P, l, P_MLP_NORM), la.ln2_rstd, N, C);
         // attention (dres is now d res_mid)
-        ops->matmul_bwd(a->dtmp, layer_param(m, G, l, P_O_PROJ), a->dres, atty, layer_param(m, P, l, P_O_PROJ), N,
-                        C, C);
-        ops->attention_bwd(a->dqkv, a->datt, a->dtmp, qkv, att, B, T, C, H);
+        ops->matmul_bwd(a->dtmp, layer_param(m, G, l, P_O_PROJ), a->dres, la.atty, layer_param(m, P, l, P_O_PROJ),
+                        N, C, C);
+        ops->attention_bwd(a->dqkv, a->datt, a->dtmp, la.qkv, la.att, B, T, C, H);
         ops->rope_bwd(a->dqkv, m->rope_cos, m->rope_sin, B, T, C, H, n_elem);
-        ops->matmul_bwd(a->dtmp, layer_param(m, G, l, P_QKV), a->dqkv, ln1, layer_param(m, P, l, P_QKV), N, C,
+        ops->matmul_bwd(a->dtmp, layer_param(m, G, l, P_QKV), a->dqkv, la.ln1, layer_param(m, P, l, P_QKV), N, C,
                         3 * C);
-        ops->rmsnorm_bwd(a->dres, layer_param(m, G, l, P_ATTN_NORM), a->dtmp, res_in,
-                         layer_param(m, P, l, P_ATTN_NORM), ln1_rstd, N, C);
+        ops->rmsnorm_bwd(a->dres, layer_param(m, G, l, P_ATTN_NORM), a->dtmp, la.res_in,
+                         layer_param(m, P, l, P_ATTN_NORM), la.ln1_rstd, N, C);
     }
     // embedding and bos
     ops->matmul_bwd(a->din, param(m, G, m->table.embed), a->dres, a->x_in, param(m, P, m->table.embed), N, D, C);

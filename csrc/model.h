@@ -87,8 +87,10 @@ typedef struct {
 int model_create(GivtModel *m, const GivtConfig *cfg, const GivtOps *ops);
 void model_free(GivtModel *m);
 void model_init_params(GivtModel *m, Rng *rng);
-// Sizes activation memory once for batches up to (max_B, max_T); training keeps what backward needs.
-void model_alloc_acts(GivtModel *m, int max_B, int max_T, int training);
+// Sizes activation memory once for batches up to (max_B, max_T); training keeps what backward needs:
+// every layer's activations, or with checkpointing only each layer's input, one layer's activations
+// being recomputed at a time in backward (same results, bit for bit; about one more forward pass).
+void model_alloc_acts(GivtModel *m, int max_B, int max_T, int training, int checkpointing);
 void model_alloc_grads(GivtModel *m);
 void model_zero_grads(GivtModel *m);
 

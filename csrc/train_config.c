@@ -76,7 +76,7 @@ static const ConfigKey k_keys[] = {
     {"train", "mixed_precision", CFG_ENUM, FIELD(train.mixed_precision), "no",
      "bf16: bfloat16 compute, fp32 master weights (GPU only; the CPU backend trains in float32)", NO_RANGE, k_precisions},
     {"train", "gradient_checkpointing", CFG_BOOL, FIELD(train.gradient_checkpointing), "false",
-     "recompute activations in backward to save memory (GPU only; the CPU backend keeps them all)", NO_RANGE, NULL},
+     "keep only each layer's input and recompute the layer in backward: less memory, about 1/3 more time", NO_RANGE, NULL},
     {"train", "log_every", CFG_I64, FIELD(train.log_every), "10", "print the training loss every N steps",
      CFG_GE, 1, 0, NULL},
     {"train", "val_every", CFG_I64, FIELD(train.val_every), "1000", "validate every N steps; 0 = never",

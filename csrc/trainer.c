@@ -491,13 +491,11 @@ static int setup(Trainer *tr) {
         return givt_fail("[train] device = cuda: this build has no CUDA backend yet (use cpu or auto)");
     if (ts->mixed_precision == MIXED_PRECISION_BF16)
         fprintf(stderr, "givt-train: note: mixed_precision = bf16 is for GPU training; the CPU backend trains in float32\n");
-    if (ts->gradient_checkpointing)
-        fprintf(stderr, "givt-train: note: gradient_checkpointing is for GPU training; the CPU backend keeps all activations\n");
     if (hf_mkdir_p(ts->out_dir) != 0 || remove_stale_temporaries(ts->out_dir) != 0) return -1;
     if (open_data(tr) != 0) return -1;
     if (model_create(&tr->model, &tr->cfg.model, ops_cpu()) != 0) return -1;
     GivtModel *m = &tr->model;
-    model_alloc_acts(m, ts->batch_size, tr->T, 1);
+    model_alloc_acts(m, ts->batch_size, tr->T, 1, ts->gradient_checkpointing);
     model_alloc_grads(m);
     OptimConfig oc = optim_config(ts);
     adamw_create(&tr->opt, m, &oc);

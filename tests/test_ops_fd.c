@@ -420,7 +420,7 @@ TEST(fd_whole_model) {
     int rc = model_create(&m, &cfg, ops_cpu());
     CHECK(rc == 0, "%s", givt_last_error());
     if (rc) return;
-    model_alloc_acts(&m, B, T, 1);
+    model_alloc_acts(&m, B, T, 1, 0);
     model_alloc_grads(&m);
     Rng r;
     rng_seed(&r, 19);

@@ -67,6 +67,30 @@ static double max_rel(const float *got, const double *want, size_t n) {
     return worst;
 }
 
+// Gradient checkpointing recomputes each layer in backward: the loss and every gradient must be
+// the same bits as without it.
+static void check_checkpointing_is_bit_exact(const RefCase *rc, const float *xh, double loss, const float *g) {
+    GivtModel m;
+    CHECK(model_create(&m, &rc->cfg, ops_cpu()) == 0, "%s", givt_last_error());
+    int B = rc->B, T = rc->T;
+    size_t btd = (size_t)B * T * rc->cfg.input_dim;
+    model_alloc_acts(&m, B, T, 1, 1);
+    model_alloc_grads(&m);
+    if (!upload_weights(&m, rc)) return model_free(&m);
+    float *xd = m.ops->alloc(btd * sizeof(float));
+    m.ops->upload(xd, xh, btd * sizeof(float));
+    model_zero_grads(&m);
+    ModelLoss L = model_forward(&m, xd, B, T, rc->full);
+    model_backward(&m, 1.0f);
+    float *g2 = xmalloc(m.table.total * sizeof(float));
+    m.ops->download(g2, m.grads, m.table.total * sizeof(float));
+    CHECK(L.loss == loss, "%s: loss with checkpointing %.17g vs %.17g", rc->label, L.loss, loss);
+    CHECK(memcmp(g, g2, m.table.total * sizeof(float)) == 0, "%s: gradients differ with checkpointing", rc->label);
+    free(g2);
+    m.ops->free(xd);
+    model_free(&m);
+}
+
 static void run_case(const RefCase *rc) {
     GivtModel m;
     int rcode = model_create(&m, &rc->cfg, ops_cpu());
@@ -74,7 +98,7 @@ static void run_case(const RefCase *rc) {
     if (rcode != 0) return;
     int B = rc->B, T = rc->T, D = rc->cfg.input_dim;
     size_t btd = (size_t)B * T * D;
-    model_alloc_acts(&m, B, T, 1);
+    model_alloc_acts(&m, B, T, 1, 0);
     model_alloc_grads(&m);
     if (!upload_weights(&m, rc)) {
         model_free(&m);
@@ -128,6 +152,7 @@ static void run_case(const RefCase *rc) {
     }
     printf("  %-24s loss rel %.2e  mu %.2e  std %.2e  worst grad %.2e (%s)\n", rc->label, loss_rel, mu_rel, sd_rel,
            worst, worst_name);
+    check_checkpointing_is_bit_exact(rc, xh, L.loss, g);
 
     free(g);
     free(mu);

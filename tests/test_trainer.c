@@ -60,20 +60,27 @@ static char *metrics_core(const char *dir) {
     return out;
 }
 
+// Run b: 6 steps, exit, resume, 6 more; run c: 12 steps with gradient checkpointing. Both must end
+// with the same bytes as the straight run a.
 TEST(trainer_resume_is_bit_exact) {
-    char a[256], b[256];
+    char a[256], b[256], c[256];
     tu_mkdtemp(a, "train_a");
     tu_mkdtemp(b, "train_b");
+    tu_mkdtemp(c, "train_c");
     CHECK(run(k_tiny_ini, a, 0, NULL) == 0, "%s", givt_last_error());
     char *half[] = {"train.max_steps=6"}, *resume[] = {"train.resume_from_ckpt=latest"};
     CHECK(run(k_tiny_ini, b, 1, half) == 0, "%s", givt_last_error());
     CHECK(run(k_tiny_ini, b, 1, resume) == 0, "%s", givt_last_error());
+    char *recompute[] = {"train.gradient_checkpointing=true"};
+    CHECK(run(k_tiny_ini, c, 1, recompute) == 0, "%s", givt_last_error());
     const char *files[] = {"model.safetensors", "ema.safetensors", "optimizer.safetensors", "config.json"};
     for (int i = 0; i < 4; i++) {
-        char pa[300], pb[300];
+        char pa[300], pb[300], pc[300];
         snprintf(pa, sizeof pa, "%s/step_00000012/%s", a, files[i]);
         snprintf(pb, sizeof pb, "%s/step_00000012/%s", b, files[i]);
+        snprintf(pc, sizeof pc, "%s/step_00000012/%s", c, files[i]);
         CHECK(tu_same_file(pa, pb), "%s differs between the straight and the resumed run", files[i]);
+        CHECK(tu_same_file(pa, pc), "%s differs with gradient checkpointing", files[i]);
     }
     char *ma = metrics_core(a), *mb = metrics_core(b);
     CHECK(ma && mb && !strcmp(ma, mb), "metrics differ:\n%s\nvs\n%s", ma ? ma : "", mb ? mb : "");
@@ -81,6 +88,7 @@ TEST(trainer_resume_is_bit_exact) {
     free(mb);
     tu_rmtree(a);
     tu_rmtree(b);
+    tu_rmtree(c);
 }
 
 TEST(trainer_keeps_the_newest_checkpoints_and_no_temporaries) {

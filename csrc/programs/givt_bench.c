@@ -13,14 +13,15 @@
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: givt-bench [model options] [--steps N] [--warmup N] [--no-adamw] [--profile] [--seed S]\n"
+            "usage: givt-bench [model options] [--steps N] [--warmup N] [--no-adamw] [--checkpointing]\n"
+            "                  [--profile] [--seed S]\n"
             "       givt-bench --sgemm M N K [--reps R]\n"
             "model options (defaults in brackets):\n"
             "  --input-dim D [16]  --hidden C [256]  --intermediate F [688]  --heads H [4]  --layers L [4]\n"
             "  --seq T [256]  --batch B [8]\n"
             "A step is zero_grads, forward, backward, global grad norm and AdamW (lr 1e-4, betas 0.9/0.99,\n"
             "wd 0.1, clip 1.0); ms/step and tokens/s are of the median timed step. --no-adamw times forward\n"
-            "+ backward only. --profile adds a table of the time spent in each backend op (matmuls by\n"
+            "+ backward only. --checkpointing recomputes each layer in backward. --profile adds a table of the time spent in each backend op (matmuls by\n"
             "shape). --sgemm times C (M,N) = A (M,K) B^T (B stored (N,K), as the model's matmul_fwd),\n"
             "best of R repetitions.\n"
             "Threads: OMP_NUM_THREADS (OpenMP loops and the OpenMP build of OpenBLAS).\n");
@@ -200,9 +201,9 @@ static int dbl_cmp(const void *a, const void *b) {
 // Per token, as llm.c / nanoGPT count them: 6 * (parameters in matmuls) for the forward (2 per
 // weight) and the backward (4 per weight: dinp and dw), i.e. every weight except the norms and bos.
 // Attention, per token and layer: QK^T and PV each take 2*T*C in the forward (hd*T multiply-adds per
-// head and position, H heads). We count the dense T x T products (the CPU backend computes the full
-// square with sgemm and zeroes the upper triangle, so this is the work done; a causal count would
-// halve it), and the backward does twice the forward: attention = 3 * L * 2 * 2 * T * C = 12*L*T*C.
+// head and position, H heads). We count the dense T x T products, as llm.c does (the CPU backend
+// computes only the causal lower triangle, in row blocks, about half of it: GFLOP/s are model FLOPs,
+// not executed ones), and the backward does twice the forward: attention = 3 * L * 2 * 2 * T * C.
 static double flops_per_token(const GivtModel *m, int T, size_t *matmul_params) {
     const ParamTable *pt = &m->table;
     size_t n = 0;
@@ -217,7 +218,7 @@ int main(int argc, char **argv) {
     GivtConfig cfg;
     givt_config_default(&cfg);
     cfg.input_dim = 16, cfg.hidden_dim = 256, cfg.intermediate_dim = 688, cfg.num_heads = 4, cfg.num_layers = 4;
-    int T = 256, B = 8, steps = 10, warmup = 2, adamw = 1, profile = 0, seed = 1337;
+    int T = 256, B = 8, steps = 10, warmup = 2, adamw = 1, profile = 0, seed = 1337, checkpointing = 0;
     int sg[3] = {0, 0, 0}, sgemm = 0, reps = 5;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -227,6 +228,8 @@ int main(int argc, char **argv) {
             return 0;
         } else if (!strcmp(a, "--no-adamw")) {
             adamw = 0;
+        } else if (!strcmp(a, "--checkpointing")) {
+            checkpointing = 1;
         } else if (!strcmp(a, "--profile")) {
             profile = 1;
         } else if (!strcmp(a, "--sgemm")) {
@@ -278,7 +281,7 @@ int main(int argc, char **argv) {
     }
     ops->upload(m.params, host, m.table.total * sizeof(float));
     free(host);
-    model_alloc_acts(&m, B, T, 1);
+    model_alloc_acts(&m, B, T, 1, checkpointing);
     model_alloc_grads(&m);
 
     size_t nx = (size_t)B * T * cfg.input_dim;

@@ -89,7 +89,7 @@ int main(int argc, char **argv) {
     int T = data_seq_len(&ds), D = m.cfg.input_dim;
     int64_t n = data_num_windows(&ds);
     if (batch > n) batch = (int)n;
-    model_alloc_acts(&m, batch, T, 0);
+    model_alloc_acts(&m, batch, T, 0, 0);
     float *host = xmalloc((size_t)batch * T * D * sizeof(float));
     float *x = m.ops->alloc((size_t)batch * T * D * sizeof(float));
     double sum = 0.0, t0 = time_now_s();
