@@ -189,57 +189,69 @@ static LayerActs layer_acts(const GivtModel *m, int l) {
     return la;
 }
 
-static float *acts_alloc(const GivtOps *ops, size_t floats) { return ops->alloc(floats * sizeof(float)); }
+// The activation buffers and their sizes in floats for batches up to (max_B, max_T): one list that
+// both the allocation and the memory estimate read. Returns the number of entries of plan.
+typedef struct {
+    float **dst;
+    size_t floats;
+} ActsBuffer;
 
-void model_alloc_acts(GivtModel *m, int max_B, int max_T, int training, int checkpointing) {
-    const GivtConfig *c = &m->cfg;
-    if (max_T > c->block_size) givt_die("model_alloc_acts: T = %d > block_size = %d", max_T, c->block_size);
-    if (m->acts) givt_die("model_alloc_acts: activations already allocated");
-    const GivtOps *ops = m->ops;
+static int acts_plan(GivtActs *a, const GivtConfig *c, int max_B, int max_T, int training, int checkpointing,
+                     ActsBuffer *plan) {
     size_t BT = (size_t)max_B * max_T, C = c->hidden_dim, F = c->intermediate_dim, D = c->input_dim;
     size_t H = c->num_heads, S = training && !checkpointing ? (size_t)c->num_layers : 1;
-    GivtActs *a = xcalloc(1, sizeof *a);
+    size_t R = training ? (size_t)c->num_layers + 1 : 1;
     a->layer_slots = (int)S;
     a->BT = BT;
-    a->x_in = acts_alloc(ops, BT * D);
-    a->res = acts_alloc(ops, (training ? (size_t)c->num_layers + 1 : 1) * BT * C);
-    a->ln1 = acts_alloc(ops, S * BT * C);
-    a->ln1_rstd = acts_alloc(ops, S * BT);
-    a->qkv = acts_alloc(ops, S * BT * 3 * C);
-    a->att = acts_alloc(ops, S * BT * H * max_T);
-    a->atty = acts_alloc(ops, S * BT * C);
-    a->res_mid = acts_alloc(ops, S * BT * C);
-    a->ln2 = acts_alloc(ops, S * BT * C);
-    a->ln2_rstd = acts_alloc(ops, S * BT);
-    a->fc12 = acts_alloc(ops, S * BT * 2 * F);
-    a->swi = acts_alloc(ops, S * BT * F);
-    a->lnf = acts_alloc(ops, BT * C);
-    a->lnf_rstd = acts_alloc(ops, BT);
-    a->y = acts_alloc(ops, BT * 2 * D);
-    a->proj = acts_alloc(ops, BT * C);
-    if (training) {
-        a->dres = acts_alloc(ops, BT * C);
-        a->dtmp = acts_alloc(ops, BT * C);
-        a->dqkv = acts_alloc(ops, BT * 3 * C);
-        a->datt = acts_alloc(ops, BT * H * max_T);
-        a->dfc12 = acts_alloc(ops, BT * 2 * F);
-        a->dswi = acts_alloc(ops, BT * F);
-        a->dy = acts_alloc(ops, BT * 2 * D);
-        a->din = acts_alloc(ops, BT * D);
-    }
+    ActsBuffer all[] = {
+        {&a->x_in, BT * D},       {&a->res, R * BT * C},         {&a->ln1, S * BT * C},
+        {&a->ln1_rstd, S * BT},   {&a->qkv, S * BT * 3 * C},     {&a->att, S * BT * H * max_T},
+        {&a->atty, S * BT * C},   {&a->res_mid, S * BT * C},     {&a->ln2, S * BT * C},
+        {&a->ln2_rstd, S * BT},   {&a->fc12, S * BT * 2 * F},    {&a->swi, S * BT * F},
+        {&a->lnf, BT * C},        {&a->lnf_rstd, BT},            {&a->y, BT * 2 * D},
+        {&a->proj, BT * C},
+        // backward scratch
+        {&a->dres, BT * C},       {&a->dtmp, BT * C},            {&a->dqkv, BT * 3 * C},
+        {&a->datt, BT * H * max_T}, {&a->dfc12, BT * 2 * F},     {&a->dswi, BT * F},
+        {&a->dy, BT * 2 * D},     {&a->din, BT * D},
+    };
+    int n = (int)(sizeof all / sizeof all[0]), forward_only = 16;
+    n = training ? n : forward_only;
+    memcpy(plan, all, (size_t)n * sizeof all[0]);
+    return n;
+}
+
+#define ACTS_MAX_BUFFERS 32
+
+size_t model_acts_bytes(const GivtConfig *cfg, int max_B, int max_T, int training, int checkpointing) {
+    GivtActs a;
+    ActsBuffer plan[ACTS_MAX_BUFFERS];
+    int n = acts_plan(&a, cfg, max_B, max_T, training, checkpointing, plan);
+    size_t floats = 0;
+    for (int i = 0; i < n; i++) floats += plan[i].floats;
+    return floats * sizeof(float);
+}
+
+void model_alloc_acts(GivtModel *m, int max_B, int max_T, int training, int checkpointing) {
+    if (max_T > m->cfg.block_size) givt_die("model_alloc_acts: T = %d > block_size = %d", max_T, m->cfg.block_size);
+    if (m->acts) givt_die("model_alloc_acts: activations already allocated");
+    GivtActs *a = xcalloc(1, sizeof *a);
+    ActsBuffer plan[ACTS_MAX_BUFFERS];
+    int n = acts_plan(a, &m->cfg, max_B, max_T, training, checkpointing, plan);
+    for (int i = 0; i < n; i++) *plan[i].dst = m->ops->alloc(plan[i].floats * sizeof(float));
     m->acts = a;
     m->max_B = max_B;
     m->max_T = max_T;
     m->training = training;
 }
 
-static void acts_free(const GivtOps *ops, GivtActs *a) {
-    float *bufs[] = {a->x_in, a->res,  a->ln1,  a->ln1_rstd, a->qkv,  a->att,   a->atty, a->res_mid,
-                     a->ln2,  a->ln2_rstd, a->fc12, a->swi, a->lnf, a->lnf_rstd, a->y, a->proj,
-                     a->dres, a->dtmp, a->dqkv, a->datt, a->dfc12, a->dswi, a->dy, a->din};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i]) ops->free(bufs[i]);
-    free(a);
+static void acts_free(GivtModel *m) {
+    ActsBuffer plan[ACTS_MAX_BUFFERS];
+    int n = acts_plan(m->acts, &m->cfg, m->max_B, m->max_T, m->training, 0, plan);  // the pointers only
+    for (int i = 0; i < n; i++)
+        if (*plan[i].dst) m->ops->free(*plan[i].dst);
+    free(m->acts);
+    m->acts = NULL;
 }
 
 // ---- model --------------------------------------------------------------------------------
@@ -256,8 +268,8 @@ static void rope_cache_build(GivtModel *m) {
             cs[(size_t)t * n + i] = cs[(size_t)t * n + i + n / 2] = (float)cos(angle);
             sn[(size_t)t * n + i] = sn[(size_t)t * n + i + n / 2] = (float)sin(angle);
         }
-    m->rope_cos = acts_alloc(m->ops, count);
-    m->rope_sin = acts_alloc(m->ops, count);
+    m->rope_cos = m->ops->alloc(count * sizeof(float));
+    m->rope_sin = m->ops->alloc(count * sizeof(float));
     m->ops->upload(m->rope_cos, cs, count * sizeof(float));
     m->ops->upload(m->rope_sin, sn, count * sizeof(float));
     free(cs);
@@ -289,7 +301,7 @@ void model_alloc_grads(GivtModel *m) {
 void model_zero_grads(GivtModel *m) { m->ops->zero(m->grads, m->table.total * sizeof(float)); }
 
 void model_free(GivtModel *m) {
-    if (m->acts) acts_free(m->ops, m->acts);
+    if (m->acts) acts_free(m);
     if (m->params) m->ops->free(m->params);
     if (m->grads) m->ops->free(m->grads);
     if (m->rope_cos) m->ops->free(m->rope_cos);

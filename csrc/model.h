@@ -91,6 +91,8 @@ void model_init_params(GivtModel *m, Rng *rng);
 // every layer's activations, or with checkpointing only each layer's input, one layer's activations
 // being recomputed at a time in backward (same results, bit for bit; about one more forward pass).
 void model_alloc_acts(GivtModel *m, int max_B, int max_T, int training, int checkpointing);
+// What model_alloc_acts allocates for these arguments, in bytes.
+size_t model_acts_bytes(const GivtConfig *cfg, int max_B, int max_T, int training, int checkpointing);
 void model_alloc_grads(GivtModel *m);
 void model_zero_grads(GivtModel *m);
 

@@ -485,6 +485,47 @@ static int open_data(Trainer *tr) {
     return 0;
 }
 
+// MemAvailable of /proc/meminfo in bytes, or 0 when unknown.
+static double memory_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    double kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
+    if (f) fclose(f);
+    return kb * 1024.0;
+}
+
+// "1.25 GiB" or "12.3 MiB" into buf[32].
+static const char *human_bytes(char *buf, double bytes) {
+    if (bytes >= 1024.0 * 1024.0 * 1024.0) snprintf(buf, 32, "%.2f GiB", bytes / (1024.0 * 1024.0 * 1024.0));
+    else snprintf(buf, 32, "%.1f MiB", bytes / (1024.0 * 1024.0));
+    return buf;
+}
+
+// Says what training will hold in memory, and refuses to start what cannot fit, before allocating it.
+static int check_memory(Trainer *tr) {
+    const TrainSettings *ts = &tr->cfg.train;
+    const double GiB = 1024.0 * 1024.0 * 1024.0;
+    double state = (double)tr->model.table.total * sizeof(float) * (4 + (ts->ema > 0));  // w, grad, m, v, ema
+    double acts = (double)model_acts_bytes(&tr->cfg.model, ts->batch_size, tr->T, 1, ts->gradient_checkpointing);
+    double acts_ckpt = (double)model_acts_bytes(&tr->cfg.model, ts->batch_size, tr->T, 1, 1);
+    double avail = memory_available();
+    char st[32], ac[32];
+    fprintf(stderr, "givt-train: memory: %s of weights, gradients and optimizer state, %s of activations\n",
+            human_bytes(st, state), human_bytes(ac, acts));
+    if (avail > 0 && state + acts > avail)
+    {
+        char hint[160] = "";
+        if (!ts->gradient_checkpointing && state + acts_ckpt <= avail)
+            snprintf(hint, sizeof hint, ", or set [train] gradient_checkpointing = true (activations: %.2f GiB)",
+                     acts_ckpt / GiB);
+        return givt_fail("training needs %.2f GiB but %.2f GiB are available: lower [train] batch_size%s",
+                         (state + acts) / GiB, avail / GiB, hint);
+    }
+    return 0;
+}
+
 static int setup(Trainer *tr) {
     const TrainSettings *ts = &tr->cfg.train;
     if (ts->device == DEVICE_CUDA)
@@ -493,7 +534,7 @@ static int setup(Trainer *tr) {
         fprintf(stderr, "givt-train: note: mixed_precision = bf16 is for GPU training; the CPU backend trains in float32\n");
     if (hf_mkdir_p(ts->out_dir) != 0 || remove_stale_temporaries(ts->out_dir) != 0) return -1;
     if (open_data(tr) != 0) return -1;
-    if (model_create(&tr->model, &tr->cfg.model, ops_cpu()) != 0) return -1;
+    if (model_create(&tr->model, &tr->cfg.model, ops_cpu()) != 0 || check_memory(tr) != 0) return -1;
     GivtModel *m = &tr->model;
     model_alloc_acts(m, ts->batch_size, tr->T, 1, ts->gradient_checkpointing);
     model_alloc_grads(m);

@@ -130,6 +130,19 @@ TEST(trainer_fresh_start_refuses_an_out_dir_with_checkpoints) {
     tu_rmtree(d);
 }
 
+TEST(trainer_refuses_a_batch_that_cannot_fit_in_memory) {
+    char d[256];
+    tu_mkdtemp(d, "train_mem");
+    // about 2^20 sequences of 64 in a batch: far more activation memory than any test machine has
+    const char *ini = "[model]\ninput_dim = 3\nhidden_dim = 12\nintermediate_dim = 20\nnum_heads = 2\n"
+                      "num_layers = 2\nblock_size = 64\n[train]\nbatch_size = 1000000\nval_size = 0\n"
+                      "[data]\nkind = dummy\nseq_len = 64\ndummy_size = 1000000\n";
+    CHECK(run(ini, d, 0, NULL) == -1);
+    CHECK(tu_error_has("training needs", "lower [train] batch_size"), "got: %s", givt_last_error());
+    CHECK(tu_count_prefix(d, "step_") == 0);
+    tu_rmtree(d);
+}
+
 TEST(trainer_resume_with_another_model_names_the_key) {
     char d[256];
     tu_mkdtemp(d, "train_mismatch");
