@@ -102,6 +102,22 @@ static int expand_paths(const char *spec, StrList *out) {
     return rc;
 }
 
+int data_expand_paths(const char *spec, char ***paths, int *n) {
+    StrList l = {0};
+    if (expand_paths(spec, &l) != 0) {
+        sl_free(&l);
+        return -1;
+    }
+    *paths = l.v;
+    *n = l.n;
+    return 0;
+}
+
+void data_free_paths(char **paths, int n) {
+    StrList l = {.v = paths, .n = n};
+    sl_free(&l);
+}
+
 // ---- open / close ---------------------------------------------------------------------------
 static int open_files(Dataset *ds) {
     StrList paths = {0};

@@ -25,6 +25,12 @@ typedef struct {
     int rank, world_size;   // rank r of world_size takes every world_size-th batch slot (0, 1)
 } DataConfig;
 
+// "a.npy, dir/*.npy" -> the files it names: items trimmed, each glob pattern's matches sorted.
+// -1 (givt_fail) when a pattern matches nothing or the list names no file; literal paths are not
+// checked here (opening them is). Free with data_free_paths.
+int data_expand_paths(const char *spec, char ***paths, int *n);
+void data_free_paths(char **paths, int n);
+
 void data_config_default(DataConfig *cfg);  // dummy, seq_len 512, input_dim 16, 10000, seed 0, val 0, 0/1
 
 // Where training stands in the stream of batches: the next batch starts at entry `index` of the

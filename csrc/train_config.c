@@ -4,7 +4,6 @@
 #include "train_config.h"
 
 #include <errno.h>
-#include <glob.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -12,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "data.h"
 #include "ini.h"
 #include "util.h"
 
@@ -493,45 +493,30 @@ static void locs_prefix(const Checker *ck, char *buf, size_t n, ...) {
     }
 }
 
-static int has_glob_chars(const char *s) { return strpbrk(s, "*?[") != NULL; }
-
-// Checks that every item of data.path names an existing file (a glob: at least one).
+// Checks that data.path names at least one file and that every file it names exists, expanding it
+// as the data loader will (data_expand_paths).
 static int check_data_paths(const Checker *ck) {
     const char *spec = ck->c->data.path;
     char pre[2200];
-    locs_prefix(ck, pre, sizeof pre, "data", "path", NULL);
-    const char *p = spec;
-    int items = 0;
-    while (*p) {
-        const char *e = strchr(p, ',');
-        if (!e) e = p + strlen(p);
-        const char *b = p;
-        while (b < e && (*b == ' ' || *b == '\t')) b++;
-        const char *te = e;
-        while (te > b && (te[-1] == ' ' || te[-1] == '\t')) te--;
-        p = *e ? e + 1 : e;
-        if (b == te) continue;
-        items++;
-        char item[TRAIN_CONFIG_STR_MAX];
-        snprintf(item, sizeof item, "%.*s", (int)(te - b), b);
-        if (has_glob_chars(item)) {
-            glob_t g;
-            int rc = glob(item, 0, NULL, &g);
-            size_t matches = rc == 0 ? g.gl_pathc : 0;
-            if (rc == 0) globfree(&g);
-            if (matches == 0)
-                return givt_fail("%s[data] path = \"%s\": no file matches \"%s\"", pre, spec, item);
-        } else if (!path_exists(item)) {
-            return givt_fail("%s[data] path = \"%s\": no such file \"%s\"", pre, spec, item);
-        }
-    }
-    if (items == 0) {
+    if (strspn(spec, " \t,") == strlen(spec)) {
         locs_prefix(ck, pre, sizeof pre, "data", "kind", "data", "path", NULL);
         return givt_fail("%s[data] path is required when [data] kind = npy (a .npy file, a comma-separated list "
                          "or a glob)",
                          pre);
     }
-    return 0;
+    locs_prefix(ck, pre, sizeof pre, "data", "path", NULL);
+    char **paths;
+    int n;
+    if (data_expand_paths(spec, &paths, &n) != 0) {
+        char why[1024];
+        snprintf(why, sizeof why, "%s", givt_last_error());
+        return givt_fail("%s[data] path = \"%s\": %s", pre, spec, why);
+    }
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++)
+        if (!path_exists(paths[i])) rc = givt_fail("%s[data] path = \"%s\": no such file \"%s\"", pre, spec, paths[i]);
+    data_free_paths(paths, n);
+    return rc;
 }
 
 static int check(const Checker *ck) {

@@ -359,7 +359,7 @@ TEST(config_data_paths) {
     EXPECT_ERR(text, 0, 0, NULL, "x.ini:2: [data] path = \"");
     EXPECT_ERR(text, 0, 0, NULL, "/missing.npy\": no such file");
     snprintf(text, sizeof text, "[data]\npath = %s/*.bin\n", dir);
-    EXPECT_ERR(text, 0, 0, NULL, "*.bin\": no file matches");
+    EXPECT_ERR(text, 0, 0, NULL, "*.bin: no files match this pattern");
     snprintf(text, sizeof text, "[data]\npath = %s, %s/nope.npy\n", a, dir);
     EXPECT_ERR(text, 0, 0, NULL, "/nope.npy\"");  // the missing item of a list is named
 
