@@ -12,32 +12,6 @@
 #include "json.h"
 #include "util.h"
 
-// The config.json keys of GIVT.md and where they live in GivtConfig.
-static const struct {
-    const char *key;
-    int is_int;
-    size_t offset;
-} g_keys[] = {
-    {"input_dim", 1, offsetof(GivtConfig, input_dim)},
-    {"hidden_dim", 1, offsetof(GivtConfig, hidden_dim)},
-    {"intermediate_dim", 1, offsetof(GivtConfig, intermediate_dim)},
-    {"num_heads", 1, offsetof(GivtConfig, num_heads)},
-    {"num_layers", 1, offsetof(GivtConfig, num_layers)},
-    {"block_size", 1, offsetof(GivtConfig, block_size)},
-    {"eps", 0, offsetof(GivtConfig, eps)},
-    {"rope_base", 0, offsetof(GivtConfig, rope_base)},
-    {"rope_rotary_percentage", 0, offsetof(GivtConfig, rope_rotary_percentage)},
-    {"rope_condense_ratio", 0, offsetof(GivtConfig, rope_condense_ratio)},
-};
-#define N_KEYS ((int)(sizeof g_keys / sizeof g_keys[0]))
-
-// "<folder>/<name>" (no doubled slash), malloc'd.
-static char *join(const char *folder, const char *name) {
-    size_t n = strlen(folder);
-    char *p = xmalloc(n + strlen(name) + 2);
-    sprintf(p, "%s%s%s", folder, n && folder[n - 1] == '/' ? "" : "/", name);
-    return p;
-}
 
 int hf_mkdir_p(const char *path) {
     if (!path[0]) return givt_fail("cannot create a directory with an empty name");
@@ -59,13 +33,13 @@ int hf_mkdir_p(const char *path) {
 }
 
 // ---- config.json --------------------------------------------------------------------------
-static int read_key(const char *path, const JsonValue *root, int k, GivtConfig *cfg) {
-    const JsonValue *v = json_get(root, g_keys[k].key);
+static int read_key(const char *path, const JsonValue *root, const GivtConfigKey *k, GivtConfig *cfg) {
+    const JsonValue *v = json_get(root, k->key);
     if (!v) return 0;  // absent: the default, as the seed's GIVTConfig
     char what[600];
-    snprintf(what, sizeof what, "%s: key \"%s\"", path, g_keys[k].key);
-    char *field = (char *)cfg + g_keys[k].offset;
-    if (g_keys[k].is_int) return json_as_int(v, (int *)(void *)field, what);
+    snprintf(what, sizeof what, "%s: key \"%s\"", path, k->key);
+    char *field = (char *)cfg + k->offset;
+    if (k->is_int) return json_as_int(v, (int *)(void *)field, what);
     return json_as_double(v, (double *)(void *)field, what);
 }
 
@@ -77,8 +51,9 @@ int hf_read_config_json(const char *path, GivtConfig *cfg) {
     free(text);
     if (!root) return -1;
     givt_config_default(cfg);
-    int rc = json_expect(root, JSON_OBJECT, path);
-    for (int k = 0; k < N_KEYS && rc == 0; k++) rc = read_key(path, root, k, cfg);
+    int rc = json_expect(root, JSON_OBJECT, path), nkeys;
+    const GivtConfigKey *keys = givt_config_keys(&nkeys);
+    for (int k = 0; k < nkeys && rc == 0; k++) rc = read_key(path, root, &keys[k], cfg);
     json_free(root);
     if (rc == 0 && givt_config_validate(cfg) != 0) {
         char msg[1024];
@@ -89,22 +64,21 @@ int hf_read_config_json(const char *path, GivtConfig *cfg) {
 }
 
 int hf_read_config(const char *folder, GivtConfig *cfg) {
-    char *path = join(folder, "config.json");
+    char *path = path_join(folder, "config.json");
     int rc = hf_read_config_json(path, cfg);
     free(path);
     return rc;
 }
 
 // Integers stay integers; rope_base is written as an integer when it is one (as in GIVT.md).
-static int write_value(JsonBuf *b, const GivtConfig *cfg, int k) {
-    const char *field = (const char *)cfg + g_keys[k].offset;
-    if (g_keys[k].is_int) {
-        json_buf_printf(b, "%d", *(const int *)(const void *)field);
+static int write_value(JsonBuf *b, const GivtConfig *cfg, const GivtConfigKey *k) {
+    double x = givt_config_value(cfg, k);
+    if (k->is_int) {
+        json_buf_printf(b, "%d", (int)x);
         return 0;
     }
-    double x = *(const double *)(const void *)field;
-    if (!isfinite(x)) return givt_fail("key \"%s\" = %g: not a finite number", g_keys[k].key, x);
-    if (strcmp(g_keys[k].key, "rope_base") == 0 && x == floor(x) && fabs(x) < 9007199254740992.0) {
+    if (!isfinite(x)) return givt_fail("key \"%s\" = %g: not a finite number", k->key, x);
+    if (strcmp(k->key, "rope_base") == 0 && x == floor(x) && fabs(x) < 9007199254740992.0) {
         json_buf_printf(b, "%.0f", x);
         return 0;
     }
@@ -115,20 +89,23 @@ static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *
 
 // Keys sorted, indent 2, as transformers' PretrainedConfig.to_json_file writes them.
 static int config_text(JsonBuf *b, const GivtConfig *cfg) {
-    const char *keys[N_KEYS + 2];
-    for (int k = 0; k < N_KEYS; k++) keys[k] = g_keys[k].key;
-    keys[N_KEYS] = "architectures";
-    keys[N_KEYS + 1] = "model_type";
-    qsort(keys, N_KEYS + 2, sizeof keys[0], cmp_str);
+    int nkeys;
+    const GivtConfigKey *ck = givt_config_keys(&nkeys);
+    const char *names[16];
+    int n = 0;
+    for (int k = 0; k < nkeys; k++) names[n++] = ck[k].key;
+    names[n++] = "architectures";
+    names[n++] = "model_type";
+    qsort(names, (size_t)n, sizeof names[0], cmp_str);
     json_buf_puts(b, "{\n");
-    for (int i = 0; i < N_KEYS + 2; i++) {
-        json_buf_printf(b, "  \"%s\": ", keys[i]);
+    for (int i = 0; i < n; i++) {
+        json_buf_printf(b, "  \"%s\": ", names[i]);
         int k = 0;
-        while (k < N_KEYS && strcmp(g_keys[k].key, keys[i]) != 0) k++;
-        if (k < N_KEYS && write_value(b, cfg, k)) return -1;
-        if (strcmp(keys[i], "architectures") == 0) json_buf_puts(b, "[\n    \"GIVT\"\n  ]");
-        if (strcmp(keys[i], "model_type") == 0) json_buf_puts(b, "\"givt\"");
-        json_buf_puts(b, i + 1 < N_KEYS + 2 ? ",\n" : "\n");
+        while (k < nkeys && strcmp(ck[k].key, names[i]) != 0) k++;
+        if (k < nkeys && write_value(b, cfg, &ck[k])) return -1;
+        if (strcmp(names[i], "architectures") == 0) json_buf_puts(b, "[\n    \"GIVT\"\n  ]");
+        if (strcmp(names[i], "model_type") == 0) json_buf_puts(b, "\"givt\"");
+        json_buf_puts(b, i + 1 < n ? ",\n" : "\n");
     }
     json_buf_puts(b, "}\n");
     return 0;
@@ -200,7 +177,7 @@ int hf_load_tensors(const char *path, const ParamTable *pt, float *params_host) 
 }
 
 int hf_load_weights(const char *folder, const ParamTable *pt, float *params_host) {
-    char *path = join(folder, "model.safetensors");
+    char *path = path_join(folder, "model.safetensors");
     int rc = hf_load_tensors(path, pt, params_host);
     free(path);
     return rc;
@@ -208,7 +185,7 @@ int hf_load_weights(const char *folder, const ParamTable *pt, float *params_host
 
 int hf_save(const char *folder, const GivtConfig *cfg, const ParamTable *pt, const float *params_host) {
     if (hf_mkdir_p(folder)) return -1;
-    char *cfg_path = join(folder, "config.json"), *st_path = join(folder, "model.safetensors");
+    char *cfg_path = path_join(folder, "config.json"), *st_path = path_join(folder, "model.safetensors");
     int rc = hf_write_config_json(cfg_path, cfg);
     if (rc == 0) rc = hf_save_tensors(st_path, pt, params_host, NULL, 0);
     free(cfg_path);

@@ -2,6 +2,7 @@
 #include "model.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,43 @@ void givt_config_default(GivtConfig *cfg) {
         .rope_rotary_percentage = 1.0,
         .rope_condense_ratio = 4.0,
     };
+}
+
+static const GivtConfigKey g_config_keys[] = {
+    {"input_dim", 1, offsetof(GivtConfig, input_dim)},
+    {"hidden_dim", 1, offsetof(GivtConfig, hidden_dim)},
+    {"intermediate_dim", 1, offsetof(GivtConfig, intermediate_dim)},
+    {"num_heads", 1, offsetof(GivtConfig, num_heads)},
+    {"num_layers", 1, offsetof(GivtConfig, num_layers)},
+    {"block_size", 1, offsetof(GivtConfig, block_size)},
+    {"eps", 0, offsetof(GivtConfig, eps)},
+    {"rope_base", 0, offsetof(GivtConfig, rope_base)},
+    {"rope_rotary_percentage", 0, offsetof(GivtConfig, rope_rotary_percentage)},
+    {"rope_condense_ratio", 0, offsetof(GivtConfig, rope_condense_ratio)},
+};
+
+const GivtConfigKey *givt_config_keys(int *n) {
+    *n = (int)(sizeof g_config_keys / sizeof g_config_keys[0]);
+    return g_config_keys;
+}
+
+double givt_config_value(const GivtConfig *cfg, const GivtConfigKey *k) {
+    const char *field = (const char *)cfg + k->offset;
+    return k->is_int ? (double)*(const int *)(const void *)field : *(const double *)(const void *)field;
+}
+
+const char *givt_config_diff(const GivtConfig *a, const GivtConfig *b, char *va, char *vb, size_t n) {
+    int count;
+    const GivtConfigKey *keys = givt_config_keys(&count);
+    for (int i = 0; i < count; i++) {
+        double x = givt_config_value(a, &keys[i]), y = givt_config_value(b, &keys[i]);
+        if (x != y) {
+            snprintf(va, n, "%.17g", x);
+            snprintf(vb, n, "%.17g", y);
+            return keys[i].key;
+        }
+    }
+    return NULL;
 }
 
 int givt_config_head_dim(const GivtConfig *cfg) { return cfg->hidden_dim / cfg->num_heads; }

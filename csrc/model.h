@@ -25,6 +25,17 @@ typedef struct {
 void givt_config_default(GivtConfig *cfg);
 // Checks ranges and consistency; on failure records a message naming the key.
 int givt_config_validate(const GivtConfig *cfg);
+// The configuration keys of GIVT.md, in that order, and where each lives in GivtConfig.
+typedef struct {
+    const char *key;
+    int is_int;     // int field; otherwise double
+    size_t offset;  // in GivtConfig
+} GivtConfigKey;
+const GivtConfigKey *givt_config_keys(int *n);
+double givt_config_value(const GivtConfig *cfg, const GivtConfigKey *k);
+// The first key whose values differ between a and b (NULL if none); va, vb get the two values.
+const char *givt_config_diff(const GivtConfig *a, const GivtConfig *b, char *va, char *vb, size_t n);
+
 int givt_config_head_dim(const GivtConfig *cfg);     // hd = C / H
 int givt_config_rope_n_elem(const GivtConfig *cfg);  // int(pct * hd), as Python's int()
 

@@ -39,12 +39,6 @@ static void on_signal(int sig) {
     g_interrupted = 1;
 }
 
-static char *path_join(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = xmalloc(n);
-    snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
 
 // ---- checkpoints --------------------------------------------------------------------------
 static int is_checkpoint_name(const char *name, long *step) {
@@ -285,32 +279,13 @@ static int save_checkpoint(Trainer *tr) {
     return 0;
 }
 
-static const char *const model_keys[] = {"input_dim",  "hidden_dim", "intermediate_dim", "num_heads",
-                                         "num_layers", "block_size", "eps",              "rope_base",
-                                         "rope_rotary_percentage",   "rope_condense_ratio"};
-
-// The first [model] key whose values differ, or NULL.
-static const char *config_diff(const GivtConfig *a, const GivtConfig *b, char *va, char *vb, size_t n) {
-    double x[10] = {a->input_dim, a->hidden_dim, a->intermediate_dim, a->num_heads, a->num_layers,
-                    a->block_size, a->eps, a->rope_base, a->rope_rotary_percentage, a->rope_condense_ratio};
-    double y[10] = {b->input_dim, b->hidden_dim, b->intermediate_dim, b->num_heads, b->num_layers,
-                    b->block_size, b->eps, b->rope_base, b->rope_rotary_percentage, b->rope_condense_ratio};
-    for (int i = 0; i < 10; i++)
-        if (x[i] != y[i]) {
-            snprintf(va, n, "%.17g", x[i]);
-            snprintf(vb, n, "%.17g", y[i]);
-            return model_keys[i];
-        }
-    return NULL;
-}
-
 // Loads config.json + model.safetensors of folder into the model, after checking that the folder's
 // [model] matches the configured one.
 static int load_weights_from(Trainer *tr, const char *folder, const char *what) {
     GivtConfig saved;
     if (hf_read_config(folder, &saved) != 0) return -1;
     char va[64], vb[64];
-    const char *key = config_diff(&tr->cfg.model, &saved, va, vb, sizeof va);
+    const char *key = givt_config_diff(&tr->cfg.model, &saved, va, vb, sizeof va);
     if (key)
         return givt_fail("%s %s: [model] %s = %s, but the folder's config.json has %s = %s", what, folder, key, va,
                          key, vb);

@@ -82,6 +82,13 @@ int path_exists(const char *path) {
     return stat(path, &st) == 0;
 }
 
+char *path_join(const char *dir, const char *name) {
+    size_t n = strlen(dir);
+    char *p = xmalloc(n + strlen(name) + 2);
+    sprintf(p, "%s%s%s", dir, n && dir[n - 1] == '/' ? "" : "/", name);
+    return p;
+}
+
 int fsync_dir_of(const char *path) {
     char *copy = strdup(path);
     if (!copy) givt_die("out of memory");
