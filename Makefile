@@ -5,6 +5,9 @@
 #   make info       what was detected (BLAS, nvcc, mpicc)
 
 PREFIX  ?= /usr/local
+# the library's layers: core (errors, memory, files), io (file formats), model (the model, the op
+# contract, the backends), train (config, data, optimizer, trainer); programs on top
+SRC_DIRS := csrc/core csrc/io csrc/model csrc/train
 BUILD   ?= build
 CC      ?= cc
 ARCH    ?= -march=native
@@ -12,7 +15,7 @@ OPT     ?= -O3
 CFLAGS  ?= $(OPT) $(ARCH) -g
 # flags the build needs whatever CFLAGS the user sets (e.g. CFLAGS="-O1 -g -fsanitize=address,undefined")
 # (-fno-trapping-math lets loops with float compares vectorise; it changes no result)
-override CFLAGS += -std=c11 -Wall -Wextra -Werror -fopenmp -fno-trapping-math -MMD -MP -Icsrc
+override CFLAGS += -std=c11 -Wall -Wextra -Werror -fopenmp -fno-trapping-math -MMD -MP $(addprefix -I,$(SRC_DIRS))
 LDLIBS  += -fopenmp -lm
 
 # BLAS: OpenBLAS via pkg-config; Debian's OpenMP build is preferred when installed (one thread pool
@@ -32,7 +35,7 @@ comma := ,
 NVCC ?= $(shell command -v nvcc 2>/dev/null)
 MPICC ?= $(shell command -v mpicc 2>/dev/null)
 
-LIB_SRCS  := $(filter-out csrc/programs/%,$(wildcard csrc/*.c))
+LIB_SRCS  := $(foreach d,$(SRC_DIRS),$(wildcard $(d)/*.c))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 LIB       := $(BUILD)/libgivt.a
 PROGRAMS  := givt-eval givt-train givt-prepare-digits givt-bench
@@ -66,7 +69,7 @@ install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/givt
 	install -m 755 $(PROGRAMS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/
-	install -m 644 csrc/*.h $(DESTDIR)$(PREFIX)/include/givt/
+	install -m 644 $(foreach d,$(SRC_DIRS),$(d)/*.h) $(DESTDIR)$(PREFIX)/include/givt/
 
 clean:
 	rm -rf $(BUILD) $(PROGRAMS)
