@@ -16,6 +16,20 @@ void givt_die_at(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4), noreturn));
 #define givt_die(...) givt_die_at(__FILE__, __LINE__, __VA_ARGS__)
 
+// ---- checked sizes ------------------------------------------------------------------------
+// Counts and byte sizes derived from user input are computed with these: they saturate at SIZE_MAX
+// instead of wrapping, and SIZE_MAX stays SIZE_MAX through further products and sums, so one
+// comparison against a limit (or an allocation, which then fails) catches an overflow anywhere.
+static inline size_t size_mul(size_t a, size_t b) {
+    size_t r;
+    return __builtin_mul_overflow(a, b, &r) ? SIZE_MAX : r;
+}
+static inline size_t size_add(size_t a, size_t b) {
+    size_t r;
+    return __builtin_add_overflow(a, b, &r) ? SIZE_MAX : r;
+}
+static inline size_t size_mul3(size_t a, size_t b, size_t c) { return size_mul(size_mul(a, b), c); }
+
 // ---- memory -------------------------------------------------------------------------------
 void *xmalloc_at(size_t n, const char *file, int line);
 void *xcalloc_at(size_t count, size_t size, const char *file, int line);
