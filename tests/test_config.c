@@ -252,7 +252,7 @@ TEST(config_rejects_bad_values) {
     EXPECT_ERR("[train]\nlr =\n", 1, 0, NULL, "x.ini:2: [train] lr = \"\": missing value (expected a number)");
     EXPECT_ERR("[train]\n\nbatch_size = 1.5\n", 1, 0, NULL, "x.ini:3: [train] batch_size = \"1.5\": not an integer");
     EXPECT_ERR("[train]\nbatch_size = 2x\n", 1, 0, NULL, "x.ini:2: [train] batch_size = \"2x\": not an integer");
-    EXPECT_ERR("[train]\nbatch_size = 0\n", 1, 0, NULL, "x.ini:2: [train] batch_size = \"0\": must be >= 1");
+    EXPECT_ERR("[train]\nbatch_size = 0\n", 1, 0, NULL, "x.ini:2: [train] batch_size = \"0\": must be in [1, 1048576]");
     EXPECT_ERR("[train]\nbatch_size = 99999999999\n", 1, 0, NULL,
                "x.ini:2: [train] batch_size = \"99999999999\": out of range");
     EXPECT_ERR("[train]\nmax_steps = 99999999999999999999\n", 1, 0, NULL, "out of range");

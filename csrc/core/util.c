@@ -250,3 +250,25 @@ double time_now_s(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+
+double memory_available_bytes(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    double kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
+    if (f) fclose(f);
+    if (kb > 0) return kb * 1024.0;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (double)pages * (double)page : 0.0;
+}
+
+const char *human_bytes(char *buf, double bytes) {
+    const double KiB = 1024.0, MiB = KiB * KiB, GiB = MiB * KiB, TiB = GiB * KiB;
+    if (bytes >= (double)SIZE_MAX) snprintf(buf, 32, "more than 16 EiB");
+    else if (bytes >= TiB) snprintf(buf, 32, "%.2f TiB", bytes / TiB);
+    else if (bytes >= GiB) snprintf(buf, 32, "%.2f GiB", bytes / GiB);
+    else if (bytes >= MiB) snprintf(buf, 32, "%.1f MiB", bytes / MiB);
+    else snprintf(buf, 32, "%.0f KiB", bytes / KiB);
+    return buf;
+}

@@ -73,6 +73,12 @@ double rng_normal(Rng *r);   // standard normal (Box-Muller, no cached second va
 
 double time_now_s(void);
 
+// Memory this machine can give a new allocation now (MemAvailable of /proc/meminfo, else the
+// physical memory), in bytes; 0 when unknown.
+double memory_available_bytes(void);
+// "1.25 GiB", "12.3 MiB" or, for SIZE_MAX-saturated sizes, "more than 16 EiB", into buf[32].
+const char *human_bytes(char *buf, double bytes);
+
 #define GIVT_LOG_2PI 1.8378770664093454836  // log(2*pi)
 
 #endif

@@ -7,7 +7,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -145,46 +144,78 @@ static int hp_parse(HeaderParser *p) {
 }
 
 // ---- reader ---------------------------------------------------------------------------------
+#define NPY_MAX_HEADER ((size_t)1 << 24)  // NumPy writes headers of a few hundred bytes
+
 static int open_fail(NpyFile *f) {
     npy_close(f);
     return -1;
 }
 
+static int64_t mtime_ns_of(const struct stat *st) {
+    return (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+}
+
+// Reads exactly n bytes at offset off; a short read means the file ended early.
+static int pread_exact(const NpyFile *f, void *dst, size_t n, int64_t off) {
+    unsigned char *p = dst;
+    while (n > 0) {
+        ssize_t got = pread(f->fd, p, n, (off_t)off);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) return givt_fail("%s: read failed at byte %lld: %s", f->path, (long long)off, strerror(errno));
+        if (got == 0)
+            return givt_fail("%s: the file ends at byte %lld, before the %zu bytes needed there: it was truncated or "
+                             "rewritten while in use",
+                             f->path, (long long)off, n);
+        p += got;
+        n -= (size_t)got;
+        off += got;
+    }
+    return 0;
+}
+
+// The file must be as it was at npy_open: same size and modification time.
+static int check_unchanged(const NpyFile *f) {
+    struct stat st;
+    if (fstat(f->fd, &st) != 0) return givt_fail("%s: cannot stat: %s", f->path, strerror(errno));
+    if ((int64_t)st.st_size != f->file_size)
+        return givt_fail("%s: the file changed while in use (%lld bytes at open, now %lld): data files must not be "
+                         "modified during a run (replace them by rename instead)",
+                         f->path, (long long)f->file_size, (long long)st.st_size);
+    if (mtime_ns_of(&st) != f->mtime_ns)
+        return givt_fail("%s: the file was modified while in use (its modification time changed): data files must "
+                         "not be written in place during a run (replace them by rename instead)",
+                         f->path);
+    return 0;
+}
+
 int npy_open(NpyFile *f, const char *path) {
     memset(f, 0, sizeof *f);
+    f->fd = -1;
     f->path = strdup(path);
     if (!f->path) givt_die("out of memory");
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) {
+    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (f->fd < 0) {
         givt_fail("%s: cannot open: %s", path, strerror(errno));
         return open_fail(f);
     }
     struct stat st;
-    if (fstat(fd, &st) != 0) {
+    if (fstat(f->fd, &st) != 0) {
         givt_fail("%s: cannot stat: %s", path, strerror(errno));
-        close(fd);
         return open_fail(f);
     }
     if (!S_ISREG(st.st_mode)) {
         givt_fail("%s: not a regular file", path);
-        close(fd);
         return open_fail(f);
     }
     size_t size = (size_t)st.st_size;
+    f->file_size = (int64_t)st.st_size;
+    f->mtime_ns = mtime_ns_of(&st);
     if (size < 10) {
-        close(fd);
         givt_fail("%s: not a .npy file (only %zu bytes)", path, size);
         return open_fail(f);
     }
-    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) {
-        givt_fail("%s: mmap failed: %s", path, strerror(errno));
-        return open_fail(f);
-    }
-    f->map = map;
-    f->map_len = size;
-    const unsigned char *b = map;
+    unsigned char b[12];
+    if (pread_exact(f, b, size < 12 ? 10 : 12, 0)) return open_fail(f);
 
     if (memcmp(b, NPY_MAGIC, 6) != 0) {
         givt_fail("%s: not a .npy file (bad magic)", path);
@@ -210,9 +241,19 @@ int npy_open(NpyFile *f, const char *path) {
         givt_fail("%s: .npy header length %zu runs past the end of the file (%zu bytes)", path, hlen, size);
         return open_fail(f);
     }
-
-    HeaderParser p = {.s = (const char *)b + prefix, .end = (const char *)b + prefix + hlen, .path = path};
-    if (hp_parse(&p)) return open_fail(f);
+    if (hlen > NPY_MAX_HEADER) {
+        givt_fail("%s: .npy header length %zu is implausibly large (at most %zu)", path, hlen, NPY_MAX_HEADER);
+        return open_fail(f);
+    }
+    char *header = xmalloc(hlen ? hlen : 1);
+    if (pread_exact(f, header, hlen, (int64_t)prefix)) {
+        free(header);
+        return open_fail(f);
+    }
+    HeaderParser p = {.s = header, .end = header + hlen, .path = path};
+    int bad = hp_parse(&p);
+    free(header);
+    if (bad) return open_fail(f);
 
     if (strcmp(p.descr, "<f4") == 0) {
         f->dtype = NPY_F32;
@@ -255,29 +296,34 @@ int npy_open(NpyFile *f, const char *path) {
         givt_fail("%s: %zu unexpected bytes after the data (shape needs %zu)", path, have - want, want);
         return open_fail(f);
     }
-    f->data = b + data_off;
+    f->data_off = (int64_t)data_off;
     return 0;
 }
 
 void npy_close(NpyFile *f) {
-    if (f->map) munmap(f->map, f->map_len);
+    if (f->path && f->fd >= 0) close(f->fd);  // a path means npy_open set fd
     free(f->path);
     memset(f, 0, sizeof *f);
+    f->fd = -1;
 }
+
+// float16 values are read in chunks of this many elements and converted.
+#define NPY_F16_CHUNK 4096
 
 int npy_read_f32(const NpyFile *f, int64_t start, int64_t count, float *dst) {
     if (start < 0 || count < 0 || start > f->numel || count > f->numel - start)
         return givt_fail("%s: read of elements [%lld, %lld) is out of bounds (%lld elements)", f->path,
                          (long long)start, (long long)(start + count), (long long)f->numel);
-    if (f->dtype == NPY_F32) {
-        memcpy(dst, f->data + (size_t)start * 4, (size_t)count * 4);
-    } else {
-        const unsigned char *src = f->data + (size_t)start * 2;
-        for (int64_t i = 0; i < count; i++) {
-            uint16_t h;
-            memcpy(&h, src + 2 * i, 2);
-            dst[i] = f16_to_f32(h);
-        }
+    if (f->fd < 0) return givt_fail("%s: read from a closed file", f->path ? f->path : "npy");
+    if (check_unchanged(f)) return -1;
+    int64_t off = f->data_off + start * f->itemsize;
+    if (f->dtype == NPY_F32) return pread_exact(f, dst, (size_t)count * 4, off);
+    uint16_t h[NPY_F16_CHUNK];
+    for (int64_t done = 0; done < count;) {
+        int64_t n = count - done < NPY_F16_CHUNK ? count - done : NPY_F16_CHUNK;
+        if (pread_exact(f, h, (size_t)n * 2, off + done * 2)) return -1;
+        for (int64_t i = 0; i < n; i++) dst[done + i] = f16_to_f32(h[i]);
+        done += n;
     }
     return 0;
 }
@@ -310,26 +356,29 @@ void npy_format_index(const NpyFile *f, int64_t flat, char *buf, size_t bufsize)
 int64_t npy_find_nonfinite(const NpyFile *f, int64_t start, int64_t count) {
     if (start < 0) start = 0;
     if (count > f->numel - start) count = f->numel - start;
-    if (f->dtype == NPY_F32) {
-        const unsigned char *src = f->data + (size_t)start * 4;
-        for (int64_t i = 0; i < count; i++) {
-            uint32_t u;
-            memcpy(&u, src + 4 * i, 4);
-            if ((u & 0x7f800000u) == 0x7f800000u) return start + i;
+    enum { CHUNK = 1 << 16 };
+    float *buf = xmalloc(CHUNK * sizeof(float));
+    int64_t found = -1;
+    for (int64_t done = 0; done < count && found == -1;) {
+        int64_t n = count - done < CHUNK ? count - done : CHUNK;
+        if (npy_read_f32(f, start + done, n, buf)) {
+            found = -2;
+            break;
         }
-    } else {
-        const unsigned char *src = f->data + (size_t)start * 2;
-        for (int64_t i = 0; i < count; i++) {
-            uint16_t h;
-            memcpy(&h, src + 2 * i, 2);
-            if ((h & 0x7c00u) == 0x7c00u) return start + i;
-        }
+        for (int64_t i = 0; i < n; i++)
+            if (!isfinite(buf[i])) {
+                found = start + done + i;
+                break;
+            }
+        done += n;
     }
-    return -1;
+    free(buf);
+    return found;
 }
 
 int npy_check_finite(const NpyFile *f, int64_t idx[3]) {
     int64_t at = npy_find_nonfinite(f, 0, f->numel);
+    if (at == -2) return -1;
     if (at < 0) return 0;
     float v;
     npy_read_f32(f, at, 1, &v);

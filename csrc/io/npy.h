@@ -1,5 +1,5 @@
-// npy: NumPy .npy files: a validating, memory-mapped reader (little-endian float32/float16, C order,
-// rank 2 or 3) and an atomic writer.
+// npy: NumPy .npy files: a validating reader (little-endian float32/float16, C order, rank 2 or 3)
+// that reads through pread and notices a file changed under it, and an atomic writer.
 #ifndef GIVT_NPY_H
 #define GIVT_NPY_H
 
@@ -8,12 +8,17 @@
 
 typedef enum { NPY_F32, NPY_F16 } NpyDtype;
 
-// An open .npy file. The file is mapped read-only; elements are read through npy_read_f32.
+// An open .npy file. Elements are read with pread(2) through npy_read_f32: the file is never mapped,
+// so a file truncated while open is a read error (never a SIGBUS). Every read also checks that the
+// open file's size and modification time are those seen at open: a file rewritten in place (even
+// with the same size) is an error naming it, not silently new data. A file replaced by rename (as
+// atomic writers do) keeps being read as the file that was opened.
 typedef struct {
     char *path;                 // as given to npy_open (for error messages)
-    void *map;                  // the whole file, mapped read-only
-    size_t map_len;             // file size in bytes
-    const unsigned char *data;  // first element (may be unaligned: read with memcpy)
+    int fd;                     // open for reading; -1 when closed
+    int64_t data_off;           // byte offset of the first element
+    int64_t file_size;          // at open
+    int64_t mtime_ns;           // modification time at open
     NpyDtype dtype;
     int itemsize;               // 4 or 2
     int ndim;                   // 2 or 3
@@ -31,7 +36,8 @@ static inline int npy_ndim(const NpyFile *f) { return f->ndim; }
 static inline int64_t npy_dim(const NpyFile *f, int i) { return f->shape[i]; }
 
 // Copies elements [start, start + count) (flat C-order indices) to dst as float32, converting
-// float16. Returns 0, or -1 (givt_fail) when the range is out of bounds.
+// float16. Returns 0, or -1 (givt_fail) when the range is out of bounds, the read fails, or the file
+// changed since npy_open (truncated, or written in place).
 int npy_read_f32(const NpyFile *f, int64_t start, int64_t count, float *dst);
 // Rows along the first axis: row r holds numel / shape[0] elements. dst holds count rows.
 int npy_read_rows_f32(const NpyFile *f, int64_t row, int64_t count, float *dst);
@@ -41,10 +47,10 @@ void npy_unravel(const NpyFile *f, int64_t flat, int64_t idx[3]);
 // Writes "[i, j, k]" (ndim entries) for a flat index into buf.
 void npy_format_index(const NpyFile *f, int64_t flat, char *buf, size_t bufsize);
 
-// Finds the first NaN or Inf among elements [start, start + count). Returns its flat index, or -1
-// when all are finite.
+// Finds the first NaN or Inf among elements [start, start + count). Returns its flat index, -1 when
+// all are finite, or -2 when reading failed (givt_fail says why).
 int64_t npy_find_nonfinite(const NpyFile *f, int64_t start, int64_t count);
-// Scans the whole file. Returns 0 if all values are finite; otherwise -1 with
+// Scans the whole file. Returns 0 if all values are finite; otherwise -1 with a read error or
 // givt_fail("PATH: non-finite value (nan) at index [n, t, d]") and, when idx is not NULL, the
 // per-axis index of the first one in idx (for rank 2: [m, d]).
 int npy_check_finite(const NpyFile *f, int64_t idx[3]);

@@ -69,12 +69,16 @@ int givt_config_rope_n_elem(const GivtConfig *cfg) {
 int givt_config_validate(const GivtConfig *cfg) {
     const struct {
         const char *key;
-        int value;
-    } positive[] = {{"input_dim", cfg->input_dim},   {"hidden_dim", cfg->hidden_dim},
-                    {"intermediate_dim", cfg->intermediate_dim}, {"num_heads", cfg->num_heads},
-                    {"num_layers", cfg->num_layers}, {"block_size", cfg->block_size}};
-    for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++)
-        if (positive[i].value < 1) return givt_fail("model.%s = %d: must be >= 1", positive[i].key, positive[i].value);
+        int value, max;
+    } dims[] = {{"input_dim", cfg->input_dim, GIVT_MAX_INPUT_DIM},
+                {"hidden_dim", cfg->hidden_dim, GIVT_MAX_HIDDEN_DIM},
+                {"intermediate_dim", cfg->intermediate_dim, GIVT_MAX_INTERMEDIATE_DIM},
+                {"num_heads", cfg->num_heads, GIVT_MAX_NUM_HEADS},
+                {"num_layers", cfg->num_layers, GIVT_MAX_NUM_LAYERS},
+                {"block_size", cfg->block_size, GIVT_MAX_BLOCK_SIZE}};
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
+        if (dims[i].value < 1 || dims[i].value > dims[i].max)
+            return givt_fail("model.%s = %d: must be in [1, %d]", dims[i].key, dims[i].value, dims[i].max);
     if (cfg->hidden_dim % cfg->num_heads != 0)
         return givt_fail("model.hidden_dim = %d is not divisible by model.num_heads = %d", cfg->hidden_dim,
                          cfg->num_heads);
@@ -90,6 +94,19 @@ int givt_config_validate(const GivtConfig *cfg) {
         return givt_fail("model.rope_rotary_percentage = %g gives %d rotated dims of head_dim %d: must be even",
                          cfg->rope_rotary_percentage, n_elem, givt_config_head_dim(cfg));
     return 0;
+}
+
+size_t givt_config_num_params(const GivtConfig *cfg) {
+    size_t D = (size_t)cfg->input_dim, C = (size_t)cfg->hidden_dim, F = (size_t)cfg->intermediate_dim;
+    // per layer: two norms, qkv, o_proj, fc1, fc2, fc3; then embed, bos, the final norm, the head
+    size_t layer = size_add(size_add(2 * C, size_mul(4 * C, C)), size_mul3(3, F, C));
+    return size_add(size_mul(layer, (size_t)cfg->num_layers), size_add(size_mul(3 * C, D) + D, C));
+}
+
+size_t model_static_bytes(const GivtConfig *cfg) {
+    size_t n_elem = (size_t)givt_config_rope_n_elem(cfg);
+    size_t rope = size_mul3(2, (size_t)cfg->block_size, n_elem > 0 ? n_elem : 1);
+    return size_mul(size_add(givt_config_num_params(cfg), rope), sizeof(float));
 }
 
 // ---- parameter table ----------------------------------------------------------------------
@@ -109,9 +126,10 @@ static void table_add(ParamTable *pt, const char *name, int d0, int d1, ParamIni
 
 // The table of GIVT.md, in this order: embed, bos, blocks (P_* order), norm, head.
 void param_table_build(ParamTable *pt, const GivtConfig *cfg) {
+    if (givt_config_validate(cfg) != 0) givt_die("param_table_build: invalid configuration: %s", givt_last_error());
     int D = cfg->input_dim, C = cfg->hidden_dim, F = cfg->intermediate_dim, L = cfg->num_layers;
     memset(pt, 0, sizeof *pt);
-    pt->specs = xcalloc((size_t)(4 + L * P_PER_LAYER), sizeof(ParamSpec));
+    pt->specs = xcalloc(4 + (size_t)L * P_PER_LAYER, sizeof(ParamSpec));
     char name[64];
     pt->embed = pt->count;
     table_add(pt, "model.embed.weight", C, D, INIT_XAVIER_UNIFORM);
@@ -236,22 +254,28 @@ typedef struct {
 
 static int acts_plan(GivtActs *a, const GivtConfig *c, int max_B, int max_T, int training, int checkpointing,
                      ActsBuffer *plan) {
-    size_t BT = (size_t)max_B * max_T, C = c->hidden_dim, F = c->intermediate_dim, D = c->input_dim;
-    size_t H = c->num_heads, S = training && !checkpointing ? (size_t)c->num_layers : 1;
+    // sizes from user input: products saturate (size_mul), so an impossible size cannot wrap to a small one
+    size_t BT = size_mul((size_t)max_B, (size_t)max_T), C = c->hidden_dim, F = c->intermediate_dim;
+    size_t D = c->input_dim, H = c->num_heads, T = (size_t)max_T;
+    size_t S = training && !checkpointing ? (size_t)c->num_layers : 1;
     size_t R = training ? (size_t)c->num_layers + 1 : 1;
+    size_t BTC = size_mul(BT, C), BTHT = size_mul3(BT, H, T);
     a->layer_slots = (int)S;
     a->BT = BT;
     ActsBuffer all[] = {
-        {&a->x_in, BT * D},       {&a->res, R * BT * C},         {&a->ln1, S * BT * C},
-        {&a->ln1_rstd, S * BT},   {&a->qkv, S * BT * 3 * C},     {&a->att, S * BT * H * max_T},
-        {&a->atty, S * BT * C},   {&a->res_mid, S * BT * C},     {&a->ln2, S * BT * C},
-        {&a->ln2_rstd, S * BT},   {&a->fc12, S * BT * 2 * F},    {&a->swi, S * BT * F},
-        {&a->lnf, BT * C},        {&a->lnf_rstd, BT},            {&a->y, BT * 2 * D},
-        {&a->proj, BT * C},
+        {&a->x_in, size_mul(BT, D)},          {&a->res, size_mul(R, BTC)},
+        {&a->ln1, size_mul(S, BTC)},          {&a->ln1_rstd, size_mul(S, BT)},
+        {&a->qkv, size_mul3(S, BTC, 3)},      {&a->att, size_mul(S, BTHT)},
+        {&a->atty, size_mul(S, BTC)},         {&a->res_mid, size_mul(S, BTC)},
+        {&a->ln2, size_mul(S, BTC)},          {&a->ln2_rstd, size_mul(S, BT)},
+        {&a->fc12, size_mul3(S, BT, 2 * F)},  {&a->swi, size_mul3(S, BT, F)},
+        {&a->lnf, BTC},                       {&a->lnf_rstd, BT},
+        {&a->y, size_mul(BT, 2 * D)},         {&a->proj, BTC},
         // backward scratch
-        {&a->dres, BT * C},       {&a->dtmp, BT * C},            {&a->dqkv, BT * 3 * C},
-        {&a->datt, BT * H * max_T}, {&a->dfc12, BT * 2 * F},     {&a->dswi, BT * F},
-        {&a->dy, BT * 2 * D},     {&a->din, BT * D},
+        {&a->dres, BTC},                      {&a->dtmp, BTC},
+        {&a->dqkv, size_mul(BTC, 3)},         {&a->datt, BTHT},
+        {&a->dfc12, size_mul(BT, 2 * F)},     {&a->dswi, size_mul(BT, F)},
+        {&a->dy, size_mul(BT, 2 * D)},        {&a->din, size_mul(BT, D)},
     };
     int n = (int)(sizeof all / sizeof all[0]), forward_only = 16;
     n = training ? n : forward_only;
@@ -266,8 +290,8 @@ size_t model_acts_bytes(const GivtConfig *cfg, int max_B, int max_T, int trainin
     ActsBuffer plan[ACTS_MAX_BUFFERS];
     int n = acts_plan(&a, cfg, max_B, max_T, training, checkpointing, plan);
     size_t floats = 0;
-    for (int i = 0; i < n; i++) floats += plan[i].floats;
-    return floats * sizeof(float);
+    for (int i = 0; i < n; i++) floats = size_add(floats, plan[i].floats);
+    return size_mul(floats, sizeof(float));
 }
 
 void model_alloc_acts(GivtModel *m, int max_B, int max_T, int training, int checkpointing) {

@@ -22,9 +22,22 @@ typedef struct {
     double rope_condense_ratio;
 } GivtConfig;
 
+// Upper limits of the sizes (validation names the key that exceeds one). Within them every count the
+// model code forms in an int (3C, 2F, 2D, H * hd) fits, and sizes computed with size_mul cannot wrap.
+#define GIVT_MAX_INPUT_DIM 65536
+#define GIVT_MAX_HIDDEN_DIM 65536
+#define GIVT_MAX_INTERMEDIATE_DIM 1048576
+#define GIVT_MAX_NUM_HEADS 4096
+#define GIVT_MAX_NUM_LAYERS 4096
+#define GIVT_MAX_BLOCK_SIZE 1048576
+
 void givt_config_default(GivtConfig *cfg);
 // Checks ranges and consistency; on failure records a message naming the key.
 int givt_config_validate(const GivtConfig *cfg);
+// Parameters of a model of this (validated) configuration, and the bytes the model holds besides
+// activations and gradients: its float32 weights and the RoPE tables. Saturate at SIZE_MAX.
+size_t givt_config_num_params(const GivtConfig *cfg);
+size_t model_static_bytes(const GivtConfig *cfg);
 // The configuration keys of GIVT.md, in that order, and where each lives in GivtConfig.
 typedef struct {
     const char *key;
@@ -74,6 +87,7 @@ typedef struct {
     int layer0;  // index of layer 0's first tensor; layer l tensor k is layer0 + l*P_PER_LAYER + k
 } ParamTable;
 
+// cfg must be valid (givt_config_validate); an invalid one is an internal error (exit).
 void param_table_build(ParamTable *pt, const GivtConfig *cfg);
 void param_table_free(ParamTable *pt);
 int param_table_find(const ParamTable *pt, const char *name);  // -1 if absent
@@ -102,7 +116,7 @@ void model_init_params(GivtModel *m, Rng *rng);
 // every layer's activations, or with checkpointing only each layer's input, one layer's activations
 // being recomputed at a time in backward (same results, bit for bit; about one more forward pass).
 void model_alloc_acts(GivtModel *m, int max_B, int max_T, int training, int checkpointing);
-// What model_alloc_acts allocates for these arguments, in bytes.
+// What model_alloc_acts allocates for these arguments, in bytes (saturating at SIZE_MAX).
 size_t model_acts_bytes(const GivtConfig *cfg, int max_B, int max_T, int training, int checkpointing);
 void model_alloc_grads(GivtModel *m);
 void model_zero_grads(GivtModel *m);

@@ -30,17 +30,17 @@ _Static_assert(LR_SCHEDULE_INVERSE_SQRT == 0 && LR_SCHEDULE_COSINE == 1 && LR_SC
 static const ConfigKey k_keys[] = {
     // section, key, type, field, default (NULL: givt_config_default), description, range, choices
     {"model", "input_dim", CFG_INT, FIELD(model.input_dim), NULL, "D: size of each input vector",
-     CFG_GE, 1, 0, NULL},
+     CFG_GE | CFG_LE, 1, GIVT_MAX_INPUT_DIM, NULL},
     {"model", "hidden_dim", CFG_INT, FIELD(model.hidden_dim), NULL, "C: width of the residual stream",
-     CFG_GE, 1, 0, NULL},
+     CFG_GE | CFG_LE, 1, GIVT_MAX_HIDDEN_DIM, NULL},
     {"model", "intermediate_dim", CFG_INT, FIELD(model.intermediate_dim), NULL, "F: SwiGLU width",
-     CFG_GE, 1, 0, NULL},
+     CFG_GE | CFG_LE, 1, GIVT_MAX_INTERMEDIATE_DIM, NULL},
     {"model", "num_heads", CFG_INT, FIELD(model.num_heads), NULL,
-     "H: attention heads; hidden_dim must be a multiple of it", CFG_GE, 1, 0, NULL},
-    {"model", "num_layers", CFG_INT, FIELD(model.num_layers), NULL, "L: transformer blocks", CFG_GE, 1, 0,
-     NULL},
+     "H: attention heads; hidden_dim must be a multiple of it", CFG_GE | CFG_LE, 1, GIVT_MAX_NUM_HEADS, NULL},
+    {"model", "num_layers", CFG_INT, FIELD(model.num_layers), NULL, "L: transformer blocks", CFG_GE | CFG_LE, 1,
+     GIVT_MAX_NUM_LAYERS, NULL},
     {"model", "block_size", CFG_INT, FIELD(model.block_size), NULL, "longest sequence the model accepts",
-     CFG_GE, 1, 0, NULL},
+     CFG_GE | CFG_LE, 1, GIVT_MAX_BLOCK_SIZE, NULL},
     {"model", "eps", CFG_F64, FIELD(model.eps), NULL,
      "added to the predicted std, and the clamp of the variance in the loss", CFG_GT, 0, 0, NULL},
     {"model", "rope_base", CFG_F64, FIELD(model.rope_base), NULL, "RoPE base", CFG_GT, 0, 0, NULL},
@@ -49,8 +49,8 @@ static const ConfigKey k_keys[] = {
     {"model", "rope_condense_ratio", CFG_F64, FIELD(model.rope_condense_ratio), NULL,
      "RoPE positions are divided by this", CFG_GT, 0, 0, NULL},
 
-    {"train", "batch_size", CFG_INT, FIELD(train.batch_size), "2", "sequences per micro-batch", CFG_GE, 1, 0,
-     NULL},
+    {"train", "batch_size", CFG_INT, FIELD(train.batch_size), "2", "sequences per micro-batch", CFG_GE | CFG_LE, 1,
+     TRAIN_MAX_BATCH_SIZE, NULL},
     {"train", "lr", CFG_F64, FIELD(train.lr), "1e-4", "peak learning rate (AdamW)", CFG_GT, 0, 0, NULL},
     {"train", "weight_decay", CFG_F64, FIELD(train.weight_decay), "0.1",
      "AdamW decoupled weight decay, on matrices only", CFG_GE, 0, 0, NULL},
@@ -70,7 +70,7 @@ static const ConfigKey k_keys[] = {
     {"train", "max_steps", CFG_I64, FIELD(train.max_steps), "100000", "optimizer steps to train", CFG_GE, 1,
      0, NULL},
     {"train", "grad_accum_steps", CFG_INT, FIELD(train.grad_accum_steps), "1",
-     "micro-batches accumulated per optimizer step", CFG_GE, 1, 0, NULL},
+     "micro-batches accumulated per optimizer step", CFG_GE | CFG_LE, 1, TRAIN_MAX_GRAD_ACCUM, NULL},
     {"train", "ema", CFG_F64_OPT, FIELD(train.ema), "",
      "power of the Karras-style EMA of the weights (the seed: 2/3); empty = no EMA", CFG_GT, 0, 0, NULL},
     {"train", "mixed_precision", CFG_ENUM, FIELD(train.mixed_precision), "no",
@@ -103,9 +103,9 @@ static const ConfigKey k_keys[] = {
     {"data", "path", CFG_STR, FIELD(data.path), "",
      "npy: a file, a comma-separated list of files, or a glob", NO_RANGE, NULL},
     {"data", "seq_len", CFG_INT, FIELD(data.seq_len), "512", "T: sequence length (<= model.block_size)",
-     CFG_GE, 1, 0, NULL},
-    {"data", "dummy_size", CFG_I64, FIELD(data.dummy_size), "10000", "dummy: number of sequences", CFG_GE, 1,
-     0, NULL},
+     CFG_GE | CFG_LE, 1, GIVT_MAX_BLOCK_SIZE, NULL},
+    {"data", "dummy_size", CFG_I64, FIELD(data.dummy_size), "10000", "dummy: number of sequences", CFG_GE | CFG_LE, 1,
+     TRAIN_MAX_DUMMY_SIZE, NULL},
 };
 
 #define NKEYS ((int)(sizeof k_keys / sizeof k_keys[0]))
@@ -215,11 +215,11 @@ static const void *field_cptr(const TrainConfig *c, const ConfigKey *k) { return
 static const char *range_text(const ConfigKey *k, char *buf, size_t n) {
     int r = k->range;
     if ((r & (CFG_GE | CFG_GT)) && (r & (CFG_LE | CFG_LT)))
-        snprintf(buf, n, "in %c%g, %g%c", (r & CFG_GE) ? '[' : '(', k->lo, k->hi, (r & CFG_LE) ? ']' : ')');
+        snprintf(buf, n, "in %c%.15g, %.15g%c", (r & CFG_GE) ? '[' : '(', k->lo, k->hi, (r & CFG_LE) ? ']' : ')');
     else if (r & (CFG_GE | CFG_GT))
-        snprintf(buf, n, "%s %g", (r & CFG_GE) ? ">=" : ">", k->lo);
+        snprintf(buf, n, "%s %.15g", (r & CFG_GE) ? ">=" : ">", k->lo);
     else if (r & (CFG_LE | CFG_LT))
-        snprintf(buf, n, "%s %g", (r & CFG_LE) ? "<=" : "<", k->hi);
+        snprintf(buf, n, "%s %.15g", (r & CFG_LE) ? "<=" : "<", k->hi);
     else
         buf[0] = '\0';
     return buf;
@@ -585,6 +585,13 @@ static int check(const Checker *ck) {
         locs_prefix(ck, pre, sizeof pre, "data", "seq_len", "model", "block_size", NULL);
         return givt_fail("%s[data] seq_len = %d must be <= [model] block_size = %d", pre, d->seq_len,
                          m->block_size);
+    }
+    // one micro-batch: its B*T rows are counted in an int by the ops
+    if ((size_t)t->batch_size * (size_t)d->seq_len > INT_MAX) {
+        locs_prefix(ck, pre, sizeof pre, "train", "batch_size", "data", "seq_len", NULL);
+        return givt_fail("%s[train] batch_size = %d x [data] seq_len = %d = %lld rows in a micro-batch: must be at "
+                         "most %d (lower batch_size and use grad_accum_steps)",
+                         pre, t->batch_size, d->seq_len, (long long)t->batch_size * d->seq_len, INT_MAX);
     }
     // [train]
     if (t->lr_schedule == LR_SCHEDULE_COSINE && t->warmup_steps >= t->max_steps) {

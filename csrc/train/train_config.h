@@ -11,6 +11,10 @@
 #include "optim.h"  // LrSchedule
 
 #define TRAIN_CONFIG_STR_MAX 4096  // longest string value (paths), including the NUL
+// Upper limits of [train] and [data] sizes (the [model] ones are model.h's GIVT_MAX_*).
+#define TRAIN_MAX_BATCH_SIZE 1048576
+#define TRAIN_MAX_GRAD_ACCUM 65536
+#define TRAIN_MAX_DUMMY_SIZE ((int64_t)1 << 40)
 
 // Values of the enum keys, in the order of their choices (lr_schedule uses optim.h's LrSchedule).
 typedef enum { MIXED_PRECISION_NO, MIXED_PRECISION_BF16 } MixedPrecision;

@@ -6,9 +6,11 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -19,6 +21,7 @@
 #define CKPT_PREFIX "step_"
 #define STATE_FORMAT "givt-train-state-1"
 #define MAX_BAD_STEPS_IN_A_ROW 10
+#define LOCK_NAME ".givt-train.lock"
 
 typedef struct {
     TrainConfig cfg;
@@ -29,6 +32,8 @@ typedef struct {
     float *batch_host, *batch;  // (B, T, D)
     int T;
     long step;                  // optimizer steps completed (skipped ones included)
+    long saved_step;            // step of the newest checkpoint this run wrote or resumed from (0: none)
+    int lock_fd;                // out_dir's lock, held for the whole run; -1 when not held
     long skipped_total, skipped_in_row;
     FILE *metrics;
 } Trainer;
@@ -41,9 +46,11 @@ static void on_signal(int sig) {
 
 
 // ---- checkpoints --------------------------------------------------------------------------
+// "step_" and the step in at least 8 digits (checkpoint_path's %08ld: zero-padded to 8, more digits
+// past step 99,999,999, never with a leading zero there).
 static int is_checkpoint_name(const char *name, long *step) {
-    size_t np = strlen(CKPT_PREFIX);
-    if (strncmp(name, CKPT_PREFIX, np) != 0 || strlen(name) != np + 8) return 0;
+    size_t np = strlen(CKPT_PREFIX), nd = strlen(name) - np;
+    if (strncmp(name, CKPT_PREFIX, np) != 0 || nd < 8 || nd > 18 || (nd > 8 && name[np] == '0')) return 0;
     for (const char *c = name + np; *c; c++)
         if (*c < '0' || *c > '9') return 0;
     *step = strtol(name + np, NULL, 10);
@@ -109,17 +116,26 @@ static int remove_folder(const char *dir) {
     return rc;
 }
 
-// A temporary file of AtomicFile: "<name>.tmp.<pid>".
-static int is_atomic_temporary(const char *name) {
-    const char *t = strstr(name, ".tmp.");
-    if (!t || !t[5]) return 0;
-    for (t += 5; *t; t++)
-        if (*t < '0' || *t > '9') return 0;
-    return 1;
+// The pid that ends a temporary's name: "<name>.tmp.<pid>" (AtomicFile) or "...-<pid>" (checkpoint
+// folders being written or removed); 0 when the name has none.
+static long temporary_owner(const char *name, int folder) {
+    const char *t = folder ? strrchr(name, '-') : strstr(name, ".tmp.");
+    if (!t) return 0;
+    t += folder ? 1 : 5;
+    if (!*t) return 0;
+    for (const char *c = t; *c; c++)
+        if (*c < '0' || *c > '9') return 0;
+    return strtol(t, NULL, 10);
+}
+
+// Is process pid alive (and not this one)?
+static int other_process_alive(long pid) {
+    if (pid <= 0 || pid == (long)getpid()) return 0;
+    return kill((pid_t)pid, 0) == 0 || errno == EPERM;
 }
 
 // Removes what a killed run can leave in out_dir: ".tmp-step_*" folders (checkpoints being written
-// or removed) and temporary files of atomic writes. One trainer runs per out_dir.
+// or removed) and temporary files of atomic writes, except those of a process still alive.
 static int remove_stale_temporaries(const char *out_dir) {
     DIR *d = opendir(out_dir);
     if (!d) return givt_fail("%s: cannot open: %s", out_dir, strerror(errno));
@@ -127,7 +143,8 @@ static int remove_stale_temporaries(const char *out_dir) {
     int rc = 0;
     while (rc == 0 && (e = readdir(d))) {
         int folder = !strncmp(e->d_name, ".tmp-" CKPT_PREFIX, strlen(".tmp-" CKPT_PREFIX));
-        if (!folder && !is_atomic_temporary(e->d_name)) continue;
+        long owner = temporary_owner(e->d_name, folder);
+        if (owner == 0 || other_process_alive(owner)) continue;
         char *p = path_join(out_dir, e->d_name);
         if (folder) rc = remove_folder(p);
         else if (unlink(p) != 0) rc = givt_fail("%s: cannot remove: %s", p, strerror(errno));
@@ -271,6 +288,7 @@ static int save_checkpoint(Trainer *tr) {
         remove_folder(tmp_dir);
         return -1;
     }
+    tr->saved_step = tr->step;
     int n;
     long *steps = list_checkpoints(ts->out_dir, &n);
     for (int i = 0; ts->keep_checkpoints > 0 && i < n - ts->keep_checkpoints; i++)
@@ -313,6 +331,7 @@ static int resume(Trainer *tr, const char *dir) {
     int rc = load_train_state(tr, p);
     free(p);
     if (rc == 0) fprintf(stderr, "givt-train: resumed from %s at step %ld\n", dir, tr->step);
+    tr->saved_step = tr->step;
     return rc;
 }
 
@@ -370,42 +389,57 @@ static void metrics_write(Trainer *tr, double loss, double lr, double gnorm, dou
 
 // ---- the loop -----------------------------------------------------------------------------
 // Mean loss over the validation windows into *loss, with the EMA weights when the EMA is on.
-// -1 on a data error (NaN or Inf in the validation data).
+// -1 on a data error (NaN or Inf in the validation data); 1, with *loss NaN, when interrupted.
 static int validate(Trainer *tr, double *loss) {
     GivtModel *m = &tr->model;
-    int B = tr->cfg.train.batch_size, D = m->cfg.input_dim, got;
+    int B = tr->cfg.train.batch_size, D = m->cfg.input_dim, got = 0;
     float *saved = m->params;
     if (tr->ema) m->params = tr->ema;
     double sum = 0.0;
     long count = 0;
-    for (int64_t k = 0; (got = data_val_batch(&tr->data, k, B, tr->batch_host)) > 0; k++) {
+    for (int64_t k = 0; !g_interrupted && (got = data_val_batch(&tr->data, k, B, tr->batch_host)) > 0; k++) {
         m->ops->upload(tr->batch, tr->batch_host, (size_t)got * tr->T * D * sizeof(float));
         ModelLoss l = model_forward(m, tr->batch, got, tr->T, 0);
         sum += l.loss_sum;
         count += l.count;
     }
     m->params = saved;
-    *loss = count ? sum / (double)count : NAN;
-    return got < 0 ? -1 : 0;
+    *loss = count && !g_interrupted ? sum / (double)count : NAN;
+    return got < 0 ? -1 : g_interrupted ? 1 : 0;
 }
 
-// Forward and backward over grad_accum_steps batches; returns the mean loss (NaN on a data error).
-static double accumulate_gradients(Trainer *tr, int *data_error) {
+// What an optimizer step came to.
+typedef enum {
+    STEP_DONE,         // the weights were updated
+    STEP_SKIPPED,      // non-finite loss or gradient: no update (the step still counts)
+    STEP_DIVERGED,     // MAX_BAD_STEPS_IN_A_ROW skipped in a row: the run stops (givt_fail)
+    STEP_DATA_ERROR,   // a batch could not be read (givt_fail); no step taken
+    STEP_INTERRUPTED,  // SIGINT/SIGTERM/SIGHUP between micro-batches; no step taken
+} StepResult;
+
+// Forward and backward over grad_accum_steps batches; *loss gets the mean loss. A data error or an
+// interrupt abandons the step and puts the data position back where the step began, so that the
+// checkpoint written next resumes exactly at this step.
+static StepResult accumulate_gradients(Trainer *tr, double *loss) {
     GivtModel *m = &tr->model;
     int B = tr->cfg.train.batch_size, D = m->cfg.input_dim, accum = tr->cfg.train.grad_accum_steps;
-    double loss = 0.0;
+    DataPos start = data_get_pos(&tr->data);
+    *loss = 0.0;
     model_zero_grads(m);
     for (int k = 0; k < accum; k++) {
-        if (data_next_batch(&tr->data, B, tr->batch_host) != 0) {
-            *data_error = 1;
-            return NAN;
+        StepResult stop = g_interrupted ? STEP_INTERRUPTED
+                          : data_next_batch(&tr->data, B, tr->batch_host) != 0 ? STEP_DATA_ERROR
+                                                                                 : STEP_DONE;
+        if (stop != STEP_DONE) {
+            tr->data.pos = start;
+            return stop;
         }
         m->ops->upload(tr->batch, tr->batch_host, (size_t)B * tr->T * D * sizeof(float));
         ModelLoss l = model_forward(m, tr->batch, B, tr->T, 0);
         model_backward(m, 1.0f / (float)accum);
-        loss += l.loss / accum;
+        *loss += l.loss / accum;
     }
-    return loss;
+    return STEP_DONE;
 }
 
 static void format_eta(double s, char *buf, size_t n) {
@@ -460,45 +494,97 @@ static int open_data(Trainer *tr) {
     return 0;
 }
 
-// MemAvailable of /proc/meminfo in bytes, or 0 when unknown.
-static double memory_available(void) {
-    FILE *f = fopen("/proc/meminfo", "r");
-    char line[256];
-    double kb = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
-    if (f) fclose(f);
-    return kb * 1024.0;
+// What training holds in memory, by what drives it; sizes saturate (size_mul), so no size wraps.
+typedef struct {
+    size_t model;      // weights and RoPE tables, gradients, AdamW moments, EMA, checkpoint staging
+    size_t acts;       // activations (as configured) and the batch buffers
+    size_t acts_ckpt;  // the same with gradient checkpointing
+    size_t data;       // the split and the permutation of the dummy set
+} MemoryPlan;
+
+static MemoryPlan memory_plan(const TrainConfig *c) {
+    const TrainSettings *ts = &c->train;
+    size_t P = givt_config_num_params(&c->model), f32 = sizeof(float), T = (size_t)c->data.seq_len;
+    // gradients, m and v, the EMA, and two host copies while a checkpoint is written or read
+    size_t copies = 3 + (ts->ema > 0) + 2;
+    size_t batch = size_mul3(size_mul((size_t)ts->batch_size, T), (size_t)c->model.input_dim, 2 * f32);
+    MemoryPlan p = {
+        .model = size_add(model_static_bytes(&c->model), size_mul3(P, copies, f32)),
+        .acts = size_add(model_acts_bytes(&c->model, ts->batch_size, (int)T, 1, ts->gradient_checkpointing), batch),
+        .acts_ckpt = size_add(model_acts_bytes(&c->model, ts->batch_size, (int)T, 1, 1), batch),
+        // window ids, permutation and flags while the split is made: 25 bytes a window
+        .data = c->data.kind == DATA_KIND_DUMMY ? size_mul((size_t)c->data.dummy_size, 25) : 0,
+    };
+    return p;
 }
 
-// "1.25 GiB" or "12.3 MiB" into buf[32].
-static const char *human_bytes(char *buf, double bytes) {
-    if (bytes >= 1024.0 * 1024.0 * 1024.0) snprintf(buf, 32, "%.2f GiB", bytes / (1024.0 * 1024.0 * 1024.0));
-    else snprintf(buf, 32, "%.1f MiB", bytes / (1024.0 * 1024.0));
-    return buf;
+// Says what training will hold in memory, and refuses to start what cannot fit, before any work,
+// naming the keys that drive the largest part.
+static int check_memory(const TrainConfig *c) {
+    const TrainSettings *ts = &c->train;
+    const GivtConfig *m = &c->model;
+    MemoryPlan p = memory_plan(c);
+    size_t need = size_add(size_add(p.model, p.acts), p.data);
+    double avail = memory_available_bytes();
+    char st[32], ac[32], da[32], nb[32], av[32];
+    fprintf(stderr, "givt-train: memory: %s of weights, gradients and optimizer state, %s of activations",
+            human_bytes(st, (double)p.model), human_bytes(ac, (double)p.acts));
+    if (p.data) fprintf(stderr, ", %s of data index", human_bytes(da, (double)p.data));
+    fputc('\n', stderr);
+    if (need != SIZE_MAX && (avail <= 0 || (double)need <= avail)) return 0;
+    char keys[512], hint[160] = "";
+    if (p.model >= p.acts && p.model >= p.data)
+        snprintf(keys, sizeof keys,
+                 "the model's %zu parameters, set by [model] hidden_dim = %d, intermediate_dim = %d, num_layers = %d, "
+                 "input_dim = %d and block_size = %d (RoPE tables): lower them",
+                 givt_config_num_params(m), m->hidden_dim, m->intermediate_dim, m->num_layers, m->input_dim,
+                 m->block_size);
+    else if (p.acts >= p.data)
+        snprintf(keys, sizeof keys,
+                 "the activations, set by [train] batch_size = %d x [data] seq_len = %d: lower [train] batch_size "
+                 "(grad_accum_steps keeps the batch per step)",
+                 ts->batch_size, c->data.seq_len);
+    else
+        snprintf(keys, sizeof keys, "the data index of [data] dummy_size = %lld sequences: lower it",
+                 (long long)c->data.dummy_size);
+    if (!ts->gradient_checkpointing && p.acts >= p.model && p.acts >= p.data &&
+        (double)size_add(size_add(p.model, p.acts_ckpt), p.data) <= avail)
+        snprintf(hint, sizeof hint, ", or set [train] gradient_checkpointing = true (activations: %s)",
+                 human_bytes(da, (double)p.acts_ckpt));
+    return givt_fail("training needs %s but %s are available; the largest part is %s%s", human_bytes(nb, (double)need),
+                     human_bytes(av, avail), keys, hint);
 }
 
-// Says what training will hold in memory, and refuses to start what cannot fit, before allocating it.
-static int check_memory(Trainer *tr) {
-    const TrainSettings *ts = &tr->cfg.train;
-    const double GiB = 1024.0 * 1024.0 * 1024.0;
-    double state = (double)tr->model.table.total * sizeof(float) * (4 + (ts->ema > 0));  // w, grad, m, v, ema
-    double acts = (double)model_acts_bytes(&tr->cfg.model, ts->batch_size, tr->T, 1, ts->gradient_checkpointing);
-    double acts_ckpt = (double)model_acts_bytes(&tr->cfg.model, ts->batch_size, tr->T, 1, 1);
-    double avail = memory_available();
-    char st[32], ac[32];
-    fprintf(stderr, "givt-train: memory: %s of weights, gradients and optimizer state, %s of activations\n",
-            human_bytes(st, state), human_bytes(ac, acts));
-    if (avail > 0 && state + acts > avail)
-    {
-        char hint[160] = "";
-        if (!ts->gradient_checkpointing && state + acts_ckpt <= avail)
-            snprintf(hint, sizeof hint, ", or set [train] gradient_checkpointing = true (activations: %.2f GiB)",
-                     acts_ckpt / GiB);
-        return givt_fail("training needs %.2f GiB but %.2f GiB are available: lower [train] batch_size%s",
-                         (state + acts) / GiB, avail / GiB, hint);
+// One trainer per out_dir: an advisory lock (flock) on out_dir/.givt-train.lock, held until the
+// process ends. The kernel releases it however the process ends, so a killed run never leaves a lock
+// behind. The file holds the holder's PID, for the message a second trainer gets.
+static int lock_out_dir(Trainer *tr) {
+    char *p = path_join(tr->cfg.train.out_dir, LOCK_NAME);
+    int fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644), rc = 0;
+    if (fd < 0) {
+        rc = givt_fail("%s: cannot create the lock file: %s", p, strerror(errno));
+    } else if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char pid[32] = "";
+        ssize_t got = pread(fd, pid, sizeof pid - 1, 0);
+        pid[got > 0 ? got : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        close(fd);
+        if (e == EWOULDBLOCK)
+            rc = givt_fail("[train] out_dir = %s is in use by another givt-train (PID %s holds %s): let it finish or "
+                           "stop it, or choose another out_dir (nothing was changed)",
+                           tr->cfg.train.out_dir, pid[0] ? pid : "unknown", p);
+        else
+            rc = givt_fail("%s: cannot lock: %s", p, strerror(e));
+    } else {
+        char pid[32];
+        int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+        if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n)
+            fprintf(stderr, "givt-train: warning: %s: cannot write the PID: %s\n", p, strerror(errno));
+        tr->lock_fd = fd;
     }
-    return 0;
+    free(p);
+    return rc;
 }
 
 static int setup(Trainer *tr) {
@@ -507,9 +593,11 @@ static int setup(Trainer *tr) {
         return givt_fail("[train] device = cuda: this build has no CUDA backend yet (use cpu or auto)");
     if (ts->mixed_precision == MIXED_PRECISION_BF16)
         fprintf(stderr, "givt-train: note: mixed_precision = bf16 is for GPU training; the CPU backend trains in float32\n");
-    if (hf_mkdir_p(ts->out_dir) != 0 || remove_stale_temporaries(ts->out_dir) != 0) return -1;
+    if (check_memory(&tr->cfg) != 0) return -1;
+    if (hf_mkdir_p(ts->out_dir) != 0 || lock_out_dir(tr) != 0 || remove_stale_temporaries(ts->out_dir) != 0)
+        return -1;
     if (open_data(tr) != 0) return -1;
-    if (model_create(&tr->model, &tr->cfg.model, ops_cpu()) != 0 || check_memory(tr) != 0) return -1;
+    if (model_create(&tr->model, &tr->cfg.model, ops_cpu()) != 0) return -1;
     GivtModel *m = &tr->model;
     model_alloc_acts(m, ts->batch_size, tr->T, 1, ts->gradient_checkpointing);
     model_alloc_grads(m);
@@ -548,6 +636,7 @@ static int setup(Trainer *tr) {
 
 static void teardown(Trainer *tr) {
     GivtModel *m = &tr->model;
+    if (tr->lock_fd >= 0) close(tr->lock_fd);
     if (tr->metrics) fclose(tr->metrics);
     if (tr->batch) m->ops->free(tr->batch);
     if (tr->ema) m->ops->free(tr->ema);
@@ -558,12 +647,10 @@ static void teardown(Trainer *tr) {
 }
 
 // One optimizer step: gradients, the finiteness check, clipping, AdamW and the EMA.
-// Returns 0, 1 when the step was skipped, -1 on a data error or too many skipped steps.
-static int train_step(Trainer *tr, double *loss, double *lr, double *gnorm) {
+static StepResult train_step(Trainer *tr, double *loss, double *lr, double *gnorm) {
     GivtModel *m = &tr->model;
-    int data_error = 0;
-    *loss = accumulate_gradients(tr, &data_error);
-    if (data_error) return -1;
+    StepResult r = accumulate_gradients(tr, loss);
+    if (r != STEP_DONE) return r;
     *gnorm = grad_global_norm(m);
     *lr = tr->cfg.train.lr * lr_factor(&tr->opt.cfg, tr->step);
     tr->step++;
@@ -571,15 +658,47 @@ static int train_step(Trainer *tr, double *loss, double *lr, double *gnorm) {
         tr->skipped_total++;
         fprintf(stderr, "\ngivt-train: step %ld: loss %g, gradient norm %g: not finite, update skipped\n", tr->step,
                 *loss, *gnorm);
-        if (++tr->skipped_in_row >= MAX_BAD_STEPS_IN_A_ROW)
-            return givt_fail("%d steps in a row with a non-finite loss or gradient (last: step %ld); stopping",
-                             MAX_BAD_STEPS_IN_A_ROW, tr->step);
-        return 1;
+        if (++tr->skipped_in_row >= MAX_BAD_STEPS_IN_A_ROW) {
+            givt_fail("%d steps in a row with a non-finite loss or gradient (last: step %ld); stopping",
+                      MAX_BAD_STEPS_IN_A_ROW, tr->step);
+            return STEP_DIVERGED;
+        }
+        return STEP_SKIPPED;
     }
     tr->skipped_in_row = 0;
     adamw_step(&tr->opt, m, *lr, *gnorm);
     if (tr->ema) m->ops->ema_update(tr->ema, m->params, m->table.total, (float)ema_decay(tr->cfg.train.ema, tr->opt.t));
-    return 0;
+    return STEP_DONE;
+}
+
+// Ends the run before max_steps, after an interrupt (returns 130) or a data error (returns -1, the
+// error's message kept): a checkpoint of the last completed step is written first, unless the newest
+// checkpoint already holds it, and the run says which.
+static int stop_early(Trainer *tr, int interrupted) {
+    char *why = interrupted ? NULL : strdup(givt_last_error());
+    char where[TRAIN_CONFIG_STR_MAX + 64];
+    int rc = 0;
+    if (tr->step > tr->saved_step) {
+        rc = save_checkpoint(tr);
+        checkpoint_path(tr->cfg.train.out_dir, tr->step, where, sizeof where);
+    } else if (tr->saved_step > 0) {
+        checkpoint_path(tr->cfg.train.out_dir, tr->saved_step, where, sizeof where);
+    } else {
+        snprintf(where, sizeof where, "none: no step was completed");
+    }
+    if (rc != 0) {
+        fprintf(stderr, "\ngivt-train: %s\n", why ? why : "interrupted");
+        free(why);
+        return -1;  // save_checkpoint's message
+    }
+    if (interrupted) {
+        fprintf(stderr, "\ngivt-train: interrupted at step %ld; checkpoint: %s\n", tr->step, where);
+        return 130;
+    }
+    givt_fail("%s\nthe run stopped after step %ld; checkpoint of the last good step: %s", why ? why : "data error",
+              tr->step, where);
+    free(why);
+    return -1;
 }
 
 static int loop(Trainer *tr) {
@@ -593,14 +712,15 @@ static int loop(Trainer *tr) {
                 (long)ts->max_steps);
     while (tr->step < ts->max_steps) {
         double loss, lr, gnorm;
-        int rc = train_step(tr, &loss, &lr, &gnorm);
-        if (rc < 0) return -1;
+        StepResult r = train_step(tr, &loss, &lr, &gnorm);
+        if (r == STEP_DIVERGED) return -1;
+        if (r == STEP_DATA_ERROR || r == STEP_INTERRUPTED) return stop_early(tr, r == STEP_INTERRUPTED);
         steps_window++;
         int last = tr->step == ts->max_steps;
         double val_loss = NAN;
         if (ts->val_every > 0 && data_num_val(&tr->data) > 0 && (tr->step % ts->val_every == 0 || last) &&
-            validate(tr, &val_loss) != 0)
-            return -1;
+            validate(tr, &val_loss) < 0)
+            return stop_early(tr, 0);
         if (tr->step % ts->log_every == 0 || last || !isnan(val_loss)) {
             double now = time_now_s();
             double tok_s = (double)(steps_window * tokens_per_step) / (now - t_window);
@@ -610,12 +730,9 @@ static int loop(Trainer *tr) {
             t_window = now;
             steps_window = 0;
         }
-        if ((ts->save_every > 0 && tr->step % ts->save_every == 0) || last || g_interrupted) {
+        if (g_interrupted) return stop_early(tr, 1);
+        if ((ts->save_every > 0 && tr->step % ts->save_every == 0) || last) {
             if (save_checkpoint(tr) != 0) return -1;
-            if (g_interrupted) {
-                fprintf(stderr, "\ngivt-train: interrupted; checkpoint of step %ld written\n", tr->step);
-                return 130;
-            }
         }
     }
     if (tty) fputc('\n', stderr);
@@ -625,6 +742,7 @@ static int loop(Trainer *tr) {
 int trainer_run(const TrainConfig *cfg) {
     Trainer *tr = xcalloc(1, sizeof *tr);
     tr->cfg = *cfg;
+    tr->lock_fd = -1;
     int rc = setup(tr);
     if (rc == 0) {
         char *p = path_join(cfg->train.out_dir, "train.ini");
@@ -642,6 +760,9 @@ int trainer_run(const TrainConfig *cfg) {
         sa.sa_flags = SA_RESETHAND;  // a second Ctrl-C stops at once
         sigaction(SIGINT, &sa, NULL);
         sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGHUP, &sa, NULL);  // a closed terminal stops the run as Ctrl-C does
+        struct sigaction ign = {.sa_handler = SIG_IGN};
+        sigaction(SIGPIPE, &ign, NULL);  // progress to a closed pipe fails to write; it never ends the run
         rc = loop(tr);
     }
     teardown(tr);
