@@ -124,6 +124,42 @@ TEST(ini_rejects_malformed_lines) {
     ini_free(&ini);
 }
 
+// A message that echoes a huge value still ends with its reason (it used to be cut at 1023 bytes).
+static int ends_with(const char *s, const char *tail) {
+    size_t n = strlen(s), k = strlen(tail);
+    return n >= k && !strcmp(s + n - k, tail);
+}
+
+TEST(error_messages_keep_reason_after_long_values) {
+    size_t big = (size_t)1 << 20;
+    char *value = xmalloc(big + 1);
+    memset(value, 'x', big);
+    value[big] = '\0';
+    char *text = xmalloc(big + 64);
+    snprintf(text, big + 64, "[train]\nlr = %s\n", value);
+    TrainConfig *c = malloc(sizeof *c);
+    CHECK(load_text(c, text, 1, 0, NULL) == -1, "a 1 MB lr loaded");
+    const char *m = givt_last_error();
+    CHECK(!strncmp(m, "x.ini:2: [train] lr = \"xxx", 26) && ends_with(m, "xxx\": not a number") &&
+              strlen(m) > big,
+          "message of %zu bytes ends \"%s\"", strlen(m), m + (strlen(m) > 60 ? strlen(m) - 60 : 0));
+    snprintf(text, big + 64, "[train]\nout_dir = \"%s\"\n", value);
+    CHECK(load_text(c, text, 1, 0, NULL) == -1, "a 1 MB out_dir loaded");
+    m = givt_last_error();
+    CHECK(strstr(m + strlen(m) - 60, "xxx\": too long (at most ") && ends_with(m, " characters)"),
+          "ends \"%s\"", m + (strlen(m) > 60 ? strlen(m) - 60 : 0));
+    free(c);
+    // a message may carry the previous one (givt_last_error() as an argument)
+    givt_fail("%s: first reason", value);
+    givt_fail("outer: %s; second reason", givt_last_error());
+    m = givt_last_error();
+    CHECK(!strncmp(m, "outer: xxx", 10) && ends_with(m, "xxx: first reason; second reason") &&
+              strlen(m) == big + strlen("outer: : first reason; second reason"),
+          "%zu bytes", strlen(m));
+    free(text);
+    free(value);
+}
+
 TEST(config_table_is_consistent) {
     int n;
     const ConfigKey *keys = train_config_keys(&n);

@@ -55,11 +55,7 @@ int hf_read_config_json(const char *path, GivtConfig *cfg) {
     const GivtConfigKey *keys = givt_config_keys(&nkeys);
     for (int k = 0; k < nkeys && rc == 0; k++) rc = read_key(path, root, &keys[k], cfg);
     json_free(root);
-    if (rc == 0 && givt_config_validate(cfg) != 0) {
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", givt_last_error());
-        rc = givt_fail("%s: %s", path, msg);
-    }
+    if (rc == 0 && givt_config_validate(cfg) != 0) rc = givt_fail("%s: %s", path, givt_last_error());
     return rc;
 }
 
@@ -115,11 +111,7 @@ int hf_write_config_json(const char *path, const GivtConfig *cfg) {
     JsonBuf b;
     json_buf_init(&b);
     int rc = config_text(&b, cfg);
-    if (rc) {
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", givt_last_error());
-        rc = givt_fail("%s: %s", path, msg);
-    }
+    if (rc) rc = givt_fail("%s: %s", path, givt_last_error());
     AtomicFile af;
     if (rc == 0) rc = atomic_open(&af, path);
     if (rc == 0) {
