@@ -261,10 +261,28 @@ TEST(st_rejects_bad_lengths) {
     const char *path = tu_path(dir, "len.safetensors");
     StFile f;
     tu_put_bytes(path, "abc", 3);
-    CHECK(st_open(&f, path) == -1 && tu_error_has(path, "too short"), "%s", givt_last_error());
+    CHECK(st_open(&f, path) == -1 &&
+              tu_error_has(path, ": file is 3 bytes, too short for a safetensors file (the header length alone "
+                                 "takes 8 bytes)"),
+          "%s", givt_last_error());
     st_close(&f);
-    write_raw(path, "{}", 1000, 0);  // header length larger than the file
-    CHECK(st_open(&f, path) == -1 && tu_error_has(path, "exceeds the file size"), "%s", givt_last_error());
+    tu_put_bytes(path, "", 0);
+    CHECK(st_open(&f, path) == -1 && tu_error_has(path, ": file is 0 bytes, too short"), "%s", givt_last_error());
+    st_close(&f);
+    // header length past the end: the message gives the file size and the size the length needs
+    write_raw(path, "{}", 5, 0);  // 10 bytes; 8 + 5 = 13 needed
+    CHECK(st_open(&f, path) == -1 &&
+              tu_error_has(path, ": file is 10 bytes, but its header length 5 needs at least 13 (8 + 5): truncated, "
+                                 "or not a safetensors file"),
+          "%s", givt_last_error());
+    st_close(&f);
+    write_raw(path, "{}", 1000, 0);
+    CHECK(st_open(&f, path) == -1 && tu_error_has(path, ": file is 10 bytes, but its header length 1000 needs at least 1008"),
+          "%s", givt_last_error());
+    st_close(&f);
+    write_raw(path, "{}x", 2, 0);  // 11 bytes: header "{}", then 1 byte of data: the length fits
+    CHECK(st_open(&f, path) == -1 && tu_error_has(path, "the data buffer has 1 bytes but the tensors cover 0"), "%s",
+          givt_last_error());
     st_close(&f);
     write_raw(path, "{}", (uint64_t)1 << 40, 0);
     CHECK(st_open(&f, path) == -1 && tu_error_has(path, "larger than the limit"), "%s", givt_last_error());

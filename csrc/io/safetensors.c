@@ -209,7 +209,8 @@ static int map_file(StFile *f) {
     if (fstat(fd, &st) != 0) rc = givt_fail("%s: cannot stat: %s", f->path, strerror(errno));
     else if (!S_ISREG(st.st_mode)) rc = givt_fail("%s: not a regular file", f->path);
     else if (st.st_size < 8)
-        rc = givt_fail("%s: file is %lld bytes, too short for a safetensors header", f->path, (long long)st.st_size);
+        rc = givt_fail("%s: file is %lld bytes, too short for a safetensors file (the header length alone "
+                       "takes 8 bytes)", f->path, (long long)st.st_size);
     if (rc == 0) {
         f->file_size = (size_t)st.st_size;
         void *m = mmap(NULL, f->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -229,9 +230,10 @@ int st_open(StFile *f, const char *path) {
     if (n > ST_MAX_HEADER)
         return givt_fail("%s: header length %llu is larger than the limit of %d bytes: not a safetensors "
                          "file?", path, (unsigned long long)n, ST_MAX_HEADER);
-    if (n > f->file_size - 8)
-        return givt_fail("%s: header length %llu exceeds the file size (%zu bytes): truncated or not a "
-                         "safetensors file", path, (unsigned long long)n, f->file_size);
+    if (n > f->file_size - 8)  // n <= ST_MAX_HEADER here, so 8 + n does not overflow
+        return givt_fail("%s: file is %zu bytes, but its header length %llu needs at least %llu (8 + %llu): "
+                         "truncated, or not a safetensors file", path, f->file_size, (unsigned long long)n,
+                         (unsigned long long)n + 8, (unsigned long long)n);
     f->data = f->map + 8 + n;
     f->data_size = f->file_size - 8 - (size_t)n;
     char what[512];
