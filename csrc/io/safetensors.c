@@ -337,9 +337,11 @@ static int header_meta(const char *path, JsonBuf *h, const StMeta *meta, int n_m
     if (!has_format) json_buf_puts(h, "\"format\":\"pt\"");
     for (int i = 0; i < n_meta; i++) {
         if (i || !has_format) json_buf_puts(h, ",");
-        json_buf_string(h, meta[i].key);
+        if (json_buf_string(h, meta[i].key))
+            return givt_fail("%s: __metadata__ key: %s", path, givt_last_error());
         json_buf_puts(h, ":");
-        json_buf_string(h, meta[i].value);
+        if (json_buf_string(h, meta[i].value))
+            return givt_fail("%s: __metadata__ \"%.200s\": %s", path, meta[i].key, givt_last_error());
     }
     json_buf_puts(h, "}");
     return 0;
@@ -361,7 +363,7 @@ static int build_header(const char *path, const StWriteTensor *ts, int count, co
         if (k > 0 && strcmp(order[k - 1]->name, t->name) == 0)
             return givt_fail("%s: tensor \"%.200s\" given twice", path, t->name);
         json_buf_puts(h, ",");
-        json_buf_string(h, t->name);
+        if (json_buf_string(h, t->name)) return givt_fail("%s: tensor name: %s", path, givt_last_error());
         json_buf_puts(h, ":{\"dtype\":\"F32\",\"shape\":[");
         for (int d = 0; d < t->ndim; d++) json_buf_printf(h, "%s%lld", d ? "," : "", (long long)t->shape[d]);
         size_t bytes = 4 * write_numel(t);
