@@ -146,6 +146,19 @@ int hf_save_tensors(const char *path, const ParamTable *pt, const float *params_
     return rc;
 }
 
+// Weights that are NaN or infinite would make every loss NaN (givt-eval) or training diverge from the
+// first step (init_from, resume, EMA), so loading them fails, naming the tensor and the first bad element.
+static int check_finite(const char *path, const ParamSpec *s, const float *p) {
+    size_t k = 0;
+    while (k < s->numel && isfinite(p[k])) k++;
+    if (k == s->numel) return 0;
+    char idx[64];
+    if (s->ndim == 2) snprintf(idx, sizeof idx, "[%zu, %zu]", k / (size_t)s->shape[1], k % (size_t)s->shape[1]);
+    else snprintf(idx, sizeof idx, "[%zu]", k);
+    return givt_fail("%s: tensor \"%.200s\": element %s is %s: the weights are not finite", path, s->name, idx,
+                     isnan(p[k]) ? "nan" : p[k] > 0 ? "inf" : "-inf");
+}
+
 static int load_all(const StFile *f, const ParamTable *pt, float *params_host) {
     for (int i = 0; i < f->count; i++)
         if (param_table_find(pt, f->tensors[i].name) < 0)
@@ -155,7 +168,9 @@ static int load_all(const StFile *f, const ParamTable *pt, float *params_host) {
         const ParamSpec *s = &pt->specs[i];
         int64_t shape[2];
         spec_shape(s, shape);
-        if (st_load_f32(f, s->name, s->ndim, shape, params_host + s->offset)) return -1;
+        if (st_load_f32(f, s->name, s->ndim, shape, params_host + s->offset) ||
+            check_finite(f->path, s, params_host + s->offset))
+            return -1;
     }
     return 0;
 }
