@@ -362,6 +362,25 @@ TEST(st_rejects_bad_lengths) {
     tu_rmtree(dir);
 }
 
+// A failed st_open holds nothing (trainer.c's load_train_state returns without st_close on failure,
+// which leaked the path): the struct is left zeroed, and st_close on it stays safe.
+TEST(st_open_failure_frees_everything) {
+    char dir[256];
+    tu_mkdtemp(dir, "st");
+    const char *path = tu_path(dir, "x.safetensors");
+    const char *h = "{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
+    write_raw(path, h, strlen(h), 7);  // the data buffer is a byte short: fails after the header is parsed
+    static const StFile zero;
+    StFile f;
+    CHECK(st_open(&f, path) == -1 && tu_error_has(path, "\"t\""), "%s", givt_last_error());
+    CHECK(!memcmp(&f, &zero, sizeof f), "a failed st_open kept path %p, map %p, tensors %p", (void *)f.path,
+          (void *)f.map, (void *)f.tensors);
+    st_close(&f);
+    CHECK(st_open(&f, tu_path(dir, "none.safetensors")) == -1 && !memcmp(&f, &zero, sizeof f));
+    st_close(&f);
+    tu_rmtree(dir);
+}
+
 TEST(st_unsupported_dtype_is_named) {
     char dir[256];
     tu_mkdtemp(dir, "st");

@@ -221,8 +221,7 @@ static int map_file(StFile *f) {
     return rc;
 }
 
-int st_open(StFile *f, const char *path) {
-    memset(f, 0, sizeof *f);
+static int open_file(StFile *f, const char *path) {
     f->path = xstrdup(path);
     if (map_file(f)) return -1;
     uint64_t n = 0;
@@ -243,6 +242,13 @@ int st_open(StFile *f, const char *path) {
     int rc = parse_header(f, h);
     json_free(h);
     return rc;
+}
+
+int st_open(StFile *f, const char *path) {
+    memset(f, 0, sizeof *f);
+    if (open_file(f, path) == 0) return 0;
+    st_close(f);  // a caller that returns at once on failure (without st_close) leaks nothing
+    return -1;
 }
 
 void st_close(StFile *f) {
