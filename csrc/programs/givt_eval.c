@@ -1,4 +1,5 @@
 // givt-eval: the mean Gaussian NLL of a Hugging Face GIVT folder over an .npy data set (N, T, D).
+#define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
