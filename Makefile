@@ -3,6 +3,7 @@
 #   make            library + programs        make test      build and run every test
 #   make clean      remove build outputs      make install   PREFIX=/usr/local
 #   make info       what was detected (BLAS, nvcc, mpicc)
+#   make test-sanitize   every test (and the programs) built with ASan + UBSan + LSan in build-san/
 
 PREFIX  ?= /usr/local
 # the library's layers: core (errors, memory, files), io (file formats), model (the model, the op
@@ -35,16 +36,20 @@ comma := ,
 NVCC ?= $(shell command -v nvcc 2>/dev/null)
 MPICC ?= $(shell command -v mpicc 2>/dev/null)
 
+# where the programs go: the top-level folder (BIN_PREFIX empty), or e.g. build-san/ for test-sanitize
+BIN_PREFIX ?=
+
 LIB_SRCS  := $(foreach d,$(SRC_DIRS),$(wildcard $(d)/*.c))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 LIB       := $(BUILD)/libgivt.a
 PROGRAMS  := givt-eval givt-train givt-prepare-digits givt-bench
+PROGRAM_BINS := $(addprefix $(BIN_PREFIX),$(PROGRAMS))
 TEST_SRCS := $(wildcard tests/*.c)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)
 TEST_BIN  := $(BUILD)/run_tests
 
-.PHONY: all test clean install info
-all: $(LIB) $(PROGRAMS)
+.PHONY: all test test-sanitize clean install info
+all: $(LIB) $(PROGRAM_BINS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -56,14 +61,31 @@ $(LIB): $(LIB_OBJS)
 
 # program givt-foo-bar is built from csrc/programs/givt_foo_bar.c
 .SECONDEXPANSION:
-$(PROGRAMS): $$(BUILD)/csrc/programs/$$(subst -,_,$$@).o $(LIB)
+$(PROGRAM_BINS): $(BIN_PREFIX)%: $$(BUILD)/csrc/programs/$$(subst -,_,$$*).o $(LIB)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
 $(TEST_BIN): $(TEST_OBJS) $(LIB)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
-test: $(TEST_BIN) $(PROGRAMS)
-	$(TEST_BIN) $(TEST_FILTER)
+# The tests that run a program find it in GIVT_BIN_DIR (the top-level folder by default).
+test: $(TEST_BIN) $(PROGRAM_BINS)
+	GIVT_BIN_DIR=$(or $(BIN_PREFIX),.) $(TEST_BIN) $(TEST_FILTER)
+
+# test-sanitize: the library, the programs and the test runner built again in build-san/ (never
+# mixed with build/ or the top-level programs) with AddressSanitizer, LeakSanitizer and
+# UndefinedBehaviorSanitizer, then every test run, error-path tests included, the programs they
+# start being the sanitized ones. Any report fails the run: UBSan does not recover, ASan and LSan
+# halt on the first error, with exit status 86. tests/lsan.supp may only suppress leaks inside
+# third-party libraries (OpenBLAS; it explains why libgomp gets no entry); never our own code.
+SAN_BUILD  := build-san
+SAN_CFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+SAN_ENV    := ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0:exitcode=86:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1 \
+	LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86
+test-sanitize:
+	$(MAKE) BUILD=$(SAN_BUILD) BIN_PREFIX=$(SAN_BUILD)/ CFLAGS="$(SAN_CFLAGS) $(ARCH)" \
+	    $(SAN_BUILD)/run_tests $(addprefix $(SAN_BUILD)/,$(PROGRAMS))
+	$(SAN_ENV) GIVT_BIN_DIR=$(SAN_BUILD) $(SAN_BUILD)/run_tests $(TEST_FILTER)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/givt
@@ -72,7 +94,7 @@ install: all
 	install -m 644 $(foreach d,$(SRC_DIRS),$(d)/*.h) $(DESTDIR)$(PREFIX)/include/givt/
 
 clean:
-	rm -rf $(BUILD) $(PROGRAMS)
+	rm -rf $(BUILD) $(SAN_BUILD) $(PROGRAMS)
 
 info:
 	@echo "BLAS:  $(OPENBLAS_PC) ($(or $(BLAS_LIBDIR),-lopenblas))"

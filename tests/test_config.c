@@ -124,6 +124,147 @@ TEST(ini_rejects_malformed_lines) {
     ini_free(&ini);
 }
 
+// A NUL byte is an error at its line (it used to end the text there, the rest read as defaults).
+TEST(ini_nul_byte_is_an_error_naming_file_and_line) {
+    IniFile ini;
+    ini_init(&ini);
+    static const char in_mem[] = "[tr\0ain]\nlr = 1\n";
+    CHECK(ini_parse_n(&ini, in_mem, sizeof in_mem - 1, "t.ini") == -1 &&
+              tu_error_has("t.ini:1: contains a NUL byte (column 4)", NULL),
+          "%s", givt_last_error());
+    ini_free(&ini);
+
+    char dir[256], want[512];
+    tu_mkdtemp(dir, "ini");
+    const char *path = tu_path(dir, "nul.ini");
+    static const char text[] = "[data]\nkind = dummy\n\0[model]\nhidden_dim = 30\n";  // 30: not a multiple of 4 heads
+    tu_put_bytes(path, text, sizeof text - 1);
+    ini_init(&ini);
+    snprintf(want, sizeof want, "%s:3: contains a NUL byte (column 1)", path);
+    CHECK(ini_load(&ini, path) == -1 && tu_error_has(want, NULL), "%s", givt_last_error());
+    ini_free(&ini);
+    TrainConfig *c = malloc(sizeof *c);
+    CHECK(train_config_load(c, path, 0, NULL) == -1 && tu_error_has(want, NULL), "%s", givt_last_error());
+    free(c);
+    tu_rmtree(dir);
+}
+
+// "\n", "\r\n" and a lone "\r" all end a line: the same text parses alike with any of them.
+static char *with_line_ends(const char *lf_text, const char *eol) {
+    size_t n = 0, k = strlen(eol);
+    for (const char *p = lf_text; *p; p++) n += *p == '\n' ? k : 1;
+    char *out = xmalloc(n + 1), *o = out;
+    for (const char *p = lf_text; *p; p++) {
+        if (*p == '\n') memcpy(o, eol, k), o += k;
+        else *o++ = *p;
+    }
+    *o = '\0';
+    return out;
+}
+
+TEST(ini_line_ends_cr_crlf_lf_parse_alike) {
+    const char *lf =
+        "# comment\n\n[model]\nhidden_dim = 48  ; c\nnum_heads=3\n\n[train]\nout_dir = \"a b\"\nlr = 2e-3\n";
+    IniFile want, got;
+    ini_init(&want);
+    CHECK(ini_parse(&want, lf, "t.ini") == 0 && want.count == 4, "%s", givt_last_error());
+    const char *eols[] = {"\r", "\r\n", "\n"};
+    for (int k = 0; k < 3; k++) {
+        char *text = with_line_ends(lf, eols[k]);
+        ini_init(&got);
+        CHECK(ini_parse_n(&got, text, strlen(text), "t.ini") == 0, "eol %d: %s", k, givt_last_error());
+        CHECK(got.count == want.count && got.nsections == 2, "eol %d: %d entries", k, got.count);
+        for (int i = 0; i < got.count && i < want.count; i++) {
+            const IniEntry *a = &got.entries[i], *b = &want.entries[i];
+            CHECK(!strcmp(a->section, b->section) && !strcmp(a->key, b->key) && !strcmp(a->value, b->value) &&
+                      a->line == b->line && !strcmp(a->where, b->where),
+                  "eol %d entry %d: [%s] %s = \"%s\" at %s", k, i, a->section, a->key, a->value, a->where);
+        }
+        ini_free(&got);
+        free(text);
+    }
+    ini_free(&want);
+    // line numbers in messages: "\r\n" is one line end, "\n\r" two
+    static const struct {
+        const char *text, *want;
+    } cases[] = {
+        {"[train]\rlr = 1\r\rlr 3\r", "t.ini:4: expected \"key = value\" or \"[section]\", got \"lr 3\""},
+        {"[train]\r\n\r\nlr 3\r\n", "t.ini:3: expected"},
+        {"[train]\n\rlr 3", "t.ini:3: expected"},
+        {"[train]\rlr = 1\rlr = 2", "t.ini:3: [train] lr: duplicate key (first set at line 2)"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ini_init(&got);
+        CHECK(ini_parse(&got, cases[i].text, "t.ini") == -1 && tu_error_has(cases[i].want, NULL),
+              "case %zu: got \"%s\", want \"%s\"", i, givt_last_error(), cases[i].want);
+        ini_free(&got);
+    }
+    // a whole config file with old-Mac line ends loads as the LF original
+    char dir[256];
+    tu_mkdtemp(dir, "ini");
+    const char *cr_path = tu_path(dir, "tiny_cr.ini");
+    char *orig = read_file_text("configs/tiny.ini", NULL);
+    CHECK(orig != NULL, "%s", givt_last_error());
+    if (orig) {
+        char *cr = with_line_ends(orig, "\r");
+        tu_put_text(cr_path, cr);
+        free(cr);
+        TrainConfig *a = malloc(sizeof *a), *b = malloc(sizeof *b);
+        char *ov[] = {"train.out_dir=/tmp/givt-cr-test"};
+        CHECK(train_config_load(a, "configs/tiny.ini", 1, ov) == 0, "%s", givt_last_error());
+        CHECK(train_config_load(b, cr_path, 1, ov) == 0, "%s", givt_last_error());
+        FILE *fa = tmpfile(), *fb = tmpfile();
+        train_config_write_ini(fa, a);
+        train_config_write_ini(fb, b);
+        char *ta = read_stream(fa), *tb = read_stream(fb);
+        CHECK(!strcmp(ta, tb) && b->model.hidden_dim == 12 && b->train.max_steps == 20, "CR file read as:\n%s", tb);
+        free(ta);
+        free(tb);
+        fclose(fa);
+        fclose(fb);
+        free(a);
+        free(b);
+        free(orig);
+    }
+    tu_rmtree(dir);
+}
+
+// A message that echoes a huge value still ends with its reason (it used to be cut at 1023 bytes).
+static int ends_with(const char *s, const char *tail) {
+    size_t n = strlen(s), k = strlen(tail);
+    return n >= k && !strcmp(s + n - k, tail);
+}
+
+TEST(error_messages_keep_reason_after_long_values) {
+    size_t big = (size_t)1 << 20;
+    char *value = xmalloc(big + 1);
+    memset(value, 'x', big);
+    value[big] = '\0';
+    char *text = xmalloc(big + 64);
+    snprintf(text, big + 64, "[train]\nlr = %s\n", value);
+    TrainConfig *c = malloc(sizeof *c);
+    CHECK(load_text(c, text, 1, 0, NULL) == -1, "a 1 MB lr loaded");
+    const char *m = givt_last_error();
+    CHECK(!strncmp(m, "x.ini:2: [train] lr = \"xxx", 26) && ends_with(m, "xxx\": not a number") &&
+              strlen(m) > big,
+          "message of %zu bytes ends \"%s\"", strlen(m), m + (strlen(m) > 60 ? strlen(m) - 60 : 0));
+    snprintf(text, big + 64, "[train]\nout_dir = \"%s\"\n", value);
+    CHECK(load_text(c, text, 1, 0, NULL) == -1, "a 1 MB out_dir loaded");
+    m = givt_last_error();
+    CHECK(strstr(m + strlen(m) - 60, "xxx\": too long (at most ") && ends_with(m, " characters)"),
+          "ends \"%s\"", m + (strlen(m) > 60 ? strlen(m) - 60 : 0));
+    free(c);
+    // a message may carry the previous one (givt_last_error() as an argument)
+    givt_fail("%s: first reason", value);
+    givt_fail("outer: %s; second reason", givt_last_error());
+    m = givt_last_error();
+    CHECK(!strncmp(m, "outer: xxx", 10) && ends_with(m, "xxx: first reason; second reason") &&
+              strlen(m) == big + strlen("outer: : first reason; second reason"),
+          "%zu bytes", strlen(m));
+    free(text);
+    free(value);
+}
+
 TEST(config_table_is_consistent) {
     int n;
     const ConfigKey *keys = train_config_keys(&n);

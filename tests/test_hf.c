@@ -211,6 +211,64 @@ TEST(hf_loads_f16_bf16_and_rejects_bad_weights) {
     tu_rmtree(dir);
 }
 
+// NaN or infinite weights fail to load (givt-eval printed "loss = nan", init_from / resume diverged),
+// naming the file, the tensor and the first bad element; through every loader: the folder's
+// model.safetensors (givt-eval, init_from, resume) and a table file (EMA), F32 and F16.
+TEST(hf_rejects_non_finite_weights) {
+    char dir[256], want[512];
+    tu_mkdtemp(dir, "hf");
+    GivtConfig cfg;
+    tiny_config(&cfg);
+    ParamTable pt;
+    param_table_build(&pt, &cfg);
+    float *p = xmalloc(pt.total * sizeof(float)), *q = xcalloc(pt.total, sizeof(float));
+    Rng rng;
+    rng_seed(&rng, 2);
+    for (size_t i = 0; i < pt.total; i++) p[i] = (float)rng_normal(&rng);
+    const ParamSpec *head = &pt.specs[pt.head], *norm = &pt.specs[pt.norm];
+    CHECK(head->ndim == 2 && head->shape[1] == 8 && norm->ndim == 1, "unexpected table layout");
+    const char *st = tu_path(dir, "model.safetensors");
+
+    p[head->offset + 2 * 8 + 5] = NAN;  // [2, 5]
+    p[head->offset + 3 * 8 + 1] = NAN;  // a later one is not the one named
+    CHECK(hf_save(dir, &cfg, &pt, p) == 0, "%s", givt_last_error());
+    snprintf(want, sizeof want, "%s: tensor \"%s\": element [2, 5] is nan: the weights are not finite", st, head->name);
+    CHECK(hf_load_weights(dir, &pt, q) == -1 && tu_error_has(want, NULL), "got \"%s\", want \"%s\"", givt_last_error(), want);
+    p[head->offset + 2 * 8 + 5] = p[head->offset + 3 * 8 + 1] = 0.5f;
+
+    p[norm->offset + 3] = -INFINITY;
+    const char *ema = tu_path(dir, "ema.safetensors");
+    CHECK(hf_save_tensors(ema, &pt, p, NULL, 0) == 0, "%s", givt_last_error());
+    snprintf(want, sizeof want, "%s: tensor \"%s\": element [3] is -inf", ema, norm->name);
+    CHECK(hf_load_tensors(ema, &pt, q) == -1 && tu_error_has(want, NULL), "got \"%s\", want \"%s\"", givt_last_error(), want);
+    p[norm->offset + 3] = 1.0f;
+    CHECK(hf_save_tensors(ema, &pt, p, NULL, 0) == 0 && hf_load_tensors(ema, &pt, q) == 0, "%s", givt_last_error());
+
+    // F16 infinity (0x7c00) in a file written by another tool
+    write_table_file(st, &pt, all_f16, NULL);
+    CHECK(hf_load_weights(dir, &pt, q) == 0, "%s", givt_last_error());
+    size_t n;
+    char *bytes = read_file_text(st, &n);
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--) hl = (hl << 8) | (unsigned char)bytes[i];
+    const char *bos_entry = strstr(bytes + 8, "\"model.bos\"");
+    const char *offs = bos_entry ? strstr(bos_entry, "\"data_offsets\":[") : NULL;
+    CHECK(offs != NULL);
+    if (offs) {
+        size_t begin = strtoul(offs + strlen("\"data_offsets\":["), NULL, 10);
+        bytes[8 + hl + begin + 2 * 1] = 0x00, bytes[8 + hl + begin + 2 * 1 + 1] = 0x7c;  // element 1 = +inf
+        tu_put_bytes(st, bytes, n);
+        snprintf(want, sizeof want, "%s: tensor \"model.bos\": element [1] is inf", st);
+        CHECK(hf_load_weights(dir, &pt, q) == -1 && tu_error_has(want, NULL), "got \"%s\", want \"%s\"",
+              givt_last_error(), want);
+    }
+    free(bytes);
+    free(p);
+    free(q);
+    param_table_free(&pt);
+    tu_rmtree(dir);
+}
+
 TEST(hf_save_errors_and_table_files) {
     char dir[256];
     tu_mkdtemp(dir, "hf");

@@ -42,14 +42,14 @@ static void expect_open_error(const char *path, const char *want, int line) {
     NpyFile f;
     int rc = npy_open(&f, path);
     if (rc != -1) {
-        t_fail_at(__FILE__, line, "npy_open(%s) succeeded, want an error containing \"%s\"", path, want);
+        t_fail_at(__FILE__, line, NULL, "npy_open(%s) succeeded, want an error containing \"%s\"", path, want);
         npy_close(&f);
         return;
     }
     const char *msg = givt_last_error();
     if (!strstr(msg, path) || !strstr(msg, want))
-        t_fail_at(__FILE__, line, "error \"%s\" should name %s and contain \"%s\"", msg, path, want);
-    if (strchr(msg, '\n')) t_fail_at(__FILE__, line, "error \"%s\" is not one line", msg);
+        t_fail_at(__FILE__, line, NULL, "error \"%s\" should name %s and contain \"%s\"", msg, path, want);
+    if (strchr(msg, '\n')) t_fail_at(__FILE__, line, NULL, "error \"%s\" is not one line", msg);
     npy_close(&f);  // harmless after a failed open
 }
 #define EXPECT_OPEN_ERROR(path, want) expect_open_error((path), (want), __LINE__)

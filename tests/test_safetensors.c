@@ -136,6 +136,67 @@ TEST(json_writer) {
     json_buf_free(&b);
 }
 
+// The writer never emits invalid UTF-8: such a string is rejected, named, and nothing is appended.
+TEST(json_writer_rejects_invalid_utf8) {
+    static const struct {
+        const char *s, *want;
+    } bad[] = {
+        {"\xff", "string \"\\xff\" is not valid UTF-8 (byte 0xff at offset 0)"},
+        {"ab\x80", "string \"ab\\x80\" is not valid UTF-8 (byte 0x80 at offset 2)"},    // stray continuation
+        {"a\xc3", "(byte 0xc3 at offset 1)"},                                           // cut 2-byte sequence
+        {"x\xe2\x82", "(byte 0xe2 at offset 1)"},                                       // cut 3-byte sequence
+        {"\xe2\x82y", "(byte 0xe2 at offset 0)"},                                       // ASCII inside a sequence
+        {"\xc0\xaf", "(byte 0xc0 at offset 0)"},                                        // overlong '/'
+        {"\xe0\x80\xaf", "(byte 0xe0 at offset 0)"},                                    // overlong, 3 bytes
+        {"\xed\xa0\x80", "(byte 0xed at offset 0)"},                                    // surrogate U+D800
+        {"\xf4\x90\x80\x80", "(byte 0xf4 at offset 0)"},                                // past U+10FFFF
+        {"caf\xc3\xa9 \"q\" \xe9t\xe9", "string \"caf\\xc3\\xa9 \\x22q\\x22 \\xe9t\\xe9\" is not valid UTF-8 (byte 0xe9 at offset 10)"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        JsonBuf b;
+        json_buf_init(&b);
+        json_buf_puts(&b, "[");
+        CHECK(json_buf_string(&b, bad[i].s) == -1, "case %zu accepted: %s", i, b.data);
+        CHECK(b.len == 1 && !strcmp(b.data, "["), "case %zu: appended \"%s\"", i, b.data);
+        CHECK(tu_error_has(bad[i].want, NULL), "case %zu: got \"%s\", want \"%s\"", i, givt_last_error(), bad[i].want);
+        json_buf_free(&b);
+    }
+    // the shown part of a long string is bounded; the offset still points at the bad byte
+    char long_s[300];
+    memset(long_s, 'a', sizeof long_s);
+    long_s[250] = (char)0xfe;
+    long_s[299] = '\0';
+    JsonBuf b;
+    json_buf_init(&b);
+    CHECK(json_buf_string(&b, long_s) == -1 && tu_error_has("aaa...\" is not valid UTF-8 (byte 0xfe at offset 250)", NULL) &&
+              strlen(givt_last_error()) < 200,
+          "%s", givt_last_error());
+    json_buf_free(&b);
+    // valid sequences of every length, up to U+10FFFF, pass through unchanged
+    const char *good = "/\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\xf4\x8f\xbf\xbf\xef\xbf\xbd";
+    json_buf_init(&b);
+    CHECK(json_buf_string(&b, good) == 0, "%s", givt_last_error());
+    JsonValue *v = json_parse(b.data, b.len, "w");
+    CHECK(v && v->type == JSON_STRING && !strcmp(v->str, good), "%s", b.data);
+    json_free(v);
+    json_buf_free(&b);
+    // through the safetensors writer: a tensor name or a metadata value that is not UTF-8
+    char dir[256];
+    tu_mkdtemp(dir, "st");
+    const char *path = tu_path(dir, "u.safetensors");
+    float a[2] = {0};
+    StWriteTensor ts[] = {{"w\xff", 1, {2}, a}};
+    CHECK(st_write(path, ts, 1, NULL, 0) == -1 &&
+              tu_error_has(path, ": tensor name: string \"w\\xff\" is not valid UTF-8 (byte 0xff at offset 1)"),
+          "%s", givt_last_error());
+    StWriteTensor ok[] = {{"w", 1, {2}, a}};
+    StMeta m[] = {{"note", "\xc0\x80"}};
+    CHECK(st_write(path, ok, 1, m, 1) == -1 && tu_error_has(path, ": __metadata__ \"note\": string \"\\xc0\\x80\""),
+          "%s", givt_last_error());
+    CHECK(!path_exists(path), "a rejected write left a file");
+    tu_rmtree(dir);
+}
+
 // ---- safetensors: round trip --------------------------------------------------------------
 TEST(st_round_trip_bit_exact) {
     char dir[256];
@@ -261,10 +322,28 @@ TEST(st_rejects_bad_lengths) {
     const char *path = tu_path(dir, "len.safetensors");
     StFile f;
     tu_put_bytes(path, "abc", 3);
-    CHECK(st_open(&f, path) == -1 && tu_error_has(path, "too short"), "%s", givt_last_error());
+    CHECK(st_open(&f, path) == -1 &&
+              tu_error_has(path, ": file is 3 bytes, too short for a safetensors file (the header length alone "
+                                 "takes 8 bytes)"),
+          "%s", givt_last_error());
     st_close(&f);
-    write_raw(path, "{}", 1000, 0);  // header length larger than the file
-    CHECK(st_open(&f, path) == -1 && tu_error_has(path, "exceeds the file size"), "%s", givt_last_error());
+    tu_put_bytes(path, "", 0);
+    CHECK(st_open(&f, path) == -1 && tu_error_has(path, ": file is 0 bytes, too short"), "%s", givt_last_error());
+    st_close(&f);
+    // header length past the end: the message gives the file size and the size the length needs
+    write_raw(path, "{}", 5, 0);  // 10 bytes; 8 + 5 = 13 needed
+    CHECK(st_open(&f, path) == -1 &&
+              tu_error_has(path, ": file is 10 bytes, but its header length 5 needs at least 13 (8 + 5): truncated, "
+                                 "or not a safetensors file"),
+          "%s", givt_last_error());
+    st_close(&f);
+    write_raw(path, "{}", 1000, 0);
+    CHECK(st_open(&f, path) == -1 && tu_error_has(path, ": file is 10 bytes, but its header length 1000 needs at least 1008"),
+          "%s", givt_last_error());
+    st_close(&f);
+    write_raw(path, "{}x", 2, 0);  // 11 bytes: header "{}", then 1 byte of data: the length fits
+    CHECK(st_open(&f, path) == -1 && tu_error_has(path, "the data buffer has 1 bytes but the tensors cover 0"), "%s",
+          givt_last_error());
     st_close(&f);
     write_raw(path, "{}", (uint64_t)1 << 40, 0);
     CHECK(st_open(&f, path) == -1 && tu_error_has(path, "larger than the limit"), "%s", givt_last_error());
@@ -279,6 +358,25 @@ TEST(st_rejects_bad_lengths) {
     st_close(&f);
     path = tu_path(dir, "none.safetensors");
     CHECK(st_open(&f, path) == -1 && tu_error_has(path, "cannot open"), "%s", givt_last_error());
+    st_close(&f);
+    tu_rmtree(dir);
+}
+
+// A failed st_open holds nothing (trainer.c's load_train_state returns without st_close on failure,
+// which leaked the path): the struct is left zeroed, and st_close on it stays safe.
+TEST(st_open_failure_frees_everything) {
+    char dir[256];
+    tu_mkdtemp(dir, "st");
+    const char *path = tu_path(dir, "x.safetensors");
+    const char *h = "{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
+    write_raw(path, h, strlen(h), 7);  // the data buffer is a byte short: fails after the header is parsed
+    static const StFile zero;
+    StFile f;
+    CHECK(st_open(&f, path) == -1 && tu_error_has(path, "\"t\""), "%s", givt_last_error());
+    CHECK(!memcmp(&f, &zero, sizeof f), "a failed st_open kept path %p, map %p, tensors %p", (void *)f.path,
+          (void *)f.map, (void *)f.tensors);
+    st_close(&f);
+    CHECK(st_open(&f, tu_path(dir, "none.safetensors")) == -1 && !memcmp(&f, &zero, sizeof f));
     st_close(&f);
     tu_rmtree(dir);
 }

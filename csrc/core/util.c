@@ -13,17 +13,27 @@
 #include <time.h>
 #include <unistd.h>
 
-static _Thread_local char g_err[1024];
+// The last message, whole (no length limit, so a long value echoed in it never hides the reason
+// at its end). Formatted into a new buffer before the old one is freed, so givt_last_error() may
+// itself be an argument: givt_fail("%s: %s", path, givt_last_error()).
+static _Thread_local char *g_err;
 
 int givt_fail(const char *fmt, ...) {
-    va_list ap;
+    va_list ap, ap2;
     va_start(ap, fmt);
-    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
+    char *msg = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (msg) vsnprintf(msg, (size_t)n + 1, fmt, ap2);
+    va_end(ap2);
+    if (!msg) msg = strdup(n < 0 ? "error message could not be formatted" : "out of memory formatting an error message");
+    free(g_err);
+    g_err = msg;
     return -1;
 }
 
-const char *givt_last_error(void) { return g_err[0] ? g_err : "unknown error"; }
+const char *givt_last_error(void) { return g_err && g_err[0] ? g_err : "unknown error"; }
 
 void givt_die_at(const char *file, int line, const char *fmt, ...) {
     fprintf(stderr, "givt: %s:%d: ", file, line);

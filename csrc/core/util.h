@@ -9,6 +9,8 @@
 // ---- errors -------------------------------------------------------------------------------
 // Library functions that can fail on user input return 0 on success and -1 on failure, after
 // recording a one-line message that names the thing to fix; programs print it and exit(1).
+// The message is kept whole, however long (a long value echoed in it does not cut off the reason
+// after it), and givt_last_error() may be passed to givt_fail to prefix the previous message.
 int givt_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *givt_last_error(void);
 // For internal invariants and out-of-memory: print "file:line: message" and exit(1).

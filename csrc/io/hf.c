@@ -55,11 +55,7 @@ int hf_read_config_json(const char *path, GivtConfig *cfg) {
     const GivtConfigKey *keys = givt_config_keys(&nkeys);
     for (int k = 0; k < nkeys && rc == 0; k++) rc = read_key(path, root, &keys[k], cfg);
     json_free(root);
-    if (rc == 0 && givt_config_validate(cfg) != 0) {
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", givt_last_error());
-        rc = givt_fail("%s: %s", path, msg);
-    }
+    if (rc == 0 && givt_config_validate(cfg) != 0) rc = givt_fail("%s: %s", path, givt_last_error());
     return rc;
 }
 
@@ -115,11 +111,7 @@ int hf_write_config_json(const char *path, const GivtConfig *cfg) {
     JsonBuf b;
     json_buf_init(&b);
     int rc = config_text(&b, cfg);
-    if (rc) {
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", givt_last_error());
-        rc = givt_fail("%s: %s", path, msg);
-    }
+    if (rc) rc = givt_fail("%s: %s", path, givt_last_error());
     AtomicFile af;
     if (rc == 0) rc = atomic_open(&af, path);
     if (rc == 0) {
@@ -154,6 +146,19 @@ int hf_save_tensors(const char *path, const ParamTable *pt, const float *params_
     return rc;
 }
 
+// Weights that are NaN or infinite would make every loss NaN (givt-eval) or training diverge from the
+// first step (init_from, resume, EMA), so loading them fails, naming the tensor and the first bad element.
+static int check_finite(const char *path, const ParamSpec *s, const float *p) {
+    size_t k = 0;
+    while (k < s->numel && isfinite(p[k])) k++;
+    if (k == s->numel) return 0;
+    char idx[64];
+    if (s->ndim == 2) snprintf(idx, sizeof idx, "[%zu, %zu]", k / (size_t)s->shape[1], k % (size_t)s->shape[1]);
+    else snprintf(idx, sizeof idx, "[%zu]", k);
+    return givt_fail("%s: tensor \"%.200s\": element %s is %s: the weights are not finite", path, s->name, idx,
+                     isnan(p[k]) ? "nan" : p[k] > 0 ? "inf" : "-inf");
+}
+
 static int load_all(const StFile *f, const ParamTable *pt, float *params_host) {
     for (int i = 0; i < f->count; i++)
         if (param_table_find(pt, f->tensors[i].name) < 0)
@@ -163,7 +168,9 @@ static int load_all(const StFile *f, const ParamTable *pt, float *params_host) {
         const ParamSpec *s = &pt->specs[i];
         int64_t shape[2];
         spec_shape(s, shape);
-        if (st_load_f32(f, s->name, s->ndim, shape, params_host + s->offset)) return -1;
+        if (st_load_f32(f, s->name, s->ndim, shape, params_host + s->offset) ||
+            check_finite(f->path, s, params_host + s->offset))
+            return -1;
     }
     return 0;
 }

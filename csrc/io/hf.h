@@ -14,7 +14,8 @@ int hf_read_config_json(const char *path, GivtConfig *cfg);  // the same, given 
 int hf_write_config_json(const char *path, const GivtConfig *cfg);
 
 // Reads <folder>/model.safetensors into params_host (pt->total floats): every table tensor must be
-// there with its exact shape (F32, F16 or BF16), and no other tensor may be.
+// there with its exact shape (F32, F16 or BF16), no other tensor may be, and every value must be
+// finite (a NaN or infinity fails, naming the file, the tensor and the first bad element).
 int hf_load_weights(const char *folder, const ParamTable *pt, float *params_host);
 // Creates folder (mkdir -p) and writes config.json and model.safetensors, each atomically.
 int hf_save(const char *folder, const GivtConfig *cfg, const ParamTable *pt, const float *params_host);
@@ -23,7 +24,7 @@ int hf_save(const char *folder, const GivtConfig *cfg, const ParamTable *pt, con
 // e.g. model.safetensors, ema.safetensors or the AdamW moments; meta adds to {"format": "pt"}.
 int hf_save_tensors(const char *path, const ParamTable *pt, const float *params_host, const StMeta *meta,
                     int n_meta);
-int hf_load_tensors(const char *path, const ParamTable *pt, float *params_host);
+int hf_load_tensors(const char *path, const ParamTable *pt, float *params_host);  // checked as above
 
 // mkdir -p: creates path and its missing parents (0 if it already is a directory).
 int hf_mkdir_p(const char *path);

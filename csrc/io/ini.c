@@ -128,15 +128,23 @@ static int valid_name(const char *b, const char *e) {
     return 1;
 }
 
-int ini_parse(IniFile *ini, const char *text, const char *file_name) {
+int ini_parse_n(IniFile *ini, const char *text, size_t len, const char *file_name) {
     const char *section = NULL;  // points into ini->sections
     int first_new = ini->count;
-    const char *p = text;
-    if ((unsigned char)p[0] == 0xEF && (unsigned char)p[1] == 0xBB && (unsigned char)p[2] == 0xBF) p += 3;
-    for (int line = 1; *p; line++) {
-        const char *b = p, *e = strchr(p, '\n');
-        if (!e) e = p + strlen(p);
-        p = *e ? e + 1 : e;
+    const char *p = text, *end = text + len;
+    if (len >= 3 && (unsigned char)p[0] == 0xEF && (unsigned char)p[1] == 0xBB && (unsigned char)p[2] == 0xBF)
+        p += 3;
+    for (int line = 1; p < end; line++) {
+        // a line ends at "\n", "\r\n" or a lone "\r" (old Mac files), or at the end of the text
+        const char *b = p, *e = p;
+        while (e < end && *e != '\n' && *e != '\r') e++;
+        p = e;
+        if (p < end && *p == '\r') p++;
+        if (p < end && *p == '\n') p++;
+        const char *nul = memchr(b, '\0', (size_t)(e - b));
+        if (nul)
+            return givt_fail("%s:%d: contains a NUL byte (column %d): not a text file, or a damaged one", file_name,
+                             line, (int)(nul - b) + 1);
         trim(&b, &e);
         if (b == e || *b == '#' || *b == ';') continue;
         if (*b == '[') {
@@ -183,10 +191,15 @@ int ini_parse(IniFile *ini, const char *text, const char *file_name) {
     return 0;
 }
 
+int ini_parse(IniFile *ini, const char *text, const char *file_name) {
+    return ini_parse_n(ini, text, strlen(text), file_name);
+}
+
 int ini_load(IniFile *ini, const char *path) {
-    char *text = read_file_text(path, NULL);
+    size_t len;
+    char *text = read_file_text(path, &len);
     if (!text) return -1;
-    int rc = ini_parse(ini, text, path);
+    int rc = ini_parse_n(ini, text, len, path);
     free(text);
     return rc;
 }

@@ -3,6 +3,8 @@
 #ifndef GIVT_INI_H
 #define GIVT_INI_H
 
+#include <stddef.h>
+
 // One "key = value" (or one override). where is the location used in messages: "FILE:LINE" for a
 // file entry, "override N" for the N-th command-line override (1-based).
 typedef struct {
@@ -28,10 +30,13 @@ typedef struct {
 
 void ini_init(IniFile *ini);
 void ini_free(IniFile *ini);
-// Parses text (file_name is used only in messages) and appends its entries. On a malformed line, a
-// key outside any section or a duplicate key: -1 with "FILE:LINE: reason" recorded via givt_fail.
+// Parses text[0..len) (file_name is used only in messages) and appends its entries. Lines end at
+// "\n", "\r\n" or a lone "\r". On a malformed line, a key outside any section, a duplicate key or a
+// NUL byte: -1 with "FILE:LINE: reason" recorded via givt_fail.
+int ini_parse_n(IniFile *ini, const char *text, size_t len, const char *file_name);
+// The same for a NUL-terminated text.
 int ini_parse(IniFile *ini, const char *text, const char *file_name);
-// Reads path and parses it.
+// Reads path and parses all of it (a NUL byte in the file is an error, not its end).
 int ini_load(IniFile *ini, const char *path);
 // Parses one command-line override "section.key=value" (the value may be quoted) and appends it
 // with where = "override N". A later override of the same key is kept after an earlier one.

@@ -531,9 +531,29 @@ void json_buf_printf(JsonBuf *b, const char *fmt, ...) {
     free(big);
 }
 
-void json_buf_string(JsonBuf *b, const char *s) {
+// Invalid UTF-8 is rejected, not replaced with U+FFFD: the strings written are names (tensor names,
+// metadata keys) that must read back exactly as given, so a silently changed one would only fail
+// later and less clearly. The message shows the string's start with bytes outside printable ASCII
+// as \xNN, so the message itself stays valid UTF-8.
+int json_buf_string(JsonBuf *b, const char *s) {
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; u[i];) {
+        // (a bound of 4 is safe: utf8_seq_len stops at the first non-continuation byte, the NUL too)
+        size_t n = u[i] < 0x80 ? 1 : utf8_seq_len(u + i, 4);
+        if (n == 0) {
+            char shown[4 * 48 + 8];
+            size_t k = 0, j = 0;
+            for (; u[j] && j < 48; j++) {
+                if (u[j] >= 0x20 && u[j] < 0x7f && u[j] != '"' && u[j] != '\\') shown[k++] = (char)u[j];
+                else k += (size_t)snprintf(shown + k, sizeof shown - k, "\\x%02x", u[j]);
+            }
+            snprintf(shown + k, sizeof shown - k, "%s", u[j] ? "..." : "");
+            return givt_fail("string \"%s\" is not valid UTF-8 (byte 0x%02x at offset %zu)", shown, u[i], i);
+        }
+        i += n;
+    }
     put_byte(b, '"');
-    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+    for (const unsigned char *c = u; *c; c++) {
         if (*c == '"') json_buf_puts(b, "\\\"");
         else if (*c == '\\') json_buf_puts(b, "\\\\");
         else if (*c == '\n') json_buf_puts(b, "\\n");
@@ -543,6 +563,7 @@ void json_buf_string(JsonBuf *b, const char *s) {
         else put_byte(b, *c);
     }
     put_byte(b, '"');
+    return 0;
 }
 
 // Like Python's repr(float): the shortest digits that read back as x, in fixed notation when the

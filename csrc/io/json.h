@@ -57,8 +57,11 @@ void json_buf_free(JsonBuf *b);
 void json_buf_append(JsonBuf *b, const char *s, size_t n);
 void json_buf_puts(JsonBuf *b, const char *s);
 void json_buf_printf(JsonBuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-// Appends s as a quoted JSON string, escaping quotes, backslashes and control characters.
-void json_buf_string(JsonBuf *b, const char *s);
+// Appends s as a quoted JSON string, escaping quotes, backslashes and control characters. The
+// output is always valid UTF-8: when s is not (a stray byte, an overlong form, a surrogate, a code
+// point past U+10FFFF), nothing is appended and -1 is returned after givt_fail("string \"...\" is
+// not valid UTF-8 (byte 0xNN at offset K)").
+int json_buf_string(JsonBuf *b, const char *s);
 // Appends x as Python's json writes a float: the shortest decimal that reads back as x ("4.0",
 // "1000000.0", "1e-08"). -1 (givt_fail) when x is not finite.
 int json_buf_double(JsonBuf *b, double x);

@@ -209,7 +209,8 @@ static int map_file(StFile *f) {
     if (fstat(fd, &st) != 0) rc = givt_fail("%s: cannot stat: %s", f->path, strerror(errno));
     else if (!S_ISREG(st.st_mode)) rc = givt_fail("%s: not a regular file", f->path);
     else if (st.st_size < 8)
-        rc = givt_fail("%s: file is %lld bytes, too short for a safetensors header", f->path, (long long)st.st_size);
+        rc = givt_fail("%s: file is %lld bytes, too short for a safetensors file (the header length alone "
+                       "takes 8 bytes)", f->path, (long long)st.st_size);
     if (rc == 0) {
         f->file_size = (size_t)st.st_size;
         void *m = mmap(NULL, f->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -220,8 +221,7 @@ static int map_file(StFile *f) {
     return rc;
 }
 
-int st_open(StFile *f, const char *path) {
-    memset(f, 0, sizeof *f);
+static int open_file(StFile *f, const char *path) {
     f->path = xstrdup(path);
     if (map_file(f)) return -1;
     uint64_t n = 0;
@@ -229,9 +229,10 @@ int st_open(StFile *f, const char *path) {
     if (n > ST_MAX_HEADER)
         return givt_fail("%s: header length %llu is larger than the limit of %d bytes: not a safetensors "
                          "file?", path, (unsigned long long)n, ST_MAX_HEADER);
-    if (n > f->file_size - 8)
-        return givt_fail("%s: header length %llu exceeds the file size (%zu bytes): truncated or not a "
-                         "safetensors file", path, (unsigned long long)n, f->file_size);
+    if (n > f->file_size - 8)  // n <= ST_MAX_HEADER here, so 8 + n does not overflow
+        return givt_fail("%s: file is %zu bytes, but its header length %llu needs at least %llu (8 + %llu): "
+                         "truncated, or not a safetensors file", path, f->file_size, (unsigned long long)n,
+                         (unsigned long long)n + 8, (unsigned long long)n);
     f->data = f->map + 8 + n;
     f->data_size = f->file_size - 8 - (size_t)n;
     char what[512];
@@ -241,6 +242,13 @@ int st_open(StFile *f, const char *path) {
     int rc = parse_header(f, h);
     json_free(h);
     return rc;
+}
+
+int st_open(StFile *f, const char *path) {
+    memset(f, 0, sizeof *f);
+    if (open_file(f, path) == 0) return 0;
+    st_close(f);  // a caller that returns at once on failure (without st_close) leaks nothing
+    return -1;
 }
 
 void st_close(StFile *f) {
@@ -335,9 +343,11 @@ static int header_meta(const char *path, JsonBuf *h, const StMeta *meta, int n_m
     if (!has_format) json_buf_puts(h, "\"format\":\"pt\"");
     for (int i = 0; i < n_meta; i++) {
         if (i || !has_format) json_buf_puts(h, ",");
-        json_buf_string(h, meta[i].key);
+        if (json_buf_string(h, meta[i].key))
+            return givt_fail("%s: __metadata__ key: %s", path, givt_last_error());
         json_buf_puts(h, ":");
-        json_buf_string(h, meta[i].value);
+        if (json_buf_string(h, meta[i].value))
+            return givt_fail("%s: __metadata__ \"%.200s\": %s", path, meta[i].key, givt_last_error());
     }
     json_buf_puts(h, "}");
     return 0;
@@ -359,7 +369,7 @@ static int build_header(const char *path, const StWriteTensor *ts, int count, co
         if (k > 0 && strcmp(order[k - 1]->name, t->name) == 0)
             return givt_fail("%s: tensor \"%.200s\" given twice", path, t->name);
         json_buf_puts(h, ",");
-        json_buf_string(h, t->name);
+        if (json_buf_string(h, t->name)) return givt_fail("%s: tensor name: %s", path, givt_last_error());
         json_buf_puts(h, ":{\"dtype\":\"F32\",\"shape\":[");
         for (int d = 0; d < t->ndim; d++) json_buf_printf(h, "%s%lld", d ? "," : "", (long long)t->shape[d]);
         size_t bytes = 4 * write_numel(t);

@@ -40,7 +40,9 @@ size_t st_dtype_size(StDtype t);
 
 // Opens and validates the whole file (header length, JSON, dtypes, shapes against offsets,
 // offsets inside the buffer, contiguous and not overlapping, buffer fully covered). On error
-// returns -1 with a one-line message naming the file (and tensor). st_close frees either way.
+// returns -1 with a one-line message naming the file (and tensor), having freed everything (f is
+// left zeroed). st_close frees an opened file and is safe on a zeroed one, so it may be called
+// either way.
 int st_open(StFile *f, const char *path);
 void st_close(StFile *f);
 int st_find(const StFile *f, const char *name);  // index into f->tensors, or -1

@@ -1,4 +1,5 @@
 // givt-eval: the mean Gaussian NLL of a Hugging Face GIVT folder over an .npy data set (N, T, D).
+#define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,26 +73,26 @@ static int open_data(Dataset *ds, const char *path, const GivtConfig *cfg) {
     return 0;
 }
 
+// Every path out of main, errors included, frees what was allocated (the sanitizer run checks it).
 int main(int argc, char **argv) {
     const char *folder = NULL, *data_path = NULL;
-    int batch = 8;
+    int batch = 8, rc = 1;
     GivtModel m;
     Dataset ds;
     memset(&m, 0, sizeof m);
     memset(&ds, 0, sizeof ds);
+    float *host = NULL, *x = NULL;
     if (parse_args(argc, argv, &folder, &data_path, &batch) != 0 || load_model(&m, folder) != 0 ||
         open_data(&ds, data_path, &m.cfg) != 0) {
         fprintf(stderr, "givt-eval: %s\n", givt_last_error());
-        data_close(&ds);
-        model_free(&m);
-        return 1;
+        goto done;
     }
     int T = data_seq_len(&ds), D = m.cfg.input_dim;
     int64_t n = data_num_windows(&ds);
     if (batch > n) batch = (int)n;
     model_alloc_acts(&m, batch, T, 0, 0);
-    float *host = xmalloc((size_t)batch * T * D * sizeof(float));
-    float *x = m.ops->alloc((size_t)batch * T * D * sizeof(float));
+    host = xmalloc((size_t)batch * T * D * sizeof(float));
+    x = m.ops->alloc((size_t)batch * T * D * sizeof(float));
     double sum = 0.0, t0 = time_now_s();
     long count = 0;
     int tty = isatty(fileno(stderr));
@@ -99,8 +100,9 @@ int main(int argc, char **argv) {
     for (int64_t k = 0; k < nbatches; k++) {
         int got = data_all_batch(&ds, k, batch, host);
         if (got < 0) {
+            if (tty) fputc('\n', stderr);
             fprintf(stderr, "givt-eval: %s\n", givt_last_error());
-            return 1;
+            goto done;
         }
         m.ops->upload(x, host, (size_t)got * T * D * sizeof(float));
         ModelLoss l = model_forward(&m, x, got, T, 0);
@@ -116,9 +118,12 @@ int main(int argc, char **argv) {
     printf("nats/dim = %.9g\n", nats);
     printf("bits/dim = %.9g\n", nats / log(2.0));
     printf("sequences = %lld, T = %d, D = %d\n", (long long)n, T, D);
-    m.ops->free(x);
+    rc = isfinite(loss) ? 0 : 1;
+    if (rc) fprintf(stderr, "givt-eval: the loss is %g, not a finite number\n", loss);
+done:
+    if (x) m.ops->free(x);
     free(host);
     data_close(&ds);
     model_free(&m);
-    return isfinite(loss) ? 0 : 1;
+    return rc;
 }

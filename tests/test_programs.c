@@ -1,0 +1,200 @@
+// test_programs: the programs (givt-eval, givt-train) run as a user runs them, on good input and on
+// error cases: the exit status, the one-line message, and, in `make test-sanitize` (where
+// GIVT_BIN_DIR names the sanitized programs and the sanitizer options are in the environment), no
+// sanitizer report: a leak or memory error on any path, error paths included, fails the test.
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "hf.h"
+#include "model.h"
+#include "npy.h"
+#include "testutil.h"
+#include "util.h"
+
+// Runs "<GIVT_BIN_DIR>/<prog> <args>" with stdout and stderr captured into files under dir; returns
+// the exit status (-1 when it did not exit normally) and the captured text (to be freed).
+static int run_prog(const char *dir, const char *prog, const char *args, char **out, char **err) {
+    const char *bin = getenv("GIVT_BIN_DIR");
+    if (!bin || !*bin) bin = ".";
+    char exe[1024], cmd[4096];
+    snprintf(exe, sizeof exe, "%s/%s", bin, prog);
+    *out = *err = NULL;
+    if (!path_exists(exe)) {
+        CHECK(0, "%s not found: build it (make all) and run the tests from the repository root", exe);
+        return -1;
+    }
+    const char *o = tu_path(dir, "stdout.txt"), *e = tu_path(dir, "stderr.txt");
+    snprintf(cmd, sizeof cmd, "'%s' %s >'%s' 2>'%s'", exe, args, o, e);
+    int st = system(cmd);
+    *out = read_file_text(o, NULL);
+    *err = read_file_text(e, NULL);
+    if (!*out) *out = strdup("");
+    if (!*err) *err = strdup("");
+    return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+// No AddressSanitizer / LeakSanitizer / UndefinedBehaviorSanitizer report in a program's stderr.
+static int no_sanitizer_report(const char *err) {
+    return !strstr(err, "Sanitizer") && !strstr(err, "runtime error:");
+}
+
+static void tiny_config(GivtConfig *c) {
+    givt_config_default(c);
+    c->input_dim = 4;
+    c->hidden_dim = 8;
+    c->intermediate_dim = 12;
+    c->num_heads = 2;
+    c->num_layers = 2;
+    c->block_size = 16;
+}
+
+// A model folder (random weights, or NaN at one element of the head when nan): dir/name, into folder.
+static void make_model(char *folder, size_t n, const char *dir, const char *name, int nan) {
+    GivtConfig cfg;
+    tiny_config(&cfg);
+    ParamTable pt;
+    param_table_build(&pt, &cfg);
+    float *p = xmalloc(pt.total * sizeof(float));
+    Rng rng;
+    rng_seed(&rng, 5);
+    for (size_t i = 0; i < pt.total; i++) p[i] = 0.1f * (float)rng_normal(&rng);
+    if (nan) p[pt.specs[pt.head].offset + 9] = NAN;  // head [1, 1]
+    snprintf(folder, n, "%s", tu_path(dir, name));
+    if (hf_save(folder, &cfg, &pt, p) != 0) givt_die("%s", givt_last_error());
+    free(p);
+    param_table_free(&pt);
+}
+
+TEST(givt_eval_good_and_error_cases_exit_cleanly) {
+    char dir[256], args[2048];
+    tu_mkdtemp(dir, "prog");
+    char model[512], nan_model[512];
+    make_model(model, sizeof model, dir, "model", 0);
+    // (N, T, D) = (5, 6, 4)
+    float data[5 * 6 * 4];
+    Rng rng;
+    rng_seed(&rng, 6);
+    for (size_t i = 0; i < sizeof data / sizeof data[0]; i++) data[i] = (float)rng_normal(&rng);
+    int64_t shape[3] = {5, 6, 4};
+    char good[512];
+    snprintf(good, sizeof good, "%s", tu_path(dir, "good.npy"));
+    CHECK(npy_write_f32(good, data, 3, shape) == 0, "%s", givt_last_error());
+    char *out, *err;
+
+    snprintf(args, sizeof args, "'%s' '%s' --batch-size 2", model, good);
+    int rc = run_prog(dir, "givt-eval", args, &out, &err);
+    CHECK(rc == 0 && strstr(out, "loss = ") && no_sanitizer_report(err), "exit %d\nstdout: %s\nstderr: %s", rc, out, err);
+    free(out);
+    free(err);
+
+    // a NaN in the last sequence: the first batches run, then the batch error path (it leaked the
+    // model, the activations and the batch buffers)
+    data[4 * 6 * 4 + 7] = NAN;
+    char bad[512];
+    snprintf(bad, sizeof bad, "%s", tu_path(dir, "bad.npy"));
+    CHECK(npy_write_f32(bad, data, 3, shape) == 0, "%s", givt_last_error());
+    snprintf(args, sizeof args, "'%s' '%s' --batch-size 2", model, bad);
+    rc = run_prog(dir, "givt-eval", args, &out, &err);
+    CHECK(rc == 1 && strstr(err, "givt-eval: ") && strstr(err, "bad.npy: non-finite value (nan) at index [4, 1, 3]") &&
+              no_sanitizer_report(err),
+          "exit %d\nstderr: %s", rc, err);
+    free(out);
+    free(err);
+
+    // NaN weights: named at load, no "loss = nan"
+    make_model(nan_model, sizeof nan_model, dir, "nan_model", 1);
+    snprintf(args, sizeof args, "'%s' '%s'", nan_model, good);
+    rc = run_prog(dir, "givt-eval", args, &out, &err);
+    CHECK(rc == 1 && strstr(err, "nan_model/model.safetensors: tensor \"model.head.weight\": element [1, 1] is nan") &&
+              !strstr(out, "loss") && no_sanitizer_report(err),
+          "exit %d\nstdout: %s\nstderr: %s", rc, out, err);
+    free(out);
+    free(err);
+
+    // errors before and while loading: bad option, missing folder, data of the wrong D
+    float wide[2 * 3 * 5] = {0};
+    int64_t wshape[3] = {2, 3, 5};
+    char wrong[512];
+    snprintf(wrong, sizeof wrong, "%s", tu_path(dir, "wide.npy"));
+    CHECK(npy_write_f32(wrong, wide, 3, wshape) == 0, "%s", givt_last_error());
+    const char *cases[][2] = {
+        {"--batch-size 0 a b", "--batch-size 0: expected a whole number"},
+        {"/nonexistent/model x.npy", "/nonexistent/model/config.json: cannot open"},
+        {NULL, "input_dim is 4"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (cases[i][0]) snprintf(args, sizeof args, "%s", cases[i][0]);
+        else snprintf(args, sizeof args, "'%s' '%s'", model, wrong);
+        rc = run_prog(dir, "givt-eval", args, &out, &err);
+        CHECK(rc == 1 && strstr(err, cases[i][1]) && no_sanitizer_report(err), "case %zu: exit %d\nstderr: %s", i, rc,
+              err);
+        free(out);
+        free(err);
+    }
+    tu_rmtree(dir);
+}
+
+TEST(givt_train_runs_and_error_cases_exit_cleanly) {
+    char dir[256], args[2048];
+    tu_mkdtemp(dir, "prog");
+    char *out, *err;
+    // a short run of configs/tiny.ini
+    snprintf(args, sizeof args, "configs/tiny.ini train.out_dir='%s' train.max_steps=6 train.save_every=3",
+             tu_path(dir, "run"));
+    int rc = run_prog(dir, "givt-train", args, &out, &err);
+    CHECK(rc == 0 && no_sanitizer_report(err), "exit %d\nstderr: %s", rc, err);
+    CHECK(path_exists(tu_path(dir, "run/step_00000006/model.safetensors")), "no final checkpoint\n%s", err);
+    free(out);
+    free(err);
+    // resuming from a checkpoint whose optimizer state is missing (this leaked in load_train_state)
+    char ck[512];
+    snprintf(ck, sizeof ck, "%s", tu_path(dir, "run/step_00000003"));
+    unlink(tu_path(ck, "optimizer.safetensors"));
+    snprintf(args, sizeof args, "configs/tiny.ini train.out_dir='%s' train.resume_from_ckpt='%s'", tu_path(dir, "run2"),
+             ck);
+    rc = run_prog(dir, "givt-train", args, &out, &err);
+    CHECK(rc == 1 && strstr(err, "step_00000003/optimizer.safetensors: cannot open") && no_sanitizer_report(err),
+          "exit %d\nstderr: %s", rc, err);
+    free(out);
+    free(err);
+    // a config with a NUL byte: an error at its line, not a run on defaults
+    char ini[512];
+    snprintf(ini, sizeof ini, "%s", tu_path(dir, "nul.ini"));
+    static const char nul_text[] = "[data]\nkind = dummy\n\0[train]\nmax_steps = 1\n";
+    tu_put_bytes(ini, nul_text, sizeof nul_text - 1);
+    snprintf(args, sizeof args, "'%s' train.out_dir='%s'", ini, tu_path(dir, "nul_run"));
+    rc = run_prog(dir, "givt-train", args, &out, &err);
+    CHECK(rc == 1 && strstr(err, "nul.ini:3: contains a NUL byte") && no_sanitizer_report(err), "exit %d\nstderr: %s",
+          rc, err);
+    free(out);
+    free(err);
+    // init_from a folder with NaN weights (same [model] as tiny.ini)
+    GivtConfig cfg;
+    givt_config_default(&cfg);
+    cfg.input_dim = 4, cfg.hidden_dim = 12, cfg.intermediate_dim = 32, cfg.num_heads = 2, cfg.num_layers = 1;
+    cfg.block_size = 8;
+    ParamTable pt;
+    param_table_build(&pt, &cfg);
+    float *p = xcalloc(pt.total, sizeof(float));
+    p[pt.specs[pt.embed].offset + 4] = INFINITY;
+    char init[512];
+    snprintf(init, sizeof init, "%s", tu_path(dir, "init"));
+    CHECK(hf_save(init, &cfg, &pt, p) == 0, "%s", givt_last_error());
+    free(p);
+    param_table_free(&pt);
+    snprintf(args, sizeof args, "configs/tiny.ini train.out_dir='%s' train.init_from='%s'", tu_path(dir, "init_run"),
+             init);
+    rc = run_prog(dir, "givt-train", args, &out, &err);
+    CHECK(rc == 1 && strstr(err, "init/model.safetensors: tensor \"model.embed.weight\": element [1, 0] is inf") &&
+              no_sanitizer_report(err),
+          "exit %d\nstderr: %s", rc, err);
+    free(out);
+    free(err);
+    tu_rmtree(dir);
+}
