@@ -273,17 +273,18 @@ TEST(reliability_checkpoints_past_step_99999999) {
 // givt-train (the program) with a long optimizer step: SIGTERM in the middle of a step ends the run
 // within a micro-batch, with a checkpoint of the last completed step, and exit code 130.
 TEST(reliability_sigterm_stops_between_micro_batches) {
-    if (!path_exists("./givt-train")) {
-        t_skip("./givt-train not built (run from the repository root after make)");
-        return;
-    }
+    const char *bin = getenv("GIVT_BIN_DIR");  // the sanitized programs in make test-sanitize
+    char exe[600];
+    snprintf(exe, sizeof exe, "%s/givt-train", bin && *bin ? bin : ".");
+    CHECK(path_exists(exe), "%s not found: build it (make all) and run the tests from the repository root", exe);
+    if (!path_exists(exe)) return;
     char d[256];
     tu_mkdtemp(d, "rel_term");
     const char *ini = tu_path(d, "t.ini");
     tu_put_text(ini, k_small_ini);
     char out[400];
     snprintf(out, sizeof out, "train.out_dir=%s/run", d);
-    char *argv[] = {"./givt-train", (char *)ini, out, "train.grad_accum_steps=65536", "train.save_every=1",
+    char *argv[] = {exe, (char *)ini, out, "train.grad_accum_steps=65536", "train.save_every=1",
                     "train.max_steps=1000", NULL};
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);

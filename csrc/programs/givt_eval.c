@@ -48,7 +48,17 @@ static int parse_args(int argc, char **argv, const char **folder, const char **d
 
 static int load_model(GivtModel *m, const char *folder) {
     GivtConfig cfg;
-    if (hf_read_config(folder, &cfg) != 0 || model_create(m, &cfg, ops_cpu()) != 0) return -1;
+    if (hf_read_config(folder, &cfg) != 0) return -1;
+    // the weights, the RoPE tables and one host copy of the weights while loading
+    size_t need = size_add(model_static_bytes(&cfg), size_mul(givt_config_num_params(&cfg), sizeof(float)));
+    double avail = memory_available_bytes();
+    char nb[32], av[32];
+    if (need == SIZE_MAX || (avail > 0 && (double)need > avail))
+        return givt_fail("%s/config.json: the model's %zu parameters (hidden_dim = %d, intermediate_dim = %d, "
+                         "num_layers = %d) need %s but %s are available",
+                         folder, givt_config_num_params(&cfg), cfg.hidden_dim, cfg.intermediate_dim, cfg.num_layers,
+                         human_bytes(nb, (double)need), human_bytes(av, avail));
+    if (model_create(m, &cfg, ops_cpu()) != 0) return -1;
     float *host = xmalloc(m->table.total * sizeof(float));
     int rc = hf_load_weights(folder, &m->table, host);
     if (rc == 0) m->ops->upload(m->params, host, m->table.total * sizeof(float));
@@ -90,6 +100,14 @@ int main(int argc, char **argv) {
     int T = data_seq_len(&ds), D = m.cfg.input_dim;
     int64_t n = data_num_windows(&ds);
     if (batch > n) batch = (int)n;
+    size_t acts = model_acts_bytes(&m.cfg, batch, T, 0, 0);
+    double avail = memory_available_bytes();
+    if (acts == SIZE_MAX || (avail > 0 && (double)acts > avail)) {
+        char ab[32], av[32];
+        fprintf(stderr, "givt-eval: --batch-size %d of T = %d needs %s of activations but %s are available: lower --batch-size\n",
+                batch, T, human_bytes(ab, (double)acts), human_bytes(av, avail));
+        goto done;
+    }
     model_alloc_acts(&m, batch, T, 0, 0);
     host = xmalloc((size_t)batch * T * D * sizeof(float));
     x = m.ops->alloc((size_t)batch * T * D * sizeof(float));

@@ -507,11 +507,8 @@ static int check_data_paths(const Checker *ck) {
     locs_prefix(ck, pre, sizeof pre, "data", "path", NULL);
     char **paths;
     int n;
-    if (data_expand_paths(spec, &paths, &n) != 0) {
-        char why[1024];
-        snprintf(why, sizeof why, "%s", givt_last_error());
-        return givt_fail("%s[data] path = \"%s\": %s", pre, spec, why);
-    }
+    if (data_expand_paths(spec, &paths, &n) != 0)
+        return givt_fail("%s[data] path = \"%s\": %s", pre, spec, givt_last_error());
     int rc = 0;
     for (int i = 0; i < n && rc == 0; i++)
         if (!path_exists(paths[i])) rc = givt_fail("%s[data] path = \"%s\": no such file \"%s\"", pre, spec, paths[i]);

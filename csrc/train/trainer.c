@@ -241,6 +241,11 @@ static int load_train_state(Trainer *tr, const char *path) {
     if (rc == 0) rc = meta_long(&f, "data_index", &index);
     if (rc == 0) rc = meta_long(&f, "skipped_steps", &tr->skipped_total);
     if (rc == 0) rc = data_set_pos(&tr->data, (DataPos){epoch, index});
+    for (size_t i = 0; rc == 0 && i < total; i++)
+        if (!isfinite(mh[i]) || !isfinite(vh[i]))
+            rc = givt_fail("%s: the AdamW moments are not finite (element %zu of the flat state): the checkpoint is "
+                           "damaged; resume from an earlier one",
+                           path, i);
     if (rc == 0) {
         tr->model.ops->upload(tr->opt.m, mh, total * sizeof(float));
         tr->model.ops->upload(tr->opt.v, vh, total * sizeof(float));
