@@ -1,4 +1,9 @@
-// test_ops_fd: every CPU op's backward against central finite differences of its forward, the NLL's clamp and softplus threshold, and a whole-model finite-difference check.
+// test_ops_fd: every CPU op's backward against central finite differences of its forward (the fused
+// residual add + RMSNorm, attention with RoPE inside, ...), the NLL's clamp and softplus threshold,
+// and a whole-model finite-difference check through the model API. Each test opens the CPU backend
+// (backend_open("cpu", "no")) and closes it at the end; on that backend compute buffers (cval *)
+// are float32, so host float arrays are passed to the ops cast to cval *, and a host double serves
+// as a backend scalar.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +22,22 @@
 #define FD_H 1e-2
 #define FD_TOL 2e-3
 
-static const GivtOps *ops;
+static Backend *be;         // the CPU backend of the running test
+static const GivtOps *ops;  // be->ops
+
+#define CV(p) ((cval *)(void *)(p))  // a host float array as a compute buffer of the CPU backend
+
+static void open_cpu(void) {
+    be = backend_open("cpu", "no");
+    if (!be) givt_die("backend_open(cpu): %s", givt_last_error());
+    if (be->compute != DTYPE_F32) givt_die("the CPU backend computes in %s, not float32", dtype_name(be->compute));
+    ops = be->ops;
+}
+
+static void close_cpu(void) {
+    backend_close(be);
+    be = NULL, ops = NULL;
+}
 
 static void fill_normal(float *p, size_t n, Rng *r, double scale) {
     for (size_t i = 0; i < n; i++) p[i] = (float)(scale * rng_normal(r));
@@ -61,7 +81,7 @@ static double *to_double(const float *g, size_t n, double base, double scale) {
 #define CHECK_FD(name, ratio)                                                                    \
     do {                                                                                         \
         double r_ = (ratio);                                                                     \
-        printf("  %-20s fd ratio %.2e\n", name, r_);                                            \
+        printf("  %-24s fd ratio %.2e\n", name, r_);                                            \
         CHECK(r_ <= FD_TOL, "%s: ||fd - analytic|| / ||analytic|| = %.3g (tol %g)", name, r_, FD_TOL); \
     } while (0)
 
@@ -73,12 +93,12 @@ typedef struct {
 
 static double matmul_loss(void *p) {
     MatmulCtx *c = p;
-    ops->matmul_fwd(c->out, c->inp, c->w, c->N, c->I, c->O);
+    ops->matmul_fwd(be, CV(c->out), CV(c->inp), CV(c->w), c->N, c->I, c->O);
     return project(c->out, c->proj, (size_t)c->N * c->O);
 }
 
-TEST(fd_matmul) {
-    ops = ops_cpu();
+TEST(ops_fd_matmul) {
+    open_cpu();
     Rng r;
     rng_seed(&r, 11);
     MatmulCtx c = {.N = 4, .I = 5, .O = 3};
@@ -88,146 +108,188 @@ TEST(fd_matmul) {
     float *dinp = xmalloc(ni * 4), *dw = xmalloc(nw * 4), *dw2 = xmalloc(nw * 4);
     for (size_t i = 0; i < nw; i++) dw[i] = dw2[i] = 0.5f;  // dw accumulates
     for (size_t i = 0; i < ni; i++) dinp[i] = 7.0f;         // dinp is overwritten
-    ops->matmul_bwd(dinp, dw, c.proj, c.inp, c.w, c.N, c.I, c.O);
+    ops->matmul_bwd(be, CV(dinp), dw, CV(c.proj), CV(c.inp), CV(c.w), c.N, c.I, c.O);
     double *a_inp = to_double(dinp, ni, 0, 1), *a_w = to_double(dw, nw, 0.5, 1);
     CHECK_FD("matmul dinp", fd_ratio(matmul_loss, &c, c.inp, ni, a_inp));
     CHECK_FD("matmul dw", fd_ratio(matmul_loss, &c, c.w, nw, a_w));
-    ops->matmul_bwd(NULL, dw2, c.proj, c.inp, c.w, c.N, c.I, c.O);  // dinp may be NULL
+    ops->matmul_bwd(be, NULL, dw2, CV(c.proj), CV(c.inp), CV(c.w), c.N, c.I, c.O);  // dinp may be NULL
     CHECK(memcmp(dw, dw2, nw * 4) == 0, "matmul_bwd with dinp NULL gives a different dw");
     free(a_inp), free(a_w), free(dinp), free(dw), free(dw2);
     free(c.inp), free(c.w), free(c.out), free(c.proj);
+    close_cpu();
 }
 
-// ---- rmsnorm ------------------------------------------------------------------------------
+// ---- residual add + rmsnorm ---------------------------------------------------------------
+// Plain form (branch NULL, res_out NULL): out = rmsnorm(inp) * w. Fused form: res = inp + branch
+// goes to res_out and out = rmsnorm(res) * w; L = proj . out + rproj . res_out, whose gradient with
+// respect to inp and to branch is the same: rproj (dres's prefill, the gradient arriving from
+// downstream on the residual stream) plus the norm's input gradient the backward adds to it.
 typedef struct {
-    float *inp, *w, *out, *rstd, *proj;
-    int N, C;
+    float *inp, *branch, *w, *out, *res, *rstd, *proj, *rproj;
+    int N, C, fused;
 } NormCtx;
 
 static double norm_loss(void *p) {
     NormCtx *c = p;
-    ops->rmsnorm_fwd(c->out, c->rstd, c->inp, c->w, c->N, c->C);
-    return project(c->out, c->proj, (size_t)c->N * c->C);
+    size_t n = (size_t)c->N * c->C;
+    if (!c->fused) {
+        ops->residual_rmsnorm_fwd(be, NULL, CV(c->out), c->rstd, CV(c->inp), NULL, CV(c->w), c->N, c->C);
+        return project(c->out, c->proj, n);
+    }
+    ops->residual_rmsnorm_fwd(be, CV(c->res), CV(c->out), c->rstd, CV(c->inp), CV(c->branch), CV(c->w), c->N,
+                              c->C);
+    return project(c->out, c->proj, n) + project(c->res, c->rproj, n);
 }
 
-TEST(fd_rmsnorm) {
-    ops = ops_cpu();
+TEST(ops_fd_residual_rmsnorm) {
+    open_cpu();
     Rng r;
     rng_seed(&r, 12);
     NormCtx c = {.N = 3, .C = 6};
     size_t n = (size_t)c.N * c.C;
-    c.inp = xmalloc(n * 4), c.w = xmalloc(c.C * 4), c.out = xmalloc(n * 4), c.rstd = xmalloc(c.N * 4);
-    c.proj = xmalloc(n * 4);
-    fill_normal(c.inp, n, &r, 1), fill_normal(c.proj, n, &r, 1);
+    c.inp = xmalloc(n * 4), c.branch = xmalloc(n * 4), c.w = xmalloc(c.C * 4), c.out = xmalloc(n * 4);
+    c.res = xmalloc(n * 4), c.rstd = xmalloc(c.N * 4), c.proj = xmalloc(n * 4), c.rproj = xmalloc(n * 4);
+    fill_normal(c.inp, n, &r, 1), fill_normal(c.branch, n, &r, 0.7), fill_normal(c.proj, n, &r, 1);
+    fill_normal(c.rproj, n, &r, 1);
     for (int i = 0; i < c.C; i++) c.w[i] = (float)(1.0 + 0.2 * (2 * rng_uniform(&r) - 1));
-    norm_loss(&c);  // rstd for the backward
     float *dinp = xmalloc(n * 4), *dw = xmalloc(c.C * 4);
-    for (size_t i = 0; i < n; i++) dinp[i] = 0.25f;  // both accumulate
+
+    // plain form
+    for (size_t i = 0; i < n; i++) c.res[i] = -9.0f;  // res_out NULL: nothing may be written there
+    norm_loss(&c);                                     // rstd for the backward
+    for (size_t i = 0; i < n; i++) dinp[i] = 0.25f;   // both accumulate
     for (int i = 0; i < c.C; i++) dw[i] = 0.5f;
-    ops->rmsnorm_bwd(dinp, dw, c.proj, c.inp, c.w, c.rstd, c.N, c.C);
+    ops->residual_rmsnorm_bwd(be, CV(dinp), dw, CV(c.proj), CV(c.inp), CV(c.w), c.rstd, c.N, c.C);
     double *a_inp = to_double(dinp, n, 0.25, 1), *a_w = to_double(dw, c.C, 0.5, 1);
     CHECK_FD("rmsnorm dinp", fd_ratio(norm_loss, &c, c.inp, n, a_inp));
     CHECK_FD("rmsnorm dw", fd_ratio(norm_loss, &c, c.w, c.C, a_w));
-    // forward value: x * rsqrt(mean(x^2) + 1e-5) * w, checked in double on row 1
+    free(a_inp), free(a_w);
+    // forward value: x * rsqrt(mean(x^2) + 1e-5) * w, checked in double on every row
     norm_loss(&c);  // fd_ratio left the outputs of its last perturbed evaluation
-    double ss = 0;
-    for (int i = 0; i < c.C; i++) ss += (double)c.inp[c.C + i] * c.inp[c.C + i];
-    double rs = 1.0 / sqrt(ss / c.C + 1e-5);
-    for (int i = 0; i < c.C; i++) CHECK_CLOSE(c.out[c.C + i], c.inp[c.C + i] * rs * c.w[i], 1e-6);
-    free(a_inp), free(a_w), free(dinp), free(dw);
-    free(c.inp), free(c.w), free(c.out), free(c.rstd), free(c.proj);
+    for (int row = 0; row < c.N; row++) {
+        double ss = 0;
+        for (int i = 0; i < c.C; i++) ss += (double)c.inp[row * c.C + i] * c.inp[row * c.C + i];
+        double rs = 1.0 / sqrt(ss / c.C + 1e-5);
+        CHECK_CLOSE(c.rstd[row], rs, 1e-6);
+        for (int i = 0; i < c.C; i++) CHECK_CLOSE(c.out[row * c.C + i], c.inp[row * c.C + i] * rs * c.w[i], 1e-6);
+    }
+    for (size_t i = 0; i < n; i++) CHECK(c.res[i] == -9.0f, "plain form wrote res_out[%zu]", i);
+
+    // fused form: res_out = inp + branch exactly, and the norm is the plain norm of that sum
+    c.fused = 1;
+    norm_loss(&c);
+    float *out_f = xmalloc(n * 4), *rstd_f = xmalloc(c.N * 4), *out_p = xmalloc(n * 4), *rstd_p = xmalloc(c.N * 4);
+    memcpy(out_f, c.out, n * 4), memcpy(rstd_f, c.rstd, c.N * 4);
+    for (size_t i = 0; i < n; i++) CHECK(c.res[i] == c.inp[i] + c.branch[i], "res_out[%zu] is not inp + branch", i);
+    ops->residual_rmsnorm_fwd(be, NULL, CV(out_p), rstd_p, CV(c.res), NULL, CV(c.w), c.N, c.C);
+    CHECK(memcmp(out_f, out_p, n * 4) == 0, "fused norm differs from the norm of res_out");
+    CHECK(memcmp(rstd_f, rstd_p, c.N * 4) == 0, "fused rstd differs from the rstd of res_out");
+    // backward of the fused form: dres starts as the gradient of res_out (rproj), gets += the norm's
+    // input gradient at res = res_out, and is then the gradient w.r.t. both inp and branch
+    memcpy(dinp, c.rproj, n * 4);
+    for (int i = 0; i < c.C; i++) dw[i] = 0.5f;
+    ops->residual_rmsnorm_bwd(be, CV(dinp), dw, CV(c.proj), CV(c.res), CV(c.w), c.rstd, c.N, c.C);
+    double *a_res = to_double(dinp, n, 0, 1);
+    a_w = to_double(dw, c.C, 0.5, 1);
+    CHECK_FD("residual+rmsnorm dinp", fd_ratio(norm_loss, &c, c.inp, n, a_res));
+    CHECK_FD("residual+rmsnorm dbranch", fd_ratio(norm_loss, &c, c.branch, n, a_res));
+    CHECK_FD("residual+rmsnorm dw", fd_ratio(norm_loss, &c, c.w, c.C, a_w));
+    free(a_res), free(a_w), free(out_f), free(rstd_f), free(out_p), free(rstd_p), free(dinp), free(dw);
+    free(c.inp), free(c.branch), free(c.w), free(c.out), free(c.res), free(c.rstd), free(c.proj), free(c.rproj);
+    close_cpu();
 }
 
-// ---- rope ---------------------------------------------------------------------------------
+// ---- rope + attention ---------------------------------------------------------------------
+// qkv (B, T, 3C) in the model's layout (q, k, v views of row stride 3C). The forward rotates q and k
+// in place, so every evaluation of L runs on a fresh copy (work) of the unrotated qkv; the backward
+// gets the rotated q, k the forward left and returns gradients w.r.t. the unrotated q, k and v.
 typedef struct {
-    float *qkv, *work, *cos, *sin, *proj;
-    int B, T, C, H, n;
-} RopeCtx;
-
-static double rope_loss(void *p) {
-    RopeCtx *c = p;
-    size_t n = (size_t)c->B * c->T * 3 * c->C;
-    memcpy(c->work, c->qkv, n * 4);
-    ops->rope_fwd(c->work, c->cos, c->sin, c->B, c->T, c->C, c->H, c->n);
-    return project(c->work, c->proj, n);
-}
-
-TEST(fd_rope) {
-    ops = ops_cpu();
-    Rng r;
-    rng_seed(&r, 13);
-    RopeCtx c = {.B = 2, .T = 4, .C = 12, .H = 2, .n = 4};  // hd 6, n_elem 4 < hd
-    int hd = c.C / c.H, half = c.n / 2;
-    size_t n = (size_t)c.B * c.T * 3 * c.C;
-    c.qkv = xmalloc(n * 4), c.work = xmalloc(n * 4), c.proj = xmalloc(n * 4);
-    c.cos = xmalloc((size_t)c.T * c.n * 4), c.sin = xmalloc((size_t)c.T * c.n * 4);
-    fill_normal(c.qkv, n, &r, 1), fill_normal(c.proj, n, &r, 1);
-    for (int t = 0; t < c.T; t++)  // GIVT.md's cache, base 100, condense ratio 1.5
-        for (int i = 0; i < half; i++) {
-            double ang = (t / 1.5) / pow(100.0, 2.0 * i / c.n);
-            c.cos[t * c.n + i] = c.cos[t * c.n + half + i] = (float)cos(ang);
-            c.sin[t * c.n + i] = c.sin[t * c.n + half + i] = (float)sin(ang);
-        }
-    float *d = xmalloc(n * 4);
-    memcpy(d, c.proj, n * 4);
-    ops->rope_bwd(d, c.cos, c.sin, c.B, c.T, c.C, c.H, c.n);
-    double *a = to_double(d, n, 0, 1);
-    CHECK_FD("rope dqkv", fd_ratio(rope_loss, &c, c.qkv, n, a));
-    // forward values: rotate-half on dims < n of q and k heads; other dims and v unchanged
-    rope_loss(&c);
-    for (int b = 0; b < c.B; b++)
-        for (int t = 0; t < c.T; t++)
-            for (int j = 0; j < 3 * c.C; j++) {
-                size_t row = ((size_t)b * c.T + t) * 3 * c.C;
-                int part = j / c.C, i = (j % c.C) % hd, base = j - i;
-                double x = c.qkv[row + j], want = x;
-                if (part < 2 && i < c.n) {
-                    double other = i < half ? -c.qkv[row + base + i + half] : c.qkv[row + base + i - half];
-                    want = x * c.cos[t * c.n + i] + other * c.sin[t * c.n + i];
-                }
-                CHECK_CLOSE(c.work[row + j], want, 1e-6);
-            }
-    free(a), free(d), free(c.qkv), free(c.work), free(c.proj), free(c.cos), free(c.sin);
-}
-
-// ---- attention ----------------------------------------------------------------------------
-typedef struct {
-    float *qkv, *out, *att, *proj;
-    int B, T, C, H;
+    float *qkv, *work, *out, *saved, *proj, *cos, *sin;
+    AttnShape s;
 } AttnCtx;
+
+static size_t attn_nqkv(const AttnCtx *c) { return (size_t)c->s.B * c->s.Tq * 3 * c->s.H * c->s.hd; }
 
 static double attn_loss(void *p) {
     AttnCtx *c = p;
-    ops->attention_fwd(c->out, c->att, c->qkv, c->B, c->T, c->C, c->H);
-    return project(c->out, c->proj, (size_t)c->B * c->T * c->C);
+    size_t C = (size_t)c->s.H * c->s.hd;
+    memcpy(c->work, c->qkv, attn_nqkv(c) * 4);
+    ops->attention_fwd(be, CV(c->out), c->saved, CV(c->work), CV(c->work + C), CV(c->work + 2 * C), c->cos, c->sin,
+                       &c->s);
+    return project(c->out, c->proj, (size_t)c->s.B * c->s.Tq * C);
 }
 
-TEST(fd_attention) {
-    ops = ops_cpu();
-    Rng r;
-    rng_seed(&r, 14);
-    AttnCtx c = {.B = 2, .T = 5, .C = 8, .H = 2};
-    size_t nq = (size_t)c.B * c.T * 3 * c.C, no = (size_t)c.B * c.T * c.C, na = (size_t)c.B * c.H * c.T * c.T;
-    c.qkv = xmalloc(nq * 4), c.out = xmalloc(no * 4), c.att = xmalloc(na * 4), c.proj = xmalloc(no * 4);
-    fill_normal(c.qkv, nq, &r, 1), fill_normal(c.proj, no, &r, 1);
-    attn_loss(&c);
-    // att: causal probabilities, rows sum to 1, zeros above the diagonal
-    for (size_t s = 0; s < (size_t)c.B * c.H; s++)
-        for (int t = 0; t < c.T; t++) {
-            double sum = 0;
-            for (int u = 0; u < c.T; u++) {
-                float v = c.att[(s * c.T + t) * c.T + u];
-                if (u > t) CHECK(v == 0.0f, "att[%zu,%d,%d] = %g above the diagonal", s, t, u, v);
-                sum += v;
-            }
-            CHECK_CLOSE(sum, 1.0, 1e-6);
+// GIVT.md's cache: row t holds the angles (t / condense) * base^(-2i/n), i < n/2, twice
+static void rope_tables(float *cs, float *sn, int T, int n, double base, double condense) {
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < n / 2; i++) {
+            double ang = (t / condense) / pow(base, 2.0 * i / n);
+            cs[t * n + i] = cs[t * n + n / 2 + i] = (float)cos(ang);
+            sn[t * n + i] = sn[t * n + n / 2 + i] = (float)sin(ang);
         }
-    float *dqkv = xmalloc(nq * 4), *scratch = xmalloc(na * 4);
-    for (size_t i = 0; i < nq; i++) dqkv[i] = 3.0f;  // overwritten, not accumulated (ops.h)
-    ops->attention_bwd(dqkv, scratch, c.proj, c.qkv, c.att, c.B, c.T, c.C, c.H);
-    double *a = to_double(dqkv, nq, 0, 1);
-    CHECK_FD("attention dqkv", fd_ratio(attn_loss, &c, c.qkv, nq, a));
-    free(a), free(dqkv), free(scratch), free(c.qkv), free(c.out), free(c.att), free(c.proj);
+}
+
+TEST(ops_fd_rope_attention) {
+    open_cpu();
+    // B, T, H, hd, n_rot: a partial rotation (n_rot 4 < hd 6), and a full one
+    const int shapes[2][5] = {{2, 5, 2, 6, 4}, {1, 4, 2, 4, 4}};
+    for (int tr = 0; tr < 2; tr++) {
+        Rng r;
+        rng_seed(&r, 13 + 100 * tr);
+        int B = shapes[tr][0], T = shapes[tr][1], H = shapes[tr][2], hd = shapes[tr][3], nr = shapes[tr][4];
+        int C = H * hd, half = nr / 2;
+        AttnCtx c = {.s = {.B = B, .H = H, .hd = hd, .Tq = T, .Tk = T, .pos0 = 0, .n_rot = nr,
+                           .q_row = 3 * (size_t)C, .q_batch = (size_t)T * 3 * C, .kv_row = 3 * (size_t)C,
+                           .kv_batch = (size_t)T * 3 * C}};
+        size_t nq = attn_nqkv(&c), no = (size_t)B * T * C;
+        size_t nsaved = ops->attention_saved_bytes(be, &c.s), nscratch = ops->attention_scratch_bytes(be, &c.s);
+        c.qkv = xmalloc(nq * 4), c.work = xmalloc(nq * 4), c.out = xmalloc(no * 4), c.proj = xmalloc(no * 4);
+        c.saved = xmalloc(nsaved), c.cos = xmalloc((size_t)T * nr * 4), c.sin = xmalloc((size_t)T * nr * 4);
+        fill_normal(c.qkv, nq, &r, 1), fill_normal(c.proj, no, &r, 1);
+        rope_tables(c.cos, c.sin, T, nr, 100.0, 1.5);  // small base: O(1) angles
+        attn_loss(&c);
+
+        // the forward's rotation of q and k: rotate-half on dims < n_rot of each head; the other
+        // dims and v unchanged
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++)
+                for (int j = 0; j < 3 * C; j++) {
+                    size_t row = ((size_t)b * T + t) * 3 * C;
+                    int part = j / C, i = (j % C) % hd, base = j - i;
+                    double x = c.qkv[row + j], want = x;
+                    if (part < 2 && i < nr) {
+                        double other = i < half ? -c.qkv[row + base + i + half] : c.qkv[row + base + i - half];
+                        want = x * c.cos[t * nr + i] + other * c.sin[t * nr + i];
+                    }
+                    if (part == 2 || i >= nr)
+                        CHECK(c.work[row + j] == c.qkv[row + j], "element (%d,%d,%d) changed", b, t, j);
+                    else
+                        CHECK_CLOSE(c.work[row + j], want, 1e-6);
+                }
+        // this backend saves the causal probabilities P (B, H, T, T): rows sum to 1, zeros above the
+        // diagonal (ops_cpu.c's layout; another backend may save something else)
+        CHECK(nsaved == (size_t)B * H * T * T * sizeof(float), "saved bytes %zu", nsaved);
+        for (size_t sl = 0; sl < (size_t)B * H; sl++)
+            for (int t = 0; t < T; t++) {
+                double sum = 0;
+                for (int u = 0; u < T; u++) {
+                    float v = c.saved[(sl * T + t) * T + u];
+                    if (u > t) CHECK(v == 0.0f, "P[%zu,%d,%d] = %g above the diagonal", sl, t, u, v);
+                    sum += v;
+                }
+                CHECK_CLOSE(sum, 1.0, 1e-6);
+            }
+
+        float *dqkv = xmalloc(nq * 4), *scratch = xmalloc(nscratch);
+        for (size_t i = 0; i < nq; i++) dqkv[i] = 3.0f;  // overwritten, not accumulated (ops.h)
+        ops->attention_bwd(be, CV(dqkv), CV(dqkv + C), CV(dqkv + 2 * C), scratch, CV(c.proj), CV(c.work),
+                           CV(c.work + C), CV(c.work + 2 * C), c.saved, c.cos, c.sin, &c.s);
+        double *a = to_double(dqkv, nq, 0, 1);
+        CHECK_FD(tr == 0 ? "rope+attention dqkv" : "rope+attention dqkv full", fd_ratio(attn_loss, &c, c.qkv, nq, a));
+        free(a), free(dqkv), free(scratch);
+        free(c.qkv), free(c.work), free(c.out), free(c.saved), free(c.proj), free(c.cos), free(c.sin);
+    }
+    close_cpu();
 }
 
 // ---- swiglu -------------------------------------------------------------------------------
@@ -238,12 +300,12 @@ typedef struct {
 
 static double swiglu_loss(void *p) {
     SwiCtx *c = p;
-    ops->swiglu_fwd(c->out, c->h, c->N, c->F);
+    ops->swiglu_fwd(be, CV(c->out), CV(c->h), c->N, c->F);
     return project(c->out, c->proj, (size_t)c->N * c->F);
 }
 
-TEST(fd_swiglu) {
-    ops = ops_cpu();
+TEST(ops_fd_swiglu) {
+    open_cpu();
     Rng r;
     rng_seed(&r, 15);
     SwiCtx c = {.N = 3, .F = 5};
@@ -252,27 +314,18 @@ TEST(fd_swiglu) {
     fill_normal(c.h, nh, &r, 1.5), fill_normal(c.proj, no, &r, 1);
     float *dh = xmalloc(nh * 4);
     for (size_t i = 0; i < nh; i++) dh[i] = 3.0f;  // overwritten
-    ops->swiglu_bwd(dh, c.proj, c.h, c.N, c.F);
+    ops->swiglu_bwd(be, CV(dh), CV(c.proj), CV(c.h), c.N, c.F);
     double *a = to_double(dh, nh, 0, 1);
     CHECK_FD("swiglu dh", fd_ratio(swiglu_loss, &c, c.h, nh, a));
     swiglu_loss(&c);
     double a0 = c.h[0], b0 = c.h[c.F];
     CHECK_CLOSE(c.out[0], a0 / (1 + exp(-a0)) * b0, 1e-6);  // silu(a) * b
     free(a), free(dh), free(c.h), free(c.out), free(c.proj);
+    close_cpu();
 }
 
-// ---- add, shift_bos, sumsq ----------------------------------------------------------------
-TEST(fd_add) {
-    ops = ops_cpu();
-    float a[7], b[7], out[7];
-    for (int i = 0; i < 7; i++) a[i] = (float)i - 2.5f, b[i] = 0.25f * (float)i;
-    ops->add(out, a, b, 7);
-    for (int i = 0; i < 7; i++) CHECK(out[i] == a[i] + b[i]);
-    ops->add(a, a, b, 7);  // out may alias a
-    for (int i = 0; i < 7; i++) CHECK(a[i] == out[i]);
-    // the gradient of add is the identity for both inputs: the model passes dout through unchanged
-}
-
+// ---- shift_bos, sumsq ---------------------------------------------------------------------
+// (The old separate add op is the fused residual add of ops_fd_residual_rmsnorm.)
 typedef struct {
     float *in, *x, *bos, *proj;
     int B, T, D;
@@ -280,12 +333,12 @@ typedef struct {
 
 static double shift_loss(void *p) {
     ShiftCtx *c = p;
-    ops->shift_bos(c->in, c->x, c->bos, c->B, c->T, c->D);
+    ops->shift_bos(be, CV(c->in), c->x, CV(c->bos), c->B, c->T, c->D);
     return project(c->in, c->proj, (size_t)c->B * c->T * c->D);
 }
 
-TEST(fd_shift_bos) {
-    ops = ops_cpu();
+TEST(ops_fd_shift_bos) {
+    open_cpu();
     Rng r;
     rng_seed(&r, 16);
     ShiftCtx c = {.B = 2, .T = 4, .D = 3};
@@ -300,14 +353,15 @@ TEST(fd_shift_bos) {
                 CHECK(c.in[((size_t)b * c.T + t) * c.D + d] == want, "in[%d,%d,%d]", b, t, d);
             }
     float dbos[3] = {0.5f, 0.5f, 0.5f};  // accumulates
-    ops->shift_bos_bwd(dbos, c.proj, c.B, c.T, c.D);
+    ops->shift_bos_bwd(be, dbos, CV(c.proj), c.B, c.T, c.D);
     double *a = to_double(dbos, c.D, 0.5, 1);
     CHECK_FD("shift_bos dbos", fd_ratio(shift_loss, &c, c.bos, c.D, a));
     free(a), free(c.in), free(c.x), free(c.bos), free(c.proj);
+    close_cpu();
 }
 
 TEST(ops_sumsq) {
-    ops = ops_cpu();
+    open_cpu();
     Rng r;
     rng_seed(&r, 17);
     size_t n = 1001;
@@ -315,8 +369,14 @@ TEST(ops_sumsq) {
     fill_normal(p, n, &r, 1);
     double want = 0;
     for (size_t i = 0; i < n; i++) want += (double)p[i] * p[i];
-    CHECK_CLOSE(ops->sumsq(p, n), want, 1e-12);
+    double acc = 0.75;  // a backend scalar (host memory on the CPU backend); the op adds to it
+    ops->sumsq(be, &acc, p, n);
+    CHECK_CLOSE(acc - 0.75, want, 1e-12);
+    double acc0 = 2.5;
+    ops->sumsq(be, &acc0, p, 0);  // nothing to add
+    CHECK(acc0 == 2.5, "sumsq of 0 elements changed the scalar to %.17g", acc0);
     free(p);
+    close_cpu();
 }
 
 // ---- gaussian nll -------------------------------------------------------------------------
@@ -328,11 +388,13 @@ typedef struct {
 
 static double nll_loss(void *p) {
     NllCtx *c = p;
-    return ops->gaussian_nll(NULL, c->y, c->x, c->N, c->D, c->eps, 1.0f);
+    double acc = 0;
+    ops->gaussian_nll(be, NULL, &acc, CV(c->y), c->x, c->N, c->D, c->eps, 1.0f);
+    return acc;
 }
 
-TEST(fd_gaussian_nll) {
-    ops = ops_cpu();
+TEST(ops_fd_gaussian_nll) {
+    open_cpu();
     Rng r;
     rng_seed(&r, 18);
     NllCtx c = {.N = 4, .D = 3, .eps = 1e-8};
@@ -341,11 +403,13 @@ TEST(fd_gaussian_nll) {
     fill_normal(c.y, ny, &r, 1), fill_normal(c.x, nx, &r, 1);
     float *dy = xmalloc(ny * 4);
     const float scale = 0.37f;  // dy = scale * d(sum)/dy
-    double s = ops->gaussian_nll(dy, c.y, c.x, c.N, c.D, c.eps, scale);
-    CHECK_CLOSE(s, nll_loss(&c), 1e-12);  // the sum does not depend on dy being asked for
+    double s = 1.5;             // the loss scalar accumulates
+    ops->gaussian_nll(be, CV(dy), &s, CV(c.y), c.x, c.N, c.D, c.eps, scale);
+    CHECK_CLOSE(s - 1.5, nll_loss(&c), 1e-12);  // the sum does not depend on dy being asked for
     double *a = to_double(dy, ny, 0, scale);
     CHECK_FD("gaussian_nll dy", fd_ratio(nll_loss, &c, c.y, ny, a));
     free(a), free(dy), free(c.y), free(c.x);
+    close_cpu();
 }
 
 // PyTorch semantics in double: softplus(pre) = pre above threshold 20; var = max(std^2, eps) with
@@ -359,8 +423,8 @@ static double nll_ref(double mu, double pre, double x, double eps, double *dmu, 
     return 0.5 * (log(var) + e * e / var);
 }
 
-TEST(gaussian_nll_clamp_and_threshold) {
-    ops = ops_cpu();
+TEST(ops_gaussian_nll_clamp_and_threshold) {
+    open_cpu();
     // Rows of (mu, pre, x) with D = 1. eps = 1e-2, so std^2 < eps when softplus(pre) < 0.09:
     // pre = -4 and -6 are clamped (var = eps); 20.5, 35 and 100 are above softplus's threshold
     // (exp(100) overflows float32: a naive log1p(exp(pre)) would give inf).
@@ -371,7 +435,8 @@ TEST(gaussian_nll_clamp_and_threshold) {
     const double eps = 1e-2;
     float y[2 * 7], x[7], dy[2 * 7];
     for (int i = 0; i < N; i++) y[2 * i] = rows[i][0], y[2 * i + 1] = rows[i][1], x[i] = rows[i][2];
-    double got = ops->gaussian_nll(dy, y, x, N, D, eps, 1.0f);
+    double got = 0;
+    ops->gaussian_nll(be, CV(dy), &got, CV(y), x, N, D, eps, 1.0f);
     double want = 0;
     for (int i = 0; i < N; i++) {
         double dmu, dpre;
@@ -385,6 +450,7 @@ TEST(gaussian_nll_clamp_and_threshold) {
     CHECK_CLOSE(got, want, 1e-6);
     // the clamped rows' dpre is not zero: the clamp passes the gradient straight through
     CHECK(fabs(dy[1]) > 1e-3 && fabs(dy[3]) > 1e-3, "dpre of clamped rows: %g %g", dy[1], dy[3]);
+    close_cpu();
 }
 
 // ---- the whole model ----------------------------------------------------------------------
@@ -409,7 +475,10 @@ static void random_weights(const ParamTable *pt, float *p, Rng *r) {
 // The model's loss is a mean over B*T*D = 24 O(1) terms computed in float32 (~1e-7 relative);
 // h = 1e-2 on O(0.3..1) weights leaves ~1e-5 absolute in each quotient against gradients of
 // O(1e-2..1). Compared norm-wise over the sampled elements: 2e-3, as for the ops.
-TEST(fd_whole_model) {
+// Everything goes through the model API and the backend's memory ops; a perturbed weight is
+// applied by uploading the host copy with model_weights_upload (master and compute copy).
+TEST(ops_fd_whole_model) {
+    open_cpu();
     GivtConfig cfg;
     givt_config_default(&cfg);
     cfg.input_dim = 3, cfg.hidden_dim = 8, cfg.num_heads = 2, cfg.intermediate_dim = 10;
@@ -417,27 +486,38 @@ TEST(fd_whole_model) {
     cfg.rope_base = 100, cfg.eps = 1e-6;
     const int B = 2, T = 4;
     GivtModel m;
-    int rc = model_create(&m, &cfg, ops_cpu());
+    int rc = model_create(&m, &cfg, be);
     CHECK(rc == 0, "%s", givt_last_error());
-    if (rc) return;
+    if (rc) {
+        close_cpu();
+        return;
+    }
     model_alloc_acts(&m, B, T, 1, 0);
     model_alloc_grads(&m);
     Rng r;
     rng_seed(&r, 19);
     float *ph = xmalloc(m.table.total * 4);
     random_weights(&m.table, ph, &r);
-    m.ops->upload(m.params, ph, m.table.total * 4);
+    model_weights_upload(&m, &m.w, ph);
     size_t nx = (size_t)B * T * cfg.input_dim;
     float *xh = xmalloc(nx * 4);
     fill_normal(xh, nx, &r, 1);
-    float *xd = m.ops->alloc(nx * 4);
-    m.ops->upload(xd, xh, nx * 4);
+    float *xd = ops->alloc(be, nx * 4);
+    ops->upload(be, xd, xh, nx * 4);
 
-    model_forward(&m, xd, B, T, 0);
+    double *loss_sum = m.scalars + SCALAR_LOSS_SUM, lsum = 0;
+    model_forward(&m, &m.w, xd, B, T);
+    ops->zero(be, loss_sum, sizeof(double));
+    model_loss(&m, loss_sum, 1.0f);  // also dy, the gradient of the mean loss, for the backward
     model_zero_grads(&m);
-    model_backward(&m, 1.0f);
+    model_backward(&m, &m.w);
+    ops->download(be, &lsum, loss_sum, sizeof(double));
     float *g = xmalloc(m.table.total * 4);
-    m.ops->download(g, m.grads, m.table.total * 4);
+    ops->download(be, g, m.grads, m.table.total * 4);
+    ModelLoss base = model_eval_loss(&m, &m.w, xd, B, T, 0);
+    CHECK(base.count == (long)nx, "count %ld", base.count);
+    CHECK_CLOSE(base.loss_sum, lsum, 1e-12);  // model_loss and model_eval_loss sum the same terms
+    CHECK_CLOSE(base.loss, lsum / (double)nx, 1e-12);
 
     double dd = 0, aa = 0;
     int sampled = 0;
@@ -446,11 +526,14 @@ TEST(fd_whole_model) {
         for (int k = 0; k < 4; k++) {  // 4 random elements of every tensor
             size_t j = s->offset + (size_t)(rng_uniform(&r) * (double)s->numel);
             float save = ph[j], up = (float)(save + FD_H), dn = (float)(save - FD_H);
-            m.ops->upload(m.params + j, &up, 4);
-            double lp = model_forward(&m, xd, B, T, 0).loss;
-            m.ops->upload(m.params + j, &dn, 4);
-            double lm = model_forward(&m, xd, B, T, 0).loss;
-            m.ops->upload(m.params + j, &save, 4);
+            ph[j] = up;
+            model_weights_upload(&m, &m.w, ph);
+            double lp = model_eval_loss(&m, &m.w, xd, B, T, 0).loss;
+            ph[j] = dn;
+            model_weights_upload(&m, &m.w, ph);
+            double lm = model_eval_loss(&m, &m.w, xd, B, T, 0).loss;
+            ph[j] = save;
+            model_weights_upload(&m, &m.w, ph);
             double fd = (lp - lm) / ((double)up - (double)dn);
             dd += (fd - g[j]) * (fd - g[j]);
             aa += (double)g[j] * g[j];
@@ -462,7 +545,10 @@ TEST(fd_whole_model) {
     double ratio = sqrt(dd) / fmax(sqrt(aa), 1e-30);
     printf("  whole model: %d sampled weights, ||fd - analytic|| / ||analytic|| = %.3g\n", sampled, ratio);
     CHECK(ratio <= FD_TOL, "whole model ratio %.3g (tol %g)", ratio, FD_TOL);
+    // the weights were restored: the loss is the one the gradients were taken at
+    CHECK(model_eval_loss(&m, &m.w, xd, B, T, 0).loss_sum == base.loss_sum, "weights not restored");
     free(g), free(ph), free(xh);
-    m.ops->free(xd);
+    ops->free(be, xd);
     model_free(&m);
+    close_cpu();
 }

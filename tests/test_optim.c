@@ -35,14 +35,14 @@ TEST(lr_cosine_and_constant) {
 }
 
 TEST(adamw_two_steps_by_hand) {
-    const GivtOps *ops = ops_cpu();
+    Backend *be = backend_open("cpu", "no");
     float p[2] = {1.0f, -2.0f}, m[2] = {0}, v[2] = {0};
     const float g1[2] = {0.5f, -0.25f}, g2[2] = {-1.0f, 0.75f};
     double lr = 0.01, b1 = 0.9, b2 = 0.99, eps = 1e-8, wd = 0.1;
     double P[2] = {1.0, -2.0}, M[2] = {0}, V[2] = {0};
     const float *gs[2] = {g1, g2};
     for (int t = 1; t <= 2; t++) {
-        ops->adamw(p, gs[t - 1], m, v, 2, (float)lr, (float)b1, (float)b2, (float)eps, (float)wd, 0.5f, t);
+        be->ops->adamw(be, p, NULL, gs[t - 1], m, v, 2, (float)lr, (float)b1, (float)b2, (float)eps, (float)wd, 0.5f, t);
         for (int i = 0; i < 2; i++) {  // PyTorch AdamW, in double
             double g = 0.5 * gs[t - 1][i];
             P[i] *= 1 - lr * wd;
@@ -53,6 +53,7 @@ TEST(adamw_two_steps_by_hand) {
         }
     }
     for (int i = 0; i < 2; i++) CHECK_CLOSE(p[i], P[i], 1e-6);
+    backend_close(be);
 }
 
 TEST(clipping_scales_to_the_max_norm) {
@@ -61,7 +62,8 @@ TEST(clipping_scales_to_the_max_norm) {
     cfg.input_dim = 2, cfg.hidden_dim = 4, cfg.intermediate_dim = 4, cfg.num_heads = 1, cfg.num_layers = 1;
     cfg.block_size = 4;
     GivtModel m;
-    CHECK(model_create(&m, &cfg, ops_cpu()) == 0);
+    Backend *be = backend_open("cpu", "no");
+    CHECK(model_create(&m, &cfg, be) == 0);
     model_alloc_grads(&m);
     for (size_t i = 0; i < m.table.total; i++) m.grads[i] = (i % 2 ? 3.0f : -4.0f);
     double norm = grad_global_norm(&m), want = 0;
@@ -78,6 +80,7 @@ TEST(clipping_scales_to_the_max_norm) {
     CHECK(opt.t == 1);
     adamw_free(&opt, &m);
     model_free(&m);
+    backend_close(be);
 }
 
 TEST(ema_decay_follows_ema_pytorch_warmup) {

@@ -24,6 +24,8 @@
 #define OUT_FLOOR_REL 0.1
 #define TOL_GRAD 1e-4
 
+static Backend *g_be;  // the CPU backend, for the cases of one test
+
 static int upload_weights(GivtModel *m, const RefCase *rc) {
     const ParamTable *pt = &m->table;
     int ok = 1;
@@ -46,7 +48,7 @@ static int upload_weights(GivtModel *m, const RefCase *rc) {
         }
         float *host = xmalloc(s->numel * sizeof(float));
         for (size_t j = 0; j < s->numel; j++) host[j] = (float)t->data[j];  // exact: stored as float32
-        m->ops->upload(m->params + s->offset, host, s->numel * sizeof(float));
+        m->be->ops->upload(m->be, m->w.master + s->offset, host, s->numel * sizeof(float));
         free(host);
     }
     // every table tensor found by name, and param_table_find agrees with the table
@@ -71,29 +73,30 @@ static double max_rel(const float *got, const double *want, size_t n) {
 // the same bits as without it.
 static void check_checkpointing_is_bit_exact(const RefCase *rc, const float *xh, double loss, const float *g) {
     GivtModel m;
-    CHECK(model_create(&m, &rc->cfg, ops_cpu()) == 0, "%s", givt_last_error());
+    CHECK(model_create(&m, &rc->cfg, g_be) == 0, "%s", givt_last_error());
     int B = rc->B, T = rc->T;
     size_t btd = (size_t)B * T * rc->cfg.input_dim;
     model_alloc_acts(&m, B, T, 1, 1);
     model_alloc_grads(&m);
     if (!upload_weights(&m, rc)) return model_free(&m);
-    float *xd = m.ops->alloc(btd * sizeof(float));
-    m.ops->upload(xd, xh, btd * sizeof(float));
+    float *xd = m.be->ops->alloc(m.be, btd * sizeof(float));
+    m.be->ops->upload(m.be, xd, xh, btd * sizeof(float));
     model_zero_grads(&m);
-    ModelLoss L = model_forward(&m, xd, B, T, rc->full);
-    model_backward(&m, 1.0f);
+    ModelLoss L = model_eval_loss(&m, &m.w, xd, B, T, rc->full);
+    model_loss(&m, m.scalars + SCALAR_LOSS_SUM, 1.0f);  // the gradient of the mean loss
+    model_backward(&m, &m.w);
     float *g2 = xmalloc(m.table.total * sizeof(float));
-    m.ops->download(g2, m.grads, m.table.total * sizeof(float));
+    m.be->ops->download(m.be, g2, m.grads, m.table.total * sizeof(float));
     CHECK(L.loss == loss, "%s: loss with checkpointing %.17g vs %.17g", rc->label, L.loss, loss);
     CHECK(memcmp(g, g2, m.table.total * sizeof(float)) == 0, "%s: gradients differ with checkpointing", rc->label);
     free(g2);
-    m.ops->free(xd);
+    m.be->ops->free(m.be, xd);
     model_free(&m);
 }
 
 static void run_case(const RefCase *rc) {
     GivtModel m;
-    int rcode = model_create(&m, &rc->cfg, ops_cpu());
+    int rcode = model_create(&m, &rc->cfg, g_be);
     CHECK(rcode == 0, "%s: model_create: %s", rc->label, givt_last_error());
     if (rcode != 0) return;
     int B = rc->B, T = rc->T, D = rc->cfg.input_dim;
@@ -106,10 +109,10 @@ static void run_case(const RefCase *rc) {
     }
     float *xh = xmalloc(btd * sizeof(float));
     for (size_t i = 0; i < btd; i++) xh[i] = (float)rc->x.data[i];
-    float *xd = m.ops->alloc(btd * sizeof(float));
-    m.ops->upload(xd, xh, btd * sizeof(float));
+    float *xd = m.be->ops->alloc(m.be, btd * sizeof(float));
+    m.be->ops->upload(m.be, xd, xh, btd * sizeof(float));
 
-    ModelLoss L = model_forward(&m, xd, B, T, rc->full);
+    ModelLoss L = model_eval_loss(&m, &m.w, xd, B, T, rc->full);
     double loss_rel = fabs(L.loss - rc->loss) / fabs(rc->loss);
     CHECK(loss_rel <= TOL_LOSS, "%s: loss %.10g, reference %.10g (rel %.3g, tol %g)", rc->label, L.loss, rc->loss,
           loss_rel, TOL_LOSS);
@@ -126,9 +129,10 @@ static void run_case(const RefCase *rc) {
     CHECK(sd_rel <= TOL_OUT, "%s: std max rel error %.3g (tol %g)", rc->label, sd_rel, TOL_OUT);
 
     model_zero_grads(&m);
-    model_backward(&m, 1.0f);
+    model_loss(&m, m.scalars + SCALAR_LOSS_SUM, 1.0f);  // the gradient of the mean loss
+    model_backward(&m, &m.w);
     float *g = xmalloc(m.table.total * sizeof(float));
-    m.ops->download(g, m.grads, m.table.total * sizeof(float));
+    m.be->ops->download(m.be, g, m.grads, m.table.total * sizeof(float));
     double worst = 0;
     const char *worst_name = "";
     for (int i = 0; i < m.table.count; i++) {
@@ -158,7 +162,7 @@ static void run_case(const RefCase *rc) {
     free(mu);
     free(sd);
     free(xh);
-    m.ops->free(xd);
+    m.be->ops->free(m.be, xd);
     model_free(&m);
 }
 
@@ -169,7 +173,9 @@ TEST(reference_forward_backward) {
     CHECK(rcode == 0, "%s", givt_last_error());
     if (rcode != 0) return;
     CHECK(rd.ncases >= 4, "%d cases", rd.ncases);
+    g_be = backend_open("cpu", "no");
     for (int i = 0; i < rd.ncases; i++) run_case(&rd.cases[i]);
+    backend_close(g_be);
     refdata_free(&rd);
 }
 

@@ -103,12 +103,6 @@ size_t givt_config_num_params(const GivtConfig *cfg) {
     return size_add(size_mul(layer, (size_t)cfg->num_layers), size_add(size_mul(3 * C, D) + D, C));
 }
 
-size_t model_static_bytes(const GivtConfig *cfg) {
-    size_t n_elem = (size_t)givt_config_rope_n_elem(cfg);
-    size_t rope = size_mul3(2, (size_t)cfg->block_size, n_elem > 0 ? n_elem : 1);
-    return size_mul(size_add(givt_config_num_params(cfg), rope), sizeof(float));
-}
-
 // ---- parameter table ----------------------------------------------------------------------
 static void table_add(ParamTable *pt, const char *name, int d0, int d1, ParamInit init) {
     ParamSpec *s = &pt->specs[pt->count++];
@@ -194,88 +188,113 @@ void param_table_init(const ParamTable *pt, float *params, Rng *rng) {
 // the last one. A layer's other activations live in slot l when every layer keeps its own (training
 // without checkpointing), and in one shared slot otherwise: in inference, and with gradient
 // checkpointing, where backward recomputes layer l from res[l] into the shared slot.
+// Elements are of the backend's compute dtype (cval), except the norms' rstd (float32) and the
+// attention state saved for backward (the backend's layout and size).
 struct GivtActs {
-    int layer_slots;  // L, or 1 when the slot is shared
-    size_t BT;        // max_B * max_T, the size each slot is laid out for
-    float *x_in;      // (B, T, D) shifted input
-    float *res;       // (L+1) x (B, T, C), or 1 x (B, T, C) in inference (updated in place)
-    float *ln1;       // slots x (B, T, C)
-    float *ln1_rstd;  // slots x (B, T)
-    float *qkv;       // slots x (B, T, 3C), q and k after RoPE
-    float *att;       // slots x (B, H, T, T)
-    float *atty;      // slots x (B, T, C) attention output before o_proj
-    float *res_mid;   // slots x (B, T, C) residual after attention
-    float *ln2;       // slots x (B, T, C)
-    float *ln2_rstd;  // slots x (B, T)
-    float *fc12;      // slots x (B, T, 2F) [fc1 | fc2] outputs
-    float *swi;       // slots x (B, T, F)
-    float *lnf;       // (B, T, C)
-    float *lnf_rstd;  // (B, T)
-    float *y;         // (B, T, 2D) head output [mu | pre]
-    float *proj;      // (B, T, C) scratch: o_proj / fc3 output
+    int layer_slots;   // L, or 1 when the slot is shared
+    size_t BT;         // max_B * max_T, the size each slot is laid out for
+    size_t esize;      // bytes of a compute element
+    size_t att_bytes;  // attention state of one layer slot
+    cval *x_in;        // (B, T, D) shifted input
+    cval *res;         // (L+1) x (B, T, C), or 1 x (B, T, C) in inference (updated in place)
+    cval *ln1;         // slots x (B, T, C)
+    float *ln1_rstd;   // slots x (B, T)
+    cval *qkv;         // slots x (B, T, 3C), q and k after RoPE
+    void *att;         // slots x att_bytes
+    cval *atty;        // slots x (B, T, C) attention output before o_proj
+    cval *res_mid;     // slots x (B, T, C) residual after attention
+    cval *ln2;         // slots x (B, T, C)
+    float *ln2_rstd;   // slots x (B, T)
+    cval *fc12;        // slots x (B, T, 2F) [fc1 | fc2] outputs
+    cval *swi;         // slots x (B, T, F)
+    cval *lnf;         // (B, T, C)
+    float *lnf_rstd;   // (B, T)
+    cval *y;           // (B, T, 2D) head output [mu | pre]
+    cval *proj;        // (B, T, C) scratch: o_proj / fc3 output
     // backward scratch (training only)
-    float *dres, *dtmp, *dqkv, *datt, *dfc12, *dswi, *dy, *din;
-    const float *x;   // targets of the last forward
-    int B, T, full;
+    cval *dres, *dtmp, *dqkv, *dfc12, *dswi, *dy, *din;
+    void *att_scratch;
+    const float *x;    // targets of the last forward
+    int B, T;
 };
+
+// Byte offset of element i of a compute buffer.
+static cval *cat(cval *base, size_t i, size_t esize) { return (cval *)((char *)base + i * esize); }
 
 // The activations of layer l: pointers into its slot, and its residual input and output.
 typedef struct {
-    float *res_in, *res_out, *ln1, *ln1_rstd, *qkv, *att, *atty, *res_mid, *ln2, *ln2_rstd, *fc12, *swi;
+    cval *res_in, *res_out, *ln1, *qkv, *atty, *res_mid, *ln2, *fc12, *swi;
+    float *ln1_rstd, *ln2_rstd;
+    void *att;
 } LayerActs;
 
 static LayerActs layer_acts(const GivtModel *m, int l) {
     const GivtActs *a = m->acts;
-    size_t BT = a->BT, C = m->cfg.hidden_dim, F = m->cfg.intermediate_dim, H = m->cfg.num_heads;
+    size_t BT = a->BT, C = m->cfg.hidden_dim, F = m->cfg.intermediate_dim, E = a->esize;
     size_t slot = a->layer_slots > 1 ? (size_t)l : 0, res_slot = m->training ? (size_t)l : 0;
     LayerActs la = {
-        .res_in = a->res + res_slot * BT * C,
-        .res_out = a->res + (m->training ? res_slot + 1 : 0) * BT * C,
-        .ln1 = a->ln1 + slot * BT * C,
+        .res_in = cat(a->res, res_slot * BT * C, E),
+        .res_out = cat(a->res, (m->training ? res_slot + 1 : 0) * BT * C, E),
+        .ln1 = cat(a->ln1, slot * BT * C, E),
+        .qkv = cat(a->qkv, slot * BT * 3 * C, E),
+        .atty = cat(a->atty, slot * BT * C, E),
+        .res_mid = cat(a->res_mid, slot * BT * C, E),
+        .ln2 = cat(a->ln2, slot * BT * C, E),
+        .fc12 = cat(a->fc12, slot * BT * 2 * F, E),
+        .swi = cat(a->swi, slot * BT * F, E),
         .ln1_rstd = a->ln1_rstd + slot * BT,
-        .qkv = a->qkv + slot * BT * 3 * C,
-        .att = a->att + slot * BT * H * (size_t)m->max_T,
-        .atty = a->atty + slot * BT * C,
-        .res_mid = a->res_mid + slot * BT * C,
-        .ln2 = a->ln2 + slot * BT * C,
         .ln2_rstd = a->ln2_rstd + slot * BT,
-        .fc12 = a->fc12 + slot * BT * 2 * F,
-        .swi = a->swi + slot * BT * F,
+        .att = (char *)a->att + slot * a->att_bytes,
     };
     return la;
 }
 
-// The activation buffers and their sizes in floats for batches up to (max_B, max_T): one list that
+// The shape of the attention of a (B, T) batch: q, k, v inside qkv (B, T, 3C).
+static AttnShape attn_shape(const GivtConfig *c, int B, int T) {
+    size_t C = (size_t)c->hidden_dim;
+    AttnShape s = {
+        .B = B, .H = c->num_heads, .hd = givt_config_head_dim(c), .Tq = T, .Tk = T, .pos0 = 0,
+        .n_rot = givt_config_rope_n_elem(c),
+        .q_row = 3 * C, .q_batch = (size_t)T * 3 * C, .kv_row = 3 * C, .kv_batch = (size_t)T * 3 * C,
+    };
+    return s;
+}
+
+// The activation buffers and their sizes in bytes for batches up to (max_B, max_T): one list that
 // both the allocation and the memory estimate read. Returns the number of entries of plan.
 typedef struct {
-    float **dst;
-    size_t floats;
+    void **dst;
+    size_t bytes;
 } ActsBuffer;
 
-static int acts_plan(GivtActs *a, const GivtConfig *c, int max_B, int max_T, int training, int checkpointing,
-                     ActsBuffer *plan) {
+static int acts_plan(GivtActs *a, const GivtConfig *c, Backend *be, int max_B, int max_T, int training,
+                     int checkpointing, ActsBuffer *plan) {
     // sizes from user input: products saturate (size_mul), so an impossible size cannot wrap to a small one
     size_t BT = size_mul((size_t)max_B, (size_t)max_T), C = c->hidden_dim, F = c->intermediate_dim;
-    size_t D = c->input_dim, H = c->num_heads, T = (size_t)max_T;
+    size_t D = c->input_dim, E = dtype_size(be->compute), f32 = sizeof(float);
     size_t S = training && !checkpointing ? (size_t)c->num_layers : 1;
     size_t R = training ? (size_t)c->num_layers + 1 : 1;
-    size_t BTC = size_mul(BT, C), BTHT = size_mul3(BT, H, T);
+    AttnShape sh = attn_shape(c, max_B, max_T);
+    size_t BTC = size_mul3(BT, C, E);
     a->layer_slots = (int)S;
     a->BT = BT;
+    a->esize = E;
+    a->att_bytes = be->ops->attention_saved_bytes(be, &sh);
     ActsBuffer all[] = {
-        {&a->x_in, size_mul(BT, D)},          {&a->res, size_mul(R, BTC)},
-        {&a->ln1, size_mul(S, BTC)},          {&a->ln1_rstd, size_mul(S, BT)},
-        {&a->qkv, size_mul3(S, BTC, 3)},      {&a->att, size_mul(S, BTHT)},
-        {&a->atty, size_mul(S, BTC)},         {&a->res_mid, size_mul(S, BTC)},
-        {&a->ln2, size_mul(S, BTC)},          {&a->ln2_rstd, size_mul(S, BT)},
-        {&a->fc12, size_mul3(S, BT, 2 * F)},  {&a->swi, size_mul3(S, BT, F)},
-        {&a->lnf, BTC},                       {&a->lnf_rstd, BT},
-        {&a->y, size_mul(BT, 2 * D)},         {&a->proj, BTC},
+        {(void **)&a->x_in, size_mul3(BT, D, E)},      {(void **)&a->res, size_mul(R, BTC)},
+        {(void **)&a->ln1, size_mul(S, BTC)},          {(void **)&a->ln1_rstd, size_mul3(S, BT, f32)},
+        {(void **)&a->qkv, size_mul3(S, BTC, 3)},      {&a->att, size_mul(S, a->att_bytes)},
+        {(void **)&a->atty, size_mul(S, BTC)},         {(void **)&a->res_mid, size_mul(S, BTC)},
+        {(void **)&a->ln2, size_mul(S, BTC)},          {(void **)&a->ln2_rstd, size_mul3(S, BT, f32)},
+        {(void **)&a->fc12, size_mul(size_mul3(S, BT, 2 * F), E)},
+        {(void **)&a->swi, size_mul(size_mul3(S, BT, F), E)},
+        {(void **)&a->lnf, BTC},                       {(void **)&a->lnf_rstd, size_mul(BT, f32)},
+        {(void **)&a->y, size_mul3(BT, 2 * D, E)},     {(void **)&a->proj, BTC},
         // backward scratch
-        {&a->dres, BTC},                      {&a->dtmp, BTC},
-        {&a->dqkv, size_mul(BTC, 3)},         {&a->datt, BTHT},
-        {&a->dfc12, size_mul(BT, 2 * F)},     {&a->dswi, size_mul(BT, F)},
-        {&a->dy, size_mul(BT, 2 * D)},        {&a->din, size_mul(BT, D)},
+        {(void **)&a->dres, BTC},                      {(void **)&a->dtmp, BTC},
+        {(void **)&a->dqkv, size_mul(BTC, 3)},         {&a->att_scratch, be->ops->attention_scratch_bytes(be, &sh)},
+        {(void **)&a->dfc12, size_mul3(BT, 2 * F, E)}, {(void **)&a->dswi, size_mul3(BT, F, E)},
+        {(void **)&a->dy, size_mul3(BT, 2 * D, E)},    {(void **)&a->din, size_mul3(BT, D, E)},
     };
     int n = (int)(sizeof all / sizeof all[0]), forward_only = 16;
     n = training ? n : forward_only;
@@ -285,13 +304,13 @@ static int acts_plan(GivtActs *a, const GivtConfig *c, int max_B, int max_T, int
 
 #define ACTS_MAX_BUFFERS 32
 
-size_t model_acts_bytes(const GivtConfig *cfg, int max_B, int max_T, int training, int checkpointing) {
+size_t model_acts_bytes(const GivtConfig *cfg, Backend *be, int max_B, int max_T, int training, int checkpointing) {
     GivtActs a;
     ActsBuffer plan[ACTS_MAX_BUFFERS];
-    int n = acts_plan(&a, cfg, max_B, max_T, training, checkpointing, plan);
-    size_t floats = 0;
-    for (int i = 0; i < n; i++) floats = size_add(floats, plan[i].floats);
-    return size_mul(floats, sizeof(float));
+    int n = acts_plan(&a, cfg, be, max_B, max_T, training, checkpointing, plan);
+    size_t bytes = 0;
+    for (int i = 0; i < n; i++) bytes = size_add(bytes, plan[i].bytes);
+    return bytes;
 }
 
 void model_alloc_acts(GivtModel *m, int max_B, int max_T, int training, int checkpointing) {
@@ -299,8 +318,8 @@ void model_alloc_acts(GivtModel *m, int max_B, int max_T, int training, int chec
     if (m->acts) givt_die("model_alloc_acts: activations already allocated");
     GivtActs *a = xcalloc(1, sizeof *a);
     ActsBuffer plan[ACTS_MAX_BUFFERS];
-    int n = acts_plan(a, &m->cfg, max_B, max_T, training, checkpointing, plan);
-    for (int i = 0; i < n; i++) *plan[i].dst = m->ops->alloc(plan[i].floats * sizeof(float));
+    int n = acts_plan(a, &m->cfg, m->be, max_B, max_T, training, checkpointing, plan);
+    for (int i = 0; i < n; i++) *plan[i].dst = m->be->ops->alloc(m->be, plan[i].bytes);
     m->acts = a;
     m->max_B = max_B;
     m->max_T = max_T;
@@ -309,9 +328,9 @@ void model_alloc_acts(GivtModel *m, int max_B, int max_T, int training, int chec
 
 static void acts_free(GivtModel *m) {
     ActsBuffer plan[ACTS_MAX_BUFFERS];
-    int n = acts_plan(m->acts, &m->cfg, m->max_B, m->max_T, m->training, 0, plan);  // the pointers only
+    int n = acts_plan(m->acts, &m->cfg, m->be, m->max_B, m->max_T, m->training, 0, plan);  // the pointers only
     for (int i = 0; i < n; i++)
-        if (*plan[i].dst) m->ops->free(*plan[i].dst);
+        if (*plan[i].dst) m->be->ops->free(m->be, *plan[i].dst);
     free(m->acts);
     m->acts = NULL;
 }
@@ -330,21 +349,61 @@ static void rope_cache_build(GivtModel *m) {
             cs[(size_t)t * n + i] = cs[(size_t)t * n + i + n / 2] = (float)cos(angle);
             sn[(size_t)t * n + i] = sn[(size_t)t * n + i + n / 2] = (float)sin(angle);
         }
-    m->rope_cos = m->ops->alloc(count * sizeof(float));
-    m->rope_sin = m->ops->alloc(count * sizeof(float));
-    m->ops->upload(m->rope_cos, cs, count * sizeof(float));
-    m->ops->upload(m->rope_sin, sn, count * sizeof(float));
+    Backend *be = m->be;
+    m->rope_cos = be->ops->alloc(be, count * sizeof(float));
+    m->rope_sin = be->ops->alloc(be, count * sizeof(float));
+    be->ops->upload(be, m->rope_cos, cs, count * sizeof(float));
+    be->ops->upload(be, m->rope_sin, sn, count * sizeof(float));
     free(cs);
     free(sn);
 }
 
-int model_create(GivtModel *m, const GivtConfig *cfg, const GivtOps *ops) {
+size_t model_weights_bytes(const GivtConfig *cfg, Backend *be) {
+    size_t P = givt_config_num_params(cfg), n_elem = (size_t)givt_config_rope_n_elem(cfg);
+    size_t rope = size_mul3(2 * sizeof(float), (size_t)cfg->block_size, n_elem > 0 ? n_elem : 1);
+    size_t copy = be->compute == DTYPE_F32 ? 0 : size_mul(P, dtype_size(be->compute));
+    return size_add(size_add(size_mul(P, sizeof(float)), copy), rope);
+}
+
+void model_weights_alloc(GivtModel *m, Weights *w) {
+    Backend *be = m->be;
+    w->master = be->ops->alloc(be, m->table.total * sizeof(float));
+    w->compute = be->compute == DTYPE_F32 ? (cval *)(void *)w->master
+                                          : be->ops->alloc(be, m->table.total * dtype_size(be->compute));
+}
+
+void model_weights_free(GivtModel *m, Weights *w) {
+    Backend *be = m->be;
+    if (w->compute && (void *)w->compute != (void *)w->master) be->ops->free(be, w->compute);
+    if (w->master) be->ops->free(be, w->master);
+    w->master = NULL;
+    w->compute = NULL;
+}
+
+void model_weights_upload(GivtModel *m, Weights *w, const float *host) {
+    Backend *be = m->be;
+    be->ops->upload(be, w->master, host, m->table.total * sizeof(float));
+    be->ops->to_compute(be, w->compute, w->master, m->table.total);
+}
+
+void model_weights_download(GivtModel *m, const Weights *w, float *host) {
+    m->be->ops->download(m->be, host, w->master, m->table.total * sizeof(float));
+}
+
+void model_weights_copy(GivtModel *m, Weights *dst, const Weights *src) {
+    Backend *be = m->be;
+    be->ops->copy(be, dst->master, src->master, m->table.total * sizeof(float));
+    be->ops->to_compute(be, dst->compute, dst->master, m->table.total);
+}
+
+int model_create(GivtModel *m, const GivtConfig *cfg, Backend *be) {
     memset(m, 0, sizeof *m);
     if (givt_config_validate(cfg) != 0) return -1;
     m->cfg = *cfg;
-    m->ops = ops;
+    m->be = be;
     param_table_build(&m->table, cfg);
-    m->params = ops->alloc(m->table.total * sizeof(float));
+    model_weights_alloc(m, &m->w);
+    m->scalars = be->ops->alloc(be, MODEL_NUM_SCALARS * sizeof(double));
     rope_cache_build(m);
     return 0;
 }
@@ -352,56 +411,93 @@ int model_create(GivtModel *m, const GivtConfig *cfg, const GivtOps *ops) {
 void model_init_params(GivtModel *m, Rng *rng) {
     float *host = xmalloc(m->table.total * sizeof(float));
     param_table_init(&m->table, host, rng);
-    m->ops->upload(m->params, host, m->table.total * sizeof(float));
+    model_weights_upload(m, &m->w, host);
     free(host);
 }
 
 void model_alloc_grads(GivtModel *m) {
-    if (!m->grads) m->grads = m->ops->alloc(m->table.total * sizeof(float));
+    if (!m->grads) m->grads = m->be->ops->alloc(m->be, m->table.total * sizeof(float));
 }
 
-void model_zero_grads(GivtModel *m) { m->ops->zero(m->grads, m->table.total * sizeof(float)); }
+void model_zero_grads(GivtModel *m) { m->be->ops->zero(m->be, m->grads, m->table.total * sizeof(float)); }
 
 void model_free(GivtModel *m) {
+    Backend *be = m->be;
     if (m->acts) acts_free(m);
-    if (m->params) m->ops->free(m->params);
-    if (m->grads) m->ops->free(m->grads);
-    if (m->rope_cos) m->ops->free(m->rope_cos);
-    if (m->rope_sin) m->ops->free(m->rope_sin);
+    if (be) {
+        model_weights_free(m, &m->w);
+        if (m->grads) be->ops->free(be, m->grads);
+        if (m->scalars) be->ops->free(be, m->scalars);
+        if (m->rope_cos) be->ops->free(be, m->rope_cos);
+        if (m->rope_sin) be->ops->free(be, m->rope_sin);
+    }
     param_table_free(&m->table);
     memset(m, 0, sizeof *m);
 }
 
-static float *param(const GivtModel *m, float *base, int index) { return base + m->table.specs[index].offset; }
-static float *layer_param(const GivtModel *m, float *base, int l, int k) {
-    return param(m, base, m->table.layer0 + l * P_PER_LAYER + k);
+// Every op call goes through OP, so that a profiling run (givt-bench --profile) times each op by name;
+// the CUDA backend marks the same names as NVTX ranges.
+#define OP(name, ...)                                           \
+    do {                                                        \
+        double t0_ = backend_op_begin(be, #name);               \
+        be->ops->name(be, __VA_ARGS__);                         \
+        backend_op_end(be, #name, t0_);                         \
+    } while (0)
+
+// Weights and gradients of tensor `index` of the table (compute copy, master or gradient).
+static const cval *wc(const GivtModel *m, const Weights *w, int index) {
+    return cat(w->compute, m->table.specs[index].offset, m->acts->esize);
 }
+static float *grad(const GivtModel *m, int index) { return m->grads + m->table.specs[index].offset; }
+static int layer_tensor(const GivtModel *m, int l, int k) { return m->table.layer0 + l * P_PER_LAYER + k; }
+static const cval *lwc(const GivtModel *m, const Weights *w, int l, int k) { return wc(m, w, layer_tensor(m, l, k)); }
+static float *lgrad(const GivtModel *m, int l, int k) { return grad(m, layer_tensor(m, l, k)); }
 
 // One block: res_out = res_in + attention branch + MLP branch, activations into layer l's slot.
-static void layer_forward(GivtModel *m, int l, int B, int T) {
+// The norm of res_out (the next layer's ln1, or the final norm) is fused with the last add: next_ln
+// and next_rstd receive it. recompute (gradient checkpointing's backward) computes ln1 from res_in
+// here, and the caller points next_ln at scratch so that the slot's ln1 stays layer l's.
+static void layer_forward(GivtModel *m, const Weights *w, int l, int B, int T, cval *next_ln, float *next_rstd,
+                          int recompute) {
     const GivtConfig *c = &m->cfg;
-    const GivtOps *ops = m->ops;
-    int C = c->hidden_dim, F = c->intermediate_dim, H = c->num_heads, N = B * T;
-    float *proj = m->acts->proj;
+    Backend *be = m->be;
+    int C = c->hidden_dim, F = c->intermediate_dim, N = B * T;
+    cval *proj = m->acts->proj;
     LayerActs la = layer_acts(m, l);
-    // attention: res_mid = res_in + o_proj(attn(rope(qkv(rmsnorm(res_in)))))
-    ops->rmsnorm_fwd(la.ln1, la.ln1_rstd, la.res_in, layer_param(m, m->params, l, P_ATTN_NORM), N, C);
-    ops->matmul_fwd(la.qkv, la.ln1, layer_param(m, m->params, l, P_QKV), N, C, 3 * C);
-    ops->rope_fwd(la.qkv, m->rope_cos, m->rope_sin, B, T, C, H, givt_config_rope_n_elem(c));
-    ops->attention_fwd(la.atty, la.att, la.qkv, B, T, C, H);
-    ops->matmul_fwd(proj, la.atty, layer_param(m, m->params, l, P_O_PROJ), N, C, C);
-    ops->add(la.res_mid, la.res_in, proj, (size_t)N * C);
-    // mlp: res_out = res_mid + fc3(silu(fc1(m)) * fc2(m)), m = rmsnorm(res_mid)
-    ops->rmsnorm_fwd(la.ln2, la.ln2_rstd, la.res_mid, layer_param(m, m->params, l, P_MLP_NORM), N, C);
-    ops->matmul_fwd(la.fc12, la.ln2, layer_param(m, m->params, l, P_FC1), N, C, 2 * F);  // fc1, fc2 adjacent
-    ops->swiglu_fwd(la.swi, la.fc12, N, F);
-    ops->matmul_fwd(proj, la.swi, layer_param(m, m->params, l, P_FC3), N, F, C);
-    ops->add(la.res_out, la.res_mid, proj, (size_t)N * C);
+    AttnShape sh = attn_shape(c, B, T);
+    size_t E = m->acts->esize;
+    // attention: res_mid = res_in + o_proj(attn(rope(qkv(ln1)))), ln1 = rmsnorm(res_in) (computed by
+    // the previous layer's fused add + norm, or here for layer 0 and when recomputing)
+    if (l == 0 || recompute)
+        OP(residual_rmsnorm_fwd, NULL, la.ln1, la.ln1_rstd, la.res_in, NULL, lwc(m, w, l, P_ATTN_NORM), N, C);
+    OP(matmul_fwd, la.qkv, la.ln1, lwc(m, w, l, P_QKV), N, C, 3 * C);
+    OP(attention_fwd, la.atty, la.att, la.qkv, cat(la.qkv, (size_t)C, E), cat(la.qkv, 2 * (size_t)C, E), m->rope_cos,
+       m->rope_sin, &sh);
+    OP(matmul_fwd, proj, la.atty, lwc(m, w, l, P_O_PROJ), N, C, C);
+    // mlp: res_out = res_mid + fc3(silu(fc1(ln2)) * fc2(ln2)), ln2 = rmsnorm(res_mid)
+    OP(residual_rmsnorm_fwd, la.res_mid, la.ln2, la.ln2_rstd, la.res_in, proj, lwc(m, w, l, P_MLP_NORM), N, C);
+    OP(matmul_fwd, la.fc12, la.ln2, lwc(m, w, l, P_FC1), N, C, 2 * F);  // fc1, fc2 adjacent: one [2F, C] matrix
+    OP(swiglu_fwd, la.swi, la.fc12, N, F);
+    OP(matmul_fwd, proj, la.swi, lwc(m, w, l, P_FC3), N, F, C);
+    const cval *next_w = l + 1 < c->num_layers ? lwc(m, w, l + 1, P_ATTN_NORM) : wc(m, w, m->table.norm);
+    OP(residual_rmsnorm_fwd, la.res_out, next_ln, next_rstd, la.res_mid, proj, next_w, N, C);
 }
 
-ModelLoss model_forward(GivtModel *m, const float *x, int B, int T, int full) {
+// Where layer l's fused final add + norm puts the norm: the next layer's ln1, or the final norm.
+static void next_norm(GivtModel *m, int l, cval **ln, float **rstd) {
+    if (l + 1 < m->cfg.num_layers) {
+        LayerActs next = layer_acts(m, l + 1);
+        *ln = next.ln1;
+        *rstd = next.ln1_rstd;
+    } else {
+        *ln = m->acts->lnf;
+        *rstd = m->acts->lnf_rstd;
+    }
+}
+
+const cval *model_forward(GivtModel *m, const Weights *w, const float *x, int B, int T) {
     const GivtConfig *c = &m->cfg;
-    const GivtOps *ops = m->ops;
+    Backend *be = m->be;
     GivtActs *a = m->acts;
     if (!a || B > m->max_B || T > m->max_T || B < 1 || T < 1)
         givt_die("model_forward: batch (%d, %d) exceeds the allocated (%d, %d)", B, T, m->max_B, m->max_T);
@@ -409,70 +505,99 @@ ModelLoss model_forward(GivtModel *m, const float *x, int B, int T, int full) {
     a->x = x;
     a->B = B;
     a->T = T;
-    a->full = full;
+    OP(shift_bos, a->x_in, x, wc(m, w, m->table.bos), B, T, D);
+    OP(matmul_fwd, a->res, a->x_in, wc(m, w, m->table.embed), N, D, C);
+    // each layer's last add is fused with the next norm: the next layer's ln1 (with a shared slot, the
+    // slot's ln1, which layer l no longer needs by then), or the final norm
+    for (int l = 0; l < c->num_layers; l++) {
+        cval *ln;
+        float *rstd;
+        next_norm(m, l, &ln, &rstd);
+        layer_forward(m, w, l, B, T, ln, rstd, 0);
+    }
+    OP(matmul_fwd, a->y, a->lnf, wc(m, w, m->table.head), N, C, 2 * D);
+    return a->y;
+}
 
-    ops->shift_bos(a->x_in, x, param(m, m->params, m->table.bos), B, T, D);
-    ops->matmul_fwd(a->res, a->x_in, param(m, m->params, m->table.embed), N, D, C);
-    for (int l = 0; l < c->num_layers; l++) layer_forward(m, l, B, T);
-    float *res_last = layer_acts(m, c->num_layers - 1).res_out;
-    ops->rmsnorm_fwd(a->lnf, a->lnf_rstd, res_last, param(m, m->params, m->table.norm), N, C);
-    ops->matmul_fwd(a->y, a->lnf, param(m, m->params, m->table.head), N, C, 2 * D);
+void model_loss(GivtModel *m, double *loss_sum, float grad_scale) {
+    Backend *be = m->be;
+    GivtActs *a = m->acts;
+    int N = a->B * a->T, D = m->cfg.input_dim;
+    cval *dy = m->training && grad_scale != 0.0f ? a->dy : NULL;
+    OP(gaussian_nll, dy, loss_sum, a->y, a->x, N, D, m->cfg.eps, grad_scale / (float)((long)N * D));
+}
 
+ModelLoss model_eval_loss(GivtModel *m, const Weights *w, const float *x, int B, int T, int full) {
+    Backend *be = m->be;
+    double *acc = m->scalars + SCALAR_EVAL_SUM, sum = 0.0;
+    model_forward(m, w, x, B, T);
+    be->ops->zero(be, acc, sizeof(double));
+    model_loss(m, acc, 0.0f);
+    be->ops->download(be, &sum, acc, sizeof(double));
     ModelLoss out;
-    out.count = (long)N * D;
-    out.loss_sum = ops->gaussian_nll(NULL, a->y, x, N, D, c->eps, 0.0f);
-    out.loss = out.loss_sum / (double)out.count + (full ? 0.5 * GIVT_LOG_2PI : 0.0);
+    out.count = (long)B * T * m->cfg.input_dim;
+    out.loss_sum = sum;
+    out.loss = sum / (double)out.count + (full ? 0.5 * GIVT_LOG_2PI : 0.0);
     return out;
 }
 
-void model_backward(GivtModel *m, float loss_scale) {
+// Tensors [first, first + count) of the table have their final gradients.
+static void report_ready(GivtModel *m, int first, int count) {
+    if (!m->grads_ready) return;
+    const ParamSpec *a = &m->table.specs[first], *b = &m->table.specs[first + count - 1];
+    m->grads_ready(m->grads_ready_user, a->offset, b->offset + b->numel - a->offset);
+}
+
+void model_backward(GivtModel *m, const Weights *w) {
     const GivtConfig *c = &m->cfg;
-    const GivtOps *ops = m->ops;
+    Backend *be = m->be;
     GivtActs *a = m->acts;
     if (!m->training || !m->grads) givt_die("model_backward: model not set up for training");
-    int B = a->B, T = a->T, D = c->input_dim, C = c->hidden_dim, F = c->intermediate_dim, H = c->num_heads;
-    int N = B * T, L = c->num_layers, n_elem = givt_config_rope_n_elem(c);
-    float *P = m->params, *G = m->grads;
+    int B = a->B, T = a->T, D = c->input_dim, C = c->hidden_dim, F = c->intermediate_dim;
+    int N = B * T, L = c->num_layers;
+    size_t E = a->esize;
+    AttnShape sh = attn_shape(c, B, T);
 
-    // head: dy = d(mean nll)/dy; dlnf = dy @ head; then the final norm into dres
-    ops->gaussian_nll(a->dy, a->y, a->x, N, D, c->eps, loss_scale / (float)((long)N * D));
-    ops->matmul_bwd(a->dtmp, param(m, G, m->table.head), a->dy, a->lnf, param(m, P, m->table.head), N, C, 2 * D);
-    ops->zero(a->dres, (size_t)N * C * sizeof(float));
-    ops->rmsnorm_bwd(a->dres, param(m, G, m->table.norm), a->dtmp, layer_acts(m, L - 1).res_out,
-                     param(m, P, m->table.norm), a->lnf_rstd, N, C);
+    // head: dy (from model_loss); dlnf = dy @ head; then the final norm into dres
+    OP(matmul_bwd, a->dtmp, grad(m, m->table.head), a->dy, a->lnf, wc(m, w, m->table.head), N, C, 2 * D);
+    be->ops->zero(be, a->dres, (size_t)N * C * E);
+    OP(residual_rmsnorm_bwd, a->dres, grad(m, m->table.norm), a->dtmp, layer_acts(m, L - 1).res_out,
+       wc(m, w, m->table.norm), a->lnf_rstd, N, C);
+    report_ready(m, m->table.norm, m->table.head - m->table.norm + 1);
     for (int l = L - 1; l >= 0; l--) {
         // with a shared slot (gradient checkpointing), layer l is recomputed from res[l]; the slot
         // still holds the last layer from the forward pass
-        if (a->layer_slots == 1 && l < L - 1) layer_forward(m, l, B, T);
+        if (a->layer_slots == 1 && l < L - 1) layer_forward(m, w, l, B, T, a->dtmp, a->lnf_rstd, 1);
         LayerActs la = layer_acts(m, l);
         // mlp (dres is d res_out; it passes straight to res_mid, plus the branch)
-        ops->matmul_bwd(a->dswi, layer_param(m, G, l, P_FC3), a->dres, la.swi, layer_param(m, P, l, P_FC3), N, F, C);
-        ops->swiglu_bwd(a->dfc12, a->dswi, la.fc12, N, F);
-        ops->matmul_bwd(a->dtmp, layer_param(m, G, l, P_FC1), a->dfc12, la.ln2, layer_param(m, P, l, P_FC1), N, C,
-                        2 * F);
-        ops->rmsnorm_bwd(a->dres, layer_param(m, G, l, P_MLP_NORM), a->dtmp, la.res_mid,
-                         layer_param(m, P, l, P_MLP_NORM), la.ln2_rstd, N, C);
+        OP(matmul_bwd, a->dswi, lgrad(m, l, P_FC3), a->dres, la.swi, lwc(m, w, l, P_FC3), N, F, C);
+        OP(swiglu_bwd, a->dfc12, a->dswi, la.fc12, N, F);
+        OP(matmul_bwd, a->dtmp, lgrad(m, l, P_FC1), a->dfc12, la.ln2, lwc(m, w, l, P_FC1), N, C, 2 * F);
+        OP(residual_rmsnorm_bwd, a->dres, lgrad(m, l, P_MLP_NORM), a->dtmp, la.res_mid, lwc(m, w, l, P_MLP_NORM),
+           la.ln2_rstd, N, C);
         // attention (dres is now d res_mid)
-        ops->matmul_bwd(a->dtmp, layer_param(m, G, l, P_O_PROJ), a->dres, la.atty, layer_param(m, P, l, P_O_PROJ),
-                        N, C, C);
-        ops->attention_bwd(a->dqkv, a->datt, a->dtmp, la.qkv, la.att, B, T, C, H);
-        ops->rope_bwd(a->dqkv, m->rope_cos, m->rope_sin, B, T, C, H, n_elem);
-        ops->matmul_bwd(a->dtmp, layer_param(m, G, l, P_QKV), a->dqkv, la.ln1, layer_param(m, P, l, P_QKV), N, C,
-                        3 * C);
-        ops->rmsnorm_bwd(a->dres, layer_param(m, G, l, P_ATTN_NORM), a->dtmp, la.res_in,
-                         layer_param(m, P, l, P_ATTN_NORM), la.ln1_rstd, N, C);
+        OP(matmul_bwd, a->dtmp, lgrad(m, l, P_O_PROJ), a->dres, la.atty, lwc(m, w, l, P_O_PROJ), N, C, C);
+        OP(attention_bwd, a->dqkv, cat(a->dqkv, (size_t)C, E), cat(a->dqkv, 2 * (size_t)C, E), a->att_scratch,
+           a->dtmp, la.qkv, cat(la.qkv, (size_t)C, E), cat(la.qkv, 2 * (size_t)C, E), la.att, m->rope_cos,
+           m->rope_sin, &sh);
+        OP(matmul_bwd, a->dtmp, lgrad(m, l, P_QKV), a->dqkv, la.ln1, lwc(m, w, l, P_QKV), N, C, 3 * C);
+        OP(residual_rmsnorm_bwd, a->dres, lgrad(m, l, P_ATTN_NORM), a->dtmp, la.res_in, lwc(m, w, l, P_ATTN_NORM),
+           la.ln1_rstd, N, C);
+        report_ready(m, layer_tensor(m, l, 0), P_PER_LAYER);
     }
     // embedding and bos
-    ops->matmul_bwd(a->din, param(m, G, m->table.embed), a->dres, a->x_in, param(m, P, m->table.embed), N, D, C);
-    ops->shift_bos_bwd(param(m, G, m->table.bos), a->din, B, T, D);
+    OP(matmul_bwd, a->din, grad(m, m->table.embed), a->dres, a->x_in, wc(m, w, m->table.embed), N, D, C);
+    OP(shift_bos_bwd, grad(m, m->table.bos), a->din, B, T, D);
+    report_ready(m, m->table.embed, m->table.bos - m->table.embed + 1);
 }
 
 void model_get_mu_std(GivtModel *m, float *mu, float *std_out) {
     GivtActs *a = m->acts;
     int D = m->cfg.input_dim;
     size_t N = (size_t)a->B * a->T;
+    if (a->esize != sizeof(float)) givt_die("model_get_mu_std: float32 compute only");
     float *y = xmalloc(N * 2 * D * sizeof(float));
-    m->ops->download(y, a->y, N * 2 * D * sizeof(float));
+    m->be->ops->download(m->be, y, a->y, N * 2 * D * sizeof(float));
     for (size_t n = 0; n < N; n++)
         for (int d = 0; d < D; d++) {
             double pre = y[n * 2 * D + D + d];

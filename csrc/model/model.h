@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 
+#include "backend.h"
 #include "ops.h"
 #include "util.h"
 
@@ -34,10 +35,8 @@ typedef struct {
 void givt_config_default(GivtConfig *cfg);
 // Checks ranges and consistency; on failure records a message naming the key.
 int givt_config_validate(const GivtConfig *cfg);
-// Parameters of a model of this (validated) configuration, and the bytes the model holds besides
-// activations and gradients: its float32 weights and the RoPE tables. Saturate at SIZE_MAX.
+// Parameters of a model of this (validated) configuration (saturating at SIZE_MAX).
 size_t givt_config_num_params(const GivtConfig *cfg);
-size_t model_static_bytes(const GivtConfig *cfg);
 // The configuration keys of GIVT.md, in that order, and where each lives in GivtConfig.
 typedef struct {
     const char *key;
@@ -97,42 +96,80 @@ void param_table_init(const ParamTable *pt, float *params, Rng *rng);
 // ---- the model ----------------------------------------------------------------------------
 typedef struct GivtActs GivtActs;
 
+// A set of weights the model can be run with: the float32 master weights and their copy in the
+// backend's compute dtype (the same memory when that is float32). The model owns one set (its
+// weights); the trainer's EMA is a second one.
+typedef struct {
+    float *master;  // backend memory, table.total floats
+    cval *compute;  // backend memory, table.total compute elements; == master for float32 compute
+} Weights;
+
+// Backend scalars of the model (double, in backend memory), read by the host when it needs them.
+enum { SCALAR_LOSS_SUM, SCALAR_GRAD_SUMSQ, SCALAR_EVAL_SUM, MODEL_NUM_SCALARS };
+
 typedef struct {
     GivtConfig cfg;
     ParamTable table;
-    const GivtOps *ops;
-    float *params;  // backend memory, table.total floats
-    float *grads;   // backend memory, table.total floats (NULL until model_alloc_grads)
-    GivtActs *acts; // sized for (max_B, max_T)
+    Backend *be;
+    Weights w;       // the weights being trained (or evaluated)
+    float *grads;    // backend memory, table.total floats (NULL until model_alloc_grads)
+    GivtActs *acts;  // sized for (max_B, max_T)
     int max_B, max_T, training;
     float *rope_cos, *rope_sin;  // (block_size, n_elem), backend memory
+    double *scalars;             // MODEL_NUM_SCALARS backend scalars
+    // When set, model_backward calls it as soon as a contiguous range of grads is final, each
+    // parameter exactly once: the head and final norm, then layer L-1 down to layer 0, then the
+    // embedding and bos (a data-parallel trainer starts reducing a range while backward goes on).
+    void (*grads_ready)(void *user, size_t first, size_t count);
+    void *grads_ready_user;
 } GivtModel;
 
 // Creates a model whose parameters are zero until model_init_params or a load fills them.
-int model_create(GivtModel *m, const GivtConfig *cfg, const GivtOps *ops);
+int model_create(GivtModel *m, const GivtConfig *cfg, Backend *be);
 void model_free(GivtModel *m);
 void model_init_params(GivtModel *m, Rng *rng);
+// A second weight set (zero) and its release.
+void model_weights_alloc(GivtModel *m, Weights *w);
+void model_weights_free(GivtModel *m, Weights *w);
+// host (table.total floats) -> w's master weights and compute copy; w's master -> host.
+void model_weights_upload(GivtModel *m, Weights *w, const float *host);
+void model_weights_download(GivtModel *m, const Weights *w, float *host);
+// dst = src (master and compute copy).
+void model_weights_copy(GivtModel *m, Weights *dst, const Weights *src);
+
 // Sizes activation memory once for batches up to (max_B, max_T); training keeps what backward needs:
 // every layer's activations, or with checkpointing only each layer's input, one layer's activations
 // being recomputed at a time in backward (same results, bit for bit; about one more forward pass).
 void model_alloc_acts(GivtModel *m, int max_B, int max_T, int training, int checkpointing);
-// What model_alloc_acts allocates for these arguments, in bytes (saturating at SIZE_MAX).
-size_t model_acts_bytes(const GivtConfig *cfg, int max_B, int max_T, int training, int checkpointing);
+// What model_alloc_acts allocates on backend be for these arguments, in bytes (saturating at
+// SIZE_MAX); the elements are of be's compute dtype, the attention state of be's choosing.
+size_t model_acts_bytes(const GivtConfig *cfg, Backend *be, int max_B, int max_T, int training, int checkpointing);
+// Bytes the model holds on be besides activations: master weights, their compute copy (when it is
+// not the master) and the RoPE tables.
+size_t model_weights_bytes(const GivtConfig *cfg, Backend *be);
 void model_alloc_grads(GivtModel *m);
 void model_zero_grads(GivtModel *m);
+
+// The forward pass with weights w on x: (B, T, D) float32 targets in backend memory (the input is
+// x shifted right behind bos). Returns the head output y (B, T, 2D) = [mu | pre], backend memory.
+const cval *model_forward(GivtModel *m, const Weights *w, const float *x, int B, int T);
+// The loss of the last forward (whose targets it has): *loss_sum (a backend scalar, e.g.
+// m->scalars + SCALAR_LOSS_SUM) += the Gaussian NLL summed over the B*T*D elements, without the
+// 0.5*log(2 pi) constant. In training, also the gradient of grad_scale * (mean loss) w.r.t. y for
+// model_backward (grad_scale = 1 / grad_accum_steps for the mean over micro-batches).
+void model_loss(GivtModel *m, double *loss_sum, float grad_scale);
+// Backward of the last forward and loss (training mode, same weights w); gradients accumulate into
+// m->grads.
+void model_backward(GivtModel *m, const Weights *w);
 
 typedef struct {
     double loss;      // mean Gaussian NLL over B*T*D elements, without the constant (seed's loss)
     double loss_sum;  // sum over elements, without the constant
     long count;       // B*T*D
 } ModelLoss;
-
-// x: (B, T, D) targets in backend memory. Runs the forward pass and the loss.
+// Forward and loss with the host reading the result (one synchronisation): for evaluation and tests.
 // full adds 0.5*log(2*pi) per element to loss (not to loss_sum).
-ModelLoss model_forward(GivtModel *m, const float *x, int B, int T, int full);
-// Backward of the last model_forward (training mode); gradients accumulate into m->grads,
-// scaled so that they are those of the mean loss times loss_scale.
-void model_backward(GivtModel *m, float loss_scale);
+ModelLoss model_eval_loss(GivtModel *m, const Weights *w, const float *x, int B, int T, int full);
 // Host copies of the last forward's outputs mu, std (B, T, D) each; dst must hold B*T*D floats.
 void model_get_mu_std(GivtModel *m, float *mu, float *std_out);
 

@@ -1,76 +1,109 @@
-// ops: the backend op table. The model (model.c) is written once against these signatures; the CPU
-// backend (ops_cpu.c, float32 reference) and the CUDA backend (kernels/) implement them. All
-// pointers are backend memory; shapes are in the comments, row-major, N = B*T rows.
+// ops: the backend op table, the contract every backend implements. The model (model.c) is written
+// once against these signatures; the CPU backend (ops_cpu.c, the float32 reference) and the CUDA
+// backend (kernels/) implement them with the same names and argument order. Each op receives its
+// Backend first. Pointers are backend memory; shapes are in the comments, row-major, N = B*T rows.
+// Buffer types say the dtype: `cval *` is the backend's compute dtype (activations, the compute copy
+// of the weights); `float *` is always float32 (master weights, weight gradients, AdamW moments, norm
+// statistics, targets); `double *` are backend scalars (loss and norm accumulators).
+// The ops are the units a fast GPU backend fuses: residual add + RMSNorm, RoPE + attention, SwiGLU,
+// the Gaussian NLL with its gradient, AdamW with the refresh of the compute copy.
 #ifndef GIVT_OPS_H
 #define GIVT_OPS_H
 
 #include <stddef.h>
 
-typedef struct GivtOps {
-    const char *name;
-    // ---- memory ----
-    void *(*alloc)(size_t bytes);  // zero-filled
-    void (*free)(void *p);
-    void (*upload)(void *dst, const void *host_src, size_t bytes);
-    void (*download)(void *host_dst, const void *src, size_t bytes);
-    void (*zero)(void *p, size_t bytes);
+#include "backend.h"
+
+// The shape of one attention call. Queries are the Tq tokens at positions pos0 .. pos0 + Tq - 1;
+// keys and values the Tk = pos0 + Tq tokens at positions 0 .. Tk - 1 (a KV cache holds the first
+// pos0). Causal: query i sees keys 0 .. pos0 + i. Training is pos0 = 0, Tq = Tk = T.
+// q, k and v are (B, tokens, H * hd) views with row strides (elements between consecutive tokens)
+// and batch strides (elements between consecutive sequences); out is (B, Tq, H * hd), dense.
+typedef struct {
+    int B, H, hd;
+    int Tq, Tk, pos0;
+    int n_rot;                      // RoPE rotates the first n_rot (even) dims of each head
+    size_t q_row, q_batch;          // strides of q (and dq)
+    size_t kv_row, kv_batch;        // strides of k and v (and dk, dv)
+} AttnShape;
+
+struct GivtOps {
+    // ---- memory (alloc zero-fills; sizes in bytes) ----
+    void *(*alloc)(Backend *be, size_t bytes);
+    void (*free)(Backend *be, void *p);
+    void (*upload)(Backend *be, void *dst, const void *host_src, size_t bytes);
+    void (*download)(Backend *be, void *host_dst, const void *src, size_t bytes);
+    void (*zero)(Backend *be, void *p, size_t bytes);
+    void (*copy)(Backend *be, void *dst, const void *src, size_t bytes);  // backend to backend memory
+    void (*mem_info)(Backend *be, size_t *free_bytes, size_t *total_bytes);
+    void (*synchronize)(Backend *be);
+    void (*close)(Backend *be);  // frees ctx
+
+    // dst (n) = src (n) converted to the compute dtype (the compute copy of float32 weights)
+    void (*to_compute)(Backend *be, cval *dst, const float *src, size_t n);
 
     // out (N, M) = inp (N, K) @ w^T, w (M, K)
-    void (*matmul_fwd)(float *out, const float *inp, const float *w, int N, int K, int M);
-    // dinp (N, K) = dout (N, M) @ w (dinp may be NULL); dw (M, K) += dout^T @ inp
-    void (*matmul_bwd)(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+    void (*matmul_fwd)(Backend *be, cval *out, const cval *inp, const cval *w, int N, int K, int M);
+    // dinp (N, K) = dout (N, M) @ w (dinp may be NULL); dw (M, K) += dout^T @ inp, in float32
+    void (*matmul_bwd)(Backend *be, cval *dinp, float *dw, const cval *dout, const cval *inp, const cval *w,
                        int N, int K, int M);
 
-    // out (N, C) = inp * rsqrt(mean(inp^2) + 1e-5) * w; rstd (N) saved for backward
-    void (*rmsnorm_fwd)(float *out, float *rstd, const float *inp, const float *w, int N, int C);
-    // dinp (N, C) += d/dinp; dw (C) += d/dw
-    void (*rmsnorm_bwd)(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
-                        const float *rstd, int N, int C);
+    // Residual add + RMSNorm: res_out (N, C) = res_in + branch (branch NULL: no add, res_out is not
+    // written and the norm reads res_in); norm_out (N, C) = r * w * res, rstd (N) = r =
+    // rsqrt(mean(res^2) + 1e-5) saved for backward.
+    void (*residual_rmsnorm_fwd)(Backend *be, cval *res_out, cval *norm_out, float *rstd, const cval *res_in,
+                                 const cval *branch, const cval *w, int N, int C);
+    // Backward: the gradient of the residual stream, dres (N, C), gets += the norm's input gradient
+    // for dnorm (N, C) (it flows on unchanged to both terms of the add); dw (C) += d/dw. res is the
+    // norm's input of the forward (res_out, or res_in without a branch).
+    void (*residual_rmsnorm_bwd)(Backend *be, cval *dres, float *dw, const cval *dnorm, const cval *res,
+                                 const cval *w, const float *rstd, int N, int C);
 
-    // In place on the q and k parts of qkv (B, T, 3C): rotate-half RoPE on the first n_elem dims of
-    // each head. cos, sin (T, n_elem). Backward applies the transpose to dqkv in place.
-    void (*rope_fwd)(float *qkv, const float *cos, const float *sin, int B, int T, int C, int H,
-                     int n_elem);
-    void (*rope_bwd)(float *dqkv, const float *cos, const float *sin, int B, int T, int C, int H,
-                     int n_elem);
-
-    // Causal softmax attention. qkv (B, T, 3C) -> out (B, T, C); att (B, H, T, T) probabilities,
-    // saved for backward (entries above the diagonal are 0).
-    void (*attention_fwd)(float *out, float *att, const float *qkv, int B, int T, int C, int H);
-    // dqkv (B, T, 3C) = d/dqkv; scratch (B, H, T, T)
-    void (*attention_bwd)(float *dqkv, float *scratch, const float *dout, const float *qkv,
-                          const float *att, int B, int T, int C, int H);
+    // RoPE + causal attention. Rotates q and rows pos0 .. Tk-1 of k in place (rotate-half RoPE with
+    // cos, sin (block_size, n_rot) at each token's position; k rows before pos0 are rotated already),
+    // then out = softmax(q k^T / sqrt(hd), causal) v per head. saved (attention_saved_bytes) is what
+    // the backward needs besides q, k, v, in a layout of the backend's choosing.
+    size_t (*attention_saved_bytes)(Backend *be, const AttnShape *s);
+    void (*attention_fwd)(Backend *be, cval *out, void *saved, cval *q, cval *k, const cval *v, const float *cos,
+                          const float *sin, const AttnShape *s);
+    // Training shapes only (pos0 = 0, Tq = Tk): dq, dk, dv (strided as q, k, v) = the gradients with
+    // respect to the unrotated q and k, and v, from dout (B, T, H * hd); q, k are the rotated ones the
+    // forward left. scratch holds attention_scratch_bytes.
+    size_t (*attention_scratch_bytes)(Backend *be, const AttnShape *s);
+    void (*attention_bwd)(Backend *be, cval *dq, cval *dk, cval *dv, void *scratch, const cval *dout,
+                          const cval *q, const cval *k, const cval *v, const void *saved, const float *cos,
+                          const float *sin, const AttnShape *s);
 
     // h (N, 2F) holds [a | b] per row -> out (N, F) = silu(a) * b
-    void (*swiglu_fwd)(float *out, const float *h, int N, int F);
+    void (*swiglu_fwd)(Backend *be, cval *out, const cval *h, int N, int F);
     // dh (N, 2F) = d/dh
-    void (*swiglu_bwd)(float *dh, const float *dout, const float *h, int N, int F);
+    void (*swiglu_bwd)(Backend *be, cval *dh, const cval *dout, const cval *h, int N, int F);
 
-    // out (N, C) = a + b (out may alias a)
-    void (*add)(float *out, const float *a, const float *b, size_t n);
-
-    // Input shift: in (B, T, D) = [bos, x_0 .. x_{T-2}] per sequence; x (B, T, D), bos (D).
-    void (*shift_bos)(float *in, const float *x, const float *bos, int B, int T, int D);
+    // Input shift: in (B, T, D) = [bos, x_0 .. x_{T-2}] per sequence; x (B, T, D) float32, bos (D).
+    void (*shift_bos)(Backend *be, cval *in, const float *x, const cval *bos, int B, int T, int D);
     // dbos (D) += sum over b of din (B, T, D) at t = 0
-    void (*shift_bos_bwd)(float *dbos, const float *din, int B, int T, int D);
+    void (*shift_bos_bwd)(Backend *be, float *dbos, const cval *din, int B, int T, int D);
 
-    // Gaussian NLL head. y (N, 2D) = [mu | pre]; std = softplus(pre) + eps; var = max(std^2, eps).
-    // Returns the sum over N*D elements of 0.5*(log var + (x - mu)^2 / var) (double accumulation).
-    // If dy is not NULL, writes dy (N, 2D) = scale * d(sum)/dy (the clamp passes gradients through).
-    double (*gaussian_nll)(float *dy, const float *y, const float *x, int N, int D, double eps,
-                           float scale);
+    // Gaussian NLL head, forward and backward in one pass. y (N, 2D) = [mu | pre];
+    // std = softplus(pre) + eps; var = max(std^2, eps); per element l = 0.5*(log var + (x - mu)^2/var).
+    // *loss_sum (a backend scalar) += the sum of l over the N*D elements, accumulated in double in a
+    // fixed order. If dy is not NULL, dy (N, 2D) = scale * dl/dy (the clamp passes gradients through).
+    void (*gaussian_nll)(Backend *be, cval *dy, double *loss_sum, const cval *y, const float *x, int N, int D,
+                         double eps, float scale);
 
-    // Sum of squares of n floats (double accumulation, fixed order), for gradient norms.
-    double (*sumsq)(const float *p, size_t n);
+    // *acc (a backend scalar) += the sum of squares of p (n), double accumulation in a fixed order.
+    void (*sumsq)(Backend *be, double *acc, const float *p, size_t n);
 
-    // AdamW (PyTorch's formula) on n floats; g is multiplied by grad_scale first (clipping).
-    // t is the 1-based update count for the bias corrections.
-    void (*adamw)(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
-                  float eps, float weight_decay, float grad_scale, int t);
-    // ema = decay * ema + (1 - decay) * p, on n floats
-    void (*ema_update)(float *ema, const float *p, size_t n, float decay);
-} GivtOps;
+    // AdamW (PyTorch's formula) on n float32 weights; g is multiplied by grad_scale first (clipping);
+    // t is the 1-based update count for the bias corrections. p_compute (n) gets the updated weights
+    // in the compute dtype, unless it is NULL (the compute copy is p itself).
+    void (*adamw)(Backend *be, float *p, cval *p_compute, const float *g, float *m, float *v, size_t n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t);
+    // ema = decay * ema + (1 - decay) * p, on n floats; ema_compute as p_compute of adamw.
+    void (*ema_update)(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay);
+};
 
-const GivtOps *ops_cpu(void);
+// The CPU backend (ops_cpu.c): float32 compute, OpenBLAS + OpenMP. Opened through backend_open.
+Backend *backend_cpu_open(const char *precision);
 
 #endif

@@ -9,48 +9,101 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "util.h"
 
+// Compute buffers (cval *) are float32 on this backend.
+#define FP(p) ((float *)(void *)(p))
+#define CFP(p) ((const float *)(const void *)(p))
+
 // ---- memory -------------------------------------------------------------------------------
-static void *cpu_alloc(size_t bytes) {
+static void *cpu_alloc(Backend *be, size_t bytes) {
+    (void)be;
     void *p = NULL;
     size_t n = (bytes + 63) & ~(size_t)63;
-    if (posix_memalign(&p, 64, n ? n : 64) != 0) givt_die("out of memory allocating %zu bytes", bytes);
+    if (n < bytes || posix_memalign(&p, 64, n ? n : 64) != 0)
+        givt_die("out of memory allocating %zu bytes", bytes);
     memset(p, 0, n);
     return p;
 }
-static void cpu_free(void *p) { free(p); }
-static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
-static void cpu_copy_const(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
-static void cpu_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
+static void cpu_free(Backend *be, void *p) {
+    (void)be;
+    free(p);
+}
+static void cpu_upload(Backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    memcpy(dst, src, bytes);
+}
+static void cpu_download(Backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    memcpy(dst, src, bytes);
+}
+static void cpu_copy(Backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    memmove(dst, src, bytes);
+}
+static void cpu_zero(Backend *be, void *p, size_t bytes) {
+    (void)be;
+    memset(p, 0, bytes);
+}
+// MemAvailable and MemTotal of /proc/meminfo (the physical memory when there is none)
+static void cpu_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes) {
+    (void)be;
+    double avail = memory_available_bytes();
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    *free_bytes = (size_t)avail;
+    *total_bytes = pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0;
+}
+static void cpu_synchronize(Backend *be) { (void)be; }  // every op is synchronous
+static void cpu_close(Backend *be) { (void)be; }
+static void cpu_to_compute(Backend *be, cval *dst, const float *src, size_t n) {
+    (void)be;
+    if (FP(dst) != src) memcpy(dst, src, n * sizeof(float));
+}
 
 // ---- matmul -------------------------------------------------------------------------------
 // out (N, M) = inp (N, K) @ w^T, w (M, K)
-static void cpu_matmul_fwd(float *out, const float *inp, const float *w, int N, int K, int M) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, M, K, 1.0f, inp, K, w, K, 0.0f, out, M);
+static void cpu_matmul_fwd(Backend *be, cval *out, const cval *inp, const cval *w, int N, int K, int M) {
+    (void)be;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, M, K, 1.0f, CFP(inp), K, CFP(w), K, 0.0f, FP(out), M);
 }
 
 // dinp (N, K) = dout (N, M) @ w (M, K); dw (M, K) += dout^T @ inp
-static void cpu_matmul_bwd(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+static void cpu_matmul_bwd(Backend *be, cval *dinp, float *dw, const cval *dout, const cval *inp, const cval *w,
                            int N, int K, int M) {
+    (void)be;
     if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, K, M, 1.0f, dout, M, w, K, 0.0f, dinp, K);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, K, M, 1.0f, CFP(dout), M, CFP(w), K, 0.0f, FP(dinp),
+                    K);
     if (dw)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, K, N, 1.0f, dout, M, inp, K, 1.0f, dw, K);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, K, N, 1.0f, CFP(dout), M, CFP(inp), K, 1.0f, dw, K);
 }
 
 // ---- rmsnorm ------------------------------------------------------------------------------
 #define RMSNORM_EPS 1e-5f
 
-// out (N, C) = inp * rstd * w, rstd (N) = rsqrt(mean(inp^2) + 1e-5)
-static void cpu_rmsnorm_fwd(float *out, float *rstd, const float *inp, const float *w, int N, int C) {
+// res_out (N, C) = res_in + branch (when branch is not NULL); out (N, C) = res * rstd * w,
+// rstd (N) = rsqrt(mean(res^2) + 1e-5), res = the sum (or res_in)
+static void cpu_residual_rmsnorm_fwd(Backend *be, cval *res_out, cval *norm_out, float *rstd, const cval *res_in,
+                                     const cval *branch, const cval *weight, int N, int C) {
+    (void)be;
+    float *out = FP(norm_out);
+    const float *w = CFP(weight);
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
-        const float *x = inp + (size_t)n * C;
+        const float *x = CFP(res_in) + (size_t)n * C;
+        if (branch) {
+            const float *b = CFP(branch) + (size_t)n * C;
+            float *r = FP(res_out) + (size_t)n * C;
+            for (int c = 0; c < C; c++) r[c] = x[c] + b[c];
+            x = r;
+        }
         float *o = out + (size_t)n * C;
         float ss = 0.0f;
         for (int c = 0; c < C; c++) ss += x[c] * x[c];
@@ -64,8 +117,11 @@ static void cpu_rmsnorm_fwd(float *out, float *rstd, const float *inp, const flo
 // dw: RMS_CHUNKS fixed row chunks each sum their rows into a partial (contiguous, vectorised), and
 // the partials are added in chunk order: the same result for any thread count.
 #define RMS_CHUNKS 16
-static void cpu_rmsnorm_bwd(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
-                            const float *rstd, int N, int C) {
+static void cpu_residual_rmsnorm_bwd(Backend *be, cval *dres, float *dw, const cval *dnorm, const cval *res,
+                                     const cval *weight, const float *rstd, int N, int C) {
+    (void)be;
+    float *dinp = FP(dres);
+    const float *dout = CFP(dnorm), *inp = CFP(res), *w = CFP(weight);
     float *part = calloc((size_t)RMS_CHUNKS * C, sizeof(float));
     if (!part) givt_die("out of memory");
 #pragma omp parallel for schedule(static)
@@ -89,119 +145,132 @@ static void cpu_rmsnorm_bwd(float *dinp, float *dw, const float *dout, const flo
     free(part);
 }
 
-// ---- rope ---------------------------------------------------------------------------------
-// Rotate-half RoPE on the first n dims of each q and k head: x*cos + cat(-x2, x1)*sin.
-// With transpose != 0 it applies the transpose of that linear map (the backward of RoPE).
-static void rope_apply(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int C, int H,
-                       int n, int transpose) {
-    if (n == 0) return;
-    int hd = C / H, half = n / 2;
+// ---- rope + attention --------------------------------------------------------------------
+// Rotate-half RoPE on the first n dims of each head of rows [0, nrows) of x (B sequences; row r of
+// sequence b at x + b*batch + r*row, at position pos + r): x*cos + cat(-x2, x1)*sin. With transpose
+// != 0 it applies the transpose of that linear map (the backward of RoPE).
+static void rope_rows(float *x, size_t row, size_t batch, int B, int nrows, int pos, int H, int hd, int n,
+                      const float *cos_t, const float *sin_t, int transpose) {
+    if (n == 0 || nrows <= 0) return;
+    int half = n / 2;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            const float *cs = cos_t + (size_t)t * n, *sn = sin_t + (size_t)t * n;
-            float *row = qkv + ((size_t)b * T + t) * 3 * C;
-            for (int part = 0; part < 2; part++)  // q, then k
-                for (int h = 0; h < H; h++) {
-                    float *x = row + part * C + h * hd;
-                    for (int i = 0; i < half; i++) {
-                        float x1 = x[i], x2 = x[i + half];
-                        if (!transpose) {
-                            x[i] = x1 * cs[i] - x2 * sn[i];
-                            x[i + half] = x2 * cs[i + half] + x1 * sn[i + half];
-                        } else {
-                            x[i] = x1 * cs[i] + x2 * sn[i + half];
-                            x[i + half] = x2 * cs[i + half] - x1 * sn[i];
-                        }
+        for (int r = 0; r < nrows; r++) {
+            const float *cs = cos_t + (size_t)(pos + r) * n, *sn = sin_t + (size_t)(pos + r) * n;
+            float *xr = x + (size_t)b * batch + (size_t)r * row;
+            for (int h = 0; h < H; h++) {
+                float *v = xr + (size_t)h * hd;
+                for (int i = 0; i < half; i++) {
+                    float x1 = v[i], x2 = v[i + half];
+                    if (!transpose) {
+                        v[i] = x1 * cs[i] - x2 * sn[i];
+                        v[i + half] = x2 * cs[i + half] + x1 * sn[i + half];
+                    } else {
+                        v[i] = x1 * cs[i] + x2 * sn[i + half];
+                        v[i + half] = x2 * cs[i + half] - x1 * sn[i];
                     }
                 }
+            }
         }
 }
 
-static void cpu_rope_fwd(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int C, int H,
-                         int n_elem) {
-    rope_apply(qkv, cos_t, sin_t, B, T, C, H, n_elem, 0);
-}
-static void cpu_rope_bwd(float *dqkv, const float *cos_t, const float *sin_t, int B, int T, int C, int H,
-                         int n_elem) {
-    rope_apply(dqkv, cos_t, sin_t, B, T, C, H, n_elem, 1);
-}
-
-// ---- attention ----------------------------------------------------------------------------
-// One (b, h) slice: Q, K, V are (T, hd) with row stride 3C inside qkv; P (T, T).
-#define HEAD_Q(qkv, b, h) ((qkv) + (size_t)(b) * T * 3 * C + (size_t)(h) * hd)
-#define HEAD_K(qkv, b, h) (HEAD_Q(qkv, b, h) + C)
-#define HEAD_V(qkv, b, h) (HEAD_Q(qkv, b, h) + 2 * C)
-#define HEAD_P(att, b, h) ((att) + ((size_t)(b) * H + (h)) * T * T)
-
 // Each (b, h) slice is one task of an OpenMP loop: its products are single-threaded sgemm calls
-// (the OpenMP build of OpenBLAS runs serially inside a parallel region), and its T x T slice stays
-// in cache from the product to the softmax to the next product. Causal: rows [r0, r1) of P only need
-// columns [0, r1), so the products go by row blocks of ATT_BLOCK and skip the upper triangle.
+// (the OpenMP build of OpenBLAS runs serially inside a parallel region), and its Tq x Tk slice of
+// probabilities stays in cache from the product to the softmax to the next product. Causal: query
+// rows [r0, r1) only see keys [0, pos0 + r1), so the products go by row blocks of ATT_BLOCK and skip
+// the upper triangle. This backend saves the probabilities P (B, H, Tq, Tk) for the backward pass.
 #ifndef ATT_BLOCK
 #define ATT_BLOCK 64
 #endif
 static inline int imin(int a, int b) { return a < b ? a : b; }
 
-// In place on one (T, T) slice: row t becomes the softmax of its entries 0..t, zeros after.
-static void causal_softmax_slice(float *p, int T) {
-    for (int t = 0; t < T; t++, p += T) {
+// The (b, h) views of one attention call: q, k, v (and dq, dk, dv) with their row strides.
+#define HEAD(ptr, b, h, batch) ((ptr) + (size_t)(b) * (batch) + (size_t)(h) * s->hd)
+#define HEAD_P(att, b, h) ((att) + ((size_t)(b) * s->H + (h)) * (size_t)s->Tq * s->Tk)
+
+// In place on one (Tq, Tk) slice: row t becomes the softmax of its entries 0..pos0+t, zeros after.
+static void causal_softmax_slice(float *p, int Tq, int Tk, int pos0) {
+    for (int t = 0; t < Tq; t++, p += Tk) {
+        int last = pos0 + t;
         float mx = -INFINITY;
-        for (int j = 0; j <= t; j++) mx = p[j] > mx ? p[j] : mx;
+        for (int j = 0; j <= last; j++) mx = p[j] > mx ? p[j] : mx;
         float sum = 0.0f;
-        for (int j = 0; j <= t; j++) {
+        for (int j = 0; j <= last; j++) {
             p[j] = expf(p[j] - mx);
             sum += p[j];
         }
         float inv = 1.0f / sum;
-        for (int j = 0; j <= t; j++) p[j] *= inv;
-        for (int j = t + 1; j < T; j++) p[j] = 0.0f;
+        for (int j = 0; j <= last; j++) p[j] *= inv;
+        for (int j = last + 1; j < Tk; j++) p[j] = 0.0f;
     }
 }
 
-// qkv (B, T, 3C) -> out (B, T, C); att (B, H, T, T)
-static void cpu_attention_fwd(float *out, float *att, const float *qkv, int B, int T, int C, int H) {
-    int hd = C / H;
+static size_t cpu_attention_saved_bytes(Backend *be, const AttnShape *s) {
+    (void)be;
+    return size_mul(size_mul3((size_t)s->B, (size_t)s->H, (size_t)s->Tq), (size_t)s->Tk) * sizeof(float);
+}
+
+// q (B, Tq, .), k, v (B, Tk, .) strided -> out (B, Tq, H*hd); saved = P (B, H, Tq, Tk)
+static void cpu_attention_fwd(Backend *be, cval *out_, void *saved, cval *q_, cval *k_, const cval *v_,
+                              const float *cos_t, const float *sin_t, const AttnShape *s) {
+    (void)be;
+    int B = s->B, H = s->H, hd = s->hd, Tq = s->Tq, Tk = s->Tk, pos0 = s->pos0, C = H * hd;
+    int qr = (int)s->q_row, kr = (int)s->kv_row;
+    rope_rows(FP(q_), s->q_row, s->q_batch, B, Tq, pos0, H, hd, s->n_rot, cos_t, sin_t, 0);
+    rope_rows(FP(k_) + (size_t)pos0 * s->kv_row, s->kv_row, s->kv_batch, B, Tk - pos0, pos0, H, hd, s->n_rot, cos_t,
+              sin_t, 0);
+    float *att = saved;
     float scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
-            const float *q = HEAD_Q(qkv, b, h), *k = HEAD_K(qkv, b, h), *v = HEAD_V(qkv, b, h);
-            float *p = HEAD_P(att, b, h), *y = out + (size_t)b * T * C + (size_t)h * hd;
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {  // S = scale * Q K^T, lower block triangle
-                int r1 = imin(r0 + ATT_BLOCK, T);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, r1, hd, scale, q + (size_t)r0 * 3 * C,
-                            3 * C, k, 3 * C, 0.0f, p + (size_t)r0 * T, T);
+            const float *q = HEAD(CFP(q_), b, h, s->q_batch), *k = HEAD(CFP(k_), b, h, s->kv_batch);
+            const float *v = HEAD(CFP(v_), b, h, s->kv_batch);
+            float *p = HEAD_P(att, b, h), *y = FP(out_) + (size_t)b * Tq * C + (size_t)h * hd;
+            for (int r0 = 0; r0 < Tq; r0 += ATT_BLOCK) {  // S = scale * Q K^T, lower block triangle
+                int r1 = imin(r0 + ATT_BLOCK, Tq);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, pos0 + r1, hd, scale, q + (size_t)r0 * qr,
+                            qr, k, kr, 0.0f, p + (size_t)r0 * Tk, Tk);
             }
-            causal_softmax_slice(p, T);
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {  // Y = P V
-                int r1 = imin(r0 + ATT_BLOCK, T);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, hd, r1, 1.0f, p + (size_t)r0 * T, T,
-                            v, 3 * C, 0.0f, y + (size_t)r0 * C, C);
+            causal_softmax_slice(p, Tq, Tk, pos0);
+            for (int r0 = 0; r0 < Tq; r0 += ATT_BLOCK) {  // Y = P V
+                int r1 = imin(r0 + ATT_BLOCK, Tq);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, hd, pos0 + r1, 1.0f,
+                            p + (size_t)r0 * Tk, Tk, v, kr, 0.0f, y + (size_t)r0 * C, C);
             }
         }
 }
 
-// dqkv (B, T, 3C) = d/dqkv of out = attention(qkv); scratch (B, H, T, T)
-static void cpu_attention_bwd(float *dqkv, float *scratch, const float *dout, const float *qkv,
-                              const float *att, int B, int T, int C, int H) {
-    int hd = C / H;
+static size_t cpu_attention_scratch_bytes(Backend *be, const AttnShape *s) {
+    return cpu_attention_saved_bytes(be, s);  // dP, dS (B, H, T, T)
+}
+
+// Training shapes (pos0 = 0, Tq = Tk = T): dq, dk, dv (strided as q, k, v) from dout (B, T, H*hd)
+static void cpu_attention_bwd(Backend *be, cval *dq_, cval *dk_, cval *dv_, void *scratch, const cval *dout,
+                              const cval *q_, const cval *k_, const cval *v_, const void *saved, const float *cos_t,
+                              const float *sin_t, const AttnShape *s) {
+    (void)be;
+    if (s->pos0 != 0 || s->Tq != s->Tk) givt_die("attention_bwd: training shapes only (pos0 = 0, Tq = Tk)");
+    int B = s->B, H = s->H, hd = s->hd, T = s->Tq, C = H * hd, qr = (int)s->q_row, kr = (int)s->kv_row;
+    const float *att = saved;
     float scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
-            const float *q = HEAD_Q(qkv, b, h), *k = HEAD_K(qkv, b, h), *v = HEAD_V(qkv, b, h);
-            const float *p = HEAD_P(att, b, h), *dy = dout + (size_t)b * T * C + (size_t)h * hd;
-            float *ds = HEAD_P(scratch, b, h);
-            float *dq = HEAD_Q(dqkv, b, h), *dk = HEAD_K(dqkv, b, h), *dv = HEAD_V(dqkv, b, h);
+            const float *q = HEAD(CFP(q_), b, h, s->q_batch), *k = HEAD(CFP(k_), b, h, s->kv_batch);
+            const float *v = HEAD(CFP(v_), b, h, s->kv_batch);
+            const float *p = HEAD_P(att, b, h), *dy = CFP(dout) + (size_t)b * T * C + (size_t)h * hd;
+            float *ds = HEAD_P(FP(scratch), b, h);
+            float *dq = HEAD(FP(dq_), b, h, s->q_batch), *dk = HEAD(FP(dk_), b, h, s->kv_batch);
+            float *dv = HEAD(FP(dv_), b, h, s->kv_batch);
             for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
                 int r1 = imin(r0 + ATT_BLOCK, T);
                 // dP = dY V^T, rows [r0, r1), columns [0, r1)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, r1, hd, 1.0f, dy + (size_t)r0 * C, C, v,
-                            3 * C, 0.0f, ds + (size_t)r0 * T, T);
+                            kr, 0.0f, ds + (size_t)r0 * T, T);
                 // dV = P^T dY, rows [r0, r1) of dV take rows [r0, T) of P (P is 0 above the diagonal)
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1 - r0, hd, T - r0, 1.0f,
-                            p + (size_t)r0 * T + r0, T, dy + (size_t)r0 * C, C, 0.0f, dv + (size_t)r0 * 3 * C, 3 * C);
+                            p + (size_t)r0 * T + r0, T, dy + (size_t)r0 * C, C, 0.0f, dv + (size_t)r0 * kr, kr);
             }
             // dS = P * (dP - rowsum(dP * P)), zeros above the diagonal
             for (int t = 0; t < T; t++) {
@@ -216,13 +285,15 @@ static void cpu_attention_bwd(float *dqkv, float *scratch, const float *dout, co
                 int r1 = imin(r0 + ATT_BLOCK, T);
                 // dQ = scale * dS K, rows [r0, r1), columns [0, r1) of dS
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, hd, r1, scale, ds + (size_t)r0 * T, T,
-                            k, 3 * C, 0.0f, dq + (size_t)r0 * 3 * C, 3 * C);
+                            k, kr, 0.0f, dq + (size_t)r0 * qr, qr);
                 // dK = scale * dS^T Q, rows [r0, r1) of dK take rows [r0, T) of dS
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1 - r0, hd, T - r0, scale,
-                            ds + (size_t)r0 * T + r0, T, q + (size_t)r0 * 3 * C, 3 * C, 0.0f, dk + (size_t)r0 * 3 * C,
-                            3 * C);
+                            ds + (size_t)r0 * T + r0, T, q + (size_t)r0 * qr, qr, 0.0f, dk + (size_t)r0 * kr, kr);
             }
         }
+    // back through RoPE: the transpose of the rotation, on dq and dk
+    rope_rows(FP(dq_), s->q_row, s->q_batch, B, T, 0, H, hd, s->n_rot, cos_t, sin_t, 1);
+    rope_rows(FP(dk_), s->kv_row, s->kv_batch, B, T, 0, H, hd, s->n_rot, cos_t, sin_t, 1);
 }
 
 // ---- swiglu -------------------------------------------------------------------------------
@@ -253,21 +324,23 @@ static inline float exp_vec(float x) {
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + exp_vec(-x)); }
 
 // h (N, 2F) = [a | b] -> out (N, F) = silu(a) * b
-static void cpu_swiglu_fwd(float *out, const float *h, int N, int F) {
+static void cpu_swiglu_fwd(Backend *be, cval *out, const cval *h, int N, int F) {
+    (void)be;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
-        const float *a = h + (size_t)n * 2 * F, *b = a + F;
-        float *o = out + (size_t)n * F;
+        const float *a = CFP(h) + (size_t)n * 2 * F, *b = a + F;
+        float *o = FP(out) + (size_t)n * F;
         for (int f = 0; f < F; f++) o[f] = a[f] * sigmoidf(a[f]) * b[f];
     }
 }
 
 // dh (N, 2F) = [dout * b * silu'(a) | dout * silu(a)]
-static void cpu_swiglu_bwd(float *dh, const float *dout, const float *h, int N, int F) {
+static void cpu_swiglu_bwd(Backend *be, cval *dh, const cval *dout, const cval *h, int N, int F) {
+    (void)be;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
-        const float *a = h + (size_t)n * 2 * F, *b = a + F, *g = dout + (size_t)n * F;
-        float *da = dh + (size_t)n * 2 * F, *db = da + F;
+        const float *a = CFP(h) + (size_t)n * 2 * F, *b = a + F, *g = CFP(dout) + (size_t)n * F;
+        float *da = FP(dh) + (size_t)n * 2 * F, *db = da + F;
         for (int f = 0; f < F; f++) {
             float s = sigmoidf(a[f]);
             db[f] = g[f] * a[f] * s;
@@ -277,24 +350,21 @@ static void cpu_swiglu_bwd(float *dh, const float *dout, const float *h, int N, 
 }
 
 // ---- small ops ----------------------------------------------------------------------------
-static void cpu_add(float *out, const float *a, const float *b, size_t n) {
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
-}
-
 // in (B, T, D) = [bos, x_0 .. x_{T-2}]
-static void cpu_shift_bos(float *in, const float *x, const float *bos, int B, int T, int D) {
+static void cpu_shift_bos(Backend *be, cval *in, const float *x, const cval *bos, int B, int T, int D) {
+    (void)be;
     for (int b = 0; b < B; b++) {
-        float *dst = in + (size_t)b * T * D;
+        float *dst = FP(in) + (size_t)b * T * D;
         memcpy(dst, bos, (size_t)D * sizeof(float));
         memcpy(dst + D, x + (size_t)b * T * D, (size_t)(T - 1) * D * sizeof(float));
     }
 }
 
 // dbos (D) += sum_b din[b, 0, :]
-static void cpu_shift_bos_bwd(float *dbos, const float *din, int B, int T, int D) {
+static void cpu_shift_bos_bwd(Backend *be, float *dbos, const cval *din, int B, int T, int D) {
+    (void)be;
     for (int b = 0; b < B; b++)
-        for (int d = 0; d < D; d++) dbos[d] += din[(size_t)b * T * D + d];
+        for (int d = 0; d < D; d++) dbos[d] += CFP(din)[(size_t)b * T * D + d];
 }
 
 // ---- gaussian nll -------------------------------------------------------------------------
@@ -303,8 +373,11 @@ static void cpu_shift_bos_bwd(float *dbos, const float *din, int B, int T, int D
 
 // y (N, 2D) = [mu | pre], x (N, D). Per element, in double: std = softplus(pre) + eps (PyTorch's
 // softplus: pre > 20 gives pre), var = max(std^2, eps), l = 0.5*(log var + (x-mu)^2/var).
-static double cpu_gaussian_nll(float *dy, const float *y, const float *x, int N, int D, double eps,
-                               float scale) {
+static void cpu_gaussian_nll(Backend *be, cval *dy_, double *loss_sum, const cval *y_, const float *x, int N,
+                             int D, double eps, float scale) {
+    (void)be;
+    float *dy = FP(dy_);
+    const float *y = CFP(y_);
     double partial[REDUCE_CHUNKS] = {0};
 #pragma omp parallel for schedule(static)
     for (int ch = 0; ch < REDUCE_CHUNKS; ch++) {
@@ -330,10 +403,11 @@ static double cpu_gaussian_nll(float *dy, const float *y, const float *x, int N,
     }
     double sum = 0.0;
     for (int ch = 0; ch < REDUCE_CHUNKS; ch++) sum += partial[ch];
-    return sum;
+    *loss_sum += sum;
 }
 
-static double cpu_sumsq(const float *p, size_t n) {
+static void cpu_sumsq(Backend *be, double *acc, const float *p, size_t n) {
+    (void)be;
     double partial[REDUCE_CHUNKS] = {0};
 #pragma omp parallel for schedule(static)
     for (int ch = 0; ch < REDUCE_CHUNKS; ch++) {
@@ -344,12 +418,15 @@ static double cpu_sumsq(const float *p, size_t n) {
     }
     double sum = 0.0;
     for (int ch = 0; ch < REDUCE_CHUNKS; ch++) sum += partial[ch];
-    return sum;
+    *acc += sum;
 }
 
 // ---- optimizer ----------------------------------------------------------------------------
-static void cpu_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
-                      float eps, float weight_decay, float grad_scale, int t) {
+// The compute copy is the float32 weights themselves here: p_compute is NULL (or p).
+static void cpu_adamw(Backend *be, float *p, cval *p_compute, const float *g, float *m, float *v, size_t n, float lr,
+                      float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t) {
+    (void)be;
+    if (p_compute && FP(p_compute) != p) givt_die("cpu adamw: the compute copy of float32 weights is the weights");
     float step_size = (float)(lr / (1.0 - pow(beta1, t)));
     float bc2_sqrt = (float)sqrt(1.0 - pow(beta2, t));
     float decay = 1.0f - lr * weight_decay;
@@ -364,29 +441,34 @@ static void cpu_adamw(float *p, const float *g, float *m, float *v, size_t n, fl
     }
 }
 
-static void cpu_ema_update(float *ema, const float *p, size_t n, float decay) {
+static void cpu_ema_update(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay) {
+    (void)be;
+    if (ema_compute && FP(ema_compute) != ema) givt_die("cpu ema_update: the compute copy is the EMA weights");
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) ema[i] = decay * ema[i] + (1.0f - decay) * p[i];
 }
 
 static const GivtOps g_cpu_ops = {
-    .name = "cpu",
     .alloc = cpu_alloc,
     .free = cpu_free,
-    .upload = cpu_copy,
-    .download = cpu_copy_const,
+    .upload = cpu_upload,
+    .download = cpu_download,
     .zero = cpu_zero,
+    .copy = cpu_copy,
+    .mem_info = cpu_mem_info,
+    .synchronize = cpu_synchronize,
+    .close = cpu_close,
+    .to_compute = cpu_to_compute,
     .matmul_fwd = cpu_matmul_fwd,
     .matmul_bwd = cpu_matmul_bwd,
-    .rmsnorm_fwd = cpu_rmsnorm_fwd,
-    .rmsnorm_bwd = cpu_rmsnorm_bwd,
-    .rope_fwd = cpu_rope_fwd,
-    .rope_bwd = cpu_rope_bwd,
+    .residual_rmsnorm_fwd = cpu_residual_rmsnorm_fwd,
+    .residual_rmsnorm_bwd = cpu_residual_rmsnorm_bwd,
+    .attention_saved_bytes = cpu_attention_saved_bytes,
     .attention_fwd = cpu_attention_fwd,
+    .attention_scratch_bytes = cpu_attention_scratch_bytes,
     .attention_bwd = cpu_attention_bwd,
     .swiglu_fwd = cpu_swiglu_fwd,
     .swiglu_bwd = cpu_swiglu_bwd,
-    .add = cpu_add,
     .shift_bos = cpu_shift_bos,
     .shift_bos_bwd = cpu_shift_bos_bwd,
     .gaussian_nll = cpu_gaussian_nll,
@@ -395,4 +477,14 @@ static const GivtOps g_cpu_ops = {
     .ema_update = cpu_ema_update,
 };
 
-const GivtOps *ops_cpu(void) { return &g_cpu_ops; }
+// float32 compute whatever the precision asked for ("bf16" too: ->compute says float32).
+Backend *backend_cpu_open(const char *precision) {
+    (void)precision;
+    Backend *be = xcalloc(1, sizeof *be);
+    be->name = "cpu";
+    be->compute = DTYPE_F32;
+    be->ops = &g_cpu_ops;
+    snprintf(be->device, sizeof be->device, "CPU, %d OpenMP threads, OpenBLAS %s", omp_get_max_threads(),
+             openblas_get_corename());
+    return be;
+}

@@ -21,8 +21,8 @@ static void usage(FILE *out) {
             "  --seq T [256]  --batch B [8]\n"
             "A step is zero_grads, forward, backward, global grad norm and AdamW (lr 1e-4, betas 0.9/0.99,\n"
             "wd 0.1, clip 1.0); ms/step and tokens/s are of the median timed step. --no-adamw times forward\n"
-            "+ backward only. --checkpointing recomputes each layer in backward. --profile adds a table of the time spent in each backend op (matmuls by\n"
-            "shape). --sgemm times C (M,N) = A (M,K) B^T (B stored (N,K), as the model's matmul_fwd),\n"
+            "+ backward only. --checkpointing recomputes each layer in backward. --profile adds a table of the\n"
+            "time spent in each backend op (timed synchronously, by op name). --sgemm times C (M,N) = A (M,K) B^T (B stored (N,K), as the model's matmul_fwd),\n"
             "best of R repetitions.\n"
             "Threads: OMP_NUM_THREADS (OpenMP loops and the OpenMP build of OpenBLAS).\n");
 }
@@ -36,135 +36,6 @@ static int parse_int(const char *opt, const char *v, long lo, long hi, int *out)
     return 0;
 }
 
-// ---- per-op timing: a copy of the backend's op table whose entries time the real ones ----------
-// (The CPU ops are synchronous, so wall time around each call is the op's time.)
-#define PROF_MAX 64
-typedef struct {
-    char key[64];
-    double seconds;
-    long calls;
-} ProfEntry;
-static ProfEntry g_prof[PROF_MAX];
-static int g_nprof;
-static const GivtOps *g_real;
-
-static void prof_add(const char *key, double seconds) {
-    int i = 0;
-    while (i < g_nprof && strcmp(g_prof[i].key, key) != 0) i++;
-    if (i == g_nprof) {
-        if (g_nprof == PROF_MAX) givt_die("--profile: more than %d distinct ops", PROF_MAX);
-        snprintf(g_prof[g_nprof++].key, sizeof g_prof[0].key, "%s", key);
-    }
-    g_prof[i].seconds += seconds;
-    g_prof[i].calls++;
-}
-
-#define TIMED(key, call)                         \
-    do {                                         \
-        double t0_ = time_now_s();               \
-        call;                                    \
-        prof_add((key), time_now_s() - t0_);     \
-    } while (0)
-
-static void p_zero(void *p, size_t bytes) { TIMED("zero", g_real->zero(p, bytes)); }
-static void p_matmul_fwd(float *out, const float *inp, const float *w, int N, int K, int M) {
-    char key[64];
-    snprintf(key, sizeof key, "matmul_fwd %dx%d->%d", N, K, M);
-    TIMED(key, g_real->matmul_fwd(out, inp, w, N, K, M));
-}
-static void p_matmul_bwd(float *dinp, float *dw, const float *dout, const float *inp, const float *w, int N, int K,
-                         int M) {
-    char key[64];
-    snprintf(key, sizeof key, "matmul_bwd %dx%d->%d", N, K, M);
-    TIMED(key, g_real->matmul_bwd(dinp, dw, dout, inp, w, N, K, M));
-}
-static void p_rmsnorm_fwd(float *out, float *rstd, const float *inp, const float *w, int N, int C) {
-    TIMED("rmsnorm_fwd", g_real->rmsnorm_fwd(out, rstd, inp, w, N, C));
-}
-static void p_rmsnorm_bwd(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
-                          const float *rstd, int N, int C) {
-    TIMED("rmsnorm_bwd", g_real->rmsnorm_bwd(dinp, dw, dout, inp, w, rstd, N, C));
-}
-static void p_rope_fwd(float *qkv, const float *cs, const float *sn, int B, int T, int C, int H, int n) {
-    TIMED("rope_fwd", g_real->rope_fwd(qkv, cs, sn, B, T, C, H, n));
-}
-static void p_rope_bwd(float *dqkv, const float *cs, const float *sn, int B, int T, int C, int H, int n) {
-    TIMED("rope_bwd", g_real->rope_bwd(dqkv, cs, sn, B, T, C, H, n));
-}
-static void p_attention_fwd(float *out, float *att, const float *qkv, int B, int T, int C, int H) {
-    TIMED("attention_fwd", g_real->attention_fwd(out, att, qkv, B, T, C, H));
-}
-static void p_attention_bwd(float *dqkv, float *scratch, const float *dout, const float *qkv, const float *att,
-                            int B, int T, int C, int H) {
-    TIMED("attention_bwd", g_real->attention_bwd(dqkv, scratch, dout, qkv, att, B, T, C, H));
-}
-static void p_swiglu_fwd(float *out, const float *h, int N, int F) {
-    TIMED("swiglu_fwd", g_real->swiglu_fwd(out, h, N, F));
-}
-static void p_swiglu_bwd(float *dh, const float *dout, const float *h, int N, int F) {
-    TIMED("swiglu_bwd", g_real->swiglu_bwd(dh, dout, h, N, F));
-}
-static void p_add(float *out, const float *a, const float *b, size_t n) { TIMED("add", g_real->add(out, a, b, n)); }
-static void p_shift_bos(float *in, const float *x, const float *bos, int B, int T, int D) {
-    TIMED("shift_bos", g_real->shift_bos(in, x, bos, B, T, D));
-}
-static void p_shift_bos_bwd(float *dbos, const float *din, int B, int T, int D) {
-    TIMED("shift_bos_bwd", g_real->shift_bos_bwd(dbos, din, B, T, D));
-}
-static double p_gaussian_nll(float *dy, const float *y, const float *x, int N, int D, double eps, float scale) {
-    double r = 0;
-    TIMED(dy ? "gaussian_nll+grad" : "gaussian_nll", r = g_real->gaussian_nll(dy, y, x, N, D, eps, scale));
-    return r;
-}
-static double p_sumsq(const float *p, size_t n) {
-    double r = 0;
-    TIMED("sumsq (grad norm)", r = g_real->sumsq(p, n));
-    return r;
-}
-static void p_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2, float eps,
-                    float wd, float gs, int t) {
-    TIMED("adamw", g_real->adamw(p, g, m, v, n, lr, b1, b2, eps, wd, gs, t));
-}
-
-static GivtOps g_prof_ops;
-static const GivtOps *prof_ops(const GivtOps *real) {
-    g_real = real;
-    g_prof_ops = *real;
-    g_prof_ops.zero = p_zero;
-    g_prof_ops.matmul_fwd = p_matmul_fwd;
-    g_prof_ops.matmul_bwd = p_matmul_bwd;
-    g_prof_ops.rmsnorm_fwd = p_rmsnorm_fwd;
-    g_prof_ops.rmsnorm_bwd = p_rmsnorm_bwd;
-    g_prof_ops.rope_fwd = p_rope_fwd;
-    g_prof_ops.rope_bwd = p_rope_bwd;
-    g_prof_ops.attention_fwd = p_attention_fwd;
-    g_prof_ops.attention_bwd = p_attention_bwd;
-    g_prof_ops.swiglu_fwd = p_swiglu_fwd;
-    g_prof_ops.swiglu_bwd = p_swiglu_bwd;
-    g_prof_ops.add = p_add;
-    g_prof_ops.shift_bos = p_shift_bos;
-    g_prof_ops.shift_bos_bwd = p_shift_bos_bwd;
-    g_prof_ops.gaussian_nll = p_gaussian_nll;
-    g_prof_ops.sumsq = p_sumsq;
-    g_prof_ops.adamw = p_adamw;
-    return &g_prof_ops;
-}
-
-static int prof_cmp(const void *a, const void *b) {
-    double x = ((const ProfEntry *)a)->seconds, y = ((const ProfEntry *)b)->seconds;
-    return (x < y) - (x > y);
-}
-
-static void prof_print(int steps, double step_seconds) {
-    qsort(g_prof, (size_t)g_nprof, sizeof g_prof[0], prof_cmp);
-    double total = 0;
-    for (int i = 0; i < g_nprof; i++) total += g_prof[i].seconds;
-    printf("profile over %d steps (mean ms per step; ops total %.1f of %.1f ms/step):\n", steps, 1e3 * total / steps,
-           1e3 * step_seconds);
-    for (int i = 0; i < g_nprof; i++)
-        printf("  %-32s %9.2f ms  %5.1f%%  (%ld calls/step)\n", g_prof[i].key, 1e3 * g_prof[i].seconds / steps,
-               100.0 * g_prof[i].seconds / (step_seconds * steps), g_prof[i].calls / steps);
-}
 
 // ---- sgemm ceiling ----------------------------------------------------------------------------
 static int bench_sgemm(int M, int N, int K, int reps) {
@@ -263,11 +134,12 @@ int main(int argc, char **argv) {
 
     cfg.block_size = T;
     GivtModel m;
-    if (model_create(&m, &cfg, ops_cpu()) != 0) {
+    Backend *be = backend_open("cpu", "no");
+    if (!be || model_create(&m, &cfg, be) != 0) {
         fprintf(stderr, "givt-bench: %s\n", givt_last_error());
         return 1;
     }
-    const GivtOps *ops = m.ops;
+    const GivtOps *ops = be->ops;
     // Table init, then every zero-initialised tensor (o_proj, fc3, head) gets small random values so
     // that the backward does real work (with zeros most gradients would vanish).
     Rng rng;
@@ -279,15 +151,15 @@ int main(int argc, char **argv) {
         if (s->init == INIT_ZEROS)
             for (size_t j = 0; j < s->numel; j++) host[s->offset + j] = (float)(0.02 * rng_normal(&rng));
     }
-    ops->upload(m.params, host, m.table.total * sizeof(float));
+    model_weights_upload(&m, &m.w, host);
     free(host);
     model_alloc_acts(&m, B, T, 1, checkpointing);
     model_alloc_grads(&m);
 
     size_t nx = (size_t)B * T * cfg.input_dim;
-    float *xh = xmalloc(nx * sizeof(float)), *x = ops->alloc(nx * sizeof(float));
+    float *xh = xmalloc(nx * sizeof(float)), *x = ops->alloc(be, nx * sizeof(float));
     for (size_t i = 0; i < nx; i++) xh[i] = (float)rng_normal(&rng);
-    ops->upload(x, xh, nx * sizeof(float));
+    ops->upload(be, x, xh, nx * sizeof(float));
     free(xh);
 
     OptimConfig oc = {.lr = 1e-4, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-8, .weight_decay = 0.1, .grad_norm = 1.0,
@@ -303,12 +175,19 @@ int main(int argc, char **argv) {
            cfg.input_dim, cfg.hidden_dim, cfg.intermediate_dim, cfg.num_heads, cfg.num_layers, T, B,
            m.table.total, mm_params, fpt * tokens / 1e9, adamw ? "" : " (no optimizer step)");
     for (int s = 0; s < warmup + steps; s++) {
-        if (s == warmup && profile) m.ops = prof_ops(ops);  // profile the timed steps only
+        if (s == warmup && profile) backend_profile_start(be);  // profile the timed steps only
         double t0 = time_now_s();
+        // as the trainer's step: the loss and the squared norm into backend scalars, one host read
         model_zero_grads(&m);
-        loss = model_forward(&m, x, B, T, 0).loss;
-        model_backward(&m, 1.0f);
-        if (adamw) adamw_step(&opt, &m, oc.lr, grad_global_norm(&m));
+        ops->zero(be, m.scalars, MODEL_NUM_SCALARS * sizeof(double));
+        model_forward(&m, &m.w, x, B, T);
+        model_loss(&m, m.scalars + SCALAR_LOSS_SUM, 1.0f);
+        model_backward(&m, &m.w);
+        grad_sumsq(&m, m.scalars + SCALAR_GRAD_SUMSQ);
+        double sc[2];
+        ops->download(be, sc, m.scalars + SCALAR_LOSS_SUM, sizeof sc);
+        loss = sc[0] / ((double)B * T * cfg.input_dim);
+        if (adamw) adamw_step(&opt, &m, oc.lr, sqrt(sc[1]));
         double dt = time_now_s() - t0;
         if (!isfinite(loss)) givt_die("step %d: loss is %g", s, loss);
         if (s >= warmup) {
@@ -316,7 +195,6 @@ int main(int argc, char **argv) {
             total += dt;
         }
     }
-    m.ops = ops;
     // The median step: robust to the odd step slowed by another process on a shared machine.
     qsort(times, (size_t)steps, sizeof(double), dbl_cmp);
     double per_step = steps % 2 ? times[steps / 2] : 0.5 * (times[steps / 2 - 1] + times[steps / 2]);
@@ -326,14 +204,15 @@ int main(int argc, char **argv) {
            "loss %.4f\n",
            steps, warmup, 1e3 * per_step, 1e3 * best, 1e3 * total / steps, tokens / per_step,
            fpt * tokens / per_step / 1e9, loss);
-    if (profile) prof_print(steps, total / steps);
+    if (profile) backend_profile_print(be, steps, total / steps);
     printf("RESULT impl=givt threads=%d tokens_per_s=%.1f ms_per_step=%.2f best_ms=%.2f gflops=%.2f params=%zu "
            "flops_per_token=%.0f loss=%.5f\n",
            omp_get_max_threads(), tokens / per_step, 1e3 * per_step, 1e3 * best, fpt * tokens / per_step / 1e9,
            m.table.total, fpt, loss);
 
     adamw_free(&opt, &m);
-    ops->free(x);
+    ops->free(be, x);
     model_free(&m);
+    backend_close(be);
     return 0;
 }

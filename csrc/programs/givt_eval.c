@@ -12,14 +12,17 @@
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: givt-eval FOLDER DATA.npy [--batch-size N]\n"
+            "usage: givt-eval FOLDER DATA.npy [--batch-size N] [--device auto|cpu|cuda]\n"
             "  FOLDER     a Hugging Face style folder: config.json + model.safetensors\n"
             "  DATA.npy   float32 or float16 array of shape (N, T, D), T <= block_size, D = input_dim\n"
             "Prints the mean Gaussian NLL over all N*T*D values (the seed's forward().loss),\n"
-            "as 'loss = <value>', and nats/dim and bits/dim of the full likelihood.\n");
+            "as 'loss = <value>', and nats/dim and bits/dim of the full likelihood.\n"
+            "  --batch-size N   sequences per forward pass [8]\n"
+            "  --device D       auto (cuda when present, else cpu) [auto], cpu or cuda; float32 compute\n");
 }
 
-static int parse_args(int argc, char **argv, const char **folder, const char **data, int *batch) {
+static int parse_args(int argc, char **argv, const char **folder, const char **data, int *batch,
+                      const char **device) {
     int npos = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
@@ -32,6 +35,9 @@ static int parse_args(int argc, char **argv, const char **folder, const char **d
             if (!v || *end || b < 1 || b > 1 << 20)
                 return givt_fail("--batch-size %s: expected a whole number >= 1", v ? v : "(missing)");
             *batch = (int)b;
+        } else if (!strcmp(argv[i], "--device") || !strncmp(argv[i], "--device=", 9)) {
+            *device = argv[i][8] == '=' ? argv[i] + 9 : (i + 1 < argc ? argv[++i] : NULL);
+            if (!*device) return givt_fail("--device: expected auto, cpu or cuda");
         } else if (argv[i][0] == '-' && argv[i][1]) {
             return givt_fail("unknown option %s (see --help)", argv[i]);
         } else if (npos == 0) {
@@ -46,22 +52,24 @@ static int parse_args(int argc, char **argv, const char **folder, const char **d
     return 0;
 }
 
-static int load_model(GivtModel *m, const char *folder) {
+static int load_model(GivtModel *m, const char *folder, Backend *be) {
     GivtConfig cfg;
     if (hf_read_config(folder, &cfg) != 0) return -1;
     // the weights, the RoPE tables and one host copy of the weights while loading
-    size_t need = size_add(model_static_bytes(&cfg), size_mul(givt_config_num_params(&cfg), sizeof(float)));
-    double avail = memory_available_bytes();
+    size_t need = size_add(model_weights_bytes(&cfg, be), size_mul(givt_config_num_params(&cfg), sizeof(float)));
+    size_t free_bytes, total_bytes;
+    backend_mem_info(be, &free_bytes, &total_bytes);
+    double avail = (double)free_bytes;
     char nb[32], av[32];
     if (need == SIZE_MAX || (avail > 0 && (double)need > avail))
         return givt_fail("%s/config.json: the model's %zu parameters (hidden_dim = %d, intermediate_dim = %d, "
                          "num_layers = %d) need %s but %s are available",
                          folder, givt_config_num_params(&cfg), cfg.hidden_dim, cfg.intermediate_dim, cfg.num_layers,
                          human_bytes(nb, (double)need), human_bytes(av, avail));
-    if (model_create(m, &cfg, ops_cpu()) != 0) return -1;
+    if (model_create(m, &cfg, be) != 0) return -1;
     float *host = xmalloc(m->table.total * sizeof(float));
     int rc = hf_load_weights(folder, &m->table, host);
-    if (rc == 0) m->ops->upload(m->params, host, m->table.total * sizeof(float));
+    if (rc == 0) model_weights_upload(m, &m->w, host);
     free(host);
     return rc;
 }
@@ -85,23 +93,25 @@ static int open_data(Dataset *ds, const char *path, const GivtConfig *cfg) {
 
 // Every path out of main, errors included, frees what was allocated (the sanitizer run checks it).
 int main(int argc, char **argv) {
-    const char *folder = NULL, *data_path = NULL;
+    const char *folder = NULL, *data_path = NULL, *device = "auto";
     int batch = 8, rc = 1;
+    Backend *be = NULL;
     GivtModel m;
     Dataset ds;
     memset(&m, 0, sizeof m);
     memset(&ds, 0, sizeof ds);
     float *host = NULL, *x = NULL;
-    if (parse_args(argc, argv, &folder, &data_path, &batch) != 0 || load_model(&m, folder) != 0 ||
-        open_data(&ds, data_path, &m.cfg) != 0) {
+    if (parse_args(argc, argv, &folder, &data_path, &batch, &device) != 0 || !(be = backend_open(device, "no")) ||
+        load_model(&m, folder, be) != 0 || open_data(&ds, data_path, &m.cfg) != 0) {
         fprintf(stderr, "givt-eval: %s\n", givt_last_error());
         goto done;
     }
     int T = data_seq_len(&ds), D = m.cfg.input_dim;
     int64_t n = data_num_windows(&ds);
     if (batch > n) batch = (int)n;
-    size_t acts = model_acts_bytes(&m.cfg, batch, T, 0, 0);
-    double avail = memory_available_bytes();
+    size_t acts = model_acts_bytes(&m.cfg, be, batch, T, 0, 0), free_bytes, total_bytes;
+    backend_mem_info(be, &free_bytes, &total_bytes);
+    double avail = (double)free_bytes;
     if (acts == SIZE_MAX || (avail > 0 && (double)acts > avail)) {
         char ab[32], av[32];
         fprintf(stderr, "givt-eval: --batch-size %d of T = %d needs %s of activations but %s are available: lower --batch-size\n",
@@ -110,7 +120,7 @@ int main(int argc, char **argv) {
     }
     model_alloc_acts(&m, batch, T, 0, 0);
     host = xmalloc((size_t)batch * T * D * sizeof(float));
-    x = m.ops->alloc((size_t)batch * T * D * sizeof(float));
+    x = be->ops->alloc(be, (size_t)batch * T * D * sizeof(float));
     double sum = 0.0, t0 = time_now_s();
     long count = 0;
     int tty = isatty(fileno(stderr));
@@ -122,8 +132,8 @@ int main(int argc, char **argv) {
             fprintf(stderr, "givt-eval: %s\n", givt_last_error());
             goto done;
         }
-        m.ops->upload(x, host, (size_t)got * T * D * sizeof(float));
-        ModelLoss l = model_forward(&m, x, got, T, 0);
+        be->ops->upload(be, x, host, (size_t)got * T * D * sizeof(float));
+        ModelLoss l = model_eval_loss(&m, &m.w, x, got, T, 0);
         sum += l.loss_sum;
         count += l.count;
         if (tty && (k % 16 == 15 || k + 1 == nbatches))
@@ -139,9 +149,10 @@ int main(int argc, char **argv) {
     rc = isfinite(loss) ? 0 : 1;
     if (rc) fprintf(stderr, "givt-eval: the loss is %g, not a finite number\n", loss);
 done:
-    if (x) m.ops->free(x);
+    if (x) be->ops->free(be, x);
     free(host);
     data_close(&ds);
     model_free(&m);
+    backend_close(be);
     return rc;
 }

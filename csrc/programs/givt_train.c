@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "backend.h"
 #include "trainer.h"
 
 #define GIVT_VERSION "0.1.0"
@@ -21,7 +22,14 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (argc >= 2 && !strcmp(argv[1], "--version")) {
-        printf("givt-train %s\nbackends: cpu (float32, OpenBLAS + OpenMP)\n", GIVT_VERSION);
+        printf("givt-train %s\nbackends:\n", GIVT_VERSION);
+        for (int i = 0; i < backend_registry_count(); i++) {
+            char why[256] = "";
+            const char *name = backend_registry_name(i);
+            int ok = backend_available(name, why, sizeof why);
+            printf("  %-5s %s%s\n", name, ok ? "available" : "unavailable: ", ok ? "" : why);
+        }
+        printf("data parallel: single process (this build has no MPI or NCCL communicator)\n");
         return 0;
     }
     if (argc < 2 || argv[1][0] == '-') {

@@ -26,18 +26,27 @@ void adamw_create(AdamW *opt, const GivtModel *model, const OptimConfig *cfg) {
     memset(opt, 0, sizeof *opt);
     opt->cfg = *cfg;
     size_t bytes = model->table.total * sizeof(float);
-    opt->m = model->ops->alloc(bytes);
-    opt->v = model->ops->alloc(bytes);
+    opt->m = model->be->ops->alloc(model->be, bytes);
+    opt->v = model->be->ops->alloc(model->be, bytes);
 }
 
 void adamw_free(AdamW *opt, const GivtModel *model) {
-    if (opt->m) model->ops->free(opt->m);
-    if (opt->v) model->ops->free(opt->v);
+    if (opt->m) model->be->ops->free(model->be, opt->m);
+    if (opt->v) model->be->ops->free(model->be, opt->v);
     memset(opt, 0, sizeof *opt);
 }
 
-double grad_global_norm(const GivtModel *model) {
-    return sqrt(model->ops->sumsq(model->grads, model->table.total));
+void grad_sumsq(const GivtModel *model, double *acc) {
+    model->be->ops->sumsq(model->be, acc, model->grads, model->table.total);
+}
+
+double grad_global_norm(GivtModel *model) {
+    Backend *be = model->be;
+    double *acc = model->scalars + SCALAR_GRAD_SUMSQ, ss = 0.0;
+    be->ops->zero(be, acc, sizeof(double));
+    grad_sumsq(model, acc);
+    be->ops->download(be, &ss, acc, sizeof(double));
+    return sqrt(ss);
 }
 
 void adamw_step(AdamW *opt, GivtModel *model, double lr, double norm) {
@@ -48,11 +57,16 @@ void adamw_step(AdamW *opt, GivtModel *model, double lr, double norm) {
         if (coef < 1.0) scale = coef;
     }
     opt->t++;
+    Backend *be = model->be;
+    Weights *w = &model->w;
+    int separate = (void *)w->compute != (void *)w->master;  // a compute copy to refresh
+    size_t esize = dtype_size(be->compute);
     for (int i = 0; i < model->table.count; i++) {
         const ParamSpec *s = &model->table.specs[i];
-        model->ops->adamw(model->params + s->offset, model->grads + s->offset, opt->m + s->offset,
-                          opt->v + s->offset, s->numel, (float)lr, (float)c->beta1, (float)c->beta2, (float)c->eps,
-                          s->weight_decay ? (float)c->weight_decay : 0.0f, (float)scale, (int)opt->t);
+        cval *pc = separate ? (cval *)((char *)w->compute + s->offset * esize) : NULL;
+        be->ops->adamw(be, w->master + s->offset, pc, model->grads + s->offset, opt->m + s->offset,
+                       opt->v + s->offset, s->numel, (float)lr, (float)c->beta1, (float)c->beta2, (float)c->eps,
+                       s->weight_decay ? (float)c->weight_decay : 0.0f, (float)scale, (int)opt->t);
     }
 }
 

@@ -26,15 +26,17 @@ double lr_factor(const OptimConfig *oc, long step);
 
 typedef struct {
     OptimConfig cfg;
-    float *m, *v;  // backend memory, table.total floats each
+    float *m, *v;  // backend memory, table.total floats each (float32 always)
     long t;        // updates applied so far (AdamW's step count)
 } AdamW;
 
 void adamw_create(AdamW *opt, const GivtModel *model, const OptimConfig *cfg);
 void adamw_free(AdamW *opt, const GivtModel *model);
-// Global L2 norm of model->grads (double accumulation).
-double grad_global_norm(const GivtModel *model);
-// One update with learning rate lr. The gradients are scaled by min(1, grad_norm / (norm + 1e-6))
+// *acc (a backend scalar) += the squared L2 norm of model->grads (double accumulation, fixed order).
+void grad_sumsq(const GivtModel *model, double *acc);
+// Global L2 norm of model->grads, read by the host (one synchronisation).
+double grad_global_norm(GivtModel *model);
+// One update of model->w (master weights and their compute copy) with learning rate lr. The gradients are scaled by min(1, grad_norm / (norm + 1e-6))
 // first, as torch.nn.utils.clip_grad_norm_ does. Decay applies to tensors with more than one dim.
 void adamw_step(AdamW *opt, GivtModel *model, double lr, double norm);
 

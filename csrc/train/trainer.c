@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "data.h"
+#include "dist.h"
 #include "hf.h"
 #include "optim.h"
 
@@ -25,9 +26,12 @@
 
 typedef struct {
     TrainConfig cfg;
+    Backend *be;
+    Dist *dist;
     GivtModel model;
     AdamW opt;
-    float *ema;  // backend memory, or NULL when the EMA is off
+    Weights ema;     // the EMA of the weights: a second weight set (master NULL when the EMA is off)
+    int has_ema;
     Dataset data;
     float *batch_host, *batch;  // (B, T, D)
     int T;
@@ -37,6 +41,9 @@ typedef struct {
     long skipped_total, skipped_in_row;
     FILE *metrics;
 } Trainer;
+
+// Only rank 0 prints and writes files.
+static int root(const Trainer *tr) { return dist_is_root(tr->dist); }
 
 static volatile sig_atomic_t g_interrupted;
 static void on_signal(int sig) {
@@ -165,7 +172,7 @@ static int remove_checkpoint(const char *out_dir, long step) {
 }
 
 static void download_params(const GivtModel *m, const float *src, float *host) {
-    m->ops->download(host, src, m->table.total * sizeof(float));
+    m->be->ops->download(m->be, host, src, m->table.total * sizeof(float));
 }
 
 // optimizer.safetensors: "exp_avg.<name>" and "exp_avg_sq.<name>" per parameter, and the training
@@ -247,8 +254,8 @@ static int load_train_state(Trainer *tr, const char *path) {
                            "damaged; resume from an earlier one",
                            path, i);
     if (rc == 0) {
-        tr->model.ops->upload(tr->opt.m, mh, total * sizeof(float));
-        tr->model.ops->upload(tr->opt.v, vh, total * sizeof(float));
+        tr->be->ops->upload(tr->be, tr->opt.m, mh, total * sizeof(float));
+        tr->be->ops->upload(tr->be, tr->opt.v, vh, total * sizeof(float));
     }
     free(mh);
     free(vh);
@@ -256,25 +263,37 @@ static int load_train_state(Trainer *tr, const char *path) {
     return rc;
 }
 
-static int params_finite(const GivtModel *m, const float *p) { return isfinite(m->ops->sumsq(p, m->table.total)); }
+// Are the n float32 weights at p (backend memory) all finite? (Their sum of squares is.)
+static int params_finite(GivtModel *m, const float *p) {
+    Backend *be = m->be;
+    double *acc = m->scalars + SCALAR_EVAL_SUM, ss = 0.0;
+    be->ops->zero(be, acc, sizeof(double));
+    be->ops->sumsq(be, acc, p, m->table.total);
+    be->ops->download(be, &ss, acc, sizeof(double));
+    return isfinite(ss);
+}
 
 // Writes out_dir/step_XXXXXXXX as a whole: files go to a temporary folder that is renamed into
 // place, so a checkpoint folder is complete or absent. Then keeps the newest keep_checkpoints.
 static int save_checkpoint(Trainer *tr) {
     const TrainSettings *ts = &tr->cfg.train;
     GivtModel *m = &tr->model;
-    if (!params_finite(m, m->params) || (tr->ema && !params_finite(m, tr->ema)))
+    if (!params_finite(m, m->w.master) || (tr->has_ema && !params_finite(m, tr->ema.master)))
         return givt_fail("step %ld: the weights are not finite; no checkpoint written", tr->step);
+    if (!root(tr)) {  // every rank holds the same weights and state; rank 0 writes them
+        tr->saved_step = tr->step;
+        return 0;
+    }
     char final_dir[TRAIN_CONFIG_STR_MAX + 32], tmp_dir[TRAIN_CONFIG_STR_MAX + 64];
     checkpoint_path(ts->out_dir, tr->step, final_dir, sizeof final_dir);
     snprintf(tmp_dir, sizeof tmp_dir, "%s/.tmp-" CKPT_PREFIX "%08ld-%ld", ts->out_dir, tr->step, (long)getpid());
     if (remove_folder(tmp_dir) != 0 || hf_mkdir_p(tmp_dir) != 0) return -1;
     float *host = xmalloc(m->table.total * sizeof(float));
-    download_params(m, m->params, host);
+    model_weights_download(m, &m->w, host);
     int rc = hf_save(tmp_dir, &tr->cfg.model, &m->table, host);
-    if (rc == 0 && tr->ema) {
+    if (rc == 0 && tr->has_ema) {
         char *p = path_join(tmp_dir, "ema.safetensors");
-        download_params(m, tr->ema, host);
+        model_weights_download(m, &tr->ema, host);
         rc = hf_save_tensors(p, &m->table, host, NULL, 0);
         free(p);
     }
@@ -314,7 +333,7 @@ static int load_weights_from(Trainer *tr, const char *folder, const char *what) 
                          key, vb);
     float *host = xmalloc(tr->model.table.total * sizeof(float));
     int rc = hf_load_weights(folder, &tr->model.table, host);
-    if (rc == 0) tr->model.ops->upload(tr->model.params, host, tr->model.table.total * sizeof(float));
+    if (rc == 0) model_weights_upload(&tr->model, &tr->model.w, host);
     free(host);
     return rc;
 }
@@ -322,12 +341,12 @@ static int load_weights_from(Trainer *tr, const char *folder, const char *what) 
 // Restores weights, EMA, optimizer and data position from the checkpoint folder dir.
 static int resume(Trainer *tr, const char *dir) {
     if (load_weights_from(tr, dir, "resume_from_ckpt") != 0) return -1;
-    if (tr->ema) {
+    if (tr->has_ema) {
         char *p = path_join(dir, "ema.safetensors");
         float *host = xmalloc(tr->model.table.total * sizeof(float));
         int rc = path_exists(p) ? hf_load_tensors(p, &tr->model.table, host)
                                 : givt_fail("%s: missing, but [train] ema is on", p);
-        if (rc == 0) tr->model.ops->upload(tr->ema, host, tr->model.table.total * sizeof(float));
+        if (rc == 0) model_weights_upload(&tr->model, &tr->ema, host);
         free(host);
         free(p);
         if (rc != 0) return -1;
@@ -397,18 +416,19 @@ static void metrics_write(Trainer *tr, double loss, double lr, double gnorm, dou
 // -1 on a data error (NaN or Inf in the validation data); 1, with *loss NaN, when interrupted.
 static int validate(Trainer *tr, double *loss) {
     GivtModel *m = &tr->model;
+    Backend *be = tr->be;
+    const Weights *w = tr->has_ema ? &tr->ema : &m->w;
     int B = tr->cfg.train.batch_size, D = m->cfg.input_dim, got = 0;
-    float *saved = m->params;
-    if (tr->ema) m->params = tr->ema;
-    double sum = 0.0;
+    double *acc = m->scalars + SCALAR_EVAL_SUM, sum = 0.0;
     long count = 0;
+    be->ops->zero(be, acc, sizeof(double));
     for (int64_t k = 0; !g_interrupted && (got = data_val_batch(&tr->data, k, B, tr->batch_host)) > 0; k++) {
-        m->ops->upload(tr->batch, tr->batch_host, (size_t)got * tr->T * D * sizeof(float));
-        ModelLoss l = model_forward(m, tr->batch, got, tr->T, 0);
-        sum += l.loss_sum;
-        count += l.count;
+        be->ops->upload(be, tr->batch, tr->batch_host, (size_t)got * tr->T * D * sizeof(float));
+        model_forward(m, w, tr->batch, got, tr->T);
+        model_loss(m, acc, 0.0f);
+        count += (long)got * tr->T * D;
     }
-    m->params = saved;
+    be->ops->download(be, &sum, acc, sizeof(double));  // the host reads the sum once
     *loss = count && !g_interrupted ? sum / (double)count : NAN;
     return got < 0 ? -1 : g_interrupted ? 1 : 0;
 }
@@ -422,14 +442,23 @@ typedef enum {
     STEP_INTERRUPTED,  // SIGINT/SIGTERM/SIGHUP between micro-batches; no step taken
 } StepResult;
 
-// Forward and backward over grad_accum_steps batches; *loss gets the mean loss. A data error or an
+// Called by model_backward for each range of gradients it has finished: on the last micro-batch of
+// a step they are final, and the communicator may start reducing them.
+static void on_grads_ready(void *user, size_t first, size_t count) {
+    Trainer *tr = user;
+    dist_grads_ready(tr->dist, tr->be, tr->model.grads, first, count);
+}
+
+// Forward and backward over grad_accum_steps batches, then the reduction over ranks: the gradients
+// of the mean loss, and the loss sum in the backend scalar SCALAR_LOSS_SUM. A data error or an
 // interrupt abandons the step and puts the data position back where the step began, so that the
 // checkpoint written next resumes exactly at this step.
-static StepResult accumulate_gradients(Trainer *tr, double *loss) {
+static StepResult accumulate_gradients(Trainer *tr) {
     GivtModel *m = &tr->model;
+    Backend *be = tr->be;
     int B = tr->cfg.train.batch_size, D = m->cfg.input_dim, accum = tr->cfg.train.grad_accum_steps;
     DataPos start = data_get_pos(&tr->data);
-    *loss = 0.0;
+    be->ops->zero(be, m->scalars, MODEL_NUM_SCALARS * sizeof(double));
     model_zero_grads(m);
     for (int k = 0; k < accum; k++) {
         StepResult stop = g_interrupted ? STEP_INTERRUPTED
@@ -439,11 +468,14 @@ static StepResult accumulate_gradients(Trainer *tr, double *loss) {
             tr->data.pos = start;
             return stop;
         }
-        m->ops->upload(tr->batch, tr->batch_host, (size_t)B * tr->T * D * sizeof(float));
-        ModelLoss l = model_forward(m, tr->batch, B, tr->T, 0);
-        model_backward(m, 1.0f / (float)accum);
-        *loss += l.loss / accum;
+        be->ops->upload(be, tr->batch, tr->batch_host, (size_t)B * tr->T * D * sizeof(float));
+        model_forward(m, &m->w, tr->batch, B, tr->T);
+        model_loss(m, m->scalars + SCALAR_LOSS_SUM, 1.0f / (float)accum);
+        m->grads_ready = k == accum - 1 ? on_grads_ready : NULL;
+        model_backward(m, &m->w);
     }
+    dist_allreduce_mean(tr->dist, be, m->grads, m->table.total);
+    dist_allreduce_sum_scalars(tr->dist, be, m->scalars + SCALAR_LOSS_SUM, 1);
     return STEP_DONE;
 }
 
@@ -507,16 +539,17 @@ typedef struct {
     size_t data;       // the split and the permutation of the dummy set
 } MemoryPlan;
 
-static MemoryPlan memory_plan(const TrainConfig *c) {
+static MemoryPlan memory_plan(const TrainConfig *c, Backend *be) {
     const TrainSettings *ts = &c->train;
     size_t P = givt_config_num_params(&c->model), f32 = sizeof(float), T = (size_t)c->data.seq_len;
-    // gradients, m and v, the EMA, and two host copies while a checkpoint is written or read
-    size_t copies = 3 + (ts->ema > 0) + 2;
+    // float32 gradients, m and v, and two host copies while a checkpoint is written or read (on the
+    // CPU backend, host and device memory are the same), plus the EMA (a whole weight set)
+    size_t copies = 3 + 2;
     size_t batch = size_mul3(size_mul((size_t)ts->batch_size, T), (size_t)c->model.input_dim, 2 * f32);
     MemoryPlan p = {
-        .model = size_add(model_static_bytes(&c->model), size_mul3(P, copies, f32)),
-        .acts = size_add(model_acts_bytes(&c->model, ts->batch_size, (int)T, 1, ts->gradient_checkpointing), batch),
-        .acts_ckpt = size_add(model_acts_bytes(&c->model, ts->batch_size, (int)T, 1, 1), batch),
+        .model = size_add(size_mul(model_weights_bytes(&c->model, be), 1 + (ts->ema > 0)), size_mul3(P, copies, f32)),
+        .acts = size_add(model_acts_bytes(&c->model, be, ts->batch_size, (int)T, 1, ts->gradient_checkpointing), batch),
+        .acts_ckpt = size_add(model_acts_bytes(&c->model, be, ts->batch_size, (int)T, 1, 1), batch),
         // window ids, permutation and flags while the split is made: 25 bytes a window
         .data = c->data.kind == DATA_KIND_DUMMY ? size_mul((size_t)c->data.dummy_size, 25) : 0,
     };
@@ -525,17 +558,20 @@ static MemoryPlan memory_plan(const TrainConfig *c) {
 
 // Says what training will hold in memory, and refuses to start what cannot fit, before any work,
 // naming the keys that drive the largest part.
-static int check_memory(const TrainConfig *c) {
+static int check_memory(const TrainConfig *c, Backend *be, int verbose) {
     const TrainSettings *ts = &c->train;
     const GivtConfig *m = &c->model;
-    MemoryPlan p = memory_plan(c);
-    size_t need = size_add(size_add(p.model, p.acts), p.data);
-    double avail = memory_available_bytes();
+    MemoryPlan p = memory_plan(c, be);
+    size_t need = size_add(size_add(p.model, p.acts), p.data), free_bytes, total_bytes;
+    backend_mem_info(be, &free_bytes, &total_bytes);
+    double avail = (double)free_bytes;
     char st[32], ac[32], da[32], nb[32], av[32];
-    fprintf(stderr, "givt-train: memory: %s of weights, gradients and optimizer state, %s of activations",
-            human_bytes(st, (double)p.model), human_bytes(ac, (double)p.acts));
-    if (p.data) fprintf(stderr, ", %s of data index", human_bytes(da, (double)p.data));
-    fputc('\n', stderr);
+    if (verbose) {
+        fprintf(stderr, "givt-train: memory: %s of weights, gradients and optimizer state, %s of activations",
+                human_bytes(st, (double)p.model), human_bytes(ac, (double)p.acts));
+        if (p.data) fprintf(stderr, ", %s of data index", human_bytes(da, (double)p.data));
+        fputc('\n', stderr);
+    }
     if (need != SIZE_MAX && (avail <= 0 || (double)need <= avail)) return 0;
     char keys[512], hint[160] = "";
     if (p.model >= p.acts && p.model >= p.data)
@@ -594,24 +630,27 @@ static int lock_out_dir(Trainer *tr) {
 
 static int setup(Trainer *tr) {
     const TrainSettings *ts = &tr->cfg.train;
-    if (ts->device == DEVICE_CUDA)
-        return givt_fail("[train] device = cuda: this build has no CUDA backend yet (use cpu or auto)");
-    if (ts->mixed_precision == MIXED_PRECISION_BF16)
-        fprintf(stderr, "givt-train: note: mixed_precision = bf16 is for GPU training; the CPU backend trains in float32\n");
-    if (check_memory(&tr->cfg) != 0) return -1;
+    tr->be = backend_open(device_kind_name(ts->device), ts->mixed_precision == MIXED_PRECISION_BF16 ? "bf16" : "no");
+    if (!tr->be) return givt_fail("[train] device = %s: %s", device_kind_name(ts->device), givt_last_error());
+    if (ts->mixed_precision == MIXED_PRECISION_BF16 && tr->be->compute != DTYPE_BF16 && root(tr))
+        fprintf(stderr, "givt-train: note: mixed_precision = bf16: the %s backend computes in %s\n", tr->be->name,
+                dtype_name(tr->be->compute));
+    if (check_memory(&tr->cfg, tr->be, root(tr)) != 0) return -1;
     if (hf_mkdir_p(ts->out_dir) != 0 || lock_out_dir(tr) != 0 || remove_stale_temporaries(ts->out_dir) != 0)
         return -1;
     if (open_data(tr) != 0) return -1;
-    if (model_create(&tr->model, &tr->cfg.model, ops_cpu()) != 0) return -1;
+    if (model_create(&tr->model, &tr->cfg.model, tr->be) != 0) return -1;
     GivtModel *m = &tr->model;
     model_alloc_acts(m, ts->batch_size, tr->T, 1, ts->gradient_checkpointing);
     model_alloc_grads(m);
     OptimConfig oc = optim_config(ts);
     adamw_create(&tr->opt, m, &oc);
-    if (ts->ema > 0) tr->ema = m->ops->alloc(m->table.total * sizeof(float));
+    tr->has_ema = ts->ema > 0;
+    if (tr->has_ema) model_weights_alloc(m, &tr->ema);
+    m->grads_ready_user = tr;
     size_t batch_floats = (size_t)ts->batch_size * tr->T * m->cfg.input_dim;
     tr->batch_host = xmalloc(batch_floats * sizeof(float));
-    tr->batch = m->ops->alloc(batch_floats * sizeof(float));
+    tr->batch = tr->be->ops->alloc(tr->be, batch_floats * sizeof(float));
     char ckpt[TRAIN_CONFIG_STR_MAX + 32] = "";
     if (!strcmp(ts->resume_from_ckpt, "latest")) {
         if (trainer_latest_checkpoint(ts->out_dir, ckpt, sizeof ckpt) != 0) {
@@ -635,7 +674,7 @@ static int setup(Trainer *tr) {
         rng_seed(&rng, ts->seed);
         model_init_params(m, &rng);
     }
-    if (tr->ema) m->ops->ema_update(tr->ema, m->params, m->table.total, 0.0f);  // the EMA starts as a copy
+    if (tr->has_ema) model_weights_copy(m, &tr->ema, &m->w);  // the EMA starts as a copy
     return 0;
 }
 
@@ -643,20 +682,36 @@ static void teardown(Trainer *tr) {
     GivtModel *m = &tr->model;
     if (tr->lock_fd >= 0) close(tr->lock_fd);
     if (tr->metrics) fclose(tr->metrics);
-    if (tr->batch) m->ops->free(tr->batch);
-    if (tr->ema) m->ops->free(tr->ema);
+    if (tr->batch) tr->be->ops->free(tr->be, tr->batch);
+    if (tr->has_ema) model_weights_free(m, &tr->ema);
     free(tr->batch_host);
-    if (m->params) adamw_free(&tr->opt, m);
+    if (m->w.master) adamw_free(&tr->opt, m);
     model_free(m);
     data_close(&tr->data);
+    backend_close(tr->be);
+    dist_close(tr->dist);
+}
+
+// ema = decay * ema + (1 - decay) * weights, master and compute copy
+static void ema_step(Trainer *tr, float decay) {
+    GivtModel *m = &tr->model;
+    cval *compute = (void *)tr->ema.compute == (void *)tr->ema.master ? NULL : tr->ema.compute;
+    tr->be->ops->ema_update(tr->be, tr->ema.master, compute, m->w.master, m->table.total, decay);
 }
 
 // One optimizer step: gradients, the finiteness check, clipping, AdamW and the EMA.
 static StepResult train_step(Trainer *tr, double *loss, double *lr, double *gnorm) {
     GivtModel *m = &tr->model;
-    StepResult r = accumulate_gradients(tr, loss);
+    StepResult r = accumulate_gradients(tr);
     if (r != STEP_DONE) return r;
-    *gnorm = grad_global_norm(m);
+    // the host reads the loss and the squared gradient norm once per step: two adjacent scalars
+    _Static_assert(SCALAR_GRAD_SUMSQ == SCALAR_LOSS_SUM + 1, "one read of both scalars");
+    grad_sumsq(m, m->scalars + SCALAR_GRAD_SUMSQ);
+    double sc[2];
+    tr->be->ops->download(tr->be, sc, m->scalars + SCALAR_LOSS_SUM, sizeof sc);
+    double count = (double)tr->cfg.train.batch_size * tr->T * m->cfg.input_dim * tr->cfg.train.grad_accum_steps;
+    *loss = sc[0] / (count * tr->dist->world_size);
+    *gnorm = sqrt(sc[1]);
     *lr = tr->cfg.train.lr * lr_factor(&tr->opt.cfg, tr->step);
     tr->step++;
     if (!isfinite(*loss) || !isfinite(*gnorm)) {
@@ -672,7 +727,7 @@ static StepResult train_step(Trainer *tr, double *loss, double *lr, double *gnor
     }
     tr->skipped_in_row = 0;
     adamw_step(&tr->opt, m, *lr, *gnorm);
-    if (tr->ema) m->ops->ema_update(tr->ema, m->params, m->table.total, (float)ema_decay(tr->cfg.train.ema, tr->opt.t));
+    if (tr->has_ema) ema_step(tr, (float)ema_decay(tr->cfg.train.ema, tr->opt.t));
     return STEP_DONE;
 }
 
@@ -730,12 +785,14 @@ static int loop(Trainer *tr) {
             double now = time_now_s();
             double tok_s = (double)(steps_window * tokens_per_step) / (now - t_window);
             double eta = (now - t_start) / (double)(tr->step - start_step) * (double)(ts->max_steps - tr->step);
-            metrics_write(tr, loss, lr, gnorm, tok_s, val_loss);
-            progress(tr, tty, loss, lr, gnorm, tok_s, eta, val_loss);
+            if (root(tr)) {
+                metrics_write(tr, loss, lr, gnorm, tok_s, val_loss);
+                progress(tr, tty, loss, lr, gnorm, tok_s, eta, val_loss);
+            }
             t_window = now;
             steps_window = 0;
         }
-        if (g_interrupted) return stop_early(tr, 1);
+        if (dist_any(tr->dist, g_interrupted)) return stop_early(tr, 1);
         if ((ts->save_every > 0 && tr->step % ts->save_every == 0) || last) {
             if (save_checkpoint(tr) != 0) return -1;
         }
@@ -747,18 +804,23 @@ static int loop(Trainer *tr) {
 int trainer_run(const TrainConfig *cfg) {
     Trainer *tr = xcalloc(1, sizeof *tr);
     tr->cfg = *cfg;
+    tr->dist = dist_open_single();
     tr->lock_fd = -1;
     int rc = setup(tr);
-    if (rc == 0) {
+    if (rc == 0 && root(tr)) {
         char *p = path_join(cfg->train.out_dir, "train.ini");
         rc = train_config_save(&tr->cfg, p);
         free(p);
+        if (rc == 0) rc = metrics_open(tr);
     }
-    if (rc == 0) rc = metrics_open(tr);
     if (rc == 0) {
-        fprintf(stderr, "givt-train: %zu parameters, %lld training / %lld validation sequences of T = %d, backend %s\n",
-                tr->model.table.total, (long long)data_num_train(&tr->data), (long long)data_num_val(&tr->data),
-                tr->T, tr->model.ops->name);
+        if (root(tr))
+            fprintf(stderr,
+                    "givt-train: %zu parameters, %lld training / %lld validation sequences of T = %d, backend %s "
+                    "(%s, %s compute), %d process%s\n",
+                    tr->model.table.total, (long long)data_num_train(&tr->data), (long long)data_num_val(&tr->data),
+                    tr->T, tr->be->name, tr->be->device, dtype_name(tr->be->compute), tr->dist->world_size,
+                    tr->dist->world_size == 1 ? "" : "es");
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = on_signal;

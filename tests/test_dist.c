@@ -1,0 +1,88 @@
+// test_dist: the communicator seam: the single-process communicator is the identity, and
+// model_backward reports every gradient as ready exactly once, in the order a data-parallel trainer
+// can start reducing them (head and final norm, the layers from the last, then embedding and bos).
+#include <stdlib.h>
+#include <string.h>
+
+#include "dist.h"
+#include "harness.h"
+#include "model.h"
+
+TEST(dist_single_process_is_the_identity) {
+    Dist *d = dist_open_single();
+    Backend *be = backend_open("cpu", "no");
+    CHECK(d->rank == 0 && d->world_size == 1 && dist_is_root(d));
+    float *g = be->ops->alloc(be, 5 * sizeof(float)), host[5] = {1, -2, 3.5f, 0, 7}, back[5];
+    be->ops->upload(be, g, host, sizeof host);
+    dist_allreduce_mean(d, be, g, 5);
+    be->ops->download(be, back, g, sizeof back);
+    CHECK(memcmp(host, back, sizeof host) == 0);
+    double *s = be->ops->alloc(be, sizeof(double)), v = 2.5, w = 0;
+    be->ops->upload(be, s, &v, sizeof v);
+    dist_allreduce_sum_scalars(d, be, s, 1);
+    be->ops->download(be, &w, s, sizeof w);
+    CHECK(w == 2.5);
+    CHECK(dist_any(d, 0) == 0 && dist_any(d, 1) == 1);
+    dist_barrier(d);
+    be->ops->free(be, g);
+    be->ops->free(be, s);
+    backend_close(be);
+    dist_close(d);
+}
+
+typedef struct {
+    int calls;
+    size_t first[64], count[64];
+} ReadyLog;
+
+static void log_ready(void *user, size_t first, size_t count) {
+    ReadyLog *r = user;
+    if (r->calls < 64) {
+        r->first[r->calls] = first;
+        r->count[r->calls] = count;
+    }
+    r->calls++;
+}
+
+TEST(dist_backward_reports_each_gradient_once_in_order) {
+    GivtConfig cfg;
+    givt_config_default(&cfg);
+    cfg.input_dim = 3, cfg.hidden_dim = 8, cfg.intermediate_dim = 12, cfg.num_heads = 2, cfg.num_layers = 3;
+    cfg.block_size = 5;
+    Backend *be = backend_open("cpu", "no");
+    GivtModel m;
+    CHECK(model_create(&m, &cfg, be) == 0, "%s", givt_last_error());
+    Rng rng;
+    rng_seed(&rng, 5);
+    model_init_params(&m, &rng);
+    model_alloc_acts(&m, 2, 5, 1, 0);
+    model_alloc_grads(&m);
+    float x[2 * 5 * 3];
+    for (int i = 0; i < 30; i++) x[i] = (float)rng_normal(&rng);
+    float *xd = be->ops->alloc(be, sizeof x);
+    be->ops->upload(be, xd, x, sizeof x);
+    ReadyLog log = {0};
+    m.grads_ready = log_ready;
+    m.grads_ready_user = &log;
+    model_zero_grads(&m);
+    model_forward(&m, &m.w, xd, 2, 5);
+    model_loss(&m, m.scalars + SCALAR_LOSS_SUM, 1.0f);
+    model_backward(&m, &m.w);
+    CHECK(log.calls == cfg.num_layers + 2, "%d reports", log.calls);
+    // the ranges tile [0, total) exactly: no parameter twice, none missing
+    unsigned char *seen = calloc(m.table.total, 1);
+    for (int c = 0; c < log.calls && c < 64; c++)
+        for (size_t i = log.first[c]; i < log.first[c] + log.count[c] && i < m.table.total; i++) seen[i]++;
+    size_t once = 0;
+    for (size_t i = 0; i < m.table.total; i++) once += seen[i] == 1;
+    CHECK(once == m.table.total, "%zu of %zu parameters reported exactly once", once, m.table.total);
+    free(seen);
+    // order: head + final norm first (the end of the table), then layers L-1 .. 0, then embed + bos
+    CHECK(log.first[0] == m.table.specs[m.table.norm].offset);
+    for (int l = cfg.num_layers - 1, c = 1; l >= 0; l--, c++)
+        CHECK(log.first[c] == m.table.specs[m.table.layer0 + l * P_PER_LAYER].offset, "report %d is layer %d", c, l);
+    CHECK(log.first[log.calls - 1] == 0);
+    be->ops->free(be, xd);
+    model_free(&m);
+    backend_close(be);
+}
