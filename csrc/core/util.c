@@ -57,6 +57,19 @@ void *xcalloc_at(size_t count, size_t size, const char *file, int line) {
     return p;
 }
 
+void *xrealloc_at(void *p, size_t n, const char *file, int line) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) givt_die_at(file, line, "out of memory reallocating to %zu bytes", n);
+    return q;
+}
+
+char *xstrdup_at(const char *s, const char *file, int line) {
+    size_t n = strlen(s) + 1;
+    char *d = xmalloc_at(n, file, line);
+    memcpy(d, s, n);
+    return d;
+}
+
 char *read_file_text(const char *path, size_t *len_out) {
     FILE *fp = fopen(path, "rb");
     if (!fp) {
@@ -70,9 +83,7 @@ char *read_file_text(const char *path, size_t *len_out) {
         len += got;
         if (cap - len - 1 == 0) {
             cap *= 2;
-            char *nb = realloc(buf, cap);
-            if (!nb) givt_die("out of memory reading %s", path);
-            buf = nb;
+            buf = xrealloc(buf, cap);
         }
     }
     int err = ferror(fp);
@@ -100,8 +111,7 @@ char *path_join(const char *dir, const char *name) {
 }
 
 int fsync_dir_of(const char *path) {
-    char *copy = strdup(path);
-    if (!copy) givt_die("out of memory");
+    char *copy = xstrdup(path);
     const char *dir = dirname(copy);
     int fd = open(dir, O_RDONLY | O_DIRECTORY);
     if (fd < 0) {
@@ -118,10 +128,9 @@ int fsync_dir_of(const char *path) {
 
 int atomic_open(AtomicFile *af, const char *path) {
     memset(af, 0, sizeof *af);
-    af->final_path = strdup(path);
+    af->final_path = xstrdup(path);
     size_t n = strlen(path) + 32;
-    af->tmp_path = malloc(n);
-    if (!af->final_path || !af->tmp_path) givt_die("out of memory");
+    af->tmp_path = xmalloc(n);
     snprintf(af->tmp_path, n, "%s.tmp.%ld", path, (long)getpid());
     af->fp = fopen(af->tmp_path, "wb");
     if (!af->fp) {

@@ -33,10 +33,15 @@ static inline size_t size_add(size_t a, size_t b) {
 static inline size_t size_mul3(size_t a, size_t b, size_t c) { return size_mul(size_mul(a, b), c); }
 
 // ---- memory -------------------------------------------------------------------------------
+// Out of memory is fatal: these print the caller's file:line and exit(1) instead of returning NULL.
 void *xmalloc_at(size_t n, const char *file, int line);
 void *xcalloc_at(size_t count, size_t size, const char *file, int line);
+void *xrealloc_at(void *p, size_t n, const char *file, int line);
+char *xstrdup_at(const char *s, const char *file, int line);
 #define xmalloc(n) xmalloc_at((n), __FILE__, __LINE__)
 #define xcalloc(c, s) xcalloc_at((c), (s), __FILE__, __LINE__)
+#define xrealloc(p, n) xrealloc_at((p), (n), __FILE__, __LINE__)
+#define xstrdup(s) xstrdup_at((s), __FILE__, __LINE__)
 
 // ---- files --------------------------------------------------------------------------------
 // Reads a whole file into a NUL-terminated buffer; NULL (with givt_fail) on error.

@@ -66,8 +66,7 @@ static void cpu_rmsnorm_fwd(float *out, float *rstd, const float *inp, const flo
 #define RMS_CHUNKS 16
 static void cpu_rmsnorm_bwd(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
                             const float *rstd, int N, int C) {
-    float *part = calloc((size_t)RMS_CHUNKS * C, sizeof(float));
-    if (!part) givt_die("out of memory");
+    float *part = xcalloc((size_t)RMS_CHUNKS * C, sizeof(float));
 #pragma omp parallel for schedule(static)
     for (int ch = 0; ch < RMS_CHUNKS; ch++) {
         int n0 = (int)((long)N * ch / RMS_CHUNKS), n1 = (int)((long)N * (ch + 1) / RMS_CHUNKS);

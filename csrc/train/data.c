@@ -59,13 +59,9 @@ typedef struct {
 static void sl_push(StrList *l, const char *s) {
     if (l->n == l->cap) {
         l->cap = l->cap ? 2 * l->cap : 8;
-        char **nv = realloc(l->v, (size_t)l->cap * sizeof *nv);
-        if (!nv) givt_die("out of memory");
-        l->v = nv;
+        l->v = xrealloc(l->v, (size_t)l->cap * sizeof *l->v);
     }
-    l->v[l->n] = strdup(s);
-    if (!l->v[l->n]) givt_die("out of memory");
-    l->n++;
+    l->v[l->n++] = xstrdup(s);
 }
 
 static void sl_free(StrList *l) {
@@ -76,8 +72,7 @@ static void sl_free(StrList *l) {
 
 // "a.npy,dir/*.npy" -> the files, each glob pattern's matches sorted.
 static int expand_paths(const char *spec, StrList *out) {
-    char *copy = strdup(spec);
-    if (!copy) givt_die("out of memory");
+    char *copy = xstrdup(spec);
     int rc = 0;
     char *save = NULL;
     for (char *tok = strtok_r(copy, ",", &save); tok && rc == 0; tok = strtok_r(NULL, ",", &save)) {
@@ -220,8 +215,7 @@ int data_open(Dataset *ds, const DataConfig *cfg) {
     if (cfg->val_size < 0) return givt_fail("val_size = %lld: must be >= 0", (long long)cfg->val_size);
     if (cfg->kind == DATA_NPY) {
         if (!cfg->path || !*cfg->path) return givt_fail("data kind npy needs a path");
-        ds->cfg.path = strdup(cfg->path);
-        if (!ds->cfg.path) givt_die("out of memory");
+        ds->cfg.path = xstrdup(cfg->path);
         if (open_files(ds)) {
             data_close(ds);
             return -1;

@@ -70,9 +70,7 @@ static long *list_checkpoints(const char *out_dir, int *n) {
         if (!is_checkpoint_name(e->d_name, &s)) continue;
         if (*n == cap) {
             cap *= 2;
-            long *ns = realloc(steps, cap * sizeof(long));
-            if (!ns) givt_die("out of memory");
-            steps = ns;
+            steps = xrealloc(steps, cap * sizeof(long));
         }
         steps[(*n)++] = s;
     }
@@ -680,7 +678,7 @@ static StepResult train_step(Trainer *tr, double *loss, double *lr, double *gnor
 // error's message kept): a checkpoint of the last completed step is written first, unless the newest
 // checkpoint already holds it, and the run says which.
 static int stop_early(Trainer *tr, int interrupted) {
-    char *why = interrupted ? NULL : strdup(givt_last_error());
+    char *why = interrupted ? NULL : xstrdup(givt_last_error());
     char where[TRAIN_CONFIG_STR_MAX + 64];
     int rc = 0;
     if (tr->step > tr->saved_step) {
