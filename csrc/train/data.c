@@ -14,15 +14,8 @@
 // Salts that separate the random streams derived from the one seed.
 enum { SALT_SPLIT = 1, SALT_SHUFFLE = 2, SALT_DUMMY = 3 };
 
-static uint64_t mix64(uint64_t z) {
-    z ^= z >> 30;
-    z *= 0xbf58476d1ce4e5b9ull;
-    z ^= z >> 27;
-    z *= 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-// A 64-bit hash of (seed, salt, index): seeds the Rng of one permutation or one dummy sequence.
+// A 64-bit hash of (seed, salt, index) with util's mix64: seeds the Rng of one permutation or one
+// dummy sequence.
 static uint64_t hash3(uint64_t seed, uint64_t salt, uint64_t index) {
     uint64_t h = mix64(seed + 0x9e3779b97f4a7c15ull);
     h = mix64(h ^ (salt * 0xd1b54a32d192ed03ull));
