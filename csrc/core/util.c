@@ -45,6 +45,34 @@ void givt_die_at(const char *file, int line, const char *fmt, ...) {
     exit(1);
 }
 
+int range_ok(int range, double lo, double hi, double v) {
+    if ((range & RANGE_GE) && !(v >= lo)) return 0;
+    if ((range & RANGE_GT) && !(v > lo)) return 0;
+    if ((range & RANGE_LE) && !(v <= hi)) return 0;
+    if ((range & RANGE_LT) && !(v < hi)) return 0;
+    return 1;
+}
+
+const char *range_text(int range, double lo, double hi, char *buf, size_t n) {
+    int low = range & (RANGE_GE | RANGE_GT), high = range & (RANGE_LE | RANGE_LT);
+    if (low && high)
+        snprintf(buf, n, "in %c%.15g, %.15g%c", (range & RANGE_GE) ? '[' : '(', lo, hi, (range & RANGE_LE) ? ']' : ')');
+    else if (low)
+        snprintf(buf, n, "%s %.15g", (range & RANGE_GE) ? ">=" : ">", lo);
+    else if (high)
+        snprintf(buf, n, "%s %.15g", (range & RANGE_LE) ? "<=" : "<", hi);
+    else
+        buf[0] = '\0';
+    return buf;
+}
+
+void format_double(double v, char *buf, size_t n) {
+    for (int p = 1; p <= 17; p++) {
+        snprintf(buf, n, "%.*g", p, v);
+        if (strtod(buf, NULL) == v) return;
+    }
+}
+
 void *xmalloc_at(size_t n, const char *file, int line) {
     void *p = malloc(n ? n : 1);
     if (!p) givt_die_at(file, line, "out of memory allocating %zu bytes", n);

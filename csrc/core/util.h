@@ -1,4 +1,5 @@
-// util: error reporting, checked allocation and I/O, atomic file writes, float16/bfloat16 conversions.
+// util: error reporting, value ranges, checked allocation and I/O, atomic file writes, float16/bfloat16
+// conversions, random numbers.
 #ifndef GIVT_UTIL_H
 #define GIVT_UTIL_H
 
@@ -31,6 +32,16 @@ static inline size_t size_add(size_t a, size_t b) {
     return __builtin_add_overflow(a, b, &r) ? SIZE_MAX : r;
 }
 static inline size_t size_mul3(size_t a, size_t b, size_t c) { return size_mul(size_mul(a, b), c); }
+
+// ---- value ranges ---------------------------------------------------------------------------
+// An allowed range: flags against lo / hi (RANGE_GE | RANGE_LE: lo <= v <= hi). Every configuration
+// key (model.h's GIVT_CONFIG_KEYS, train_config.c's table) is checked and described with these.
+enum { RANGE_GE = 1, RANGE_GT = 2, RANGE_LE = 4, RANGE_LT = 8 };
+int range_ok(int range, double lo, double hi, double v);  // NaN fails every bound
+// "in [1, 65536]", "> 0", "in [0, 1)", ">= 0" (empty without flags) into buf; returns buf.
+const char *range_text(int range, double lo, double hi, char *buf, size_t n);
+// The shortest %g text of v that reads back (strtod) to exactly v.
+void format_double(double v, char *buf, size_t n);
 
 // ---- memory -------------------------------------------------------------------------------
 // Out of memory is fatal: these print the caller's file:line and exit(1) instead of returning NULL.
