@@ -126,6 +126,24 @@ char *read_file_text(const char *path, size_t *len_out) {
     return buf;
 }
 
+int mkdir_p(const char *path) {
+    if (!path[0]) return givt_fail("cannot create a directory with an empty name");
+    char *p = xstrdup(path);
+    int rc = 0;
+    for (char *s = p + 1;; s++) {
+        if (*s != '/' && *s != '\0') continue;
+        char saved = *s;
+        *s = '\0';
+        struct stat st;
+        if (mkdir(p, 0777) != 0 && errno != EEXIST) rc = givt_fail("%s: cannot create directory: %s", p, strerror(errno));
+        else if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode)) rc = givt_fail("%s: exists and is not a directory", p);
+        *s = saved;
+        if (rc || saved == '\0') break;
+    }
+    free(p);
+    return rc;
+}
+
 int path_exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0;

@@ -71,6 +71,8 @@ int atomic_commit(AtomicFile *af);  // flush, fsync, rename; frees af
 void atomic_abort(AtomicFile *af);  // removes the temporary file; frees af
 int fsync_dir_of(const char *path);
 int path_exists(const char *path);
+// mkdir -p: creates path and its missing parents (0 if it already is a directory).
+int mkdir_p(const char *path);
 // "<dir>/<name>" (no doubled slash), malloc'd.
 char *path_join(const char *dir, const char *name);
 

@@ -26,7 +26,4 @@ int hf_save_tensors(const char *path, const ParamTable *pt, const float *params_
                     int n_meta);
 int hf_load_tensors(const char *path, const ParamTable *pt, float *params_host);  // checked as above
 
-// mkdir -p: creates path and its missing parents (0 if it already is a directory).
-int hf_mkdir_p(const char *path);
-
 #endif

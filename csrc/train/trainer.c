@@ -266,7 +266,7 @@ static int save_checkpoint(Trainer *tr) {
     char final_dir[TRAIN_CONFIG_STR_MAX + 32], tmp_dir[TRAIN_CONFIG_STR_MAX + 64];
     checkpoint_path(ts->out_dir, tr->step, final_dir, sizeof final_dir);
     snprintf(tmp_dir, sizeof tmp_dir, "%s/.tmp-" CKPT_PREFIX "%08ld-%ld", ts->out_dir, tr->step, (long)getpid());
-    if (remove_folder(tmp_dir) != 0 || hf_mkdir_p(tmp_dir) != 0) return -1;
+    if (remove_folder(tmp_dir) != 0 || mkdir_p(tmp_dir) != 0) return -1;
     float *host = xmalloc(m->table.total * sizeof(float));
     download_params(m, m->params, host);
     int rc = hf_save(tmp_dir, &tr->cfg.model, &m->table, host);
@@ -597,7 +597,7 @@ static int setup(Trainer *tr) {
     if (ts->mixed_precision == MIXED_PRECISION_BF16)
         fprintf(stderr, "givt-train: note: mixed_precision = bf16 is for GPU training; the CPU backend trains in float32\n");
     if (check_memory(&tr->cfg) != 0) return -1;
-    if (hf_mkdir_p(ts->out_dir) != 0 || lock_out_dir(tr) != 0 || remove_stale_temporaries(ts->out_dir) != 0)
+    if (mkdir_p(ts->out_dir) != 0 || lock_out_dir(tr) != 0 || remove_stale_temporaries(ts->out_dir) != 0)
         return -1;
     if (open_data(tr) != 0) return -1;
     if (model_create(&tr->model, &tr->cfg.model, ops_cpu()) != 0) return -1;
