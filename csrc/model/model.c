@@ -491,10 +491,8 @@ void model_get_mu_std(GivtModel *m, float *mu, float *std_out) {
     m->ops->download(y, a->y, N * 2 * D * sizeof(float));
     for (size_t n = 0; n < N; n++)
         for (int d = 0; d < D; d++) {
-            double pre = y[n * 2 * D + D + d];
-            double sp = pre > 20.0 ? pre : log1p(exp(pre));
             mu[n * D + d] = y[n * 2 * D + d];
-            std_out[n * D + d] = (float)((float)sp + m->cfg.eps);
+            std_out[n * D + d] = givt_head_std(y[n * 2 * D + D + d], m->cfg.eps);
         }
     free(y);
 }

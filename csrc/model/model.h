@@ -3,6 +3,7 @@
 #ifndef GIVT_MODEL_H
 #define GIVT_MODEL_H
 
+#include <math.h>
 #include <stddef.h>
 
 #include "ops.h"
@@ -79,6 +80,14 @@ const char *givt_config_diff(const GivtConfig *a, const GivtConfig *b, char *va,
 
 int givt_config_head_dim(const GivtConfig *cfg);     // hd = C / H
 int givt_config_rope_n_elem(const GivtConfig *cfg);  // int(pct * hd), as Python's int()
+
+// The head's std = softplus(pre) + eps as PyTorch computes it on float32 tensors: softplus with
+// PyTorch's threshold (pre > 20 gives pre) rounded to float32, then + eps rounded to float32. The one
+// definition for the loss (the backends' gaussian_nll), model_get_mu_std and sampling.
+static inline float givt_head_std(double pre, double eps) {
+    double sp = pre > 20.0 ? pre : log1p(exp(pre));
+    return (float)((double)(float)sp + eps);
+}
 
 // ---- the parameter table ------------------------------------------------------------------
 typedef enum { INIT_ZEROS, INIT_ONES, INIT_XAVIER_UNIFORM, INIT_NORMAL_002 } ParamInit;

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model.h"  // givt_head_std
 #include "util.h"
 
 // ---- memory -------------------------------------------------------------------------------
@@ -312,9 +313,7 @@ static double cpu_gaussian_nll(float *dy, const float *y, const float *x, int N,
         for (int n = n0; n < n1; n++)
             for (int d = 0; d < D; d++) {
                 double mu = y[(size_t)n * 2 * D + d], pre = y[(size_t)n * 2 * D + D + d];
-                double sp = pre > 20.0 ? pre : log1p(exp(pre));
-                double std = (double)(float)sp + eps;
-                std = (double)(float)std;  // the std is a float32 tensor, as in PyTorch
+                double std = givt_head_std(pre, eps);  // a float32 tensor, as in PyTorch
                 double var = std * std, varc = var < eps ? eps : var;
                 double diff = (double)x[(size_t)n * D + d] - mu;
                 acc += 0.5 * (log(varc) + diff * diff / varc);
