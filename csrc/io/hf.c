@@ -168,6 +168,46 @@ int hf_load_weights(const char *folder, const ParamTable *pt, float *params_host
     return rc;
 }
 
+// ---- backend memory -----------------------------------------------------------------------
+// A host copy of backend memory of m->table.total floats (src NULL: uninitialised); caller frees.
+static float *host_copy(const GivtModel *m, const float *src) {
+    float *host = xmalloc(m->table.total * sizeof(float));
+    if (src) m->ops->download(host, src, m->table.total * sizeof(float));
+    return host;
+}
+
+// load (hf_load_tensors or hf_load_weights) of where into a host copy, uploaded to dst once read.
+static int load_staged(const GivtModel *m, int (*load)(const char *, const ParamTable *, float *), const char *where,
+                       float *dst) {
+    float *host = host_copy(m, NULL);
+    int rc = load(where, &m->table, host);
+    if (rc == 0) m->ops->upload(dst, host, m->table.total * sizeof(float));
+    free(host);
+    return rc;
+}
+
+int hf_model_load_tensors(const GivtModel *m, const char *path, float *dst) {
+    return load_staged(m, hf_load_tensors, path, dst);
+}
+
+int hf_model_load_weights(const GivtModel *m, const char *folder, float *dst) {
+    return load_staged(m, hf_load_weights, folder, dst);
+}
+
+int hf_model_save_tensors(const GivtModel *m, const char *path, const float *src) {
+    float *host = host_copy(m, src);
+    int rc = hf_save_tensors(path, &m->table, host, NULL, 0);
+    free(host);
+    return rc;
+}
+
+int hf_model_save(const GivtModel *m, const char *folder, const float *src) {
+    float *host = host_copy(m, src);
+    int rc = hf_save(folder, &m->cfg, &m->table, host);
+    free(host);
+    return rc;
+}
+
 int hf_save(const char *folder, const GivtConfig *cfg, const ParamTable *pt, const float *params_host) {
     if (mkdir_p(folder)) return -1;
     char *cfg_path = path_join(folder, "config.json"), *st_path = path_join(folder, "model.safetensors");

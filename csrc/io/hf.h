@@ -26,4 +26,12 @@ int hf_save_tensors(const char *path, const ParamTable *pt, const float *params_
                     int n_meta);
 int hf_load_tensors(const char *path, const ParamTable *pt, float *params_host);  // checked as above
 
+// ---- the same, for a model's backend memory (staged through one host copy) -------------------
+// dst / src: backend memory of m->table.total floats (m->params, an EMA copy, ...). A failed load
+// leaves dst as it was (nothing is uploaded until the whole file is read and checked).
+int hf_model_load_tensors(const GivtModel *m, const char *path, float *dst);   // as hf_load_tensors
+int hf_model_load_weights(const GivtModel *m, const char *folder, float *dst);  // as hf_load_weights
+int hf_model_save_tensors(const GivtModel *m, const char *path, const float *src);  // as hf_save_tensors
+int hf_model_save(const GivtModel *m, const char *folder, const float *src);  // as hf_save, with m->cfg
+
 #endif

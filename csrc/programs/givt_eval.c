@@ -59,11 +59,7 @@ static int load_model(GivtModel *m, const char *folder) {
                          folder, givt_config_num_params(&cfg), cfg.hidden_dim, cfg.intermediate_dim, cfg.num_layers,
                          human_bytes(nb, (double)need), human_bytes(av, avail));
     if (model_create(m, &cfg, ops_cpu()) != 0) return -1;
-    float *host = xmalloc(m->table.total * sizeof(float));
-    int rc = hf_load_weights(folder, &m->table, host);
-    if (rc == 0) m->ops->upload(m->params, host, m->table.total * sizeof(float));
-    free(host);
-    return rc;
+    return hf_model_load_weights(m, folder, m->params);
 }
 
 static int open_data(Dataset *ds, const char *path, const GivtConfig *cfg) {

@@ -267,16 +267,12 @@ static int save_checkpoint(Trainer *tr) {
     checkpoint_path(ts->out_dir, tr->step, final_dir, sizeof final_dir);
     snprintf(tmp_dir, sizeof tmp_dir, "%s/.tmp-" CKPT_PREFIX "%08ld-%ld", ts->out_dir, tr->step, (long)getpid());
     if (remove_folder(tmp_dir) != 0 || mkdir_p(tmp_dir) != 0) return -1;
-    float *host = xmalloc(m->table.total * sizeof(float));
-    download_params(m, m->params, host);
-    int rc = hf_save(tmp_dir, &tr->cfg.model, &m->table, host);
+    int rc = hf_model_save(m, tmp_dir, m->params);
     if (rc == 0 && tr->ema) {
         char *p = path_join(tmp_dir, "ema.safetensors");
-        download_params(m, tr->ema, host);
-        rc = hf_save_tensors(p, &m->table, host, NULL, 0);
+        rc = hf_model_save_tensors(m, p, tr->ema);
         free(p);
     }
-    free(host);
     char *p = path_join(tmp_dir, "optimizer.safetensors");
     if (rc == 0) rc = save_train_state(tr, p);
     free(p);
@@ -310,11 +306,7 @@ static int load_weights_from(Trainer *tr, const char *folder, const char *what) 
     if (key)
         return givt_fail("%s %s: [model] %s = %s, but the folder's config.json has %s = %s", what, folder, key, va,
                          key, vb);
-    float *host = xmalloc(tr->model.table.total * sizeof(float));
-    int rc = hf_load_weights(folder, &tr->model.table, host);
-    if (rc == 0) tr->model.ops->upload(tr->model.params, host, tr->model.table.total * sizeof(float));
-    free(host);
-    return rc;
+    return hf_model_load_weights(&tr->model, folder, tr->model.params);
 }
 
 // Restores weights, EMA, optimizer and data position from the checkpoint folder dir.
@@ -322,11 +314,8 @@ static int resume(Trainer *tr, const char *dir) {
     if (load_weights_from(tr, dir, "resume_from_ckpt") != 0) return -1;
     if (tr->ema) {
         char *p = path_join(dir, "ema.safetensors");
-        float *host = xmalloc(tr->model.table.total * sizeof(float));
-        int rc = path_exists(p) ? hf_load_tensors(p, &tr->model.table, host)
+        int rc = path_exists(p) ? hf_model_load_tensors(&tr->model, p, tr->ema)
                                 : givt_fail("%s: missing, but [train] ema is on", p);
-        if (rc == 0) tr->model.ops->upload(tr->ema, host, tr->model.table.total * sizeof(float));
-        free(host);
         free(p);
         if (rc != 0) return -1;
     }
