@@ -125,6 +125,23 @@ size_t model_static_bytes(const GivtConfig *cfg) {
     return size_mul(size_add(givt_config_num_params(cfg), rope), sizeof(float));
 }
 
+// Per token, as llm.c / nanoGPT count them: 6 * (parameters in matmuls) for the forward (2 per
+// weight) and the backward (4 per weight: dinp and dw), i.e. every weight except the norms and bos.
+// Attention, per token and layer: QK^T and PV each take 2*T*C in the forward (hd*T multiply-adds per
+// head and position, H heads). We count the dense T x T products, as llm.c does (the CPU backend
+// computes only the causal lower triangle, in row blocks, about half of it: GFLOP/s are model FLOPs,
+// not executed ones), and the backward does twice the forward: attention = 3 * L * 2 * 2 * T * C.
+double givt_config_flops_per_token(const GivtConfig *cfg, int T, size_t *matmul_params) {
+    ParamTable pt;
+    param_table_build(&pt, cfg);
+    size_t n = 0;
+    for (int i = 0; i < pt.count; i++)
+        if (pt.specs[i].ndim == 2) n += pt.specs[i].numel;
+    param_table_free(&pt);
+    if (matmul_params) *matmul_params = n;
+    return 6.0 * (double)n + 12.0 * cfg->num_layers * (double)T * cfg->hidden_dim;
+}
+
 // ---- parameter table ----------------------------------------------------------------------
 static void table_add(ParamTable *pt, const char *name, int d0, int d1, ParamInit init) {
     ParamSpec *s = &pt->specs[pt->count++];

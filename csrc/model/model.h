@@ -64,6 +64,10 @@ int givt_config_validate(const GivtConfig *cfg);  // givt_config_check(cfg, "", 
 // activations and gradients: its float32 weights and the RoPE tables. Saturate at SIZE_MAX.
 size_t givt_config_num_params(const GivtConfig *cfg);
 size_t model_static_bytes(const GivtConfig *cfg);
+// Training FLOPs per token (forward + backward) of a (validated) configuration at sequence length T,
+// counted as llm.c does (model FLOPs, attention dense); *matmul_params (may be NULL) gets the
+// parameters in matmuls. givt-bench's GFLOP/s and the trainer's MFU.
+double givt_config_flops_per_token(const GivtConfig *cfg, int T, size_t *matmul_params);
 // One entry of GIVT_CONFIG_KEYS and where it lives in GivtConfig.
 typedef struct {
     const char *key;

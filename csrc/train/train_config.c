@@ -83,6 +83,8 @@ static const ConfigKey k_keys[] = {
      "initial weights from a Hugging Face style folder; empty = random init", NO_RANGE, NULL},
     {"train", "device", CFG_ENUM, FIELD(train.device), "auto", "auto = cuda when a GPU is present, else cpu",
      NO_RANGE, k_devices},
+    {"train", "peak_tflops", CFG_F64, FIELD(train.peak_tflops), "0",
+     "peak of the device in TFLOP/s for the MFU figure; 0 = not shown on the CPU", RANGE_GE, 0, 0, NULL},
 
     {"data", "kind", CFG_ENUM, FIELD(data.kind), "npy",
      "npy = .npy files of (N, T, D) sequences or (M, D) streams, float32/float16; dummy = unit normal noise", NO_RANGE, k_data_kinds},

@@ -48,6 +48,7 @@ typedef struct {
     char resume_from_ckpt[TRAIN_CONFIG_STR_MAX];  // "" | a checkpoint folder | "latest" (in out_dir)
     char init_from[TRAIN_CONFIG_STR_MAX];         // "" | a Hugging Face style folder
     int device;                                   // DeviceKind
+    double peak_tflops;                           // of the device, for the MFU figure; 0 = unknown
 } TrainSettings;
 
 // [data]

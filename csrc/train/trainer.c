@@ -369,11 +369,14 @@ static const char *json_number(char *buf, double x) {
     return buf;
 }
 
-static void metrics_write(Trainer *tr, double loss, double lr, double gnorm, double tok_s, double val_loss) {
+// mfu: the model FLOPs utilisation (a fraction), NaN when [train] peak_tflops is 0 (not written).
+static void metrics_write(Trainer *tr, double loss, double lr, double gnorm, double tok_s, double mfu,
+                          double val_loss) {
     FILE *f = tr->metrics;
-    char l[32], g[32], v[32];
+    char l[32], g[32], v[32], u[32];
     fprintf(f, "{\"step\": %ld, \"loss\": %s, \"lr\": %.9g, \"grad_norm\": %s, \"tokens_per_s\": %.1f", tr->step,
             json_number(l, loss), lr, json_number(g, gnorm), tok_s);
+    if (!isnan(mfu)) fprintf(f, ", \"mfu\": %s", json_number(u, mfu));
     if (!isnan(val_loss)) fprintf(f, ", \"val_loss\": %s", json_number(v, val_loss));
     fprintf(f, "}\n");
     fflush(f);
@@ -441,12 +444,13 @@ static void format_eta(double s, char *buf, size_t n) {
     else snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
 }
 
-static void progress(Trainer *tr, int tty, double loss, double lr, double gnorm, double tok_s, double eta_s,
-                     double val_loss) {
-    char eta[32];
+static void progress(Trainer *tr, int tty, double loss, double lr, double gnorm, double tok_s, double mfu,
+                     double eta_s, double val_loss) {
+    char eta[32], mfu_text[32] = "";
     format_eta(eta_s, eta, sizeof eta);
-    fprintf(stderr, "%sstep %ld/%ld | loss %.5f | lr %.3e | grad norm %.4f | %.0f tok/s | ETA %s", tty ? "\r\033[K" : "",
-            tr->step, (long)tr->cfg.train.max_steps, loss, lr, gnorm, tok_s, eta);
+    if (!isnan(mfu)) snprintf(mfu_text, sizeof mfu_text, " | MFU %.1f%%", 100.0 * mfu);
+    fprintf(stderr, "%sstep %ld/%ld | loss %.5f | lr %.3e | grad norm %.4f | %.0f tok/s%s | ETA %s",
+            tty ? "\r\033[K" : "", tr->step, (long)tr->cfg.train.max_steps, loss, lr, gnorm, tok_s, mfu_text, eta);
     if (!isnan(val_loss)) fprintf(stderr, " | val %.5f", val_loss);
     if (!tty || !isnan(val_loss)) fputc('\n', stderr);
     fflush(stderr);
@@ -697,6 +701,7 @@ static int loop(Trainer *tr) {
     const TrainSettings *ts = &tr->cfg.train;
     int tty = isatty(fileno(stderr));
     long tokens_per_step = (long)ts->batch_size * tr->T * ts->grad_accum_steps;
+    double flops_per_token = givt_config_flops_per_token(&tr->cfg.model, tr->T, NULL);
     double t_window = time_now_s(), t_start = t_window;
     long steps_window = 0, start_step = tr->step;
     if (tr->step >= ts->max_steps)
@@ -716,9 +721,10 @@ static int loop(Trainer *tr) {
         if (tr->step % ts->log_every == 0 || last || !isnan(val_loss)) {
             double now = time_now_s();
             double tok_s = (double)(steps_window * tokens_per_step) / (now - t_window);
+            double mfu = ts->peak_tflops > 0 ? tok_s * flops_per_token / (ts->peak_tflops * 1e12) : NAN;
             double eta = (now - t_start) / (double)(tr->step - start_step) * (double)(ts->max_steps - tr->step);
-            metrics_write(tr, loss, lr, gnorm, tok_s, val_loss);
-            progress(tr, tty, loss, lr, gnorm, tok_s, eta, val_loss);
+            metrics_write(tr, loss, lr, gnorm, tok_s, mfu, val_loss);
+            progress(tr, tty, loss, lr, gnorm, tok_s, mfu, eta, val_loss);
             t_window = now;
             steps_window = 0;
         }
