@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "hf.h"
 #include "ini.h"
 #include "testutil.h"
 #include "train_config.h"
@@ -404,8 +405,8 @@ TEST(config_rejects_bad_values) {
                "x.ini:2: [train] lr_betas = \"0.9, 1.0\": each must be in [0, 1)");
     EXPECT_ERR("[train]\nlr_betas = 0.9\n", 1, 0, NULL, "[train] lr_betas = \"0.9\": expected two numbers");
     EXPECT_ERR("[train]\nlr_betas = 0.9, 0.99, 0.999\n", 1, 0, NULL, "expected two numbers");
-    EXPECT_ERR("[model]\nrope_rotary_percentage = 0\n", 1, 0, NULL,
-               "x.ini:2: [model] rope_rotary_percentage = \"0\": must be in (0, 1]");
+    EXPECT_ERR("[model]\nrope_rotary_percentage = 1.5\n", 1, 0, NULL,
+               "x.ini:2: [model] rope_rotary_percentage = \"1.5\": must be in [0, 1]");
     EXPECT_ERR("[model]\neps = 0\n", 1, 0, NULL, "x.ini:2: [model] eps = \"0\": must be > 0");
     EXPECT_ERR("[train]\nmin_lr_ratio = 1.5\n", 1, 0, NULL, "must be in [0, 1]");
     EXPECT_ERR("[train]\nema = 0\n", 1, 0, NULL, "[train] ema = \"0\": must be > 0 (or empty for off)");
@@ -422,6 +423,73 @@ TEST(config_rejects_bad_values) {
     EXPECT_ERR("", 1, 1, ov1, "override 2: [train] lr = \"abc\": not a number");  // 1 is data.kind=dummy
     char *ov2[] = {"model.num_heads=1.5"};
     EXPECT_ERR("[train]\nlr = 1\n", 1, 1, ov2, "override 2: [model] num_heads = \"1.5\": not an integer");
+}
+
+// The INI file and config.json give the same verdict on RoPE's rotated dims, from one check
+// (givt_config_check): none rotated (int(pct * head dim) = 0) is RoPE on an empty slice, which GIVT.md
+// defines ("the rest pass unchanged") and the model runs; an odd count is refused by both, naming the key.
+TEST(config_rope_dims_same_verdict_in_ini_and_config_json) {
+    static const struct {
+        int hidden_dim, num_heads;
+        const char *pct;
+        int ok;
+    } cases[] = {
+        {32, 4, "0", 1},     // head dim 8: 0 dims
+        {32, 4, "0.1", 1},   // int(0.8) = 0 dims
+        {32, 4, "0.25", 1},  // 2 dims
+        {12, 2, "0.5", 0},   // int(3.0) = 3 dims: odd
+        {12, 2, "1", 1},     // 6 dims
+        {12, 2, "0.2", 0},   // int(1.2) = 1 dim: odd
+    };
+    char dir[256];
+    tu_mkdtemp(dir, "rope");
+    const char *json_path = tu_path(dir, "config.json");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char ini[256], json[256];
+        snprintf(ini, sizeof ini, "[model]\nhidden_dim = %d\nnum_heads = %d\nrope_rotary_percentage = %s\n",
+                 cases[i].hidden_dim, cases[i].num_heads, cases[i].pct);
+        snprintf(json, sizeof json, "{\"hidden_dim\": %d, \"num_heads\": %d, \"rope_rotary_percentage\": %s}",
+                 cases[i].hidden_dim, cases[i].num_heads, cases[i].pct);
+        TrainConfig *c = malloc(sizeof *c);
+        int rc_ini = load_text(c, ini, 1, 0, NULL);
+        char *ini_err = xstrdup(givt_last_error());
+        tu_put_text(json_path, json);
+        GivtConfig g;
+        int rc_json = hf_read_config_json(json_path, &g);
+        CHECK(rc_ini == rc_json, "pct %s: INI %d (%s), config.json %d (%s)", cases[i].pct, rc_ini, ini_err, rc_json,
+              givt_last_error());
+        CHECK(rc_ini == (cases[i].ok ? 0 : -1), "pct %s: INI %s", cases[i].pct, rc_ini ? ini_err : "accepted");
+        if (!cases[i].ok) {
+            CHECK(strstr(ini_err, "x.ini:4, x.ini:2, x.ini:3: [model] rope_rotary_percentage = ") &&
+                      strstr(ini_err, "RoPE needs an even number"),
+                  "%s", ini_err);
+            CHECK(tu_error_has(json_path, ": rope_rotary_percentage = ") && tu_error_has("RoPE needs an even number", NULL),
+                  "%s", givt_last_error());
+        }
+        if (cases[i].ok && rc_ini == 0 && rc_json == 0) {
+            CHECK(memcmp(&c->model, &g, sizeof g) == 0, "pct %s: INI and config.json read differently", cases[i].pct);
+            // the model builds and runs with this configuration (no rotated dims: an empty RoPE cache)
+            g.block_size = 4;
+            GivtModel m;
+            Backend *be = backend_open("cpu", "no");
+            CHECK(model_create(&m, &g, be) == 0, "%s", givt_last_error());
+            Rng rng;
+            rng_seed(&rng, 3);
+            model_init_params(&m, &rng);
+            model_alloc_acts(&m, 1, 4, 0, 0);
+            float x[4 * 16];
+            for (int k = 0; k < 4 * 16; k++) x[k] = (float)rng_normal(&rng);
+            float *xd = be->ops->alloc(be, sizeof x);
+            be->ops->upload(be, xd, x, sizeof x);
+            CHECK(isfinite(model_eval_loss(&m, &m.w, xd, 1, 4, 0).loss));
+            be->ops->free(be, xd);
+            model_free(&m);
+            backend_close(be);
+        }
+        free(ini_err);
+        free(c);
+    }
+    tu_rmtree(dir);
 }
 
 TEST(config_unknown_keys_and_sections_suggest) {
@@ -451,7 +519,6 @@ TEST(config_rejects_inconsistent_values) {
     // head dim 6, 50% -> 3 rotated dims: odd
     EXPECT_ERR("[model]\nhidden_dim = 12\nnum_heads = 2\nrope_rotary_percentage = 0.5\n", 1, 0, NULL,
                "[model] rope_rotary_percentage = 0.5 rotates int(0.5 * head dim 6) = 3 dims");
-    EXPECT_ERR("[model]\nrope_rotary_percentage = 0.1\n", 1, 0, NULL, "= 0 dims of each head");
     EXPECT_ERR("[train]\nval_size = 100\n[data]\ndummy_size = 100\n", 1, 0, NULL,
                "x.ini:2, x.ini:4: [train] val_size = 100 held out of [data] dummy_size = 100 sequences");
     {  // val_size = 0 turns validation off, whatever val_every says (all data trains)

@@ -56,6 +56,56 @@ TEST(hf_round_trip_bit_exact) {
     tu_rmtree(dir);
 }
 
+// The backend-memory helpers: a model's weights and a second table-shaped buffer (as the EMA) saved
+// from backend memory and loaded into another model's, bit for bit; a failed load leaves dst as it was.
+TEST(hf_model_save_and_load_backend_memory) {
+    char dir[256];
+    tu_mkdtemp(dir, "hfm");
+    const char *folder = tu_path(dir, "ckpt");
+    GivtConfig cfg;
+    tiny_config(&cfg);
+    GivtModel a, b;
+    Backend *be = backend_open("cpu", "no");
+    CHECK(model_create(&a, &cfg, be) == 0 && model_create(&b, &cfg, be) == 0, "%s", givt_last_error());
+    size_t bytes = a.table.total * sizeof(float);
+    float *host = xmalloc(bytes), *back = xmalloc(bytes);
+    Weights ema, ema_b;  // second weight sets, as the trainer's EMA
+    model_weights_alloc(&a, &ema);
+    model_weights_alloc(&b, &ema_b);
+    Rng rng;
+    rng_seed(&rng, 5);
+    for (size_t i = 0; i < a.table.total; i++) host[i] = (float)rng_normal(&rng);
+    model_weights_upload(&a, &a.w, host);
+    for (size_t i = 0; i < a.table.total; i++) host[i] = (float)rng_normal(&rng);
+    model_weights_upload(&a, &ema, host);
+    const char *ema_path = tu_path(folder, "ema.safetensors");
+    CHECK(hf_model_save(&a, folder, &a.w) == 0 && hf_model_save_tensors(&a, ema_path, &ema) == 0, "%s",
+          givt_last_error());
+    GivtConfig read;
+    CHECK(hf_read_config(folder, &read) == 0 && memcmp(&read, &cfg, sizeof cfg) == 0, "%s", givt_last_error());
+    CHECK(hf_model_load_weights(&b, folder, &b.w) == 0 && hf_model_load_tensors(&b, ema_path, &ema_b) == 0, "%s",
+          givt_last_error());
+    model_weights_download(&b, &b.w, back);
+    model_weights_download(&a, &a.w, host);
+    CHECK(memcmp(host, back, bytes) == 0, "weights not bit-exact");
+    model_weights_download(&b, &ema_b, back);
+    model_weights_download(&a, &ema, host);
+    CHECK(memcmp(host, back, bytes) == 0, "EMA not bit-exact");
+    CHECK(hf_model_load_tensors(&b, tu_path(dir, "missing.safetensors"), &ema_b) == -1 &&
+              tu_error_has("cannot open", NULL),
+          "%s", givt_last_error());
+    model_weights_download(&b, &ema_b, back);
+    CHECK(memcmp(host, back, bytes) == 0, "a failed load changed dst");
+    model_weights_free(&a, &ema);
+    model_weights_free(&b, &ema_b);
+    free(host);
+    free(back);
+    model_free(&a);
+    model_free(&b);
+    backend_close(be);
+    tu_rmtree(dir);
+}
+
 TEST(hf_config_defaults_and_extra_keys) {
     char dir[256];
     tu_mkdtemp(dir, "hf");

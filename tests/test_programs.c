@@ -198,3 +198,47 @@ TEST(givt_train_runs_and_error_cases_exit_cleanly) {
     free(err);
     tu_rmtree(dir);
 }
+
+// [train] peak_tflops > 0 adds "MFU x.x%" to the progress line and "mfu" (a fraction: tokens/s x
+// FLOPs per token / peak) to metrics.jsonl; the default 0 shows neither.
+TEST(givt_train_reports_mfu_only_with_peak_tflops) {
+    char dir[256], args[2048];
+    tu_mkdtemp(dir, "mfu");
+    char *out, *err;
+    snprintf(args, sizeof args, "configs/tiny.ini train.out_dir='%s' train.max_steps=5", tu_path(dir, "plain"));
+    int rc = run_prog(dir, "givt-train", args, &out, &err);
+    char *metrics = read_file_text(tu_path(dir, "plain/metrics.jsonl"), NULL);
+    CHECK(rc == 0 && metrics && strstr(metrics, "\"tokens_per_s\"") && !strstr(metrics, "mfu") && !strstr(err, "MFU"),
+          "exit %d\nstderr: %s\nmetrics: %s", rc, err, metrics ? metrics : "(none)");
+    free(metrics);
+    free(out);
+    free(err);
+    const double peak = 0.002;  // TFLOP/s: a small peak, so that the fraction is not tiny
+    snprintf(args, sizeof args, "configs/tiny.ini train.out_dir='%s' train.max_steps=10 train.peak_tflops=%g",
+             tu_path(dir, "mfu"), peak);
+    rc = run_prog(dir, "givt-train", args, &out, &err);
+    CHECK(rc == 0 && strstr(err, " tok/s | MFU ") && strstr(err, "% | ETA"), "exit %d\nstderr: %s", rc, err);
+    metrics = read_file_text(tu_path(dir, "mfu/metrics.jsonl"), NULL);
+    CHECK(metrics != NULL);
+    GivtConfig cfg;  // configs/tiny.ini's [model], T = seq_len 8
+    givt_config_default(&cfg);
+    cfg.input_dim = 4, cfg.hidden_dim = 12, cfg.intermediate_dim = 32, cfg.num_heads = 2, cfg.num_layers = 1;
+    cfg.block_size = 8;
+    double fpt = givt_config_flops_per_token(&cfg, 8, NULL);
+    int lines = 0;
+    for (const char *l = metrics; l && (l = strstr(l, "\"tokens_per_s\": ")); l++, lines++) {
+        double tok_s = strtod(l + 16, NULL);
+        const char *m = strstr(l, "\"mfu\": ");
+        const char *nl = strchr(l, '\n');
+        CHECK(m && (!nl || m < nl), "line %d has no mfu", lines + 1);
+        if (!m) break;
+        // tokens_per_s is written with one decimal: the check allows for that rounding
+        double mfu = strtod(m + 7, NULL), want = tok_s * fpt / (peak * 1e12);
+        CHECK(fabs(mfu - want) <= 0.05 * fpt / (peak * 1e12) + 1e-9 * want, "mfu %g, want %g", mfu, want);
+    }
+    CHECK(lines == 2, "%d logged lines, want 2 (log_every = 5, max_steps = 10)", lines);
+    free(metrics);
+    free(out);
+    free(err);
+    tu_rmtree(dir);
+}

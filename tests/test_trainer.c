@@ -107,7 +107,7 @@ TEST(trainer_keeps_the_newest_checkpoints_and_no_temporaries) {
     CHECK(!path_exists(want), "step 6 should have been removed");
     // a leftover temporary folder of a killed run is cleaned up by the next run
     snprintf(want, sizeof want, "%s/.tmp-step_00000014-999", d);
-    CHECK(hf_mkdir_p(want) == 0);
+    CHECK(mkdir_p(want) == 0);
     snprintf(want, sizeof want, "%s/metrics.jsonl.tmp.12345", d);  // an atomic write cut short
     tu_put_text(want, "{\"step\": 1");
     char *more[] = {"train.resume_from_ckpt=latest", "train.max_steps=14"};

@@ -45,6 +45,34 @@ void givt_die_at(const char *file, int line, const char *fmt, ...) {
     exit(1);
 }
 
+int range_ok(int range, double lo, double hi, double v) {
+    if ((range & RANGE_GE) && !(v >= lo)) return 0;
+    if ((range & RANGE_GT) && !(v > lo)) return 0;
+    if ((range & RANGE_LE) && !(v <= hi)) return 0;
+    if ((range & RANGE_LT) && !(v < hi)) return 0;
+    return 1;
+}
+
+const char *range_text(int range, double lo, double hi, char *buf, size_t n) {
+    int low = range & (RANGE_GE | RANGE_GT), high = range & (RANGE_LE | RANGE_LT);
+    if (low && high)
+        snprintf(buf, n, "in %c%.15g, %.15g%c", (range & RANGE_GE) ? '[' : '(', lo, hi, (range & RANGE_LE) ? ']' : ')');
+    else if (low)
+        snprintf(buf, n, "%s %.15g", (range & RANGE_GE) ? ">=" : ">", lo);
+    else if (high)
+        snprintf(buf, n, "%s %.15g", (range & RANGE_LE) ? "<=" : "<", hi);
+    else
+        buf[0] = '\0';
+    return buf;
+}
+
+void format_double(double v, char *buf, size_t n) {
+    for (int p = 1; p <= 17; p++) {
+        snprintf(buf, n, "%.*g", p, v);
+        if (strtod(buf, NULL) == v) return;
+    }
+}
+
 void *xmalloc_at(size_t n, const char *file, int line) {
     void *p = malloc(n ? n : 1);
     if (!p) givt_die_at(file, line, "out of memory allocating %zu bytes", n);
@@ -55,6 +83,19 @@ void *xcalloc_at(size_t count, size_t size, const char *file, int line) {
     void *p = calloc(count ? count : 1, size ? size : 1);
     if (!p) givt_die_at(file, line, "out of memory allocating %zu x %zu bytes", count, size);
     return p;
+}
+
+void *xrealloc_at(void *p, size_t n, const char *file, int line) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) givt_die_at(file, line, "out of memory reallocating to %zu bytes", n);
+    return q;
+}
+
+char *xstrdup_at(const char *s, const char *file, int line) {
+    size_t n = strlen(s) + 1;
+    char *d = xmalloc_at(n, file, line);
+    memcpy(d, s, n);
+    return d;
 }
 
 char *read_file_text(const char *path, size_t *len_out) {
@@ -70,9 +111,7 @@ char *read_file_text(const char *path, size_t *len_out) {
         len += got;
         if (cap - len - 1 == 0) {
             cap *= 2;
-            char *nb = realloc(buf, cap);
-            if (!nb) givt_die("out of memory reading %s", path);
-            buf = nb;
+            buf = xrealloc(buf, cap);
         }
     }
     int err = ferror(fp);
@@ -85,6 +124,24 @@ char *read_file_text(const char *path, size_t *len_out) {
     buf[len] = '\0';
     if (len_out) *len_out = len;
     return buf;
+}
+
+int mkdir_p(const char *path) {
+    if (!path[0]) return givt_fail("cannot create a directory with an empty name");
+    char *p = xstrdup(path);
+    int rc = 0;
+    for (char *s = p + 1;; s++) {
+        if (*s != '/' && *s != '\0') continue;
+        char saved = *s;
+        *s = '\0';
+        struct stat st;
+        if (mkdir(p, 0777) != 0 && errno != EEXIST) rc = givt_fail("%s: cannot create directory: %s", p, strerror(errno));
+        else if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode)) rc = givt_fail("%s: exists and is not a directory", p);
+        *s = saved;
+        if (rc || saved == '\0') break;
+    }
+    free(p);
+    return rc;
 }
 
 int path_exists(const char *path) {
@@ -100,8 +157,7 @@ char *path_join(const char *dir, const char *name) {
 }
 
 int fsync_dir_of(const char *path) {
-    char *copy = strdup(path);
-    if (!copy) givt_die("out of memory");
+    char *copy = xstrdup(path);
     const char *dir = dirname(copy);
     int fd = open(dir, O_RDONLY | O_DIRECTORY);
     if (fd < 0) {
@@ -118,10 +174,9 @@ int fsync_dir_of(const char *path) {
 
 int atomic_open(AtomicFile *af, const char *path) {
     memset(af, 0, sizeof *af);
-    af->final_path = strdup(path);
+    af->final_path = xstrdup(path);
     size_t n = strlen(path) + 32;
-    af->tmp_path = malloc(n);
-    if (!af->final_path || !af->tmp_path) givt_die("out of memory");
+    af->tmp_path = xmalloc(n);
     snprintf(af->tmp_path, n, "%s.tmp.%ld", path, (long)getpid());
     af->fp = fopen(af->tmp_path, "wb");
     if (!af->fp) {
@@ -222,12 +277,13 @@ uint16_t f32_to_bf16(float f) {
 }
 
 // ---- rng ----------------------------------------------------------------------------------
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+uint64_t mix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
 }
+
+static uint64_t splitmix64(uint64_t *x) { return mix64(*x += 0x9e3779b97f4a7c15ull); }
 
 void rng_seed(Rng *r, uint64_t seed) {
     for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);

@@ -1,4 +1,5 @@
-// util: error reporting, checked allocation and I/O, atomic file writes, float16/bfloat16 conversions.
+// util: error reporting, value ranges, checked allocation and I/O, atomic file writes, float16/bfloat16
+// conversions, random numbers.
 #ifndef GIVT_UTIL_H
 #define GIVT_UTIL_H
 
@@ -32,11 +33,26 @@ static inline size_t size_add(size_t a, size_t b) {
 }
 static inline size_t size_mul3(size_t a, size_t b, size_t c) { return size_mul(size_mul(a, b), c); }
 
+// ---- value ranges ---------------------------------------------------------------------------
+// An allowed range: flags against lo / hi (RANGE_GE | RANGE_LE: lo <= v <= hi). Every configuration
+// key (model.h's GIVT_CONFIG_KEYS, train_config.c's table) is checked and described with these.
+enum { RANGE_GE = 1, RANGE_GT = 2, RANGE_LE = 4, RANGE_LT = 8 };
+int range_ok(int range, double lo, double hi, double v);  // NaN fails every bound
+// "in [1, 65536]", "> 0", "in [0, 1)", ">= 0" (empty without flags) into buf; returns buf.
+const char *range_text(int range, double lo, double hi, char *buf, size_t n);
+// The shortest %g text of v that reads back (strtod) to exactly v.
+void format_double(double v, char *buf, size_t n);
+
 // ---- memory -------------------------------------------------------------------------------
+// Out of memory is fatal: these print the caller's file:line and exit(1) instead of returning NULL.
 void *xmalloc_at(size_t n, const char *file, int line);
 void *xcalloc_at(size_t count, size_t size, const char *file, int line);
+void *xrealloc_at(void *p, size_t n, const char *file, int line);
+char *xstrdup_at(const char *s, const char *file, int line);
 #define xmalloc(n) xmalloc_at((n), __FILE__, __LINE__)
 #define xcalloc(c, s) xcalloc_at((c), (s), __FILE__, __LINE__)
+#define xrealloc(p, n) xrealloc_at((p), (n), __FILE__, __LINE__)
+#define xstrdup(s) xstrdup_at((s), __FILE__, __LINE__)
 
 // ---- files --------------------------------------------------------------------------------
 // Reads a whole file into a NUL-terminated buffer; NULL (with givt_fail) on error.
@@ -55,6 +71,8 @@ int atomic_commit(AtomicFile *af);  // flush, fsync, rename; frees af
 void atomic_abort(AtomicFile *af);  // removes the temporary file; frees af
 int fsync_dir_of(const char *path);
 int path_exists(const char *path);
+// mkdir -p: creates path and its missing parents (0 if it already is a directory).
+int mkdir_p(const char *path);
 // "<dir>/<name>" (no doubled slash), malloc'd.
 char *path_join(const char *dir, const char *name);
 
@@ -68,10 +86,13 @@ uint16_t f32_to_bf16(float f);  // round to nearest even
 typedef struct {
     uint64_t s[4];
 } Rng;  // xoshiro256**
-void rng_seed(Rng *r, uint64_t seed);
+void rng_seed(Rng *r, uint64_t seed);  // the four state words from splitmix64 of seed
 uint64_t rng_next(Rng *r);
 double rng_uniform(Rng *r);  // [0, 1)
 double rng_normal(Rng *r);   // standard normal (Box-Muller, no cached second value)
+// splitmix64's output function: a bijective 64-bit mix. splitmix64 (rng_seed) applies it to
+// state += 0x9e3779b97f4a7c15; data.c hashes (seed, salt, index) into Rng seeds with it.
+uint64_t mix64(uint64_t z);
 
 double time_now_s(void);
 

@@ -2,35 +2,13 @@
 #define _POSIX_C_SOURCE 200809L
 #include "hf.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "json.h"
 #include "util.h"
-
-
-int hf_mkdir_p(const char *path) {
-    if (!path[0]) return givt_fail("cannot create a directory with an empty name");
-    char *p = xmalloc(strlen(path) + 1);
-    strcpy(p, path);
-    int rc = 0;
-    for (char *s = p + 1;; s++) {
-        if (*s != '/' && *s != '\0') continue;
-        char saved = *s;
-        *s = '\0';
-        struct stat st;
-        if (mkdir(p, 0777) != 0 && errno != EEXIST) rc = givt_fail("%s: cannot create directory: %s", p, strerror(errno));
-        else if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode)) rc = givt_fail("%s: exists and is not a directory", p);
-        *s = saved;
-        if (rc || saved == '\0') break;
-    }
-    free(p);
-    return rc;
-}
 
 // ---- config.json --------------------------------------------------------------------------
 static int read_key(const char *path, const JsonValue *root, const GivtConfigKey *k, GivtConfig *cfg) {
@@ -87,7 +65,7 @@ static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *
 static int config_text(JsonBuf *b, const GivtConfig *cfg) {
     int nkeys;
     const GivtConfigKey *ck = givt_config_keys(&nkeys);
-    const char *names[16];
+    const char *names[GIVT_CONFIG_NKEYS + 2];  // the keys, "architectures", "model_type"
     int n = 0;
     for (int k = 0; k < nkeys; k++) names[n++] = ck[k].key;
     names[n++] = "architectures";
@@ -190,8 +168,46 @@ int hf_load_weights(const char *folder, const ParamTable *pt, float *params_host
     return rc;
 }
 
+// ---- weight sets in backend memory ----------------------------------------------------------
+// A host copy of w's master weights (w NULL: uninitialised); caller frees.
+static float *host_copy(GivtModel *m, const Weights *w) {
+    float *host = xmalloc(m->table.total * sizeof(float));
+    if (w) model_weights_download(m, w, host);
+    return host;
+}
+
+// load (hf_load_tensors or hf_load_weights) of where into a host copy, uploaded to w once read.
+static int load_staged(GivtModel *m, int (*load)(const char *, const ParamTable *, float *), const char *where,
+                       Weights *w) {
+    float *host = host_copy(m, NULL);
+    int rc = load(where, &m->table, host);
+    if (rc == 0) model_weights_upload(m, w, host);
+    free(host);
+    return rc;
+}
+
+int hf_model_load_tensors(GivtModel *m, const char *path, Weights *w) { return load_staged(m, hf_load_tensors, path, w); }
+
+int hf_model_load_weights(GivtModel *m, const char *folder, Weights *w) {
+    return load_staged(m, hf_load_weights, folder, w);
+}
+
+int hf_model_save_tensors(GivtModel *m, const char *path, const Weights *w) {
+    float *host = host_copy(m, w);
+    int rc = hf_save_tensors(path, &m->table, host, NULL, 0);
+    free(host);
+    return rc;
+}
+
+int hf_model_save(GivtModel *m, const char *folder, const Weights *w) {
+    float *host = host_copy(m, w);
+    int rc = hf_save(folder, &m->cfg, &m->table, host);
+    free(host);
+    return rc;
+}
+
 int hf_save(const char *folder, const GivtConfig *cfg, const ParamTable *pt, const float *params_host) {
-    if (hf_mkdir_p(folder)) return -1;
+    if (mkdir_p(folder)) return -1;
     char *cfg_path = path_join(folder, "config.json"), *st_path = path_join(folder, "model.safetensors");
     int rc = hf_write_config_json(cfg_path, cfg);
     if (rc == 0) rc = hf_save_tensors(st_path, pt, params_host, NULL, 0);

@@ -26,7 +26,13 @@ int hf_save_tensors(const char *path, const ParamTable *pt, const float *params_
                     int n_meta);
 int hf_load_tensors(const char *path, const ParamTable *pt, float *params_host);  // checked as above
 
-// mkdir -p: creates path and its missing parents (0 if it already is a directory).
-int hf_mkdir_p(const char *path);
+// ---- the same, for a weight set of a model in backend memory (staged through one host copy) ---
+// w: the model's weights (&m->w) or another set (an EMA); a load fills its master weights and its
+// compute copy. A failed load leaves w as it was (nothing is uploaded until the whole file is read
+// and checked).
+int hf_model_load_tensors(GivtModel *m, const char *path, Weights *w);        // as hf_load_tensors
+int hf_model_load_weights(GivtModel *m, const char *folder, Weights *w);      // as hf_load_weights
+int hf_model_save_tensors(GivtModel *m, const char *path, const Weights *w);  // as hf_save_tensors
+int hf_model_save(GivtModel *m, const char *folder, const Weights *w);        // as hf_save, with m->cfg
 
 #endif

@@ -50,9 +50,7 @@ static void trim(const char **b, const char **e) {
 static void append_entry(IniFile *ini, char *section, char *key, char *value, char *where, int line) {
     if (ini->count == ini->cap) {
         ini->cap = ini->cap ? 2 * ini->cap : 32;
-        IniEntry *ne = realloc(ini->entries, (size_t)ini->cap * sizeof *ne);
-        if (!ne) givt_die("out of memory");
-        ini->entries = ne;
+        ini->entries = xrealloc(ini->entries, (size_t)ini->cap * sizeof *ini->entries);
     }
     ini->entries[ini->count++] = (IniEntry){section, key, value, where, line};
 }
@@ -60,9 +58,7 @@ static void append_entry(IniFile *ini, char *section, char *key, char *value, ch
 static void append_section(IniFile *ini, char *name, char *where) {
     if (ini->nsections == ini->csections) {
         ini->csections = ini->csections ? 2 * ini->csections : 8;
-        IniSection *ns = realloc(ini->sections, (size_t)ini->csections * sizeof *ns);
-        if (!ns) givt_die("out of memory");
-        ini->sections = ns;
+        ini->sections = xrealloc(ini->sections, (size_t)ini->csections * sizeof *ini->sections);
     }
     ini->sections[ini->nsections++] = (IniSection){name, where};
 }

@@ -34,12 +34,6 @@ static int p_fail(Parser *p, const char *fmt, ...) {
                      p->pos - p->line_start + 1, reason);
 }
 
-static void *xrealloc(void *ptr, size_t n) {
-    void *q = realloc(ptr, n ? n : 1);
-    if (!q) givt_die("out of memory allocating %zu bytes", n);
-    return q;
-}
-
 static int p_peek(const Parser *p) { return p->pos < p->len ? (unsigned char)p->s[p->pos] : -1; }
 
 static void skip_ws(Parser *p) {

@@ -191,8 +191,7 @@ static int check_unchanged(const NpyFile *f) {
 int npy_open(NpyFile *f, const char *path) {
     memset(f, 0, sizeof *f);
     f->fd = -1;
-    f->path = strdup(path);
-    if (!f->path) givt_die("out of memory");
+    f->path = xstrdup(path);
     f->fd = open(path, O_RDONLY | O_CLOEXEC);
     if (f->fd < 0) {
         givt_fail("%s: cannot open: %s", path, strerror(errno));

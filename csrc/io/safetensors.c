@@ -48,12 +48,6 @@ char *st_shape_str(const int64_t *shape, int ndim, char *buf, size_t n) {
     return buf;
 }
 
-static char *xstrdup(const char *s) {
-    char *d = strdup(s);
-    if (!d) givt_die("out of memory");
-    return d;
-}
-
 // ---- reading: the header ------------------------------------------------------------------
 // Context for messages: "<path>: tensor "<name>": <field>".
 static const char *ctx(char *buf, size_t n, const char *path, const char *name, const char *field) {

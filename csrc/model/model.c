@@ -23,21 +23,26 @@ void givt_config_default(GivtConfig *cfg) {
     };
 }
 
-static const GivtConfigKey g_config_keys[] = {
-    {"input_dim", 1, offsetof(GivtConfig, input_dim)},
-    {"hidden_dim", 1, offsetof(GivtConfig, hidden_dim)},
-    {"intermediate_dim", 1, offsetof(GivtConfig, intermediate_dim)},
-    {"num_heads", 1, offsetof(GivtConfig, num_heads)},
-    {"num_layers", 1, offsetof(GivtConfig, num_layers)},
-    {"block_size", 1, offsetof(GivtConfig, block_size)},
-    {"eps", 0, offsetof(GivtConfig, eps)},
-    {"rope_base", 0, offsetof(GivtConfig, rope_base)},
-    {"rope_rotary_percentage", 0, offsetof(GivtConfig, rope_rotary_percentage)},
-    {"rope_condense_ratio", 0, offsetof(GivtConfig, rope_condense_ratio)},
-};
+enum { KEY_TYPE_INT, KEY_TYPE_F64 };
+#define CONFIG_KEY(key, type, range, lo, hi, help) \
+    {#key, KEY_TYPE_##type == KEY_TYPE_INT, offsetof(GivtConfig, key), range, lo, hi, help},
+static const GivtConfigKey g_config_keys[] = {GIVT_CONFIG_KEYS(CONFIG_KEY)};
+#undef CONFIG_KEY
+// Every field of GivtConfig is a key (the sizes of the keys' fields add up to the struct's), and
+// each key's type has its field's size.
+#define KEY_FIELD_SIZE(key, type, range, lo, hi, help) +sizeof(((GivtConfig *)0)->key)
+_Static_assert(0 GIVT_CONFIG_KEYS(KEY_FIELD_SIZE) == sizeof(GivtConfig),
+               "a GivtConfig field is missing from GIVT_CONFIG_KEYS");
+#undef KEY_FIELD_SIZE
+#define KEY_TYPE_MATCHES(key, type, range, lo, hi, help)                                                   \
+    _Static_assert(sizeof(((GivtConfig *)0)->key) ==                                                      \
+                       (KEY_TYPE_##type == KEY_TYPE_INT ? sizeof(int) : sizeof(double)),                  \
+                   #key ": the type in GIVT_CONFIG_KEYS is not the field's");
+GIVT_CONFIG_KEYS(KEY_TYPE_MATCHES)
+#undef KEY_TYPE_MATCHES
 
 const GivtConfigKey *givt_config_keys(int *n) {
-    *n = (int)(sizeof g_config_keys / sizeof g_config_keys[0]);
+    *n = GIVT_CONFIG_NKEYS;
     return g_config_keys;
 }
 
@@ -66,41 +71,69 @@ int givt_config_rope_n_elem(const GivtConfig *cfg) {
     return (int)(cfg->rope_rotary_percentage * (double)givt_config_head_dim(cfg));  // Python int()
 }
 
-int givt_config_validate(const GivtConfig *cfg) {
-    const struct {
-        const char *key;
-        int value, max;
-    } dims[] = {{"input_dim", cfg->input_dim, GIVT_MAX_INPUT_DIM},
-                {"hidden_dim", cfg->hidden_dim, GIVT_MAX_HIDDEN_DIM},
-                {"intermediate_dim", cfg->intermediate_dim, GIVT_MAX_INTERMEDIATE_DIM},
-                {"num_heads", cfg->num_heads, GIVT_MAX_NUM_HEADS},
-                {"num_layers", cfg->num_layers, GIVT_MAX_NUM_LAYERS},
-                {"block_size", cfg->block_size, GIVT_MAX_BLOCK_SIZE}};
-    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
-        if (dims[i].value < 1 || dims[i].value > dims[i].max)
-            return givt_fail("model.%s = %d: must be in [1, %d]", dims[i].key, dims[i].value, dims[i].max);
-    if (cfg->hidden_dim % cfg->num_heads != 0)
-        return givt_fail("model.hidden_dim = %d is not divisible by model.num_heads = %d", cfg->hidden_dim,
+// Records the keys a failed check names (NULL-terminated) for givt_config_check's caller.
+static void involve(const char *involved[4], const char *a, const char *b, const char *c) {
+    if (!involved) return;
+    involved[0] = a;
+    involved[1] = b;
+    involved[2] = c;
+    involved[3] = NULL;
+}
+
+// RoPE with n_elem = 0 is well-defined (GIVT.md: "RoPE on the first n_elem dims of every q and k head
+// (below); the rest pass unchanged": none is rotated, the cache has no angles) and is accepted; an odd
+// n_elem is not (rotate-half pairs dim i with dim i + n_elem/2).
+int givt_config_check(const GivtConfig *cfg, const char *p, const char *involved[4]) {
+    if (involved) involved[0] = NULL;
+    char val[32], rb[64];
+    for (int i = 0; i < GIVT_CONFIG_NKEYS; i++) {
+        const GivtConfigKey *k = &g_config_keys[i];
+        double v = givt_config_value(cfg, k);
+        if (isfinite(v) && range_ok(k->range, k->lo, k->hi, v)) continue;
+        format_double(v, val, sizeof val);
+        involve(involved, k->key, NULL, NULL);
+        return givt_fail("%s%s = %s: must be %s", p, k->key, val, range_text(k->range, k->lo, k->hi, rb, sizeof rb));
+    }
+    if (cfg->hidden_dim % cfg->num_heads != 0) {
+        involve(involved, "hidden_dim", "num_heads", NULL);
+        return givt_fail("%shidden_dim = %d must be a multiple of %snum_heads = %d", p, cfg->hidden_dim, p,
                          cfg->num_heads);
-    if (!(cfg->eps > 0) || !isfinite(cfg->eps)) return givt_fail("model.eps = %g: must be > 0", cfg->eps);
-    if (!(cfg->rope_base > 0) || !isfinite(cfg->rope_base))
-        return givt_fail("model.rope_base = %g: must be > 0", cfg->rope_base);
-    if (!(cfg->rope_rotary_percentage >= 0 && cfg->rope_rotary_percentage <= 1))
-        return givt_fail("model.rope_rotary_percentage = %g: must be in [0, 1]", cfg->rope_rotary_percentage);
-    if (!(cfg->rope_condense_ratio > 0) || !isfinite(cfg->rope_condense_ratio))
-        return givt_fail("model.rope_condense_ratio = %g: must be > 0", cfg->rope_condense_ratio);
+    }
     int n_elem = givt_config_rope_n_elem(cfg);
-    if (n_elem % 2 != 0)
-        return givt_fail("model.rope_rotary_percentage = %g gives %d rotated dims of head_dim %d: must be even",
-                         cfg->rope_rotary_percentage, n_elem, givt_config_head_dim(cfg));
+    if (n_elem % 2 != 0) {
+        format_double(cfg->rope_rotary_percentage, val, sizeof val);
+        involve(involved, "rope_rotary_percentage", "hidden_dim", "num_heads");
+        return givt_fail("%srope_rotary_percentage = %s rotates int(%s * head dim %d) = %d dims of each head: "
+                         "RoPE needs an even number (0 is allowed: no rotation; head dim = %shidden_dim / %snum_heads)",
+                         p, val, val, givt_config_head_dim(cfg), n_elem, p, p);
+    }
     return 0;
 }
+
+int givt_config_validate(const GivtConfig *cfg) { return givt_config_check(cfg, "", NULL); }
 
 size_t givt_config_num_params(const GivtConfig *cfg) {
     size_t D = (size_t)cfg->input_dim, C = (size_t)cfg->hidden_dim, F = (size_t)cfg->intermediate_dim;
     // per layer: two norms, qkv, o_proj, fc1, fc2, fc3; then embed, bos, the final norm, the head
     size_t layer = size_add(size_add(2 * C, size_mul(4 * C, C)), size_mul3(3, F, C));
     return size_add(size_mul(layer, (size_t)cfg->num_layers), size_add(size_mul(3 * C, D) + D, C));
+}
+
+// Per token, as llm.c / nanoGPT count them: 6 * (parameters in matmuls) for the forward (2 per
+// weight) and the backward (4 per weight: dinp and dw), i.e. every weight except the norms and bos.
+// Attention, per token and layer: QK^T and PV each take 2*T*C in the forward (hd*T multiply-adds per
+// head and position, H heads). We count the dense T x T products, as llm.c does (the CPU backend
+// computes only the causal lower triangle, in row blocks, about half of it: GFLOP/s are model FLOPs,
+// not executed ones), and the backward does twice the forward: attention = 3 * L * 2 * 2 * T * C.
+double givt_config_flops_per_token(const GivtConfig *cfg, int T, size_t *matmul_params) {
+    ParamTable pt;
+    param_table_build(&pt, cfg);
+    size_t n = 0;
+    for (int i = 0; i < pt.count; i++)
+        if (pt.specs[i].ndim == 2) n += pt.specs[i].numel;
+    param_table_free(&pt);
+    if (matmul_params) *matmul_params = n;
+    return 6.0 * (double)n + 12.0 * cfg->num_layers * (double)T * cfg->hidden_dim;
 }
 
 // ---- parameter table ----------------------------------------------------------------------
@@ -600,10 +633,8 @@ void model_get_mu_std(GivtModel *m, float *mu, float *std_out) {
     m->be->ops->download(m->be, y, a->y, N * 2 * D * sizeof(float));
     for (size_t n = 0; n < N; n++)
         for (int d = 0; d < D; d++) {
-            double pre = y[n * 2 * D + D + d];
-            double sp = pre > 20.0 ? pre : log1p(exp(pre));
             mu[n * D + d] = y[n * 2 * D + d];
-            std_out[n * D + d] = (float)((float)sp + m->cfg.eps);
+            std_out[n * D + d] = givt_head_std(y[n * 2 * D + D + d], m->cfg.eps);
         }
     free(y);
 }

@@ -3,6 +3,7 @@
 #ifndef GIVT_MODEL_H
 #define GIVT_MODEL_H
 
+#include <math.h>
 #include <stddef.h>
 
 #include "backend.h"
@@ -32,24 +33,64 @@ typedef struct {
 #define GIVT_MAX_NUM_LAYERS 4096
 #define GIVT_MAX_BLOCK_SIZE 1048576
 
+// The configuration keys of GIVT.md, in that order, defined once: X(key, type, range, lo, hi, help) with
+// type INT or F64 and range util.h's RANGE_* flags against lo / hi. From this list model.c builds the
+// key table (config.json reading and writing, givt_config_diff, givt_config_check) and train_config.c
+// the [model] rows of its table (INI parsing, --help, write-back).
+#define GIVT_CONFIG_KEYS(X)                                                                                     \
+    X(input_dim, INT, RANGE_GE | RANGE_LE, 1, GIVT_MAX_INPUT_DIM, "D: size of each input vector")                \
+    X(hidden_dim, INT, RANGE_GE | RANGE_LE, 1, GIVT_MAX_HIDDEN_DIM, "C: width of the residual stream")           \
+    X(intermediate_dim, INT, RANGE_GE | RANGE_LE, 1, GIVT_MAX_INTERMEDIATE_DIM, "F: SwiGLU width")               \
+    X(num_heads, INT, RANGE_GE | RANGE_LE, 1, GIVT_MAX_NUM_HEADS,                                                \
+      "H: attention heads; hidden_dim must be a multiple of it")                                                \
+    X(num_layers, INT, RANGE_GE | RANGE_LE, 1, GIVT_MAX_NUM_LAYERS, "L: transformer blocks")                     \
+    X(block_size, INT, RANGE_GE | RANGE_LE, 1, GIVT_MAX_BLOCK_SIZE, "longest sequence the model accepts")        \
+    X(eps, F64, RANGE_GT, 0, 0, "added to the predicted std, and the clamp of the variance in the loss")         \
+    X(rope_base, F64, RANGE_GT, 0, 0, "RoPE base")                                                              \
+    X(rope_rotary_percentage, F64, RANGE_GE | RANGE_LE, 0, 1,                                                   \
+      "share of each head's dims that RoPE rotates: int(pct * head_dim), even (0: none rotated)")               \
+    X(rope_condense_ratio, F64, RANGE_GT, 0, 0, "RoPE positions are divided by this")
+
+#define GIVT_CONFIG_COUNT_KEY_(key, type, range, lo, hi, help) +1
+enum { GIVT_CONFIG_NKEYS = 0 GIVT_CONFIG_KEYS(GIVT_CONFIG_COUNT_KEY_) };
+
 void givt_config_default(GivtConfig *cfg);
-// Checks ranges and consistency; on failure records a message naming the key.
-int givt_config_validate(const GivtConfig *cfg);
+// Checks each key's range and the rules between keys: the one check of a model configuration, for
+// config.json (hf.c), the INI file (train_config.c) and model_create. On failure records a message
+// naming every key involved as prefix + key ("[model] " for the INI file, "" elsewhere); when
+// involved is not NULL it receives those keys' names, NULL-terminated (at most 3).
+int givt_config_check(const GivtConfig *cfg, const char *prefix, const char *involved[4]);
+int givt_config_validate(const GivtConfig *cfg);  // givt_config_check(cfg, "", NULL)
 // Parameters of a model of this (validated) configuration (saturating at SIZE_MAX).
 size_t givt_config_num_params(const GivtConfig *cfg);
-// The configuration keys of GIVT.md, in that order, and where each lives in GivtConfig.
+// Training FLOPs per token (forward + backward) of a (validated) configuration at sequence length T,
+// counted as llm.c does (model FLOPs, attention dense); *matmul_params (may be NULL) gets the
+// parameters in matmuls. givt-bench's GFLOP/s and the trainer's MFU.
+double givt_config_flops_per_token(const GivtConfig *cfg, int T, size_t *matmul_params);
+// One entry of GIVT_CONFIG_KEYS and where it lives in GivtConfig.
 typedef struct {
     const char *key;
     int is_int;     // int field; otherwise double
     size_t offset;  // in GivtConfig
+    int range;      // RANGE_* flags against lo / hi
+    double lo, hi;
+    const char *help;
 } GivtConfigKey;
-const GivtConfigKey *givt_config_keys(int *n);
+const GivtConfigKey *givt_config_keys(int *n);  // GIVT_CONFIG_NKEYS entries, in GIVT.md's order
 double givt_config_value(const GivtConfig *cfg, const GivtConfigKey *k);
 // The first key whose values differ between a and b (NULL if none); va, vb get the two values.
 const char *givt_config_diff(const GivtConfig *a, const GivtConfig *b, char *va, char *vb, size_t n);
 
 int givt_config_head_dim(const GivtConfig *cfg);     // hd = C / H
 int givt_config_rope_n_elem(const GivtConfig *cfg);  // int(pct * hd), as Python's int()
+
+// The head's std = softplus(pre) + eps as PyTorch computes it on float32 tensors: softplus with
+// PyTorch's threshold (pre > 20 gives pre) rounded to float32, then + eps rounded to float32. The one
+// definition for the loss (the backends' gaussian_nll), model_get_mu_std and sampling.
+static inline float givt_head_std(double pre, double eps) {
+    double sp = pre > 20.0 ? pre : log1p(exp(pre));
+    return (float)((double)(float)sp + eps);
+}
 
 // ---- the parameter table ------------------------------------------------------------------
 typedef enum { INIT_ZEROS, INIT_ONES, INIT_XAVIER_UNIFORM, INIT_NORMAL_002 } ParamInit;

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model.h"  // givt_head_std
 #include "util.h"
 
 // Compute buffers (cval *) are float32 on this backend.
@@ -122,8 +123,7 @@ static void cpu_residual_rmsnorm_bwd(Backend *be, cval *dres, float *dw, const c
     (void)be;
     float *dinp = FP(dres);
     const float *dout = CFP(dnorm), *inp = CFP(res), *w = CFP(weight);
-    float *part = calloc((size_t)RMS_CHUNKS * C, sizeof(float));
-    if (!part) givt_die("out of memory");
+    float *part = xcalloc((size_t)RMS_CHUNKS * C, sizeof(float));
 #pragma omp parallel for schedule(static)
     for (int ch = 0; ch < RMS_CHUNKS; ch++) {
         int n0 = (int)((long)N * ch / RMS_CHUNKS), n1 = (int)((long)N * (ch + 1) / RMS_CHUNKS);
@@ -386,9 +386,7 @@ static void cpu_gaussian_nll(Backend *be, cval *dy_, double *loss_sum, const cva
         for (int n = n0; n < n1; n++)
             for (int d = 0; d < D; d++) {
                 double mu = y[(size_t)n * 2 * D + d], pre = y[(size_t)n * 2 * D + D + d];
-                double sp = pre > 20.0 ? pre : log1p(exp(pre));
-                double std = (double)(float)sp + eps;
-                std = (double)(float)std;  // the std is a float32 tensor, as in PyTorch
+                double std = givt_head_std(pre, eps);  // a float32 tensor, as in PyTorch
                 double var = std * std, varc = var < eps ? eps : var;
                 double diff = (double)x[(size_t)n * D + d] - mu;
                 acc += 0.5 * (log(varc) + diff * diff / varc);

@@ -68,23 +68,6 @@ static int dbl_cmp(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-// ---- FLOP count -------------------------------------------------------------------------------
-// Per token, as llm.c / nanoGPT count them: 6 * (parameters in matmuls) for the forward (2 per
-// weight) and the backward (4 per weight: dinp and dw), i.e. every weight except the norms and bos.
-// Attention, per token and layer: QK^T and PV each take 2*T*C in the forward (hd*T multiply-adds per
-// head and position, H heads). We count the dense T x T products, as llm.c does (the CPU backend
-// computes only the causal lower triangle, in row blocks, about half of it: GFLOP/s are model FLOPs,
-// not executed ones), and the backward does twice the forward: attention = 3 * L * 2 * 2 * T * C.
-static double flops_per_token(const GivtModel *m, int T, size_t *matmul_params) {
-    const ParamTable *pt = &m->table;
-    size_t n = 0;
-    for (int i = 0; i < pt->count; i++)
-        if (pt->specs[i].ndim == 2) n += pt->specs[i].numel;
-    *matmul_params = n;
-    const GivtConfig *c = &m->cfg;
-    return 6.0 * (double)n + 12.0 * c->num_layers * (double)T * c->hidden_dim;
-}
-
 int main(int argc, char **argv) {
     GivtConfig cfg;
     givt_config_default(&cfg);
@@ -168,7 +151,7 @@ int main(int argc, char **argv) {
     adamw_create(&opt, &m, &oc);
 
     size_t mm_params;
-    double fpt = flops_per_token(&m, T, &mm_params);
+    double fpt = givt_config_flops_per_token(&cfg, T, &mm_params);
     double tokens = (double)B * T, total = 0, loss = 0;
     double *times = xcalloc((size_t)steps, sizeof(double));
     printf("model: D %d C %d F %d H %d L %d, T %d, B %d; %zu params (%zu in matmuls); %.3f GFLOP/step%s\n",

@@ -67,11 +67,7 @@ static int load_model(GivtModel *m, const char *folder, Backend *be) {
                          folder, givt_config_num_params(&cfg), cfg.hidden_dim, cfg.intermediate_dim, cfg.num_layers,
                          human_bytes(nb, (double)need), human_bytes(av, avail));
     if (model_create(m, &cfg, be) != 0) return -1;
-    float *host = xmalloc(m->table.total * sizeof(float));
-    int rc = hf_load_weights(folder, &m->table, host);
-    if (rc == 0) model_weights_upload(m, &m->w, host);
-    free(host);
-    return rc;
+    return hf_model_load_weights(m, folder, &m->w);
 }
 
 static int open_data(Dataset *ds, const char *path, const GivtConfig *cfg) {

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "data.h"
+#include "digits.h"
 #include "util.h"
 
 static void usage(const char *prog) {

@@ -1,9 +1,8 @@
 // data: windows of seq_len vectors from memory-mapped .npy files or seeded noise; split, shuffling,
-// batches with a resumable position; the digits conversion.
+// batches with a resumable position.
 #define _GNU_SOURCE
 #include "data.h"
 
-#include <errno.h>
 #include <glob.h>
 #include <math.h>
 #include <stdlib.h>
@@ -14,15 +13,8 @@
 // Salts that separate the random streams derived from the one seed.
 enum { SALT_SPLIT = 1, SALT_SHUFFLE = 2, SALT_DUMMY = 3 };
 
-static uint64_t mix64(uint64_t z) {
-    z ^= z >> 30;
-    z *= 0xbf58476d1ce4e5b9ull;
-    z ^= z >> 27;
-    z *= 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-// A 64-bit hash of (seed, salt, index): seeds the Rng of one permutation or one dummy sequence.
+// A 64-bit hash of (seed, salt, index) with util's mix64: seeds the Rng of one permutation or one
+// dummy sequence.
 static uint64_t hash3(uint64_t seed, uint64_t salt, uint64_t index) {
     uint64_t h = mix64(seed + 0x9e3779b97f4a7c15ull);
     h = mix64(h ^ (salt * 0xd1b54a32d192ed03ull));
@@ -59,13 +51,9 @@ typedef struct {
 static void sl_push(StrList *l, const char *s) {
     if (l->n == l->cap) {
         l->cap = l->cap ? 2 * l->cap : 8;
-        char **nv = realloc(l->v, (size_t)l->cap * sizeof *nv);
-        if (!nv) givt_die("out of memory");
-        l->v = nv;
+        l->v = xrealloc(l->v, (size_t)l->cap * sizeof *l->v);
     }
-    l->v[l->n] = strdup(s);
-    if (!l->v[l->n]) givt_die("out of memory");
-    l->n++;
+    l->v[l->n++] = xstrdup(s);
 }
 
 static void sl_free(StrList *l) {
@@ -76,8 +64,7 @@ static void sl_free(StrList *l) {
 
 // "a.npy,dir/*.npy" -> the files, each glob pattern's matches sorted.
 static int expand_paths(const char *spec, StrList *out) {
-    char *copy = strdup(spec);
-    if (!copy) givt_die("out of memory");
+    char *copy = xstrdup(spec);
     int rc = 0;
     char *save = NULL;
     for (char *tok = strtok_r(copy, ",", &save); tok && rc == 0; tok = strtok_r(NULL, ",", &save)) {
@@ -220,8 +207,7 @@ int data_open(Dataset *ds, const DataConfig *cfg) {
     if (cfg->val_size < 0) return givt_fail("val_size = %lld: must be >= 0", (long long)cfg->val_size);
     if (cfg->kind == DATA_NPY) {
         if (!cfg->path || !*cfg->path) return givt_fail("data kind npy needs a path");
-        ds->cfg.path = strdup(cfg->path);
-        if (!ds->cfg.path) givt_die("out of memory");
+        ds->cfg.path = xstrdup(cfg->path);
         if (open_files(ds)) {
             data_close(ds);
             return -1;
@@ -393,124 +379,4 @@ int data_check_finite(const Dataset *ds) {
     for (int i = 0; i < ds->nfiles; i++)
         if (npy_check_finite(&ds->files[i], NULL)) return -1;
     return 0;
-}
-
-// ---- digits ---------------------------------------------------------------------------------
-static uint32_t rd_u32(const unsigned char *b) {
-    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
-}
-
-int digits_to_npy(const char *bin_path, const char *npy_out, const char *labels_out, int patch,
-                  int64_t dequant_seed, DigitsInfo *info) {
-    FILE *fp = fopen(bin_path, "rb");
-    if (!fp) return givt_fail("%s: cannot open: %s", bin_path, strerror(errno));
-    unsigned char hdr[24];
-    if (fread(hdr, 1, sizeof hdr, fp) != sizeof hdr || memcmp(hdr, "GIVTDIG1", 8) != 0) {
-        fclose(fp);
-        return givt_fail("%s: not a digits file (bad magic or short header)", bin_path);
-    }
-    uint32_t n = rd_u32(hdr + 8), h = rd_u32(hdr + 12), w = rd_u32(hdr + 16), maxval = rd_u32(hdr + 20);
-    if (n < 1 || n > (1u << 24) || h < 1 || h > 4096 || w < 1 || w > 4096 || maxval < 1 || maxval > 255) {
-        fclose(fp);
-        return givt_fail("%s: implausible header (n %u, %ux%u, maxval %u)", bin_path, n, h, w, maxval);
-    }
-    if (patch < 1 || h % (uint32_t)patch || w % (uint32_t)patch) {
-        fclose(fp);
-        return givt_fail("patch = %d: must divide the image size %ux%u", patch, h, w);
-    }
-    size_t npix = (size_t)h * w, body = (size_t)n * npix + n;
-    unsigned char *raw = xmalloc(body + 1);
-    size_t got = fread(raw, 1, body + 1, fp);
-    fclose(fp);
-    if (got != body) {
-        free(raw);
-        return givt_fail("%s: %s: expected %zu bytes after the header, found %zu%s", bin_path,
-                         got < body ? "truncated" : "too long", body, got, got > body ? "+" : "");
-    }
-    const unsigned char *pix = raw, *lab = raw + (size_t)n * npix;
-    // level + u, u ~ U(0, 1) from one seeded stream in pixel order (dequantization), or the level
-    double *level = xmalloc((size_t)n * npix * sizeof *level);
-    Rng rng;
-    rng_seed(&rng, (uint64_t)dequant_seed);
-    double sum = 0, sumsq = 0;
-    for (size_t i = 0; i < (size_t)n * npix; i++) {
-        if (pix[i] > maxval) {
-            int rc = givt_fail("%s: pixel %zu of image %zu is %d > maxval %u", bin_path, i % npix, i / npix,
-                               pix[i], maxval);
-            free(raw);
-            free(level);
-            return rc;
-        }
-        level[i] = pix[i] + (dequant_seed >= 0 ? rng_uniform(&rng) : 0.0);
-        sum += level[i];
-        sumsq += level[i] * level[i];
-    }
-    double cnt = (double)n * (double)npix, mean = sum / cnt, var = sumsq / cnt - mean * mean;
-    double sd = var > 0 ? sqrt(var) : 1.0;
-
-    // (n, T, D): token j = patch (pr, pc) in raster order, dim d = pixel (a, b) inside it.
-    int p = patch, pw = (int)w / p, T = (int)(npix / (size_t)(p * p)), D = p * p;
-    float *x = xmalloc((size_t)n * npix * sizeof *x);
-    for (uint32_t i = 0; i < n; i++)
-        for (int t = 0; t < T; t++)
-            for (int d = 0; d < D; d++) {
-                int row = (t / pw) * p + d / p, col = (t % pw) * p + d % p;
-                double v = level[(size_t)i * npix + (size_t)row * w + (size_t)col];
-                x[((size_t)i * T + t) * D + d] = (float)((v - mean) / sd);
-            }
-
-    // Baseline: one diagonal Gaussian per (t, d), fitted by maximum likelihood over the set.
-    size_t TD = (size_t)T * D;
-    double *mu = xcalloc(TD, sizeof *mu), *va = xcalloc(TD, sizeof *va);
-    for (uint32_t i = 0; i < n; i++)
-        for (size_t k = 0; k < TD; k++) mu[k] += x[(size_t)i * TD + k];
-    for (size_t k = 0; k < TD; k++) mu[k] /= n;
-    for (uint32_t i = 0; i < n; i++)
-        for (size_t k = 0; k < TD; k++) {
-            double e = x[(size_t)i * TD + k] - mu[k];
-            va[k] += e * e;
-        }
-    int constant = 0;
-    for (size_t k = 0; k < TD; k++) {
-        va[k] /= n;
-        if (va[k] < 1e-8) {
-            va[k] = 1e-8;  // the model's loss clamps the variance at eps = 1e-8
-            constant++;
-        }
-    }
-    double nll = 0, lo = INFINITY, hi = -INFINITY;
-    for (uint32_t i = 0; i < n; i++)
-        for (size_t k = 0; k < TD; k++) {
-            double v = x[(size_t)i * TD + k], e = v - mu[k];
-            nll += 0.5 * (log(va[k]) + e * e / va[k]);
-            if (v < lo) lo = v;
-            if (v > hi) hi = v;
-        }
-    free(mu);
-    free(va);
-    if (info) {
-        info->n = n;
-        info->T = T;
-        info->D = D;
-        info->pixel_mean = mean;
-        info->pixel_std = sd;
-        info->baseline = nll / ((double)n * (double)TD);
-        info->constant_dims = constant;
-        info->min_value = lo;
-        info->max_value = hi;
-    }
-
-    int64_t shape[3] = {n, T, D};
-    int rc = npy_write_f32(npy_out, x, 3, shape);
-    free(x);
-    if (rc == 0 && labels_out) {
-        int32_t *labels = xmalloc((size_t)n * sizeof *labels);
-        for (uint32_t i = 0; i < n; i++) labels[i] = lab[i];
-        int64_t ls[1] = {n};
-        rc = npy_write(labels_out, "<i4", 4, labels, 1, ls);
-        free(labels);
-    }
-    free(raw);
-    free(level);
-    return rc;
 }

@@ -1,6 +1,6 @@
 // data: the training data: windows of seq_len vectors from memory-mapped .npy files (or seeded
-// dummy noise), a seeded validation split, per-epoch shuffling into batches with a resumable
-// position, and the conversion of the bundled digits set into an .npy of patch sequences.
+// dummy noise), a seeded validation split, and per-epoch shuffling into batches with a resumable
+// position.
 #ifndef GIVT_DATA_H
 #define GIVT_DATA_H
 
@@ -90,29 +90,5 @@ int data_all_batch(Dataset *ds, int64_t k, int B, float *buf);
 
 // Scans every file for NaN/Inf. Returns 0, or -1 naming the file and the index of the first one.
 int data_check_finite(const Dataset *ds);
-
-// ---- the digits set (data/digits/digits.bin, see data/digits/README.md) -------------------------
-typedef struct {
-    int64_t n;          // images (1797)
-    int T, D;           // tokens per image (8/patch)^2 and vector size patch^2
-    double pixel_mean;  // mean and (population) std of all pixel values 0..16 used by the transform
-    double pixel_std;
-    double baseline;    // mean NLL (without 0.5*log(2*pi)) under the per-position diagonal Gaussian
-    int constant_dims;  // (t, d) entries with zero variance over the set (their variance is clamped)
-    double min_value, max_value;
-} DigitsInfo;
-
-// Converts digits.bin into npy_out: (n, T, D) float32 where image i's patch j (patches of
-// patch x patch pixels in raster order over the image, pixels in raster order inside a patch) is
-// token j, and x = (level - pixel_mean) / pixel_std with the mean and std over all values of the set.
-// level is the pixel value 0..16, plus u ~ U(0, 1) when dequant_seed >= 0 (uniform dequantization,
-// one stream seeded by dequant_seed in pixel order): a continuous density on discrete data, so that no
-// always-zero pixel lets the loss run to -inf through the variance clamp.
-// patch must divide the image side (1, 2, 4, 8). labels_out (NULL to skip) gets (n,) int32 labels.
-// info (may be NULL) receives the sizes, the transform's constants and the baseline loss: for each
-// position t and dim d, the mean and variance over the set (variance clamped at 1e-8 as in the
-// model's loss), and the mean of 0.5*(log var + (x - mu)^2 / var) over all n*T*D values.
-int digits_to_npy(const char *bin_path, const char *npy_out, const char *labels_out, int patch,
-                  int64_t dequant_seed, DigitsInfo *info);
 
 #endif

@@ -48,6 +48,7 @@ typedef struct {
     char resume_from_ckpt[TRAIN_CONFIG_STR_MAX];  // "" | a checkpoint folder | "latest" (in out_dir)
     char init_from[TRAIN_CONFIG_STR_MAX];         // "" | a Hugging Face style folder
     int device;                                   // DeviceKind
+    double peak_tflops;                           // of the device, for the MFU figure; 0 = unknown
 } TrainSettings;
 
 // [data]
@@ -77,15 +78,13 @@ typedef enum {
     CFG_STR,     // char[TRAIN_CONFIG_STR_MAX]
 } ConfigType;
 
-enum { CFG_GE = 1, CFG_GT = 2, CFG_LE = 4, CFG_LT = 8 };  // range flags against lo / hi
-
 typedef struct {
     const char *section, *key;
     ConfigType type;
     size_t offset, size;          // of the field in TrainConfig
-    const char *def;              // default as text; NULL: givt_config_default's value
+    const char *def;              // default as text; NULL: givt_config_default's value ([model])
     const char *help;             // one line
-    int range;                    // CFG_GE | CFG_GT | CFG_LE | CFG_LT
+    int range;                    // util.h's RANGE_* flags against lo / hi
     double lo, hi;
     const char *const *choices;   // CFG_ENUM: NULL-terminated
 } ConfigKey;

@@ -77,9 +77,7 @@ static long *list_checkpoints(const char *out_dir, int *n) {
         if (!is_checkpoint_name(e->d_name, &s)) continue;
         if (*n == cap) {
             cap *= 2;
-            long *ns = realloc(steps, cap * sizeof(long));
-            if (!ns) givt_die("out of memory");
-            steps = ns;
+            steps = xrealloc(steps, cap * sizeof(long));
         }
         steps[(*n)++] = s;
     }
@@ -287,17 +285,13 @@ static int save_checkpoint(Trainer *tr) {
     char final_dir[TRAIN_CONFIG_STR_MAX + 32], tmp_dir[TRAIN_CONFIG_STR_MAX + 64];
     checkpoint_path(ts->out_dir, tr->step, final_dir, sizeof final_dir);
     snprintf(tmp_dir, sizeof tmp_dir, "%s/.tmp-" CKPT_PREFIX "%08ld-%ld", ts->out_dir, tr->step, (long)getpid());
-    if (remove_folder(tmp_dir) != 0 || hf_mkdir_p(tmp_dir) != 0) return -1;
-    float *host = xmalloc(m->table.total * sizeof(float));
-    model_weights_download(m, &m->w, host);
-    int rc = hf_save(tmp_dir, &tr->cfg.model, &m->table, host);
+    if (remove_folder(tmp_dir) != 0 || mkdir_p(tmp_dir) != 0) return -1;
+    int rc = hf_model_save(m, tmp_dir, &m->w);
     if (rc == 0 && tr->has_ema) {
         char *p = path_join(tmp_dir, "ema.safetensors");
-        model_weights_download(m, &tr->ema, host);
-        rc = hf_save_tensors(p, &m->table, host, NULL, 0);
+        rc = hf_model_save_tensors(m, p, &tr->ema);
         free(p);
     }
-    free(host);
     char *p = path_join(tmp_dir, "optimizer.safetensors");
     if (rc == 0) rc = save_train_state(tr, p);
     free(p);
@@ -331,11 +325,7 @@ static int load_weights_from(Trainer *tr, const char *folder, const char *what) 
     if (key)
         return givt_fail("%s %s: [model] %s = %s, but the folder's config.json has %s = %s", what, folder, key, va,
                          key, vb);
-    float *host = xmalloc(tr->model.table.total * sizeof(float));
-    int rc = hf_load_weights(folder, &tr->model.table, host);
-    if (rc == 0) model_weights_upload(&tr->model, &tr->model.w, host);
-    free(host);
-    return rc;
+    return hf_model_load_weights(&tr->model, folder, &tr->model.w);
 }
 
 // Restores weights, EMA, optimizer and data position from the checkpoint folder dir.
@@ -343,11 +333,8 @@ static int resume(Trainer *tr, const char *dir) {
     if (load_weights_from(tr, dir, "resume_from_ckpt") != 0) return -1;
     if (tr->has_ema) {
         char *p = path_join(dir, "ema.safetensors");
-        float *host = xmalloc(tr->model.table.total * sizeof(float));
-        int rc = path_exists(p) ? hf_load_tensors(p, &tr->model.table, host)
+        int rc = path_exists(p) ? hf_model_load_tensors(&tr->model, p, &tr->ema)
                                 : givt_fail("%s: missing, but [train] ema is on", p);
-        if (rc == 0) model_weights_upload(&tr->model, &tr->ema, host);
-        free(host);
         free(p);
         if (rc != 0) return -1;
     }
@@ -401,11 +388,14 @@ static const char *json_number(char *buf, double x) {
     return buf;
 }
 
-static void metrics_write(Trainer *tr, double loss, double lr, double gnorm, double tok_s, double val_loss) {
+// mfu: the model FLOPs utilisation (a fraction), NaN when no peak is known (not written).
+static void metrics_write(Trainer *tr, double loss, double lr, double gnorm, double tok_s, double mfu,
+                          double val_loss) {
     FILE *f = tr->metrics;
-    char l[32], g[32], v[32];
+    char l[32], g[32], v[32], u[32];
     fprintf(f, "{\"step\": %ld, \"loss\": %s, \"lr\": %.9g, \"grad_norm\": %s, \"tokens_per_s\": %.1f", tr->step,
             json_number(l, loss), lr, json_number(g, gnorm), tok_s);
+    if (!isnan(mfu)) fprintf(f, ", \"mfu\": %s", json_number(u, mfu));
     if (!isnan(val_loss)) fprintf(f, ", \"val_loss\": %s", json_number(v, val_loss));
     fprintf(f, "}\n");
     fflush(f);
@@ -486,12 +476,13 @@ static void format_eta(double s, char *buf, size_t n) {
     else snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
 }
 
-static void progress(Trainer *tr, int tty, double loss, double lr, double gnorm, double tok_s, double eta_s,
-                     double val_loss) {
-    char eta[32];
+static void progress(Trainer *tr, int tty, double loss, double lr, double gnorm, double tok_s, double mfu,
+                     double eta_s, double val_loss) {
+    char eta[32], mfu_text[32] = "";
     format_eta(eta_s, eta, sizeof eta);
-    fprintf(stderr, "%sstep %ld/%ld | loss %.5f | lr %.3e | grad norm %.4f | %.0f tok/s | ETA %s", tty ? "\r\033[K" : "",
-            tr->step, (long)tr->cfg.train.max_steps, loss, lr, gnorm, tok_s, eta);
+    if (!isnan(mfu)) snprintf(mfu_text, sizeof mfu_text, " | MFU %.1f%%", 100.0 * mfu);
+    fprintf(stderr, "%sstep %ld/%ld | loss %.5f | lr %.3e | grad norm %.4f | %.0f tok/s%s | ETA %s",
+            tty ? "\r\033[K" : "", tr->step, (long)tr->cfg.train.max_steps, loss, lr, gnorm, tok_s, mfu_text, eta);
     if (!isnan(val_loss)) fprintf(stderr, " | val %.5f", val_loss);
     if (!tty || !isnan(val_loss)) fputc('\n', stderr);
     fflush(stderr);
@@ -636,7 +627,7 @@ static int setup(Trainer *tr) {
         fprintf(stderr, "givt-train: note: mixed_precision = bf16: the %s backend computes in %s\n", tr->be->name,
                 dtype_name(tr->be->compute));
     if (check_memory(&tr->cfg, tr->be, root(tr)) != 0) return -1;
-    if (hf_mkdir_p(ts->out_dir) != 0 || lock_out_dir(tr) != 0 || remove_stale_temporaries(ts->out_dir) != 0)
+    if (mkdir_p(ts->out_dir) != 0 || lock_out_dir(tr) != 0 || remove_stale_temporaries(ts->out_dir) != 0)
         return -1;
     if (open_data(tr) != 0) return -1;
     if (model_create(&tr->model, &tr->cfg.model, tr->be) != 0) return -1;
@@ -735,7 +726,7 @@ static StepResult train_step(Trainer *tr, double *loss, double *lr, double *gnor
 // error's message kept): a checkpoint of the last completed step is written first, unless the newest
 // checkpoint already holds it, and the run says which.
 static int stop_early(Trainer *tr, int interrupted) {
-    char *why = interrupted ? NULL : strdup(givt_last_error());
+    char *why = interrupted ? NULL : xstrdup(givt_last_error());
     char where[TRAIN_CONFIG_STR_MAX + 64];
     int rc = 0;
     if (tr->step > tr->saved_step) {
@@ -765,6 +756,10 @@ static int loop(Trainer *tr) {
     const TrainSettings *ts = &tr->cfg.train;
     int tty = isatty(fileno(stderr));
     long tokens_per_step = (long)ts->batch_size * tr->T * ts->grad_accum_steps;
+    double flops_per_token = givt_config_flops_per_token(&tr->cfg.model, tr->T, NULL);
+    // the MFU's peak: [train] peak_tflops, else the backend's own figure (the CPU backend has none), per
+    // device, times the devices (tok/s is of all of them)
+    double peak = (ts->peak_tflops > 0 ? ts->peak_tflops * 1e12 : tr->be->peak_flops) * tr->dist->world_size;
     double t_window = time_now_s(), t_start = t_window;
     long steps_window = 0, start_step = tr->step;
     if (tr->step >= ts->max_steps)
@@ -784,10 +779,11 @@ static int loop(Trainer *tr) {
         if (tr->step % ts->log_every == 0 || last || !isnan(val_loss)) {
             double now = time_now_s();
             double tok_s = (double)(steps_window * tokens_per_step) / (now - t_window);
+            double mfu = peak > 0 ? tok_s * flops_per_token / peak : NAN;
             double eta = (now - t_start) / (double)(tr->step - start_step) * (double)(ts->max_steps - tr->step);
             if (root(tr)) {
-                metrics_write(tr, loss, lr, gnorm, tok_s, val_loss);
-                progress(tr, tty, loss, lr, gnorm, tok_s, eta, val_loss);
+                metrics_write(tr, loss, lr, gnorm, tok_s, mfu, val_loss);
+                progress(tr, tty, loss, lr, gnorm, tok_s, mfu, eta, val_loss);
             }
             t_window = now;
             steps_window = 0;
