@@ -48,7 +48,7 @@ TEST_SRCS := $(wildcard tests/*.c)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)
 TEST_BIN  := $(BUILD)/run_tests
 
-.PHONY: all test test-sanitize clean install info
+.PHONY: all test test-sanitize clean install info fuzz clean-fuzz
 all: $(LIB) $(PROGRAM_BINS)
 
 $(BUILD)/%.o: %.c
@@ -101,4 +101,40 @@ info:
 	@echo "nvcc:  $(or $(NVCC),not found) (CUDA backend: not written yet)"
 	@echo "mpicc: $(or $(MPICC),not found) (multi-process training: not written yet)"
 
+# ---- fuzzing: make fuzz ----------------------------------------------------------------------
+# libFuzzer targets (tests/fuzz/fuzz_*.c, one per input format: INI config, JSON/config.json,
+# safetensors, npy) built with clang into $(FUZZ_BUILD)/, with AddressSanitizer and UBSan: the library
+# sources with -fsanitize=fuzzer-no-link (coverage only), each target linked with -fsanitize=fuzzer
+# (libFuzzer's main). Separate from $(BUILD): make, make test and CFLAGS do not touch it.
+# The library compiles as in the normal build (-fopenmp) and the targets link BLAS and clang's
+# OpenMP runtime: the model's tables pull in the backend registry, which holds the CPU backend.
+# Run them with scripts/fuzz.sh [SECONDS] [TARGET...] (corpora in tests/fuzz/corpus/<target>/);
+# make clean-fuzz removes $(FUZZ_BUILD).
+FUZZ_CC     ?= clang
+FUZZ_BUILD  ?= build-fuzz
+FUZZ_SAN    := -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_CFLAGS := -g -O1 -std=c11 -Wall -Wextra -Werror -MMD -MP $(addprefix -I,$(SRC_DIRS)) \
+               $(shell $(PKG_CONFIG) --cflags $(OPENBLAS_PC) 2>/dev/null)
+FUZZ_SRCS   := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS   := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
+FUZZ_LIB    := $(FUZZ_BUILD)/libgivt.a
+FUZZ_LDLIBS := $(LDLIBS)
+
+fuzz: $(FUZZ_BINS)
+
+clean-fuzz:
+	rm -rf $(FUZZ_BUILD)
+
+$(FUZZ_BUILD)/csrc/%.o: csrc/%.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fopenmp -fsanitize=fuzzer-no-link $(FUZZ_SAN) -c $< -o $@
+
+$(FUZZ_LIB): $(LIB_SRCS:%.c=$(FUZZ_BUILD)/%.o)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(FUZZ_SAN) $< $(FUZZ_LIB) -o $@ $(FUZZ_LDLIBS)
+
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+-include $(shell find $(FUZZ_BUILD) -name '*.d' 2>/dev/null)

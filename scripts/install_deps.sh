@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs what givt needs to build and test from Debian's packages (as root; uses sudo otherwise).
 # Idempotent: installs only what is missing. Set GIVT_WITH_TORCH=1 to add PyTorch (reference
-# generation and the benchmark's comparison only; the tests do not need it).
+# generation and the benchmark's comparison only; the tests do not need it), GIVT_WITH_FUZZ=1 to add
+# clang and libFuzzer (scripts/fuzz.sh).
 set -euo pipefail
 pkgs=(build-essential pkg-config libopenblas-openmp-dev)
 [[ "${GIVT_WITH_TORCH:-0}" == 1 ]] && pkgs+=(python3-numpy python3-torch python3-sklearn python3-matplotlib)
+# GIVT_WITH_FUZZ=1: clang with libFuzzer and its sanitizer runtimes, and LLVM's OpenMP (make fuzz)
+[[ "${GIVT_WITH_FUZZ:-0}" == 1 ]] && pkgs+=(clang libclang-rt-14-dev libomp-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -326,3 +326,24 @@ TEST(reliability_sigterm_stops_between_micro_batches) {
     free(err);
     tu_rmtree(d);
 }
+
+// Found by fuzz_npy: a shape with a zero dim and huge others holds no data, but its row size
+// (shape[1] * shape[2]) overflowed; and an out-of-range read's message overflowed start + count.
+TEST(reliability_npy_shapes_whose_products_overflow) {
+    char d[256];
+    tu_mkdtemp(d, "rel_npyshape");
+    const char *p = tu_path(d, "z.npy");
+    int64_t shape[3] = {0, 990460460, 99046046046};
+    CHECK(npy_write(p, "<f4", 4, NULL, 3, shape) == 0, "%s", givt_last_error());
+    NpyFile f;
+    CHECK(npy_open(&f, p) == -1);
+    CHECK(tu_error_has(p, "shape is too large"), "got: %s", givt_last_error());
+    write_npy(p, 2, 4, 3, 0.5f);
+    CHECK(npy_open(&f, p) == 0, "%s", givt_last_error());
+    float buf[4];
+    CHECK(npy_read_f32(&f, 1, INT64_MAX, buf) == -1);
+    CHECK(tu_error_has("out of bounds", NULL), "got: %s", givt_last_error());
+    CHECK(npy_read_rows_f32(&f, 1, INT64_MAX, buf) == -1);
+    npy_close(&f);
+    tu_rmtree(d);
+}

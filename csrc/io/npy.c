@@ -275,14 +275,17 @@ int npy_open(NpyFile *f, const char *path) {
     }
     f->ndim = p.ndim;
     f->shape[0] = f->shape[1] = f->shape[2] = 1;
-    int64_t numel = 1;
+    // numel, and the product of the nonzero dims (row sizes are products of trailing dims: they must
+    // fit too when another dim is 0 and the file holds no data)
+    int64_t numel = 1, nonzero = 1;
     for (int i = 0; i < p.ndim; i++) {
         f->shape[i] = p.shape[i];
-        if (p.shape[i] != 0 && numel > INT64_MAX / 8 / p.shape[i]) {
+        if (p.shape[i] != 0 && nonzero > INT64_MAX / 8 / p.shape[i]) {
             givt_fail("%s: shape is too large", path);
             return open_fail(f);
         }
         numel *= p.shape[i];
+        nonzero *= p.shape[i] ? p.shape[i] : 1;
     }
     f->numel = numel;
     size_t data_off = prefix + hlen;
@@ -311,8 +314,8 @@ void npy_close(NpyFile *f) {
 
 int npy_read_f32(const NpyFile *f, int64_t start, int64_t count, float *dst) {
     if (start < 0 || count < 0 || start > f->numel || count > f->numel - start)
-        return givt_fail("%s: read of elements [%lld, %lld) is out of bounds (%lld elements)", f->path,
-                         (long long)start, (long long)(start + count), (long long)f->numel);
+        return givt_fail("%s: read of %lld elements from element %lld is out of bounds (%lld elements)", f->path,
+                         (long long)count, (long long)start, (long long)f->numel);
     if (f->fd < 0) return givt_fail("%s: read from a closed file", f->path ? f->path : "npy");
     if (check_unchanged(f)) return -1;
     int64_t off = f->data_off + start * f->itemsize;
@@ -330,8 +333,8 @@ int npy_read_f32(const NpyFile *f, int64_t start, int64_t count, float *dst) {
 int npy_read_rows_f32(const NpyFile *f, int64_t row, int64_t count, float *dst) {
     int64_t per_row = f->shape[1] * f->shape[2];
     if (row < 0 || count < 0 || row > f->shape[0] || count > f->shape[0] - row)
-        return givt_fail("%s: read of rows [%lld, %lld) is out of bounds (%lld rows)", f->path, (long long)row,
-                         (long long)(row + count), (long long)f->shape[0]);
+        return givt_fail("%s: read of %lld rows from row %lld is out of bounds (%lld rows)", f->path, (long long)count,
+                         (long long)row, (long long)f->shape[0]);
     return npy_read_f32(f, row * per_row, count * per_row, dst);
 }
 
