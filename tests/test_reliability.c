@@ -126,6 +126,7 @@ TEST(reliability_impossible_memory_is_refused_before_work) {
 }
 
 // ---- data that changes under a run ----------------------------------------------------------
+// n >= 4 sequences of (T, D); element 1 of sequence 3 is value_at_3.
 static void write_npy(const char *path, int n, int T, int D, float value_at_3) {
     float *x = xmalloc((size_t)n * T * D * sizeof(float));
     for (int i = 0; i < n * T * D; i++) x[i] = sinf(0.37f * (float)i);
@@ -338,7 +339,7 @@ TEST(reliability_npy_shapes_whose_products_overflow) {
     NpyFile f;
     CHECK(npy_open(&f, p) == -1);
     CHECK(tu_error_has(p, "shape is too large"), "got: %s", givt_last_error());
-    write_npy(p, 2, 4, 3, 0.5f);
+    write_npy(p, 4, 4, 3, 0.5f);
     CHECK(npy_open(&f, p) == 0, "%s", givt_last_error());
     float buf[4];
     CHECK(npy_read_f32(&f, 1, INT64_MAX, buf) == -1);
