@@ -13,22 +13,13 @@
 #include "testutil.h"
 #include "util.h"
 
-static void tiny_config(GivtConfig *c) {
-    givt_config_default(c);
-    c->input_dim = 4;
-    c->hidden_dim = 8;
-    c->intermediate_dim = 12;
-    c->num_heads = 2;
-    c->num_layers = 2;
-    c->block_size = 16;
-}
 
 TEST(hf_round_trip_bit_exact) {
     char dir[256];
     tu_mkdtemp(dir, "hf");
     const char *folder = tu_path(dir, "a/b/ckpt");  // mkdir -p
     GivtConfig cfg, back;
-    tiny_config(&cfg);
+    tu_tiny_config(&cfg);
     cfg.eps = 1e-6;
     cfg.rope_base = 10000;
     cfg.rope_rotary_percentage = 0.5;
@@ -63,7 +54,7 @@ TEST(hf_model_save_and_load_backend_memory) {
     tu_mkdtemp(dir, "hfm");
     const char *folder = tu_path(dir, "ckpt");
     GivtConfig cfg;
-    tiny_config(&cfg);
+    tu_tiny_config(&cfg);
     GivtModel a, b;
     Backend *be = backend_open("cpu", "no");
     CHECK(model_create(&a, &cfg, be) == 0 && model_create(&b, &cfg, be) == 0, "%s", givt_last_error());
@@ -208,7 +199,7 @@ TEST(hf_loads_f16_bf16_and_rejects_bad_weights) {
     tu_mkdtemp(dir, "hf");
     const char *path = tu_path(dir, "model.safetensors");
     GivtConfig cfg;
-    tiny_config(&cfg);
+    tu_tiny_config(&cfg);
     ParamTable pt;
     param_table_build(&pt, &cfg);
     float *p = xcalloc(pt.total, sizeof(float));
@@ -268,7 +259,7 @@ TEST(hf_rejects_non_finite_weights) {
     char dir[256], want[512];
     tu_mkdtemp(dir, "hf");
     GivtConfig cfg;
-    tiny_config(&cfg);
+    tu_tiny_config(&cfg);
     ParamTable pt;
     param_table_build(&pt, &cfg);
     float *p = xmalloc(pt.total * sizeof(float)), *q = xcalloc(pt.total, sizeof(float));
@@ -323,7 +314,7 @@ TEST(hf_save_errors_and_table_files) {
     char dir[256];
     tu_mkdtemp(dir, "hf");
     GivtConfig cfg;
-    tiny_config(&cfg);
+    tu_tiny_config(&cfg);
     ParamTable pt;
     param_table_build(&pt, &cfg);
     float *p = xcalloc(pt.total, sizeof(float)), *q = xcalloc(pt.total, sizeof(float));

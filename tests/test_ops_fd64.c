@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "testutil.h"
 #include "ops.h"
 #include "util.h"
 
@@ -41,12 +42,10 @@
 static Backend *be;         // the CPU backend of the running test
 static const GivtOps *ops;  // be->ops
 
-#define CV(p) ((cval *)(void *)(p))  // a host float array as a compute buffer of the CPU backend
+#define CV(p) TU_CV(p)
 
 static void open_cpu(void) {
-    be = backend_open("cpu", "no");
-    if (!be) givt_die("backend_open(cpu): %s", givt_last_error());
-    if (be->compute != DTYPE_F32) givt_die("the CPU backend computes in %s, not float32", dtype_name(be->compute));
+    be = tu_open_cpu();
     ops = be->ops;
 }
 

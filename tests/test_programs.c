@@ -44,20 +44,11 @@ static int no_sanitizer_report(const char *err) {
     return !strstr(err, "Sanitizer") && !strstr(err, "runtime error:");
 }
 
-static void tiny_config(GivtConfig *c) {
-    givt_config_default(c);
-    c->input_dim = 4;
-    c->hidden_dim = 8;
-    c->intermediate_dim = 12;
-    c->num_heads = 2;
-    c->num_layers = 2;
-    c->block_size = 16;
-}
 
 // A model folder (random weights, or NaN at one element of the head when nan): dir/name, into folder.
 static void make_model(char *folder, size_t n, const char *dir, const char *name, int nan) {
     GivtConfig cfg;
-    tiny_config(&cfg);
+    tu_tiny_config(&cfg);
     ParamTable pt;
     param_table_build(&pt, &cfg);
     float *p = xmalloc(pt.total * sizeof(float));

@@ -78,3 +78,20 @@ int tu_error_has(const char *a, const char *b) {
     const char *m = givt_last_error();
     return strstr(m, a) && (!b || strstr(m, b)) && !strchr(m, '\n');
 }
+
+Backend *tu_open_cpu(void) {
+    Backend *be = backend_open("cpu", "no");
+    if (!be) givt_die("backend_open(cpu): %s", givt_last_error());
+    if (be->compute != DTYPE_F32) givt_die("the CPU backend computes in %s, not float32", dtype_name(be->compute));
+    return be;
+}
+
+void tu_tiny_config(GivtConfig *c) {
+    givt_config_default(c);
+    c->input_dim = 4;
+    c->hidden_dim = 8;
+    c->intermediate_dim = 12;
+    c->num_heads = 2;
+    c->num_layers = 2;
+    c->block_size = 16;
+}

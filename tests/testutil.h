@@ -4,6 +4,8 @@
 
 #include <stddef.h>
 
+#include "model.h"
+
 // Makes a fresh folder under $TMPDIR (or /tmp) into dir (at least 256 bytes); dies on failure.
 void tu_mkdtemp(char *dir, const char *tag);
 // Removes path and everything below it.
@@ -21,5 +23,12 @@ int tu_same_file(const char *a, const char *b);
 int tu_count_prefix(const char *dir, const char *prefix);
 // 1 when givt_last_error() contains a, and b unless b is NULL, and is a single line.
 int tu_error_has(const char *a, const char *b);
+
+// The CPU backend (float32 compute); dies when it cannot be opened. Close with backend_close.
+Backend *tu_open_cpu(void);
+// A host float array as a compute buffer of the CPU backend (whose compute dtype is float32).
+#define TU_CV(p) ((cval *)(void *)(p))
+// A small valid model configuration (D 4, C 8, F 12, H 2, L 2, block 16), the rest GIVT.md's defaults.
+void tu_tiny_config(GivtConfig *c);
 
 #endif
