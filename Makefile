@@ -8,7 +8,7 @@
 PREFIX  ?= /usr/local
 # the library's layers: core (errors, memory, files), io (file formats), model (the model, the op
 # contract, the backends), train (config, data, optimizer, trainer); programs on top
-SRC_DIRS := csrc/core csrc/io csrc/model csrc/train
+SRC_DIRS := csrc/core csrc/io csrc/model csrc/train csrc/sample
 BUILD   ?= build
 CC      ?= cc
 ARCH    ?= -march=native
@@ -42,7 +42,7 @@ BIN_PREFIX ?=
 LIB_SRCS  := $(foreach d,$(SRC_DIRS),$(wildcard $(d)/*.c))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 LIB       := $(BUILD)/libgivt.a
-PROGRAMS  := givt-eval givt-train givt-prepare-digits givt-bench
+PROGRAMS  := givt-eval givt-train givt-sample givt-prepare-digits givt-bench
 PROGRAM_BINS := $(addprefix $(BIN_PREFIX),$(PROGRAMS))
 TEST_SRCS := $(wildcard tests/*.c)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)

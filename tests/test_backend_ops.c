@@ -348,6 +348,40 @@ static void t_memory(const Target *t) {
 }
 TEST(backend_ops_memory) { for_each_backend(t_memory); }
 
+// copy_rows: the KV cache's append. Rows of width elements from a strided source (qkv-like, row stride
+// 3C) into a strided destination (a cache, batch stride L*C) at an offset; the rest of the
+// destination is untouched. Values are bf16-exact so any compute dtype copies them exactly.
+static void t_copy_rows(const Target *t) {
+    Backend *be = t->be;
+    const int shapes[][4] = {{1, 1, 5, 9}, {3, 4, 48, 7}, {2, 37, 12, 40}};  // B, rows, width, L
+    for (int si = 0; si < 3; si++) {
+        int B = shapes[si][0], rows = shapes[si][1], W = shapes[si][2], L = shapes[si][3], pos = L - rows;
+        size_t sr = 3 * (size_t)W, sb = (size_t)rows * sr, dr = (size_t)W, db = (size_t)L * W;
+        size_t ns = (size_t)B * sb, nd = (size_t)B * db;
+        float *src = xmalloc(ns * 4), *dst = xmalloc(nd * 4), *want = xmalloc(nd * 4), *got = xmalloc(nd * 4);
+        for (size_t i = 0; i < ns; i++) src[i] = (float)((int)(i % 251) - 125) / 8.0f;
+        for (size_t i = 0; i < nd; i++) dst[i] = want[i] = -1000.0f - (float)(i % 7);
+        for (int b = 0; b < B; b++)
+            for (int r = 0; r < rows; r++)
+                memcpy(want + b * db + (size_t)(pos + r) * dr, src + b * sb + r * sr + W, (size_t)W * 4);
+        cval *ds = put_c(be, src, ns), *dd = put_c(be, dst, nd);
+        size_t E = esize(be);
+        be->ops->copy_rows(be, (cval *)((char *)dd + (size_t)pos * dr * E), dr, db, (cval *)((char *)ds + (size_t)W * E),
+                           sr, sb, B, rows, W);
+        int guard = get_c(be, got, dd, nd);
+        int diff = memcmp(got, want, nd * 4) != 0;
+        Line L_;
+        line_begin(&L_, t, "copy_rows", "B=%d rows=%d width=%d L=%d", B, rows, W, L);
+        L_.tol = 0;
+        line_exact(&L_, "rows copied, the rest untouched", diff);
+        line_exact(&L_, "guard", guard);
+        line_end(&L_);
+        dfree(be, ds), dfree(be, dd);
+        free(src), free(dst), free(want), free(got);
+    }
+}
+TEST(backend_ops_copy_rows) { for_each_backend(t_copy_rows); }
+
 // ---- matmul ------------------------------------------------------------------------------------
 static const int k_mm_shapes[][3] = {{1, 16, 48}, {111, 96, 288}, {37, 48, 5}, {7, 13, 130}};  // N, K, M
 #define N_MM_SHAPES 4

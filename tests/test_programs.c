@@ -233,3 +233,79 @@ TEST(givt_train_reports_mfu_only_with_peak_tflops) {
     free(err);
     tu_rmtree(dir);
 }
+
+// dst = tmpl with each of the n names[2k] replaced by names[2k + 1].
+static void fill_template(char *dst, size_t size, const char *tmpl, const char *const *names, int n) {
+    size_t k = 0;
+    for (const char *p = tmpl; *p && k + 1 < size;) {
+        int hit = -1;
+        for (int j = 0; j < n && hit < 0; j++)
+            if (!strncmp(p, names[2 * j], strlen(names[2 * j]))) hit = j;
+        if (hit < 0) {
+            dst[k++] = *p++;
+            continue;
+        }
+        k += (size_t)snprintf(dst + k, size - k, "%s", names[2 * hit + 1]);
+        if (k >= size) k = size - 1;
+        p += strlen(names[2 * hit]);
+    }
+    dst[k] = '\0';
+}
+
+// givt-sample on a model folder: a good run (the output's shape and the prompt kept), and every bad
+// input a one-line error with nothing written (tiny config: D 4, block_size 16).
+TEST(givt_sample_good_and_error_cases_exit_cleanly) {
+    char dir[256], args[4096], model[512];
+    tu_mkdtemp(dir, "sampleprog");
+    make_model(model, sizeof model, dir, "model", 0);
+    float prompt[2 * 4] = {0.5f, -0.5f, 1, 0, 0.25f, 0.1f, -1, 2}, nanp[2 * 4] = {0, 0, 0, NAN, 0, 0, 0, 0};
+    float wide[2 * 5] = {0};
+    int64_t ps[2] = {2, 4}, ws[2] = {2, 5};
+    char good[512], bad_nan[512], bad_d[512], outp[512];
+    snprintf(good, sizeof good, "%s", tu_path(dir, "prompt.npy"));
+    snprintf(bad_nan, sizeof bad_nan, "%s", tu_path(dir, "nan.npy"));
+    snprintf(bad_d, sizeof bad_d, "%s", tu_path(dir, "wide.npy"));
+    snprintf(outp, sizeof outp, "%s", tu_path(dir, "out.npy"));
+    CHECK(npy_write_f32(good, prompt, 2, ps) == 0 && npy_write_f32(bad_nan, nanp, 2, ps) == 0 &&
+          npy_write_f32(bad_d, wide, 2, ws) == 0);
+    char *out, *err;
+    snprintf(args, sizeof args, "'%s' --max-len 9 --out '%s' --prompt '%s' --num-samples 3 --batch-size 2 --seed 4", model,
+             outp, good);
+    int rc = run_prog(dir, "givt-sample", args, &out, &err);
+    CHECK(rc == 0 && strstr(err, "wrote") && no_sanitizer_report(err), "exit %d\nstderr: %s", rc, err);
+    free(out), free(err);
+    NpyFile f;
+    CHECK(npy_open(&f, outp) == 0 && f.ndim == 3 && f.shape[0] == 3 && f.shape[1] == 9 && f.shape[2] == 4, "%s",
+          givt_last_error());
+    float got[3 * 9 * 4];
+    if (f.numel == 3 * 9 * 4 && npy_read_f32(&f, 0, f.numel, got) == 0)
+        for (int i = 0; i < 3; i++) CHECK(memcmp(got + i * 36, prompt, sizeof prompt) == 0, "sample %d: prompt kept", i);
+    npy_close(&f);
+    const struct {
+        const char *args, *want;
+    } cases[] = {
+        {"'/nonexistent/m' --max-len 4 --out '{O}'", "/nonexistent/m/config.json: cannot open"},
+        {"'{M}' --max-len 4 --out '{O}' --prompt '{W}'", "input_dim is 4"},
+        {"'{M}' --max-len 4 --out '{O}' --prompt '{N}'", "non-finite value (nan) at index [0, 3]"},
+        {"'{M}' --max-len 2 --out '{O}' --prompt '{P}'", "--max-len 2: must be larger than the prompt (2 vectors)"},
+        {"'{M}' --max-len 17 --out '{O}'", "at most block_size = 16"},
+        {"'{M}' --max-len 4 --out '{O}' --num-samples 0", "--num-samples 0: expected a whole number in [1,"},
+        {"'{M}' --max-len 4 --out '{O}' --temperature -1", "--temperature -1: expected a number >= 0"},
+        {"'{M}' --max-len 4 --out /nonexistent/dir/x.npy", "--out /nonexistent/dir/x.npy: cannot write in"},
+        {"'{M}' --max-len 4 --out '{O}' --ema", "ema.safetensors: no such file"},
+        {"'{M}' --max-len 4 --out '{O}' --device tpu", "device \"tpu\": unknown"},
+        {"'{M}' --out '{O}'", "--max-len L is required"},
+    };
+    char bad_out[512];
+    snprintf(bad_out, sizeof bad_out, "%s", tu_path(dir, "never.npy"));
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *names[] = {"{M}", model, "{O}", bad_out, "{N}", bad_nan, "{W}", bad_d, "{P}", good};
+        fill_template(args, sizeof args, cases[i].args, names, 5);
+        rc = run_prog(dir, "givt-sample", args, &out, &err);
+        CHECK(rc == 1 && strstr(err, cases[i].want) && no_sanitizer_report(err), "case %zu: exit %d\nstderr: %s", i, rc,
+              err);
+        free(out), free(err);
+        CHECK(!path_exists(bad_out), "case %zu wrote an output", i);
+    }
+    tu_rmtree(dir);
+}

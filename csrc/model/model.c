@@ -491,7 +491,7 @@ static float *lgrad(const GivtModel *m, int l, int k) { return grad(m, layer_ten
 // and next_rstd receive it. recompute (gradient checkpointing's backward) computes ln1 from res_in
 // here, and the caller points next_ln at scratch so that the slot's ln1 stays layer l's.
 static void layer_forward(GivtModel *m, const Weights *w, int l, int B, int T, cval *next_ln, float *next_rstd,
-                          int recompute) {
+                          int recompute, KvCache *kc, int pos0) {
     const GivtConfig *c = &m->cfg;
     Backend *be = m->be;
     int C = c->hidden_dim, F = c->intermediate_dim, N = B * T;
@@ -504,8 +504,17 @@ static void layer_forward(GivtModel *m, const Weights *w, int l, int B, int T, c
     if (l == 0 || recompute)
         OP(residual_rmsnorm_fwd, NULL, la.ln1, la.ln1_rstd, la.res_in, NULL, lwc(m, w, l, P_ATTN_NORM), N, C);
     OP(matmul_fwd, la.qkv, la.ln1, lwc(m, w, l, P_QKV), N, C, 3 * C);
-    OP(attention_fwd, la.atty, la.att, la.qkv, cat(la.qkv, (size_t)C, E), cat(la.qkv, 2 * (size_t)C, E), m->rope_cos,
-       m->rope_sin, &sh);
+    cval *k = cat(la.qkv, (size_t)C, E), *v = cat(la.qkv, 2 * (size_t)C, E);
+    void *saved = la.att;
+    if (kc) {  // generation: this call's keys and values join the cache at pos0; attend over all of it
+        size_t L = (size_t)kc->max_L, layer = (size_t)l * kc->max_B * L * C;
+        cval *ck = cat(kc->k, layer, E), *cv = cat(kc->v, layer, E);
+        OP(copy_rows, cat(ck, (size_t)pos0 * C, E), C, L * C, k, 3 * (size_t)C, (size_t)T * 3 * C, B, T, C);
+        OP(copy_rows, cat(cv, (size_t)pos0 * C, E), C, L * C, v, 3 * (size_t)C, (size_t)T * 3 * C, B, T, C);
+        k = ck, v = cv, saved = kc->att;
+        sh.pos0 = pos0, sh.Tk = pos0 + T, sh.kv_row = C, sh.kv_batch = L * C;
+    }
+    OP(attention_fwd, la.atty, saved, la.qkv, k, v, m->rope_cos, m->rope_sin, &sh);
     OP(matmul_fwd, proj, la.atty, lwc(m, w, l, P_O_PROJ), N, C, C);
     // mlp: res_out = res_mid + fc3(silu(fc1(ln2)) * fc2(ln2)), ln2 = rmsnorm(res_mid)
     OP(residual_rmsnorm_fwd, la.res_mid, la.ln2, la.ln2_rstd, la.res_in, proj, lwc(m, w, l, P_MLP_NORM), N, C);
@@ -546,7 +555,71 @@ const cval *model_forward(GivtModel *m, const Weights *w, const float *x, int B,
         cval *ln;
         float *rstd;
         next_norm(m, l, &ln, &rstd);
-        layer_forward(m, w, l, B, T, ln, rstd, 0);
+        layer_forward(m, w, l, B, T, ln, rstd, 0, NULL, 0);
+    }
+    OP(matmul_fwd, a->y, a->lnf, wc(m, w, m->table.head), N, C, 2 * D);
+    return a->y;
+}
+
+// ---- generation ---------------------------------------------------------------------------
+static size_t cache_elems(const GivtConfig *c, int max_B, int max_L) {
+    return size_mul3(size_mul((size_t)c->num_layers, (size_t)max_B), (size_t)max_L, (size_t)c->hidden_dim);
+}
+
+// The largest attention state of a call: the prompt's (max_Tq queries) or a step's (1 query), each
+// against up to max_L keys.
+static size_t cache_att_bytes(const GivtConfig *c, Backend *be, int max_B, int max_L, int max_Tq) {
+    AttnShape s = attn_shape(c, max_B, max_Tq);
+    s.Tk = max_L, s.pos0 = max_L - max_Tq;
+    size_t prompt = be->ops->attention_saved_bytes(be, &s);
+    s.Tq = 1, s.pos0 = max_L - 1;
+    size_t step = be->ops->attention_saved_bytes(be, &s);
+    return prompt > step ? prompt : step;
+}
+
+size_t model_cache_bytes(const GivtConfig *cfg, Backend *be, int max_B, int max_L, int max_Tq) {
+    size_t kv = size_mul(cache_elems(cfg, max_B, max_L), 2 * dtype_size(be->compute));
+    return size_add(size_add(kv, cache_att_bytes(cfg, be, max_B, max_L, max_Tq)),
+                    model_acts_bytes(cfg, be, max_B, max_Tq, 0, 0));
+}
+
+void model_cache_alloc(GivtModel *m, KvCache *kc, int max_B, int max_L, int max_Tq) {
+    Backend *be = m->be;
+    if (max_L > m->cfg.block_size || max_Tq > max_L)
+        givt_die("model_cache_alloc: L = %d, Tq = %d with block_size %d", max_L, max_Tq, m->cfg.block_size);
+    size_t bytes = size_mul(cache_elems(&m->cfg, max_B, max_L), dtype_size(be->compute));
+    *kc = (KvCache){.max_B = max_B, .max_L = max_L, .max_Tq = max_Tq};
+    kc->k = be->ops->alloc(be, bytes);
+    kc->v = be->ops->alloc(be, bytes);
+    kc->att = be->ops->alloc(be, cache_att_bytes(&m->cfg, be, max_B, max_L, max_Tq));
+    model_alloc_acts(m, max_B, max_Tq, 0, 0);
+}
+
+void model_cache_free(GivtModel *m, KvCache *kc) {
+    Backend *be = m->be;
+    if (kc->k) be->ops->free(be, kc->k);
+    if (kc->v) be->ops->free(be, kc->v);
+    if (kc->att) be->ops->free(be, kc->att);
+    memset(kc, 0, sizeof *kc);
+}
+
+const cval *model_decode(GivtModel *m, const Weights *w, KvCache *kc, const float *x, int B, int Tq, int pos0) {
+    const GivtConfig *c = &m->cfg;
+    Backend *be = m->be;
+    GivtActs *a = m->acts;
+    if (!a || m->training || B > kc->max_B || Tq > kc->max_Tq || B < 1 || Tq < 1 || pos0 < 0 ||
+        pos0 + Tq > kc->max_L)
+        givt_die("model_decode: batch (%d, %d) at %d exceeds the cache (%d, %d of %d)", B, Tq, pos0, kc->max_B,
+                 kc->max_Tq, kc->max_L);
+    int D = c->input_dim, C = c->hidden_dim, N = B * Tq;
+    if (pos0 == 0) OP(shift_bos, a->x_in, x, wc(m, w, m->table.bos), B, Tq, D);
+    else OP(to_compute, a->x_in, x, (size_t)N * D);
+    OP(matmul_fwd, a->res, a->x_in, wc(m, w, m->table.embed), N, D, C);
+    for (int l = 0; l < c->num_layers; l++) {
+        cval *ln;
+        float *rstd;
+        next_norm(m, l, &ln, &rstd);
+        layer_forward(m, w, l, B, Tq, ln, rstd, 0, kc, pos0);
     }
     OP(matmul_fwd, a->y, a->lnf, wc(m, w, m->table.head), N, C, 2 * D);
     return a->y;
@@ -600,7 +673,7 @@ void model_backward(GivtModel *m, const Weights *w) {
     for (int l = L - 1; l >= 0; l--) {
         // with a shared slot (gradient checkpointing), layer l is recomputed from res[l]; the slot
         // still holds the last layer from the forward pass
-        if (a->layer_slots == 1 && l < L - 1) layer_forward(m, w, l, B, T, a->dtmp, a->lnf_rstd, 1);
+        if (a->layer_slots == 1 && l < L - 1) layer_forward(m, w, l, B, T, a->dtmp, a->lnf_rstd, 1, NULL, 0);
         LayerActs la = layer_acts(m, l);
         // mlp (dres is d res_out; it passes straight to res_mid, plus the branch)
         OP(matmul_bwd, a->dswi, lgrad(m, l, P_FC3), a->dres, la.swi, lwc(m, w, l, P_FC3), N, F, C);

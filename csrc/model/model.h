@@ -203,6 +203,30 @@ void model_loss(GivtModel *m, double *loss_sum, float grad_scale);
 // m->grads.
 void model_backward(GivtModel *m, const Weights *w);
 
+// ---- generation: a KV cache and the forward of new positions -------------------------------------
+// Per layer the keys (after RoPE) and values of every position run so far, (B, L, C) compute
+// elements each, and room for the attention state of one call.
+typedef struct {
+    int max_B, max_L, max_Tq;
+    cval *k, *v;      // num_layers x (max_B, max_L, C) each
+    void *att;        // the attention state of one call of up to (max_B, max_Tq) queries against max_L keys
+} KvCache;
+
+// A cache for batches up to max_B sequences of max_L positions, run max_Tq positions at a time at
+// most (the prompt's length + 1 for the first call, 1 after). Also sizes the model's activations for
+// (max_B, max_Tq) in inference mode (model_alloc_acts must not have been called).
+void model_cache_alloc(GivtModel *m, KvCache *kc, int max_B, int max_L, int max_Tq);
+void model_cache_free(GivtModel *m, KvCache *kc);
+// Bytes model_cache_alloc takes on be (cache, attention state and activations).
+size_t model_cache_bytes(const GivtConfig *cfg, Backend *be, int max_B, int max_L, int max_Tq);
+// Runs positions pos0 .. pos0 + Tq - 1 of B sequences, attending over the cache's positions before
+// pos0 (filled by earlier calls) and adding these to it. x (B, Tq, D) float32 in backend memory holds
+// the vectors the positions read: at pos0 = 0 as model_forward's x (position 0 reads bos, position t
+// reads x_{t-1}: x's last row is not read); after that, row t is the vector of position pos0 + t - 1.
+// Returns the head output y (B, Tq, 2D) = [mu | pre]. model_decode at pos0 = 0 over a whole sequence
+// computes what model_forward does.
+const cval *model_decode(GivtModel *m, const Weights *w, KvCache *kc, const float *x, int B, int Tq, int pos0);
+
 typedef struct {
     double loss;      // mean Gaussian NLL over B*T*D elements, without the constant (seed's loss)
     double loss_sum;  // sum over elements, without the constant

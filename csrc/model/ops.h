@@ -35,6 +35,10 @@ struct GivtOps {
     void (*download)(Backend *be, void *host_dst, const void *src, size_t bytes);
     void (*zero)(Backend *be, void *p, size_t bytes);
     void (*copy)(Backend *be, void *dst, const void *src, size_t bytes);  // backend to backend memory
+    // Strided copy of compute elements: for b < B and r < rows, the width elements at
+    // src + b*src_batch + r*src_row go to dst + b*dst_batch + r*dst_row (strides in elements).
+    void (*copy_rows)(Backend *be, cval *dst, size_t dst_row, size_t dst_batch, const cval *src, size_t src_row,
+                      size_t src_batch, int B, int rows, int width);
     void (*mem_info)(Backend *be, size_t *free_bytes, size_t *total_bytes);
     void (*synchronize)(Backend *be);
     void (*close)(Backend *be);  // frees ctx

@@ -49,6 +49,14 @@ static void cpu_copy(Backend *be, void *dst, const void *src, size_t bytes) {
     (void)be;
     memmove(dst, src, bytes);
 }
+static void cpu_copy_rows(Backend *be, cval *dst, size_t dst_row, size_t dst_batch, const cval *src, size_t src_row,
+                          size_t src_batch, int B, int rows, int width) {
+    (void)be;
+    for (int b = 0; b < B; b++)
+        for (int r = 0; r < rows; r++)
+            memmove(FP(dst) + b * dst_batch + r * dst_row, CFP(src) + b * src_batch + r * src_row,
+                    (size_t)width * sizeof(float));
+}
 static void cpu_zero(Backend *be, void *p, size_t bytes) {
     (void)be;
     memset(p, 0, bytes);
@@ -453,6 +461,7 @@ static const GivtOps g_cpu_ops = {
     .download = cpu_download,
     .zero = cpu_zero,
     .copy = cpu_copy,
+    .copy_rows = cpu_copy_rows,
     .mem_info = cpu_mem_info,
     .synchronize = cpu_synchronize,
     .close = cpu_close,

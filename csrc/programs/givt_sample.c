@@ -1,0 +1,210 @@
+// givt-sample: generates sequences from a trained GIVT (a Hugging Face folder or a checkpoint) with
+// a KV cache, batched, and writes them to an .npy file.
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <libgen.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "hf.h"
+#include "model.h"
+#include "npy.h"
+#include "sample.h"
+
+typedef struct {
+    const char *folder, *out, *prompt, *device, *precision;
+    int max_len, num_samples, batch_size, ema;
+    double temperature;
+    uint64_t seed;
+} Args;
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: givt-sample FOLDER --max-len L --out OUT.npy [options]\n"
+            "  FOLDER              a Hugging Face folder (config.json + model.safetensors) or a givt-train\n"
+            "                      checkpoint folder (step_XXXXXXXX)\n"
+            "  --max-len L         vectors in each generated sequence, the prompt included (<= block_size)\n"
+            "  --out OUT.npy       float32 (N, L, D), written atomically\n"
+            "options (defaults in brackets):\n"
+            "  --prompt P.npy      float32/float16 (s, D): one prompt for every sample, or (N, s, D): one\n"
+            "                      per sample [none: start from bos alone]\n"
+            "  --num-samples N     sequences to generate [1, or the prompt's N]\n"
+            "  --temperature t     x ~ Normal(mu, t * std); 0 returns the means [1]\n"
+            "  --seed S            sample i draws from the stream (S, i), whatever the batch size [0]\n"
+            "  --batch-size B      sequences run together [64]\n"
+            "  --ema               the checkpoint's EMA weights (ema.safetensors) instead of model.safetensors\n"
+            "  --device D          auto | cpu | cuda [auto]\n"
+            "  --precision P       no | bf16 [no]\n");
+}
+
+static int parse_long(const char *opt, const char *v, long lo, long hi, long *out) {
+    char *end = NULL;
+    errno = 0;
+    long x = v ? strtol(v, &end, 10) : 0;
+    if (!v || !*v || *end || errno || x < lo || x > hi)
+        return givt_fail("%s %s: expected a whole number in [%ld, %ld]", opt, v ? v : "(missing)", lo, hi);
+    *out = x;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, Args *a) {
+    *a = (Args){.device = "auto", .precision = "no", .batch_size = 64, .temperature = 1.0};
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long x = 0;
+        int rc = 0, takes = 1;
+        if (!strcmp(o, "-h") || !strcmp(o, "--help")) {
+            usage(stdout);
+            exit(0);
+        } else if (!strcmp(o, "--ema")) {
+            a->ema = 1, takes = 0;
+        } else if (!strcmp(o, "--max-len")) {
+            rc = parse_long(o, v, 1, 1 << 20, &x), a->max_len = (int)x;
+        } else if (!strcmp(o, "--num-samples")) {
+            rc = parse_long(o, v, 1, 1 << 30, &x), a->num_samples = (int)x;
+        } else if (!strcmp(o, "--batch-size")) {
+            rc = parse_long(o, v, 1, 1 << 20, &x), a->batch_size = (int)x;
+        } else if (!strcmp(o, "--seed")) {
+            rc = parse_long(o, v, 0, __LONG_MAX__, &x), a->seed = (uint64_t)x;
+        } else if (!strcmp(o, "--temperature")) {
+            char *end = NULL;
+            a->temperature = v ? strtod(v, &end) : NAN;
+            if (!v || !*v || *end || !(a->temperature >= 0) || !isfinite(a->temperature))
+                rc = givt_fail("--temperature %s: expected a number >= 0", v ? v : "(missing)");
+        } else if (!strcmp(o, "--out") || !strcmp(o, "--prompt") || !strcmp(o, "--device") ||
+                   !strcmp(o, "--precision")) {
+            if (!v) rc = givt_fail("%s: expected a value", o);
+            else if (!strcmp(o, "--out")) a->out = v;
+            else if (!strcmp(o, "--prompt")) a->prompt = v;
+            else if (!strcmp(o, "--device")) a->device = v;
+            else a->precision = v;
+        } else if (o[0] == '-') {
+            rc = givt_fail("unknown option %s (see --help)", o);
+        } else if (!a->folder) {
+            a->folder = o, takes = 0;
+        } else {
+            rc = givt_fail("unexpected argument %s (see --help)", o);
+        }
+        if (rc) return -1;
+        i += takes;
+    }
+    if (!a->folder) return givt_fail("expected a FOLDER (see --help)");
+    if (!a->max_len) return givt_fail("--max-len L is required (see --help)");
+    if (!a->out) return givt_fail("--out OUT.npy is required (see --help)");
+    return 0;
+}
+
+// The folder of path must exist and be writable: found before generating, not after.
+static int check_writable(const char *path) {
+    char *copy = xstrdup(path);
+    const char *dir = dirname(copy);
+    int rc = access(dir, W_OK) == 0 ? 0 : givt_fail("--out %s: cannot write in %s: %s", path, dir, strerror(errno));
+    free(copy);
+    return rc;
+}
+
+// The prompt (s, D) or (n, s, D) into a host buffer; NaN/Inf and a wrong D are errors naming the file.
+static int read_prompt(const char *path, int D, float **data, int *n_prompts, int *s) {
+    NpyFile f;
+    if (npy_open(&f, path) != 0) return -1;
+    int rc = 0;
+    int64_t d = f.ndim == 3 ? f.shape[2] : f.shape[1], n = f.ndim == 3 ? f.shape[0] : 1;
+    int64_t len = f.ndim == 3 ? f.shape[1] : f.shape[0];
+    if (d != D) rc = givt_fail("%s: prompt vectors have D = %lld but the model's input_dim is %d", path, (long long)d, D);
+    else if (n < 1 || len < 1) rc = givt_fail("%s: the prompt is empty (shape has a 0)", path);
+    else if (len > (1 << 20) || n > (1 << 30)) rc = givt_fail("%s: the prompt is too large", path);
+    if (rc == 0 && npy_check_finite(&f, NULL) != 0) rc = -1;
+    if (rc == 0) {
+        *data = xmalloc((size_t)f.numel * sizeof(float));
+        rc = npy_read_f32(&f, 0, f.numel, *data);
+        *n_prompts = (int)n;
+        *s = (int)len;
+    }
+    npy_close(&f);
+    return rc;
+}
+
+static int load_weights(GivtModel *m, const Args *a) {
+    if (!a->ema) return hf_model_load_weights(m, a->folder, &m->w);
+    char *p = path_join(a->folder, "ema.safetensors");
+    int rc = path_exists(p) ? hf_model_load_tensors(m, p, &m->w)
+                            : givt_fail("--ema: %s: no such file (a givt-train checkpoint with [train] ema on has it)", p);
+    free(p);
+    return rc;
+}
+
+typedef struct {
+    double t0, last;
+    int tty;
+} Progress;
+
+static void on_progress(void *user, int64_t done, int64_t total) {
+    Progress *p = user;
+    double now = time_now_s();
+    if (done < total && now - p->last < (p->tty ? 0.2 : 5.0)) return;
+    p->last = now;
+    double el = now - p->t0, rate = el > 0 ? (double)done / el : 0, eta = rate > 0 ? (double)(total - done) / rate : 0;
+    fprintf(stderr, "%ssample: %lld/%lld vectors | %.0f vectors/s | ETA %.0f s%s", p->tty ? "\r\033[K" : "",
+            (long long)done, (long long)total, rate, eta, p->tty && done < total ? "" : "\n");
+    fflush(stderr);
+}
+
+int main(int argc, char **argv) {
+    Args a;
+    GivtModel m;
+    memset(&m, 0, sizeof m);
+    Backend *be = NULL;
+    float *prompt = NULL, *out = NULL;
+    int rc = 1, n_prompts = 1, s = 0;
+    GivtConfig cfg;
+    if (parse_args(argc, argv, &a) != 0 || check_writable(a.out) != 0 || hf_read_config(a.folder, &cfg) != 0 ||
+        !(be = backend_open(a.device, a.precision)) ||
+        (a.prompt && read_prompt(a.prompt, cfg.input_dim, &prompt, &n_prompts, &s) != 0))
+        goto fail;
+    int n = a.num_samples ? a.num_samples : n_prompts;
+    if (n_prompts != 1 && n != n_prompts) {
+        givt_fail("--num-samples %d with %d prompts in %s: give one prompt (s, D) or one per sample", n, n_prompts,
+                  a.prompt);
+        goto fail;
+    }
+    if (a.max_len > cfg.block_size || a.max_len <= s) {
+        givt_fail("--max-len %d: must be larger than the prompt (%d vectors) and at most block_size = %d", a.max_len, s,
+                  cfg.block_size);
+        goto fail;
+    }
+    int b = a.batch_size < n ? a.batch_size : n;
+    size_t need = size_add(sample_memory_bytes(&cfg, be, b, a.max_len, s), model_weights_bytes(&cfg, be)), fb, tb;
+    size_t out_bytes = size_mul3((size_t)n, (size_t)a.max_len, (size_t)cfg.input_dim * sizeof(float));
+    backend_mem_info(be, &fb, &tb);
+    if (need == SIZE_MAX || out_bytes == SIZE_MAX || (fb && (double)need + (double)out_bytes > (double)fb)) {
+        char nb[32], ob[32], fbs[32];
+        givt_fail("generation needs %s on the device and %s of output but %s are free: lower --batch-size or "
+                  "--num-samples",
+                  human_bytes(nb, (double)need), human_bytes(ob, (double)out_bytes), human_bytes(fbs, (double)fb));
+        goto fail;
+    }
+    if (model_create(&m, &cfg, be) != 0 || load_weights(&m, &a) != 0) goto fail;
+    SampleConfig sc = {.max_len = a.max_len, .temperature = a.temperature, .seed = a.seed, .batch_size = b};
+    out = xmalloc(out_bytes);
+    Progress p = {.t0 = time_now_s(), .tty = isatty(fileno(stderr))};
+    fprintf(stderr, "givt-sample: %d sequences of %d vectors (prompt %d), temperature %g, batch %d, backend %s (%s)\n",
+            n, a.max_len, s, a.temperature, b, be->name, be->device);
+    if (sample_generate(&m, &m.w, &sc, prompt, n_prompts, s, n, out, on_progress, &p) != 0) goto fail;
+    int64_t shape[3] = {n, a.max_len, cfg.input_dim};
+    if (npy_write_f32(a.out, out, 3, shape) != 0) goto fail;
+    fprintf(stderr, "givt-sample: wrote %s (%d, %d, %d) in %.1f s\n", a.out, n, a.max_len, cfg.input_dim,
+            time_now_s() - p.t0);
+    rc = 0;
+    goto done;
+fail:
+    fprintf(stderr, "givt-sample: %s\n", givt_last_error());
+done:
+    free(prompt);
+    free(out);
+    model_free(&m);
+    backend_close(be);
+    return rc;
+}
