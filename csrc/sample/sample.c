@@ -43,10 +43,11 @@ static void generate_chunk(GivtModel *m, const Weights *w, const SampleConfig *s
     size_t row = (size_t)L * D;
     for (int i = 0; i < b; i++) {
         sample_rng(&rngs[i], sc->seed, first + i);
-        const float *p = prompt + (n_prompts == 1 ? 0 : (size_t)(first + i) * s * D);
-        memcpy(out + (size_t)i * row, p, (size_t)s * D * sizeof(float));
-        // the first call reads [bos, prompt]: model_decode at pos0 = 0 takes the prompt as x (last row unused)
-        memcpy(xh + (size_t)i * (s + 1) * D, p, (size_t)s * D * sizeof(float));
+        if (s > 0) {  // the prompt starts the output; the first call reads [bos, prompt] (x's last row unused)
+            const float *p = prompt + (n_prompts == 1 ? 0 : (size_t)(first + i) * s * D);
+            memcpy(out + (size_t)i * row, p, (size_t)s * D * sizeof(float));
+            memcpy(xh + (size_t)i * (s + 1) * D, p, (size_t)s * D * sizeof(float));
+        }
         memset(xh + ((size_t)i * (s + 1) + s) * D, 0, (size_t)D * sizeof(float));
     }
     be->ops->upload(be, xd, xh, (size_t)b * (s + 1) * D * sizeof(float));
