@@ -34,6 +34,18 @@ static void draw(const GivtModel *m, const SampleConfig *sc, const float *yh, in
     }
 }
 
+// n head outputs (compute dtype, backend memory) into host floats.
+static void download_head(Backend *be, float *host, const cval *y, size_t n) {
+    if (be->compute == DTYPE_F32) {
+        be->ops->download(be, host, y, n * sizeof(float));
+        return;
+    }
+    uint16_t *raw = xmalloc(n * sizeof(uint16_t));
+    be->ops->download(be, raw, y, n * sizeof(uint16_t));
+    for (size_t i = 0; i < n; i++) host[i] = bf16_to_f32(raw[i]);
+    free(raw);
+}
+
 // One chunk: samples [first, first + b).
 static void generate_chunk(GivtModel *m, const Weights *w, const SampleConfig *sc, KvCache *kc, const float *prompt,
                            int n_prompts, int s, int64_t first, int b, float *out, float *xh, float *yh, float *xd,
@@ -55,7 +67,7 @@ static void generate_chunk(GivtModel *m, const Weights *w, const SampleConfig *s
     for (int pos = s; pos < L; pos++) {
         // y's last row predicts the vector at position pos
         int Tq = pos == s ? s + 1 : 1;
-        be->ops->download(be, yh, y, (size_t)b * Tq * 2 * D * sizeof(float));
+        download_head(be, yh, y, (size_t)b * Tq * 2 * D);
         draw(m, sc, yh, b, Tq, rngs, xh, out + (size_t)pos * D, row);
         *done += b;
         if (progress) progress(user, *done, total);
@@ -76,7 +88,6 @@ int sample_generate(GivtModel *m, const Weights *w, const SampleConfig *sc, cons
     if (n_prompts != 1 && n_prompts != n) return givt_fail("%d prompts for %d samples: need 1 or %d", n_prompts, n, n);
     if (!(sc->temperature >= 0) || !isfinite(sc->temperature))
         return givt_fail("temperature = %g: must be a finite number >= 0", sc->temperature);
-    if (m->be->compute != DTYPE_F32) return givt_fail("sample_generate: float32 compute only for now");
     int b = sc->batch_size < n ? sc->batch_size : n;
     if (b < 1) return givt_fail("batch size %d: must be at least 1", sc->batch_size);
     Backend *be = m->be;
