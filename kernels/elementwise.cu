@@ -7,21 +7,26 @@
 
 #define EW_BLOCK 256
 
+// 32-bit indices when every index (below span) plus a grid stride fits
+static bool ew_idx32(size_t span, unsigned grid) { return span <= (size_t)0xffffffffu - (size_t)grid * EW_BLOCK; }
+
 static __device__ inline float ew_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // h (N, 2F) = [a | b] -> out (N, F) = silu(a) * b
-template <typename T> __global__ void swiglu_fwd_kernel(T *out, const T *h, size_t total, int F) {
-    CM_GRID_STRIDE(i, total) {
-        const size_t n = i / (size_t)F, f = i % (size_t)F;
-        const float a = cm_f32(h[n * 2 * F + f]), b = cm_f32(h[n * 2 * F + F + f]);
+// I: the index type, unsigned when the element count allows (32-bit division is far cheaper)
+template <typename T, typename I> __global__ void swiglu_fwd_kernel(T *out, const T *h, I total, int F) {
+    for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) {
+        const I n = i / (I)F, f = i % (I)F;
+        const I ia = n * 2 * (I)F + f;
+        const float a = cm_f32(h[ia]), b = cm_f32(h[ia + F]);
         out[i] = cm_from_f32<T>(a * ew_sigmoid(a) * b);
     }
 }
 
 // dh (N, 2F) = [dout * b * silu'(a) | dout * silu(a)]
-template <typename T> __global__ void swiglu_bwd_kernel(T *dh, const T *dout, const T *h, size_t total, int F) {
-    CM_GRID_STRIDE(i, total) {
-        const size_t n = i / (size_t)F, f = i % (size_t)F, ia = n * 2 * F + f;
+template <typename T, typename I> __global__ void swiglu_bwd_kernel(T *dh, const T *dout, const T *h, I total, int F) {
+    for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) {
+        const I n = i / (I)F, f = i % (I)F, ia = n * 2 * (I)F + f;
         const float a = cm_f32(h[ia]), b = cm_f32(h[ia + F]), g = cm_f32(dout[i]);
         const float s = ew_sigmoid(a);
         dh[ia + F] = cm_from_f32<T>(g * a * s);
@@ -30,11 +35,11 @@ template <typename T> __global__ void swiglu_bwd_kernel(T *dh, const T *dout, co
 }
 
 // in (B, T, D) = [bos, x_0 .. x_{T-2}] per sequence
-template <typename T>
-__global__ void shift_bos_kernel(T *in, const float *x, const T *bos, size_t total, int T_, int D) {
-    CM_GRID_STRIDE(i, total) {
-        const size_t d = i % (size_t)D, t = (i / (size_t)D) % (size_t)T_;
-        in[i] = t == 0 ? bos[d] : cm_from_f32<T>(x[i - (size_t)D]);
+template <typename T, typename I>
+__global__ void shift_bos_kernel(T *in, const float *x, const T *bos, I total, int T_, int D) {
+    for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) {
+        const I d = i % (I)D, t = (i / (I)D) % (I)T_;
+        in[i] = t == 0 ? bos[d] : cm_from_f32<T>(x[i - (I)D]);
     }
 }
 
@@ -51,51 +56,69 @@ template <typename T> __global__ void to_compute_kernel(T *dst, const float *src
     CM_GRID_STRIDE(i, n) dst[i] = cm_from_f32<T>(src[i]);
 }
 
-extern "C" void cuda_swiglu_fwd(Backend *be, cval *out, const cval *h, int N, int F) {
-    const size_t total = (size_t)N * F;
-    if (N <= 0 || F <= 0) return;
+template <typename T> static void swiglu_fwd(Backend *be, T *out, const T *h, size_t total, int F) {
     const unsigned grid = cm_grid_elementwise(be, total, EW_BLOCK);
-    if (((CudaCtx *)be->ctx)->dtype == DTYPE_BF16) {
-        typedef __nv_bfloat16 T;
-        GIVT_LAUNCH(swiglu_fwd_kernel<T>, grid, EW_BLOCK, 0, cuda_stream(be), (T *)out, (const T *)h, total, F);
+    if (ew_idx32(2 * total, grid)) {  // h and dh have 2 * total elements
+        auto *k = swiglu_fwd_kernel<T, unsigned>;
+        GIVT_LAUNCH(k, grid, EW_BLOCK, 0, cuda_stream(be), out, h, (unsigned)total, F);
     } else {
-        typedef float T;
-        GIVT_LAUNCH(swiglu_fwd_kernel<T>, grid, EW_BLOCK, 0, cuda_stream(be), (T *)out, (const T *)h, total, F);
+        auto *k = swiglu_fwd_kernel<T, size_t>;
+        GIVT_LAUNCH(k, grid, EW_BLOCK, 0, cuda_stream(be), out, h, total, F);
     }
+}
+template <typename T> static void swiglu_bwd(Backend *be, T *dh, const T *dout, const T *h, size_t total, int F) {
+    const unsigned grid = cm_grid_elementwise(be, total, EW_BLOCK);
+    if (ew_idx32(2 * total, grid)) {
+        auto *k = swiglu_bwd_kernel<T, unsigned>;
+        GIVT_LAUNCH(k, grid, EW_BLOCK, 0, cuda_stream(be), dh, dout, h, (unsigned)total, F);
+    } else {
+        auto *k = swiglu_bwd_kernel<T, size_t>;
+        GIVT_LAUNCH(k, grid, EW_BLOCK, 0, cuda_stream(be), dh, dout, h, total, F);
+    }
+}
+template <typename T>
+static void shift_bos(Backend *be, T *in, const float *x, const T *bos, size_t total, int T_, int D) {
+    const unsigned grid = cm_grid_elementwise(be, total, EW_BLOCK);
+    if (ew_idx32(total, grid)) {
+        auto *k = shift_bos_kernel<T, unsigned>;
+        GIVT_LAUNCH(k, grid, EW_BLOCK, 0, cuda_stream(be), in, x, bos, (unsigned)total, T_, D);
+    } else {
+        auto *k = shift_bos_kernel<T, size_t>;
+        GIVT_LAUNCH(k, grid, EW_BLOCK, 0, cuda_stream(be), in, x, bos, total, T_, D);
+    }
+}
+
+extern "C" void cuda_swiglu_fwd(Backend *be, cval *out, const cval *h, int N, int F) {
+    if (N <= 0 || F <= 0) return;
+    const size_t total = (size_t)N * F;
+    if (cuda_ctx(be)->dtype == DTYPE_BF16)
+        swiglu_fwd(be, (__nv_bfloat16 *)out, (const __nv_bfloat16 *)h, total, F);
+    else
+        swiglu_fwd(be, (float *)out, (const float *)h, total, F);
 }
 
 extern "C" void cuda_swiglu_bwd(Backend *be, cval *dh, const cval *dout, const cval *h, int N, int F) {
-    const size_t total = (size_t)N * F;
     if (N <= 0 || F <= 0) return;
-    const unsigned grid = cm_grid_elementwise(be, total, EW_BLOCK);
-    if (((CudaCtx *)be->ctx)->dtype == DTYPE_BF16) {
-        typedef __nv_bfloat16 T;
-        GIVT_LAUNCH(swiglu_bwd_kernel<T>, grid, EW_BLOCK, 0, cuda_stream(be), (T *)dh, (const T *)dout, (const T *)h,
-                    total, F);
-    } else {
-        typedef float T;
-        GIVT_LAUNCH(swiglu_bwd_kernel<T>, grid, EW_BLOCK, 0, cuda_stream(be), (T *)dh, (const T *)dout, (const T *)h,
-                    total, F);
-    }
+    const size_t total = (size_t)N * F;
+    if (cuda_ctx(be)->dtype == DTYPE_BF16)
+        swiglu_bwd(be, (__nv_bfloat16 *)dh, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)h, total, F);
+    else
+        swiglu_bwd(be, (float *)dh, (const float *)dout, (const float *)h, total, F);
 }
 
 extern "C" void cuda_shift_bos(Backend *be, cval *in, const float *x, const cval *bos, int B, int T_, int D) {
-    const size_t total = (size_t)B * T_ * D;
     if (B <= 0 || T_ <= 0 || D <= 0) return;
-    const unsigned grid = cm_grid_elementwise(be, total, EW_BLOCK);
-    if (((CudaCtx *)be->ctx)->dtype == DTYPE_BF16) {
-        typedef __nv_bfloat16 T;
-        GIVT_LAUNCH(shift_bos_kernel<T>, grid, EW_BLOCK, 0, cuda_stream(be), (T *)in, x, (const T *)bos, total, T_, D);
-    } else {
-        typedef float T;
-        GIVT_LAUNCH(shift_bos_kernel<T>, grid, EW_BLOCK, 0, cuda_stream(be), (T *)in, x, (const T *)bos, total, T_, D);
-    }
+    const size_t total = (size_t)B * T_ * D;
+    if (cuda_ctx(be)->dtype == DTYPE_BF16)
+        shift_bos(be, (__nv_bfloat16 *)in, x, (const __nv_bfloat16 *)bos, total, T_, D);
+    else
+        shift_bos(be, (float *)in, x, (const float *)bos, total, T_, D);
 }
 
 extern "C" void cuda_shift_bos_bwd(Backend *be, float *dbos, const cval *din, int B, int T_, int D) {
     if (B <= 0 || T_ <= 0 || D <= 0) return;
     const unsigned grid = cm_div_up((size_t)D, EW_BLOCK);
-    if (((CudaCtx *)be->ctx)->dtype == DTYPE_BF16) {
+    if (cuda_ctx(be)->dtype == DTYPE_BF16) {
         typedef __nv_bfloat16 T;
         GIVT_LAUNCH(shift_bos_bwd_kernel<T>, grid, EW_BLOCK, 0, cuda_stream(be), dbos, (const T *)din, B, T_, D);
     } else {

@@ -9,7 +9,7 @@
 #define RMS_ROWS_PER_BLOCK 8  // warps per block: one row each
 #define RMS_DW_BLOCK 128      // columns per block of the dw kernels
 #define RMS_DW_MIN_ROWS 32    // rows per dw chunk at least
-#define RMS_DW_MAX_CHUNKS 64  // dw chunks at most (partials: chunks * C floats)
+#define RMS_DW_MAX_CHUNKS 128 // dw chunks at most (partials: chunks * C floats)
 
 // res_out (N, C) = res_in + branch (bf16: rounded, and the norm reads the rounded sum, the value
 // stored); norm_out = x * r * w; rstd (N) = r = 1 / sqrt(mean(x^2) + 1e-5).
@@ -95,7 +95,7 @@ static int rms_dw_chunks(int N) {
     return ch < 1 ? 1 : ch;
 }
 
-// Device scratch that residual_rmsnorm_bwd uses for (N, C): at most 64 * C floats (0 when N <= 32).
+// Device scratch that residual_rmsnorm_bwd uses for (N, C): at most 128 * C floats (0 when N <= 32).
 // With less in CudaCtx.scratch it allocates its own on the stream (cudaMallocAsync) per call.
 extern "C" size_t cuda_norm_scratch_bytes(int N, int C) {
     int ch = rms_dw_chunks(N);
