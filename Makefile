@@ -91,7 +91,7 @@ ifneq ($(NVCC),)
   TEST_KERNEL_LIBS := $(EMU_LIBS)
 endif
 
-.PHONY: all test test-sanitize clean install info fuzz clean-fuzz emu
+.PHONY: all test test-sanitize clean install info fuzz clean-fuzz emu test-gpu
 all: $(LIB) $(PROGRAM_BINS)
 
 $(BUILD)/%.o: %.c
@@ -126,6 +126,15 @@ $(BUILD)/kernels-emu/emu/%.o: kernels/emu/%.cpp
 $(BUILD)/tests-emu/%.o: tests/%.cu
 	@mkdir -p $(dir $@)
 	$(CXX) $(EMU_CXXFLAGS) -x c++ -c $< -o $@
+
+# make test-gpu: the test runner with the GPU build of the kernels ($(BUILD)/run_tests_gpu: every test
+# but the emulator's own; test_backend_ops then compares the real GPU with the CPU; without a GPU the
+# cuda backend reports itself unavailable and only the CPU runs). scripts/gpu_check.sh uses it.
+GPU_TEST_BIN := $(BUILD)/run_tests_gpu
+$(GPU_TEST_BIN): $(TEST_OBJS) $(GPU_OBJS) $(LIB)
+	$(CC) $(CFLAGS) $(filter %.o,$^) $(LIB) -o $@ $(GPU_LIBS) $(LDLIBS)
+test-gpu: $(GPU_TEST_BIN) $(PROGRAM_BINS)
+	GIVT_BIN_DIR=$(or $(BIN_PREFIX),.) $(GPU_TEST_BIN) $(TEST_FILTER)
 
 # make emu: the programs with the emulated CUDA backend (device = cuda runs the kernels on the CPU,
 # slowly: tiny models only), from the objects of $(BUILD)

@@ -34,8 +34,9 @@
 //     and the ordinary operators; double arithmetic where an op needs it;
 //   - atomicAdd on int / unsigned (no floating-point atomics: reductions are deterministic);
 //   - __device__ / __forceinline__ helpers, __restrict__, __launch_bounds__, #pragma unroll.
-// Not allowed: inline PTX, cooperative groups, warp-level matrix ops, __syncwarp-free warp-synchronous
-// tricks (use the *_sync intrinsics), clock(), printf from device code, dynamic parallelism.
+// Not allowed: inline PTX, cooperative groups, warp-level matrix ops (wmma/mma), implicit warp-synchronous
+// code (lanes exchanging through shared memory without a barrier: use the *_sync intrinsics),
+// __syncwarp, clock(), printf from device code, dynamic parallelism, floating-point atomics.
 // Results under emulation differ from the GPU in FMA contraction and ulps of expf/rsqrtf: tests
 // compare with tolerances.
 #ifndef GIVT_LAUNCH_CUH

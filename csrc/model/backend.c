@@ -77,7 +77,7 @@ Backend *backend_open(const char *device, const char *precision) {
             if (ok == 1) return k_backends[i].open(precision);
 #ifdef GIVT_WITH_CUDA
             if (!ok && i + 1 < NBACKENDS)  // one line: what auto skipped and why
-                fprintf(stderr, "note: device auto: %s not available (%s): trying %s\n", k_backends[i].name, why,
+                fprintf(stderr, "note: device auto: %s not available: %s; trying %s\n", k_backends[i].name, why,
                         k_backends[i + 1].name);
 #endif
         }
