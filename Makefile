@@ -4,6 +4,7 @@
 #   make clean      remove build outputs      make install   PREFIX=/usr/local
 #   make info       what was detected (BLAS, nvcc, mpicc)
 #   make test-sanitize   every test (and the programs) built with ASan + UBSan + LSan in build-san/
+#   make emu        the programs with the CUDA backend emulated on the CPU, in build/emu/
 
 PREFIX  ?= /usr/local
 # the library's layers: core (errors, memory, files), io (file formats), model (the model, the op
@@ -33,7 +34,7 @@ else
 endif
 comma := ,
 
-NVCC ?= $(shell command -v nvcc 2>/dev/null)
+NVCC ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
 MPICC ?= $(shell command -v mpicc 2>/dev/null)
 
 # where the programs go: the top-level folder (BIN_PREFIX empty), or e.g. build-san/ for test-sanitize
@@ -48,7 +49,49 @@ TEST_SRCS := $(wildcard tests/*.c)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)
 TEST_BIN  := $(BUILD)/run_tests
 
-.PHONY: all test test-sanitize clean install info fuzz clean-fuzz
+# ---- the CUDA backend (kernels/*.cu), when nvcc is found ---------------------------------------
+# Two builds of the same sources:
+#  - GPU: nvcc for sm_90 (+ compute_90 PTX), warnings as errors, into $(BUILD)/kernels/; linked into
+#    the programs with cudart and cuBLASLt (on a machine without a GPU the cuda backend then says
+#    why it is unavailable and device = auto falls back to cpu);
+#  - emulated: g++ -x c++ -DGIVT_CUDA_EMU with kernels/emu/ (the CPU emulation of CUDA and of
+#    cublasLtMatmul), into $(BUILD)/kernels-emu/; linked into the test runner, where the cuda backend
+#    is "available, emulated" so that tests/test_backend_ops.c compares every kernel with the CPU,
+#    into the programs of make emu and into everything test-sanitize builds (EMU_PROGRAMS=1).
+KERNEL_OBJS :=
+TEST_KERNEL_OBJS :=
+KERNEL_LIBS :=
+TEST_KERNEL_LIBS :=
+ifneq ($(NVCC),)
+  CUDA_HOME   ?= $(patsubst %/bin/,%,$(dir $(realpath $(NVCC))))
+  CUDA_LIBDIR ?= $(firstword $(wildcard $(CUDA_HOME)/lib64 $(CUDA_HOME)/targets/x86_64-linux/lib))
+  override CFLAGS += -DGIVT_WITH_CUDA
+  KERNEL_SRCS := $(wildcard kernels/*.cu)
+  KERNEL_HDRS := $(wildcard kernels/*.h kernels/*.cuh kernels/emu/*.h)
+  GPU_OBJS    := $(KERNEL_SRCS:%.cu=$(BUILD)/%.o)
+  EMU_OBJS    := $(KERNEL_SRCS:kernels/%.cu=$(BUILD)/kernels-emu/%.o) \
+                 $(patsubst kernels/emu/%.cpp,$(BUILD)/kernels-emu/emu/%.o,$(wildcard kernels/emu/*.cpp))
+  TEST_CU_OBJS := $(patsubst tests/%.cu,$(BUILD)/tests-emu/%.o,$(wildcard tests/*.cu))
+  NVCCFLAGS   ?= -O3 -lineinfo
+  override NVCCFLAGS += -std=c++17 -arch=sm_90 -gencode arch=compute_90,code=compute_90 \
+                 -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings -Ikernels -Icsrc/core -Icsrc/model
+  # EMU_EXTRA: test-sanitize adds the sanitizers here
+  EMU_CXXFLAGS := -std=c++17 -O1 -g $(ARCH) -Wall -Wextra -Werror -Wno-unknown-pragmas -DGIVT_CUDA_EMU \
+                 -isystem $(CUDA_HOME)/include -Ikernels -Icsrc/core -Icsrc/model -Itests -MMD -MP $(EMU_EXTRA)
+  GPU_LIBS    := -L$(CUDA_LIBDIR) -lcudart -lcublasLt -Wl,-rpath,$(CUDA_LIBDIR) -lstdc++
+  EMU_LIBS    := -L$(CUDA_LIBDIR) -lcublasLt -Wl,-rpath,$(CUDA_LIBDIR) -lstdc++
+  ifeq ($(EMU_PROGRAMS),1)
+    KERNEL_OBJS := $(EMU_OBJS)
+    KERNEL_LIBS := $(EMU_LIBS)
+  else
+    KERNEL_OBJS := $(GPU_OBJS)
+    KERNEL_LIBS := $(GPU_LIBS)
+  endif
+  TEST_KERNEL_OBJS := $(EMU_OBJS) $(TEST_CU_OBJS)
+  TEST_KERNEL_LIBS := $(EMU_LIBS)
+endif
+
+.PHONY: all test test-sanitize clean install info fuzz clean-fuzz emu test-gpu
 all: $(LIB) $(PROGRAM_BINS)
 
 $(BUILD)/%.o: %.c
@@ -61,11 +104,45 @@ $(LIB): $(LIB_OBJS)
 
 # program givt-foo-bar is built from csrc/programs/givt_foo_bar.c
 .SECONDEXPANSION:
-$(PROGRAM_BINS): $(BIN_PREFIX)%: $$(BUILD)/csrc/programs/$$(subst -,_,$$*).o $(LIB)
-	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+$(PROGRAM_BINS): $(BIN_PREFIX)%: $$(BUILD)/csrc/programs/$$(subst -,_,$$*).o $(KERNEL_OBJS) $(LIB)
+	$(CC) $(CFLAGS) $(filter %.o,$^) $(LIB) -o $@ $(KERNEL_LIBS) $(LDLIBS)
 
-$(TEST_BIN): $(TEST_OBJS) $(LIB)
-	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+$(TEST_BIN): $(TEST_OBJS) $(TEST_KERNEL_OBJS) $(LIB)
+	$(CC) $(CFLAGS) $(filter %.o,$^) $(LIB) -o $@ $(TEST_KERNEL_LIBS) $(LDLIBS)
+
+# the CUDA kernels: for the GPU (nvcc) and emulated (g++), see above
+$(BUILD)/kernels/%.o: kernels/%.cu $(KERNEL_HDRS)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(BUILD)/kernels-emu/%.o: kernels/%.cu
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -x c++ -c $< -o $@
+
+$(BUILD)/kernels-emu/emu/%.o: kernels/emu/%.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
+
+$(BUILD)/tests-emu/%.o: tests/%.cu
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -x c++ -c $< -o $@
+
+# make test-gpu: the test runner with the GPU build of the kernels ($(BUILD)/run_tests_gpu: every test
+# but the emulator's own; test_backend_ops then compares the real GPU with the CPU; without a GPU the
+# cuda backend reports itself unavailable and only the CPU runs). scripts/gpu_check.sh uses it.
+GPU_TEST_BIN := $(BUILD)/run_tests_gpu
+$(GPU_TEST_BIN): $(TEST_OBJS) $(GPU_OBJS) $(LIB)
+	$(CC) $(CFLAGS) $(filter %.o,$^) $(LIB) -o $@ $(GPU_LIBS) $(LDLIBS)
+test-gpu: $(GPU_TEST_BIN) $(PROGRAM_BINS)
+	GIVT_BIN_DIR=$(or $(BIN_PREFIX),.) $(GPU_TEST_BIN) $(TEST_FILTER)
+
+# make emu: the programs with the emulated CUDA backend (device = cuda runs the kernels on the CPU,
+# slowly: tiny models only), from the objects of $(BUILD)
+EMU_BIN := $(BUILD)/emu
+emu: $(addprefix $(EMU_BIN)/,$(PROGRAMS))
+$(addprefix $(EMU_BIN)/,$(PROGRAMS)): $(EMU_BIN)/%: $$(BUILD)/csrc/programs/$$(subst -,_,$$*).o $(EMU_OBJS) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(filter %.o,$^) $(LIB) -o $@ $(EMU_LIBS) $(LDLIBS)
 
 # The tests that run a program find it in GIVT_BIN_DIR (the top-level folder by default).
 test: $(TEST_BIN) $(PROGRAM_BINS)
@@ -83,7 +160,8 @@ SAN_ENV    := ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0:exitc
 	LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86
 test-sanitize:
-	$(MAKE) BUILD=$(SAN_BUILD) BIN_PREFIX=$(SAN_BUILD)/ CFLAGS="$(SAN_CFLAGS) $(ARCH)" \
+	$(MAKE) BUILD=$(SAN_BUILD) BIN_PREFIX=$(SAN_BUILD)/ CFLAGS="$(SAN_CFLAGS) $(ARCH)" EMU_PROGRAMS=1 \
+	    EMU_EXTRA="-fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
 	    $(SAN_BUILD)/run_tests $(addprefix $(SAN_BUILD)/,$(PROGRAMS))
 	$(SAN_ENV) GIVT_BIN_DIR=$(SAN_BUILD) $(SAN_BUILD)/run_tests $(TEST_FILTER)
 
@@ -98,7 +176,7 @@ clean:
 
 info:
 	@echo "BLAS:  $(OPENBLAS_PC) ($(or $(BLAS_LIBDIR),-lopenblas))"
-	@echo "nvcc:  $(or $(NVCC),not found) (CUDA backend: not written yet)"
+	@echo "nvcc:  $(or $(NVCC),not found)$(if $(NVCC), (CUDA backend: kernels/*.cu for sm_90; emulated in the tests; cuda libraries in $(CUDA_LIBDIR)), (no CUDA backend))"
 	@echo "mpicc: $(or $(MPICC),not found) (multi-process training: not written yet)"
 
 # ---- fuzzing: make fuzz ----------------------------------------------------------------------

@@ -19,11 +19,13 @@
 # per logged step, same step/loss/lr/grad_norm/val_loss; tokens_per_s ignored), no .tmp-* folder is
 # left, and every resumed run resumed from the newest checkpoint present when it started.
 # Prints PASS / FAIL; exits 1 on failure. Usage (from anywhere): bash scripts/check_kill_resume.sh
-# KEEP=1 keeps the work folder.
+# KEEP=1 keeps the work folder. DEVICE=cuda (default cpu) runs both on the GPU and GIVT_TRAIN=path
+# checks another build of givt-train (scripts/gpu_check.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-if [ ! -x givt-train ]; then
+SRC_EXE=${GIVT_TRAIN:-givt-train}
+if [ ! -x "$SRC_EXE" ]; then
     make -j2 >/dev/null || { echo "FAIL: make failed"; exit 1; }
 fi
 WORK=$(mktemp -d /tmp/givt-kill-resume.XXXXXX)
@@ -31,7 +33,7 @@ cleanup() { if [ "${KEEP:-0}" = 1 ]; then echo "(kept $WORK)"; else rm -rf "$WOR
 trap cleanup EXIT
 # a private copy of the binary: a rebuild in the repo during the check must not change it under us
 EXE=$WORK/givt-train
-cp givt-train "$EXE" && "$EXE" --version >/dev/null 2>&1 || { echo "FAIL: cannot copy and run ./givt-train"; exit 1; }
+cp "$SRC_EXE" "$EXE" && "$EXE" --version >/dev/null 2>&1 || { echo "FAIL: cannot copy and run $SRC_EXE"; exit 1; }
 # bit-for-bit needs the same thread count in A and B; 1 keeps the timing steady on a busy machine
 export OMP_NUM_THREADS=${THREADS:-1} OPENBLAS_NUM_THREADS=${THREADS:-1}
 A=$WORK/A
@@ -43,7 +45,7 @@ ARGS=(configs/tiny.ini
       model.block_size=32 data.kind=dummy data.seq_len=32 data.dummy_size=256
       train.batch_size=8 train.grad_accum_steps=2 train.val_size=16 train.val_every=10 train.log_every=3
       train.save_every=$SAVE_EVERY train.keep_checkpoints=3 train.ema=0.6667 train.warmup_steps=10
-      train.max_steps=$MAX_STEPS train.seed=7 train.device=cpu)
+      train.max_steps=$MAX_STEPS train.seed=7 train.device=${DEVICE:-cpu})
 FAILS=0
 fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
 

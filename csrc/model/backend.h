@@ -39,7 +39,8 @@ Backend *backend_open(const char *device, const char *precision);
 void backend_close(Backend *be);
 
 // The registry: the names of the backends built in, and whether each can be opened here (a reason
-// in why when not).
+// in why when not): 0 no, 1 yes, 2 yes but emulated (the CUDA backend on the CPU in the tests:
+// device = cuda opens it, auto skips it).
 int backend_registry_count(void);
 const char *backend_registry_name(int i);
 int backend_available(const char *name, char *why, size_t n);

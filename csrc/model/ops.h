@@ -105,6 +105,11 @@ struct GivtOps {
                   float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t);
     // ema = decay * ema + (1 - decay) * p, on n floats; ema_compute as p_compute of adamw.
     void (*ema_update)(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay);
+
+    // Optional (NULL: none): mark the span of one model op for a profiler (the CUDA backend: NVTX
+    // ranges named as the op); backend_op_begin / backend_op_end call them around every op.
+    void (*range_push)(Backend *be, const char *name);
+    void (*range_pop)(Backend *be);
 };
 
 // The CPU backend (ops_cpu.c): float32 compute, OpenBLAS + OpenMP. Opened through backend_open.

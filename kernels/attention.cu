@@ -1,0 +1,546 @@
+// attention.cu: RoPE + causal attention for the CUDA backend, flash style (the GivtOps attention
+// entry points of csrc/model/ops.h, with the math of cpu_attention_fwd/bwd in csrc/model/ops_cpu.c).
+//
+// Forward: a small kernel rotates q (rows 0 .. Tq-1, positions pos0 ..) and k (rows pos0 .. Tk-1)
+// in place; then one block per (query tile of ATT_BQ rows, head, sequence) walks the key tiles
+// 0 .. pos0 + its last query with an online softmax (running max and sum per row), so no Tq x Tk
+// matrix is ever stored. It saves L = max + log(sum) per query row (float, (B, H, Tq)).
+// Backward (training shapes, pos0 = 0, Tq = Tk = T), without atomics, in three deterministic passes:
+//   1. D_i = dO_i . O_i, where O_i = sum_j P_ij v_j is recomputed from q, k, v and L (the op is not
+//      given the forward's output) by the forward kernel in its "D" mode (P_ij = exp(s_ij - L_i));
+//      D goes to the scratch (float, (B, H, T)).
+//   2. one block per (key tile, head, sequence) loops over the query tiles at and after it:
+//      dV_j = sum_i P_ij dO_i, dK_j = scale * sum_i dS_ij q_i with dS_ij = P_ij (dO_i . v_j - D_i);
+//   3. one block per (query tile, head, sequence) loops over the key tiles up to it:
+//      dQ_i = scale * sum_j dS_ij k_j.
+//   dq and dk go back through the transpose of RoPE in the epilogue of their pass, from the float
+//   accumulators (one rounding to the compute dtype).
+//
+// Tiles: 32 query rows x 32 keys, 128 threads (4 warps); each warp owns 8 rows (queries, or keys in
+// pass 2) and, per row, the head dims lane, lane + 32, lane + 64, lane + 96 of its accumulators, so
+// hd may be anything up to ATT_MAX_HD = 128 (a runtime value). The dot products of a tile are plain
+// FMA loops with one operand broadcast from shared memory and the other read by lane with a padded
+// row stride (hd | 1, odd, so no bank conflicts). Tiles are staged in shared memory in float32
+// (dynamic shared memory sized from hd: ~36 KiB forward, ~74 KiB backward at hd = 128 in float32,
+// which opts in above 48 KiB). Everything accumulates in float32; expf/logf in float32.
+// Next step: tensor cores (mma.sync / wgmma on bf16 tiles, FA2/FA3 style) once the emulation can run
+// them; this version is the correctness baseline that they are tested against.
+#include "launch.cuh"
+
+#include <math.h>
+
+#define ATT_BQ 32        // query rows per tile
+#define ATT_BK 32        // keys per tile
+#define ATT_THREADS 128  // 4 warps
+#define ATT_RPW 8        // rows per warp (ATT_BQ / 4 = ATT_BK / 4)
+#define ATT_MAX_HD 128
+#define ATT_DPL 4        // head dims per lane: ATT_MAX_HD / 32
+#define ATT_FULL_MASK 0xffffffffu
+
+namespace {
+
+// The shape of one call as the kernels see it.
+struct AttnDev {
+    int H, hd, Tq, pos0, n_rot;
+    size_t q_row, q_batch, kv_row, kv_batch;
+    float scale;
+};
+
+__device__ inline int attn_min(int a, int b) { return a < b ? a : b; }
+__device__ inline float attn_ld(const float *p) { return *p; }
+__device__ inline float attn_ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
+__device__ inline void attn_st(float *p, float x) { *p = x; }
+__device__ inline void attn_st(__nv_bfloat16 *p, float x) { *p = __float2bfloat16(x); }
+
+__device__ inline float attn_warp_max(float x) {
+    for (int off = 16; off > 0; off >>= 1) x = fmaxf(x, __shfl_xor_sync(ATT_FULL_MASK, x, off));
+    return x;
+}
+__device__ inline float attn_warp_sum(float x) {
+    for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(ATT_FULL_MASK, x, off);
+    return x;
+}
+
+// Dim d of one head row x after rotate-half RoPE over its first n dims (cs, sn: the table rows of
+// its position), or after the transpose of that map (the backward), as rope_rows in ops_cpu.c.
+__device__ inline float attn_rope_dim(const float *x, int d, int n, const float *cs, const float *sn, bool transpose) {
+    int half = n / 2;
+    if (d >= n) return x[d];
+    if (d < half) {
+        float x1 = x[d], x2 = x[d + half];
+        return transpose ? x1 * cs[d] + x2 * sn[d + half] : x1 * cs[d] - x2 * sn[d];
+    }
+    int i = d - half;
+    float x1 = x[i], x2 = x[d];
+    return transpose ? x2 * cs[d] - x1 * sn[i] : x2 * cs[d] + x1 * sn[i];
+}
+
+// In place RoPE on rows [0, gridDim.x) of x (sequence blockIdx.y), row r at position pos + r.
+template <typename T>
+__global__ void __launch_bounds__(ATT_THREADS)
+    attn_rope_kernel(T *x, size_t row, size_t batch, int pos, int H, int hd, int n, const float *cos_t,
+                     const float *sin_t) {
+    int r = blockIdx.x, b = blockIdx.y, half = n / 2;
+    T *xr = x + (size_t)b * batch + (size_t)r * row;
+    const float *cs = cos_t + (size_t)(pos + r) * n, *sn = sin_t + (size_t)(pos + r) * n;
+    for (int idx = threadIdx.x; idx < H * half; idx += blockDim.x) {
+        int h = idx / half, i = idx - h * half;
+        T *v = xr + (size_t)h * hd;
+        float x1 = attn_ld(v + i), x2 = attn_ld(v + i + half);
+        attn_st(v + i, x1 * cs[i] - x2 * sn[i]);
+        attn_st(v + i + half, x2 * cs[i + half] + x1 * sn[i + half]);
+    }
+}
+
+// Loads rows [0, nrows) of a (ATT_BQ or ATT_BK)-row tile into shared memory as float (row stride ld),
+// zeros for rows nrows .. 31. src row r at src + r * row, dims 0 .. hd-1.
+template <typename T>
+__device__ inline void attn_load_tile(float *dst, int ld, const T *src, size_t row, int nrows, int hd) {
+    for (int idx = threadIdx.x; idx < 32 * hd; idx += ATT_THREADS) {
+        int r = idx / hd, d = idx - r * hd;
+        dst[r * ld + d] = r < nrows ? attn_ld(src + (size_t)r * row + d) : 0.0f;
+    }
+}
+
+size_t attn_fwd_smem(int hd) { return sizeof(float) * ((size_t)ATT_BQ * hd + (size_t)ATT_BK * (hd | 1) + ATT_BQ * ATT_BK); }
+size_t attn_bwd_smem(int hd) {
+    return sizeof(float) * (2 * (size_t)32 * hd + 2 * (size_t)32 * (hd | 1) + 2 * ATT_BQ * ATT_BK + 2 * ATT_BQ);
+}
+
+// Forward (lse == NULL): out (B, Tq, H*hd) and stat = L (B, H, Tq). "D" mode (lse != NULL, training
+// shapes): O is recomputed with P = exp(s - lse) and stat = D = dO . O per row; out is not written.
+// Grid (query tiles, H, B).
+template <typename T>
+__global__ void __launch_bounds__(ATT_THREADS)
+    attn_fwd_kernel(T *out, float *stat, const float *lse, const T *q, const T *k, const T *v, const T *dout,
+                    AttnDev p) {
+    GIVT_DYNAMIC_SMEM(float, attn_smem);
+    const int hd = p.hd, ldk = hd | 1;
+    float *Qs = attn_smem;            // [ATT_BQ][hd], read broadcast
+    float *KVs = Qs + ATT_BQ * hd;    // [ATT_BK][ldk], K then V of the current key tile
+    float *Ps = KVs + ATT_BK * ldk;   // [ATT_BQ][ATT_BK]
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int q0 = blockIdx.x * ATT_BQ, h = blockIdx.y, b = blockIdx.z;
+    const int nq = attn_min(ATT_BQ, p.Tq - q0);
+    const int C = p.H * hd;
+    const bool dmode = lse != nullptr;
+    const T *qb = q + (size_t)b * p.q_batch + (size_t)h * hd;
+    const T *kb = k + (size_t)b * p.kv_batch + (size_t)h * hd;
+    const T *vb = v + (size_t)b * p.kv_batch + (size_t)h * hd;
+    const size_t stat0 = ((size_t)b * p.H + h) * p.Tq + q0;  // row 0 of this tile in stat / lse
+
+    attn_load_tile(Qs, hd, qb + (size_t)q0 * p.q_row, p.q_row, nq, hd);
+
+    float m[ATT_RPW], l[ATT_RPW], o[ATT_RPW][ATT_DPL];
+#pragma unroll
+    for (int rr = 0; rr < ATT_RPW; rr++) {
+        int r = warp * ATT_RPW + rr;
+        m[rr] = dmode ? (r < nq ? lse[stat0 + r] : 0.0f) : -INFINITY;
+        l[rr] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < ATT_DPL; c++) o[rr][c] = 0.0f;
+    }
+
+    const int kend = p.pos0 + q0 + nq;  // the tile's last query sees keys 0 .. kend-1
+    for (int k0 = 0; k0 < kend; k0 += ATT_BK) {
+        const int nk = attn_min(ATT_BK, kend - k0);
+        __syncthreads();  // the previous tile's V (and, the first time, nothing) is no longer read
+        attn_load_tile(KVs, ldk, kb + (size_t)k0 * p.kv_row, p.kv_row, nk, hd);
+        __syncthreads();
+
+        // S = scale * Q K^T for the warp's 8 rows and the lane's key
+        float s[ATT_RPW];
+#pragma unroll
+        for (int rr = 0; rr < ATT_RPW; rr++) s[rr] = 0.0f;
+        const float *kr = KVs + lane * ldk, *qr = Qs + warp * ATT_RPW * hd;
+        for (int d = 0; d < hd; d++) {
+            float kv = kr[d];
+#pragma unroll
+            for (int rr = 0; rr < ATT_RPW; rr++) s[rr] += qr[rr * hd + d] * kv;
+        }
+        const int key = k0 + lane;
+#pragma unroll
+        for (int rr = 0; rr < ATT_RPW; rr++) {
+            int r = warp * ATT_RPW + rr;
+            bool valid = r < nq && key <= p.pos0 + q0 + r;  // (key < kend follows)
+            float sv = valid ? s[rr] * p.scale : -INFINITY, pr;
+            if (dmode) {
+                pr = valid ? expf(sv - m[rr]) : 0.0f;
+            } else {
+                float mnew = fmaxf(m[rr], attn_warp_max(sv));
+                float alpha = mnew == -INFINITY ? 1.0f : expf(m[rr] - mnew);
+                pr = valid ? expf(sv - mnew) : 0.0f;
+                l[rr] = l[rr] * alpha + pr;
+#pragma unroll
+                for (int c = 0; c < ATT_DPL; c++) o[rr][c] *= alpha;
+                m[rr] = mnew;
+            }
+            Ps[r * ATT_BK + lane] = pr;
+        }
+        __syncthreads();  // K is no longer read
+        attn_load_tile(KVs, ldk, vb + (size_t)k0 * p.kv_row, p.kv_row, nk, hd);
+        __syncthreads();
+
+        // O += P V
+        for (int j = 0; j < nk; j++) {
+            float vv[ATT_DPL];
+#pragma unroll
+            for (int c = 0; c < ATT_DPL; c++) vv[c] = lane + 32 * c < hd ? KVs[j * ldk + lane + 32 * c] : 0.0f;
+#pragma unroll
+            for (int rr = 0; rr < ATT_RPW; rr++) {
+                float pj = Ps[(warp * ATT_RPW + rr) * ATT_BK + j];
+#pragma unroll
+                for (int c = 0; c < ATT_DPL; c++) o[rr][c] += pj * vv[c];
+            }
+        }
+    }
+
+#pragma unroll
+    for (int rr = 0; rr < ATT_RPW; rr++) {
+        int r = warp * ATT_RPW + rr;  // warp-uniform, so the shuffles below see every lane
+        size_t orow = ((size_t)b * p.Tq + q0 + r) * C + (size_t)h * hd;
+        if (!dmode) {
+            float lsum = attn_warp_sum(l[rr]);
+            if (r < nq) {
+                float inv = 1.0f / lsum;
+#pragma unroll
+                for (int c = 0; c < ATT_DPL; c++)
+                    if (lane + 32 * c < hd) attn_st(out + orow + lane + 32 * c, o[rr][c] * inv);
+                if (lane == 0) stat[stat0 + r] = m[rr] + logf(lsum);
+            }
+        } else {
+            float dot = 0.0f;
+            if (r < nq) {
+#pragma unroll
+                for (int c = 0; c < ATT_DPL; c++)
+                    if (lane + 32 * c < hd) dot += o[rr][c] * attn_ld(dout + orow + lane + 32 * c);
+            }
+            dot = attn_warp_sum(dot);
+            if (r < nq && lane == 0) stat[stat0 + r] = dot;
+        }
+    }
+}
+
+// Backward pass 2: dk, dv for the key tile blockIdx.x (grid (key tiles, H, B)).
+template <typename T>
+__global__ void __launch_bounds__(ATT_THREADS)
+    attn_bwd_dkdv_kernel(T *dk, T *dv, const T *q, const T *k, const T *v, const T *dout, const float *L,
+                         const float *D, const float *cos_t, const float *sin_t, AttnDev p) {
+    GIVT_DYNAMIC_SMEM(float, attn_smem);
+    const int hd = p.hd, ldq = hd | 1, T_ = p.Tq, C = p.H * hd;
+    float *Ks = attn_smem;           // [ATT_BK][hd], read broadcast; dK for the epilogue
+    float *Vs = Ks + ATT_BK * hd;    // [ATT_BK][hd], read broadcast
+    float *Qs = Vs + ATT_BK * hd;    // [ATT_BQ][ldq]
+    float *dOs = Qs + ATT_BQ * ldq;  // [ATT_BQ][ldq]
+    float *Ps = dOs + ATT_BQ * ldq;  // [ATT_BK][ATT_BQ]
+    float *dSs = Ps + ATT_BK * ATT_BQ;
+    float *Ls = dSs + ATT_BK * ATT_BQ;  // [ATT_BQ]
+    float *Ds = Ls + ATT_BQ;            // [ATT_BQ]
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int k0 = blockIdx.x * ATT_BK, h = blockIdx.y, b = blockIdx.z;
+    const int nk = attn_min(ATT_BK, T_ - k0);
+    const T *qb = q + (size_t)b * p.q_batch + (size_t)h * hd;
+    const size_t kvoff = (size_t)b * p.kv_batch + (size_t)h * hd;
+    const T *ob = dout + (size_t)b * T_ * C + (size_t)h * hd;
+    const size_t stat0 = ((size_t)b * p.H + h) * T_;
+
+    attn_load_tile(Ks, hd, k + kvoff + (size_t)k0 * p.kv_row, p.kv_row, nk, hd);
+    attn_load_tile(Vs, hd, v + kvoff + (size_t)k0 * p.kv_row, p.kv_row, nk, hd);
+
+    float dka[ATT_RPW][ATT_DPL], dva[ATT_RPW][ATT_DPL];
+#pragma unroll
+    for (int kk = 0; kk < ATT_RPW; kk++)
+#pragma unroll
+        for (int c = 0; c < ATT_DPL; c++) dka[kk][c] = dva[kk][c] = 0.0f;
+
+    for (int q0 = k0; q0 < T_; q0 += ATT_BQ) {  // queries before k0 see none of these keys
+        const int nq = attn_min(ATT_BQ, T_ - q0);
+        __syncthreads();  // the previous query tile is no longer read
+        attn_load_tile(Qs, ldq, qb + (size_t)q0 * p.q_row, p.q_row, nq, hd);
+        attn_load_tile(dOs, ldq, ob + (size_t)q0 * C, (size_t)C, nq, hd);
+        if (tid < ATT_BQ) {
+            Ls[tid] = tid < nq ? L[stat0 + q0 + tid] : 0.0f;
+            Ds[tid] = tid < nq ? D[stat0 + q0 + tid] : 0.0f;
+        }
+        __syncthreads();
+
+        // the lane's query against the warp's 8 keys: s = q . k, dp = dO . v
+        float s[ATT_RPW], dp[ATT_RPW];
+#pragma unroll
+        for (int kk = 0; kk < ATT_RPW; kk++) s[kk] = dp[kk] = 0.0f;
+        const float *qr = Qs + lane * ldq, *orr = dOs + lane * ldq;
+        const float *kr = Ks + warp * ATT_RPW * hd, *vr = Vs + warp * ATT_RPW * hd;
+        for (int d = 0; d < hd; d++) {
+            float qv = qr[d], ov = orr[d];
+#pragma unroll
+            for (int kk = 0; kk < ATT_RPW; kk++) {
+                s[kk] += qv * kr[kk * hd + d];
+                dp[kk] += ov * vr[kk * hd + d];
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < ATT_RPW; kk++) {
+            int j = warp * ATT_RPW + kk;
+            bool valid = lane < nq && j < nk && k0 + j <= q0 + lane;
+            float pr = valid ? expf(s[kk] * p.scale - Ls[lane]) : 0.0f;
+            Ps[j * ATT_BQ + lane] = pr;
+            dSs[j * ATT_BQ + lane] = pr * (dp[kk] - Ds[lane]);
+        }
+        __syncthreads();
+
+        // dV += P^T dO, dK += dS^T Q for the warp's 8 keys and the lane's dims
+        for (int i = 0; i < nq; i++) {
+            float ov[ATT_DPL], qv[ATT_DPL];
+#pragma unroll
+            for (int c = 0; c < ATT_DPL; c++) {
+                bool in = lane + 32 * c < hd;
+                ov[c] = in ? dOs[i * ldq + lane + 32 * c] : 0.0f;
+                qv[c] = in ? Qs[i * ldq + lane + 32 * c] : 0.0f;
+            }
+#pragma unroll
+            for (int kk = 0; kk < ATT_RPW; kk++) {
+                int j = warp * ATT_RPW + kk;
+                float pj = Ps[j * ATT_BQ + i], dsj = dSs[j * ATT_BQ + i];
+#pragma unroll
+                for (int c = 0; c < ATT_DPL; c++) {
+                    dva[kk][c] += pj * ov[c];
+                    dka[kk][c] += dsj * qv[c];
+                }
+            }
+        }
+    }
+
+    __syncthreads();  // Ks becomes dK (scaled), for the RoPE transpose across lanes
+#pragma unroll
+    for (int kk = 0; kk < ATT_RPW; kk++) {
+        int j = warp * ATT_RPW + kk;
+#pragma unroll
+        for (int c = 0; c < ATT_DPL; c++) {
+            int d = lane + 32 * c;
+            if (d < hd) {
+                Ks[j * hd + d] = dka[kk][c] * p.scale;
+                if (j < nk) attn_st(dv + kvoff + (size_t)(k0 + j) * p.kv_row + d, dva[kk][c]);
+            }
+        }
+    }
+    __syncthreads();
+    for (int idx = tid; idx < nk * hd; idx += ATT_THREADS) {
+        int j = idx / hd, d = idx - j * hd, pos = k0 + j;
+        float x = attn_rope_dim(Ks + j * hd, d, p.n_rot, cos_t + (size_t)pos * p.n_rot, sin_t + (size_t)pos * p.n_rot,
+                                true);
+        attn_st(dk + kvoff + (size_t)pos * p.kv_row + d, x);
+    }
+}
+
+// Backward pass 3: dq for the query tile blockIdx.x (grid (query tiles, H, B)).
+template <typename T>
+__global__ void __launch_bounds__(ATT_THREADS)
+    attn_bwd_dq_kernel(T *dq, const T *q, const T *k, const T *v, const T *dout, const float *L, const float *D,
+                       const float *cos_t, const float *sin_t, AttnDev p) {
+    GIVT_DYNAMIC_SMEM(float, attn_smem);
+    const int hd = p.hd, ldk = hd | 1, T_ = p.Tq, C = p.H * hd;
+    float *Qs = attn_smem;           // [ATT_BQ][hd], read broadcast; dQ for the epilogue
+    float *dOs = Qs + ATT_BQ * hd;   // [ATT_BQ][hd], read broadcast
+    float *Ks = dOs + ATT_BQ * hd;   // [ATT_BK][ldk]
+    float *Vs = Ks + ATT_BK * ldk;   // [ATT_BK][ldk]
+    float *dSs = Vs + ATT_BK * ldk;  // [ATT_BQ][ATT_BK]
+    float *Ls = dSs + ATT_BQ * ATT_BK;  // [ATT_BQ] (attn_bwd_smem has room for pass 2's larger layout)
+    float *Ds = Ls + ATT_BQ;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int q0 = blockIdx.x * ATT_BQ, h = blockIdx.y, b = blockIdx.z;
+    const int nq = attn_min(ATT_BQ, T_ - q0);
+    const size_t qoff = (size_t)b * p.q_batch + (size_t)h * hd;
+    const T *kb = k + (size_t)b * p.kv_batch + (size_t)h * hd;
+    const T *vb = v + (size_t)b * p.kv_batch + (size_t)h * hd;
+    const T *ob = dout + (size_t)b * T_ * C + (size_t)h * hd;
+    const size_t stat0 = ((size_t)b * p.H + h) * T_;
+
+    attn_load_tile(Qs, hd, q + qoff + (size_t)q0 * p.q_row, p.q_row, nq, hd);
+    attn_load_tile(dOs, hd, ob + (size_t)q0 * C, (size_t)C, nq, hd);
+    if (tid < ATT_BQ) {
+        Ls[tid] = tid < nq ? L[stat0 + q0 + tid] : 0.0f;
+        Ds[tid] = tid < nq ? D[stat0 + q0 + tid] : 0.0f;
+    }
+
+    float dqa[ATT_RPW][ATT_DPL];
+#pragma unroll
+    for (int rr = 0; rr < ATT_RPW; rr++)
+#pragma unroll
+        for (int c = 0; c < ATT_DPL; c++) dqa[rr][c] = 0.0f;
+
+    const int kend = q0 + nq;
+    for (int k0 = 0; k0 < kend; k0 += ATT_BK) {
+        const int nk = attn_min(ATT_BK, kend - k0);
+        __syncthreads();  // the previous key tile is no longer read
+        attn_load_tile(Ks, ldk, kb + (size_t)k0 * p.kv_row, p.kv_row, nk, hd);
+        attn_load_tile(Vs, ldk, vb + (size_t)k0 * p.kv_row, p.kv_row, nk, hd);
+        __syncthreads();
+
+        // the warp's 8 queries against the lane's key
+        float s[ATT_RPW], dp[ATT_RPW];
+#pragma unroll
+        for (int rr = 0; rr < ATT_RPW; rr++) s[rr] = dp[rr] = 0.0f;
+        const float *kr = Ks + lane * ldk, *vr = Vs + lane * ldk;
+        const float *qr = Qs + warp * ATT_RPW * hd, *orr = dOs + warp * ATT_RPW * hd;
+        for (int d = 0; d < hd; d++) {
+            float kv = kr[d], vv = vr[d];
+#pragma unroll
+            for (int rr = 0; rr < ATT_RPW; rr++) {
+                s[rr] += qr[rr * hd + d] * kv;
+                dp[rr] += orr[rr * hd + d] * vv;
+            }
+        }
+#pragma unroll
+        for (int rr = 0; rr < ATT_RPW; rr++) {
+            int r = warp * ATT_RPW + rr;
+            bool valid = r < nq && lane < nk && k0 + lane <= q0 + r;
+            float pr = valid ? expf(s[rr] * p.scale - Ls[r]) : 0.0f;
+            dSs[r * ATT_BK + lane] = pr * (dp[rr] - Ds[r]);
+        }
+        __syncthreads();
+
+        // dQ += dS K for the warp's 8 queries and the lane's dims
+        for (int j = 0; j < nk; j++) {
+            float kv[ATT_DPL];
+#pragma unroll
+            for (int c = 0; c < ATT_DPL; c++) kv[c] = lane + 32 * c < hd ? Ks[j * ldk + lane + 32 * c] : 0.0f;
+#pragma unroll
+            for (int rr = 0; rr < ATT_RPW; rr++) {
+                float dsj = dSs[(warp * ATT_RPW + rr) * ATT_BK + j];
+#pragma unroll
+                for (int c = 0; c < ATT_DPL; c++) dqa[rr][c] += dsj * kv[c];
+            }
+        }
+    }
+
+    __syncthreads();  // Qs becomes dQ (scaled), for the RoPE transpose across lanes
+#pragma unroll
+    for (int rr = 0; rr < ATT_RPW; rr++) {
+        int r = warp * ATT_RPW + rr;
+#pragma unroll
+        for (int c = 0; c < ATT_DPL; c++)
+            if (lane + 32 * c < hd) Qs[r * hd + lane + 32 * c] = dqa[rr][c] * p.scale;
+    }
+    __syncthreads();
+    for (int idx = tid; idx < nq * hd; idx += ATT_THREADS) {
+        int r = idx / hd, d = idx - r * hd, pos = q0 + r;
+        float x = attn_rope_dim(Qs + r * hd, d, p.n_rot, cos_t + (size_t)pos * p.n_rot, sin_t + (size_t)pos * p.n_rot,
+                                true);
+        attn_st(dq + qoff + (size_t)pos * p.q_row + d, x);
+    }
+}
+
+// Kernels whose dynamic shared memory passes the default 48 KiB opt in to it (up to the device's
+// limit, 227 KiB on sm_90; the largest here is ~74 KiB).
+template <typename K>
+void attn_allow_smem(K kernel, size_t bytes) {
+    if (bytes > 48 * 1024)
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
+AttnDev attn_dev(const AttnShape *s) {
+    AttnDev p;
+    p.H = s->H;
+    p.hd = s->hd;
+    p.Tq = s->Tq;
+    p.pos0 = s->pos0;
+    p.n_rot = s->n_rot;
+    p.q_row = s->q_row;
+    p.q_batch = s->q_batch;
+    p.kv_row = s->kv_row;
+    p.kv_batch = s->kv_batch;
+    p.scale = 1.0f / sqrtf((float)s->hd);
+    return p;
+}
+
+void attn_check_shape(const AttnShape *s, const char *what) {
+    if (s->hd < 1 || s->hd > ATT_MAX_HD || s->n_rot < 0 || s->n_rot > s->hd || (s->n_rot & 1) ||
+        s->Tk != s->pos0 + s->Tq)
+        givt_die("%s: unsupported shape (hd %d, the CUDA kernels take 1 .. %d; n_rot %d; Tq %d, Tk %d, pos0 %d)", what,
+                 s->hd, ATT_MAX_HD, s->n_rot, s->Tq, s->Tk, s->pos0);
+}
+
+template <typename T>
+void attn_fwd_launch(Backend *be, T *out, float *lse, T *q, T *k, const T *v, const float *cos_t,
+                     const float *sin_t, const AttnShape *s) {
+    cudaStream_t st = cuda_stream(be);
+    AttnDev p = attn_dev(s);
+    if (s->n_rot > 0) {
+        if (s->Tq > 0)
+            GIVT_LAUNCH(attn_rope_kernel<T>, dim3(s->Tq, s->B), dim3(ATT_THREADS), 0, st, q, s->q_row, s->q_batch,
+                        s->pos0, s->H, s->hd, s->n_rot, cos_t, sin_t);
+        int nk = s->Tk - s->pos0;
+        if (nk > 0)
+            GIVT_LAUNCH(attn_rope_kernel<T>, dim3(nk, s->B), dim3(ATT_THREADS), 0, st, k + (size_t)s->pos0 * s->kv_row,
+                        s->kv_row, s->kv_batch, s->pos0, s->H, s->hd, s->n_rot, cos_t, sin_t);
+    }
+    size_t smem = attn_fwd_smem(s->hd);
+    attn_allow_smem(attn_fwd_kernel<T>, smem);
+    dim3 grid((s->Tq + ATT_BQ - 1) / ATT_BQ, s->H, s->B);
+    GIVT_LAUNCH(attn_fwd_kernel<T>, grid, dim3(ATT_THREADS), smem, st, out, lse, (const float *)nullptr,
+                (const T *)q, (const T *)k, v, (const T *)nullptr, p);
+}
+
+template <typename T>
+void attn_bwd_launch(Backend *be, T *dq, T *dk, T *dv, float *Dbuf, const T *dout, const T *q, const T *k, const T *v,
+                     const float *lse, const float *cos_t, const float *sin_t, const AttnShape *s) {
+    cudaStream_t st = cuda_stream(be);
+    AttnDev p = attn_dev(s);
+    dim3 grid((s->Tq + ATT_BQ - 1) / ATT_BQ, s->H, s->B), block(ATT_THREADS);
+    size_t fsmem = attn_fwd_smem(s->hd), bsmem = attn_bwd_smem(s->hd);
+    attn_allow_smem(attn_fwd_kernel<T>, fsmem);
+    GIVT_LAUNCH(attn_fwd_kernel<T>, grid, block, fsmem, st, (T *)nullptr, Dbuf, lse, q, k, v, dout, p);
+    attn_allow_smem(attn_bwd_dkdv_kernel<T>, bsmem);
+    GIVT_LAUNCH(attn_bwd_dkdv_kernel<T>, grid, block, bsmem, st, dk, dv, q, k, v, dout, lse, (const float *)Dbuf,
+                cos_t, sin_t, p);
+    attn_allow_smem(attn_bwd_dq_kernel<T>, bsmem);
+    GIVT_LAUNCH(attn_bwd_dq_kernel<T>, grid, block, bsmem, st, dq, q, k, v, dout, lse, (const float *)Dbuf, cos_t,
+                sin_t, p);
+}
+
+bool attn_bf16(Backend *be) { return ((CudaCtx *)be->ctx)->dtype == DTYPE_BF16; }
+
+}  // namespace
+
+extern "C" {
+
+size_t cuda_attention_saved_bytes(Backend *be, const AttnShape *s) {
+    (void)be;
+    return (size_t)s->B * s->H * s->Tq * sizeof(float);  // L per query row
+}
+
+void cuda_attention_fwd(Backend *be, cval *out, void *saved, cval *q, cval *k, const cval *v, const float *cos,
+                        const float *sin, const AttnShape *s) {
+    attn_check_shape(s, "attention_fwd");
+    if (s->B == 0 || s->H == 0 || s->Tq == 0) return;
+    float *lse = (float *)saved;
+    if (attn_bf16(be))
+        attn_fwd_launch(be, (__nv_bfloat16 *)out, lse, (__nv_bfloat16 *)q, (__nv_bfloat16 *)k,
+                        (const __nv_bfloat16 *)v, cos, sin, s);
+    else
+        attn_fwd_launch(be, (float *)out, lse, (float *)q, (float *)k, (const float *)v, cos, sin, s);
+}
+
+size_t cuda_attention_scratch_bytes(Backend *be, const AttnShape *s) {
+    (void)be;
+    return (size_t)s->B * s->H * s->Tq * sizeof(float);  // D = rowsum(dO * O) per query row
+}
+
+void cuda_attention_bwd(Backend *be, cval *dq, cval *dk, cval *dv, void *scratch, const cval *dout, const cval *q,
+                        const cval *k, const cval *v, const void *saved, const float *cos, const float *sin,
+                        const AttnShape *s) {
+    attn_check_shape(s, "attention_bwd");
+    if (s->pos0 != 0 || s->Tq != s->Tk) givt_die("attention_bwd: training shapes only (pos0 = 0, Tq = Tk)");
+    if (s->B == 0 || s->H == 0 || s->Tq == 0) return;
+    const float *lse = (const float *)saved;
+    float *Dbuf = (float *)scratch;
+    typedef __nv_bfloat16 bf;
+    if (attn_bf16(be))
+        attn_bwd_launch(be, (bf *)dq, (bf *)dk, (bf *)dv, Dbuf, (const bf *)dout, (const bf *)q, (const bf *)k,
+                        (const bf *)v, lse, cos, sin, s);
+    else
+        attn_bwd_launch(be, (float *)dq, (float *)dk, (float *)dv, Dbuf, (const float *)dout, (const float *)q,
+                        (const float *)k, (const float *)v, lse, cos, sin, s);
+}
+
+}  // extern "C"

@@ -1,0 +1,202 @@
+// backend_cuda: the CUDA backend's host side: the registry's entry (backend_cuda_available,
+// backend_cuda_open), the context (device, stream, cuBLASLt handle and workspace, scratch), the
+// memory ops and the op table, whose compute ops are the kernel groups' entry points
+// (kernels/cuda_backend.h). Every op is enqueued on the context's one stream, in order; download and
+// synchronize wait for it. Profile ranges: NVTX (nvtxRangePushA/Pop) on a GPU, nothing under emulation.
+#include "launch.cuh"
+
+#include <cublasLt.h>
+#include <string.h>
+#ifndef GIVT_CUDA_EMU
+#include <nvtx3/nvToolsExt.h>
+#endif
+
+#define CUBLAS_CHECK(call)                                                                              \
+    do {                                                                                                \
+        cublasStatus_t givt_cublas_st_ = (call);                                                        \
+        if (givt_cublas_st_ != CUBLAS_STATUS_SUCCESS)                                                   \
+            givt_die_at(__FILE__, __LINE__, "cuBLASLt error: %s: %s (%d)", #call,                       \
+                        cublasLtGetStatusName(givt_cublas_st_), (int)givt_cublas_st_);                  \
+    } while (0)
+
+namespace {
+
+#ifdef GIVT_CUDA_EMU
+const size_t kWorkspaceBytes = (size_t)64 << 10;  // the emulated GEMM needs none
+#else
+const size_t kWorkspaceBytes = (size_t)32 << 20;  // cuBLASLt's workspace
+#endif
+const size_t kScratchBytes = (size_t)4 << 20;     // the ops' partial sums (common.cuh: cm_scratch_get)
+
+void *cu_alloc(Backend *be, size_t bytes) {
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+    if (e == cudaErrorMemoryAllocation) {
+        size_t free_b = 0, total_b = 0;
+        cudaGetLastError();
+        cudaMemGetInfo(&free_b, &total_b);
+        givt_die("out of GPU memory allocating %zu bytes (%.2f GiB free of %.2f GiB)", bytes, free_b / 1073741824.0,
+                 total_b / 1073741824.0);
+    }
+    CUDA_CHECK(e);
+    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cuda_stream(be)));
+    return p;
+}
+
+void cu_free(Backend *be, void *p) {
+    if (!p) return;
+    CUDA_CHECK(cudaStreamSynchronize(cuda_stream(be)));  // no kernel still uses it
+    CUDA_CHECK(cudaFree(p));
+}
+
+void cu_upload(Backend *be, void *dst, const void *src, size_t bytes) {
+    if (!bytes) return;
+    // from pageable memory the copy has read src when the call returns: the caller may reuse it
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda_stream(be)));
+}
+
+void cu_download(Backend *be, void *dst, const void *src, size_t bytes) {
+    if (!bytes) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda_stream(be)));
+    CUDA_CHECK(cudaStreamSynchronize(cuda_stream(be)));
+}
+
+void cu_zero(Backend *be, void *p, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cuda_stream(be)));
+}
+
+void cu_copy(Backend *be, void *dst, const void *src, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda_stream(be)));
+}
+
+void cu_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes) {
+    CUDA_CHECK(cudaSetDevice(cuda_ctx(be)->device));
+    CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+}
+
+void cu_synchronize(Backend *be) { CUDA_CHECK(cudaStreamSynchronize(cuda_stream(be))); }
+
+void cu_close(Backend *be) {
+    CudaCtx *c = cuda_ctx(be);
+    if (!c) return;
+    CUDA_CHECK(cudaStreamSynchronize(cuda_stream(be)));
+    CUBLAS_CHECK(cublasLtDestroy((cublasLtHandle_t)c->cublaslt));
+    CUDA_CHECK(cudaFree(c->workspace));
+    CUDA_CHECK(cudaFree(c->scratch));
+    CUDA_CHECK(cudaStreamDestroy((cudaStream_t)c->stream));
+    free(c);
+    be->ctx = NULL;
+}
+
+void cu_range_push(Backend *be, const char *name) {
+    (void)be;
+#ifdef GIVT_CUDA_EMU
+    (void)name;
+#else
+    nvtxRangePushA(name);
+#endif
+}
+
+void cu_range_pop(Backend *be) {
+    (void)be;
+#ifndef GIVT_CUDA_EMU
+    nvtxRangePop();
+#endif
+}
+
+GivtOps make_ops() {
+    GivtOps o;
+    memset(&o, 0, sizeof o);
+    o.alloc = cu_alloc;
+    o.free = cu_free;
+    o.upload = cu_upload;
+    o.download = cu_download;
+    o.zero = cu_zero;
+    o.copy = cu_copy;
+    o.mem_info = cu_mem_info;
+    o.synchronize = cu_synchronize;
+    o.close = cu_close;
+    o.to_compute = cuda_to_compute;
+    o.matmul_fwd = cuda_matmul_fwd;
+    o.matmul_bwd = cuda_matmul_bwd;
+    o.residual_rmsnorm_fwd = cuda_residual_rmsnorm_fwd;
+    o.residual_rmsnorm_bwd = cuda_residual_rmsnorm_bwd;
+    o.attention_saved_bytes = cuda_attention_saved_bytes;
+    o.attention_fwd = cuda_attention_fwd;
+    o.attention_scratch_bytes = cuda_attention_scratch_bytes;
+    o.attention_bwd = cuda_attention_bwd;
+    o.swiglu_fwd = cuda_swiglu_fwd;
+    o.swiglu_bwd = cuda_swiglu_bwd;
+    o.shift_bos = cuda_shift_bos;
+    o.shift_bos_bwd = cuda_shift_bos_bwd;
+    o.gaussian_nll = cuda_gaussian_nll;
+    o.sumsq = cuda_sumsq;
+    o.adamw = cuda_adamw;
+    o.ema_update = cuda_ema_update;
+    o.range_push = cu_range_push;
+    o.range_pop = cu_range_pop;
+    return o;
+}
+
+const GivtOps g_cuda_ops = make_ops();
+
+}  // namespace
+
+// 1: a GPU is there; 2 (under emulation): the emulated device, which device = auto does not pick;
+// 0: not available, with the reason in why (one line).
+extern "C" int backend_cuda_available(char *why, size_t n) {
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        cudaGetLastError();  // not sticky: clear it
+        const char *hint = givt_cuda_hint(e);
+        snprintf(why, n, "%s (%s)", *hint ? hint : cudaGetErrorString(e), cudaGetErrorName(e));
+        return 0;
+    }
+    if (count < 1) {
+        snprintf(why, n, "no CUDA device visible (cudaGetDeviceCount = 0)");
+        return 0;
+    }
+#ifdef GIVT_CUDA_EMU
+    snprintf(why, n, "emulated CUDA on the CPU (kernels/emu): device = cuda only, never auto");
+    return 2;
+#else
+    snprintf(why, n, "%d device%s", count, count > 1 ? "s" : "");
+    return 1;
+#endif
+}
+
+extern "C" Backend *backend_cuda_open(const char *precision) {
+    const int device = 0;
+    CUDA_CHECK(cudaSetDevice(device));
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    Backend *be = (Backend *)xcalloc(1, sizeof *be);
+    CudaCtx *c = (CudaCtx *)xcalloc(1, sizeof *c);
+    be->name = "cuda";
+    be->ops = &g_cuda_ops;
+    be->ctx = c;
+    be->compute = precision && !strcmp(precision, "bf16") ? DTYPE_BF16 : DTYPE_F32;
+#ifdef GIVT_CUDA_EMU
+    c->emulated = 1;
+    snprintf(be->device, sizeof be->device, "emulated CUDA (CPU)");
+    be->peak_flops = 0;
+#else
+    snprintf(be->device, sizeof be->device, "%.100s, %.0f GiB", prop.name, prop.totalGlobalMem / 1073741824.0);
+    // H100/H200-class (sm_90) dense bf16 with fp32 accumulation; other GPUs and fp32: unknown
+    be->peak_flops = prop.major == 9 && prop.minor == 0 && be->compute == DTYPE_BF16 ? 790e12 : 0;
+#endif
+    c->device = device;
+    c->dtype = be->compute;
+    cudaStream_t s;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    c->stream = (void *)s;
+    cublasLtHandle_t h;
+    CUBLAS_CHECK(cublasLtCreate(&h));
+    c->cublaslt = (void *)h;
+    c->workspace_bytes = kWorkspaceBytes;
+    CUDA_CHECK(cudaMalloc(&c->workspace, c->workspace_bytes));
+    c->scratch_bytes = kScratchBytes;
+    CUDA_CHECK(cudaMalloc(&c->scratch, c->scratch_bytes));
+    return be;
+}

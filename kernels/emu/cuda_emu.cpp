@@ -1,0 +1,765 @@
+// cuda_emu: the CPU emulation of CUDA (see cuda_emu.h): the launch scheduler (blocks one at a time on
+// the calling OS thread, the threads of a block as ucontext fibers), barriers, warp collectives,
+// shared memory poisoning and the runtime API's memory, stream, event and device functions.
+#include "cuda_emu.h"
+
+#include <elf.h>
+#include <link.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define EMU_ASAN 1
+#else
+#define EMU_ASAN 0
+#endif
+
+namespace givt_emu {
+
+thread_local const uint3 *t_tid;
+thread_local uint3 t_blockIdx;
+thread_local dim3 t_blockDim, t_gridDim;
+
+namespace {
+
+enum State { RUN, AT_BARRIER, AT_WARP, DONE };
+
+struct Fiber {
+    uint3 tid;
+    int index, lane;
+    State state;
+    ucontext_t ctx;
+    void *stack;
+    void *fake_stack;  // ASan's
+    const char *file;  // where it waits
+    int line;
+    // a warp collective
+    WarpOp op;
+    const char *op_name;
+    unsigned mask;
+    uint64_t bits, result;
+    int arg, width;
+};
+
+struct Launch {
+    const char *kernel, *file;
+    int line;
+    BlockFn fn;
+    void *ctx;
+    unsigned char *smem;
+    size_t smem_bytes;
+    int nthreads;
+    Order order;
+    uint64_t seed;
+    unsigned phase;
+};
+
+// state of the calling OS thread (launches on several OS threads at once are serialised)
+std::mutex g_launch_mutex;
+thread_local Launch *t_launch;
+thread_local Fiber *t_cur;
+thread_local std::vector<Fiber> *t_fibers;
+thread_local ucontext_t t_sched;
+[[maybe_unused]] thread_local void *t_sched_fake_stack;
+[[maybe_unused]] thread_local const void *t_sched_stack_bottom;
+[[maybe_unused]] thread_local size_t t_sched_stack_size;
+thread_local bool t_abandon;
+thread_local bool t_in_fiber;  // running on a fiber's stack (not the scheduler's)
+
+Order g_order = ORDER_CYCLE;
+bool g_order_set = false;
+uint64_t g_seed = 12345;
+unsigned long long g_launches, g_threads;
+int g_record;
+std::string g_error;
+cudaError_t g_last_error = cudaSuccess;
+
+// fiber stacks: one mapping, a PROT_NONE guard page below each stack
+size_t g_stack_bytes;
+unsigned char *g_stacks;
+int g_nstacks;
+
+void init_order_from_env() {
+    if (g_order_set) return;
+    g_order_set = true;
+    const char *o = getenv("GIVT_EMU_ORDER"), *s = getenv("GIVT_EMU_SEED");
+    if (s && *s) g_seed = strtoull(s, NULL, 0);
+    if (!o || !*o || !strcmp(o, "cycle")) return;
+    if (!strcmp(o, "forward")) g_order = ORDER_FORWARD;
+    else if (!strcmp(o, "reverse")) g_order = ORDER_REVERSE;
+    else if (!strcmp(o, "random")) g_order = ORDER_RANDOM;
+    else {
+        fprintf(stderr, "cuda_emu: GIVT_EMU_ORDER=%s: expected forward, reverse, random or cycle\n", o);
+        exit(2);
+    }
+}
+
+uint64_t splitmix(uint64_t *x) {
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+void switch_to_scheduler_forever();
+
+// An error in a kernel: the message names the kernel, its launch site, the block and (in a fiber)
+// the thread. Aborts, or records and abandons the launch.
+__attribute__((format(printf, 1, 2))) void kernel_error(const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    char full[1600];
+    Launch *L = t_launch;
+    int n = snprintf(full, sizeof full, "cuda_emu: kernel %s (launched at %s:%d), block (%u,%u,%u)",
+                     L ? L->kernel : "?", L ? L->file : "?", L ? L->line : 0, t_blockIdx.x, t_blockIdx.y,
+                     t_blockIdx.z);
+    if (t_cur && n > 0 && (size_t)n < sizeof full)
+        n += snprintf(full + n, sizeof full - n, ", thread (%u,%u,%u)", t_cur->tid.x, t_cur->tid.y, t_cur->tid.z);
+    if (n > 0 && (size_t)n < sizeof full) snprintf(full + n, sizeof full - n, ": %s", msg);
+    if (!g_record) {
+        fprintf(stderr, "%s\n", full);
+        fflush(stderr);
+        abort();
+    }
+    if (g_error.empty()) g_error = full;
+    t_abandon = true;
+    if (t_in_fiber) switch_to_scheduler_forever();
+}
+
+// ---- fibers ----------------------------------------------------------------------------------
+void ensure_stacks(int n) {
+    if (n <= g_nstacks) return;
+    if (g_stacks) munmap(g_stacks, (size_t)g_nstacks * (g_stack_bytes + 4096));
+    if (!g_stack_bytes) {
+        const char *kb = getenv("GIVT_EMU_STACK_KB");
+        g_stack_bytes = (size_t)(kb && atoi(kb) > 0 ? atoi(kb) : EMU_ASAN ? 512 : 128) * 1024;
+    }
+    size_t total = (size_t)n * (g_stack_bytes + 4096);
+    void *p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+        fprintf(stderr, "cuda_emu: cannot map %zu bytes of fiber stacks\n", total);
+        abort();
+    }
+    g_stacks = (unsigned char *)p;
+    g_nstacks = n;
+    for (int i = 0; i < n; i++) mprotect(g_stacks + (size_t)i * (g_stack_bytes + 4096), 4096, PROT_NONE);
+}
+
+void *stack_of(int i) { return g_stacks + (size_t)i * (g_stack_bytes + 4096) + 4096; }
+
+// scheduler -> fiber f
+void enter(Fiber *f) {
+    t_cur = f;
+    t_tid = &f->tid;
+    t_in_fiber = true;
+#if EMU_ASAN
+    __sanitizer_start_switch_fiber(&t_sched_fake_stack, f->stack, g_stack_bytes);
+#endif
+    swapcontext(&t_sched, &f->ctx);
+#if EMU_ASAN
+    __sanitizer_finish_switch_fiber(t_sched_fake_stack, NULL, NULL);
+#endif
+    t_in_fiber = false;
+    t_cur = NULL;
+}
+
+// fiber -> scheduler (returns when the scheduler resumes it)
+void yield() {
+    Fiber *f = t_cur;
+#if EMU_ASAN
+    __sanitizer_start_switch_fiber(&f->fake_stack, t_sched_stack_bottom, t_sched_stack_size);
+#endif
+    swapcontext(&f->ctx, &t_sched);
+#if EMU_ASAN
+    __sanitizer_finish_switch_fiber(f->fake_stack, NULL, NULL);
+#endif
+}
+
+void switch_to_scheduler_forever() {
+    Fiber *f = t_cur;
+    f->state = DONE;
+#if EMU_ASAN
+    __sanitizer_start_switch_fiber(NULL, t_sched_stack_bottom, t_sched_stack_size);
+#endif
+    setcontext(&t_sched);
+    abort();
+}
+
+void fiber_main() {
+#if EMU_ASAN
+    __sanitizer_finish_switch_fiber(NULL, &t_sched_stack_bottom, &t_sched_stack_size);
+#endif
+    t_launch->fn(t_launch->ctx);
+    g_threads++;
+    switch_to_scheduler_forever();  // DONE
+}
+
+// ---- static __shared__ arrays: function-local thread_local symbols of the executable --------
+struct Range {
+    size_t offset, size;
+};
+std::vector<Range> g_shared;
+bool g_shared_found;
+
+void find_shared_arrays() {
+    if (g_shared_found) return;
+    g_shared_found = true;
+    FILE *f = fopen("/proc/self/exe", "rb");
+    if (!f) return;
+    std::vector<unsigned char> img;
+    unsigned char buf[1 << 16];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) img.insert(img.end(), buf, buf + n);
+    fclose(f);
+    if (img.size() < sizeof(Elf64_Ehdr)) return;
+    const Elf64_Ehdr *eh = (const Elf64_Ehdr *)img.data();
+    if (memcmp(eh->e_ident, ELFMAG, SELFMAG) || eh->e_ident[EI_CLASS] != ELFCLASS64) return;
+    if (eh->e_shoff + (size_t)eh->e_shnum * sizeof(Elf64_Shdr) > img.size()) return;
+    const Elf64_Shdr *sh = (const Elf64_Shdr *)(img.data() + eh->e_shoff);
+    for (int i = 0; i < eh->e_shnum; i++) {
+        if (sh[i].sh_type != SHT_SYMTAB || sh[i].sh_link >= eh->e_shnum) continue;
+        const Elf64_Shdr *strs = &sh[sh[i].sh_link];
+        if (sh[i].sh_offset + sh[i].sh_size > img.size() || strs->sh_offset + strs->sh_size > img.size()) continue;
+        const Elf64_Sym *sym = (const Elf64_Sym *)(img.data() + sh[i].sh_offset);
+        size_t ns = sh[i].sh_size / sizeof(Elf64_Sym);
+        const char *names = (const char *)(img.data() + strs->sh_offset);
+        for (size_t j = 0; j < ns; j++) {
+            if (ELF64_ST_TYPE(sym[j].st_info) != STT_TLS || sym[j].st_size == 0) continue;
+            if (sym[j].st_name >= strs->sh_size) continue;
+            const char *name = names + sym[j].st_name;
+            // a function-local static (C++ mangling _ZZ...): in kernel code only __shared__ arrays are
+            if (strncmp(name, "_ZZ", 3) != 0 || strstr(name, "givt_emu")) continue;
+            g_shared.push_back({(size_t)sym[j].st_value, (size_t)sym[j].st_size});
+        }
+    }
+}
+
+int tls_cb(struct dl_phdr_info *info, size_t, void *out) {
+    *(void **)out = info->dlpi_tls_data;  // the first module is the executable
+    return 1;
+}
+
+void poison_static_shared() {
+    find_shared_arrays();
+    if (g_shared.empty()) return;
+    void *tls = NULL;
+    dl_iterate_phdr(tls_cb, &tls);
+    if (!tls) return;
+    for (const Range &r : g_shared) memset((unsigned char *)tls + r.offset, 0xFF, r.size);
+}
+
+// ---- the scheduler ---------------------------------------------------------------------------
+const char *describe(const Fiber &f, char *buf, size_t n) {
+    switch (f.state) {
+    case DONE: snprintf(buf, n, "has exited"); break;
+    case AT_BARRIER: snprintf(buf, n, "waits at __syncthreads (%s:%d)", f.file, f.line); break;
+    case AT_WARP: snprintf(buf, n, "waits in %s with mask 0x%08x (%s:%d)", f.op_name, f.mask, f.file, f.line); break;
+    default: snprintf(buf, n, "runs"); break;
+    }
+    return buf;
+}
+
+// The collectives whose lanes have all arrived exchange their values. Returns whether any did.
+bool resolve_warps(std::vector<Fiber> &fs) {
+    bool progress = false;
+    int n = (int)fs.size();
+    for (int w = 0; w * 32 < n; w++) {
+        for (int l = 0; l < 32 && w * 32 + l < n; l++) {
+            Fiber &f = fs[w * 32 + l];
+            if (f.state != AT_WARP) continue;
+            bool ready = true;
+            for (int j = 0; j < 32 && ready; j++) {
+                if (!(f.mask >> j & 1)) continue;
+                const Fiber &g = fs[w * 32 + j];
+                ready = g.state == AT_WARP && g.mask == f.mask && g.op == f.op;
+            }
+            if (!ready) continue;
+            uint64_t vote = 0;
+            int any = 0, all = 1;
+            for (int j = 0; j < 32; j++)
+                if (f.mask >> j & 1) {
+                    int p = fs[w * 32 + j].bits != 0;
+                    vote |= (uint64_t)p << j, any |= p, all &= p;
+                }
+            for (int j = 0; j < 32; j++) {
+                if (!(f.mask >> j & 1)) continue;
+                Fiber &g = fs[w * 32 + j];
+                int width = g.width, base = j & ~(width - 1), src = j;
+                switch (g.op) {
+                case W_IDX: src = base + (g.arg & (width - 1)); break;
+                case W_XOR: src = j ^ g.arg; if (src < base || src >= base + width) src = j; break;
+                case W_DOWN: src = j + g.arg; if (src >= base + width) src = j; break;
+                case W_UP: src = j - g.arg; if (src < base) src = j; break;
+                default: break;
+                }
+                if (g.op == W_BALLOT) g.result = vote;
+                else if (g.op == W_ANY) g.result = (uint64_t)any;
+                else if (g.op == W_ALL) g.result = (uint64_t)all;
+                else {
+                    if (src < 0 || src > 31 || !(f.mask >> src & 1)) {
+                        t_cur = &g;
+                        kernel_error("%s (%s:%d) reads lane %d, which is not in the mask 0x%08x", g.op_name, g.file,
+                                     g.line, src, g.mask);
+                        t_cur = NULL;
+                        return false;
+                    }
+                    g.result = fs[w * 32 + src].bits;
+                }
+            }
+            for (int j = 0; j < 32; j++)
+                if (f.mask >> j & 1) fs[w * 32 + j].state = RUN;
+            progress = true;
+        }
+    }
+    return progress;
+}
+
+void make_order(std::vector<int> &ord, Launch &L) {
+    int n = (int)ord.size();
+    for (int i = 0; i < n; i++) ord[i] = i;
+    if (L.order == ORDER_REVERSE) {
+        for (int i = 0; i < n; i++) ord[i] = n - 1 - i;
+    } else if (L.order == ORDER_RANDOM) {
+        uint64_t x = L.seed ^ ((uint64_t)L.phase * 0x2545F4914F6CDD1Dull) ^
+                     ((uint64_t)(t_blockIdx.x + 131u * t_blockIdx.y + 8191u * t_blockIdx.z) << 20);
+        for (int i = n - 1; i > 0; i--) {
+            int j = (int)(splitmix(&x) % (uint64_t)(i + 1));
+            int t = ord[i];
+            ord[i] = ord[j], ord[j] = t;
+        }
+    }
+    L.phase++;
+}
+
+void run_block(Launch &L, std::vector<Fiber> &fs, std::vector<int> &ord) {
+    int n = L.nthreads;
+    poison_static_shared();
+    if (L.smem_bytes) memset(L.smem, 0xFF, L.smem_bytes);
+    for (int i = 0; i < n; i++) {
+        Fiber &f = fs[i];
+        f = Fiber();
+        f.index = i, f.lane = i % 32, f.state = RUN;
+        f.tid.x = (unsigned)i % t_blockDim.x;
+        f.tid.y = (unsigned)i / t_blockDim.x % t_blockDim.y;
+        f.tid.z = (unsigned)i / (t_blockDim.x * t_blockDim.y);
+        f.stack = stack_of(i);
+#if EMU_ASAN
+        ASAN_UNPOISON_MEMORY_REGION(f.stack, g_stack_bytes);  // frames left by an abandoned launch
+#endif
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack;
+        f.ctx.uc_stack.ss_size = g_stack_bytes;
+        f.ctx.uc_link = NULL;
+        makecontext(&f.ctx, fiber_main, 0);
+    }
+    for (;;) {
+        make_order(ord, L);
+        for (int k = 0; k < n; k++) {
+            Fiber &f = fs[ord[k]];
+            if (f.state == RUN) enter(&f);
+            if (t_abandon) return;
+        }
+        int ndone = 0, nbar = 0, nwarp = 0;
+        for (int i = 0; i < n; i++) {
+            ndone += fs[i].state == DONE;
+            nbar += fs[i].state == AT_BARRIER;
+            nwarp += fs[i].state == AT_WARP;
+        }
+        if (ndone == n) return;
+        if (nwarp && resolve_warps(fs)) continue;
+        if (t_abandon) return;
+        char a[256], b[256];
+        if (nwarp) {  // a collective that cannot complete: name a missing lane
+            for (int i = 0; i < n; i++) {
+                Fiber &f = fs[i];
+                if (f.state != AT_WARP) continue;
+                for (int j = 0; j < 32; j++) {
+                    if (!(f.mask >> j & 1)) continue;
+                    Fiber &g = fs[i / 32 * 32 + j];
+                    if (g.state == AT_WARP && g.mask == f.mask && g.op == f.op) continue;
+                    t_cur = &f;
+                    kernel_error("%s with mask 0x%08x (%s:%d) waits for lane %d of its mask, which %s", f.op_name,
+                                 f.mask, f.file, f.line, j, describe(g, b, sizeof b));
+                    t_cur = NULL;
+                    return;
+                }
+            }
+        }
+        // every thread left waits at a barrier
+        Fiber *first = NULL;
+        for (int i = 0; i < n; i++) {
+            Fiber &f = fs[i];
+            if (f.state == DONE) continue;
+            if (!first) first = &f;
+            else if (f.line != first->line || strcmp(f.file, first->file)) {
+                kernel_error("divergent __syncthreads: thread (%u,%u,%u) %s, thread (%u,%u,%u) %s", first->tid.x,
+                             first->tid.y, first->tid.z, describe(*first, a, sizeof a), f.tid.x, f.tid.y, f.tid.z,
+                             describe(f, b, sizeof b));
+                return;
+            }
+        }
+        if (ndone) {
+            const Fiber *gone = NULL;
+            for (int i = 0; i < n && !gone; i++)
+                if (fs[i].state == DONE) gone = &fs[i];
+            kernel_error("divergent __syncthreads: %d threads wait at %s:%d while %d have exited (e.g. thread (%u,%u,%u))",
+                         nbar, first->file, first->line, ndone, gone->tid.x, gone->tid.y, gone->tid.z);
+            return;
+        }
+        for (int i = 0; i < n; i++) fs[i].state = RUN;
+    }
+}
+
+}  // namespace
+
+void syncthreads(const char *file, int line) {
+    Fiber *f = t_cur;
+    if (!f) {
+        fprintf(stderr, "cuda_emu: __syncthreads (%s:%d) called outside a kernel\n", file, line);
+        abort();
+    }
+    f->state = AT_BARRIER, f->file = file, f->line = line;
+    yield();
+}
+
+uint64_t warp_op(WarpOp op, const char *name, const char *file, int line, unsigned mask, uint64_t bits, int arg,
+                 int width) {
+    Fiber *f = t_cur;
+    if (!f) {
+        fprintf(stderr, "cuda_emu: %s (%s:%d) called outside a kernel\n", name, file, line);
+        abort();
+    }
+    if (!(mask >> f->lane & 1))
+        kernel_error("%s (%s:%d) called by lane %d with mask 0x%08x, which excludes it", name, file, line, f->lane,
+                     mask);
+    int nthreads = t_launch->nthreads, warp0 = f->index / 32 * 32;
+    for (int j = 0; j < 32; j++)
+        if ((mask >> j & 1) && warp0 + j >= nthreads)
+            kernel_error("%s (%s:%d) with mask 0x%08x names lane %d, which does not exist (a block of %d threads)",
+                         name, file, line, mask, j, nthreads);
+    if (width < 1 || width > 32 || (width & (width - 1)))
+        kernel_error("%s (%s:%d): width %d is not a power of two up to 32", name, file, line, width);
+    f->state = AT_WARP, f->op = op, f->op_name = name, f->file = file, f->line = line;
+    f->mask = mask, f->bits = bits, f->arg = arg, f->width = width;
+    yield();
+    return f->result;
+}
+
+void *dynamic_smem(void) {
+    if (!t_launch) {
+        fprintf(stderr, "cuda_emu: dynamic shared memory used outside a kernel\n");
+        abort();
+    }
+    return t_launch->smem;
+}
+
+// per kernel: the dynamic shared memory it may use (cudaFuncSetAttribute)
+static std::map<const void *, int> g_max_dyn_smem;
+
+void run_grid(const char *kernel, const char *file, int line, dim3 grid, dim3 block, size_t smem, cudaStream_t,
+              const void *fn_id, BlockFn fn, void *ctx) {
+    std::lock_guard<std::mutex> lock(g_launch_mutex);
+    init_order_from_env();
+    unsigned long long nthreads = (unsigned long long)block.x * block.y * block.z;
+    size_t smem_max = 48 * 1024;
+    auto it = g_max_dyn_smem.find(fn_id);
+    if (it != g_max_dyn_smem.end()) smem_max = (size_t)it->second;
+    if (nthreads == 0 || nthreads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+        grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535 || smem > smem_max) {
+        if (g_last_error == cudaSuccess) g_last_error = cudaErrorInvalidConfiguration;
+        if (!g_record)
+            fprintf(stderr, "cuda_emu: kernel %s (%s:%d): invalid configuration grid (%u,%u,%u) block (%u,%u,%u) "
+                "dynamic shared memory %zu (at most %zu)\n", kernel, file, line, grid.x, grid.y, grid.z, block.x,
+                block.y, block.z, smem, smem_max);
+        return;
+    }
+    Launch L = {};
+    L.kernel = kernel, L.file = file, L.line = line, L.fn = fn, L.ctx = ctx;
+    L.nthreads = (int)nthreads;
+    L.smem_bytes = smem;
+    L.smem = (unsigned char *)malloc(smem ? smem : 1);  // exact size: ASan sees an overrun
+    L.order = g_order == ORDER_CYCLE ? (Order)(ORDER_FORWARD + g_launches % 3) : g_order;
+    L.seed = g_seed + g_launches * 0x9E3779B97F4A7C15ull;
+    g_launches++;
+    ensure_stacks(L.nthreads);
+    std::vector<Fiber> fs((size_t)L.nthreads);
+    std::vector<int> ord((size_t)L.nthreads);
+    t_launch = &L;
+    t_fibers = &fs;
+    t_abandon = false;
+    t_blockDim = block, t_gridDim = grid;
+    for (unsigned z = 0; z < grid.z && !t_abandon; z++)
+        for (unsigned y = 0; y < grid.y && !t_abandon; y++)
+            for (unsigned x = 0; x < grid.x && !t_abandon; x++) {
+                t_blockIdx.x = x, t_blockIdx.y = y, t_blockIdx.z = z;
+                run_block(L, fs, ord);
+            }
+    if (t_abandon && g_last_error == cudaSuccess) g_last_error = cudaErrorLaunchFailure;
+    free(L.smem);
+    t_launch = NULL;
+    t_fibers = NULL;
+    t_cur = NULL;
+    t_tid = NULL;
+    t_abandon = false;
+}
+
+void set_order(Order o, uint64_t seed) {
+    g_order_set = true;
+    g_order = o;
+    g_seed = seed;
+}
+Order get_order(void) {
+    init_order_from_env();
+    return g_order;
+}
+const char *order_name(Order o) {
+    static const char *const names[] = {"cycle", "forward", "reverse", "random"};
+    return names[o];
+}
+void set_record_errors(int record) { g_record = record; }
+const char *last_kernel_error(void) { return g_error.c_str(); }
+void clear_kernel_error(void) { g_error.clear(); }
+unsigned long long threads_run(void) { return g_threads; }
+
+}  // namespace givt_emu
+
+using namespace givt_emu;
+
+// ---- the runtime API ----------------------------------------------------------------------------
+namespace {
+std::mutex g_mem_mutex;
+std::map<uintptr_t, size_t> g_allocs;  // device allocations: address -> bytes
+size_t g_alloc_bytes;
+int g_stream_token, g_event_count;
+
+size_t phys_bytes(int avail) {
+    long pages = sysconf(avail ? _SC_AVPHYS_PAGES : _SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (size_t)pages * (size_t)page : (size_t)16 << 30;
+}
+
+cudaError_t set_error(cudaError_t e) {
+    if (e != cudaSuccess && g_last_error == cudaSuccess) g_last_error = e;
+    return e;
+}
+
+// Is [p, p + n) inside one device allocation? (device pointers passed to memcpy and memset)
+bool in_device_memory(const void *p, size_t n) {
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    auto it = g_allocs.upper_bound((uintptr_t)p);
+    if (it == g_allocs.begin()) return false;
+    --it;
+    return (uintptr_t)p >= it->first && (uintptr_t)p - it->first + n <= it->second;
+}
+
+cudaError_t check_range(const void *p, size_t n, const char *what) {
+    if (n == 0 || in_device_memory(p, n)) return cudaSuccess;
+    if (!g_record) fprintf(stderr, "cuda_emu: %s: %zu bytes at %p are not inside one cudaMalloc allocation\n", what, n, p);
+    return set_error(cudaErrorInvalidValue);
+}
+}  // namespace
+
+extern "C" {
+
+cudaError_t cudaMalloc(void **p, size_t bytes) {
+    if (!p) return set_error(cudaErrorInvalidValue);
+    *p = malloc(bytes ? bytes : 1);
+    if (!*p) return set_error(cudaErrorMemoryAllocation);
+    memset(*p, 0xFF, bytes);  // poison: NaN as float and bf16
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    g_allocs[(uintptr_t)*p] = bytes;
+    g_alloc_bytes += bytes;
+    return cudaSuccess;
+}
+
+cudaError_t cudaFree(void *p) {
+    if (!p) return cudaSuccess;
+    {
+        std::lock_guard<std::mutex> lock(g_mem_mutex);
+        auto it = g_allocs.find((uintptr_t)p);
+        if (it == g_allocs.end()) {
+            fprintf(stderr, "cuda_emu: cudaFree(%p): not a pointer from cudaMalloc\n", p);
+            return set_error(cudaErrorInvalidValue);
+        }
+        g_alloc_bytes -= it->second;
+        g_allocs.erase(it);
+    }
+    free(p);
+    return cudaSuccess;
+}
+
+// streams are synchronous: stream-ordered allocation is plain allocation
+cudaError_t cudaMallocAsync(void **p, size_t bytes, cudaStream_t) { return cudaMalloc(p, bytes); }
+cudaError_t cudaFreeAsync(void *p, cudaStream_t) { return cudaFree(p); }
+
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind) {
+    cudaError_t e = cudaSuccess;
+    if (kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice) e = check_range(dst, bytes, "cudaMemcpy destination");
+    if (e == cudaSuccess && (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice))
+        e = check_range(src, bytes, "cudaMemcpy source");
+    if (e != cudaSuccess) return e;
+    if (bytes) memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind, cudaStream_t) {
+    return cudaMemcpy(dst, src, bytes, kind);
+}
+
+cudaError_t cudaMemset(void *p, int value, size_t bytes) {
+    cudaError_t e = check_range(p, bytes, "cudaMemset");
+    if (e != cudaSuccess) return e;
+    if (bytes) memset(p, value, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t) { return cudaMemset(p, value, bytes); }
+
+cudaError_t cudaStreamCreate(cudaStream_t *s) {
+    *s = (cudaStream_t)(void *)&g_stream_token;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int) { return cudaStreamCreate(s); }
+cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+
+cudaError_t cudaGetDeviceCount(int *n) {
+    *n = 1;
+    return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int *d) {
+    *d = 0;
+    return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : set_error(cudaErrorInvalidDevice); }
+
+cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device) {
+    if (device != 0) return set_error(cudaErrorInvalidDevice);
+    memset(prop, 0, sizeof *prop);
+    snprintf(prop->name, sizeof prop->name, "emulated CUDA (CPU)");
+    prop->totalGlobalMem = phys_bytes(0);
+    prop->sharedMemPerBlock = 48 * 1024;
+    prop->sharedMemPerBlockOptin = 227 * 1024;
+    prop->sharedMemPerMultiprocessor = 228 * 1024;
+    prop->regsPerBlock = 65536;
+    prop->warpSize = 32;
+    prop->maxThreadsPerBlock = 1024;
+    prop->maxThreadsDim[0] = 1024, prop->maxThreadsDim[1] = 1024, prop->maxThreadsDim[2] = 64;
+    prop->maxGridSize[0] = 0x7fffffff, prop->maxGridSize[1] = 65535, prop->maxGridSize[2] = 65535;
+    prop->major = 0, prop->minor = 0;  // not a real architecture: code keyed to sm_90 must not think it has one
+    prop->multiProcessorCount = 1;
+    prop->maxThreadsPerMultiProcessor = 2048;
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int device) {
+    if (device != 0) return set_error(cudaErrorInvalidDevice);
+    switch (attr) {
+    case cudaDevAttrMaxThreadsPerBlock: *value = 1024; break;
+    case cudaDevAttrMaxSharedMemoryPerBlock: *value = 48 * 1024; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = 227 * 1024; break;
+    case cudaDevAttrMultiProcessorCount: *value = 1; break;
+    case cudaDevAttrWarpSize: *value = 32; break;
+    case cudaDevAttrComputeCapabilityMajor: *value = 0; break;
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
+    default: *value = 0; return set_error(cudaErrorInvalidValue);
+    }
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
+    *total_bytes = phys_bytes(0);
+    *free_bytes = phys_bytes(1);
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetLastError(void) {
+    cudaError_t e = g_last_error;
+    g_last_error = cudaSuccess;
+    return e;
+}
+cudaError_t cudaPeekAtLastError(void) { return g_last_error; }
+
+const char *cudaGetErrorName(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    default: return "cudaErrorUnknown";
+    }
+}
+const char *cudaGetErrorString(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorLaunchFailure: return "unspecified launch failure (cuda_emu: see the message above)";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInsufficientDriver: return "CUDA driver version is insufficient for CUDA runtime version";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    default: return "unknown error";
+    }
+}
+
+cudaError_t cudaDriverGetVersion(int *v) {
+    *v = CUDART_VERSION;
+    return cudaSuccess;
+}
+cudaError_t cudaRuntimeGetVersion(int *v) {
+    *v = CUDART_VERSION;
+    return cudaSuccess;
+}
+
+// events: host time stamps (streams are synchronous)
+cudaError_t cudaEventCreate(cudaEvent_t *e) {
+    *e = (cudaEvent_t)calloc(1, sizeof(double));
+    g_event_count++;
+    return *e ? cudaSuccess : set_error(cudaErrorMemoryAllocation);
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    free((void *)e);
+    g_event_count--;
+    return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    *(double *)(void *)e = ts.tv_sec + 1e-9 * ts.tv_nsec;
+    return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) {
+    *ms = (float)(1e3 * (*(double *)(void *)end - *(double *)(void *)start));
+    return cudaSuccess;
+}
+
+}  // extern "C"
+
+cudaError_t givt_emu_func_set_attribute(const void *fn, enum cudaFuncAttribute attr, int value) {
+    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaSuccess;  // hints: nothing to emulate
+    if (value < 0 || value > 227 * 1024) return set_error(cudaErrorInvalidValue);
+    std::lock_guard<std::mutex> lock(g_launch_mutex);
+    g_max_dyn_smem[fn] = value;
+    return cudaSuccess;
+}

@@ -1,0 +1,247 @@
+// cuda_emu: a small emulation of CUDA's execution model on the CPU, so that the hand-written kernels
+// of kernels/*.cu run in the tests on machines without a GPU (g++ -x c++ -DGIVT_CUDA_EMU, included
+// through kernels/launch.cuh; see that header for what kernel code may use).
+//
+// How it runs a launch: on the calling OS thread, block after block (blockIdx in x, y, z order); the
+// threads of a block are ucontext fibers that run until they reach a barrier (__syncthreads), a warp
+// collective (__shfl_*_sync, __ballot_sync, __any_sync, __all_sync) or their end; then the collectives
+// whose lanes have all arrived exchange their values, and a barrier opens when every thread of the
+// block waits at it. Between those points the fibers run in forward, reverse or a seeded random order
+// (set_order, or GIVT_EMU_ORDER=forward|reverse|random|cycle and GIVT_EMU_SEED; "cycle", the default,
+// takes the three in turn, launch after launch), so a missing __syncthreads gives wrong results.
+// Errors that abort with a message naming the kernel, its launch site, the block and the thread: a
+// divergent barrier (threads at different __syncthreads, or some exited), a collective called by a
+// lane outside its mask or a mask naming a lane that does not exist, a lane of the mask that never
+// comes (a deadlock), a shuffle reading a lane outside the mask.
+// Memory: `__shared__` is `thread_local` (one OS thread runs one block at a time and fibers never
+// change threads); the static __shared__ arrays are found in the executable's symbol table and
+// poisoned (0xFF bytes: NaN as float or bf16) before each block; the dynamic shared memory is an
+// exact-size allocation poisoned before each block; cudaMalloc is an exact-size malloc, poisoned,
+// so AddressSanitizer reports an out-of-bounds access with its source line. Streams are synchronous.
+#ifndef GIVT_CUDA_EMU_H
+#define GIVT_CUDA_EMU_H
+
+#if defined(__CUDACC__) || defined(__CUDA_ARCH__)
+#error "kernels/emu/cuda_emu.h is for the CPU emulation (g++), not for nvcc"
+#endif
+
+// before any CUDA header (host_defines.h keeps a __shared__ that is already defined)
+#define __shared__ thread_local
+#define __launch_bounds__(...)
+
+#include <cuda_runtime_api.h>
+#include <cuda_bf16.h>
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+// A later #include <cuda_runtime.h> adds nothing (its templates and <<<>>> support are nvcc's).
+#define __CUDA_RUNTIME_H__
+
+// ---- the runtime API: the emulated functions take the real names' places ----------------------
+#define cudaMalloc givt_emu_cudaMalloc
+#define cudaFree givt_emu_cudaFree
+#define cudaMallocAsync givt_emu_cudaMallocAsync
+#define cudaFreeAsync givt_emu_cudaFreeAsync
+#define cudaMemcpy givt_emu_cudaMemcpy
+#define cudaMemcpyAsync givt_emu_cudaMemcpyAsync
+#define cudaMemset givt_emu_cudaMemset
+#define cudaMemsetAsync givt_emu_cudaMemsetAsync
+#define cudaStreamCreate givt_emu_cudaStreamCreate
+#define cudaStreamCreateWithFlags givt_emu_cudaStreamCreateWithFlags
+#define cudaStreamDestroy givt_emu_cudaStreamDestroy
+#define cudaStreamSynchronize givt_emu_cudaStreamSynchronize
+#define cudaDeviceSynchronize givt_emu_cudaDeviceSynchronize
+#define cudaGetDeviceCount givt_emu_cudaGetDeviceCount
+#define cudaGetDevice givt_emu_cudaGetDevice
+#define cudaSetDevice givt_emu_cudaSetDevice
+#define cudaGetDeviceProperties givt_emu_cudaGetDeviceProperties
+#define cudaDeviceGetAttribute givt_emu_cudaDeviceGetAttribute
+#define cudaMemGetInfo givt_emu_cudaMemGetInfo
+#define cudaGetLastError givt_emu_cudaGetLastError
+#define cudaPeekAtLastError givt_emu_cudaPeekAtLastError
+#define cudaGetErrorString givt_emu_cudaGetErrorString
+#define cudaGetErrorName givt_emu_cudaGetErrorName
+#define cudaDriverGetVersion givt_emu_cudaDriverGetVersion
+#define cudaRuntimeGetVersion givt_emu_cudaRuntimeGetVersion
+#define cudaEventCreate givt_emu_cudaEventCreate
+#define cudaEventDestroy givt_emu_cudaEventDestroy
+#define cudaEventRecord givt_emu_cudaEventRecord
+#define cudaEventSynchronize givt_emu_cudaEventSynchronize
+#define cudaEventElapsedTime givt_emu_cudaEventElapsedTime
+#define cudaFuncSetAttribute givt_emu_cudaFuncSetAttribute
+// cuBLASLt: the descriptors and layouts are the real library's; only the handle and the product
+// and the calls that need it (the heuristic) are emulated (kernels/emu/cublaslt_emu.cpp: a CPU GEMM
+// that reads the descriptors and layouts back).
+#define cublasLtCreate givt_emu_cublasLtCreate
+#define cublasLtMatmulAlgoGetHeuristic givt_emu_cublasLtMatmulAlgoGetHeuristic
+#define cublasLtDestroy givt_emu_cublasLtDestroy
+#define cublasLtMatmul givt_emu_cublasLtMatmul
+
+extern "C" {
+cudaError_t cudaMalloc(void **p, size_t bytes);
+cudaError_t cudaFree(void *p);
+cudaError_t cudaMallocAsync(void **p, size_t bytes, cudaStream_t stream);
+cudaError_t cudaFreeAsync(void *p, cudaStream_t stream);
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind);
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
+                            cudaStream_t stream = 0);
+cudaError_t cudaMemset(void *p, int value, size_t bytes);
+cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t stream = 0);
+cudaError_t cudaStreamCreate(cudaStream_t *s);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags);
+cudaError_t cudaStreamDestroy(cudaStream_t s);
+cudaError_t cudaStreamSynchronize(cudaStream_t s);
+cudaError_t cudaDeviceSynchronize(void);
+cudaError_t cudaGetDeviceCount(int *n);
+cudaError_t cudaGetDevice(int *d);
+cudaError_t cudaSetDevice(int d);
+cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device);
+cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int device);
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
+cudaError_t cudaGetLastError(void);
+cudaError_t cudaPeekAtLastError(void);
+const char *cudaGetErrorString(cudaError_t e);
+const char *cudaGetErrorName(cudaError_t e);
+cudaError_t cudaDriverGetVersion(int *v);
+cudaError_t cudaRuntimeGetVersion(int *v);
+cudaError_t cudaEventCreate(cudaEvent_t *e);
+cudaError_t cudaEventDestroy(cudaEvent_t e);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = 0);
+cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end);
+}
+cudaError_t givt_emu_func_set_attribute(const void *fn, enum cudaFuncAttribute attr, int value);
+template <typename F>
+static inline cudaError_t cudaFuncSetAttribute(F *fn, enum cudaFuncAttribute attr, int value) {
+    return givt_emu_func_set_attribute((const void *)fn, attr, value);
+}
+template <typename T>
+static inline cudaError_t cudaMalloc(T **p, size_t bytes) {
+    return cudaMalloc((void **)p, bytes);
+}
+template <typename T>
+static inline cudaError_t cudaMallocAsync(T **p, size_t bytes, cudaStream_t stream) {
+    return cudaMallocAsync((void **)p, bytes, stream);
+}
+
+// ---- device-side names -----------------------------------------------------------------------
+namespace givt_emu {
+
+enum Order { ORDER_CYCLE, ORDER_FORWARD, ORDER_REVERSE, ORDER_RANDOM };
+// The order fibers run in between barriers (default: GIVT_EMU_ORDER, else cycle) and the random seed.
+void set_order(Order o, uint64_t seed);
+Order get_order(void);
+const char *order_name(Order o);
+// Errors found in a kernel: abort with the message (default), or (record = 1, for the emulator's own
+// tests) record it, abandon the launch and make cudaGetLastError return cudaErrorLaunchFailure.
+void set_record_errors(int record);
+const char *last_kernel_error(void);  // the recorded message ("" if none); cleared by clear_kernel_error
+void clear_kernel_error(void);
+// Emulated threads run so far (for reports).
+unsigned long long threads_run(void);
+
+extern thread_local const uint3 *t_tid;  // threadIdx of the running fiber
+extern thread_local uint3 t_blockIdx;
+extern thread_local dim3 t_blockDim, t_gridDim;
+void *dynamic_smem(void);
+void syncthreads(const char *file, int line);
+
+enum WarpOp { W_IDX, W_XOR, W_DOWN, W_UP, W_BALLOT, W_ANY, W_ALL };
+uint64_t warp_op(WarpOp op, const char *name, const char *file, int line, unsigned mask, uint64_t bits, int arg,
+                 int width);
+
+template <typename T>
+static inline T shfl(WarpOp op, const char *name, const char *file, int line, unsigned mask, T v, int arg,
+                     int width = 32) {
+    static_assert(std::is_trivially_copyable<T>::value && sizeof(T) <= 8, "shuffle of a type over 8 bytes");
+    uint64_t b = 0;
+    memcpy(&b, &v, sizeof v);
+    b = warp_op(op, name, file, line, mask, b, arg, width);
+    T r;
+    memcpy(&r, &b, sizeof r);
+    return r;
+}
+
+typedef void (*BlockFn)(void *ctx);
+void run_grid(const char *kernel, const char *file, int line, dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+              const void *fn_id, BlockFn fn, void *ctx);
+
+template <typename Tuple, typename... P>
+struct LaunchCtx {
+    void (*k)(P...);
+    Tuple *args;
+    static void run(void *p) {
+        LaunchCtx *c = (LaunchCtx *)p;
+        std::apply(c->k, *c->args);  // every thread gets its own copies of the parameters
+    }
+};
+
+// GIVT_LAUNCH(kernel, grid, block, smem, stream, args...) under emulation
+template <typename... P, typename... A>
+void launch(const char *name, const char *file, int line, dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+            void (*k)(P...), A &&...a) {
+    static_assert(sizeof...(P) == sizeof...(A), "GIVT_LAUNCH: wrong number of kernel arguments");
+    typedef std::tuple<typename std::decay<P>::type...> Tuple;
+    Tuple args(std::forward<A>(a)...);  // converted to the parameter types once, as CUDA does
+    LaunchCtx<Tuple, P...> c = {k, &args};
+    run_grid(name, file, line, grid, block, smem, s, (const void *)k, LaunchCtx<Tuple, P...>::run, &c);
+}
+
+}  // namespace givt_emu
+
+#define threadIdx (*givt_emu::t_tid)
+#define blockIdx (static_cast<const uint3 &>(givt_emu::t_blockIdx))
+#define blockDim (static_cast<const dim3 &>(givt_emu::t_blockDim))
+#define gridDim (static_cast<const dim3 &>(givt_emu::t_gridDim))
+static constexpr int warpSize = 32;
+
+#define __syncthreads() givt_emu::syncthreads(__FILE__, __LINE__)
+#define __shfl_sync(mask, v, ...) givt_emu::shfl(givt_emu::W_IDX, "__shfl_sync", __FILE__, __LINE__, mask, v, __VA_ARGS__)
+#define __shfl_xor_sync(mask, v, ...) \
+    givt_emu::shfl(givt_emu::W_XOR, "__shfl_xor_sync", __FILE__, __LINE__, mask, v, __VA_ARGS__)
+#define __shfl_down_sync(mask, v, ...) \
+    givt_emu::shfl(givt_emu::W_DOWN, "__shfl_down_sync", __FILE__, __LINE__, mask, v, __VA_ARGS__)
+#define __shfl_up_sync(mask, v, ...) \
+    givt_emu::shfl(givt_emu::W_UP, "__shfl_up_sync", __FILE__, __LINE__, mask, v, __VA_ARGS__)
+#define __ballot_sync(mask, pred) \
+    ((unsigned)givt_emu::warp_op(givt_emu::W_BALLOT, "__ballot_sync", __FILE__, __LINE__, mask, (pred) != 0, 0, 32))
+#define __any_sync(mask, pred) \
+    ((int)givt_emu::warp_op(givt_emu::W_ANY, "__any_sync", __FILE__, __LINE__, mask, (pred) != 0, 0, 32))
+#define __all_sync(mask, pred) \
+    ((int)givt_emu::warp_op(givt_emu::W_ALL, "__all_sync", __FILE__, __LINE__, mask, (pred) != 0, 0, 32))
+
+// ---- device-only functions of the allowed list, on the host -----------------------------------
+static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+// (glibc declares __expf and __logf itself: the emulated ones take other names)
+static inline float givt_emu_expf(float x) { return expf(x); }
+static inline float givt_emu_logf(float x) { return logf(x); }
+static inline float givt_emu_fdividef(float a, float b) { return a / b; }
+#define __expf givt_emu_expf
+#define __logf givt_emu_logf
+#define __fdividef givt_emu_fdividef
+// One OS thread runs everything: plain read-modify-write is atomic here. Integers only (no
+// floating-point atomics: reductions must be deterministic).
+static inline int atomicAdd(int *p, int v) {
+    int o = *p;
+    *p = o + v;
+    return o;
+}
+static inline unsigned atomicAdd(unsigned *p, unsigned v) {
+    unsigned o = *p;
+    *p = o + v;
+    return o;
+}
+static inline unsigned long long atomicAdd(unsigned long long *p, unsigned long long v) {
+    unsigned long long o = *p;
+    *p = o + v;
+    return o;
+}
+
+#endif

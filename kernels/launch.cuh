@@ -1,0 +1,118 @@
+// launch.cuh: included FIRST by every kernels/*.cu. One source, two builds:
+//   - nvcc (the GPU build): <cuda_runtime.h>, <cuda_bf16.h>;
+//   - g++ -x c++ -DGIVT_CUDA_EMU (the CPU emulation, kernels/emu/): kernels/emu/cuda_emu.h, which
+//     gives the same names on the CPU (blocks run one at a time, the threads of a block as fibers).
+// and, in both, the project's C headers (with C linkage), kernels/cuda_backend.h and these macros:
+//
+//   GIVT_LAUNCH(kernel, grid, block, smem_bytes, stream, args...)
+//       kernel<<<grid, block, smem_bytes, stream>>>(args...), then cudaGetLastError checked: a failure
+//       exits naming the kernel and file:line. Every launch goes through it (g++ cannot parse <<<>>>).
+//       A templated kernel whose arguments hold a comma: name it through a local pointer first,
+//       e.g. `auto *k = my_kernel<float, 4>; GIVT_LAUNCH(k, ...)`.
+//   CUDA_CHECK(call)
+//       a runtime call whose cudaError_t is checked: a failure exits naming the call, file:line, the
+//       error and a hint (e.g. "no usable NVIDIA driver" for cudaErrorInsufficientDriver).
+//   GIVT_DYNAMIC_SMEM(type, name)
+//       inside a kernel: `type *name` = the launch's dynamic shared memory (smem_bytes of GIVT_LAUNCH),
+//       aligned to 16 bytes. Use it once per kernel, at function scope.
+//   cuda_stream(be), cuda_ctx(be)
+//       the cudaStream_t every op is enqueued on, and the backend's CudaCtx.
+//
+// What kernel code may use (the emulation implements exactly this; anything else is a compile error
+// or wrong under emulation, so do not use it):
+//   - threadIdx, blockIdx, blockDim, gridDim (x, y, z); warpSize (32);
+//   - __syncthreads() (every thread of the block must reach the same barrier: a divergent barrier is
+//     an error under emulation);
+//   - __shfl_sync, __shfl_xor_sync, __shfl_down_sync, __shfl_up_sync (int, unsigned, float), with the
+//     full mask 0xffffffff or an explicit mask of lanes that all make the same call (a lane outside
+//     the mask, or a missing lane, is an error under emulation); width argument: 32 or omitted;
+//   - __ballot_sync, __any_sync, __all_sync (same mask rules);
+//   - static __shared__ arrays (function scope, no initialiser) and GIVT_DYNAMIC_SMEM;
+//   - __nv_bfloat16 with __float2bfloat16, __float2bfloat16_rn, __bfloat162float (no bf16 arithmetic
+//     operators: convert to float, compute, convert back);
+//   - math on float: expf, logf, log1pf, sqrtf, rsqrtf, fmaxf, fminf, fabsf, __expf, __fdividef,
+//     and the ordinary operators; double arithmetic where an op needs it;
+//   - atomicAdd on int / unsigned (no floating-point atomics: reductions are deterministic);
+//   - __device__ / __forceinline__ helpers, __restrict__, __launch_bounds__, #pragma unroll.
+// Not allowed: inline PTX, cooperative groups, warp-level matrix ops (wmma/mma), implicit warp-synchronous
+// code (lanes exchanging through shared memory without a barrier: use the *_sync intrinsics),
+// __syncwarp, clock(), printf from device code, dynamic parallelism, floating-point atomics.
+// Results under emulation differ from the GPU in FMA contraction and ulps of expf/rsqrtf: tests
+// compare with tolerances.
+#ifndef GIVT_LAUNCH_CUH
+#define GIVT_LAUNCH_CUH
+
+#ifdef GIVT_CUDA_EMU
+#include "emu/cuda_emu.h"
+#else
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#endif
+
+#include <stdio.h>
+#include <stdlib.h>
+
+extern "C" {
+#include "backend.h"
+#include "ops.h"
+#include "util.h"
+}
+#include "cuda_backend.h"
+
+// A hint for the errors a user can do something about.
+static inline const char *givt_cuda_hint(cudaError_t e) {
+    switch (e) {
+    case cudaErrorInsufficientDriver: return "no usable NVIDIA driver";
+    case cudaErrorNoDevice: return "no CUDA device visible (CUDA_VISIBLE_DEVICES?)";
+    case cudaErrorMemoryAllocation: return "out of GPU memory: a smaller batch_size or model";
+    case cudaErrorInvalidConfiguration: return "invalid launch configuration (grid, block or shared memory size)";
+    case cudaErrorLaunchOutOfResources: return "too many threads or registers per block for this kernel";
+    case cudaErrorIllegalAddress: return "a kernel accessed memory out of bounds: run it under compute-sanitizer";
+    case cudaErrorNoKernelImageForDevice: return "the binary has no code for this GPU (built for sm_90)";
+    case cudaErrorUnsupportedPtxVersion: return "the driver is older than the CUDA toolkit that built this";
+    case cudaErrorInvalidValue: return "an invalid argument (a size, pointer or enum)";
+    default: return "";
+    }
+}
+
+[[noreturn]] static inline void givt_cuda_fail(const char *what, const char *name, const char *file, int line,
+                                               cudaError_t e) {
+    const char *hint = givt_cuda_hint(e);
+    givt_die_at(file, line, "CUDA error: %s %s: %s (%s)%s%s", what, name, cudaGetErrorString(e), cudaGetErrorName(e),
+                *hint ? ": " : "", hint);
+}
+
+#define CUDA_CHECK(call)                                                               \
+    do {                                                                               \
+        cudaError_t givt_cuda_err_ = (call);                                           \
+        if (givt_cuda_err_ != cudaSuccess)                                             \
+            givt_cuda_fail("call", #call, __FILE__, __LINE__, givt_cuda_err_);         \
+    } while (0)
+
+#ifdef GIVT_CUDA_EMU
+#define GIVT_LAUNCH(kernel, grid, block, smem_bytes, stream, ...)                                      \
+    do {                                                                                               \
+        givt_emu::launch(#kernel, __FILE__, __LINE__, (grid), (block), (smem_bytes), (stream), kernel, \
+                         __VA_ARGS__);                                                                 \
+        cudaError_t givt_cuda_err_ = cudaGetLastError();                                               \
+        if (givt_cuda_err_ != cudaSuccess)                                                             \
+            givt_cuda_fail("launch of kernel", #kernel, __FILE__, __LINE__, givt_cuda_err_);           \
+    } while (0)
+#define GIVT_DYNAMIC_SMEM(type, name) type *name = (type *)givt_emu::dynamic_smem()
+#else
+#define GIVT_LAUNCH(kernel, grid, block, smem_bytes, stream, ...)                                      \
+    do {                                                                                               \
+        kernel<<<(grid), (block), (smem_bytes), (stream)>>>(__VA_ARGS__);                              \
+        cudaError_t givt_cuda_err_ = cudaGetLastError();                                               \
+        if (givt_cuda_err_ != cudaSuccess)                                                             \
+            givt_cuda_fail("launch of kernel", #kernel, __FILE__, __LINE__, givt_cuda_err_);           \
+    } while (0)
+#define GIVT_DYNAMIC_SMEM(type, name)                              \
+    extern __shared__ __align__(16) unsigned char givt_smem_[];    \
+    type *name = (type *)givt_smem_
+#endif
+
+static inline CudaCtx *cuda_ctx(Backend *be) { return (CudaCtx *)be->ctx; }
+static inline cudaStream_t cuda_stream(Backend *be) { return (cudaStream_t)((CudaCtx *)be->ctx)->stream; }
+
+#endif

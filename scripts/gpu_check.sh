@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# gpu_check.sh: one command for a GPU machine (an H200 with nvcc, compute-sanitizer and PyTorch, but
+# no package registry, OpenBLAS or MPI). From the repository root or anywhere:
+#   scripts/gpu_check.sh                here, on the GPU machine: build, test, print a table (< 7 min)
+#   scripts/gpu_check.sh --fetch-debs   beforehand, on a build machine with apt (Debian 12 amd64):
+#                                       download the OpenBLAS .debs into third_party/debs/ (git-ignored;
+#                                       carry that folder to the GPU machine with the working tree)
+# The CPU backend (the reference the op tests compare with) needs OpenBLAS: a system one is used when
+# pkg-config finds it; else the carried .debs are unpacked (dpkg -x, or ar + tar) into
+# build-gpu/openblas/ and linked from there with an rpath. Nothing is installed.
+# Steps (each with its own time limit; a failed step does not stop the others):
+#   build      the programs and build-gpu/run_tests_gpu, all in build-gpu/ (kernels
+#              for sm_90 by nvcc, warnings as errors)
+#   ops        run_tests_gpu backend_ops: every op on the GPU (fp32 and bf16) against the CPU and a
+#              double reference
+#   tests      run_tests_gpu: every other test (CPU paths, programs)
+#   train      configs/tiny.ini on cuda fp32 and bf16 and on cpu: final losses (fp32 cuda ~ cpu)
+#   memcheck, racecheck, synccheck, initcheck: compute-sanitizer on the op tests (small shapes)
+#   kill-resume  scripts/check_kill_resume.sh with DEVICE=cuda: SIGKILL at many points, resumed runs
+#              end bit-identical to an uninterrupted one
+# Without a GPU (a dry run) the GPU steps say SKIP. Logs: build-gpu/gpu_check/*.log.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DEBS=$ROOT/third_party/debs
+
+if [ "${1:-}" = --fetch-debs ]; then
+    mkdir -p "$DEBS" && cd "$DEBS" &&
+        apt-get download libopenblas0-openmp libopenblas-openmp-dev libopenblas-dev libgfortran5 &&
+        ls -la "$DEBS"
+    exit $?
+fi
+
+OUT=$ROOT/build-gpu/gpu_check
+mkdir -p "$OUT"
+JOBS=${JOBS:-$(nproc)}
+declare -a ROWS
+T_START=${EPOCHREALTIME}
+row() { ROWS+=("$(printf '%-12s %-6s %7s  %s' "$1" "$2" "$3" "$4")"); echo "[gpu_check] $1: $2 ($3 s) $4"; }
+elapsed() { awk -v a="$1" -v b="${EPOCHREALTIME}" 'BEGIN { printf "%.1f", b - a }'; }
+# run NAME LIMIT_S CMD...: output to $OUT/NAME.log; sets RC
+run() {
+    local name=$1 limit=$2
+    shift 2
+    timeout --kill-after=5 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    RC=$?
+}
+
+# ---- GPU present? ------------------------------------------------------------------------------
+GPU=""
+if command -v nvidia-smi >/dev/null 2>&1; then
+    GPU=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
+fi
+echo "[gpu_check] GPU: ${GPU:-none (dry run: GPU steps are skipped)}"
+command -v nvcc >/dev/null 2>&1 || export PATH=$PATH:/usr/local/cuda/bin
+echo "[gpu_check] nvcc: $(nvcc --version 2>/dev/null | tail -1)"
+
+# ---- OpenBLAS -----------------------------------------------------------------------------------
+MAKE_BLAS=()
+if [ "${USE_DEBS:-0}" != 1 ] && pkg-config --exists openblas 2>/dev/null; then
+    echo "[gpu_check] OpenBLAS: system ($(pkg-config --modversion openblas))"
+else
+    P=$ROOT/build-gpu/openblas
+    if [ ! -e "$P/.done" ]; then
+        ls "$DEBS"/*.deb >/dev/null 2>&1 || { echo "[gpu_check] no OpenBLAS here and no .debs in $DEBS: run scripts/gpu_check.sh --fetch-debs on a build machine and carry third_party/debs"; exit 2; }
+        rm -rf "$P" && mkdir -p "$P"
+        for d in "$DEBS"/*.deb; do
+            if command -v dpkg-deb >/dev/null 2>&1; then
+                dpkg-deb -x "$d" "$P"
+            else  # a .deb is an ar archive holding data.tar.*
+                (cd "$P" && ar x "$d" && tar -xf data.tar.* && rm -f data.tar.* control.tar.* debian-binary)
+            fi || { echo "[gpu_check] cannot unpack $d"; exit 2; }
+        done
+        touch "$P/.done"
+    fi
+    ML=x86_64-linux-gnu
+    INC=$P/usr/include/$ML/openblas-openmp
+    LIB=$P/usr/lib/$ML/openblas-openmp
+    [ -e "$LIB/libopenblas.so" ] || ln -sf libopenblas.so.0 "$LIB/libopenblas.so"
+    echo "[gpu_check] OpenBLAS: unpacked from $DEBS into $P"
+    MAKE_BLAS=(PKG_CONFIG=false "CFLAGS=-O3 -march=native -g -I$INC"
+               "LDLIBS=-fopenmp -lm -L$LIB -lopenblas -Wl,-rpath,$LIB -Wl,-rpath,$P/usr/lib/$ML -Wl,-rpath-link,$P/usr/lib/$ML")
+fi
+
+# ---- build ------------------------------------------------------------------------------------
+t=${EPOCHREALTIME}
+B=$ROOT/build-gpu
+run build 300 make -j"$JOBS" BUILD=build-gpu BIN_PREFIX=build-gpu/ "${MAKE_BLAS[@]}" build-gpu/run_tests_gpu \
+    build-gpu/givt-train build-gpu/givt-eval build-gpu/givt-bench build-gpu/givt-prepare-digits
+if [ $RC -eq 0 ]; then
+    row build PASS "$(elapsed "$t")" "$($B/givt-train --version | grep -E '^  cuda' | sed 's/^ *//')"
+else
+    row build FAIL "$(elapsed "$t")" "see $OUT/build.log"
+    tail -20 "$OUT/build.log"
+    printf '%s\n' "${ROWS[@]}"
+    exit 1
+fi
+RT=$ROOT/build-gpu/run_tests_gpu
+export GIVT_BIN_DIR=$B  # the tests that start a program find it here
+HAVE_CUDA=0
+$B/givt-train --version | grep -qE '^  cuda +available' && HAVE_CUDA=1
+
+summary() { grep -E '^[0-9]+ passed' "$OUT/$1.log" | tail -1; }
+
+# ---- op tests on the GPU ----------------------------------------------------------------------
+t=${EPOCHREALTIME}
+run ops 120 "$RT" backend_ops
+if [ $HAVE_CUDA = 0 ]; then
+    row ops SKIP "$(elapsed "$t")" "no GPU: CPU only ($(summary ops))"
+else
+    n=$(grep -cE '^  cuda' "$OUT/ops.log")
+    row ops "$([ $RC -eq 0 ] && echo PASS || echo FAIL)" "$(elapsed "$t")" "$(summary ops); $n cuda result lines; worst: $(grep -E '^  cuda' "$OUT/ops.log" | grep -oE '[0-9.]+e[-+][0-9]+' | sort -g | tail -1)"
+fi
+
+# ---- the other tests --------------------------------------------------------------------------
+t=${EPOCHREALTIME}
+run tests 240 "$RT"
+row tests "$([ $RC -eq 0 ] && echo PASS || echo FAIL)" "$(elapsed "$t")" "$(summary tests)"
+
+# ---- tiny training ----------------------------------------------------------------------------
+final_loss() { grep -E '^step [0-9]+/[0-9]+' "$1" | tail -1 | sed -E 's/.*loss ([0-9.]+).*\| val ([0-9.]+).*/loss \1 val \2/'; }
+t=${EPOCHREALTIME}
+rm -rf "$OUT/train-"*
+run train-cpu 60 $B/givt-train configs/tiny.ini train.out_dir="$OUT/train-cpu" train.device=cpu
+if [ $HAVE_CUDA = 1 ]; then
+    run train-f32 60 $B/givt-train configs/tiny.ini train.out_dir="$OUT/train-f32" train.device=cuda
+    rc1=$RC
+    run train-bf16 60 $B/givt-train configs/tiny.ini train.out_dir="$OUT/train-bf16" train.device=cuda train.mixed_precision=bf16
+    rc2=$RC
+    row train "$([ $rc1 -eq 0 ] && [ $rc2 -eq 0 ] && echo PASS || echo FAIL)" "$(elapsed "$t")" \
+        "cpu: $(final_loss "$OUT/train-cpu.log") | cuda f32: $(final_loss "$OUT/train-f32.log") | bf16: $(final_loss "$OUT/train-bf16.log")"
+else
+    row train SKIP "$(elapsed "$t")" "no GPU (cpu: $(final_loss "$OUT/train-cpu.log"))"
+fi
+
+# ---- compute-sanitizer ------------------------------------------------------------------------
+# on the op tests (small shapes); racecheck and synccheck on the kernels with shared memory and
+# barriers (norm, attention, loss), the slowest tools
+CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+sanitize() {
+    local tool=$1 limit=$2 filter=$3
+    shift 3
+    local t=${EPOCHREALTIME}
+    if [ $HAVE_CUDA = 0 ] || [ ! -x "$CS" ]; then
+        row "$tool" SKIP 0 "no GPU or no compute-sanitizer"
+        return
+    fi
+    local errs=0 rcs=0
+    for f in $filter; do
+        run "$tool-$f" "$limit" "$CS" --tool "$tool" --error-exitcode 9 "$@" "$RT" "$f"
+        [ $RC -ne 0 ] && rcs=$RC
+        errs=$((errs + $(grep -cE '^========= (Invalid|Uninitialized|Race|Barrier|Error|.*hazard)' "$OUT/$tool-$f.log")))
+    done
+    local st=PASS
+    [ $rcs -eq 124 ] || [ $rcs -eq 137 ] && st=TIME
+    [ $rcs -ne 0 ] && [ $st = PASS ] && st=FAIL
+    row "$tool" "$st" "$(elapsed "$t")" "$errs reports on: $filter"
+}
+sanitize memcheck 120 "backend_ops" --leak-check full
+sanitize initcheck 90 "backend_ops_matmul backend_ops_residual backend_ops_attention backend_ops_gaussian backend_ops_sumsq"
+sanitize racecheck 120 "backend_ops_residual backend_ops_attention backend_ops_gaussian_nll_dy backend_ops_sumsq"
+sanitize synccheck 90 "backend_ops_residual backend_ops_attention backend_ops_gaussian_nll_dy backend_ops_sumsq"
+
+# ---- kill / resume, bit for bit ------------------------------------------------------------------
+t=${EPOCHREALTIME}
+if [ $HAVE_CUDA = 1 ]; then
+    run kill-resume 150 env DEVICE=cuda GIVT_TRAIN=$B/givt-train bash scripts/check_kill_resume.sh
+    row kill-resume "$(grep -qE '^PASS' "$OUT/kill-resume.log" && [ $RC -eq 0 ] && echo PASS || { [ $RC -eq 124 ] && echo TIME || echo FAIL; })" \
+        "$(elapsed "$t")" "$(tail -1 "$OUT/kill-resume.log")"
+else
+    row kill-resume SKIP 0 "no GPU"
+fi
+
+# ---- the table --------------------------------------------------------------------------------
+echo
+echo "gpu_check: ${GPU:-no GPU (dry run)}; $(git rev-parse --short HEAD 2>/dev/null) $(git status --porcelain 2>/dev/null | grep -q . && echo '(with local changes)')"
+printf '%-12s %-6s %7s  %s\n' step result seconds details
+printf '%s\n' "${ROWS[@]}"
+echo "total $(elapsed "$T_START") s; logs in $OUT"
+printf '%s\n' "${ROWS[@]}" | grep -qE '^\S+ +(FAIL|TIME)' && exit 1
+exit 0
