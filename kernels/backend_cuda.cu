@@ -113,6 +113,7 @@ GivtOps make_ops() {
     o.download = cu_download;
     o.zero = cu_zero;
     o.copy = cu_copy;
+    o.copy_rows = cuda_copy_rows;
     o.mem_info = cu_mem_info;
     o.synchronize = cu_synchronize;
     o.close = cu_close;

@@ -41,6 +41,8 @@ void cuda_swiglu_bwd(Backend *be, cval *dh, const cval *dout, const cval *h, int
 void cuda_shift_bos(Backend *be, cval *in, const float *x, const cval *bos, int B, int T, int D);
 void cuda_shift_bos_bwd(Backend *be, float *dbos, const cval *din, int B, int T, int D);
 void cuda_to_compute(Backend *be, cval *dst, const float *src, size_t n);
+void cuda_copy_rows(Backend *be, cval *dst, size_t dst_row, size_t dst_batch, const cval *src, size_t src_row,
+                    size_t src_batch, int B, int rows, int width);
 // ---- kernels/loss.cu ----
 void cuda_gaussian_nll(Backend *be, cval *dy, double *loss_sum, const cval *y, const float *x, int N, int D,
                        double eps, float scale);

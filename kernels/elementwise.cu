@@ -1,5 +1,6 @@
-// elementwise.cu: SwiGLU forward and backward, the bos input shift and its backward, and the
-// float32 -> compute dtype conversion (ops.h: swiglu_fwd / _bwd, shift_bos / _bwd, to_compute),
+// elementwise.cu: SwiGLU forward and backward, the bos input shift and its backward, the
+// float32 -> compute dtype conversion and the strided row copy of the KV cache (ops.h: swiglu_fwd /
+// _bwd, shift_bos / _bwd, to_compute, copy_rows),
 // with the formulas of the CPU reference (csrc/model/ops_cpu.c); float32 math inside, grid-stride
 // loops. shift_bos_bwd sums over the batch in order (b = 0, 1, ...) into dbos: deterministic.
 #include "launch.cuh"
@@ -50,6 +51,16 @@ template <typename T> __global__ void shift_bos_bwd_kernel(float *dbos, const T 
     float acc = dbos[d];
     for (int b = 0; b < B; b++) acc += cm_f32(din[(size_t)b * T_ * D + d]);
     dbos[d] = acc;
+}
+
+// The KV cache's append: element e of row r of batch b, flattened as i = (b * rows + r) * width + e
+template <typename T>
+__global__ void copy_rows_kernel(T *dst, size_t dst_row, size_t dst_batch, const T *src, size_t src_row,
+                                 size_t src_batch, int rows, int width, size_t total) {
+    CM_GRID_STRIDE(i, total) {
+        const size_t e = i % (size_t)width, r = (i / (size_t)width) % (size_t)rows, b = i / ((size_t)width * rows);
+        dst[b * dst_batch + r * dst_row + e] = src[b * src_batch + r * src_row + e];
+    }
 }
 
 template <typename T> __global__ void to_compute_kernel(T *dst, const float *src, size_t n) {
@@ -124,6 +135,23 @@ extern "C" void cuda_shift_bos_bwd(Backend *be, float *dbos, const cval *din, in
     } else {
         typedef float T;
         GIVT_LAUNCH(shift_bos_bwd_kernel<T>, grid, EW_BLOCK, 0, cuda_stream(be), dbos, (const T *)din, B, T_, D);
+    }
+}
+
+// Strided copy of compute elements (ops.h copy_rows); source and destination do not overlap
+extern "C" void cuda_copy_rows(Backend *be, cval *dst, size_t dst_row, size_t dst_batch, const cval *src,
+                               size_t src_row, size_t src_batch, int B, int rows, int width) {
+    const size_t total = (size_t)B * rows * width;
+    if (total == 0) return;
+    const unsigned grid = cm_grid_elementwise(be, total, EW_BLOCK);
+    if (((CudaCtx *)be->ctx)->dtype == DTYPE_BF16) {
+        typedef __nv_bfloat16 T;
+        GIVT_LAUNCH(copy_rows_kernel<T>, grid, EW_BLOCK, 0, cuda_stream(be), (T *)dst, dst_row, dst_batch,
+                    (const T *)src, src_row, src_batch, rows, width, total);
+    } else {
+        typedef float T;
+        GIVT_LAUNCH(copy_rows_kernel<T>, grid, EW_BLOCK, 0, cuda_stream(be), (T *)dst, dst_row, dst_batch,
+                    (const T *)src, src_row, src_batch, rows, width, total);
     }
 }
 

@@ -360,7 +360,7 @@ static void t_copy_rows(const Target *t) {
         size_t ns = (size_t)B * sb, nd = (size_t)B * db;
         float *src = xmalloc(ns * 4), *dst = xmalloc(nd * 4), *want = xmalloc(nd * 4), *got = xmalloc(nd * 4);
         for (size_t i = 0; i < ns; i++) src[i] = (float)((int)(i % 251) - 125) / 8.0f;
-        for (size_t i = 0; i < nd; i++) dst[i] = want[i] = -1000.0f - (float)(i % 7);
+        for (size_t i = 0; i < nd; i++) dst[i] = want[i] = -64.0f - (float)(i % 7);
         for (int b = 0; b < B; b++)
             for (int r = 0; r < rows; r++)
                 memcpy(want + b * db + (size_t)(pos + r) * dr, src + b * sb + r * sr + W, (size_t)W * 4);
