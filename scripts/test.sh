@@ -5,4 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
 make -j"$(nproc)" all
+make -j"$(nproc)" build/run_tests
+# The CUDA kernels under the emulation, each of the three orders in which it runs a block's threads
+# between barriers (the main run below takes them in turn, launch after launch): a kernel missing a
+# barrier fails in at least one. (Without nvcc the build has no CUDA backend: these run the CPU only.)
+for order in forward reverse random; do
+  echo "== backend op tests, CUDA kernels emulated in thread order: $order"
+  GIVT_EMU_ORDER=$order build/run_tests backend_ops_ | tail -1
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "backend op tests failed in thread order $order" >&2; exit 1; }
+done
 make test
