@@ -134,6 +134,14 @@ void backend_profile_stop(Backend *be) {
     be->profile = NULL;
 }
 
+void backend_range_push(Backend *be, const char *name) {
+    if (be->ops->range_push) be->ops->range_push(be, name);
+}
+
+void backend_range_pop(Backend *be) {
+    if (be->ops->range_pop) be->ops->range_pop(be);
+}
+
 double backend_op_begin(Backend *be, const char *name) {
     if (be->ops->range_push) be->ops->range_push(be, name);
     if (!be->profile) return 0.0;

@@ -57,5 +57,10 @@ void backend_profile_stop(Backend *be);
 // Called around each op by the model (see model.c): no-ops unless profiling.
 double backend_op_begin(Backend *be, const char *name);
 void backend_op_end(Backend *be, const char *name, double t0);
+// A named range around a phase (a training step's forward, backward, loss, gradient reduction,
+// optimizer; a layer): an NVTX range on a GPU, so that an Nsight Systems timeline reads like the
+// model; nothing on the CPU. Not timed by the profile (ops are).
+void backend_range_push(Backend *be, const char *name);
+void backend_range_pop(Backend *be);
 
 #endif

@@ -486,6 +486,13 @@ static int layer_tensor(const GivtModel *m, int l, int k) { return m->table.laye
 static const cval *lwc(const GivtModel *m, const Weights *w, int l, int k) { return wc(m, w, layer_tensor(m, l, k)); }
 static float *lgrad(const GivtModel *m, int l, int k) { return grad(m, layer_tensor(m, l, k)); }
 
+// The name of layer l's range on a profiler timeline (NVTX).
+static const char *layer_range(int l) {
+    static const char *const names[] = {"layer 0", "layer 1", "layer 2", "layer 3", "layer 4", "layer 5", "layer 6",
+                                        "layer 7", "layer 8", "layer 9", "layer 10", "layer 11", "layer 12+"};
+    return names[l < 12 ? l : 12];
+}
+
 // One block: res_out = res_in + attention branch + MLP branch, activations into layer l's slot.
 // The norm of res_out (the next layer's ln1, or the final norm) is fused with the last add: next_ln
 // and next_rstd receive it. recompute (gradient checkpointing's backward) computes ln1 from res_in
@@ -499,6 +506,7 @@ static void layer_forward(GivtModel *m, const Weights *w, int l, int B, int T, c
     LayerActs la = layer_acts(m, l);
     AttnShape sh = attn_shape(c, B, T);
     size_t E = m->acts->esize;
+    backend_range_push(be, layer_range(l));
     // attention: res_mid = res_in + o_proj(attn(rope(qkv(ln1)))), ln1 = rmsnorm(res_in) (computed by
     // the previous layer's fused add + norm, or here for layer 0 and when recomputing)
     if (l == 0 || recompute)
@@ -523,6 +531,7 @@ static void layer_forward(GivtModel *m, const Weights *w, int l, int B, int T, c
     OP(matmul_fwd, proj, la.swi, lwc(m, w, l, P_FC3), N, F, C);
     const cval *next_w = l + 1 < c->num_layers ? lwc(m, w, l + 1, P_ATTN_NORM) : wc(m, w, m->table.norm);
     OP(residual_rmsnorm_fwd, la.res_out, next_ln, next_rstd, la.res_mid, proj, next_w, N, C);
+    backend_range_pop(be);
 }
 
 // Where layer l's fused final add + norm puts the norm: the next layer's ln1, or the final norm.
@@ -671,6 +680,7 @@ void model_backward(GivtModel *m, const Weights *w) {
        wc(m, w, m->table.norm), a->lnf_rstd, N, C);
     report_ready(m, m->table.norm, m->table.head - m->table.norm + 1);
     for (int l = L - 1; l >= 0; l--) {
+        backend_range_push(be, layer_range(l));
         // with a shared slot (gradient checkpointing), layer l is recomputed from res[l]; the slot
         // still holds the last layer from the forward pass
         if (a->layer_slots == 1 && l < L - 1) layer_forward(m, w, l, B, T, a->dtmp, a->lnf_rstd, 1, NULL, 0);
@@ -689,6 +699,7 @@ void model_backward(GivtModel *m, const Weights *w) {
         OP(matmul_bwd, a->dtmp, lgrad(m, l, P_QKV), a->dqkv, la.ln1, lwc(m, w, l, P_QKV), N, C, 3 * C);
         OP(residual_rmsnorm_bwd, a->dres, lgrad(m, l, P_ATTN_NORM), a->dtmp, la.res_in, lwc(m, w, l, P_ATTN_NORM),
            la.ln1_rstd, N, C);
+        backend_range_pop(be);
         report_ready(m, layer_tensor(m, l, 0), P_PER_LAYER);
     }
     // embedding and bos

@@ -12,17 +12,18 @@
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: givt-eval FOLDER DATA.npy [--batch-size N] [--device auto|cpu|cuda]\n"
+            "usage: givt-eval FOLDER DATA.npy [--batch-size N] [--device auto|cpu|cuda] [--precision no|bf16]\n"
             "  FOLDER     a Hugging Face style folder: config.json + model.safetensors\n"
             "  DATA.npy   float32 or float16 array of shape (N, T, D), T <= block_size, D = input_dim\n"
             "Prints the mean Gaussian NLL over all N*T*D values (the seed's forward().loss),\n"
             "as 'loss = <value>', and nats/dim and bits/dim of the full likelihood.\n"
             "  --batch-size N   sequences per forward pass [8]\n"
-            "  --device D       auto (cuda when present, else cpu) [auto], cpu or cuda; float32 compute\n");
+            "  --device D       auto (cuda when present, else cpu) [auto], cpu or cuda\n"
+            "  --precision P    no (float32 compute) [no] or bf16 (bfloat16 compute where the backend has it)\n");
 }
 
 static int parse_args(int argc, char **argv, const char **folder, const char **data, int *batch,
-                      const char **device) {
+                      const char **device, const char **precision) {
     int npos = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
@@ -38,6 +39,9 @@ static int parse_args(int argc, char **argv, const char **folder, const char **d
         } else if (!strcmp(argv[i], "--device") || !strncmp(argv[i], "--device=", 9)) {
             *device = argv[i][8] == '=' ? argv[i] + 9 : (i + 1 < argc ? argv[++i] : NULL);
             if (!*device) return givt_fail("--device: expected auto, cpu or cuda");
+        } else if (!strcmp(argv[i], "--precision") || !strncmp(argv[i], "--precision=", 12)) {
+            *precision = argv[i][11] == '=' ? argv[i] + 12 : (i + 1 < argc ? argv[++i] : NULL);
+            if (!*precision) return givt_fail("--precision: expected no or bf16");
         } else if (argv[i][0] == '-' && argv[i][1]) {
             return givt_fail("unknown option %s (see --help)", argv[i]);
         } else if (npos == 0) {
@@ -89,7 +93,7 @@ static int open_data(Dataset *ds, const char *path, const GivtConfig *cfg) {
 
 // Every path out of main, errors included, frees what was allocated (the sanitizer run checks it).
 int main(int argc, char **argv) {
-    const char *folder = NULL, *data_path = NULL, *device = "auto";
+    const char *folder = NULL, *data_path = NULL, *device = "auto", *precision = "no";
     int batch = 8, rc = 1;
     Backend *be = NULL;
     GivtModel m;
@@ -97,7 +101,8 @@ int main(int argc, char **argv) {
     memset(&m, 0, sizeof m);
     memset(&ds, 0, sizeof ds);
     float *host = NULL, *x = NULL;
-    if (parse_args(argc, argv, &folder, &data_path, &batch, &device) != 0 || !(be = backend_open(device, "no")) ||
+    if (parse_args(argc, argv, &folder, &data_path, &batch, &device, &precision) != 0 ||
+        !(be = backend_open(device, precision)) ||
         load_model(&m, folder, be) != 0 || open_data(&ds, data_path, &m.cfg) != 0) {
         fprintf(stderr, "givt-eval: %s\n", givt_last_error());
         goto done;

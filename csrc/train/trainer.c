@@ -459,13 +459,21 @@ static StepResult accumulate_gradients(Trainer *tr) {
             return stop;
         }
         be->ops->upload(be, tr->batch, tr->batch_host, (size_t)B * tr->T * D * sizeof(float));
+        backend_range_push(be, "forward");
         model_forward(m, &m->w, tr->batch, B, tr->T);
+        backend_range_pop(be);
+        backend_range_push(be, "loss");
         model_loss(m, m->scalars + SCALAR_LOSS_SUM, 1.0f / (float)accum);
+        backend_range_pop(be);
         m->grads_ready = k == accum - 1 ? on_grads_ready : NULL;
+        backend_range_push(be, "backward");
         model_backward(m, &m->w);
+        backend_range_pop(be);
     }
+    backend_range_push(be, "gradient reduction");
     dist_allreduce_mean(tr->dist, be, m->grads, m->table.total);
     dist_allreduce_sum_scalars(tr->dist, be, m->scalars + SCALAR_LOSS_SUM, 1);
+    backend_range_pop(be);
     return STEP_DONE;
 }
 
@@ -717,8 +725,10 @@ static StepResult train_step(Trainer *tr, double *loss, double *lr, double *gnor
         return STEP_SKIPPED;
     }
     tr->skipped_in_row = 0;
+    backend_range_push(tr->be, "optimizer");
     adamw_step(&tr->opt, m, *lr, *gnorm);
     if (tr->has_ema) ema_step(tr, (float)ema_decay(tr->cfg.train.ema, tr->opt.t));
+    backend_range_pop(tr->be);
     return STEP_DONE;
 }
 
