@@ -295,6 +295,7 @@ TEST(givt_sample_good_and_error_cases_exit_cleanly) {
         {"'{M}' --max-len 4 --out '{O}' --ema", "ema.safetensors: no such file"},
         {"'{M}' --max-len 4 --out '{O}' --device tpu", "device \"tpu\": unknown"},
         {"'{M}' --out '{O}'", "--max-len L is required"},
+        {"'{M}' --max-len 4 --out /tmp", "--out /tmp: is a folder"},
     };
     char bad_out[512];
     snprintf(bad_out, sizeof bad_out, "%s", tu_path(dir, "never.npy"));

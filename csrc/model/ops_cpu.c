@@ -80,6 +80,10 @@ static void cpu_to_compute(Backend *be, cval *dst, const float *src, size_t n) {
 // out (N, M) = inp (N, K) @ w^T, w (M, K)
 static void cpu_matmul_fwd(Backend *be, cval *out, const cval *inp, const cval *w, int N, int K, int M) {
     (void)be;
+    if (N == 1) {  // one row (decoding one sequence): a matrix-vector product, bound by reading w
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, M, K, 1.0f, CFP(w), K, CFP(inp), 1, 0.0f, FP(out), 1);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, M, K, 1.0f, CFP(inp), K, CFP(w), K, 0.0f, FP(out), M);
 }
 

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "hf.h"
@@ -97,8 +98,11 @@ static int parse_args(int argc, char **argv, Args *a) {
     return 0;
 }
 
-// The folder of path must exist and be writable: found before generating, not after.
+// The folder of path must exist and be writable, and path must not be a folder: found before
+// generating, not after.
 static int check_writable(const char *path) {
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return givt_fail("--out %s: is a folder, not a file name", path);
     char *copy = xstrdup(path);
     const char *dir = dirname(copy);
     int rc = access(dir, W_OK) == 0 ? 0 : givt_fail("--out %s: cannot write in %s: %s", path, dir, strerror(errno));
@@ -190,6 +194,9 @@ int main(int argc, char **argv) {
     SampleConfig sc = {.max_len = a.max_len, .temperature = a.temperature, .seed = a.seed, .batch_size = b};
     out = xmalloc(out_bytes);
     Progress p = {.t0 = time_now_s(), .tty = isatty(fileno(stderr))};
+    if (!strcmp(a.precision, "bf16") && be->compute != DTYPE_BF16)
+        fprintf(stderr, "givt-sample: note: --precision bf16: the %s backend computes in %s\n", be->name,
+                dtype_name(be->compute));
     fprintf(stderr, "givt-sample: %d sequences of %d vectors (prompt %d), temperature %g, batch %d, backend %s (%s)\n",
             n, a.max_len, s, a.temperature, b, be->name, be->device);
     if (sample_generate(&m, &m.w, &sc, prompt, n_prompts, s, n, out, on_progress, &p) != 0) goto fail;
