@@ -5,19 +5,12 @@
 // synchronize wait for it. Profile ranges: NVTX (nvtxRangePushA/Pop) on a GPU, nothing under emulation.
 #include "launch.cuh"
 
-#include <cublasLt.h>
+#include "cublaslt_check.cuh"
 #include <string.h>
 #ifndef GIVT_CUDA_EMU
 #include <nvtx3/nvToolsExt.h>
 #endif
 
-#define CUBLAS_CHECK(call)                                                                              \
-    do {                                                                                                \
-        cublasStatus_t givt_cublas_st_ = (call);                                                        \
-        if (givt_cublas_st_ != CUBLAS_STATUS_SUCCESS)                                                   \
-            givt_die_at(__FILE__, __LINE__, "cuBLASLt error: %s: %s (%d)", #call,                       \
-                        cublasLtGetStatusName(givt_cublas_st_), (int)givt_cublas_st_);                  \
-    } while (0)
 
 namespace {
 

@@ -16,16 +16,9 @@
 // that reads the descriptors and layouts back).
 #include "launch.cuh"
 
-#include <cublasLt.h>
+#include "cublaslt_check.cuh"
 #include <stdint.h>
 
-#define CUBLAS_CHECK(call)                                                                              \
-    do {                                                                                                \
-        cublasStatus_t givt_cublas_st_ = (call);                                                        \
-        if (givt_cublas_st_ != CUBLAS_STATUS_SUCCESS)                                                   \
-            givt_die_at(__FILE__, __LINE__, "cuBLASLt error: %s: %s (%d)", #call,                       \
-                        cublasLtGetStatusName(givt_cublas_st_), (int)givt_cublas_st_);                  \
-    } while (0)
 
 namespace {
 
