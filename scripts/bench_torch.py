@@ -1,11 +1,15 @@
 #!/usr/bin/python3
-"""PyTorch side of the CPU benchmark (scripts/bench_cpu.sh): the GIVT model of shared/GIVT.md in
-float32, timed over full training steps (zero_grad, forward, backward, clip_grad_norm_, AdamW step)
-with the same sizes, initialisation rule and timing loop as givt-bench. Prints one line
-"RESULT impl=torch threads=N tokens_per_s=... ms_per_step=... gflops=... params=..." (the FLOP count is
-givt-bench's: 6 * matmul params + 12 * L * T * C per token, dense attention).
+"""PyTorch side of the CPU benchmark (scripts/bench_cpu.sh) and of the GPU one (scripts/gpu_check.sh):
+the GIVT model of shared/GIVT.md, timed over full training steps (zero_grad, forward, backward,
+clip_grad_norm_, AdamW step) with the same sizes, initialisation rule and timing loop as givt-bench.
+Prints one line "RESULT impl=torch threads=N tokens_per_s=... ms_per_step=... gflops=... params=..."
+(the FLOP count is givt-bench's: 6 * matmul params + 12 * L * T * C per token, dense attention).
 
-Run with Debian's PyTorch: /usr/bin/python3 scripts/bench_torch.py --threads 2 [sizes as givt-bench]
+CPU (float32): /usr/bin/python3 scripts/bench_torch.py --threads 2 [sizes as givt-bench]
+GPU: --device cuda [--bf16] [--compile]: --bf16 runs the forward under torch.autocast(bfloat16) with
+float32 master weights (AdamW fused when available); --compile wraps the model in torch.compile (the
+warmup steps, at least 2, absorb the compilation). The clock is read after torch.cuda.synchronize();
+the RESULT line adds peak_mem_bytes (torch.cuda.max_memory_allocated) and, with --peak-tflops, mfu.
 """
 import argparse
 import math
@@ -53,7 +57,8 @@ class Attention(nn.Module):
         hd = C // self.H
         q, k, v = self.qkv_proj(self.norm(h)).split(C, dim=-1)
         q, k, v = (t.view(B, T, self.H, hd).transpose(1, 2) for t in (q, k, v))
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # under autocast the float32 RoPE tables promote q and k: back to v's dtype for SDPA (no-op in fp32)
+        q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
         if hasattr(F_, "scaled_dot_product_attention"):  # PyTorch >= 2.0
             y = F_.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:  # 1.13: dense masked softmax, as the C CPU backend computes it
@@ -128,6 +133,10 @@ def main():
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--show-config", action="store_true", help="print torch.__config__.show() and exit")
     ap.add_argument("--profile", action="store_true", help="print the autograd profiler's top ops")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--bf16", action="store_true", help="autocast bfloat16 compute, float32 master weights")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (compiled during warmup)")
+    ap.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak, for the MFU field")
     a = ap.parse_args()
     if a.show_config:
         print(torch.__version__)
@@ -140,6 +149,12 @@ def main():
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("bench_torch.py: --device cuda: CUDA is not available")
+    if a.compile:
+        a.warmup = max(a.warmup, 2)  # the first steps compile (forward, then backward)
     D, C, F, H, L, T, B = a.input_dim, a.hidden, a.intermediate, a.heads, a.layers, a.seq, a.batch
     model = Givt(D, C, F, H, L, T)
     with torch.no_grad():  # xavier uniform like the seed; its zero-initialised weights get small values
@@ -149,11 +164,31 @@ def main():
                     p.normal_(0.0, 0.02)
                 else:
                     nn.init.xavier_uniform_(p)
+    model.to(dev)
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=1e-4, betas=(0.9, 0.99), eps=1e-8)
-    x = torch.randn(B, T, D)
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = False
+    if cuda:
+        try:
+            opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.99), eps=1e-8, fused=True)
+            fused = True
+        except (TypeError, RuntimeError):  # a PyTorch without fused AdamW
+            opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.99), eps=1e-8)
+    else:
+        opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.99), eps=1e-8)
+    x = torch.randn(B, T, D).to(dev)
+    fwd = torch.compile(model) if a.compile else model
+
+    def forward():
+        if a.bf16:
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16):
+                return fwd(x)
+        return fwd(x)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
 
     n_params = sum(p.numel() for p in model.parameters())
     n_mm = sum(p.numel() for p in model.parameters() if p.dim() == 2)
@@ -162,32 +197,46 @@ def main():
 
     def step():
         opt.zero_grad()
-        loss = model(x)
+        loss = forward()
         loss.backward()
         if not a.no_adamw:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
         return loss.item()
 
+    t_warm = time.perf_counter()
     for _ in range(a.warmup):
         step()
+    sync()
+    t_warm = time.perf_counter() - t_warm
     times = []
     for _ in range(a.steps):
+        sync()
         t0 = time.perf_counter()
         loss = step()
+        sync()
         times.append(time.perf_counter() - t0)
+    peak_mem = torch.cuda.max_memory_allocated(dev) if cuda else 0
     if a.profile:
         with torch.autograd.profiler.profile() as prof:
             step()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
     per_step = statistics.median(times)  # as givt-bench: robust to a step slowed by another process
     gflops = fpt * tokens / per_step / 1e9
+    what = f"{a.device}{' bf16 autocast' if a.bf16 else ' float32'}{' compiled' if a.compile else ' eager'}"
+    if cuda:
+        what += f" ({torch.cuda.get_device_name(dev)}{', fused AdamW' if fused else ''})"
+    if cuda or a.bf16 or a.compile:  # the CPU float32 output stays as bench_cpu.sh knows it
+        print(f"torch {torch.__version__}: {what}; warmup {t_warm:.1f} s")
     print(f"torch {torch.__version__}: {a.steps} steps (+{a.warmup} warmup), {a.threads} threads: "
           f"median {1e3 * per_step:.1f} ms/step (best {1e3 * min(times):.1f}, mean {1e3 * sum(times) / len(times):.1f}), {tokens / per_step:.0f} tokens/s, "
           f"{gflops:.2f} GFLOP/s, loss {loss:.4f}")
     print(f"RESULT impl=torch threads={a.threads} tokens_per_s={tokens / per_step:.1f} "
           f"ms_per_step={1e3 * per_step:.2f} best_ms={1e3 * min(times):.2f} gflops={gflops:.2f} "
-          f"params={n_params} flops_per_token={fpt:.0f} loss={loss:.5f}")
+          f"params={n_params} flops_per_token={fpt:.0f} loss={loss:.5f}"
+          + (f" device={a.device} dtype={'bf16' if a.bf16 else 'float32'} compile={int(a.compile)}"
+             f" peak_mem_bytes={peak_mem} warmup_s={t_warm:.1f}" if cuda else "")
+          + (f" mfu={fpt * tokens / per_step / (a.peak_tflops * 1e12):.4f}" if a.peak_tflops > 0 else ""))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,14 @@
 #   memcheck, racecheck, synccheck, initcheck: compute-sanitizer on the op tests (small shapes)
 #   kill-resume  scripts/check_kill_resume.sh with DEVICE=cuda: SIGKILL at many points, resumed runs
 #              end bit-identical to an uninterrupted one
+#   bench      training steps of a 124M-class GIVT (D 16, C 768, F 2048, H 12, L 12, T 1024, B 8) and of
+#              configs/base.ini's model and batch, bf16: givt-bench --device cuda --precision bf16, then
+#              scripts/bench_torch.py --device cuda --bf16 (eager, SDPA) and --compile (compilation in
+#              the warmup steps) with $PYTHON (default python3); a markdown table (also in
+#              build-gpu/gpu_check/bench.md): ms/step, tokens/s, MFU against 790 TFLOP/s bf16 (FLOPs
+#              per token as givt-bench counts them), peak memory, speed relative to torch.compile.
+#              Each run has its own limit and the step a budget (BENCH_BUDGET s, default 210): runs
+#              that would start after it are skipped. BENCH=0 skips the step.
 # Without a GPU (a dry run) the GPU steps say SKIP. Logs: build-gpu/gpu_check/*.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -86,7 +94,7 @@ fi
 t=${EPOCHREALTIME}
 B=$ROOT/build-gpu
 run build 300 make -j"$JOBS" BUILD=build-gpu BIN_PREFIX=build-gpu/ "${MAKE_BLAS[@]}" build-gpu/run_tests_gpu \
-    build-gpu/givt-train build-gpu/givt-eval build-gpu/givt-bench build-gpu/givt-prepare-digits
+    build-gpu/givt-train build-gpu/givt-eval build-gpu/givt-sample build-gpu/givt-bench build-gpu/givt-prepare-digits
 if [ $RC -eq 0 ]; then
     row build PASS "$(elapsed "$t")" "$($B/givt-train --version | grep -E '^  cuda' | sed 's/^ *//')"
 else
@@ -171,11 +179,109 @@ else
     row kill-resume SKIP 0 "no GPU"
 fi
 
+# ---- benchmark: givt vs PyTorch (eager SDPA, torch.compile), bf16 ------------------------------
+PYTHON=${PYTHON:-python3}
+PEAK_TFLOPS=790
+field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | tail -1; }
+# ini_get SECTION KEY FILE: a value from an .ini (comments and spaces stripped)
+ini_get() {
+    awk -v sec="[$1]" -v key="$2" '
+        /^[ \t]*\[/ { gsub(/[ \t]/, ""); insec = ($0 == sec); next }
+        insec { sub(/#.*/, ""); n = index($0, "="); if (!n) next
+                k = substr($0, 1, n - 1); v = substr($0, n + 1); gsub(/[ \t]/, "", k); gsub(/[ \t]/, "", v)
+                if (k == key) { print v; exit } }' "$3"
+}
+gib() { awk -v b="$1" 'BEGIN { if (b == "" || b <= 0) print "-"; else printf "%.2f GiB", b / 1073741824 }'; }
+BENCH_ROWS=""
+bench_model() {  # LABEL D C F H L T B
+    local label=$1 D=$2 C=$3 F=$4 H=$5 L=$6 T=$7 Bn=$8
+    local sizes=(--input-dim "$D" --hidden "$C" --intermediate "$F" --heads "$H" --layers "$L" --seq "$T" --batch "$Bn")
+    local impls=(givt torch-eager torch-compile) limits=(90 120 180) impl i
+    local -A res=()
+    for i in 0 1 2; do
+        impl=${impls[$i]}
+        local log="bench-$label-$impl"
+        if [ "$(elapsed "$t_bench" | cut -d. -f1)" -ge "${BENCH_BUDGET:-210}" ]; then
+            res[$impl]="SKIP budget"
+            continue
+        fi
+        case $impl in
+            givt) run "$log" "${limits[$i]}" $B/givt-bench --device cuda --precision bf16 "${sizes[@]}" \
+                      --steps 20 --warmup 3 --peak-tflops $PEAK_TFLOPS ;;
+            torch-eager) run "$log" "${limits[$i]}" "$PYTHON" scripts/bench_torch.py --device cuda --bf16 \
+                      "${sizes[@]}" --steps 20 --warmup 3 --peak-tflops $PEAK_TFLOPS ;;
+            torch-compile) run "$log" "${limits[$i]}" "$PYTHON" scripts/bench_torch.py --device cuda --bf16 --compile \
+                      "${sizes[@]}" --steps 20 --warmup 3 --peak-tflops $PEAK_TFLOPS ;;
+        esac
+        local r
+        r=$(grep '^RESULT' "$OUT/$log.log" | tail -1)
+        if [ $RC -eq 0 ] && [ -n "$r" ]; then
+            res[$impl]=$r
+        else
+            res[$impl]="FAIL rc $RC: $(grep -v '^\s*$' "$OUT/$log.log" | tail -1 | cut -c1-100)"
+            BENCH_FAIL=1
+        fi
+    done
+    # FLOPs per token as givt-bench counts them (bench_torch.py uses the same formula)
+    local fpt ctps
+    fpt=$(field "${res[givt]}" flops_per_token)
+    [ -n "$fpt" ] || fpt=$(field "${res[torch-compile]}" flops_per_token)
+    [ -n "$fpt" ] || fpt=$(field "${res[torch-eager]}" flops_per_token)
+    ctps=$(field "${res[torch-compile]}" tokens_per_s)
+    for impl in "${impls[@]}"; do
+        local r=${res[$impl]} ms tps mfu mem ratio
+        if [ "${r#RESULT}" = "$r" ]; then
+            BENCH_ROWS+="| $label | $impl | ${r:-not run} | | | | |"$'\n'
+            continue
+        fi
+        ms=$(field "$r" ms_per_step) tps=$(field "$r" tokens_per_s)
+        mfu=$(awk -v t="$tps" -v f="$fpt" -v p=$PEAK_TFLOPS 'BEGIN { if (f > 0) printf "%.1f%%", 100 * t * f / (p * 1e12); else print "-" }')
+        if [ "$impl" = givt ]; then  # in use at the end less the context's share (just after the backend opened)
+            mem=$(gib "$(awk -v a="$(field "$r" peak_mem_bytes)" -v b="$(field "$r" ctx_mem_bytes)" 'BEGIN { print a - b }')")
+        else
+            mem=$(gib "$(field "$r" peak_mem_bytes)")
+        fi
+        ratio=$(awk -v a="$tps" -v b="$ctps" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
+        BENCH_ROWS+="| $label | $impl | $ms | $tps | $mfu | $mem | $ratio |"$'\n'
+        [ "$impl" = givt ] && BENCH_SUMMARY+="$label givt $ms ms/step, ${ratio}x compile; "
+    done
+}
+t=${EPOCHREALTIME}
+if [ "${BENCH:-1}" = 0 ]; then
+    row bench SKIP 0 "BENCH=0"
+elif [ $HAVE_CUDA = 0 ]; then
+    row bench SKIP 0 "no GPU"
+else
+    t_bench=$t BENCH_FAIL=0 BENCH_SUMMARY=""
+    "$PYTHON" -c 'import torch; assert torch.cuda.is_available()' >/dev/null 2>&1 ||
+        echo "[gpu_check] bench: $PYTHON has no PyTorch with CUDA: the torch runs will fail"
+    bench_model 124M 16 768 2048 12 12 1024 8
+    ini=configs/base.ini
+    bench_model base "$(ini_get model input_dim $ini)" "$(ini_get model hidden_dim $ini)" \
+        "$(ini_get model intermediate_dim $ini)" "$(ini_get model num_heads $ini)" "$(ini_get model num_layers $ini)" \
+        "$(ini_get model block_size $ini)" "$(ini_get train batch_size $ini)"
+    {
+        echo "| model | impl | ms/step | tokens/s | MFU (790 TFLOP/s) | peak memory | tokens/s vs torch.compile |"
+        echo "|---|---|---|---|---|---|---|"
+        printf '%s' "$BENCH_ROWS"
+        echo
+        echo "124M: D 16, C 768, F 2048, H 12, L 12, T 1024, B 8; base: configs/base.ini's model and batch; all bf16"
+        echo "compute with float32 master weights, a full training step (AdamW, grad clip), median of 20 steps."
+        echo "Peak memory: givt, device memory in use at the end less that in use just after the backend"
+        echo "opened (context); torch, torch.cuda.max_memory_allocated."
+    } >"$OUT/bench.md"
+    row bench "$([ $BENCH_FAIL = 0 ] && echo PASS || echo FAIL)" "$(elapsed "$t")" "${BENCH_SUMMARY}table below"
+fi
+
 # ---- the table --------------------------------------------------------------------------------
 echo
 echo "gpu_check: ${GPU:-no GPU (dry run)}; $(git rev-parse --short HEAD 2>/dev/null) $(git status --porcelain 2>/dev/null | grep -q . && echo '(with local changes)')"
 printf '%-12s %-6s %7s  %s\n' step result seconds details
 printf '%s\n' "${ROWS[@]}"
 echo "total $(elapsed "$T_START") s; logs in $OUT"
+if [ -n "${BENCH_ROWS:-}" ]; then
+    echo
+    cat "$OUT/bench.md"
+fi
 printf '%s\n' "${ROWS[@]}" | grep -qE '^\S+ +(FAIL|TIME)' && exit 1
 exit 0

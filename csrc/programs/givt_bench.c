@@ -1,6 +1,7 @@
-// givt-bench: times full training steps of a GIVT model on the CPU backend (tokens/s, ms/step,
-// achieved GFLOP/s), or OpenBLAS sgemm alone (--sgemm M N K: this machine's ceiling). A benchmark,
-// not a test: it prints one machine-readable "RESULT ..." line that scripts/bench_cpu.sh reads.
+// givt-bench: times full training steps of a GIVT model on a backend (--device cpu by default, or
+// cuda; tokens/s, ms/step, achieved GFLOP/s and, when the device's peak is known, MFU), or OpenBLAS
+// sgemm alone (--sgemm M N K: this machine's CPU ceiling). A benchmark, not a test: it prints one
+// machine-readable "RESULT ..." line that scripts/bench_cpu.sh and scripts/gpu_check.sh read.
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -13,17 +14,25 @@
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: givt-bench [model options] [--steps N] [--warmup N] [--no-adamw] [--checkpointing]\n"
-            "                  [--profile] [--seed S]\n"
+            "usage: givt-bench [model options] [--device auto|cpu|cuda] [--precision no|bf16] [--steps N]\n"
+            "                  [--warmup N] [--no-adamw] [--checkpointing] [--profile] [--peak-tflops X] [--seed S]\n"
             "       givt-bench --sgemm M N K [--reps R]\n"
             "model options (defaults in brackets):\n"
             "  --input-dim D [16]  --hidden C [256]  --intermediate F [688]  --heads H [4]  --layers L [4]\n"
             "  --seq T [256]  --batch B [8]\n"
+            "--device [cpu] and --precision [no] open the backend as givt-train's device and mixed_precision\n"
+            "(bf16: bfloat16 compute, float32 master weights; the CPU backend computes in float32).\n"
+            "MFU (model FLOPs as givt_config_flops_per_token counts them / the device's peak) is printed when\n"
+            "the backend knows its peak (an sm_90 GPU in bf16: 790 TFLOP/s) or --peak-tflops X is given.\n"
             "A step is zero_grads, forward, backward, global grad norm and AdamW (lr 1e-4, betas 0.9/0.99,\n"
             "wd 0.1, clip 1.0); ms/step and tokens/s are of the median timed step. --no-adamw times forward\n"
             "+ backward only. --checkpointing recomputes each layer in backward. --profile adds a table of the\n"
-            "time spent in each backend op (timed synchronously, by op name). --sgemm times C (M,N) = A (M,K) B^T (B stored (N,K), as the model's matmul_fwd),\n"
-            "best of R repetitions.\n"
+            "time spent in each backend op (timed synchronously, by op name). The clock is read after\n"
+            "synchronizing the backend (GPU ops are asynchronous). peak_mem_bytes in the RESULT line is the\n"
+            "device's total - free memory at the end (a rough peak: it includes the CUDA context, which\n"
+            "ctx_mem_bytes, the same just after the backend opened, estimates).\n"
+            "--sgemm times C (M,N) = A (M,K) B^T (B stored (N,K), as the model's matmul_fwd) on the CPU with\n"
+            "OpenBLAS, best of R repetitions.\n"
             "Threads: OMP_NUM_THREADS (OpenMP loops and the OpenMP build of OpenBLAS).\n");
 }
 
@@ -74,6 +83,8 @@ int main(int argc, char **argv) {
     cfg.input_dim = 16, cfg.hidden_dim = 256, cfg.intermediate_dim = 688, cfg.num_heads = 4, cfg.num_layers = 4;
     int T = 256, B = 8, steps = 10, warmup = 2, adamw = 1, profile = 0, seed = 1337, checkpointing = 0;
     int sg[3] = {0, 0, 0}, sgemm = 0, reps = 5;
+    const char *device = "cpu", *precision = "no";
+    double peak_tflops = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int rc = 0;
@@ -86,6 +97,20 @@ int main(int argc, char **argv) {
             checkpointing = 1;
         } else if (!strcmp(a, "--profile")) {
             profile = 1;
+        } else if (!strcmp(a, "--device") || !strcmp(a, "--precision")) {
+            if (!v || !*v)
+                rc = givt_fail("%s: expected a value", a);
+            else if (!strcmp(a, "--device"))
+                device = v;
+            else
+                precision = v;
+            i++;
+        } else if (!strcmp(a, "--peak-tflops")) {
+            char *end = NULL;
+            peak_tflops = v ? strtod(v, &end) : 0;
+            if (!v || !*v || *end || !(peak_tflops > 0) || !isfinite(peak_tflops))
+                rc = givt_fail("--peak-tflops %s: expected a positive number (TFLOP/s)", v ? v : "(missing)");
+            i++;
         } else if (!strcmp(a, "--sgemm")) {
             sgemm = 1;
             for (int k = 0; k < 3 && rc == 0; k++)
@@ -117,8 +142,20 @@ int main(int argc, char **argv) {
 
     cfg.block_size = T;
     GivtModel m;
-    Backend *be = backend_open("cpu", "no");
-    if (!be || model_create(&m, &cfg, be) != 0) {
+    Backend *be = backend_open(device, precision);
+    if (!be) {
+        fprintf(stderr, "givt-bench: %s\n", givt_last_error());
+        return 1;
+    }
+    double peak = peak_tflops > 0 ? peak_tflops * 1e12 : be->peak_flops;
+    size_t mem_free = 0, mem_total = 0;
+    backend_mem_info(be, &mem_free, &mem_total);
+    size_t ctx_mem = mem_total > mem_free ? mem_total - mem_free : 0;
+    char peak_s[64] = "unknown";
+    if (peak > 0)
+        snprintf(peak_s, sizeof peak_s, "%.0f TFLOP/s%s", peak / 1e12, peak_tflops > 0 ? " (--peak-tflops)" : "");
+    printf("backend: %s (%s), compute %s, peak %s\n", be->name, be->device, dtype_name(be->compute), peak_s);
+    if (model_create(&m, &cfg, be) != 0) {
         fprintf(stderr, "givt-bench: %s\n", givt_last_error());
         return 1;
     }
@@ -159,6 +196,7 @@ int main(int argc, char **argv) {
            m.table.total, mm_params, fpt * tokens / 1e9, adamw ? "" : " (no optimizer step)");
     for (int s = 0; s < warmup + steps; s++) {
         if (s == warmup && profile) backend_profile_start(be);  // profile the timed steps only
+        backend_synchronize(be);  // GPU ops are asynchronous: the clock brackets finished work
         double t0 = time_now_s();
         // as the trainer's step: the loss and the squared norm into backend scalars, one host read
         model_zero_grads(&m);
@@ -171,6 +209,7 @@ int main(int argc, char **argv) {
         ops->download(be, sc, m.scalars + SCALAR_LOSS_SUM, sizeof sc);
         loss = sc[0] / ((double)B * T * cfg.input_dim);
         if (adamw) adamw_step(&opt, &m, oc.lr, sqrt(sc[1]));
+        backend_synchronize(be);
         double dt = time_now_s() - t0;
         if (!isfinite(loss)) givt_die("step %d: loss is %g", s, loss);
         if (s >= warmup) {
@@ -187,11 +226,24 @@ int main(int argc, char **argv) {
            "loss %.4f\n",
            steps, warmup, 1e3 * per_step, 1e3 * best, 1e3 * total / steps, tokens / per_step,
            fpt * tokens / per_step / 1e9, loss);
+    double mfu = peak > 0 ? fpt * tokens / per_step / peak : 0;
+    backend_mem_info(be, &mem_free, &mem_total);
+    size_t used = mem_total > mem_free ? mem_total - mem_free : 0;
+    int gpu = strcmp(be->name, "cpu") != 0;
+    if (peak > 0) printf("MFU %.1f%% of %s\n", 100 * mfu, peak_s);
+    if (gpu)
+        printf("device memory: %.2f GiB in use at the end (%.2f GiB just after the backend opened)\n",
+               used / 1073741824.0, ctx_mem / 1073741824.0);
     if (profile) backend_profile_print(be, steps, total / steps);
+    char extra[256] = "";
+    int n = 0;
+    if (peak > 0) n += snprintf(extra + n, sizeof extra - (size_t)n, " mfu=%.4f peak_tflops=%.1f", mfu, peak / 1e12);
+    if (gpu)  // the CPU backend reports the whole machine's memory: not this run's
+        snprintf(extra + n, sizeof extra - (size_t)n, " peak_mem_bytes=%zu ctx_mem_bytes=%zu", used, ctx_mem);
     printf("RESULT impl=givt threads=%d tokens_per_s=%.1f ms_per_step=%.2f best_ms=%.2f gflops=%.2f params=%zu "
-           "flops_per_token=%.0f loss=%.5f\n",
+           "flops_per_token=%.0f loss=%.5f backend=%s compute=%s%s\n",
            omp_get_max_threads(), tokens / per_step, 1e3 * per_step, 1e3 * best, fpt * tokens / per_step / 1e9,
-           m.table.total, fpt, loss);
+           m.table.total, fpt, loss, be->name, dtype_name(be->compute), extra);
 
     adamw_free(&opt, &m);
     ops->free(be, x);
