@@ -102,6 +102,25 @@ __device__ inline void attn_load_tile(float *dst, int ld, const T *src, size_t r
     }
 }
 
+// acc[rr][c] += sum_j W[row][j] * tile[j][lane + 32 c] for the warp's ATT_RPW rows (row = warp *
+// ATT_RPW + rr, W row-major with stride ATT_BK) and the lane's dims, over the n rows of tile (stride
+// ld, hd dims): the forward's O += P V and the backward's dQ += dS K.
+static __device__ __forceinline__ void attn_rows_times_tile(float acc[ATT_RPW][ATT_DPL], const float *W,
+                                                            const float *tile, int ld, int n, int hd, int warp,
+                                                            int lane) {
+    for (int j = 0; j < n; j++) {
+        float t[ATT_DPL];
+#pragma unroll
+        for (int c = 0; c < ATT_DPL; c++) t[c] = lane + 32 * c < hd ? tile[j * ld + lane + 32 * c] : 0.0f;
+#pragma unroll
+        for (int rr = 0; rr < ATT_RPW; rr++) {
+            float w = W[(warp * ATT_RPW + rr) * ATT_BK + j];
+#pragma unroll
+            for (int c = 0; c < ATT_DPL; c++) acc[rr][c] += w * t[c];
+        }
+    }
+}
+
 size_t attn_fwd_smem(int hd) { return sizeof(float) * ((size_t)ATT_BQ * hd + (size_t)ATT_BK * (hd | 1) + ATT_BQ * ATT_BK); }
 size_t attn_bwd_smem(int hd) {
     return sizeof(float) * (2 * (size_t)32 * hd + 2 * (size_t)32 * (hd | 1) + 2 * ATT_BQ * ATT_BK + 2 * ATT_BQ);
@@ -181,18 +200,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
         attn_load_tile(KVs, ldk, vb + (size_t)k0 * p.kv_row, p.kv_row, nk, hd);
         __syncthreads();
 
-        // O += P V
-        for (int j = 0; j < nk; j++) {
-            float vv[ATT_DPL];
-#pragma unroll
-            for (int c = 0; c < ATT_DPL; c++) vv[c] = lane + 32 * c < hd ? KVs[j * ldk + lane + 32 * c] : 0.0f;
-#pragma unroll
-            for (int rr = 0; rr < ATT_RPW; rr++) {
-                float pj = Ps[(warp * ATT_RPW + rr) * ATT_BK + j];
-#pragma unroll
-                for (int c = 0; c < ATT_DPL; c++) o[rr][c] += pj * vv[c];
-            }
-        }
+        attn_rows_times_tile(o, Ps, KVs, ldk, nk, hd, warp, lane);  // O += P V
     }
 
 #pragma unroll
@@ -399,18 +407,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
         }
         __syncthreads();
 
-        // dQ += dS K for the warp's 8 queries and the lane's dims
-        for (int j = 0; j < nk; j++) {
-            float kv[ATT_DPL];
-#pragma unroll
-            for (int c = 0; c < ATT_DPL; c++) kv[c] = lane + 32 * c < hd ? Ks[j * ldk + lane + 32 * c] : 0.0f;
-#pragma unroll
-            for (int rr = 0; rr < ATT_RPW; rr++) {
-                float dsj = dSs[(warp * ATT_RPW + rr) * ATT_BK + j];
-#pragma unroll
-                for (int c = 0; c < ATT_DPL; c++) dqa[rr][c] += dsj * kv[c];
-            }
-        }
+        attn_rows_times_tile(dqa, dSs, Ks, ldk, nk, hd, warp, lane);  // dQ += dS K
     }
 
     __syncthreads();  // Qs becomes dQ (scaled), for the RoPE transpose across lanes
