@@ -104,7 +104,7 @@ TEST(sample_temperature_zero_is_the_mean_of_every_prefix) {
     int L = 10, s = 3, n = 4, D = 3;
     Rng r;
     rng_seed(&r, 8);
-        float *out = xmalloc((size_t)n * L * D * sizeof(float));
+    float *out = xmalloc((size_t)n * L * D * sizeof(float));
     SampleConfig sc = {.max_len = L, .temperature = 0, .seed = 1, .batch_size = 3};
     float *p4 = xmalloc((size_t)n * s * D * sizeof(float));
     for (int i = 0; i < n * s * D; i++) p4[i] = (float)rng_normal(&r);

@@ -338,3 +338,13 @@ const char *human_bytes(char *buf, double bytes) {
     else snprintf(buf, 32, "%.0f KiB", bytes / KiB);
     return buf;
 }
+
+int parse_long_option(const char *opt, const char *v, long lo, long hi, long *out) {
+    char *end = NULL;
+    errno = 0;
+    long x = v ? strtol(v, &end, 10) : 0;
+    if (!v || !*v || *end || errno || x < lo || x > hi)
+        return givt_fail("%s %s: expected a whole number in [%ld, %ld]", opt, v ? v : "(missing)", lo, hi);
+    *out = x;
+    return 0;
+}

@@ -96,6 +96,10 @@ uint64_t mix64(uint64_t z);
 
 double time_now_s(void);
 
+// A command-line option's whole-number value v in [lo, hi] into *out; -1 (givt_fail "OPT V: expected a
+// whole number in [LO, HI]") when v is missing, not a number, or out of range.
+int parse_long_option(const char *opt, const char *v, long lo, long hi, long *out);
+
 // Memory this machine can give a new allocation now (MemAvailable of /proc/meminfo, else the
 // physical memory), in bytes; 0 when unknown.
 double memory_available_bytes(void);

@@ -36,13 +36,12 @@ static void usage(FILE *out) {
             "Threads: OMP_NUM_THREADS (OpenMP loops and the OpenMP build of OpenBLAS).\n");
 }
 
+// An int option in [lo, hi] (util's parse_long_option).
 static int parse_int(const char *opt, const char *v, long lo, long hi, int *out) {
-    char *end = NULL;
-    long x = v ? strtol(v, &end, 10) : 0;
-    if (!v || !*v || *end || x < lo || x > hi)
-        return givt_fail("%s %s: expected a whole number in [%ld, %ld]", opt, v ? v : "(missing)", lo, hi);
-    *out = (int)x;
-    return 0;
+    long x = 0;
+    int rc = parse_long_option(opt, v, lo, hi, &x);
+    if (rc == 0) *out = (int)x;
+    return rc;
 }
 
 

@@ -31,10 +31,8 @@ static int parse_args(int argc, char **argv, const char **folder, const char **d
             exit(0);
         } else if (!strcmp(argv[i], "--batch-size") || !strncmp(argv[i], "--batch-size=", 13)) {
             const char *v = argv[i][12] == '=' ? argv[i] + 13 : (i + 1 < argc ? argv[++i] : NULL);
-            char *end = NULL;
-            long b = v ? strtol(v, &end, 10) : 0;
-            if (!v || *end || b < 1 || b > 1 << 20)
-                return givt_fail("--batch-size %s: expected a whole number >= 1", v ? v : "(missing)");
+            long b = 0;
+            if (parse_long_option("--batch-size", v, 1, 1 << 20, &b) != 0) return -1;
             *batch = (int)b;
         } else if (!strcmp(argv[i], "--device") || !strncmp(argv[i], "--device=", 9)) {
             *device = argv[i][8] == '=' ? argv[i] + 9 : (i + 1 < argc ? argv[++i] : NULL);

@@ -41,16 +41,6 @@ static void usage(FILE *out) {
             "  --precision P       no | bf16 [no]\n");
 }
 
-static int parse_long(const char *opt, const char *v, long lo, long hi, long *out) {
-    char *end = NULL;
-    errno = 0;
-    long x = v ? strtol(v, &end, 10) : 0;
-    if (!v || !*v || *end || errno || x < lo || x > hi)
-        return givt_fail("%s %s: expected a whole number in [%ld, %ld]", opt, v ? v : "(missing)", lo, hi);
-    *out = x;
-    return 0;
-}
-
 static int parse_args(int argc, char **argv, Args *a) {
     *a = (Args){.device = "auto", .precision = "no", .batch_size = 64, .temperature = 1.0};
     for (int i = 1; i < argc; i++) {
@@ -63,13 +53,13 @@ static int parse_args(int argc, char **argv, Args *a) {
         } else if (!strcmp(o, "--ema")) {
             a->ema = 1, takes = 0;
         } else if (!strcmp(o, "--max-len")) {
-            rc = parse_long(o, v, 1, 1 << 20, &x), a->max_len = (int)x;
+            rc = parse_long_option(o, v, 1, 1 << 20, &x), a->max_len = (int)x;
         } else if (!strcmp(o, "--num-samples")) {
-            rc = parse_long(o, v, 1, 1 << 30, &x), a->num_samples = (int)x;
+            rc = parse_long_option(o, v, 1, 1 << 30, &x), a->num_samples = (int)x;
         } else if (!strcmp(o, "--batch-size")) {
-            rc = parse_long(o, v, 1, 1 << 20, &x), a->batch_size = (int)x;
+            rc = parse_long_option(o, v, 1, 1 << 20, &x), a->batch_size = (int)x;
         } else if (!strcmp(o, "--seed")) {
-            rc = parse_long(o, v, 0, __LONG_MAX__, &x), a->seed = (uint64_t)x;
+            rc = parse_long_option(o, v, 0, __LONG_MAX__, &x), a->seed = (uint64_t)x;
         } else if (!strcmp(o, "--temperature")) {
             char *end = NULL;
             a->temperature = v ? strtod(v, &end) : NAN;
