@@ -92,8 +92,10 @@ static int train(const char *dir, int np, const char *cfg, const char *args, cha
     return run_logged(dir, cmd, 240, log);
 }
 
-// The largest |a - b| over a tensor, relative to the tensor's largest |b|, over every tensor of
-// two safetensors files (which must hold the same names and sizes); -1 when they do not.
+// The largest ||a - b|| / ||b|| over the tensors of two safetensors files (which must hold the same
+// names and sizes); -1 when they do not. Per tensor norm rather than per element: AdamW turns a
+// rounding difference in a gradient element near 0 into a difference of up to lr in that element's
+// step (scripts/check_dist.py says more).
 static double st_max_rel_diff(const char *pa, const char *pb) {
     StFile a, b;
     if (st_open(&a, pa) != 0 || st_open(&b, pb) != 0) {
@@ -111,12 +113,12 @@ static double st_max_rel_diff(const char *pa, const char *pb) {
         float *x = xmalloc(n * sizeof(float) + 1), *y = xmalloc(n * sizeof(float) + 1);
         st_read_f32(&a, i, x);
         st_read_f32(&b, j, y);
-        double dmax = 0, ymax = 0;
+        double dd = 0, yy = 0;
         for (size_t k = 0; k < n; k++) {
-            dmax = fmax(dmax, fabs((double)x[k] - y[k]));
-            ymax = fmax(ymax, fabs((double)y[k]));
+            dd += ((double)x[k] - y[k]) * ((double)x[k] - y[k]);
+            yy += (double)y[k] * y[k];
         }
-        double rel = dmax / fmax(ymax, 1e-30);
+        double rel = sqrt(dd) / fmax(sqrt(yy), 1e-30);
         if (!(rel <= worst)) worst = rel;  // NaN counts as the worst
         free(x);
         free(y);
@@ -177,9 +179,10 @@ TEST(mpi_two_ranks_train_like_one_process_with_twice_the_batch) {
         snprintf(a, sizeof a, "%s/step_00000012/%s", one, files[k]);
         snprintf(b, sizeof b, "%s/step_00000012/%s", two, files[k]);
         snprintf(z, sizeof z, "%s/step_00000012/%s", zero, files[k]);
-        double d2 = st_max_rel_diff(b, a), dz = st_max_rel_diff(z, a);
-        CHECK(d2 >= 0 && d2 <= 1e-5, "%s: 2 ranks vs 1 process: relative difference %g", files[k], d2);
-        CHECK(dz >= 0 && dz <= 1e-5, "%s: 2 ranks with ZeRO-1 vs 1 process: relative difference %g", files[k], dz);
+        // the moments accumulate the small differences AdamW makes of rounding: 1e-4 (check_dist.py)
+        double tol = k == 2 ? 1e-4 : 1e-5, d2 = st_max_rel_diff(b, a), dz = st_max_rel_diff(z, a);
+        CHECK(d2 >= 0 && d2 <= tol, "%s: 2 ranks vs 1 process: relative difference %g", files[k], d2);
+        CHECK(dz >= 0 && dz <= tol, "%s: 2 ranks with ZeRO-1 vs 1 process: relative difference %g", files[k], dz);
     }
     // only rank 0 writes: the same files as one process, and nothing else
     const char *entries[] = {".givt-train.lock", "metrics.jsonl", "train.ini", "step_00000006", "step_00000012"};
