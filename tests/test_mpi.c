@@ -143,12 +143,23 @@ static int count_of(const char *text, const char *what) {
     return n;
 }
 
+// A test's folder: dir (temporary), cfg (dir/c.ini, the tests' configuration) and out (dir/out).
+typedef struct {
+    char dir[256], cfg[512], out[512];
+} Job;
+
+static void job_init(Job *j, const char *tag) {
+    tu_mkdtemp(j->dir, tag);
+    snprintf(j->cfg, sizeof j->cfg, "%s", tu_path(j->dir, "c.ini"));
+    tu_put_text(j->cfg, k_config);
+    snprintf(j->out, sizeof j->out, "%s", tu_path(j->dir, "out"));
+}
+
 TEST(mpi_two_ranks_train_like_one_process_with_twice_the_batch) {
     if (!mpi_ready()) return;
-    char dir[256], cfg[512], one[512], two[512], zero[512], args[2048];
-    tu_mkdtemp(dir, "mpi_eq");
-    snprintf(cfg, sizeof cfg, "%s", tu_path(dir, "c.ini"));
-    tu_put_text(cfg, k_config);
+    Job t;
+    job_init(&t, "mpi_eq");
+    char *dir = t.dir, *cfg = t.cfg, one[512], two[512], zero[512], args[2048];
     snprintf(one, sizeof one, "%s", tu_path(dir, "one"));
     snprintf(two, sizeof two, "%s", tu_path(dir, "two"));
     snprintf(zero, sizeof zero, "%s", tu_path(dir, "zero"));
@@ -265,11 +276,9 @@ static int wait_for_progress(const char *out_dir, double limit_s) {
 
 TEST(mpi_killed_rank_ends_the_job_within_a_minute) {
     if (!mpi_ready()) return;
-    char dir[256], cfg[512], out[512], args[2048], cmd[4096];
-    tu_mkdtemp(dir, "mpi_kill_rank");
-    snprintf(cfg, sizeof cfg, "%s", tu_path(dir, "c.ini"));
-    tu_put_text(cfg, k_config);
-    snprintf(out, sizeof out, "%s", tu_path(dir, "out"));
+    Job t;
+    job_init(&t, "mpi_kill_rank");
+    char *dir = t.dir, *cfg = t.cfg, *out = t.out, args[2048], cmd[4096];
     snprintf(args, sizeof args, "train.out_dir='%s' train.max_steps=100000000 train.save_every=0 train.log_every=1", out);
     train_cmd(cmd, sizeof cmd, 2, cfg, args);
     setenv("GIVT_TEST_MARK", dir, 1);
@@ -292,10 +301,9 @@ TEST(mpi_killed_rank_ends_the_job_within_a_minute) {
 
 TEST(mpi_kill_and_resume_is_bit_exact_and_sigusr1_stops_every_rank) {
     if (!mpi_ready()) return;
-    char dir[256], cfg[512], straight[512], killed[512], stopped[512], args[2048], cmd[4096];
-    tu_mkdtemp(dir, "mpi_resume");
-    snprintf(cfg, sizeof cfg, "%s", tu_path(dir, "c.ini"));
-    tu_put_text(cfg, k_config);
+    Job t;
+    job_init(&t, "mpi_resume");
+    char *dir = t.dir, *cfg = t.cfg, straight[512], killed[512], stopped[512], args[2048], cmd[4096];
     snprintf(straight, sizeof straight, "%s", tu_path(dir, "straight"));
     snprintf(killed, sizeof killed, "%s", tu_path(dir, "killed"));
     snprintf(stopped, sizeof stopped, "%s", tu_path(dir, "stopped"));
@@ -357,8 +365,9 @@ TEST(mpi_kill_and_resume_is_bit_exact_and_sigusr1_stops_every_rank) {
 
 TEST(mpi_bad_data_on_one_rank_stops_every_rank_with_a_checkpoint) {
     if (!mpi_ready()) return;
-    char dir[256], cfg[512], out[512], data[512], args[2048];
-    tu_mkdtemp(dir, "mpi_bad_data");
+    Job t;
+    job_init(&t, "mpi_bad_data");
+    char *dir = t.dir, *cfg = t.cfg, *out = t.out, data[512], args[2048];
     // (N, T, D) = (40, 12, 3), one NaN in the last sequence: some rank meets it within 2 epochs
     enum { N = 40, T = 12, D = 3 };
     float *x = xmalloc(sizeof(float) * N * T * D);
@@ -370,9 +379,6 @@ TEST(mpi_bad_data_on_one_rank_stops_every_rank_with_a_checkpoint) {
     snprintf(data, sizeof data, "%s", tu_path(dir, "x.npy"));
     CHECK(npy_write_f32(data, x, 3, shape) == 0, "%s", givt_last_error());
     free(x);
-    snprintf(cfg, sizeof cfg, "%s", tu_path(dir, "c.ini"));
-    tu_put_text(cfg, k_config);
-    snprintf(out, sizeof out, "%s", tu_path(dir, "out"));
     snprintf(args, sizeof args,
              "train.out_dir='%s' data.kind=npy data.path='%s' train.val_size=0 train.max_steps=50 train.save_every=0",
              out, data);
@@ -388,16 +394,15 @@ TEST(mpi_bad_data_on_one_rank_stops_every_rank_with_a_checkpoint) {
 
 TEST(mpi_ranks_with_different_configurations_are_refused) {
     if (!mpi_ready()) return;
-    char dir[256], cfg[512], cmd[4096];
-    tu_mkdtemp(dir, "mpi_cfg");
-    snprintf(cfg, sizeof cfg, "%s", tu_path(dir, "c.ini"));
-    tu_put_text(cfg, k_config);
-    const char *out = tu_path(dir, "out");
+    Job t;
+    job_init(&t, "mpi_cfg");
+    char *dir = t.dir, *cfg = t.cfg, *out = t.out, cmd[4096];
     // MPMD: rank 0 and rank 1 started with different overrides
-    snprintf(cmd, sizeof cmd,
-             "%s -x OMP_NUM_THREADS=1 -np 1 '%s/givt-train' '%s' train.out_dir='%s' : -np 1 '%s/givt-train' '%s' "
-             "train.out_dir='%s' train.lr=5e-3",
-             mpirun(), bin_dir(), cfg, out, bin_dir(), cfg, out);
+    int len = snprintf(cmd, sizeof cmd,
+                       "%s -x OMP_NUM_THREADS=1 -np 1 '%s/givt-train' '%s' train.out_dir='%s' : -np 1 '%s/givt-train' "
+                       "'%s' train.out_dir='%s' train.lr=5e-3",
+                       mpirun(), bin_dir(), cfg, out, bin_dir(), cfg, out);
+    CHECK(len > 0 && (size_t)len < sizeof cmd);
     char *log;
     int rc = run_logged(dir, cmd, 120, &log);
     CHECK(rc != 0 && rc != 137, "exit status %d: %s", rc, log);
@@ -410,11 +415,9 @@ TEST(mpi_ranks_with_different_configurations_are_refused) {
 
 TEST(mpi_hung_rank_ends_the_job_after_hang_timeout) {
     if (!mpi_ready()) return;
-    char dir[256], cfg[512], out[512], args[2048], cmd[4096];
-    tu_mkdtemp(dir, "mpi_hang");
-    snprintf(cfg, sizeof cfg, "%s", tu_path(dir, "c.ini"));
-    tu_put_text(cfg, k_config);
-    snprintf(out, sizeof out, "%s", tu_path(dir, "out"));
+    Job t;
+    job_init(&t, "mpi_hang");
+    char *dir = t.dir, *cfg = t.cfg, *out = t.out, args[2048], cmd[4096];
     snprintf(args, sizeof args,
              "train.out_dir='%s' train.max_steps=100000000 train.save_every=0 train.log_every=1 train.hang_timeout=3",
              out);
@@ -434,5 +437,32 @@ TEST(mpi_hung_rank_ends_the_job_after_hang_timeout) {
     CHECK(log && strstr(log, "rank 0: no progress for"), "rank 0's watchdog says why: %s", log ? log : "");
     fprintf(stderr, "  (rank 1 stopped: the job ended %.1f s later, exit status %d)\n", took, rc);
     free(log);
+    tu_rmtree(dir);
+}
+
+TEST(mpi_resume_with_another_world_size_resplits_the_moments) {
+    if (!mpi_ready()) return;
+    Job t;
+    job_init(&t, "mpi_world");
+    char *dir = t.dir, *cfg = t.cfg, *out = t.out, args[2048];
+    char *log;
+    // 2 ranks with ZeRO-1 to step 6, then one process (batch 6 = the same global batch) to 12
+    snprintf(args, sizeof args, "train.out_dir='%s' train.zero=1 train.max_steps=6", out);
+    CHECK(train(dir, 2, cfg, args, &log) == 0, "%s", log);
+    free(log);
+    snprintf(args, sizeof args, "train.out_dir='%s' train.batch_size=6 train.resume_from_ckpt=latest", out);
+    CHECK(train(dir, 0, cfg, args, &log) == 0, "%s", log);
+    CHECK(strstr(log, "was written by 2 processes, this run has 1"), "%s", log);
+    free(log);
+    // against 12 steps by 2 ranks without interruption: the same run up to float32 sums
+    char straight[512], a[700], b[700];
+    snprintf(straight, sizeof straight, "%s", tu_path(dir, "straight"));
+    snprintf(args, sizeof args, "train.out_dir='%s'", straight);
+    CHECK(train(dir, 2, cfg, args, &log) == 0, "%s", log);
+    free(log);
+    snprintf(a, sizeof a, "%s/step_00000012/model.safetensors", out);
+    snprintf(b, sizeof b, "%s/step_00000012/model.safetensors", straight);
+    double d = st_max_rel_diff(a, b);
+    CHECK(d >= 0 && d <= 1e-5, "resumed with 1 process vs 2 ranks throughout: relative difference %g", d);
     tu_rmtree(dir);
 }
