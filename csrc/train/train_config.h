@@ -49,6 +49,7 @@ typedef struct {
     char init_from[TRAIN_CONFIG_STR_MAX];         // "" | a Hugging Face style folder
     int device;                                   // DeviceKind
     double peak_tflops;                           // of the device, for the MFU figure; 0 = unknown
+    double label_drop;                            // class-conditional: share of labels replaced by "no label"
 } TrainSettings;
 
 // [data]
@@ -57,6 +58,7 @@ typedef struct {
     char path[TRAIN_CONFIG_STR_MAX];  // npy: a file, a comma-separated list, or a glob
     int seq_len;
     int64_t dummy_size;               // dummy: number of sequences
+    char labels[TRAIN_CONFIG_STR_MAX];  // class labels (.npy, one per sequence); "" = none
 } DataSettings;
 
 typedef struct {
