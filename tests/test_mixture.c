@@ -70,6 +70,28 @@ TEST(cfg_guidance_moves_the_mean_away_from_the_unconditional) {
     CHECK(guided > 0.35 && guided < 0.49, "w = 2 mean %.4f (closed form 0.421)", guided);
 }
 
+// When the unconditional density is the narrower one, p_c^(1+w) / p_u^w grows without bound away
+// from mc (no density at all); the sampler takes the target on the grid's interval mc +- 4 proposal
+// stds (sq = 2 max(sc, su)): every draw lies there. The bound sits at the interval's edge, where
+// proposals rarely land, so nearly every dimension falls back to a conditional draw N(mc, sc^2).
+TEST(cfg_unbounded_ratio_stays_on_the_grid_interval) {
+    Rng r;
+    rng_seed(&r, 11);
+    CfgStats st = {0};
+    const double mc = 1.0, sc = 1.0, mu = 1.2, su = 0.5, w = 2.0, sq = 2.0;
+    int outside = 0;
+    double m1 = 0;
+    for (int i = 0; i < 5000; i++) {
+        double x = sample_cfg_1d(mc, sc, mu, su, w, &r, &st);
+        outside += fabs(x - mc) > 4 * sq;
+        m1 += x / 5000;
+    }
+    printf("  unbounded ratio: %d of 5000 outside the interval, acceptance %.2f%%, %lld fallbacks, mean %.3f\n",
+           outside, 100.0 * st.accepted / st.proposals, (long long)st.fallbacks, m1);
+    CHECK(outside == 0, "%d draws outside mc +- 4 sq", outside);
+    CHECK(st.fallbacks > 4500 && st.accepted + st.fallbacks == 5000, "%lld fallbacks", (long long)st.fallbacks);
+}
+
 // ---- mixtures -----------------------------------------------------------------------------------
 // A K = 3 head with weights 1/6, 2/6, 3/6 (logits log 1, log 2, log 3 plus an offset) and components
 // 100 apart: each draw belongs to one component; the frequencies within 5 standard errors; within

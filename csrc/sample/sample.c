@@ -77,9 +77,11 @@ double sample_cfg_1d(double mc, double sc, double mu, double su, double w, Rng *
     }
     if (st) st->dims++;
     for (int i = 0; i < SAMPLE_CFG_MAX_PROPOSALS; i++) {
-        double x = mc + sq * rng_normal(rng), u = rng_uniform(rng);
+        double z = rng_normal(rng), x = mc + sq * z, u = rng_uniform(rng);
         if (st) st->proposals++;
-        if (log(u) <= cfg_log_ratio(x, mc, sc, mu, su, sq, w) - bound) {
+        // the target is taken on the grid's interval, where the bound holds (when p_u is the narrower
+        // density, p_c^(1+w) / p_u^w grows without bound away from mc and is no density at all)
+        if (fabs(z) <= CFG_GRID_HALF && log(u) <= cfg_log_ratio(x, mc, sc, mu, su, sq, w) - bound) {
             if (st) st->accepted++;
             return x;
         }
