@@ -35,7 +35,17 @@ endif
 comma := ,
 
 NVCC ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
-MPICC ?= $(shell command -v mpicc 2>/dev/null)
+
+# MPI (data-parallel training, csrc/train/dist_mpi.c): the flags of the mpicc compiler wrapper
+# (Open MPI's --showme, MPICH's -compile_info/-link_info); MPI=0 builds without it.
+MPI ?= 1
+MPICC ?= $(if $(filter 1,$(MPI)),$(shell command -v mpicc 2>/dev/null))
+ifneq ($(MPICC),)
+  MPI_CFLAGS := $(or $(shell $(MPICC) --showme:compile 2>/dev/null),$(filter -I% -D%,$(shell $(MPICC) -compile_info 2>/dev/null)))
+  MPI_LIBS   := $(or $(shell $(MPICC) --showme:link 2>/dev/null),$(filter -L% -l% -Wl%,$(shell $(MPICC) -link_info 2>/dev/null)))
+  override CFLAGS += -DGIVT_WITH_MPI $(MPI_CFLAGS)
+  LDLIBS += $(MPI_LIBS)
+endif
 
 # where the programs go: the top-level folder (BIN_PREFIX empty), or e.g. build-san/ for test-sanitize
 BIN_PREFIX ?=
@@ -66,19 +76,22 @@ ifneq ($(NVCC),)
   CUDA_HOME   ?= $(patsubst %/bin/,%,$(dir $(realpath $(NVCC))))
   CUDA_LIBDIR ?= $(firstword $(wildcard $(CUDA_HOME)/lib64 $(CUDA_HOME)/targets/x86_64-linux/lib))
   override CFLAGS += -DGIVT_WITH_CUDA
-  KERNEL_SRCS := $(wildcard kernels/*.cu)
-  KERNEL_HDRS := $(wildcard kernels/*.h kernels/*.cuh kernels/emu/*.h)
-  GPU_OBJS    := $(KERNEL_SRCS:%.cu=$(BUILD)/%.o)
+  # NCCL (kernels/dist_nccl.cu, the GPU communicator): GPU builds only, when nccl.h is beside nvcc
+  NCCL_INC    := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h))
+  NCCL_SRCS   := $(if $(NCCL_INC),kernels/dist_nccl.cu)
+  KERNEL_SRCS := $(filter-out kernels/dist_nccl.cu,$(wildcard kernels/*.cu))
+  KERNEL_HDRS := $(wildcard kernels/*.h kernels/*.cuh kernels/emu/*.h csrc/train/dist*.h)
+  GPU_OBJS    := $(KERNEL_SRCS:%.cu=$(BUILD)/%.o) $(NCCL_SRCS:%.cu=$(BUILD)/%.o)
   EMU_OBJS    := $(KERNEL_SRCS:kernels/%.cu=$(BUILD)/kernels-emu/%.o) \
                  $(patsubst kernels/emu/%.cpp,$(BUILD)/kernels-emu/emu/%.o,$(wildcard kernels/emu/*.cpp))
   TEST_CU_OBJS := $(patsubst tests/%.cu,$(BUILD)/tests-emu/%.o,$(wildcard tests/*.cu))
   NVCCFLAGS   ?= -O3 -lineinfo
   override NVCCFLAGS += -std=c++17 -arch=sm_90 -gencode arch=compute_90,code=compute_90 \
-                 -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings -Ikernels -Icsrc/core -Icsrc/model
+                 -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings -Ikernels -Icsrc/core -Icsrc/model -Icsrc/train
   # EMU_EXTRA: test-sanitize adds the sanitizers here
   EMU_CXXFLAGS := -std=c++17 -O1 -g $(ARCH) -Wall -Wextra -Werror -Wno-unknown-pragmas -DGIVT_CUDA_EMU \
                  -isystem $(CUDA_HOME)/include -Ikernels -Icsrc/core -Icsrc/model -Itests -MMD -MP $(EMU_EXTRA)
-  GPU_LIBS    := -L$(CUDA_LIBDIR) -lcudart -lcublasLt -Wl,-rpath,$(CUDA_LIBDIR) -lstdc++
+  GPU_LIBS    := -L$(CUDA_LIBDIR) -lcudart -lcublasLt $(if $(NCCL_SRCS),-lnccl) -Wl,-rpath,$(CUDA_LIBDIR) -lstdc++
   EMU_LIBS    := -L$(CUDA_LIBDIR) -lcublasLt -Wl,-rpath,$(CUDA_LIBDIR) -lstdc++
   ifeq ($(EMU_PROGRAMS),1)
     KERNEL_OBJS := $(EMU_OBJS)
@@ -177,7 +190,8 @@ clean:
 info:
 	@echo "BLAS:  $(OPENBLAS_PC) ($(or $(BLAS_LIBDIR),-lopenblas))"
 	@echo "nvcc:  $(or $(NVCC),not found)$(if $(NVCC), (CUDA backend: kernels/*.cu for sm_90; emulated in the tests; cuda libraries in $(CUDA_LIBDIR)), (no CUDA backend))"
-	@echo "mpicc: $(or $(MPICC),not found) (multi-process training: not written yet)"
+	@echo "mpicc: $(or $(MPICC),not found)$(if $(MPICC), (data-parallel training on CPUs: csrc/train/dist_mpi.c), (single process only))"
+	@echo "nccl:  $(or $(NCCL_INC),not found)$(if $(NCCL_INC), (data-parallel training on GPUs: kernels/dist_nccl.cu))"
 
 # ---- fuzzing: make fuzz ----------------------------------------------------------------------
 # libFuzzer targets (tests/fuzz/fuzz_*.c, one per input format: INI config, JSON/config.json,

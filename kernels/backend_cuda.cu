@@ -164,7 +164,9 @@ extern "C" int backend_cuda_available(char *why, size_t n) {
 }
 
 extern "C" Backend *backend_cuda_open(const char *precision) {
-    const int device = 0;
+    int count = 0;
+    CUDA_CHECK(cudaGetDeviceCount(&count));
+    const int device = count > 0 ? backend_device_ordinal() % count : 0;  // data parallel: the local rank's GPU
     CUDA_CHECK(cudaSetDevice(device));
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
@@ -179,7 +181,8 @@ extern "C" Backend *backend_cuda_open(const char *precision) {
     snprintf(be->device, sizeof be->device, "emulated CUDA (CPU)");
     be->peak_flops = 0;
 #else
-    snprintf(be->device, sizeof be->device, "%.100s, %.0f GiB", prop.name, prop.totalGlobalMem / 1073741824.0);
+    snprintf(be->device, sizeof be->device, "%.100s, %.0f GiB, GPU %d", prop.name, prop.totalGlobalMem / 1073741824.0,
+             device);
     // H100/H200-class (sm_90) dense bf16 with fp32 accumulation; other GPUs and fp32: unknown
     be->peak_flops = prop.major == 9 && prop.minor == 0 && be->compute == DTYPE_BF16 ? 790e12 : 0;
 #endif

@@ -15,6 +15,8 @@
 #              double reference
 #   tests      run_tests_gpu: every other test (CPU paths, programs)
 #   train      configs/tiny.ini on cuda fp32 and bf16 and on cpu: final losses (fp32 cuda ~ cpu)
+#   nccl       tiny.ini on cuda with GIVT_DIST=nccl: one rank through the NCCL communicator (bucketed
+#              all-reduce on its own stream); bit-identical to the train step's cuda f32 run
 #   memcheck, racecheck, synccheck, initcheck: compute-sanitizer on the op tests (small shapes)
 #   kill-resume  scripts/check_kill_resume.sh with DEVICE=cuda: SIGKILL at many points, resumed runs
 #              end bit-identical to an uninterrupted one
@@ -139,6 +141,22 @@ if [ $HAVE_CUDA = 1 ]; then
         "cpu: $(final_loss "$OUT/train-cpu.log") | cuda f32: $(final_loss "$OUT/train-f32.log") | bf16: $(final_loss "$OUT/train-bf16.log")"
 else
     row train SKIP "$(elapsed "$t")" "no GPU (cpu: $(final_loss "$OUT/train-cpu.log"))"
+fi
+
+# ---- the NCCL communicator, one rank ------------------------------------------------------------
+# (NCCL cannot put two ranks on one GPU): GIVT_DIST=nccl makes the one rank reduce its gradients
+# through NCCL, bucket by bucket on the communication stream as backward finishes each layer; the
+# mean over one rank is the gradient itself, so the run must end bit-identical to train-f32.
+t=${EPOCHREALTIME}
+if [ $HAVE_CUDA = 1 ] && $B/givt-train --version | grep -q NCCL; then
+    run nccl 60 env GIVT_DIST=nccl $B/givt-train configs/tiny.ini train.out_dir="$OUT/train-nccl" train.device=cuda
+    same=$(cmp -s "$OUT/train-nccl/step_00000020/model.safetensors" "$OUT/train-f32/step_00000020/model.safetensors" &&
+        cmp -s "$OUT/train-nccl/step_00000020/optimizer.safetensors" "$OUT/train-f32/step_00000020/optimizer.safetensors" &&
+        echo identical || echo DIFFERENT)
+    row nccl "$([ $RC -eq 0 ] && [ "$same" = identical ] && grep -q 'nccl communicator' "$OUT/nccl.log" && echo PASS || echo FAIL)" \
+        "$(elapsed "$t")" "1 rank through NCCL: $(final_loss "$OUT/nccl.log"); weights and moments $same to cuda f32"
+else
+    row nccl SKIP 0 "no GPU, or no NCCL in this build"
 fi
 
 # ---- compute-sanitizer ------------------------------------------------------------------------

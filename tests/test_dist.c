@@ -86,3 +86,55 @@ TEST(dist_backward_reports_each_gradient_once_in_order) {
     model_free(&m);
     backend_close(be);
 }
+
+TEST(dist_parts_tile_the_buffer_in_rank_order) {
+    size_t totals[] = {0, 1, 5, 7, 1000, 1001};
+    for (size_t t = 0; t < sizeof totals / sizeof totals[0]; t++)
+        for (int world = 1; world <= 9; world++) {
+            size_t next = 0;
+            for (int r = 0; r < world; r++) {
+                DistPart p = dist_part(totals[t], world, r);
+                CHECK(p.first == next || p.count == 0, "total %zu world %d rank %d: first %zu, want %zu", totals[t],
+                      world, r, p.first, next);
+                CHECK(p.count <= (totals[t] + (size_t)world - 1) / (size_t)world);
+                next += p.count;
+            }
+            CHECK(next == totals[t], "total %zu world %d: parts cover %zu", totals[t], world, next);
+        }
+}
+
+TEST(dist_single_process_parts_gather_and_checks) {
+    Dist *d = dist_open_single();
+    Backend *be = backend_open("cpu", "no");
+    float host[7] = {1, 2, 3, 4, 5, 6, 7}, part[7] = {0}, full[7] = {0};
+    float *g = be->ops->alloc(be, sizeof host), *p = be->ops->alloc(be, sizeof host);
+    be->ops->upload(be, g, host, sizeof host);
+    dist_reduce_scatter_mean(d, be, g, p, 7);  // one rank: its part is everything
+    be->ops->download(be, part, p, sizeof part);
+    CHECK(memcmp(part, host, sizeof host) == 0);
+    dist_allgather(d, be, g, 7);
+    dist_gather(d, host, full, 7);
+    CHECK(memcmp(full, host, sizeof host) == 0);
+    CHECK(dist_max(d, -3) == -3);
+    int bad = 7;
+    CHECK(dist_check_same(d, "abc", 3, &bad) == 0 && bad == -1);
+    CHECK(strstr(d->launcher, "none") != NULL);
+    be->ops->free(be, g);
+    be->ops->free(be, p);
+    backend_close(be);
+    dist_close(d);
+}
+
+TEST(dist_open_without_a_launcher_is_the_single_process) {
+    // the variables a launcher sets are absent in the test runner (it is never started by mpirun)
+    if (getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_SIZE") || getenv("SLURM_STEP_ID")) {
+        t_skip("the test runner was started by a launcher");
+        return;
+    }
+    Dist *d = dist_open();
+    CHECK(d && !strcmp(d->name, "single") && d->world_size == 1);
+    Backend *be = backend_open("cpu", "no");
+    CHECK(dist_for_backend(d, be) == d, "the CPU backend's memory is host memory: the communicator itself");
+    backend_close(be);
+    dist_close(d);
+}

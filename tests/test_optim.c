@@ -73,7 +73,7 @@ TEST(clipping_scales_to_the_max_norm) {
     OptimConfig oc = {.lr = 0, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-8, .grad_norm = 1.0};
     AdamW opt;
     adamw_create(&opt, &m, &oc);
-    adamw_step(&opt, &m, 0.0, norm);
+    adamw_step(&opt, &m, m.grads, 0.0, norm);
     double coef = 1.0 / (norm + 1e-6);
     CHECK_CLOSE(opt.m[0], 0.1 * -4.0 * coef, 1e-6);
     CHECK_CLOSE(opt.m[1], 0.1 * 3.0 * coef, 1e-6);

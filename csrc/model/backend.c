@@ -12,6 +12,10 @@
 size_t dtype_size(DType t) { return t == DTYPE_BF16 ? 2 : 4; }
 const char *dtype_name(DType t) { return t == DTYPE_BF16 ? "bf16" : "float32"; }
 
+static int g_device_ordinal;
+void backend_set_device_ordinal(int ordinal) { g_device_ordinal = ordinal < 0 ? 0 : ordinal; }
+int backend_device_ordinal(void) { return g_device_ordinal; }
+
 // ---- the registry ---------------------------------------------------------------------------
 // In the order "auto" tries them. A backend whose code is not built in says why it is unavailable.
 typedef struct {

@@ -37,6 +37,10 @@ struct Backend {
 // says so through ->compute). NULL with givt_fail naming the device when it is unknown or unavailable.
 Backend *backend_open(const char *device, const char *precision);
 void backend_close(Backend *be);
+// Which of several devices a backend opened from now on uses (the CUDA backend: GPU ordinal modulo
+// the GPUs visible): the local rank of data-parallel training. 0 unless set.
+void backend_set_device_ordinal(int ordinal);
+int backend_device_ordinal(void);
 
 // The registry: the names of the backends built in, and whether each can be opened here (a reason
 // in why when not): 0 no, 1 yes, 2 yes but emulated (the CUDA backend on the CPU in the tests:

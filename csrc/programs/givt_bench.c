@@ -207,7 +207,7 @@ int main(int argc, char **argv) {
         double sc[2];
         ops->download(be, sc, m.scalars + SCALAR_LOSS_SUM, sizeof sc);
         loss = sc[0] / ((double)B * T * cfg.input_dim);
-        if (adamw) adamw_step(&opt, &m, oc.lr, sqrt(sc[1]));
+        if (adamw) adamw_step(&opt, &m, m.grads, oc.lr, sqrt(sc[1]));
         backend_synchronize(be);
         double dt = time_now_s() - t0;
         if (!isfinite(loss)) givt_die("step %d: loss is %g", s, loss);

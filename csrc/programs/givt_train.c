@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "dist.h"
 #include "trainer.h"
 
 #define GIVT_VERSION "0.1.0"
@@ -29,7 +30,7 @@ int main(int argc, char **argv) {
             int ok = backend_available(name, why, sizeof why);
             printf("  %-5s %s%s\n", name, ok ? "available" : "unavailable: ", ok ? "" : why);
         }
-        printf("data parallel: single process (this build has no MPI or NCCL communicator)\n");
+        printf("data parallel: %s\n", dist_build_info());
         return 0;
     }
     if (argc < 2 || argv[1][0] == '-') {

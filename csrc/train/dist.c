@@ -1,38 +1,140 @@
-// dist: the communicator interface and its single-process implementation.
+// dist: the communicator interface, the single-process communicator and the choice of communicator.
+#define _GNU_SOURCE
 #include "dist.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "dist_impl.h"
+#include "ops.h"
 #include "util.h"
 
+DistPart dist_part(size_t total, int world_size, int rank) {
+    size_t per = world_size > 0 ? (total + (size_t)world_size - 1) / (size_t)world_size : total;
+    size_t first = per * (size_t)rank;
+    if (first > total) first = total;
+    size_t end = first + per < total ? first + per : total;
+    return (DistPart){first, end - first};
+}
+
+// ---- single process: every collective is the identity ----------------------------------------
 static void single_allreduce_mean(Dist *d, Backend *be, float *buf, size_t n) { (void)d, (void)be, (void)buf, (void)n; }
 static void single_allreduce_sum_scalars(Dist *d, Backend *be, double *buf, size_t n) {
     (void)d, (void)be, (void)buf, (void)n;
 }
-static int single_any(Dist *d, int flag) {
+// part = full[first, first + count): the one rank's part is the whole buffer
+static void single_reduce_scatter_mean(Dist *d, Backend *be, const float *full, float *part, size_t total) {
     (void)d;
-    return flag != 0;
+    if (part != full) be->ops->copy(be, part, full, total * sizeof(float));
+}
+static void single_allgather(Dist *d, Backend *be, float *full, size_t total) { (void)d, (void)be, (void)full, (void)total; }
+static long single_max(Dist *d, long v) {
+    (void)d;
+    return v;
+}
+static void single_broadcast(Dist *d, void *buf, size_t n) { (void)d, (void)buf, (void)n; }
+static void single_gather(Dist *d, const float *part, float *full, size_t total) {
+    (void)d;
+    if (full != part) memcpy(full, part, total * sizeof(float));
 }
 static void single_barrier(Dist *d) { (void)d; }
+static void single_abort(Dist *d, int code) {
+    (void)d;
+    exit(code);
+}
 static void single_close(Dist *d) { (void)d; }
 
 static const DistOps k_single = {
     .allreduce_mean = single_allreduce_mean,
     .allreduce_sum_scalars = single_allreduce_sum_scalars,
     .grads_ready = NULL,
-    .any = single_any,
+    .reduce_scatter_mean = single_reduce_scatter_mean,
+    .allgather = single_allgather,
+    .max = single_max,
+    .broadcast = single_broadcast,
+    .gather = single_gather,
     .barrier = single_barrier,
+    .abort = single_abort,
     .close = single_close,
 };
 
 Dist *dist_open_single(void) {
     Dist *d = xcalloc(1, sizeof *d);
     d->name = "single";
+    snprintf(d->launcher, sizeof d->launcher, "none");
     d->rank = 0;
     d->world_size = 1;
     d->local_rank = 0;
     d->ops = &k_single;
     return d;
+}
+
+// ---- choosing the communicator ---------------------------------------------------------------
+// The launcher that started this process, from the variables it sets; "" when none. *ranks gets
+// the world size it announces (0 when it does not say).
+static const char *detect_launcher(long *ranks) {
+    static const struct {
+        const char *size_var, *name;
+    } k[] = {
+        {"OMPI_COMM_WORLD_SIZE", "mpirun (Open MPI)"},
+        {"PMI_SIZE", "mpiexec (PMI)"},
+        {"PMIX_SIZE", "a PMIx launcher"},
+        {"SLURM_NTASKS", "srun"},
+    };
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
+        const char *v = getenv(k[i].size_var);
+        // SLURM_NTASKS is also set inside an sbatch script; only a task of srun has SLURM_STEP_ID
+        if (!v || (!strcmp(k[i].size_var, "SLURM_NTASKS") && !getenv("SLURM_STEP_ID"))) continue;
+        *ranks = strtol(v, NULL, 10);
+        return k[i].name;
+    }
+    *ranks = 0;
+    return "";
+}
+
+Dist *dist_open(void) {
+    long ranks;
+    const char *launcher = detect_launcher(&ranks);
+    if (!launcher[0]) return dist_open_single();
+#ifdef GIVT_WITH_MPI
+    return dist_open_mpi(launcher);
+#else
+    if (ranks > 1) {
+        givt_fail("started by %s with %ld ranks, but this build has no MPI: install MPI (Debian: libopenmpi-dev "
+                  "openmpi-bin) and rebuild (make finds mpicc); givt-train --version says what is built in",
+                  launcher, ranks);
+        return NULL;
+    }
+    return dist_open_single();
+#endif
+}
+
+Dist *dist_for_backend(Dist *d, Backend *be) {
+    int host_memory = !strcmp(be->name, "cpu");
+    const char *force = getenv("GIVT_DIST");  // "nccl": NCCL even for one rank (scripts/gpu_check.sh)
+    int want_nccl = !host_memory && (d->world_size > 1 || (force && !strcmp(force, "nccl")));
+    if (!want_nccl) {
+        if (host_memory || d->world_size == 1) return d;
+    }
+    if (want_nccl && dist_open_nccl) return dist_open_nccl(d, be);
+    givt_fail("%d ranks on the %s backend need NCCL, and this build has none (nccl.h was not found beside nvcc); "
+              "givt-train --version says what is built in",
+              d->world_size, be->name);
+    return NULL;
+}
+
+const char *dist_build_info(void) {
+    static char buf[160];
+    buf[0] = '\0';
+#ifdef GIVT_WITH_MPI
+    snprintf(buf, sizeof buf, "MPI (%s)", dist_mpi_version());
+#endif
+    if (dist_nccl_version) {
+        size_t n = strlen(buf);
+        snprintf(buf + n, sizeof buf - n, "%sNCCL %s", n ? ", " : "", dist_nccl_version());
+    }
+    return buf[0] ? buf : "none (single process only)";
 }
 
 void dist_close(Dist *d) {
@@ -41,6 +143,7 @@ void dist_close(Dist *d) {
     free(d);
 }
 
+// ---- dispatch --------------------------------------------------------------------------------
 void dist_allreduce_mean(Dist *d, Backend *be, float *buf, size_t n) { d->ops->allreduce_mean(d, be, buf, n); }
 void dist_allreduce_sum_scalars(Dist *d, Backend *be, double *buf, size_t n) {
     d->ops->allreduce_sum_scalars(d, be, buf, n);
@@ -48,5 +151,27 @@ void dist_allreduce_sum_scalars(Dist *d, Backend *be, double *buf, size_t n) {
 void dist_grads_ready(Dist *d, Backend *be, float *buf, size_t first, size_t count) {
     if (d->ops->grads_ready) d->ops->grads_ready(d, be, buf, first, count);
 }
-int dist_any(Dist *d, int flag) { return d->ops->any(d, flag); }
+void dist_reduce_scatter_mean(Dist *d, Backend *be, const float *full, float *part, size_t total) {
+    d->ops->reduce_scatter_mean(d, be, full, part, total);
+}
+void dist_allgather(Dist *d, Backend *be, float *full, size_t total) { d->ops->allgather(d, be, full, total); }
+long dist_max(Dist *d, long v) { return d->ops->max(d, v); }
+int dist_any(Dist *d, int flag) { return d->ops->max(d, flag != 0) != 0; }
+void dist_broadcast(Dist *d, void *buf, size_t n) { d->ops->broadcast(d, buf, n); }
+void dist_gather(Dist *d, const float *part, float *full, size_t total) { d->ops->gather(d, part, full, total); }
 void dist_barrier(Dist *d) { d->ops->barrier(d); }
+void dist_abort(Dist *d, int code) { d->ops->abort(d, code); }
+
+int dist_check_same(Dist *d, const void *bytes, size_t n, int *first_bad) {
+    unsigned long long len = n;
+    dist_broadcast(d, &len, sizeof len);
+    char *root = xmalloc(len ? len : 1);
+    if (d->rank == 0) memcpy(root, bytes, n);
+    dist_broadcast(d, root, len);
+    int differs = len != n || memcmp(root, bytes, n) != 0;
+    free(root);
+    // the lowest differing rank r as the largest world_size - r
+    long worst = dist_max(d, differs ? (long)(d->world_size - d->rank) : 0);
+    *first_bad = worst ? d->world_size - (int)worst : -1;
+    return worst ? -1 : 0;
+}

@@ -1,9 +1,15 @@
 // dist: the communicator of data-parallel training, the seam between the trainer and MPI / NCCL.
-// The trainer all-reduces the gradients and the loss through it after accumulation, hands it each
-// range of gradients as backward finishes it (so that an NCCL communicator can overlap reduction
-// with the rest of the backward pass), agrees on the stop flag through it, and lets only rank 0
-// print and write files. This build has the single-process communicator, with which nothing
-// changes: every reduction of one rank is the identity.
+// Every rank holds the whole model; each trains on its own slice of every global batch, and the
+// gradients are averaged over ranks before the optimizer step, so that every rank applies the same
+// update. The trainer all-reduces the gradients and the loss through this interface, hands it each
+// range of gradients as backward finishes it (so that NCCL can overlap reduction with the rest of
+// the backward pass), agrees on stopping through it, and lets only rank 0 print and write files.
+//
+// Three communicators:
+//  - single: one process (no launcher, or a build without MPI); every reduction is the identity;
+//  - mpi:    MPI_COMM_WORLD; buffers are host memory (the CPU backend);
+//  - nccl:   gradients in GPU memory through NCCL on its own stream, control through the MPI (or
+//            single) communicator it was opened over (the CUDA backend).
 #ifndef GIVT_DIST_H
 #define GIVT_DIST_H
 
@@ -11,38 +17,87 @@
 
 #include "backend.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct Dist Dist;
 
+// Rank r's part of a flat buffer of `total` floats split across the ranks for ZeRO-1: parts of
+// ceil(total / world_size) floats, the last ones shorter (possibly empty).
 typedef struct {
-    // buf (n floats, backend memory) = the mean over ranks, in place
+    size_t first, count;
+} DistPart;
+DistPart dist_part(size_t total, int world_size, int rank);
+
+typedef struct {
+    // ---- data: backend memory ----
+    // buf (n floats) = the mean over ranks, in place
     void (*allreduce_mean)(Dist *d, Backend *be, float *buf, size_t n);
     // buf (n doubles, backend scalars) = the sum over ranks, in place
     void (*allreduce_sum_scalars)(Dist *d, Backend *be, double *buf, size_t n);
-    // grads [first, first + count) of buf are final on this rank (may start their reduction; the
-    // allreduce_mean of the whole buffer that follows completes it); NULL: nothing to overlap
+    // grads [first, first + count) of buf are final on this rank; the communicator may start their
+    // reduction (the allreduce_mean of the whole buffer that follows completes it). NULL: no overlap.
     void (*grads_ready)(Dist *d, Backend *be, float *buf, size_t first, size_t count);
-    // 1 on every rank when flag is set on any rank
-    int (*any)(Dist *d, int flag);
+    // ZeRO-1: part (this rank's dist_part of total) = the mean over ranks of that part of full
+    void (*reduce_scatter_mean)(Dist *d, Backend *be, const float *full, float *part, size_t total);
+    // ZeRO-1: every rank's part of full (total floats, each rank's own part in place) to every rank
+    void (*allgather)(Dist *d, Backend *be, float *full, size_t total);
+    // ---- control: host memory ----
+    long (*max)(Dist *d, long v);                      // the largest v over ranks, on every rank
+    void (*broadcast)(Dist *d, void *buf, size_t n);   // rank 0's n bytes to every rank
+    // rank 0 gets every rank's part (dist_part of total) of a float buffer into full (total floats,
+    // rank 0 only; NULL elsewhere); part is this rank's part in host memory
+    void (*gather)(Dist *d, const float *part, float *full, size_t total);
     void (*barrier)(Dist *d);
-    void (*close)(Dist *d);
+    void (*abort)(Dist *d, int code);  // ends every rank of the job; does not return
+    void (*close)(Dist *d);            // collective: every rank closes
 } DistOps;
 
 struct Dist {
-    const char *name;  // "single", "mpi", "nccl"
+    const char *name;     // "single", "mpi", "nccl"
+    char launcher[64];    // how the ranks were started: "none", "mpirun (Open MPI)", "srun", ...
     int rank, world_size, local_rank;
     const DistOps *ops;
     void *ctx;
 };
 
+// The communicator of this process. Under a launcher (mpirun, mpiexec, srun: found from the
+// environment it sets) it initialises MPI: rank and world size from MPI_COMM_WORLD, the local rank
+// (which GPU) from MPI's shared-memory split. Without a launcher, or in a build without MPI, the
+// single-process communicator. NULL with givt_fail when MPI is needed but cannot start (e.g. a
+// launcher with several ranks and a build without MPI).
+Dist *dist_open(void);
 // The single-process communicator: rank 0 of 1.
 Dist *dist_open_single(void);
+// For a backend that computes in device memory (cuda): the NCCL communicator over d (which it
+// takes over; its world and ranks). d itself when the backend's memory is host memory and d can
+// reduce it. NULL with givt_fail when no communicator of this build can reduce that backend's memory.
+Dist *dist_for_backend(Dist *d, Backend *be);
 void dist_close(Dist *d);
+
+// What this build can do: "MPI (Open MPI 4.1.4), NCCL 2.x" or "none"; for --version.
+const char *dist_build_info(void);
 
 static inline int dist_is_root(const Dist *d) { return d->rank == 0; }
 void dist_allreduce_mean(Dist *d, Backend *be, float *buf, size_t n);
 void dist_allreduce_sum_scalars(Dist *d, Backend *be, double *buf, size_t n);
 void dist_grads_ready(Dist *d, Backend *be, float *buf, size_t first, size_t count);
-int dist_any(Dist *d, int flag);
+void dist_reduce_scatter_mean(Dist *d, Backend *be, const float *full, float *part, size_t total);
+void dist_allgather(Dist *d, Backend *be, float *full, size_t total);
+long dist_max(Dist *d, long v);
+int dist_any(Dist *d, int flag);  // 1 on every rank when flag is set on any rank
+void dist_broadcast(Dist *d, void *buf, size_t n);
+void dist_gather(Dist *d, const float *part, float *full, size_t total);
 void dist_barrier(Dist *d);
+void dist_abort(Dist *d, int code);
+
+// Checks that every rank holds the same n bytes as rank 0 (a configuration, a binary's hash).
+// Returns 0, or -1 on every rank when any differs; *first_bad gets the lowest differing rank.
+int dist_check_same(Dist *d, const void *bytes, size_t n, int *first_bad);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

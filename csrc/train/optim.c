@@ -22,12 +22,18 @@ double lr_factor(const OptimConfig *oc, long step) {
     return 1.0;
 }
 
-void adamw_create(AdamW *opt, const GivtModel *model, const OptimConfig *cfg) {
+void adamw_create_part(AdamW *opt, const GivtModel *model, const OptimConfig *cfg, size_t first, size_t count) {
     memset(opt, 0, sizeof *opt);
     opt->cfg = *cfg;
-    size_t bytes = model->table.total * sizeof(float);
+    opt->first = first;
+    opt->count = count;
+    size_t bytes = count * sizeof(float);  // allocated zeroed
     opt->m = model->be->ops->alloc(model->be, bytes);
     opt->v = model->be->ops->alloc(model->be, bytes);
+}
+
+void adamw_create(AdamW *opt, const GivtModel *model, const OptimConfig *cfg) {
+    adamw_create_part(opt, model, cfg, 0, model->table.total);
 }
 
 void adamw_free(AdamW *opt, const GivtModel *model) {
@@ -49,7 +55,7 @@ double grad_global_norm(GivtModel *model) {
     return sqrt(ss);
 }
 
-void adamw_step(AdamW *opt, GivtModel *model, double lr, double norm) {
+void adamw_step(AdamW *opt, GivtModel *model, const float *grads, double lr, double norm) {
     const OptimConfig *c = &opt->cfg;
     double scale = 1.0;
     if (c->grad_norm > 0) {
@@ -61,11 +67,14 @@ void adamw_step(AdamW *opt, GivtModel *model, double lr, double norm) {
     Weights *w = &model->w;
     int separate = (void *)w->compute != (void *)w->master;  // a compute copy to refresh
     size_t esize = dtype_size(be->compute);
-    for (int i = 0; i < model->table.count; i++) {
+    size_t lo = opt->first, hi = opt->first + opt->count;
+    for (int i = 0; i < model->table.count; i++) {  // each tensor's overlap [a, b) with the part
         const ParamSpec *s = &model->table.specs[i];
-        cval *pc = separate ? (cval *)((char *)w->compute + s->offset * esize) : NULL;
-        be->ops->adamw(be, w->master + s->offset, pc, model->grads + s->offset, opt->m + s->offset,
-                       opt->v + s->offset, s->numel, (float)lr, (float)c->beta1, (float)c->beta2, (float)c->eps,
+        size_t a = s->offset > lo ? s->offset : lo, b = s->offset + s->numel < hi ? s->offset + s->numel : hi;
+        if (a >= b) continue;
+        cval *pc = separate ? (cval *)((char *)w->compute + a * esize) : NULL;
+        be->ops->adamw(be, w->master + a, pc, grads + (a - lo), opt->m + (a - lo), opt->v + (a - lo), b - a, (float)lr,
+                       (float)c->beta1, (float)c->beta2, (float)c->eps,
                        s->weight_decay ? (float)c->weight_decay : 0.0f, (float)scale, (int)opt->t);
     }
 }

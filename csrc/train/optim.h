@@ -26,19 +26,27 @@ double lr_factor(const OptimConfig *oc, long step);
 
 typedef struct {
     OptimConfig cfg;
-    float *m, *v;  // backend memory, table.total floats each (float32 always)
+    // The part of the flat parameter vector this optimizer updates: [first, first + count), the
+    // whole table (0, table.total) except under ZeRO-1, where each rank owns one part.
+    size_t first, count;
+    float *m, *v;  // backend memory, count floats each (float32 always): the moments of the part
     long t;        // updates applied so far (AdamW's step count)
 } AdamW;
 
-void adamw_create(AdamW *opt, const GivtModel *model, const OptimConfig *cfg);
+void adamw_create(AdamW *opt, const GivtModel *model, const OptimConfig *cfg);  // the whole table
+// The optimizer of parameters [first, first + count) only (ZeRO-1).
+void adamw_create_part(AdamW *opt, const GivtModel *model, const OptimConfig *cfg, size_t first, size_t count);
 void adamw_free(AdamW *opt, const GivtModel *model);
 // *acc (a backend scalar) += the squared L2 norm of model->grads (double accumulation, fixed order).
 void grad_sumsq(const GivtModel *model, double *acc);
 // Global L2 norm of model->grads, read by the host (one synchronisation).
 double grad_global_norm(GivtModel *model);
-// One update of model->w (master weights and their compute copy) with learning rate lr. The gradients are scaled by min(1, grad_norm / (norm + 1e-6))
-// first, as torch.nn.utils.clip_grad_norm_ does. Decay applies to tensors with more than one dim.
-void adamw_step(AdamW *opt, GivtModel *model, double lr, double norm);
+// One update of the optimizer's part of model->w (master weights and their compute copy) with
+// learning rate lr, from grads (backend memory, opt->count floats: the gradients of the part; for
+// the whole table, model->grads). The gradients are scaled by min(1, grad_norm / (norm + 1e-6))
+// first, as torch.nn.utils.clip_grad_norm_ does, norm being the global norm. Decay applies to
+// tensors with more than one dim.
+void adamw_step(AdamW *opt, GivtModel *model, const float *grads, double lr, double norm);
 
 // EMA decay for the `updates`-th update (1-based), as ema_pytorch's EMA(power=..) computes it when
 // updated every step from the start: 0 (a copy) for the first two, then min(0.9999, 1 - (updates-1)^-power).

@@ -85,6 +85,12 @@ static const ConfigKey k_keys[] = {
      NO_RANGE, k_devices},
     {"train", "peak_tflops", CFG_F64, FIELD(train.peak_tflops), "0",
      "peak of one device in TFLOP/s for the MFU figure; 0 = the backend's own figure (the CPU backend has none: no MFU shown)", RANGE_GE, 0, 0, NULL},
+    {"train", "zero", CFG_INT, FIELD(train.zero), "0",
+     "data parallel: 1 = ZeRO-1, each rank keeps and updates only its part of the AdamW moments (reduce-scatter, "
+     "all-gather); 0 = every rank keeps all", RANGE_GE | RANGE_LE, 0, 1, NULL},
+    {"train", "hang_timeout", CFG_F64, FIELD(train.hang_timeout), "600",
+     "data parallel: a rank that makes no progress for this many seconds (a hung peer or file system) ends "
+     "the whole job; 0 = wait forever", RANGE_GE, 0, 0, NULL},
     {"train", "label_drop", CFG_F64, FIELD(train.label_drop), "0.1",
      "class-conditional models: share of training labels replaced by \"no label\" (for guidance)", RANGE_GE | RANGE_LE,
      0, 1, NULL},

@@ -49,6 +49,8 @@ typedef struct {
     char init_from[TRAIN_CONFIG_STR_MAX];         // "" | a Hugging Face style folder
     int device;                                   // DeviceKind
     double peak_tflops;                           // of the device, for the MFU figure; 0 = unknown
+    int zero;                                     // ZeRO stage: 0 off, 1 AdamW state split over ranks
+    double hang_timeout;                          // s without progress that end a multi-rank job; 0 = never
     double label_drop;                            // class-conditional: share of labels replaced by "no label"
 } TrainSettings;
 

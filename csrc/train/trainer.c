@@ -7,7 +7,9 @@
 #include <inttypes.h>
 #include <math.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -33,6 +35,8 @@ typedef struct {
     Weights ema;     // the EMA of the weights: a second weight set (master NULL when the EMA is off)
     int has_ema;
     Dataset data;
+    int zero;                   // ZeRO-1: opt holds this rank's part of the moments (dist_part)
+    float *grad_part;           // ZeRO-1: the mean gradient of that part (opt.count floats)
     float *batch_host, *batch;  // (B, T, D)
     int32_t *labels;            // (B) class labels of the batch (class-conditional models), host
     int T;
@@ -40,6 +44,8 @@ typedef struct {
     long saved_step;            // step of the newest checkpoint this run wrote or resumed from (0: none)
     int lock_fd;                // out_dir's lock, held for the whole run; -1 when not held
     long skipped_total, skipped_in_row;
+    int agreed;                 // the run stopped where every rank stopped (nothing to abort)
+    int local_error;            // this rank's own error caused the stop (it prints its message)
     FILE *metrics;
 } Trainer;
 
@@ -50,6 +56,44 @@ static volatile sig_atomic_t g_interrupted;
 static void on_signal(int sig) {
     (void)sig;
     g_interrupted = 1;
+}
+
+// ---- the watchdog of a multi-rank job -----------------------------------------------------
+// A rank that hangs (a stuck file system, a peer that stopped answering inside a collective) would
+// hold every other rank in its next collective forever. A thread watches the time of the last
+// progress (a micro-batch, a validation batch, a checkpoint) and, after [train] hang_timeout seconds
+// without any, ends this rank; the launcher then ends the job, as for a rank that died.
+static _Atomic long long g_progress_ms;
+static double g_hang_timeout_s;
+static int g_watch_rank;
+
+static long long now_ms(void) { return (long long)(time_now_s() * 1000.0); }
+static void note_progress(void) { atomic_store(&g_progress_ms, now_ms()); }
+
+static void *watchdog(void *arg) {
+    (void)arg;
+    for (;;) {
+        sleep(1);
+        double idle = (double)(now_ms() - atomic_load(&g_progress_ms)) / 1000.0;
+        if (idle <= g_hang_timeout_s) continue;
+        fprintf(stderr,
+                "\ngivt-train: rank %d: no progress for %.0f s ([train] hang_timeout = %g): another rank or the file "
+                "system hangs; ending this rank, and with it the job\n",
+                g_watch_rank, idle, g_hang_timeout_s);
+        fflush(stderr);
+        _exit(1);
+    }
+    return NULL;
+}
+
+static void start_watchdog(const Trainer *tr) {
+    if (tr->dist->world_size < 2 || tr->cfg.train.hang_timeout <= 0) return;
+    g_hang_timeout_s = tr->cfg.train.hang_timeout;
+    g_watch_rank = tr->dist->rank;
+    note_progress();
+    pthread_t t;
+    if (pthread_create(&t, NULL, watchdog, NULL) == 0) pthread_detach(t);
+    else fprintf(stderr, "givt-train: rank %d: warning: no watchdog thread: %s\n", g_watch_rank, strerror(errno));
 }
 
 
@@ -170,18 +214,30 @@ static int remove_checkpoint(const char *out_dir, long step) {
     return remove_folder(doomed);
 }
 
-static void download_params(const GivtModel *m, const float *src, float *host) {
-    m->be->ops->download(m->be, host, src, m->table.total * sizeof(float));
+// The AdamW moments of the whole table into mh and vh (table.total floats each) on rank 0, NULL on
+// the other ranks. Under ZeRO-1 every rank's part is gathered there (a collective: every rank calls it).
+static void moments_to_root(Trainer *tr, float *mh, float *vh) {
+    Backend *be = tr->be;
+    const AdamW *o = &tr->opt;
+    if (!tr->zero) {
+        if (root(tr)) {
+            be->ops->download(be, mh, o->m, o->count * sizeof(float));
+            be->ops->download(be, vh, o->v, o->count * sizeof(float));
+        }
+        return;
+    }
+    float *part = xmalloc((o->count ? o->count : 1) * sizeof(float));
+    be->ops->download(be, part, o->m, o->count * sizeof(float));
+    dist_gather(tr->dist, part, mh, tr->model.table.total);
+    be->ops->download(be, part, o->v, o->count * sizeof(float));
+    dist_gather(tr->dist, part, vh, tr->model.table.total);
+    free(part);
 }
 
-// optimizer.safetensors: "exp_avg.<name>" and "exp_avg_sq.<name>" per parameter, and the training
-// state in __metadata__.
-static int save_train_state(Trainer *tr, const char *path) {
+// optimizer.safetensors: "exp_avg.<name>" and "exp_avg_sq.<name>" per parameter (mh, vh: the whole
+// table's moments, whatever the ZeRO sharding), and the training state in __metadata__.
+static int save_train_state(Trainer *tr, const char *path, float *mh, float *vh) {
     const ParamTable *pt = &tr->model.table;
-    size_t total = pt->total;
-    float *mh = xmalloc(total * sizeof(float)), *vh = xmalloc(total * sizeof(float));
-    download_params(&tr->model, tr->opt.m, mh);
-    download_params(&tr->model, tr->opt.v, vh);
     StWriteTensor *ts = xcalloc((size_t)pt->count * 2, sizeof *ts);
     char (*names)[96] = xcalloc((size_t)pt->count * 2, sizeof *names);
     for (int i = 0; i < pt->count; i++)
@@ -196,19 +252,20 @@ static int save_train_state(Trainer *tr, const char *path) {
             t->data = (k ? vh : mh) + s->offset;
         }
     DataPos pos = data_get_pos(&tr->data);
-    char step[32], adam_t[32], epoch[32], index[32], skipped[32];
+    char step[32], adam_t[32], epoch[32], index[32], skipped[32], world[32];
     snprintf(step, sizeof step, "%ld", tr->step);
     snprintf(adam_t, sizeof adam_t, "%ld", tr->opt.t);
     snprintf(epoch, sizeof epoch, "%" PRId64, pos.epoch);
     snprintf(index, sizeof index, "%" PRId64, pos.index);
     snprintf(skipped, sizeof skipped, "%ld", tr->skipped_total);
-    StMeta meta[] = {{"givt_state", STATE_FORMAT}, {"step", step},          {"adamw_t", adam_t},
-                     {"data_epoch", epoch},        {"data_index", index},   {"skipped_steps", skipped}};
+    snprintf(world, sizeof world, "%d", tr->dist->world_size);
+    // the data position is that of the global stream, the same on every rank (data.h)
+    StMeta meta[] = {{"givt_state", STATE_FORMAT}, {"step", step},        {"adamw_t", adam_t},
+                     {"data_epoch", epoch},        {"data_index", index}, {"skipped_steps", skipped},
+                     {"world_size", world}};
     int rc = st_write(path, ts, pt->count * 2, meta, (int)(sizeof meta / sizeof meta[0]));
     free(names);
     free(ts);
-    free(mh);
-    free(vh);
     return rc;
 }
 
@@ -221,6 +278,8 @@ static int meta_long(const StFile *f, const char *key, long *out) {
     return 0;
 }
 
+// Every rank reads the whole state and keeps its part of the moments (ZeRO-1 re-shards a state
+// saved with any world size).
 static int load_train_state(Trainer *tr, const char *path) {
     StFile f;
     if (st_open(&f, path) != 0) return -1;
@@ -240,21 +299,30 @@ static int load_train_state(Trainer *tr, const char *path) {
         snprintf(name, sizeof name, "exp_avg_sq.%s", s->name);
         if (rc == 0) rc = st_load_f32(&f, name, s->ndim, shape, vh + s->offset);
     }
-    long epoch = 0, index = 0;
+    long epoch = 0, index = 0, world = 1;
     if (rc == 0) rc = meta_long(&f, "step", &tr->step);
     if (rc == 0) rc = meta_long(&f, "adamw_t", &tr->opt.t);
     if (rc == 0) rc = meta_long(&f, "data_epoch", &epoch);
     if (rc == 0) rc = meta_long(&f, "data_index", &index);
     if (rc == 0) rc = meta_long(&f, "skipped_steps", &tr->skipped_total);
+    if (rc == 0 && st_metadata(&f, "world_size")) rc = meta_long(&f, "world_size", &world);  // absent: 1
     if (rc == 0) rc = data_set_pos(&tr->data, (DataPos){epoch, index});
     for (size_t i = 0; rc == 0 && i < total; i++)
         if (!isfinite(mh[i]) || !isfinite(vh[i]))
             rc = givt_fail("%s: the AdamW moments are not finite (element %zu of the flat state): the checkpoint is "
                            "damaged; resume from an earlier one",
                            path, i);
+    if (rc == 0 && world != tr->dist->world_size && root(tr))
+        fprintf(stderr,
+                "givt-train: note: %s was written by %ld process%s, this run has %d: the global batch is now %d "
+                "sequences (was %ld); the data stream goes on from the same position\n",
+                path, world, world == 1 ? "" : "es", tr->dist->world_size,
+                tr->cfg.train.batch_size * tr->cfg.train.grad_accum_steps * tr->dist->world_size,
+                (long)tr->cfg.train.batch_size * tr->cfg.train.grad_accum_steps * world);
     if (rc == 0) {
-        tr->be->ops->upload(tr->be, tr->opt.m, mh, total * sizeof(float));
-        tr->be->ops->upload(tr->be, tr->opt.v, vh, total * sizeof(float));
+        const AdamW *o = &tr->opt;
+        tr->be->ops->upload(tr->be, o->m, mh + o->first, o->count * sizeof(float));
+        tr->be->ops->upload(tr->be, o->v, vh + o->first, o->count * sizeof(float));
     }
     free(mh);
     free(vh);
@@ -272,17 +340,12 @@ static int params_finite(GivtModel *m, const float *p) {
     return isfinite(ss);
 }
 
-// Writes out_dir/step_XXXXXXXX as a whole: files go to a temporary folder that is renamed into
-// place, so a checkpoint folder is complete or absent. Then keeps the newest keep_checkpoints.
-static int save_checkpoint(Trainer *tr) {
+// Rank 0 writes out_dir/step_XXXXXXXX as a whole (mh, vh: the moments of the whole table): files go
+// to a temporary folder that is renamed into place, so a checkpoint folder is complete or absent.
+// Then keeps the newest keep_checkpoints.
+static int write_checkpoint(Trainer *tr, float *mh, float *vh) {
     const TrainSettings *ts = &tr->cfg.train;
     GivtModel *m = &tr->model;
-    if (!params_finite(m, m->w.master) || (tr->has_ema && !params_finite(m, tr->ema.master)))
-        return givt_fail("step %ld: the weights are not finite; no checkpoint written", tr->step);
-    if (!root(tr)) {  // every rank holds the same weights and state; rank 0 writes them
-        tr->saved_step = tr->step;
-        return 0;
-    }
     char final_dir[TRAIN_CONFIG_STR_MAX + 32], tmp_dir[TRAIN_CONFIG_STR_MAX + 64];
     checkpoint_path(ts->out_dir, tr->step, final_dir, sizeof final_dir);
     snprintf(tmp_dir, sizeof tmp_dir, "%s/.tmp-" CKPT_PREFIX "%08ld-%ld", ts->out_dir, tr->step, (long)getpid());
@@ -294,7 +357,7 @@ static int save_checkpoint(Trainer *tr) {
         free(p);
     }
     char *p = path_join(tmp_dir, "optimizer.safetensors");
-    if (rc == 0) rc = save_train_state(tr, p);
+    if (rc == 0) rc = save_train_state(tr, p, mh, vh);
     free(p);
     p = path_join(tmp_dir, "train.ini");
     if (rc == 0) rc = train_config_save(&tr->cfg, p);
@@ -307,12 +370,37 @@ static int save_checkpoint(Trainer *tr) {
         remove_folder(tmp_dir);
         return -1;
     }
-    tr->saved_step = tr->step;
     int n;
     long *steps = list_checkpoints(ts->out_dir, &n);
     for (int i = 0; ts->keep_checkpoints > 0 && i < n - ts->keep_checkpoints; i++)
         if (remove_checkpoint(ts->out_dir, steps[i]) != 0) fprintf(stderr, "givt-train: warning: %s\n", givt_last_error());
     free(steps);
+    return 0;
+}
+
+// The checkpoint of the current step, on every rank together: the moments are brought to rank 0,
+// which writes the folder; every rank learns whether it was written. Every rank holds the same
+// weights, so the finiteness check agrees everywhere.
+static int save_checkpoint(Trainer *tr) {
+    GivtModel *m = &tr->model;
+    if (!params_finite(m, m->w.master) || (tr->has_ema && !params_finite(m, tr->ema.master))) {
+        tr->agreed = 1;
+        return givt_fail("step %ld: the weights are not finite; no checkpoint written", tr->step);
+    }
+    size_t bytes = m->table.total * sizeof(float);
+    float *mh = root(tr) ? xmalloc(bytes) : NULL, *vh = root(tr) ? xmalloc(bytes) : NULL;
+    moments_to_root(tr, mh, vh);
+    int rc = root(tr) ? write_checkpoint(tr, mh, vh) : 0;
+    free(mh);
+    free(vh);
+    if (dist_any(tr->dist, rc != 0)) {
+        tr->agreed = 1;
+        tr->local_error = rc != 0;
+        if (rc == 0) givt_fail("rank 0 could not write the checkpoint of step %ld (its message above)", tr->step);
+        return -1;
+    }
+    tr->saved_step = tr->step;
+    note_progress();
     return 0;
 }
 
@@ -403,26 +491,34 @@ static void metrics_write(Trainer *tr, double loss, double lr, double gnorm, dou
 }
 
 // ---- the loop -----------------------------------------------------------------------------
-// Mean loss over the validation windows into *loss, with the EMA weights when the EMA is on.
-// -1 on a data error (NaN or Inf in the validation data); 1, with *loss NaN, when interrupted.
+// Mean loss over the validation windows into *loss, with the EMA weights when the EMA is on; rank
+// r takes validation batches r, r + world_size, ... and the sums meet in one all-reduce.
+// -1 on a data error on any rank (NaN or Inf in the validation data); 1, with *loss NaN, when
+// interrupted on any rank. Every rank returns the same.
 static int validate(Trainer *tr, double *loss) {
     GivtModel *m = &tr->model;
     Backend *be = tr->be;
+    Dist *d = tr->dist;
     const Weights *w = tr->has_ema ? &tr->ema : &m->w;
     int B = tr->cfg.train.batch_size, D = m->cfg.input_dim, got = 0;
     double *acc = m->scalars + SCALAR_EVAL_SUM, sum = 0.0;
-    long count = 0;
     be->ops->zero(be, acc, sizeof(double));
-    for (int64_t k = 0;
-         !g_interrupted && (got = data_val_batch_labels(&tr->data, k, B, tr->batch_host, tr->labels)) > 0; k++) {
+    for (int64_t k = d->rank;
+         !g_interrupted && (got = data_val_batch_labels(&tr->data, k, B, tr->batch_host, tr->labels)) > 0;
+         k += d->world_size) {
         be->ops->upload(be, tr->batch, tr->batch_host, (size_t)got * tr->T * D * sizeof(float));
         model_forward_cond(m, w, tr->batch, tr->labels, got, tr->T);
         model_loss(m, acc, 0.0f);
-        count += (long)got * tr->T * D;
+        note_progress();
     }
+    tr->local_error = got < 0;
+    long status = dist_max(d, got < 0 ? 2 : g_interrupted ? 1 : 0);
+    if (status == 2 && got >= 0) givt_fail("another rank could not read a validation batch (its message above)");
+    dist_allreduce_sum_scalars(d, be, acc, 1);
     be->ops->download(be, &sum, acc, sizeof(double));  // the host reads the sum once
-    *loss = count && !g_interrupted ? sum / (double)count : NAN;
-    return got < 0 ? -1 : g_interrupted ? 1 : 0;
+    double count = (double)data_num_val(&tr->data) * tr->T * D;
+    *loss = count > 0 && status == 0 ? sum / count : NAN;
+    return status == 2 ? -1 : status == 1 ? 1 : 0;
 }
 
 // What an optimizer step came to.
@@ -453,10 +549,40 @@ static void drop_labels(Trainer *tr, int k) {
     }
 }
 
-// Forward and backward over grad_accum_steps batches, then the reduction over ranks: the gradients
-// of the mean loss, and the loss sum in the backend scalar SCALAR_LOSS_SUM. A data error or an
-// interrupt abandons the step and puts the data position back where the step began, so that the
-// checkpoint written next resumes exactly at this step.
+// The reduction over ranks after backward: the gradients of the global mean loss (under ZeRO-1 only
+// this rank's part, in grad_part), the global loss sum in SCALAR_LOSS_SUM and the global squared
+// gradient norm in SCALAR_GRAD_SUMSQ (adjacent backend scalars).
+static void reduce_gradients(Trainer *tr) {
+    GivtModel *m = &tr->model;
+    Backend *be = tr->be;
+    size_t total = m->table.total;
+    _Static_assert(SCALAR_GRAD_SUMSQ == SCALAR_LOSS_SUM + 1, "one all-reduce and one read of both scalars");
+    if (tr->zero) {
+        dist_reduce_scatter_mean(tr->dist, be, m->grads, tr->grad_part, total);
+        be->ops->sumsq(be, m->scalars + SCALAR_GRAD_SUMSQ, tr->grad_part, tr->opt.count);
+        dist_allreduce_sum_scalars(tr->dist, be, m->scalars + SCALAR_LOSS_SUM, 2);
+    } else {
+        dist_allreduce_mean(tr->dist, be, m->grads, total);
+        dist_allreduce_sum_scalars(tr->dist, be, m->scalars + SCALAR_LOSS_SUM, 1);
+        grad_sumsq(m, m->scalars + SCALAR_GRAD_SUMSQ);
+    }
+}
+
+// Why the ranks stop before a micro-batch, agreed by all: 0 none, 1 an interrupt on some rank,
+// 2 + r a data error on rank r (the highest such rank). The rank whose data failed keeps its message;
+// the others get one naming it.
+static long agree_on_stop(Trainer *tr, int data_error) {
+    long stop = dist_max(tr->dist, data_error ? 2 + tr->dist->rank : g_interrupted ? 1 : 0);
+    tr->local_error = data_error;
+    if (stop >= 2 && !data_error)
+        givt_fail("rank %ld could not read its part of the batch (its message above)", stop - 2);
+    return stop;
+}
+
+// Forward and backward over grad_accum_steps batches, then the reduction over ranks (see
+// reduce_gradients). A data error or an interrupt on any rank abandons the step on every rank and
+// puts the data position back where the step began, so that the checkpoint written next resumes
+// exactly at this step.
 static StepResult accumulate_gradients(Trainer *tr) {
     GivtModel *m = &tr->model;
     Backend *be = tr->be;
@@ -465,12 +591,12 @@ static StepResult accumulate_gradients(Trainer *tr) {
     be->ops->zero(be, m->scalars, MODEL_NUM_SCALARS * sizeof(double));
     model_zero_grads(m);
     for (int k = 0; k < accum; k++) {
-        StepResult stop = g_interrupted ? STEP_INTERRUPTED
-                          : data_next_batch_labels(&tr->data, B, tr->batch_host, tr->labels) != 0 ? STEP_DATA_ERROR
-                                                                                                  : STEP_DONE;
-        if (stop != STEP_DONE) {
+        int data_error = !g_interrupted && data_next_batch_labels(&tr->data, B, tr->batch_host, tr->labels) != 0;
+        long stop = agree_on_stop(tr, data_error);
+        note_progress();
+        if (stop != 0) {
             tr->data.pos = start;
-            return stop;
+            return stop == 1 ? STEP_INTERRUPTED : STEP_DATA_ERROR;
         }
         be->ops->upload(be, tr->batch, tr->batch_host, (size_t)B * tr->T * D * sizeof(float));
         if (tr->labels) drop_labels(tr, k);
@@ -480,14 +606,13 @@ static StepResult accumulate_gradients(Trainer *tr) {
         backend_range_push(be, "loss");
         model_loss(m, m->scalars + SCALAR_LOSS_SUM, 1.0f / (float)accum);
         backend_range_pop(be);
-        m->grads_ready = k == accum - 1 ? on_grads_ready : NULL;
+        m->grads_ready = k == accum - 1 && !tr->zero ? on_grads_ready : NULL;
         backend_range_push(be, "backward");
         model_backward(m, &m->w);
         backend_range_pop(be);
     }
     backend_range_push(be, "gradient reduction");
-    dist_allreduce_mean(tr->dist, be, m->grads, m->table.total);
-    dist_allreduce_sum_scalars(tr->dist, be, m->scalars + SCALAR_LOSS_SUM, 1);
+    reduce_gradients(tr);
     backend_range_pop(be);
     return STEP_DONE;
 }
@@ -541,6 +666,8 @@ static int open_data(Trainer *tr) {
     dc.val_size = c->train.val_size;
     dc.labels_path = c->data.labels;
     dc.num_classes = c->model.num_classes;
+    dc.rank = tr->dist->rank;  // each rank reads its slice of every global batch
+    dc.world_size = tr->dist->world_size;
     if (data_open(&tr->data, &dc) != 0) return -1;
     if (c->model.num_classes > 0) tr->labels = xmalloc((size_t)c->train.batch_size * sizeof *tr->labels);
     if (data_num_train(&tr->data) < 1) return givt_fail("[data]: no training windows after the validation split");
@@ -556,15 +683,22 @@ typedef struct {
     size_t data;       // the split and the permutation of the dummy set
 } MemoryPlan;
 
-static MemoryPlan memory_plan(const TrainConfig *c, Backend *be) {
+// The float32 AdamW moments one rank holds: m and v of the whole table, or under ZeRO-1 of its part
+// (and the mean gradient of that part).
+static size_t moments_bytes(const TrainConfig *c, int world_size) {
+    size_t P = givt_config_num_params(&c->model), part = (P + (size_t)world_size - 1) / (size_t)world_size;
+    return c->train.zero ? size_mul3(part, 3, sizeof(float)) : size_mul3(P, 2, sizeof(float));
+}
+
+static MemoryPlan memory_plan(const TrainConfig *c, Backend *be, int world_size) {
     const TrainSettings *ts = &c->train;
     size_t P = givt_config_num_params(&c->model), f32 = sizeof(float), T = (size_t)c->data.seq_len;
-    // float32 gradients, m and v, and two host copies while a checkpoint is written or read (on the
-    // CPU backend, host and device memory are the same), plus the EMA (a whole weight set)
-    size_t copies = 3 + 2;
+    // float32 gradients and two host copies while a checkpoint is written or read (on the CPU
+    // backend, host and device memory are the same), the moments, plus the EMA (a whole weight set)
     size_t batch = size_mul3(size_mul((size_t)ts->batch_size, T), (size_t)c->model.input_dim, 2 * f32);
+    size_t weights = size_mul(model_weights_bytes(&c->model, be), 1 + (ts->ema > 0));
     MemoryPlan p = {
-        .model = size_add(size_mul(model_weights_bytes(&c->model, be), 1 + (ts->ema > 0)), size_mul3(P, copies, f32)),
+        .model = size_add(size_add(weights, size_mul3(P, 3, f32)), moments_bytes(c, world_size)),
         .acts = size_add(model_acts_bytes(&c->model, be, ts->batch_size, (int)T, 1, ts->gradient_checkpointing), batch),
         .acts_ckpt = size_add(model_acts_bytes(&c->model, be, ts->batch_size, (int)T, 1, 1), batch),
         // window ids, permutation and flags while the split is made: 25 bytes a window
@@ -575,10 +709,10 @@ static MemoryPlan memory_plan(const TrainConfig *c, Backend *be) {
 
 // Says what training will hold in memory, and refuses to start what cannot fit, before any work,
 // naming the keys that drive the largest part.
-static int check_memory(const TrainConfig *c, Backend *be, int verbose) {
+static int check_memory(const TrainConfig *c, Backend *be, int world_size, int verbose) {
     const TrainSettings *ts = &c->train;
     const GivtConfig *m = &c->model;
-    MemoryPlan p = memory_plan(c, be);
+    MemoryPlan p = memory_plan(c, be, world_size);
     size_t need = size_add(size_add(p.model, p.acts), p.data), free_bytes, total_bytes;
     backend_mem_info(be, &free_bytes, &total_bytes);
     double avail = (double)free_bytes;
@@ -588,6 +722,15 @@ static int check_memory(const TrainConfig *c, Backend *be, int verbose) {
                 human_bytes(st, (double)p.model), human_bytes(ac, (double)p.acts));
         if (p.data) fprintf(stderr, ", %s of data index", human_bytes(da, (double)p.data));
         fputc('\n', stderr);
+        if (ts->zero) {
+            TrainConfig whole = *c;
+            whole.train.zero = 0;
+            double full = (double)moments_bytes(&whole, world_size), mine = (double)moments_bytes(c, world_size);
+            fprintf(stderr,
+                    "givt-train: ZeRO-1: the AdamW moments are split over %d ranks: %s on each instead of %s (%s saved "
+                    "per rank)\n",
+                    world_size, human_bytes(st, mine), human_bytes(ac, full), human_bytes(da, full - mine));
+        }
     }
     if (need != SIZE_MAX && (avail <= 0 || (double)need <= avail)) return 0;
     char keys[512], hint[160] = "";
@@ -645,45 +788,168 @@ static int lock_out_dir(Trainer *tr) {
     return rc;
 }
 
+// FNV-1a over n bytes: a fingerprint that ranks compare (configuration, binary, weights).
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+// The fingerprint of this process's executable (/proc/self/exe); 0 when it cannot be read.
+static uint64_t binary_fingerprint(void) {
+    FILE *f = fopen("/proc/self/exe", "rb");
+    if (!f) return 0;
+    uint64_t h = 0xcbf29ce484222325ull;
+    char buf[1 << 16];
+    size_t got;
+    while ((got = fread(buf, 1, sizeof buf, f)) > 0) h = fnv1a(h, buf, got);
+    fclose(f);
+    return h;
+}
+
+// One INI line as "key = value": spaces collapsed, the comment dropped (into buf of n bytes).
+static const char *ini_line_text(const char *line, char *buf, size_t n) {
+    size_t len = strcspn(line, "\n#"), k = 0;
+    for (size_t i = 0; i < len && k + 1 < n; i++)
+        if (line[i] != ' ' || (k > 0 && buf[k - 1] != ' ')) buf[k++] = line[i];
+    while (k > 0 && buf[k - 1] == ' ') k--;
+    buf[k] = '\0';
+    return buf;
+}
+
+// Prints the first line where configuration text `mine` differs from rank 0's `r0`, and its section.
+static void say_first_difference(int rank, const char *r0, const char *mine) {
+    const char *a = r0, *b = mine, *section = "";
+    size_t section_len = 0;
+    while (*a && *b && strcspn(a, "\n") == strcspn(b, "\n") && !strncmp(a, b, strcspn(a, "\n"))) {
+        if (*a == '[') section = a, section_len = strcspn(a, "]\n") + 1;
+        a += strcspn(a, "\n") + (a[strcspn(a, "\n")] != 0);
+        b += strcspn(b, "\n") + (b[strcspn(b, "\n")] != 0);
+    }
+    char la[256], lb[256];
+    fprintf(stderr, "givt-train: rank %d: configuration differs from rank 0's: %.*s rank 0 has \"%s\", rank %d has \"%s\"\n",
+            rank, (int)section_len, section, ini_line_text(a, la, sizeof la), rank, ini_line_text(b, lb, sizeof lb));
+}
+
+// Every rank must run the same binary with the same configuration: checked before any work, and the
+// rank that differs is named (with the first line of its configuration that differs from rank 0's).
+static int check_ranks_agree(Trainer *tr) {
+    Dist *d = tr->dist;
+    if (d->world_size == 1) return 0;
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f || train_config_write_ini(f, &tr->cfg) != 0 || fclose(f) != 0)
+        return givt_fail("cannot write the configuration to memory");
+    int bad = -1;
+    if (dist_check_same(d, text, len, &bad) != 0) {
+        unsigned long long n = len;  // rank 0's text again, for the rank that differs to say where
+        dist_broadcast(d, &n, sizeof n);
+        char *r0 = xcalloc(n + 1, 1);
+        if (root(tr)) memcpy(r0, text, len);
+        dist_broadcast(d, r0, n);
+        if (d->rank == bad) say_first_difference(d->rank, r0, text);
+        free(r0);
+        free(text);
+        tr->agreed = 1;
+        return givt_fail("rank %d was given another configuration than rank 0 (every rank must load the same INI and "
+                         "overrides; the difference is printed above)",
+                         bad);
+    }
+    free(text);
+    uint64_t exe = binary_fingerprint();
+    if (dist_check_same(d, &exe, sizeof exe, &bad) != 0) {
+        tr->agreed = 1;
+        return givt_fail("rank %d runs another givt-train binary than rank 0 (it differs from rank 0's, byte for "
+                         "byte): install the same build on every node",
+                         bad);
+    }
+    return 0;
+}
+
+// Every rank starts from the same weights (the same seed or the same checkpoint): checked, since a
+// rank that did not would train another model from then on.
+static int check_same_weights(Trainer *tr) {
+    Dist *d = tr->dist;
+    if (d->world_size == 1) return 0;
+    size_t n = tr->model.table.total;
+    float *host = xmalloc(n * sizeof(float));
+    tr->be->ops->download(tr->be, host, tr->model.w.master, n * sizeof(float));
+    uint64_t h = fnv1a(0xcbf29ce484222325ull, host, n * sizeof(float));
+    free(host);
+    int bad = -1;
+    if (dist_check_same(d, &h, sizeof h, &bad) == 0) return 0;
+    tr->agreed = 1;
+    return givt_fail("rank %d starts from other weights than rank 0 (is [train] out_dir on a filesystem every node "
+                     "sees, with the same checkpoints?)",
+                     bad);
+}
+
+// Which checkpoint to resume from, decided by rank 0 (which owns out_dir) and sent to every rank:
+// ckpt gets the folder, "" to start fresh. -1 on rank 0 when out_dir holds a run it must not touch.
+static int choose_checkpoint(Trainer *tr, char *ckpt, size_t n) {
+    const TrainSettings *ts = &tr->cfg.train;
+    ckpt[0] = '\0';
+    if (root(tr)) {
+        if (!strcmp(ts->resume_from_ckpt, "latest")) {
+            if (trainer_latest_checkpoint(ts->out_dir, ckpt, n) != 0) {
+                fprintf(stderr, "givt-train: resume_from_ckpt = latest: no checkpoint in %s yet; starting fresh\n",
+                        ts->out_dir);
+                ckpt[0] = '\0';
+            }
+        } else if (ts->resume_from_ckpt[0]) {
+            snprintf(ckpt, n, "%s", ts->resume_from_ckpt);
+        } else {
+            char existing[TRAIN_CONFIG_STR_MAX + 32];
+            if (trainer_latest_checkpoint(ts->out_dir, existing, sizeof existing) == 0)
+                return givt_fail("[train] out_dir = %s already holds checkpoints of a run (newest: %s): continue it "
+                                 "with train.resume_from_ckpt=latest, or choose another out_dir (nothing was changed)",
+                                 ts->out_dir, existing);
+        }
+    }
+    dist_broadcast(tr->dist, ckpt, n);
+    return 0;
+}
+
+// Rank 0 alone owns out_dir: creates it, locks it and clears what a killed run left there.
+static int claim_out_dir(Trainer *tr) {
+    const char *out = tr->cfg.train.out_dir;
+    if (!root(tr)) return 0;
+    return mkdir_p(out) != 0 || lock_out_dir(tr) != 0 || remove_stale_temporaries(out) != 0 ? -1 : 0;
+}
+
 static int setup(Trainer *tr) {
     const TrainSettings *ts = &tr->cfg.train;
+    backend_set_device_ordinal(tr->dist->local_rank);  // one GPU per rank of a node
     tr->be = backend_open(device_kind_name(ts->device), ts->mixed_precision == MIXED_PRECISION_BF16 ? "bf16" : "no");
     if (!tr->be) return givt_fail("[train] device = %s: %s", device_kind_name(ts->device), givt_last_error());
+    Dist *d = dist_for_backend(tr->dist, tr->be);
+    if (!d) return -1;
+    tr->dist = d;
+    if (check_ranks_agree(tr) != 0) return -1;
     if (ts->mixed_precision == MIXED_PRECISION_BF16 && tr->be->compute != DTYPE_BF16 && root(tr))
         fprintf(stderr, "givt-train: note: mixed_precision = bf16: the %s backend computes in %s\n", tr->be->name,
                 dtype_name(tr->be->compute));
-    if (check_memory(&tr->cfg, tr->be, root(tr)) != 0) return -1;
-    if (mkdir_p(ts->out_dir) != 0 || lock_out_dir(tr) != 0 || remove_stale_temporaries(ts->out_dir) != 0)
-        return -1;
-    if (open_data(tr) != 0) return -1;
+    if (check_memory(&tr->cfg, tr->be, d->world_size, root(tr)) != 0) return -1;
+    if (claim_out_dir(tr) != 0 || open_data(tr) != 0) return -1;
     if (model_create(&tr->model, &tr->cfg.model, tr->be) != 0) return -1;
     GivtModel *m = &tr->model;
     model_alloc_acts(m, ts->batch_size, tr->T, 1, ts->gradient_checkpointing);
     model_alloc_grads(m);
     OptimConfig oc = optim_config(ts);
-    adamw_create(&tr->opt, m, &oc);
+    tr->zero = ts->zero == 1;
+    DistPart part = tr->zero ? dist_part(m->table.total, d->world_size, d->rank) : (DistPart){0, m->table.total};
+    adamw_create_part(&tr->opt, m, &oc, part.first, part.count);
+    if (tr->zero) tr->grad_part = tr->be->ops->alloc(tr->be, (part.count ? part.count : 1) * sizeof(float));
     tr->has_ema = ts->ema > 0;
     if (tr->has_ema) model_weights_alloc(m, &tr->ema);
     m->grads_ready_user = tr;
     size_t batch_floats = (size_t)ts->batch_size * tr->T * m->cfg.input_dim;
     tr->batch_host = xmalloc(batch_floats * sizeof(float));
     tr->batch = tr->be->ops->alloc(tr->be, batch_floats * sizeof(float));
-    char ckpt[TRAIN_CONFIG_STR_MAX + 32] = "";
-    if (!strcmp(ts->resume_from_ckpt, "latest")) {
-        if (trainer_latest_checkpoint(ts->out_dir, ckpt, sizeof ckpt) != 0) {
-            fprintf(stderr, "givt-train: resume_from_ckpt = latest: no checkpoint in %s yet; starting fresh\n",
-                    ts->out_dir);
-            ckpt[0] = '\0';
-        }
-    } else if (ts->resume_from_ckpt[0]) {
-        snprintf(ckpt, sizeof ckpt, "%s", ts->resume_from_ckpt);
-    }
-    if (ckpt[0]) return resume(tr, ckpt);
-    char existing[TRAIN_CONFIG_STR_MAX + 32];
-    if (trainer_latest_checkpoint(ts->out_dir, existing, sizeof existing) == 0)
-        return givt_fail("[train] out_dir = %s already holds checkpoints of a run (newest: %s): continue it with "
-                         "train.resume_from_ckpt=latest, or choose another out_dir (nothing was changed)",
-                         ts->out_dir, existing);
+    char ckpt[TRAIN_CONFIG_STR_MAX + 32];
+    if (choose_checkpoint(tr, ckpt, sizeof ckpt) != 0) return -1;
+    if (ckpt[0]) return resume(tr, ckpt) != 0 || check_same_weights(tr) != 0 ? -1 : 0;
     if (ts->init_from[0]) {
         if (load_weights_from(tr, ts->init_from, "init_from") != 0) return -1;
     } else {
@@ -692,7 +958,7 @@ static int setup(Trainer *tr) {
         model_init_params(m, &rng);
     }
     if (tr->has_ema) model_weights_copy(m, &tr->ema, &m->w);  // the EMA starts as a copy
-    return 0;
+    return check_same_weights(tr);
 }
 
 static void teardown(Trainer *tr) {
@@ -700,14 +966,13 @@ static void teardown(Trainer *tr) {
     if (tr->lock_fd >= 0) close(tr->lock_fd);
     if (tr->metrics) fclose(tr->metrics);
     if (tr->batch) tr->be->ops->free(tr->be, tr->batch);
+    if (tr->grad_part) tr->be->ops->free(tr->be, tr->grad_part);
     if (tr->has_ema) model_weights_free(m, &tr->ema);
     free(tr->batch_host);
     free(tr->labels);
     if (m->w.master) adamw_free(&tr->opt, m);
     model_free(m);
     data_close(&tr->data);
-    backend_close(tr->be);
-    dist_close(tr->dist);
 }
 
 // ema = decay * ema + (1 - decay) * weights, master and compute copy
@@ -717,15 +982,20 @@ static void ema_step(Trainer *tr, float decay) {
     tr->be->ops->ema_update(tr->be, tr->ema.master, compute, m->w.master, m->table.total, decay);
 }
 
+// ZeRO-1: each rank updated its part of the master weights; every rank gets all of them, and the
+// compute copy (when separate) is made again from them.
+static void gather_weights(Trainer *tr) {
+    GivtModel *m = &tr->model;
+    dist_allgather(tr->dist, tr->be, m->w.master, m->table.total);
+    if ((void *)m->w.compute != (void *)m->w.master) tr->be->ops->to_compute(tr->be, m->w.compute, m->w.master, m->table.total);
+}
+
 // One optimizer step: gradients, the finiteness check, clipping, AdamW and the EMA.
 static StepResult train_step(Trainer *tr, double *loss, double *lr, double *gnorm) {
     GivtModel *m = &tr->model;
     StepResult r = accumulate_gradients(tr);
     if (r != STEP_DONE) return r;
-    // the host reads the loss and the squared gradient norm once per step: two adjacent scalars
-    _Static_assert(SCALAR_GRAD_SUMSQ == SCALAR_LOSS_SUM + 1, "one read of both scalars");
-    grad_sumsq(m, m->scalars + SCALAR_GRAD_SUMSQ);
-    double sc[2];
+    double sc[2];  // the host reads the loss and the squared gradient norm once per step
     tr->be->ops->download(tr->be, sc, m->scalars + SCALAR_LOSS_SUM, sizeof sc);
     double count = (double)tr->cfg.train.batch_size * tr->T * m->cfg.input_dim * tr->cfg.train.grad_accum_steps;
     *loss = sc[0] / (count * tr->dist->world_size);
@@ -739,13 +1009,15 @@ static StepResult train_step(Trainer *tr, double *loss, double *lr, double *gnor
         if (++tr->skipped_in_row >= MAX_BAD_STEPS_IN_A_ROW) {
             givt_fail("%d steps in a row with a non-finite loss or gradient (last: step %ld); stopping",
                       MAX_BAD_STEPS_IN_A_ROW, tr->step);
+            tr->agreed = 1;  // the loss and the norm are global: every rank stops here
             return STEP_DIVERGED;
         }
         return STEP_SKIPPED;
     }
     tr->skipped_in_row = 0;
     backend_range_push(tr->be, "optimizer");
-    adamw_step(&tr->opt, m, *lr, *gnorm);
+    adamw_step(&tr->opt, m, tr->zero ? tr->grad_part : m->grads, *lr, *gnorm);
+    if (tr->zero) gather_weights(tr);
     if (tr->has_ema) ema_step(tr, (float)ema_decay(tr->cfg.train.ema, tr->opt.t));
     backend_range_pop(tr->be);
     return STEP_DONE;
@@ -754,7 +1026,9 @@ static StepResult train_step(Trainer *tr, double *loss, double *lr, double *gnor
 // Ends the run before max_steps, after an interrupt (returns 130) or a data error (returns -1, the
 // error's message kept): a checkpoint of the last completed step is written first, unless the newest
 // checkpoint already holds it, and the run says which.
+// Every rank calls it at the same step (the reasons are agreed).
 static int stop_early(Trainer *tr, int interrupted) {
+    tr->agreed = 1;
     char *why = interrupted ? NULL : xstrdup(givt_last_error());
     char where[TRAIN_CONFIG_STR_MAX + 64];
     int rc = 0;
@@ -772,11 +1046,14 @@ static int stop_early(Trainer *tr, int interrupted) {
         return -1;  // save_checkpoint's message
     }
     if (interrupted) {
-        fprintf(stderr, "\ngivt-train: interrupted at step %ld; checkpoint: %s\n", tr->step, where);
+        if (root(tr)) fprintf(stderr, "\ngivt-train: interrupted at step %ld; checkpoint: %s\n", tr->step, where);
         return 130;
     }
-    givt_fail("%s\nthe run stopped after step %ld; checkpoint of the last good step: %s", why ? why : "data error",
-              tr->step, where);
+    if (root(tr))
+        givt_fail("%s\nthe run stopped after step %ld; checkpoint of the last good step: %s", why ? why : "data error",
+                  tr->step, where);
+    else
+        givt_fail("%s", why ? why : "data error");  // rank 0 says where the run stopped
     free(why);
     return -1;
 }
@@ -784,7 +1061,7 @@ static int stop_early(Trainer *tr, int interrupted) {
 static int loop(Trainer *tr) {
     const TrainSettings *ts = &tr->cfg.train;
     int tty = isatty(fileno(stderr));
-    long tokens_per_step = (long)ts->batch_size * tr->T * ts->grad_accum_steps;
+    long tokens_per_step = (long)ts->batch_size * tr->T * ts->grad_accum_steps * tr->dist->world_size;
     double flops_per_token = givt_config_flops_per_token(&tr->cfg.model, tr->T, NULL);
     // the MFU's peak: [train] peak_tflops, else the backend's own figure (the CPU backend has none), per
     // device, times the devices (tok/s is of all of them)
@@ -826,10 +1103,59 @@ static int loop(Trainer *tr) {
     return 0;
 }
 
+// The start-up line (rank 0): the model, the data, the backend, the ranks and the global batch.
+static void say_start(const Trainer *tr) {
+    const TrainSettings *ts = &tr->cfg.train;
+    const Dist *d = tr->dist;
+    fprintf(stderr,
+            "givt-train: %zu parameters, %lld training / %lld validation sequences of T = %d, backend %s (%s, %s "
+            "compute)\n",
+            tr->model.table.total, (long long)data_num_train(&tr->data), (long long)data_num_val(&tr->data), tr->T,
+            tr->be->name, tr->be->device, dtype_name(tr->be->compute));
+    fprintf(stderr, "givt-train: global batch %ld sequences = batch_size %d x grad_accum_steps %d x %d rank%s",
+            (long)ts->batch_size * ts->grad_accum_steps * d->world_size, ts->batch_size, ts->grad_accum_steps,
+            d->world_size, d->world_size == 1 ? "" : "s");
+    if (strcmp(d->name, "single") != 0)
+        fprintf(stderr, " (%s communicator, started by %s%s)", d->name, d->launcher, tr->zero ? ", ZeRO-1" : "");
+    fputc('\n', stderr);
+}
+
+static void catch_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESETHAND;  // a second Ctrl-C stops at once
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);   // a closed terminal stops the run as Ctrl-C does
+    sigaction(SIGUSR1, &sa, NULL);  // mpirun forwards it to every rank: the graceful stop of a job
+    struct sigaction ign = {.sa_handler = SIG_IGN};
+    sigaction(SIGPIPE, &ign, NULL);  // progress to a closed pipe fails to write; it never ends the run
+}
+
+// After a failure with several ranks: a failure every rank reached together ends the run normally,
+// rank 0 (and the rank whose error it was) saying why; a failure of this rank alone ends the whole
+// job at once, naming the rank, since the others would wait for it forever.
+static int end_failed_job(Trainer *tr, int rc) {
+    Dist *d = tr->dist;
+    char *why = xstrdup(givt_last_error());
+    if (!tr->agreed) {
+        fprintf(stderr, "givt-train: rank %d of %d: %s\ngivt-train: rank %d failed alone: ending the whole job\n",
+                d->rank, d->world_size, why, d->rank);
+        dist_abort(d, 1);
+    }
+    if (!root(tr) && !tr->local_error) rc = 1;  // rank 0 says why
+    else if (!root(tr)) givt_fail("rank %d: %s", d->rank, why);
+    free(why);
+    return rc;
+}
+
 int trainer_run(const TrainConfig *cfg) {
+    Dist *d = dist_open();
+    if (!d) return -1;
     Trainer *tr = xcalloc(1, sizeof *tr);
     tr->cfg = *cfg;
-    tr->dist = dist_open_single();
+    tr->dist = d;
     tr->lock_fd = -1;
     int rc = setup(tr);
     if (rc == 0 && root(tr)) {
@@ -839,25 +1165,16 @@ int trainer_run(const TrainConfig *cfg) {
         if (rc == 0) rc = metrics_open(tr);
     }
     if (rc == 0) {
-        if (root(tr))
-            fprintf(stderr,
-                    "givt-train: %zu parameters, %lld training / %lld validation sequences of T = %d, backend %s "
-                    "(%s, %s compute), %d process%s\n",
-                    tr->model.table.total, (long long)data_num_train(&tr->data), (long long)data_num_val(&tr->data),
-                    tr->T, tr->be->name, tr->be->device, dtype_name(tr->be->compute), tr->dist->world_size,
-                    tr->dist->world_size == 1 ? "" : "es");
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = on_signal;
-        sa.sa_flags = SA_RESETHAND;  // a second Ctrl-C stops at once
-        sigaction(SIGINT, &sa, NULL);
-        sigaction(SIGTERM, &sa, NULL);
-        sigaction(SIGHUP, &sa, NULL);  // a closed terminal stops the run as Ctrl-C does
-        struct sigaction ign = {.sa_handler = SIG_IGN};
-        sigaction(SIGPIPE, &ign, NULL);  // progress to a closed pipe fails to write; it never ends the run
+        if (root(tr)) say_start(tr);
+        catch_signals();
+        start_watchdog(tr);
         rc = loop(tr);
     }
+    if (rc < 0 && tr->dist->world_size > 1) rc = end_failed_job(tr, rc);
+    Backend *be = tr->be;
     teardown(tr);
+    dist_close(tr->dist);  // before the backend: NCCL still uses its GPU
+    backend_close(be);
     free(tr);
     return rc;
 }
