@@ -123,7 +123,10 @@ GivtOps make_ops() {
     o.swiglu_bwd = cuda_swiglu_bwd;
     o.shift_bos = cuda_shift_bos;
     o.shift_bos_bwd = cuda_shift_bos_bwd;
+    o.class_embed_fwd = cuda_class_embed_fwd;
+    o.class_embed_bwd = cuda_class_embed_bwd;
     o.gaussian_nll = cuda_gaussian_nll;
+    o.mixture_nll = cuda_mixture_nll;
     o.sumsq = cuda_sumsq;
     o.adamw = cuda_adamw;
     o.ema_update = cuda_ema_update;

@@ -40,12 +40,16 @@ void cuda_swiglu_fwd(Backend *be, cval *out, const cval *h, int N, int F);
 void cuda_swiglu_bwd(Backend *be, cval *dh, const cval *dout, const cval *h, int N, int F);
 void cuda_shift_bos(Backend *be, cval *in, const float *x, const cval *bos, int B, int T, int D);
 void cuda_shift_bos_bwd(Backend *be, float *dbos, const cval *din, int B, int T, int D);
+void cuda_class_embed_fwd(Backend *be, cval *res, const cval *table, const int32_t *labels, int B, int T, int C);
+void cuda_class_embed_bwd(Backend *be, float *dtable, cval *dres, const int32_t *labels, int B, int T, int C);
 void cuda_to_compute(Backend *be, cval *dst, const float *src, size_t n);
 void cuda_copy_rows(Backend *be, cval *dst, size_t dst_row, size_t dst_batch, const cval *src, size_t src_row,
                     size_t src_batch, int B, int rows, int width);
 // ---- kernels/loss.cu ----
 void cuda_gaussian_nll(Backend *be, cval *dy, double *loss_sum, const cval *y, const float *x, int N, int D,
                        double eps, float scale);
+void cuda_mixture_nll(Backend *be, cval *dy, double *loss_sum, const cval *y, const float *x, int N, int D, int K,
+                      double eps, float scale);
 void cuda_sumsq(Backend *be, double *acc, const float *p, size_t n);
 // ---- kernels/optim.cu ----
 void cuda_adamw(Backend *be, float *p, cval *p_compute, const float *g, float *m, float *v, size_t n, float lr,

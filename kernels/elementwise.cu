@@ -1,6 +1,7 @@
-// elementwise.cu: SwiGLU forward and backward, the bos input shift and its backward, the
-// float32 -> compute dtype conversion and the strided row copy of the KV cache (ops.h: swiglu_fwd /
-// _bwd, shift_bos / _bwd, to_compute, copy_rows),
+// elementwise.cu: SwiGLU forward and backward, the bos input shift and its backward, the class
+// embedding at position 0 and its backward, the float32 -> compute dtype conversion and the strided
+// row copy of the KV cache (ops.h: swiglu_fwd / _bwd, shift_bos / _bwd, class_embed_fwd / _bwd,
+// to_compute, copy_rows),
 // with the formulas of the CPU reference (csrc/model/ops_cpu.c); float32 math inside, grid-stride
 // loops. shift_bos_bwd sums over the batch in order (b = 0, 1, ...) into dbos: deterministic.
 #include "launch.cuh"
@@ -135,6 +136,60 @@ extern "C" void cuda_shift_bos_bwd(Backend *be, float *dbos, const cval *din, in
     } else {
         typedef float T;
         GIVT_LAUNCH(shift_bos_bwd_kernel<T>, grid, EW_BLOCK, 0, cuda_stream(be), dbos, (const T *)din, B, T_, D);
+    }
+}
+
+// res[b, 0, c] = table[labels[b], c] for the B*C elements of position 0
+template <typename T>
+__global__ void class_embed_fwd_kernel(T *res, const T *table, const int32_t *labels, int B, size_t seq, int C) {
+    CM_GRID_STRIDE(i, (size_t)B * C) {
+        const size_t b = i / (size_t)C, c = i % (size_t)C;
+        res[b * seq + c] = table[(size_t)labels[b] * C + c];
+    }
+}
+
+// One thread per column c: dtable[labels[b], c] += dres[b, 0, c] for b in order (deterministic, and
+// no two threads write one element), then dres[b, 0, c] = 0
+template <typename T>
+__global__ void class_embed_bwd_kernel(float *dtable, T *dres, const int32_t *labels, int B, size_t seq, int C) {
+    CM_GRID_STRIDE(c, (size_t)C) {
+        for (int b = 0; b < B; b++) {
+            T *g = dres + (size_t)b * seq + c;
+            dtable[(size_t)labels[b] * C + c] += cm_f32(*g);
+            *g = cm_from_f32<T>(0.0f);
+        }
+    }
+}
+
+extern "C" void cuda_class_embed_fwd(Backend *be, cval *res, const cval *table, const int32_t *labels, int B, int T_,
+                                     int C) {
+    if (B <= 0 || T_ <= 0 || C <= 0) return;
+    const size_t seq = (size_t)T_ * C;
+    const unsigned grid = cm_grid_elementwise(be, (size_t)B * C, EW_BLOCK);
+    if (cuda_ctx(be)->dtype == DTYPE_BF16) {
+        typedef __nv_bfloat16 T;
+        GIVT_LAUNCH(class_embed_fwd_kernel<T>, grid, EW_BLOCK, 0, cuda_stream(be), (T *)res, (const T *)table, labels,
+                    B, seq, C);
+    } else {
+        typedef float T;
+        GIVT_LAUNCH(class_embed_fwd_kernel<T>, grid, EW_BLOCK, 0, cuda_stream(be), (T *)res, (const T *)table, labels,
+                    B, seq, C);
+    }
+}
+
+extern "C" void cuda_class_embed_bwd(Backend *be, float *dtable, cval *dres, const int32_t *labels, int B, int T_,
+                                     int C) {
+    if (B <= 0 || T_ <= 0 || C <= 0) return;
+    const size_t seq = (size_t)T_ * C;
+    const unsigned grid = cm_grid_elementwise(be, (size_t)C, EW_BLOCK);
+    if (cuda_ctx(be)->dtype == DTYPE_BF16) {
+        typedef __nv_bfloat16 T;
+        GIVT_LAUNCH(class_embed_bwd_kernel<T>, grid, EW_BLOCK, 0, cuda_stream(be), dtable, (T *)dres, labels, B, seq,
+                    C);
+    } else {
+        typedef float T;
+        GIVT_LAUNCH(class_embed_bwd_kernel<T>, grid, EW_BLOCK, 0, cuda_stream(be), dtable, (T *)dres, labels, B, seq,
+                    C);
     }
 }
 

@@ -25,6 +25,8 @@ CONFIG_DEFAULTS = {
     "rope_base": 1000000,
     "rope_rotary_percentage": 1.0,
     "rope_condense_ratio": 4.0,
+    "num_mixtures": 1,  # beyond the seed: GIVT.md, "What the paper has that the seed dropped"
+    "num_classes": 0,
 }
 # The order in which tests/reference.bin stores the config (6 ints, then 4 doubles).
 CONFIG_INT_KEYS = ["input_dim", "hidden_dim", "intermediate_dim", "num_heads", "num_layers", "block_size"]
@@ -50,10 +52,18 @@ def rope_n_elem(cfg):
     return int(cfg["rope_rotary_percentage"] * head_dim(cfg))
 
 
+def head_out(cfg):
+    """Width of a head row: 2D for one Gaussian, k + 2kD for a mixture of k."""
+    K, D = cfg["num_mixtures"], cfg["input_dim"]
+    return 2 * D if K == 1 else K + 2 * K * D
+
+
 def param_shapes(cfg):
-    """Names and shapes of the parameters, in the order of GIVT.md's table."""
+    """Names and shapes of the parameters, in the order of GIVT.md's table (class_embed after bos)."""
     D, C, Fd = cfg["input_dim"], cfg["hidden_dim"], cfg["intermediate_dim"]
     shapes = [("model.embed.weight", (C, D)), ("model.bos", (D,))]
+    if cfg["num_classes"] > 0:
+        shapes.append(("model.class_embed.weight", (cfg["num_classes"] + 1, C)))
     for i in range(cfg["num_layers"]):
         p = f"model.blocks.{i}."
         shapes += [
@@ -65,7 +75,7 @@ def param_shapes(cfg):
             (p + "mlp.fc2.weight", (Fd, C)),
             (p + "mlp.fc3.weight", (C, Fd)),
         ]
-    shapes += [("model.norm.weight", (C,)), ("model.head.weight", (2 * D, C))]
+    shapes += [("model.norm.weight", (C,)), ("model.head.weight", (head_out(cfg), C))]
     return shapes
 
 
@@ -80,6 +90,8 @@ def random_weights(cfg, gen, head_scale=0.5):
             t = 1.0 + 0.2 * (2.0 * torch.rand(shape, generator=gen, dtype=DTYPE) - 1.0)
         elif name == "model.bos":
             t = 0.5 * torch.randn(shape, generator=gen, dtype=DTYPE)
+        elif name == "model.class_embed.weight":  # rows of the size of an embedded input
+            t = torch.randn(shape, generator=gen, dtype=DTYPE)
         else:
             fan_in = shape[1]
             t = torch.randn(shape, generator=gen, dtype=DTYPE) / math.sqrt(fan_in)
@@ -143,19 +155,31 @@ def mlp_block(h, w, prefix):
     return h + (F.silu(a) * b) @ w[prefix + "mlp.fc3.weight"].T
 
 
-def forward(w, x, cfg):
-    """w: dict name -> float64 tensor; x (B, T, D) targets. Returns mu, std (B, T, D)."""
+def forward_head(w, x, cfg, labels=None):
+    """w: dict name -> float64 tensor; x (B, T, D) targets; labels (B) ints in [0, num_classes]
+    (num_classes = "no label"; None: all "no label") for a class-conditional model. Returns the head
+    output y (B, T, head_out)."""
     B, T, D = x.shape
     assert T <= cfg["block_size"], "T exceeds block_size"
     bos = w["model.bos"].reshape(1, 1, D).expand(B, 1, D)
     inp = torch.cat([bos, x[:, :-1, :]], dim=1)  # [bos, x_0 .. x_{T-2}]
     h = inp @ w["model.embed.weight"].T
+    if cfg["num_classes"] > 0:  # the class embedding takes the place of the embedded bos
+        if labels is None:
+            labels = torch.full((B,), cfg["num_classes"], dtype=torch.long)
+        h = torch.cat([w["model.class_embed.weight"][labels].reshape(B, 1, -1), h[:, 1:, :]], dim=1)
     cos, sin = rope_cache(T, rope_n_elem(cfg), cfg["rope_base"], cfg["rope_condense_ratio"])
     for i in range(cfg["num_layers"]):
         p = f"model.blocks.{i}."
         h = attention_block(h, w, p, cfg, cos, sin)
         h = mlp_block(h, w, p)
-    y = rmsnorm(h, w["model.norm.weight"]) @ w["model.head.weight"].T  # (B, T, 2D)
+    return rmsnorm(h, w["model.norm.weight"]) @ w["model.head.weight"].T
+
+
+def forward(w, x, cfg):
+    """The seed's single-Gaussian model: mu, std (B, T, D)."""
+    D = x.shape[-1]
+    y = forward_head(w, x, cfg)  # (B, T, 2D)
     mu = y[..., :D]
     std = F.softplus(y[..., D:]) + cfg["eps"]  # PyTorch softplus: identity above threshold 20
     return mu, std
@@ -163,6 +187,39 @@ def forward(w, x, cfg):
 
 def loss_fn(mu, std, x, cfg, full=False):
     return F.gaussian_nll_loss(mu, x, std ** 2, eps=cfg["eps"], full=full, reduction="mean")
+
+
+def mixture_loss(y, x, cfg, full=False):
+    """GIVT.md's mixture loss, written from its definition: per position -log sum_k pi_k prod_d
+    N(x_d; mu_kd, var_kd) (the full densities, torch.logsumexp over k), averaged over positions and
+    divided by D, minus 0.5*log(2*pi) unless full. var = max(std^2, eps) with the clamp passing the
+    gradient straight through (as gaussian_nll_loss's in-place clamp under no_grad)."""
+    B, T, D = x.shape
+    K = cfg["num_mixtures"]
+    if K == 1:
+        logits, rest = torch.zeros(B, T, 1, dtype=y.dtype), y
+    else:
+        logits, rest = y[..., :K], y[..., K:]
+    mu = rest[..., :K * D].reshape(B, T, K, D)
+    std = F.softplus(rest[..., K * D:].reshape(B, T, K, D)) + cfg["eps"]
+    var = std ** 2
+    var = var + (var.clamp(min=cfg["eps"]) - var).detach()
+    xk = x.unsqueeze(2)  # (B, T, 1, D)
+    log_n = -0.5 * (torch.log(2 * math.pi * var) + (xk - mu) ** 2 / var)  # (B, T, K, D)
+    log_p = torch.logsumexp(torch.log_softmax(logits, dim=-1) + log_n.sum(-1), dim=-1)  # (B, T)
+    loss = -log_p.mean() / D
+    return loss if full else loss - 0.5 * math.log(2 * math.pi)
+
+
+def forward_backward_head(w, x, cfg, labels=None, full=False):
+    """Mixture / class-conditional model: returns (loss, y, grads), float64."""
+    params = {k: v.detach().clone().to(DTYPE).requires_grad_(True) for k, v in w.items()}
+    x = x.to(DTYPE)
+    y = forward_head(params, x, cfg, labels)
+    loss = mixture_loss(y, x, cfg, full)
+    loss.backward()
+    grads = {k: p.grad.detach().clone() for k, p in params.items()}
+    return loss.item(), y.detach(), grads
 
 
 def forward_backward(w, x, cfg, full=False):

@@ -1,5 +1,6 @@
-"""make_reference: writes tests/reference.bin, the float64 PyTorch reference (scripts/givt_reference.py) that tests/test_reference.c compares the C engine against."""
-# Usage: /usr/bin/python3 scripts/make_reference.py [OUT]   (default tests/reference.bin)
+"""make_reference: writes tests/reference.bin and tests/reference_mix.bin, the float64 PyTorch reference (scripts/givt_reference.py) that tests/test_reference.c compares the C engine against."""
+# Usage: python3 scripts/make_reference.py [OUT [OUT_MIX]]
+#   (defaults tests/reference.bin, tests/reference_mix.bin)
 #
 # File format, version 1 (all little-endian; read by tests/refdata.c):
 #   header:  char magic[8] = "GIVTREF1"; u32 version = 1; u32 ncases
@@ -27,6 +28,15 @@
 #            inverse-sqrt LambdaLR stepped after each update, so update s uses
 #            lr * factor(s), factor(s) = s / warmup for s < warmup (update 0 has lr 0).
 #   trailer: char magic[8] = "GIVTEND1"
+#
+# tests/reference_mix.bin: version 2, the cases of MIX_CASES (mixture heads, class conditioning).
+# A case differs from version 1 in:
+#   after rope_condense_ratio: i32 num_mixtures, num_classes
+#   instead of "mu" and "std": tensor "labels" (B) float32 (only when num_classes > 0; each in
+#   [0, num_classes], num_classes being "no label"), then tensor "y" (B, T, head_out) float64, the head
+#   output [logits (k) | mu (k x D) | pre (k x D)] (k = 1: [mu | pre])
+#   loss: GIVT.md's mixture loss (mean over positions of -log p, divided by D, minus 0.5*log(2*pi)
+#   unless full); has_train is always 0.
 
 import os
 import struct
@@ -94,6 +104,24 @@ CASES = [
         B=2, T=8, full=False, seed=404, train=False, head_scale=2.0),
 ]
 
+# Mixture heads and class conditioning (version 2 file). Labels include the "no label" class.
+MIX_CASES = [
+    # (e) k = 3 components, 4 classes: the class embedding replaces bos at position 0
+    dict(label="e_k3_classes4", cfg=ref.make_config(
+        input_dim=6, hidden_dim=24, intermediate_dim=40, num_heads=3, num_layers=2, block_size=8,
+        rope_condense_ratio=2.0, num_mixtures=3, num_classes=4),
+        B=3, T=6, full=False, seed=505, labels=[1, 4, 1], head_scale=1.0),
+    # (f) k = 3, unconditional, full likelihood, T = 1 (the input is bos alone), a large eps so that
+    # the clamp is active
+    dict(label="f_k3_T1_full_clamp", cfg=ref.make_config(
+        input_dim=4, hidden_dim=16, intermediate_dim=24, num_heads=2, num_layers=2, block_size=4,
+        num_mixtures=3, eps=0.25), B=4, T=1, full=True, seed=606, head_scale=2.0),
+    # (g) k = 1 with classes: the seed's head, conditioned
+    dict(label="g_k1_classes2", cfg=ref.make_config(
+        input_dim=5, hidden_dim=16, intermediate_dim=24, num_heads=4, num_layers=1, block_size=8,
+        num_classes=2), B=3, T=5, full=False, seed=707, labels=[0, 2, 1]),
+]
+
 TRAIN = dict(lr=1e-3, betas=(0.9, 0.99), adam_eps=1e-8, weight_decay=0.1, clip=1.0, warmup=2,
              timescale=1e8, nsteps=3)
 
@@ -154,20 +182,63 @@ def write_case(f, c):
         w_tensor(f, name, p.float().double(), "f4")
 
 
-def main():
-    torch.set_default_dtype(torch.float64)
-    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "..", "tests", "reference.bin")
+def write_mix_case(f, c):
+    cfg, B, T, full = c["cfg"], c["B"], c["T"], c["full"]
+    gen = torch.Generator().manual_seed(c["seed"])
+    w = ref.random_weights(cfg, gen, c.get("head_scale", 0.5))
+    x = torch.randn(B, T, cfg["input_dim"], generator=gen, dtype=torch.float64).float().double()
+    labels = torch.tensor(c["labels"], dtype=torch.long) if cfg["num_classes"] > 0 else None
+    loss, y, grads = ref.forward_backward_head(w, x, cfg, labels, full)
+    if cfg["num_mixtures"] == 1 and cfg["num_classes"] == 0:  # the mixture loss is the seed's loss for k = 1
+        mu, std = ref.forward(w, x, cfg)
+        assert abs(ref.loss_fn(mu, std, x, cfg, full).item() - loss) <= 1e-12 * abs(loss)
+
+    w_str(f, c["label"])
+    for k in ref.CONFIG_INT_KEYS:
+        w_i32(f, int(cfg[k]))
+    for k in ref.CONFIG_FLOAT_KEYS:
+        w_f64(f, cfg[k])
+    w_i32(f, cfg["num_mixtures"])
+    w_i32(f, cfg["num_classes"])
+    w_i32(f, B)
+    w_i32(f, T)
+    w_i32(f, 1 if full else 0)
+    w_u32(f, len(w))
+    for name, t in w.items():
+        w_tensor(f, name, t, "f4")
+    w_tensor(f, "x", x, "f4")
+    if labels is not None:
+        w_tensor(f, "labels", labels.double(), "f4")
+    w_tensor(f, "y", y, "f8")
+    w_f64(f, loss)
+    w_u32(f, len(grads))
+    for name, g in grads.items():
+        w_tensor(f, name, g, "f8")
+    w_u32(f, 0)
+    gnorm = float(torch.sqrt(sum((g ** 2).sum() for g in grads.values())))
+    print(f"{c['label']}: loss {loss:.10f}  grad norm {gnorm:.4f}")
+
+
+def write_file(out, version, cases, write):
     tmp = out + ".tmp"
     with open(tmp, "wb") as f:
         f.write(b"GIVTREF1")
-        w_u32(f, VERSION)
-        w_u32(f, len(CASES))
-        for c in CASES:
-            write_case(f, c)
+        w_u32(f, version)
+        w_u32(f, len(cases))
+        for c in cases:
+            write(f, c)
         f.write(b"GIVTEND1")
     os.replace(tmp, out)
     print(f"wrote {out} ({os.path.getsize(out)} bytes)")
+
+
+def main():
+    torch.set_default_dtype(torch.float64)
+    tests = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
+    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(tests, "reference.bin")
+    out_mix = sys.argv[2] if len(sys.argv) > 2 else os.path.join(tests, "reference_mix.bin")
+    write_file(out, VERSION, CASES, write_case)
+    write_file(out_mix, 2, MIX_CASES, write_mix_case)
 
 
 if __name__ == "__main__":

@@ -119,9 +119,10 @@ static void free_tensors(RefTensor *ts, int n) {
     free(ts);
 }
 
-static void rd_case(Cursor *c, RefCase *rc) {
+static void rd_case(Cursor *c, RefCase *rc, int version) {
     rd_str(c, rc->label, sizeof rc->label, "case label");
     GivtConfig *g = &rc->cfg;
+    givt_config_default(g);
     g->input_dim = rd_i32(c, "config");
     g->hidden_dim = rd_i32(c, "config");
     g->intermediate_dim = rd_i32(c, "config");
@@ -132,19 +133,36 @@ static void rd_case(Cursor *c, RefCase *rc) {
     g->rope_base = rd_f64(c, "config");
     g->rope_rotary_percentage = rd_f64(c, "config");
     g->rope_condense_ratio = rd_f64(c, "config");
+    if (version >= 2) {
+        g->num_mixtures = rd_i32(c, "config");
+        g->num_classes = rd_i32(c, "config");
+    }
     rc->B = rd_i32(c, "B");
     rc->T = rd_i32(c, "T");
     rc->full = rd_i32(c, "full");
     if (!c->bad && (rc->B < 1 || rc->T < 1 || rc->T > g->block_size)) cur_fail(c, "bad B or T");
     rc->params = rd_tensors(c, &rc->nparams, "weights");
     rd_tensor(c, &rc->x, "x");
-    rd_tensor(c, &rc->mu, "mu");
-    rd_tensor(c, &rc->std, "std");
+    if (version >= 2) {
+        if (g->num_classes > 0) rd_tensor(c, &rc->labels, "labels");
+        rd_tensor(c, &rc->y, "y");
+    } else {
+        rd_tensor(c, &rc->mu, "mu");
+        rd_tensor(c, &rc->std, "std");
+    }
     rc->loss = rd_f64(c, "loss");
     rc->grads = rd_tensors(c, &rc->ngrads, "gradients");
     size_t btd = (size_t)rc->B * rc->T * g->input_dim;
-    if (!c->bad && (rc->x.numel != btd || rc->mu.numel != btd || rc->std.numel != btd))
-        cur_fail(c, "x, mu or std is not (B, T, input_dim)");
+    if (!c->bad && rc->x.numel != btd) cur_fail(c, "x is not (B, T, input_dim)");
+    if (!c->bad && version == 1 && (rc->mu.numel != btd || rc->std.numel != btd))
+        cur_fail(c, "mu or std is not (B, T, input_dim)");
+    if (!c->bad && version >= 2) {
+        int ok = g->num_mixtures >= 1 && g->num_mixtures <= GIVT_MAX_MIXTURES && g->num_classes >= 0 &&
+                 g->num_classes <= GIVT_MAX_CLASSES;
+        if (!ok) cur_fail(c, "bad num_mixtures or num_classes");
+        else if (rc->y.numel != (size_t)rc->B * rc->T * givt_config_head_out(g)) cur_fail(c, "y is not (B, T, head_out)");
+        else if (g->num_classes > 0 && rc->labels.numel != (size_t)rc->B) cur_fail(c, "labels is not (B)");
+    }
     rc->has_train = (int)rd_u32(c, "has_train");
     if (c->bad || !rc->has_train) return;
     RefTrain *t = &rc->train;
@@ -179,6 +197,11 @@ const char *refdata_default_path(void) {
     return (p && *p) ? p : "tests/reference.bin";
 }
 
+const char *refdata_mix_path(void) {
+    const char *p = getenv("GIVT_TEST_DATA_MIX");
+    return (p && *p) ? p : "tests/reference_mix.bin";
+}
+
 int refdata_load(RefData *rd, const char *path) {
     memset(rd, 0, sizeof *rd);
     size_t len = 0;
@@ -194,8 +217,8 @@ int refdata_load(RefData *rd, const char *path) {
     if (take(&c, magic, 8, "magic") == 0 && memcmp(magic, "GIVTREF1", 8) != 0)
         cur_fail(&c, "not a GIVT reference file (magic is not GIVTREF1)");
     uint32_t version = rd_u32(&c, "version");
-    if (!c.bad && version != 1) {
-        givt_fail("%s: reference file version %u, this reader knows version 1", path, version);
+    if (!c.bad && version != 1 && version != 2) {
+        givt_fail("%s: reference file version %u, this reader knows versions 1 and 2", path, version);
         c.bad = 1;
     }
     uint32_t n = rd_u32(&c, "ncases");
@@ -204,7 +227,7 @@ int refdata_load(RefData *rd, const char *path) {
         rd->version = (int)version;
         rd->cases = xcalloc(n, sizeof *rd->cases);
         for (uint32_t i = 0; i < n && !c.bad; i++) {
-            rd_case(&c, &rd->cases[i]);
+            rd_case(&c, &rd->cases[i], (int)version);
             rd->ncases = (int)i + 1;
         }
     }
@@ -226,6 +249,8 @@ void refdata_free(RefData *rd) {
         free(rc->x.data);
         free(rc->mu.data);
         free(rc->std.data);
+        free(rc->labels.data);
+        free(rc->y.data);
         free_tensors(rc->grads, rc->ngrads);
         free(rc->train.lr_used);
         free(rc->train.losses);

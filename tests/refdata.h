@@ -25,6 +25,11 @@
 //              nsteps x (f64 lr_used, f64 loss_before_step, f64 grad_norm_before_clip)
 //              u32 nfinal, tensors    weights after nsteps updates (float64 math, stored as float32)
 //   trailer: char magic[8] = "GIVTEND1"
+// Version 2 (tests/reference_mix.bin: mixture heads and class conditioning) differs in the case:
+//   after rope_condense_ratio: i32 num_mixtures, num_classes
+//   instead of mu and std: tensor labels (B) float32 (only when num_classes > 0: each in
+//   [0, num_classes], num_classes = "no label"), then tensor y (B, T, head_out) float64: the head output
+//   (GIVT.md's row layout); loss: the mixture NLL as GIVT.md reports it.
 // Training section semantics: every step uses the case's x and full flag; torch.optim.AdamW with
 // weight decay on tensors of more than one dimension; clip_grad_norm_ (coef clip/(norm+1e-6), at
 // most 1); the inverse-sqrt schedule is stepped after each update, so update s (0-based) uses
@@ -55,7 +60,8 @@ typedef struct {
     int B, T, full;
     int nparams;
     RefTensor *params;
-    RefTensor x, mu, std;
+    RefTensor x, mu, std;  // mu, std: version 1
+    RefTensor labels, y;   // version 2 (labels when num_classes > 0)
     double loss;
     int ngrads;
     RefTensor *grads;
@@ -71,6 +77,8 @@ typedef struct {
 
 // "$GIVT_TEST_DATA" if set, else "tests/reference.bin" (relative to the repository root).
 const char *refdata_default_path(void);
+// "$GIVT_TEST_DATA_MIX" if set, else "tests/reference_mix.bin".
+const char *refdata_mix_path(void);
 // Returns 0, or -1 with givt_fail (the message names the file) on a missing or malformed file.
 int refdata_load(RefData *rd, const char *path);
 void refdata_free(RefData *rd);

@@ -1193,6 +1193,209 @@ static void t_nll_dy(const Target *t) { t_nll(t, 1); }
 TEST(backend_ops_gaussian_nll) { for_each_backend(t_nll_fwd); }
 TEST(backend_ops_gaussian_nll_dy) { for_each_backend(t_nll_dy); }
 
+// ---- mixture nll ------------------------------------------------------------------------------------
+// y (N, W) = [logits (K) | mu (K, D) | pre (K, D)] (K = 1: [mu | pre]), x (N, D); per row
+// l = -logsumexp_k (log_softmax(logits)_k - sum_d 0.5 (log var_kd + (x_d - mu_kd)^2 / var_kd)),
+// dy = scale * dl/dy. The double reference here stores every lp_k and shifts by their maximum.
+// Shapes: K = 1 (the seed's head through this op), a single row, K = 16; rows 0..2 of each shape
+// are hard cases for the log-sum-exp: components 1000 apart (every lp but one near -5e5: exp
+// underflows without the shift), one component dominating by its logit (+-40), and pre above 20.
+static const int k_mix_shapes[][3] = {{23, 3, 1}, {1, 2, 2}, {37, 5, 3}, {19, 16, 4}, {7, 4, 16}};  // N, D, K
+static const double k_mix_eps[] = {1e-8, 1e-2, 1e-8, 1e-2, 1e-8};
+#define N_MIX_SHAPES 5
+
+static size_t mix_width(int D, int K) { return K == 1 ? 2 * (size_t)D : (size_t)K + 2 * (size_t)K * D; }
+
+static int run_mix(Backend *be, float *dy, double *loss, const float *y, const float *x, int N, int D, int K,
+                   double eps, float scale, int with_dy) {
+    size_t ny = (size_t)N * mix_width(D, K), nx = (size_t)N * D;
+    cval *dyy = put_c(be, y, ny), *ddy = with_dy ? put_c(be, NULL, ny) : NULL;
+    float *dx = put_f(be, x, nx);
+    double *acc = put_scalar(be, 1.5);  // accumulates
+    be->ops->mixture_nll(be, ddy, acc, dyy, dx, N, D, K, eps, scale);
+    *loss = get_scalar(be, acc) - 1.5;
+    int guard = with_dy ? get_c(be, dy, ddy, ny) : 0;
+    dfree(be, dyy), dfree(be, ddy), dfree(be, dx), dfree(be, acc);
+    return guard;
+}
+
+// The double reference of one row; returns l, adds scale * dl/dy into wdy (W).
+static double mix_ref_row(const float *y, const float *x, int D, int K, double eps, double scale, double *wdy) {
+    const float *lg = y, *mu = y + (K > 1 ? K : 0), *pre = mu + (size_t)K * D;
+    double *lp = dnew((size_t)K), *logpi = dnew((size_t)K), mx = -INFINITY, lmx = -INFINITY, ls = 0, s = 0;
+    for (int k = 0; k < K && K > 1; k++) lmx = fmax(lmx, lg[k]);
+    for (int k = 0; k < K && K > 1; k++) ls += exp(lg[k] - lmx);
+    for (int k = 0; k < K; k++) {
+        logpi[k] = K > 1 ? lg[k] - lmx - log(ls) : 0.0;
+        lp[k] = logpi[k];
+        for (int d = 0; d < D; d++) {
+            double p = pre[k * D + d], sp = p > 20 ? p : log1p(exp(p)), sd = sp + eps, var = fmax(sd * sd, eps);
+            double e = x[d] - mu[k * D + d];
+            lp[k] -= 0.5 * (log(var) + e * e / var);
+        }
+        mx = fmax(mx, lp[k]);
+    }
+    for (int k = 0; k < K; k++) s += exp(lp[k] - mx);
+    double l = -(mx + log(s));
+    double *dlg = wdy, *dmu = wdy + (K > 1 ? K : 0), *dpre = dmu + (size_t)K * D;
+    for (int k = 0; k < K; k++) {
+        double r = exp(lp[k] + l);
+        if (K > 1) dlg[k] = scale * (exp(logpi[k]) - r);
+        for (int d = 0; d < D; d++) {
+            double p = pre[k * D + d], sp = p > 20 ? p : log1p(exp(p)), dsp = p > 20 ? 1.0 : 1.0 / (1.0 + exp(-p));
+            double sd = sp + eps, var = fmax(sd * sd, eps), e = x[d] - mu[k * D + d];
+            dmu[k * D + d] = scale * r * (-e / var);
+            dpre[k * D + d] = scale * r * 0.5 * (1.0 / var - e * e / (var * var)) * 2.0 * sd * dsp;
+        }
+    }
+    free(lp), free(logpi);
+    return l;
+}
+
+// Rows 0..2 made hard (see above), on rows that exist.
+static void mix_hard_rows(float *y, float *x, int N, int D, int K) {
+    size_t W = mix_width(D, K);
+    float *mu0 = y + (K > 1 ? K : 0);
+    for (int k = 0; k < K; k++)  // row 0: component k centred 1000 k away from x (k = 0 at x + 0.3)
+        for (int d = 0; d < D; d++) mu0[k * D + d] = x[d] + 0.3f + 1000.0f * (float)k;
+    if (N > 1 && K > 1)  // row 1: logit 0 is +40, the others -40
+        for (int k = 0; k < K; k++) y[W + k] = k == 0 ? 40.0f : -40.0f;
+    if (N > 2)  // row 2: pre above 20 (std = pre)
+        for (int k = 0; k < K; k++) y[2 * W + (K > 1 ? K : 0) + (size_t)K * D + (size_t)k * D] = 21.5f;
+}
+
+static void t_mix(const Target *t, int with_dy) {
+    for (int si = 0; si < N_MIX_SHAPES; si++) {
+        int N = k_mix_shapes[si][0], D = k_mix_shapes[si][1], K = k_mix_shapes[si][2];
+        double eps = k_mix_eps[si];
+        size_t W = mix_width(D, K), ny = (size_t)N * W, nx = (size_t)N * D;
+        Rng r;
+        rng_seed(&r, 2300 + 10 * with_dy + si);
+        DType dt = t->be->compute;
+        float *y = randn(&r, ny, 1, DTYPE_F32), *x = randn(&r, nx, 1, DTYPE_F32);
+        for (size_t i = 0; i < ny; i++) y[i] *= 1.5f;
+        mix_hard_rows(y, x, N, D, K);
+        quantize(dt, y, ny);
+        const float scale = 0.37f;
+        double want = 0, *wdy = dnew(ny);
+        for (int n = 0; n < N; n++) want += mix_ref_row(y + n * W, x + (size_t)n * D, D, K, eps, scale, wdy + n * W);
+        float *dy = xmalloc(ny * 4), *c_dy = xmalloc(ny * 4);
+        double loss = 0, c_loss = 0;
+        int guard = run_mix(t->be, dy, &loss, y, x, N, D, K, eps, scale, with_dy);
+        if (!t->is_cpu) run_mix(t->cpu, c_dy, &c_loss, y, x, N, D, K, eps, scale, with_dy);
+        Line L;
+        line_begin(&L, t, with_dy ? "mixture_nll+dy" : "mixture_nll", "N=%d D=%d K=%d eps=%g", N, D, K, eps);
+        line_cmp_scalar(&L, "loss+=", loss, want, c_loss, t->tol);
+        if (with_dy) line_cmp(&L, "dy", dy, NULL, wdy, t->is_cpu ? NULL : c_dy, NULL, ny, t->tol);
+        line_exact(&L, "guard", guard);
+        line_end(&L);
+        free(y), free(x), free(wdy), free(dy), free(c_dy);
+    }
+}
+static void t_mix_fwd(const Target *t) { t_mix(t, 0); }
+static void t_mix_dy(const Target *t) { t_mix(t, 1); }
+TEST(backend_ops_mixture_nll) { for_each_backend(t_mix_fwd); }
+TEST(backend_ops_mixture_nll_dy) { for_each_backend(t_mix_dy); }
+
+// With K = 1 the mixture op is the seed's gaussian_nll summed by rows: the same loss (double sums
+// of the same terms, 1e-12) and the same dy (bit for bit in float32: the same formula, r = 1).
+static void t_mix_k1(const Target *t) {
+    const int N = 41, D = 7;
+    Rng r;
+    rng_seed(&r, 2399);
+    float *y = randn(&r, (size_t)N * 2 * D, 1, t->be->compute), *x = randn(&r, (size_t)N * D, 1, DTYPE_F32);
+    float *a = xmalloc((size_t)N * 2 * D * 4), *b = xmalloc((size_t)N * 2 * D * 4);
+    double la = 0, lb = 0;
+    run_mix(t->be, a, &la, y, x, N, D, 1, 1e-8, 0.5f, 1);
+    run_nll(t->be, b, &lb, y, x, N, D, 1e-8, 0.5f, 1);
+    CHECK(fabs(la - lb) <= 1e-12 * fabs(lb), "%s: mixture_nll K=1 loss %.17g, gaussian_nll %.17g", t->label, la, lb);
+    int diff = 0;
+    for (int i = 0; i < N * 2 * D; i++) diff += fabsf(a[i] - b[i]) > (t->be->compute == DTYPE_F32 ? 0.0f : 1e-2f * fabsf(b[i]));
+    CHECK(diff == 0, "%s: mixture_nll K=1 dy differs from gaussian_nll's in %d elements", t->label, diff);
+    printf("  %-9s mixture_nll K=1 vs gaussian_nll: loss %.17g vs %.17g, dy %d elements differ\n", t->label, la, lb, diff);
+    free(y), free(x), free(a), free(b);
+}
+TEST(backend_ops_mixture_nll_k1_is_gaussian_nll) { for_each_backend(t_mix_k1); }
+
+// ---- class embedding --------------------------------------------------------------------------------
+// forward: res[b, 0, :] = table[labels[b], :], the other rows untouched; backward: dtable[labels[b]] +=
+// dres[b, 0, :] (labels repeat: the rows add up), then dres[b, 0, :] = 0 and the other rows untouched.
+static const int k_ce_shapes[][4] = {{1, 1, 3, 2}, {3, 5, 16, 4}, {6, 2, 37, 3}, {2, 9, 8, 11}};  // B, T, C, rows
+#define N_CE_SHAPES 4
+
+static int32_t *put_labels(Backend *be, const int32_t *h, int B) {
+    int32_t *d = dalloc(be, (size_t)B * sizeof *d);
+    be->ops->upload(be, d, h, (size_t)B * sizeof *d);
+    return d;
+}
+
+static int run_ce(Backend *be, float *out, float *dres_out, const float *res, const float *table, const float *dt0,
+                  const int32_t *labels, int B, int T, int C, int rows, int backward) {
+    size_t n = (size_t)B * T * C, nt = (size_t)rows * C;
+    int32_t *dl = put_labels(be, labels, B);
+    int guard;
+    if (!backward) {
+        cval *dr = put_c(be, res, n), *dtab = put_c(be, table, nt);
+        be->ops->class_embed_fwd(be, dr, dtab, dl, B, T, C);
+        guard = get_c(be, out, dr, n);
+        dfree(be, dr), dfree(be, dtab);
+    } else {
+        cval *dr = put_c(be, res, n);
+        float *dtab = put_f(be, dt0, nt);
+        be->ops->class_embed_bwd(be, dtab, dr, dl, B, T, C);
+        guard = get_f(be, out, dtab, nt) + get_c(be, dres_out, dr, n);
+        dfree(be, dr), dfree(be, dtab);
+    }
+    dfree(be, dl);
+    return guard;
+}
+
+static void t_ce(const Target *t, int backward) {
+    for (int si = 0; si < N_CE_SHAPES; si++) {
+        int B = k_ce_shapes[si][0], T = k_ce_shapes[si][1], C = k_ce_shapes[si][2], rows = k_ce_shapes[si][3];
+        size_t n = (size_t)B * T * C, nt = (size_t)rows * C;
+        Rng r;
+        rng_seed(&r, 2500 + 10 * backward + si);
+        DType dt = t->be->compute;
+        float *res = randn(&r, n, 1, dt), *table = randn(&r, nt, 1, dt), *dt0 = randn(&r, nt, 1, DTYPE_F32);
+        int32_t labels[16];
+        for (int b = 0; b < B; b++) labels[b] = (int32_t)((b * 7 + si) % rows) / (b % 2 ? 1 : 2);  // repeats
+        size_t nr = backward ? nt : n;
+        double *want = dnew(nr);
+        float *want_res = xmalloc(n * 4);  // the rows that must be exact afterwards
+        memcpy(want_res, res, n * 4);
+        for (int b = 0; b < B; b++)
+            for (int c = 0; c < C; c++) {
+                size_t i = (size_t)b * T * C + c;
+                if (!backward) want_res[i] = table[(size_t)labels[b] * C + c];
+                else want[(size_t)labels[b] * C + c] += res[i], want_res[i] = 0.0f;
+            }
+        if (!backward)
+            for (size_t i = 0; i < n; i++) want[i] = want_res[i];
+        float *got = xmalloc(nr * 4), *cpu = xmalloc(nr * 4), *gres = xmalloc(n * 4), *cres = xmalloc(n * 4);
+        int guard = run_ce(t->be, got, gres, res, table, dt0, labels, B, T, C, rows, backward);
+        if (!t->is_cpu) run_ce(t->cpu, cpu, cres, res, table, dt0, labels, B, T, C, rows, backward);
+        Line L;
+        line_begin(&L, t, backward ? "class_embed_bwd" : "class_embed_fwd", "B=%d T=%d C=%d rows=%d", B, T, C, rows);
+        int bad = 0;
+        const float *check = backward ? gres : got;  // a copy (forward), or rows zeroed / untouched (backward)
+        for (size_t i = 0; i < n; i++) bad += check[i] != want_res[i];
+        if (!backward) {
+            line_cmp(&L, "res", got, NULL, want, t->is_cpu ? NULL : cpu, NULL, n, t->tol);
+        } else {
+            line_cmp(&L, "dtable+=", got, dt0, want, t->is_cpu ? NULL : cpu, dt0, nt, t->tol);
+        }
+        line_exact(&L, backward ? "dres" : "copy", bad);
+        line_exact(&L, "guard", guard);
+        line_end(&L);
+        free(res), free(table), free(dt0), free(want), free(want_res), free(got), free(cpu), free(gres), free(cres);
+    }
+}
+static void t_ce_fwd(const Target *t) { t_ce(t, 0); }
+static void t_ce_bwd(const Target *t) { t_ce(t, 1); }
+TEST(backend_ops_class_embed_fwd) { for_each_backend(t_ce_fwd); }
+TEST(backend_ops_class_embed_bwd) { for_each_backend(t_ce_bwd); }
+
 // ---- sumsq ----------------------------------------------------------------------------------------
 static void t_sumsq(const Target *t) {
     const size_t sizes[] = {1, 63, 1001, 100003};

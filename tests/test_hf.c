@@ -47,6 +47,50 @@ TEST(hf_round_trip_bit_exact) {
     tu_rmtree(dir);
 }
 
+// A mixture / class-conditional model: config.json carries num_mixtures and num_classes, the table
+// has model.class_embed.weight [classes + 1, C] and a head of [k + 2kD, C], and all round-trip; a
+// default model's config.json has neither key (the seed's config.json, byte for byte as before).
+TEST(hf_round_trip_mixture_and_classes) {
+    char dir[256];
+    tu_mkdtemp(dir, "hfmix");
+    GivtConfig cfg, back;
+    tu_tiny_config(&cfg);
+    cfg.num_mixtures = 3, cfg.num_classes = 5;
+    ParamTable pt;
+    param_table_build(&pt, &cfg);
+    int ce = param_table_find(&pt, "model.class_embed.weight"), head = param_table_find(&pt, "model.head.weight");
+    CHECK(ce == pt.class_embed && ce >= 0 && pt.specs[ce].shape[0] == 6 && pt.specs[ce].shape[1] == cfg.hidden_dim);
+    CHECK(pt.specs[head].shape[0] == 3 + 2 * 3 * cfg.input_dim, "head rows %d", pt.specs[head].shape[0]);
+    CHECK(pt.total == givt_config_num_params(&cfg), "%zu vs %zu", pt.total, givt_config_num_params(&cfg));
+    float *p = xmalloc(pt.total * sizeof(float)), *q = xcalloc(pt.total, sizeof(float));
+    for (size_t i = 0; i < pt.total; i++) p[i] = (float)i * 1e-3f;
+    const char *folder = tu_path(dir, "mix");
+    CHECK(hf_save(folder, &cfg, &pt, p) == 0, "%s", givt_last_error());
+    CHECK(hf_read_config(folder, &back) == 0, "%s", givt_last_error());
+    CHECK(memcmp(&cfg, &back, sizeof cfg) == 0, "config changed in the round trip");
+    CHECK(hf_load_weights(folder, &pt, q) == 0 && memcmp(p, q, pt.total * sizeof(float)) == 0, "%s", givt_last_error());
+    char *text = read_file_text(tu_path(folder, "config.json"), NULL);
+    CHECK(text && strstr(text, "\"num_mixtures\": 3,") && strstr(text, "\"num_classes\": 5,"), "%s", text);
+    free(text);
+    // a model without classes does not load these weights: the class embedding is unexpected
+    GivtConfig plain = cfg;
+    plain.num_classes = 0;
+    ParamTable pp;
+    param_table_build(&pp, &plain);
+    CHECK(pp.class_embed == -1 && param_table_find(&pp, "model.class_embed.weight") < 0);
+    CHECK(hf_load_weights(folder, &pp, q) != 0 && tu_error_has("model.class_embed.weight", "unexpected tensor"), "%s",
+          givt_last_error());
+    param_table_free(&pp);
+    tu_tiny_config(&plain);
+    CHECK(hf_save(tu_path(dir, "plain"), &plain, &pt, p) == 0, "%s", givt_last_error());
+    text = read_file_text(tu_path(tu_path(dir, "plain"), "config.json"), NULL);
+    CHECK(text && !strstr(text, "num_mixtures") && !strstr(text, "num_classes"), "%s", text);
+    free(text);
+    free(p), free(q);
+    param_table_free(&pt);
+    tu_rmtree(dir);
+}
+
 // The backend-memory helpers: a model's weights and a second table-shaped buffer (as the EMA) saved
 // from backend memory and loaded into another model's, bit for bit; a failed load leaves dst as it was.
 TEST(hf_model_save_and_load_backend_memory) {

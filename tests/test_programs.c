@@ -310,3 +310,76 @@ TEST(givt_sample_good_and_error_cases_exit_cleanly) {
     }
     tu_rmtree(dir);
 }
+
+// givt-sample with a class-conditional mixture model: --class with and without guidance runs and
+// reports the rejection sampler's counts; bad class arguments are one-line errors naming the option,
+// the file or num_classes, and write nothing.
+TEST(givt_sample_classes_and_guidance) {
+    char dir[256], args[4096], cond[512], plain[512];
+    tu_mkdtemp(dir, "sampleclass");
+    make_model(plain, sizeof plain, dir, "plain", 0);
+    GivtConfig cfg;
+    tu_tiny_config(&cfg);
+    cfg.num_mixtures = 2, cfg.num_classes = 3;
+    ParamTable pt;
+    param_table_build(&pt, &cfg);
+    float *p = xmalloc(pt.total * sizeof(float));
+    Rng rng;
+    rng_seed(&rng, 8);
+    for (size_t i = 0; i < pt.total; i++) p[i] = 0.2f * (float)rng_normal(&rng);
+    snprintf(cond, sizeof cond, "%s", tu_path(dir, "cond"));
+    CHECK(hf_save(cond, &cfg, &pt, p) == 0, "%s", givt_last_error());
+    free(p);
+    param_table_free(&pt);
+    int32_t lab[3] = {0, 2, 1}, big[3] = {0, 3, 1};
+    int64_t n3 = 3, n2 = 2;
+    float f3[3] = {0, 1, 2};
+    char labels[512], wrong_len[512], wrong_dtype[512], out_of_range[512], outp[512], bad_out[512];
+    snprintf(labels, sizeof labels, "%s", tu_path(dir, "labels.npy"));
+    snprintf(wrong_len, sizeof wrong_len, "%s", tu_path(dir, "two.npy"));
+    snprintf(wrong_dtype, sizeof wrong_dtype, "%s", tu_path(dir, "float.npy"));
+    snprintf(out_of_range, sizeof out_of_range, "%s", tu_path(dir, "big.npy"));
+    snprintf(outp, sizeof outp, "%s", tu_path(dir, "out.npy"));
+    snprintf(bad_out, sizeof bad_out, "%s", tu_path(dir, "never.npy"));
+    CHECK(npy_write(labels, "<i4", 4, lab, 1, &n3) == 0 && npy_write(wrong_len, "<i4", 4, lab, 1, &n2) == 0 &&
+          npy_write(wrong_dtype, "<f4", 4, f3, 1, &n3) == 0 && npy_write(out_of_range, "<i4", 4, big, 1, &n3) == 0);
+    char *out, *err;
+    snprintf(args, sizeof args, "'%s' --max-len 5 --out '%s' --class 2 --cfg-scale 1.5 --num-samples 3 --seed 2", cond,
+             outp);
+    int rc = run_prog(dir, "givt-sample", args, &out, &err);
+    CHECK(rc == 0 && strstr(err, "DB-CFG w = 1.5: 60 dimensions sampled") && strstr(err, "acceptance rate") &&
+              no_sanitizer_report(err),
+          "exit %d\nstderr: %s", rc, err);
+    free(out), free(err);
+    snprintf(args, sizeof args, "'%s' --max-len 5 --out '%s' --labels '%s'", cond, outp, labels);
+    rc = run_prog(dir, "givt-sample", args, &out, &err);
+    CHECK(rc == 0 && strstr(err, "wrote") && strstr(err, "(3, 5, 4)") && !strstr(err, "DB-CFG w") &&
+              no_sanitizer_report(err),
+          "exit %d\nstderr: %s", rc, err);
+    free(out), free(err);
+    const struct {
+        const char *args, *want;
+    } cases[] = {
+        {"'{C}' --max-len 4 --out '{O}' --class 3", "--class 3: must be in [0, 2] (the model has num_classes = 3)"},
+        {"'{M}' --max-len 4 --out '{O}' --class 0", "is unconditional (num_classes = 0 in its config.json)"},
+        {"'{M}' --max-len 4 --out '{O}' --labels '{L}'", "is unconditional (num_classes = 0"},
+        {"'{C}' --max-len 4 --out '{O}' --labels '{L}' --num-samples 2", "3 labels for --num-samples 2"},
+        {"'{C}' --max-len 4 --out '{O}' --labels '{F}'", "dtype '<f4' not supported for labels"},
+        {"'{C}' --max-len 4 --out '{O}' --labels '{B}'", "label 3 at index 1 is not a class of the model"},
+        {"'{C}' --max-len 4 --out '{O}' --cfg-scale 1", "--cfg-scale 1 needs --class or --labels"},
+        {"'{C}' --max-len 4 --out '{O}' --cfg-scale -2 --class 1", "--cfg-scale -2: expected a number >= 0"},
+        {"'{C}' --max-len 4 --out '{O}' --class 1 --labels '{L}'", "--class and --labels: give one of them"},
+        {"'{C}' --max-len 4 --out '{O}' --class -1", "--class -1: expected a whole number"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *names[] = {"{M}", plain, "{O}", bad_out, "{C}", cond, "{L}", labels, "{F}", wrong_dtype,
+                               "{B}", out_of_range, "{W}", wrong_len};
+        fill_template(args, sizeof args, cases[i].args, names, 7);
+        rc = run_prog(dir, "givt-sample", args, &out, &err);
+        CHECK(rc == 1 && strstr(err, cases[i].want) && no_sanitizer_report(err), "case %zu: exit %d\nstderr: %s", i, rc,
+              err);
+        free(out), free(err);
+        CHECK(!path_exists(bad_out), "case %zu wrote an output", i);
+    }
+    tu_rmtree(dir);
+}

@@ -224,3 +224,83 @@ TEST(reference_train_section) {
     }
     refdata_free(&rd);
 }
+
+// ---- mixture heads and class conditioning: tests/reference_mix.bin (version 2) ------------------
+// The same tolerances: loss 1e-5 relative, the head output y like mu and std above (1e-4 with the
+// floor), each gradient 1e-4 norm-wise; gradient checkpointing bit for bit.
+static void run_mix_case(const RefCase *rc) {
+    GivtModel m;
+    int rcode = model_create(&m, &rc->cfg, g_be);
+    CHECK(rcode == 0, "%s: model_create: %s", rc->label, givt_last_error());
+    if (rcode != 0) return;
+    int B = rc->B, T = rc->T, D = rc->cfg.input_dim, W = givt_config_head_out(&rc->cfg);
+    size_t btd = (size_t)B * T * D, btw = (size_t)B * T * W;
+    model_alloc_acts(&m, B, T, 1, 0);
+    model_alloc_grads(&m);
+    if (!upload_weights(&m, rc)) return model_free(&m);
+    int32_t labels[64];
+    CHECK(B <= 64);
+    for (int b = 0; b < B && b < 64; b++) labels[b] = rc->cfg.num_classes ? (int32_t)rc->labels.data[b] : 0;
+    const int32_t *lab = rc->cfg.num_classes ? labels : NULL;
+    float *xh = xmalloc(btd * sizeof(float)), *y = xmalloc(btw * sizeof(float));
+    for (size_t i = 0; i < btd; i++) xh[i] = (float)rc->x.data[i];
+    float *xd = m.be->ops->alloc(m.be, btd * sizeof(float));
+    m.be->ops->upload(m.be, xd, xh, btd * sizeof(float));
+
+    ModelLoss L = model_eval_loss_cond(&m, &m.w, xd, lab, B, T, rc->full);
+    double loss_rel = fabs(L.loss - rc->loss) / fabs(rc->loss);
+    CHECK(loss_rel <= TOL_LOSS, "%s: loss %.10g, reference %.10g (rel %.3g, tol %g)", rc->label, L.loss, rc->loss,
+          loss_rel, TOL_LOSS);
+    const cval *yd = model_forward_cond(&m, &m.w, xd, lab, B, T);
+    m.be->ops->download(m.be, y, yd, btw * sizeof(float));
+    double y_rel = max_rel(y, rc->y.data, btw);
+    CHECK(y_rel <= TOL_OUT, "%s: head output max rel error %.3g (tol %g)", rc->label, y_rel, TOL_OUT);
+
+    model_zero_grads(&m);
+    model_loss(&m, m.scalars + SCALAR_LOSS_SUM, 1.0f);
+    model_backward(&m, &m.w);
+    float *g = xmalloc(m.table.total * sizeof(float));
+    m.be->ops->download(m.be, g, m.grads, m.table.total * sizeof(float));
+    double worst = 0;
+    const char *worst_name = "";
+    for (int i = 0; i < m.table.count; i++) {
+        const ParamSpec *s = &m.table.specs[i];
+        const RefTensor *t = ref_find(rc->grads, rc->ngrads, s->name);
+        CHECK(t && t->numel == s->numel, "%s: reference gradient %s missing or misshapen", rc->label, s->name);
+        if (!t || t->numel != s->numel) continue;
+        double dd = 0, rr = 0;
+        for (size_t j = 0; j < s->numel; j++) {
+            double d = (double)g[s->offset + j] - t->data[j];
+            dd += d * d;
+            rr += t->data[j] * t->data[j];
+        }
+        // bos gets no gradient in a class-conditional model (both sides exactly 0)
+        double ratio = rr == 0 ? sqrt(dd) : sqrt(dd) / sqrt(rr);
+        CHECK(ratio <= TOL_GRAD, "%s: grad %s: ||diff||/||ref|| = %.3g (tol %g, ||ref|| = %.4g)", rc->label, s->name,
+              ratio, TOL_GRAD, sqrt(rr));
+        if (!(ratio <= worst)) worst = ratio, worst_name = s->name;
+    }
+    printf("  %-24s k=%d classes=%d loss rel %.2e  y %.2e  worst grad %.2e (%s)\n", rc->label, rc->cfg.num_mixtures,
+           rc->cfg.num_classes, loss_rel, y_rel, worst, worst_name);
+    free(g), free(xh), free(y);
+    m.be->ops->free(m.be, xd);
+    model_free(&m);
+}
+
+TEST(reference_mixture_and_classes) {
+    RefData rd;
+    int rcode = refdata_load(&rd, refdata_mix_path());
+    CHECK(rcode == 0, "%s", givt_last_error());
+    if (rcode != 0) return;
+    CHECK(rd.ncases >= 3 && rd.version == 2, "%d cases, version %d", rd.ncases, rd.version);
+    int k3 = 0, classes = 0;
+    g_be = backend_open("cpu", "no");
+    for (int i = 0; i < rd.ncases; i++) {
+        k3 += rd.cases[i].cfg.num_mixtures == 3;
+        classes += rd.cases[i].cfg.num_classes > 0;
+        run_mix_case(&rd.cases[i]);
+    }
+    CHECK(k3 >= 1 && classes >= 1, "the file must hold a k = 3 case and a class-conditional one");
+    backend_close(g_be);
+    refdata_free(&rd);
+}

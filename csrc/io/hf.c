@@ -61,13 +61,19 @@ static int write_value(JsonBuf *b, const GivtConfig *cfg, const GivtConfigKey *k
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-// Keys sorted, indent 2, as transformers' PretrainedConfig.to_json_file writes them.
+// Keys sorted, indent 2, as transformers' PretrainedConfig.to_json_file writes them. The seed's keys
+// always; this engine's additions (num_mixtures, num_classes) only when not at their default, so that
+// a seed-compatible model writes the seed's config.json.
 static int config_text(JsonBuf *b, const GivtConfig *cfg) {
     int nkeys;
     const GivtConfigKey *ck = givt_config_keys(&nkeys);
     const char *names[GIVT_CONFIG_NKEYS + 2];  // the keys, "architectures", "model_type"
     int n = 0;
-    for (int k = 0; k < nkeys; k++) names[n++] = ck[k].key;
+    GivtConfig def;
+    givt_config_default(&def);
+    for (int k = 0; k < nkeys; k++)
+        if (k < GIVT_CONFIG_SEED_NKEYS || givt_config_value(cfg, &ck[k]) != givt_config_value(&def, &ck[k]))
+            names[n++] = ck[k].key;
     names[n++] = "architectures";
     names[n++] = "model_type";
     qsort(names, (size_t)n, sizeof names[0], cmp_str);

@@ -188,7 +188,15 @@ static int check_unchanged(const NpyFile *f) {
     return 0;
 }
 
-int npy_open(NpyFile *f, const char *path) {
+// What npy_open_as accepts: float32/float16 of rank 2 or 3 (the data), or int32/int64 of rank 1
+// (labels; itemsize 4 or 8, dtype left NPY_F32 and never read as floats).
+enum { OPEN_FLOATS, OPEN_INT_VECTOR };
+
+static int npy_open_as(NpyFile *f, const char *path, int kind);
+
+int npy_open(NpyFile *f, const char *path) { return npy_open_as(f, path, OPEN_FLOATS); }
+
+static int npy_open_as(NpyFile *f, const char *path, int kind) {
     memset(f, 0, sizeof *f);
     f->fd = -1;
     f->path = xstrdup(path);
@@ -254,7 +262,19 @@ int npy_open(NpyFile *f, const char *path) {
     free(header);
     if (bad) return open_fail(f);
 
-    if (strcmp(p.descr, "<f4") == 0) {
+    if (kind == OPEN_INT_VECTOR) {
+        f->itemsize = !strcmp(p.descr, "<i4") ? 4 : !strcmp(p.descr, "<i8") ? 8 : 0;
+        if (!f->itemsize) {
+            givt_fail("%s: dtype '%s' not supported for labels (need little-endian int32 '<i4' or int64 '<i8')",
+                      path, p.descr);
+            return open_fail(f);
+        }
+        if (p.ndim != 1) {
+            givt_fail("%s: labels have rank %d; need rank 1, shape (N,): one label per sequence", path, p.ndim);
+            return open_fail(f);
+        }
+        p.ndim = 2, p.shape[1] = 1;  // (N, 1) below: the same size checks
+    } else if (strcmp(p.descr, "<f4") == 0) {
         f->dtype = NPY_F32;
         f->itemsize = 4;
     } else if (strcmp(p.descr, "<f2") == 0) {
@@ -307,6 +327,35 @@ void npy_close(NpyFile *f) {
     free(f->path);
     memset(f, 0, sizeof *f);
     f->fd = -1;
+}
+
+int npy_read_labels(const char *path, int32_t **labels, int64_t *n) {
+    NpyFile f;
+    *labels = NULL;
+    *n = 0;
+    if (npy_open_as(&f, path, OPEN_INT_VECTOR)) return -1;
+    int64_t count = f.shape[0];
+    int rc = 0;
+    if (count > ((int64_t)1 << 40)) rc = givt_fail("%s: %lld labels: too many", path, (long long)count);
+    void *raw = rc ? NULL : xmalloc((size_t)(count ? count : 1) * (size_t)f.itemsize);
+    if (rc == 0) rc = pread_exact(&f, raw, (size_t)count * (size_t)f.itemsize, f.data_off);
+    int32_t *out = rc ? NULL : xmalloc((size_t)(count ? count : 1) * sizeof *out);
+    for (int64_t i = 0; rc == 0 && i < count; i++) {
+        int64_t v = f.itemsize == 4 ? ((const int32_t *)raw)[i] : ((const int64_t *)raw)[i];
+        if (v < INT32_MIN || v > INT32_MAX)
+            rc = givt_fail("%s: label %lld at index %lld does not fit in int32", path, (long long)v, (long long)i);
+        else
+            out[i] = (int32_t)v;
+    }
+    free(raw);
+    npy_close(&f);
+    if (rc) {
+        free(out);
+        return -1;
+    }
+    *labels = out;
+    *n = count;
+    return 0;
 }
 
 // float16 values are read in chunks of this many elements and converted.

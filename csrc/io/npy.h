@@ -55,6 +55,12 @@ int64_t npy_find_nonfinite(const NpyFile *f, int64_t start, int64_t count);
 // per-axis index of the first one in idx (for rank 2: [m, d]).
 int npy_check_finite(const NpyFile *f, int64_t idx[3]);
 
+// Reads a whole 1-D integer file (little-endian int32 '<i4' or int64 '<i8', shape (n,), C order)
+// of labels, e.g. class labels, one per sequence. *labels (caller frees) gets the n values as int32;
+// an int64 value outside int32 is an error naming the file and the index. Returns 0, or -1 with
+// givt_fail("PATH: problem") (another dtype or rank says which it has and which are accepted).
+int npy_read_labels(const char *path, int32_t **labels, int64_t *n);
+
 // Writes a C-order .npy file atomically (temporary file, fsync, rename). descr is the NumPy dtype
 // string ("<f4", "<i4", ...) whose size is itemsize; ndim 0..8.
 int npy_write(const char *path, const char *descr, size_t itemsize, const void *data, int ndim,

@@ -20,6 +20,8 @@ void givt_config_default(GivtConfig *cfg) {
         .rope_base = 1000000,
         .rope_rotary_percentage = 1.0,
         .rope_condense_ratio = 4.0,
+        .num_mixtures = 1,
+        .num_classes = 0,
     };
 }
 
@@ -66,6 +68,11 @@ const char *givt_config_diff(const GivtConfig *a, const GivtConfig *b, char *va,
 }
 
 int givt_config_head_dim(const GivtConfig *cfg) { return cfg->hidden_dim / cfg->num_heads; }
+
+int givt_config_head_out(const GivtConfig *cfg) {
+    int K = cfg->num_mixtures, D = cfg->input_dim;
+    return K == 1 ? 2 * D : K + 2 * K * D;
+}
 
 int givt_config_rope_n_elem(const GivtConfig *cfg) {
     return (int)(cfg->rope_rotary_percentage * (double)givt_config_head_dim(cfg));  // Python int()
@@ -114,13 +121,17 @@ int givt_config_validate(const GivtConfig *cfg) { return givt_config_check(cfg, 
 
 size_t givt_config_num_params(const GivtConfig *cfg) {
     size_t D = (size_t)cfg->input_dim, C = (size_t)cfg->hidden_dim, F = (size_t)cfg->intermediate_dim;
-    // per layer: two norms, qkv, o_proj, fc1, fc2, fc3; then embed, bos, the final norm, the head
+    size_t head = size_mul((size_t)givt_config_head_out(cfg), C);
+    size_t classes = cfg->num_classes > 0 ? size_mul((size_t)cfg->num_classes + 1, C) : 0;
+    // per layer: two norms, qkv, o_proj, fc1, fc2, fc3; then embed, bos, class_embed, the final norm, the head
     size_t layer = size_add(size_add(2 * C, size_mul(4 * C, C)), size_mul3(3, F, C));
-    return size_add(size_mul(layer, (size_t)cfg->num_layers), size_add(size_mul(3 * C, D) + D, C));
+    size_t rest = size_add(size_add(size_mul(C, D) + D, classes), size_add(C, head));
+    return size_add(size_mul(layer, (size_t)cfg->num_layers), rest);
 }
 
 // Per token, as llm.c / nanoGPT count them: 6 * (parameters in matmuls) for the forward (2 per
-// weight) and the backward (4 per weight: dinp and dw), i.e. every weight except the norms and bos.
+// weight) and the backward (4 per weight: dinp and dw), i.e. every weight except the norms, bos and
+// the class embedding (a lookup).
 // Attention, per token and layer: QK^T and PV each take 2*T*C in the forward (hd*T multiply-adds per
 // head and position, H heads). We count the dense T x T products, as llm.c does (the CPU backend
 // computes only the causal lower triangle, in row blocks, about half of it: GFLOP/s are model FLOPs,
@@ -130,7 +141,7 @@ double givt_config_flops_per_token(const GivtConfig *cfg, int T, size_t *matmul_
     param_table_build(&pt, cfg);
     size_t n = 0;
     for (int i = 0; i < pt.count; i++)
-        if (pt.specs[i].ndim == 2) n += pt.specs[i].numel;
+        if (pt.specs[i].ndim == 2 && i != pt.class_embed) n += pt.specs[i].numel;
     param_table_free(&pt);
     if (matmul_params) *matmul_params = n;
     return 6.0 * (double)n + 12.0 * cfg->num_layers * (double)T * cfg->hidden_dim;
@@ -151,17 +162,23 @@ static void table_add(ParamTable *pt, const char *name, int d0, int d1, ParamIni
     pt->total += s->numel;
 }
 
-// The table of GIVT.md, in this order: embed, bos, blocks (P_* order), norm, head.
+// The table of GIVT.md, in this order: embed, bos, class_embed (only when num_classes > 0), blocks
+// (P_* order), norm, head ([2D, C] for k = 1, [k + 2kD, C] for k > 1).
 void param_table_build(ParamTable *pt, const GivtConfig *cfg) {
     if (givt_config_validate(cfg) != 0) givt_die("param_table_build: invalid configuration: %s", givt_last_error());
     int D = cfg->input_dim, C = cfg->hidden_dim, F = cfg->intermediate_dim, L = cfg->num_layers;
     memset(pt, 0, sizeof *pt);
-    pt->specs = xcalloc(4 + (size_t)L * P_PER_LAYER, sizeof(ParamSpec));
+    pt->specs = xcalloc(5 + (size_t)L * P_PER_LAYER, sizeof(ParamSpec));
     char name[64];
     pt->embed = pt->count;
     table_add(pt, "model.embed.weight", C, D, INIT_XAVIER_UNIFORM);
     pt->bos = pt->count;
     table_add(pt, "model.bos", D, 0, INIT_NORMAL_002);
+    pt->class_embed = -1;
+    if (cfg->num_classes > 0) {  // the last row is "no label"
+        pt->class_embed = pt->count;
+        table_add(pt, "model.class_embed.weight", cfg->num_classes + 1, C, INIT_NORMAL_002);
+    }
     pt->layer0 = pt->count;
     for (int l = 0; l < L; l++) {
         const struct {
@@ -185,7 +202,7 @@ void param_table_build(ParamTable *pt, const GivtConfig *cfg) {
     pt->norm = pt->count;
     table_add(pt, "model.norm.weight", C, 0, INIT_ONES);
     pt->head = pt->count;
-    table_add(pt, "model.head.weight", 2 * D, C, INIT_ZEROS);
+    table_add(pt, "model.head.weight", givt_config_head_out(cfg), C, INIT_ZEROS);
 }
 
 void param_table_free(ParamTable *pt) {
@@ -242,7 +259,8 @@ struct GivtActs {
     cval *swi;         // slots x (B, T, F)
     cval *lnf;         // (B, T, C)
     float *lnf_rstd;   // (B, T)
-    cval *y;           // (B, T, 2D) head output [mu | pre]
+    cval *y;           // (B, T, head_out) head output ([mu | pre] for k = 1)
+    int32_t *labels;   // (B) class labels of the batch (class-conditional models only)
     cval *proj;        // (B, T, C) scratch: o_proj / fc3 output
     // backward scratch (training only)
     cval *dres, *dtmp, *dqkv, *dfc12, *dswi, *dy, *din;
@@ -304,7 +322,8 @@ static int acts_plan(GivtActs *a, const GivtConfig *c, Backend *be, int max_B, i
                      int checkpointing, ActsBuffer *plan) {
     // sizes from user input: products saturate (size_mul), so an impossible size cannot wrap to a small one
     size_t BT = size_mul((size_t)max_B, (size_t)max_T), C = c->hidden_dim, F = c->intermediate_dim;
-    size_t D = c->input_dim, E = dtype_size(be->compute), f32 = sizeof(float);
+    size_t D = c->input_dim, E = dtype_size(be->compute), f32 = sizeof(float), Y = (size_t)givt_config_head_out(c);
+    size_t n_labels = c->num_classes > 0 ? (size_t)max_B * sizeof(int32_t) : 0;
     size_t S = training && !checkpointing ? (size_t)c->num_layers : 1;
     size_t R = training ? (size_t)c->num_layers + 1 : 1;
     AttnShape sh = attn_shape(c, max_B, max_T);
@@ -322,14 +341,15 @@ static int acts_plan(GivtActs *a, const GivtConfig *c, Backend *be, int max_B, i
         {(void **)&a->fc12, size_mul(size_mul3(S, BT, 2 * F), E)},
         {(void **)&a->swi, size_mul(size_mul3(S, BT, F), E)},
         {(void **)&a->lnf, BTC},                       {(void **)&a->lnf_rstd, size_mul(BT, f32)},
-        {(void **)&a->y, size_mul3(BT, 2 * D, E)},     {(void **)&a->proj, BTC},
+        {(void **)&a->y, size_mul3(BT, Y, E)},         {(void **)&a->proj, BTC},
+        {(void **)&a->labels, n_labels},
         // backward scratch
         {(void **)&a->dres, BTC},                      {(void **)&a->dtmp, BTC},
         {(void **)&a->dqkv, size_mul(BTC, 3)},         {&a->att_scratch, be->ops->attention_scratch_bytes(be, &sh)},
         {(void **)&a->dfc12, size_mul3(BT, 2 * F, E)}, {(void **)&a->dswi, size_mul3(BT, F, E)},
-        {(void **)&a->dy, size_mul3(BT, 2 * D, E)},    {(void **)&a->din, size_mul3(BT, D, E)},
+        {(void **)&a->dy, size_mul3(BT, Y, E)},        {(void **)&a->din, size_mul3(BT, D, E)},
     };
-    int n = (int)(sizeof all / sizeof all[0]), forward_only = 16;
+    int n = (int)(sizeof all / sizeof all[0]), forward_only = 17;
     n = training ? n : forward_only;
     memcpy(plan, all, (size_t)n * sizeof all[0]);
     return n;
@@ -352,7 +372,7 @@ void model_alloc_acts(GivtModel *m, int max_B, int max_T, int training, int chec
     GivtActs *a = xcalloc(1, sizeof *a);
     ActsBuffer plan[ACTS_MAX_BUFFERS];
     int n = acts_plan(a, &m->cfg, m->be, max_B, max_T, training, checkpointing, plan);
-    for (int i = 0; i < n; i++) *plan[i].dst = m->be->ops->alloc(m->be, plan[i].bytes);
+    for (int i = 0; i < n; i++) *plan[i].dst = plan[i].bytes ? m->be->ops->alloc(m->be, plan[i].bytes) : NULL;
     m->acts = a;
     m->max_B = max_B;
     m->max_T = max_T;
@@ -546,7 +566,32 @@ static void next_norm(GivtModel *m, int l, cval **ln, float **rstd) {
     }
 }
 
+// Class conditioning: the labels of the batch (NULL: "no label" for all) into backend memory, then
+// the first row of each sequence of the embedded input, res (B, T, C), becomes class_embed[label].
+// An unconditional model has nothing to do (and takes no labels).
+static void embed_class(GivtModel *m, const Weights *w, const int32_t *labels, int B, int T) {
+    Backend *be = m->be;
+    GivtActs *a = m->acts;
+    int nc = m->cfg.num_classes;
+    if (nc == 0) {
+        if (labels) givt_die("model: labels given to a model without classes (num_classes = 0)");
+        return;
+    }
+    int32_t *host = xmalloc((size_t)B * sizeof *host);
+    for (int b = 0; b < B; b++) {
+        host[b] = labels ? labels[b] : nc;
+        if (host[b] < 0 || host[b] > nc) givt_die("model: label %d of sequence %d is not in [0, %d]", host[b], b, nc);
+    }
+    be->ops->upload(be, a->labels, host, (size_t)B * sizeof *host);
+    free(host);
+    OP(class_embed_fwd, a->res, wc(m, w, m->table.class_embed), a->labels, B, T, m->cfg.hidden_dim);
+}
+
 const cval *model_forward(GivtModel *m, const Weights *w, const float *x, int B, int T) {
+    return model_forward_cond(m, w, x, NULL, B, T);
+}
+
+const cval *model_forward_cond(GivtModel *m, const Weights *w, const float *x, const int32_t *labels, int B, int T) {
     const GivtConfig *c = &m->cfg;
     Backend *be = m->be;
     GivtActs *a = m->acts;
@@ -558,6 +603,7 @@ const cval *model_forward(GivtModel *m, const Weights *w, const float *x, int B,
     a->T = T;
     OP(shift_bos, a->x_in, x, wc(m, w, m->table.bos), B, T, D);
     OP(matmul_fwd, a->res, a->x_in, wc(m, w, m->table.embed), N, D, C);
+    embed_class(m, w, labels, B, T);
     // each layer's last add is fused with the next norm: the next layer's ln1 (with a shared slot, the
     // slot's ln1, which layer l no longer needs by then), or the final norm
     for (int l = 0; l < c->num_layers; l++) {
@@ -566,7 +612,7 @@ const cval *model_forward(GivtModel *m, const Weights *w, const float *x, int B,
         next_norm(m, l, &ln, &rstd);
         layer_forward(m, w, l, B, T, ln, rstd, 0, NULL, 0);
     }
-    OP(matmul_fwd, a->y, a->lnf, wc(m, w, m->table.head), N, C, 2 * D);
+    OP(matmul_fwd, a->y, a->lnf, wc(m, w, m->table.head), N, C, givt_config_head_out(c));
     return a->y;
 }
 
@@ -613,6 +659,11 @@ void model_cache_free(GivtModel *m, KvCache *kc) {
 }
 
 const cval *model_decode(GivtModel *m, const Weights *w, KvCache *kc, const float *x, int B, int Tq, int pos0) {
+    return model_decode_cond(m, w, kc, x, NULL, B, Tq, pos0);
+}
+
+const cval *model_decode_cond(GivtModel *m, const Weights *w, KvCache *kc, const float *x, const int32_t *labels,
+                              int B, int Tq, int pos0) {
     const GivtConfig *c = &m->cfg;
     Backend *be = m->be;
     GivtActs *a = m->acts;
@@ -624,13 +675,14 @@ const cval *model_decode(GivtModel *m, const Weights *w, KvCache *kc, const floa
     if (pos0 == 0) OP(shift_bos, a->x_in, x, wc(m, w, m->table.bos), B, Tq, D);
     else OP(to_compute, a->x_in, x, (size_t)N * D);
     OP(matmul_fwd, a->res, a->x_in, wc(m, w, m->table.embed), N, D, C);
+    if (pos0 == 0) embed_class(m, w, labels, B, Tq);
     for (int l = 0; l < c->num_layers; l++) {
         cval *ln;
         float *rstd;
         next_norm(m, l, &ln, &rstd);
         layer_forward(m, w, l, B, Tq, ln, rstd, 0, kc, pos0);
     }
-    OP(matmul_fwd, a->y, a->lnf, wc(m, w, m->table.head), N, C, 2 * D);
+    OP(matmul_fwd, a->y, a->lnf, wc(m, w, m->table.head), N, C, givt_config_head_out(c));
     return a->y;
 }
 
@@ -639,13 +691,22 @@ void model_loss(GivtModel *m, double *loss_sum, float grad_scale) {
     GivtActs *a = m->acts;
     int N = a->B * a->T, D = m->cfg.input_dim;
     cval *dy = m->training && grad_scale != 0.0f ? a->dy : NULL;
-    OP(gaussian_nll, dy, loss_sum, a->y, a->x, N, D, m->cfg.eps, grad_scale / (float)((long)N * D));
+    float scale = grad_scale / (float)((long)N * D);
+    if (m->cfg.num_mixtures == 1)  // the seed's head: its op, bit for bit
+        OP(gaussian_nll, dy, loss_sum, a->y, a->x, N, D, m->cfg.eps, scale);
+    else
+        OP(mixture_nll, dy, loss_sum, a->y, a->x, N, D, m->cfg.num_mixtures, m->cfg.eps, scale);
 }
 
 ModelLoss model_eval_loss(GivtModel *m, const Weights *w, const float *x, int B, int T, int full) {
+    return model_eval_loss_cond(m, w, x, NULL, B, T, full);
+}
+
+ModelLoss model_eval_loss_cond(GivtModel *m, const Weights *w, const float *x, const int32_t *labels, int B, int T,
+                               int full) {
     Backend *be = m->be;
     double *acc = m->scalars + SCALAR_EVAL_SUM, sum = 0.0;
-    model_forward(m, w, x, B, T);
+    model_forward_cond(m, w, x, labels, B, T);
     be->ops->zero(be, acc, sizeof(double));
     model_loss(m, acc, 0.0f);
     be->ops->download(be, &sum, acc, sizeof(double));
@@ -674,7 +735,8 @@ void model_backward(GivtModel *m, const Weights *w) {
     AttnShape sh = attn_shape(c, B, T);
 
     // head: dy (from model_loss); dlnf = dy @ head; then the final norm into dres
-    OP(matmul_bwd, a->dtmp, grad(m, m->table.head), a->dy, a->lnf, wc(m, w, m->table.head), N, C, 2 * D);
+    OP(matmul_bwd, a->dtmp, grad(m, m->table.head), a->dy, a->lnf, wc(m, w, m->table.head), N, C,
+       givt_config_head_out(c));
     be->ops->zero(be, a->dres, (size_t)N * C * E);
     OP(residual_rmsnorm_bwd, a->dres, grad(m, m->table.norm), a->dtmp, layer_acts(m, L - 1).res_out,
        wc(m, w, m->table.norm), a->lnf_rstd, N, C);
@@ -702,10 +764,13 @@ void model_backward(GivtModel *m, const Weights *w) {
         backend_range_pop(be);
         report_ready(m, layer_tensor(m, l, 0), P_PER_LAYER);
     }
+    // class embedding (it takes position 0's gradient, which then reaches neither embed nor bos),
     // embedding and bos
+    int ce = m->table.class_embed;
+    if (ce >= 0) OP(class_embed_bwd, grad(m, ce), a->dres, a->labels, B, T, C);
     OP(matmul_bwd, a->din, grad(m, m->table.embed), a->dres, a->x_in, wc(m, w, m->table.embed), N, D, C);
     OP(shift_bos_bwd, grad(m, m->table.bos), a->din, B, T, D);
-    report_ready(m, m->table.embed, m->table.bos - m->table.embed + 1);
+    report_ready(m, m->table.embed, (ce >= 0 ? ce : m->table.bos) - m->table.embed + 1);
 }
 
 void model_get_mu_std(GivtModel *m, float *mu, float *std_out) {
@@ -713,6 +778,7 @@ void model_get_mu_std(GivtModel *m, float *mu, float *std_out) {
     int D = m->cfg.input_dim;
     size_t N = (size_t)a->B * a->T;
     if (a->esize != sizeof(float)) givt_die("model_get_mu_std: float32 compute only");
+    if (m->cfg.num_mixtures != 1) givt_die("model_get_mu_std: a single-Gaussian head only (num_mixtures = 1)");
     float *y = xmalloc(N * 2 * D * sizeof(float));
     m->be->ops->download(m->be, y, a->y, N * 2 * D * sizeof(float));
     for (size_t n = 0; n < N; n++)

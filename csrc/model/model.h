@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "backend.h"
 #include "ops.h"
@@ -22,6 +23,9 @@ typedef struct {
     double rope_base;
     double rope_rotary_percentage;
     double rope_condense_ratio;
+    // beyond the seed (GIVT.md, "What the paper has that the seed dropped")
+    int num_mixtures;      // k: Gaussian mixture components of the head (1: the seed's head)
+    int num_classes;       // classes of class conditioning (0: unconditional)
 } GivtConfig;
 
 // Upper limits of the sizes (validation names the key that exceeds one). Within them every count the
@@ -32,9 +36,13 @@ typedef struct {
 #define GIVT_MAX_NUM_HEADS 4096
 #define GIVT_MAX_NUM_LAYERS 4096
 #define GIVT_MAX_BLOCK_SIZE 1048576
+#define GIVT_MAX_MIXTURES 1024
+#define GIVT_MAX_CLASSES 16777216
 
 // The configuration keys of GIVT.md, in that order, defined once: X(key, type, range, lo, hi, help) with
-// type INT or F64 and range util.h's RANGE_* flags against lo / hi. From this list model.c builds the
+// type INT or F64 and range util.h's RANGE_* flags against lo / hi. The first GIVT_CONFIG_SEED_NKEYS
+// are the seed's GIVTConfig; the rest (mixtures, classes) are this engine's additions, which
+// config.json carries only when they differ from their default (so seed folders stay as they were). From this list model.c builds the
 // key table (config.json reading and writing, givt_config_diff, givt_config_check) and train_config.c
 // the [model] rows of its table (INI parsing, --help, write-back).
 #define GIVT_CONFIG_KEYS(X)                                                                                     \
@@ -49,10 +57,14 @@ typedef struct {
     X(rope_base, F64, RANGE_GT, 0, 0, "RoPE base")                                                              \
     X(rope_rotary_percentage, F64, RANGE_GE | RANGE_LE, 0, 1,                                                   \
       "share of each head's dims that RoPE rotates: int(pct * head_dim), even (0: none rotated)")               \
-    X(rope_condense_ratio, F64, RANGE_GT, 0, 0, "RoPE positions are divided by this")
+    X(rope_condense_ratio, F64, RANGE_GT, 0, 0, "RoPE positions are divided by this")                          \
+    X(num_mixtures, INT, RANGE_GE | RANGE_LE, 1, GIVT_MAX_MIXTURES,                                             \
+      "k: Gaussian mixture components of the head (1: the seed's single Gaussian)")                             \
+    X(num_classes, INT, RANGE_GE | RANGE_LE, 0, GIVT_MAX_CLASSES,                                               \
+      "classes of class conditioning; 0 = unconditional")
 
 #define GIVT_CONFIG_COUNT_KEY_(key, type, range, lo, hi, help) +1
-enum { GIVT_CONFIG_NKEYS = 0 GIVT_CONFIG_KEYS(GIVT_CONFIG_COUNT_KEY_) };
+enum { GIVT_CONFIG_NKEYS = 0 GIVT_CONFIG_KEYS(GIVT_CONFIG_COUNT_KEY_), GIVT_CONFIG_SEED_NKEYS = 10 };
 
 void givt_config_default(GivtConfig *cfg);
 // Checks each key's range and the rules between keys: the one check of a model configuration, for
@@ -82,6 +94,9 @@ double givt_config_value(const GivtConfig *cfg, const GivtConfigKey *k);
 const char *givt_config_diff(const GivtConfig *a, const GivtConfig *b, char *va, char *vb, size_t n);
 
 int givt_config_head_dim(const GivtConfig *cfg);     // hd = C / H
+// Width of the head's output row: 2D for k = 1 ([mu | pre], the seed's), else k + 2kD
+// ([logits (k) | mu (k x D, component-major) | pre (k x D)]).
+int givt_config_head_out(const GivtConfig *cfg);
 int givt_config_rope_n_elem(const GivtConfig *cfg);  // int(pct * hd), as Python's int()
 
 // The head's std = softplus(pre) + eps as PyTorch computes it on float32 tensors: softplus with
@@ -124,6 +139,7 @@ typedef struct {
     size_t total;  // floats
     // indices into specs of the non-layer tensors
     int embed, bos, norm, head;
+    int class_embed;  // -1 for an unconditional model (num_classes = 0)
     int layer0;  // index of layer 0's first tensor; layer l tensor k is layer0 + l*P_PER_LAYER + k
 } ParamTable;
 
@@ -192,11 +208,17 @@ void model_alloc_grads(GivtModel *m);
 void model_zero_grads(GivtModel *m);
 
 // The forward pass with weights w on x: (B, T, D) float32 targets in backend memory (the input is
-// x shifted right behind bos). Returns the head output y (B, T, 2D) = [mu | pre], backend memory.
+// x shifted right behind bos). Returns the head output y (B, T, givt_config_head_out), backend memory.
 const cval *model_forward(GivtModel *m, const Weights *w, const float *x, int B, int T);
+// The same for a class-conditional model: labels (B) host int32, each in [0, num_classes] (num_classes
+// is the "no label" class), put class_embed[label] in place of the embedded bos at position 0. NULL
+// labels: every sequence gets "no label" (the unconditional model). An unconditional model takes
+// NULL only.
+const cval *model_forward_cond(GivtModel *m, const Weights *w, const float *x, const int32_t *labels, int B, int T);
 // The loss of the last forward (whose targets it has): *loss_sum (a backend scalar, e.g.
 // m->scalars + SCALAR_LOSS_SUM) += the Gaussian NLL summed over the B*T*D elements, without the
-// 0.5*log(2 pi) constant. In training, also the gradient of grad_scale * (mean loss) w.r.t. y for
+// 0.5*log(2 pi) constant (k > 1: the mixture's -log p per position, without D * 0.5*log(2 pi), summed
+// over positions; divided by B*T*D it is the loss GIVT.md reports, the seed's for k = 1). In training, also the gradient of grad_scale * (mean loss) w.r.t. y for
 // model_backward (grad_scale = 1 / grad_accum_steps for the mean over micro-batches).
 void model_loss(GivtModel *m, double *loss_sum, float grad_scale);
 // Backward of the last forward and loss (training mode, same weights w); gradients accumulate into
@@ -223,9 +245,12 @@ size_t model_cache_bytes(const GivtConfig *cfg, Backend *be, int max_B, int max_
 // pos0 (filled by earlier calls) and adding these to it. x (B, Tq, D) float32 in backend memory holds
 // the vectors the positions read: at pos0 = 0 as model_forward's x (position 0 reads bos, position t
 // reads x_{t-1}: x's last row is not read); after that, row t is the vector of position pos0 + t - 1.
-// Returns the head output y (B, Tq, 2D) = [mu | pre]. model_decode at pos0 = 0 over a whole sequence
-// computes what model_forward does.
+// Returns the head output y (B, Tq, givt_config_head_out). model_decode at pos0 = 0 over a whole
+// sequence computes what model_forward does; model_decode_cond takes labels as model_forward_cond
+// (read at pos0 = 0 only).
 const cval *model_decode(GivtModel *m, const Weights *w, KvCache *kc, const float *x, int B, int Tq, int pos0);
+const cval *model_decode_cond(GivtModel *m, const Weights *w, KvCache *kc, const float *x, const int32_t *labels,
+                              int B, int Tq, int pos0);
 
 typedef struct {
     double loss;      // mean Gaussian NLL over B*T*D elements, without the constant (seed's loss)
@@ -235,7 +260,11 @@ typedef struct {
 // Forward and loss with the host reading the result (one synchronisation): for evaluation and tests.
 // full adds 0.5*log(2*pi) per element to loss (not to loss_sum).
 ModelLoss model_eval_loss(GivtModel *m, const Weights *w, const float *x, int B, int T, int full);
+// The same with class labels (host, B; as model_forward_cond).
+ModelLoss model_eval_loss_cond(GivtModel *m, const Weights *w, const float *x, const int32_t *labels, int B, int T,
+                               int full);
 // Host copies of the last forward's outputs mu, std (B, T, D) each; dst must hold B*T*D floats.
+// Single-Gaussian heads (num_mixtures = 1) only.
 void model_get_mu_std(GivtModel *m, float *mu, float *std_out);
 
 #endif

@@ -11,6 +11,7 @@
 #define GIVT_OPS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "backend.h"
 
@@ -88,12 +89,30 @@ struct GivtOps {
     // dbos (D) += sum over b of din (B, T, D) at t = 0
     void (*shift_bos_bwd)(Backend *be, float *dbos, const cval *din, int B, int T, int D);
 
+    // Class conditioning: res (B, T, C) row t = 0 of sequence b = table[labels[b]] (table (rows, C),
+    // labels (B) int32 in backend memory, each a valid row); the other rows are left as they are.
+    void (*class_embed_fwd)(Backend *be, cval *res, const cval *table, const int32_t *labels, int B, int T, int C);
+    // dtable[labels[b]] (C) += dres[b, 0, :] for b = 0, 1, ... in that order (float32; sequences with
+    // the same label add up), then dres[b, 0, :] = 0 (position 0's gradient goes to the class
+    // embedding only, not on to the input embedding and bos).
+    void (*class_embed_bwd)(Backend *be, float *dtable, cval *dres, const int32_t *labels, int B, int T, int C);
+
     // Gaussian NLL head, forward and backward in one pass. y (N, 2D) = [mu | pre];
     // std = softplus(pre) + eps; var = max(std^2, eps); per element l = 0.5*(log var + (x - mu)^2/var).
     // *loss_sum (a backend scalar) += the sum of l over the N*D elements, accumulated in double in a
     // fixed order. If dy is not NULL, dy (N, 2D) = scale * dl/dy (the clamp passes gradients through).
     void (*gaussian_nll)(Backend *be, cval *dy, double *loss_sum, const cval *y, const float *x, int N, int D,
                          double eps, float scale);
+    // The mixture head (GIVT.md): K components, y (N, K + 2KD) = [logits (K) | mu (K, D) | pre (K, D)]
+    // per row (K = 1: y (N, 2D) = [mu | pre], no logit, log pi = 0). Per component std, var as
+    // gaussian_nll; per row, in double, lp_k = log_softmax(logits)_k - sum_d 0.5*(log var_kd +
+    // (x_d - mu_kd)^2 / var_kd) and l = -logsumexp_k lp_k (stable: shifted by the largest term).
+    // *loss_sum += the sum of l over the N rows, in a fixed order. If dy is not NULL, dy = scale * dl/dy:
+    // with r_k = exp(lp_k + l) (the posterior of component k), d/dlogit_k = pi_k - r_k, and the
+    // component's mu and pre get r_k times gaussian_nll's gradients. For K = 1 l is the sum of
+    // gaussian_nll's terms over the row.
+    void (*mixture_nll)(Backend *be, cval *dy, double *loss_sum, const cval *y, const float *x, int N, int D, int K,
+                        double eps, float scale);
 
     // *acc (a backend scalar) += the sum of squares of p (n), double accumulation in a fixed order.
     void (*sumsq)(Backend *be, double *acc, const float *p, size_t n);

@@ -379,6 +379,24 @@ static void cpu_shift_bos_bwd(Backend *be, float *dbos, const cval *din, int B, 
         for (int d = 0; d < D; d++) dbos[d] += CFP(din)[(size_t)b * T * D + d];
 }
 
+// res[b, 0, :] = table[labels[b], :]
+static void cpu_class_embed_fwd(Backend *be, cval *res, const cval *table, const int32_t *labels, int B, int T,
+                                int C) {
+    (void)be;
+    for (int b = 0; b < B; b++)
+        memcpy(FP(res) + (size_t)b * T * C, CFP(table) + (size_t)labels[b] * C, (size_t)C * sizeof(float));
+}
+
+// dtable[labels[b], :] += dres[b, 0, :] (b in order), then dres[b, 0, :] = 0
+static void cpu_class_embed_bwd(Backend *be, float *dtable, cval *dres, const int32_t *labels, int B, int T, int C) {
+    (void)be;
+    for (int b = 0; b < B; b++) {
+        float *g = FP(dres) + (size_t)b * T * C, *dt = dtable + (size_t)labels[b] * C;
+        for (int c = 0; c < C; c++) dt[c] += g[c];
+        memset(g, 0, (size_t)C * sizeof(float));
+    }
+}
+
 // ---- gaussian nll -------------------------------------------------------------------------
 // Fixed-size chunks summed in order: the result does not depend on the thread count.
 #define REDUCE_CHUNKS 64
@@ -409,6 +427,70 @@ static void cpu_gaussian_nll(Backend *be, cval *dy_, double *loss_sum, const cva
                     dy[(size_t)n * 2 * D + D + d] = (float)(scale * dvar * 2.0 * std * dsp);
                 }
             }
+        partial[ch] = acc;
+    }
+    double sum = 0.0;
+    for (int ch = 0; ch < REDUCE_CHUNKS; ch++) sum += partial[ch];
+    *loss_sum += sum;
+}
+
+// One row of the mixture head (ops.h mixture_nll): y (K + 2KD, or 2D for K = 1), x (D); returns
+// l = -log sum_k pi_k prod_d N(x_d; mu_kd, var_kd) without the constants; dy (same layout as y) =
+// scale * dl/dy when not NULL. lp (K) is scratch.
+static double mixture_row(float *dy, const float *y, const float *x, int D, int K, double eps, float scale,
+                          double *lp) {
+    const float *logit = y, *mu = y + (K > 1 ? K : 0), *pre = mu + (size_t)K * D;
+    double lmax = -INFINITY, lsum = 0.0, lse_logits = 0.0;  // log sum exp of the logits (K = 1: none, 0)
+    if (K > 1) {
+        for (int k = 0; k < K; k++) lmax = fmax(lmax, logit[k]);
+        for (int k = 0; k < K; k++) lsum += exp(logit[k] - lmax);
+        lse_logits = lmax + log(lsum);
+    }
+    double top = -INFINITY, sum = 0.0;
+    for (int k = 0; k < K; k++) {
+        double g = K > 1 ? logit[k] - lse_logits : 0.0;
+        for (int d = 0; d < D; d++) {
+            size_t i = (size_t)k * D + d;
+            double sd = givt_head_std(pre[i], eps), var = sd * sd, varc = var < eps ? eps : var;
+            double diff = (double)x[d] - mu[i];
+            g -= 0.5 * (log(varc) + diff * diff / varc);
+        }
+        lp[k] = g;
+        top = fmax(top, g);
+    }
+    for (int k = 0; k < K; k++) sum += exp(lp[k] - top);
+    double log_p = top + log(sum);
+    if (!dy) return -log_p;
+    float *dlogit = dy, *dmu = dy + (K > 1 ? K : 0), *dpre = dmu + (size_t)K * D;
+    for (int k = 0; k < K; k++) {
+        double r = exp(lp[k] - log_p);  // posterior of component k
+        if (K > 1) dlogit[k] = (float)(scale * (exp(logit[k] - lse_logits) - r));
+        for (int d = 0; d < D; d++) {
+            size_t i = (size_t)k * D + d;
+            double p = pre[i], sd = givt_head_std(p, eps), var = sd * sd, varc = var < eps ? eps : var;
+            double diff = (double)x[d] - mu[i];
+            double dvar = 0.5 * (1.0 / varc - diff * diff / (varc * varc));
+            double dsp = p > 20.0 ? 1.0 : 1.0 / (1.0 + exp(-p));
+            dmu[i] = (float)(scale * r * (-diff / varc));
+            dpre[i] = (float)(scale * r * dvar * 2.0 * sd * dsp);
+        }
+    }
+    return -log_p;
+}
+
+// y (N, K + 2KD) or (N, 2D) for K = 1, x (N, D): see ops.h. Rows summed in fixed chunks, in order.
+static void cpu_mixture_nll(Backend *be, cval *dy_, double *loss_sum, const cval *y_, const float *x, int N, int D,
+                            int K, double eps, float scale) {
+    (void)be;
+    size_t W = K == 1 ? 2 * (size_t)D : (size_t)K + 2 * (size_t)K * D;
+    double partial[REDUCE_CHUNKS] = {0};
+#pragma omp parallel for schedule(static)
+    for (int ch = 0; ch < REDUCE_CHUNKS; ch++) {
+        int n0 = (int)((long)N * ch / REDUCE_CHUNKS), n1 = (int)((long)N * (ch + 1) / REDUCE_CHUNKS);
+        double acc = 0.0, *lp = xmalloc((size_t)K * sizeof(double));
+        for (int n = n0; n < n1; n++)
+            acc += mixture_row(dy_ ? FP(dy_) + n * W : NULL, CFP(y_) + n * W, x + (size_t)n * D, D, K, eps, scale, lp);
+        free(lp);
         partial[ch] = acc;
     }
     double sum = 0.0;
@@ -482,7 +564,10 @@ static const GivtOps g_cpu_ops = {
     .swiglu_bwd = cpu_swiglu_bwd,
     .shift_bos = cpu_shift_bos,
     .shift_bos_bwd = cpu_shift_bos_bwd,
+    .class_embed_fwd = cpu_class_embed_fwd,
+    .class_embed_bwd = cpu_class_embed_bwd,
     .gaussian_nll = cpu_gaussian_nll,
+    .mixture_nll = cpu_mixture_nll,
     .sumsq = cpu_sumsq,
     .adamw = cpu_adamw,
     .ema_update = cpu_ema_update,

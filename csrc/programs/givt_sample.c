@@ -16,9 +16,10 @@
 #include "sample.h"
 
 typedef struct {
-    const char *folder, *out, *prompt, *device, *precision;
+    const char *folder, *out, *prompt, *device, *precision, *labels;
     int max_len, num_samples, batch_size, ema;
-    double temperature;
+    long class_id;  // -1: none
+    double temperature, cfg_scale;
     uint64_t seed;
 } Args;
 
@@ -34,6 +35,11 @@ static void usage(FILE *out) {
             "                      per sample [none: start from bos alone]\n"
             "  --num-samples N     sequences to generate [1, or the prompt's N]\n"
             "  --temperature t     x ~ Normal(mu, t * std); 0 returns the means [1]\n"
+            "  --class c           class-conditional models: every sample of class c (0 .. num_classes - 1)\n"
+            "                      [none: the \"no label\" class, i.e. unconditional]\n"
+            "  --labels LABELS.npy int32/int64 (N,): the class of each sample (N = --num-samples)\n"
+            "  --cfg-scale w       classifier-free guidance (DB-CFG) of weight w >= 0, with --class or\n"
+            "                      --labels; 0 = plain conditional sampling [0]\n"
             "  --seed S            sample i draws from the stream (S, i), whatever the batch size [0]\n"
             "  --batch-size B      sequences run together [64]\n"
             "  --ema               the checkpoint's EMA weights (ema.safetensors) instead of model.safetensors\n"
@@ -42,7 +48,7 @@ static void usage(FILE *out) {
 }
 
 static int parse_args(int argc, char **argv, Args *a) {
-    *a = (Args){.device = "auto", .precision = "no", .batch_size = 64, .temperature = 1.0};
+    *a = (Args){.device = "auto", .precision = "no", .batch_size = 64, .temperature = 1.0, .class_id = -1};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long x = 0;
@@ -60,16 +66,20 @@ static int parse_args(int argc, char **argv, Args *a) {
             rc = parse_long_option(o, v, 1, 1 << 20, &x), a->batch_size = (int)x;
         } else if (!strcmp(o, "--seed")) {
             rc = parse_long_option(o, v, 0, __LONG_MAX__, &x), a->seed = (uint64_t)x;
-        } else if (!strcmp(o, "--temperature")) {
+        } else if (!strcmp(o, "--class")) {
+            rc = parse_long_option(o, v, 0, GIVT_MAX_CLASSES, &a->class_id);
+        } else if (!strcmp(o, "--temperature") || !strcmp(o, "--cfg-scale")) {
             char *end = NULL;
-            a->temperature = v ? strtod(v, &end) : NAN;
-            if (!v || !*v || *end || !(a->temperature >= 0) || !isfinite(a->temperature))
-                rc = givt_fail("--temperature %s: expected a number >= 0", v ? v : "(missing)");
+            double t = v ? strtod(v, &end) : NAN;
+            if (!v || !*v || *end || !(t >= 0) || !isfinite(t))
+                rc = givt_fail("%s %s: expected a number >= 0", o, v ? v : "(missing)");
+            *(!strcmp(o, "--cfg-scale") ? &a->cfg_scale : &a->temperature) = t;
         } else if (!strcmp(o, "--out") || !strcmp(o, "--prompt") || !strcmp(o, "--device") ||
-                   !strcmp(o, "--precision")) {
+                   !strcmp(o, "--precision") || !strcmp(o, "--labels")) {
             if (!v) rc = givt_fail("%s: expected a value", o);
             else if (!strcmp(o, "--out")) a->out = v;
             else if (!strcmp(o, "--prompt")) a->prompt = v;
+            else if (!strcmp(o, "--labels")) a->labels = v;
             else if (!strcmp(o, "--device")) a->device = v;
             else a->precision = v;
         } else if (o[0] == '-') {
@@ -85,7 +95,43 @@ static int parse_args(int argc, char **argv, Args *a) {
     if (!a->folder) return givt_fail("expected a FOLDER (see --help)");
     if (!a->max_len) return givt_fail("--max-len L is required (see --help)");
     if (!a->out) return givt_fail("--out OUT.npy is required (see --help)");
+    if (a->labels && a->class_id >= 0) return givt_fail("--class and --labels: give one of them");
     return 0;
+}
+
+// The labels of the samples from --class or --labels, checked against the model: *labels NULL (and
+// *n_labels 0) when neither is given. Messages name the option, the file and num_classes.
+static int read_class_args(const Args *a, const GivtConfig *cfg, int32_t **labels, int *n_labels) {
+    int nc = cfg->num_classes;
+    *labels = NULL;
+    *n_labels = 0;
+    const char *what = a->labels ? a->labels : "--class";
+    if ((a->labels || a->class_id >= 0) && nc == 0)
+        return givt_fail("%s: the model in %s is unconditional (num_classes = 0 in its config.json): it takes no class",
+                         what, a->folder);
+    if (a->cfg_scale > 0 && !a->labels && a->class_id < 0)
+        return givt_fail("--cfg-scale %g needs --class or --labels (guidance is towards a class)", a->cfg_scale);
+    if (a->class_id >= 0) {
+        if (a->class_id >= nc)
+            return givt_fail("--class %ld: must be in [0, %d] (the model has num_classes = %d)", a->class_id, nc - 1, nc);
+        *labels = xmalloc(sizeof **labels);
+        **labels = (int32_t)a->class_id;
+        *n_labels = 1;
+        return 0;
+    }
+    if (!a->labels) return 0;
+    int64_t n;
+    if (npy_read_labels(a->labels, labels, &n)) return -1;
+    int rc = n < 1 || n > (1 << 30) ? givt_fail("%s: %lld labels: need 1 to 2^30", a->labels, (long long)n) : 0;
+    for (int64_t i = 0; rc == 0 && i < n; i++)
+        if ((*labels)[i] < 0 || (*labels)[i] >= nc)
+            rc = givt_fail("%s: label %d at index %lld is not a class of the model: must be in [0, %d]", a->labels,
+                           (*labels)[i], (long long)i, nc - 1);
+    if (rc == 0 && a->num_samples && a->num_samples != n)
+        rc = givt_fail("%s: %lld labels for --num-samples %d: give one label per sample", a->labels, (long long)n,
+                       a->num_samples);
+    *n_labels = (int)n;
+    return rc;
 }
 
 // The folder of path must exist and be writable, and path must not be a folder: found before
@@ -152,13 +198,20 @@ int main(int argc, char **argv) {
     memset(&m, 0, sizeof m);
     Backend *be = NULL;
     float *prompt = NULL, *out = NULL;
-    int rc = 1, n_prompts = 1, s = 0;
+    int32_t *labels = NULL;
+    int rc = 1, n_prompts = 1, s = 0, n_labels = 0;
     GivtConfig cfg;
     if (parse_args(argc, argv, &a) != 0 || check_writable(a.out) != 0 || hf_read_config(a.folder, &cfg) != 0 ||
         !(be = backend_open(a.device, a.precision)) ||
-        (a.prompt && read_prompt(a.prompt, cfg.input_dim, &prompt, &n_prompts, &s) != 0))
+        (a.prompt && read_prompt(a.prompt, cfg.input_dim, &prompt, &n_prompts, &s) != 0) ||
+        read_class_args(&a, &cfg, &labels, &n_labels) != 0)
         goto fail;
-    int n = a.num_samples ? a.num_samples : n_prompts;
+    int n = a.num_samples ? a.num_samples : n_labels > 1 ? n_labels : n_prompts;
+    if (n_labels > 1 && n_prompts > 1 && n_labels != n_prompts) {
+        givt_fail("%d labels in %s but %d prompts in %s: one of each per sample", n_labels, a.labels, n_prompts,
+                  a.prompt);
+        goto fail;
+    }
     if (n_prompts != 1 && n != n_prompts) {
         givt_fail("--num-samples %d with %d prompts in %s: give one prompt (s, D) or one per sample", n, n_prompts,
                   a.prompt);
@@ -169,8 +222,9 @@ int main(int argc, char **argv) {
                   cfg.block_size);
         goto fail;
     }
-    int b = a.batch_size < n ? a.batch_size : n;
-    size_t need = size_add(sample_memory_bytes(&cfg, be, b, a.max_len, s), model_weights_bytes(&cfg, be)), fb, tb;
+    int b = a.batch_size < n ? a.batch_size : n, streams = a.cfg_scale > 0 ? 2 : 1;
+    size_t need = size_add(sample_memory_bytes(&cfg, be, streams * b, a.max_len, s), model_weights_bytes(&cfg, be)),
+           fb, tb;
     size_t out_bytes = size_mul3((size_t)n, (size_t)a.max_len, (size_t)cfg.input_dim * sizeof(float));
     backend_mem_info(be, &fb, &tb);
     if (need == SIZE_MAX || out_bytes == SIZE_MAX || (fb && (double)need + (double)out_bytes > (double)fb)) {
@@ -181,7 +235,9 @@ int main(int argc, char **argv) {
         goto fail;
     }
     if (model_create(&m, &cfg, be) != 0 || load_weights(&m, &a) != 0) goto fail;
-    SampleConfig sc = {.max_len = a.max_len, .temperature = a.temperature, .seed = a.seed, .batch_size = b};
+    CfgStats stats = {0};
+    SampleConfig sc = {.max_len = a.max_len, .temperature = a.temperature, .seed = a.seed, .batch_size = b,
+                       .labels = labels, .n_labels = n_labels, .cfg_scale = a.cfg_scale, .stats = &stats};
     out = xmalloc(out_bytes);
     Progress p = {.t0 = time_now_s(), .tty = isatty(fileno(stderr))};
     if (!strcmp(a.precision, "bf16") && be->compute != DTYPE_BF16)
@@ -189,9 +245,20 @@ int main(int argc, char **argv) {
                 dtype_name(be->compute));
     fprintf(stderr, "givt-sample: %d sequences of %d vectors (prompt %d), temperature %g, batch %d, backend %s (%s)\n",
             n, a.max_len, s, a.temperature, b, be->name, be->device);
+    if (cfg.num_classes > 0)
+        fprintf(stderr, "givt-sample: %s, cfg scale %g%s\n",
+                a.class_id >= 0 ? "one class for all samples" : labels ? "a class per sample" : "no class given: the \"no label\" class (unconditional)",
+                a.cfg_scale, a.cfg_scale > 0 ? " (DB-CFG: a second, unconditional stream in the batch)" : "");
     if (sample_generate(&m, &m.w, &sc, prompt, n_prompts, s, n, out, on_progress, &p) != 0) goto fail;
     int64_t shape[3] = {n, a.max_len, cfg.input_dim};
     if (npy_write_f32(a.out, out, 3, shape) != 0) goto fail;
+    if (a.cfg_scale > 0)
+        fprintf(stderr,
+                "givt-sample: DB-CFG w = %g: %lld dimensions sampled, %lld proposals, acceptance rate %.1f%%, %lld "
+                "fallbacks (no proposal accepted in %d: a conditional draw)\n",
+                a.cfg_scale, (long long)stats.dims, (long long)stats.proposals,
+                stats.proposals ? 100.0 * (double)stats.accepted / (double)stats.proposals : 0.0,
+                (long long)stats.fallbacks, SAMPLE_CFG_MAX_PROPOSALS);
     fprintf(stderr, "givt-sample: wrote %s (%d, %d, %d) in %.1f s\n", a.out, n, a.max_len, cfg.input_dim,
             time_now_s() - p.t0);
     rc = 0;
@@ -200,6 +267,7 @@ fail:
     fprintf(stderr, "givt-sample: %s\n", givt_last_error());
 done:
     free(prompt);
+    free(labels);
     free(out);
     model_free(&m);
     backend_close(be);

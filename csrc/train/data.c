@@ -11,7 +11,7 @@
 #include "util.h"
 
 // Salts that separate the random streams derived from the one seed.
-enum { SALT_SPLIT = 1, SALT_SHUFFLE = 2, SALT_DUMMY = 3 };
+enum { SALT_SPLIT = 1, SALT_SHUFFLE = 2, SALT_DUMMY = 3, SALT_LABEL_DROP = 4 };
 
 // A 64-bit hash of (seed, salt, index) with util's mix64: seeds the Rng of one permutation or one
 // dummy sequence.
@@ -162,6 +162,31 @@ static int open_files(Dataset *ds) {
     return rc;
 }
 
+// The labels file: one label per sequence of the (N, T, D) files, in file order, each in
+// [0, num_classes).
+static int load_labels(Dataset *ds, const char *path) {
+    if (ds->cfg.kind != DATA_NPY) return givt_fail("labels %s: labels need .npy data (kind npy), not dummy data", path);
+    int64_t seqs = 0;
+    ds->file_seq0 = xcalloc((size_t)ds->nfiles, sizeof *ds->file_seq0);
+    for (int i = 0; i < ds->nfiles; i++) {
+        if (ds->files[i].ndim != 3)
+            return givt_fail("labels %s: %s is an (M, D) stream; labels need (N, T, D) files (one label per sequence)",
+                             path, ds->files[i].path);
+        ds->file_seq0[i] = seqs;
+        seqs += ds->files[i].shape[0];
+    }
+    int64_t n;
+    if (npy_read_labels(path, &ds->labels, &n)) return -1;
+    if (n != seqs)
+        return givt_fail("%s: %lld labels, but the data hold %lld sequences (%s%s): one label per sequence", path,
+                         (long long)n, (long long)seqs, ds->files[0].path, ds->nfiles > 1 ? ", ..." : "");
+    for (int64_t i = 0; i < n; i++)
+        if (ds->labels[i] < 0 || ds->labels[i] >= ds->cfg.num_classes)
+            return givt_fail("%s: label %d at index %lld is not in [0, num_classes = %d)", path, ds->labels[i],
+                             (long long)i, ds->cfg.num_classes);
+    return 0;
+}
+
 static int make_split(Dataset *ds) {
     int64_t n = ds->num_windows, nv = ds->cfg.val_size;
     if (nv >= n)
@@ -224,6 +249,11 @@ int data_open(Dataset *ds, const DataConfig *cfg) {
         data_close(ds);
         return rc;
     }
+    ds->cfg.labels_path = NULL;  // used here only
+    if (cfg->labels_path && *cfg->labels_path && load_labels(ds, cfg->labels_path)) {
+        data_close(ds);
+        return -1;
+    }
     if (make_split(ds)) {
         data_close(ds);
         return -1;
@@ -239,6 +269,8 @@ void data_close(Dataset *ds) {
     free(ds->train_ids);
     free(ds->val_ids);
     free(ds->perm);
+    free(ds->labels);
+    free(ds->file_seq0);
     free((char *)ds->cfg.path);
     memset(ds, 0, sizeof *ds);
 }
@@ -331,13 +363,37 @@ static DataPos pos_advance(DataPos p, int64_t k, int64_t n) {
     return p;
 }
 
-int data_next_batch(Dataset *ds, int B, float *buf) {
+int32_t data_window_label(const Dataset *ds, int64_t id) {
+    int64_t flat;
+    int fi = locate(ds, id, &flat);
+    const NpyFile *f = &ds->files[fi];
+    int64_t w = id - ds->file_win0[fi], per = f->shape[1] / ds->cfg.seq_len;
+    return ds->labels[ds->file_seq0[fi] + w / per];
+}
+
+int data_label_dropped(uint64_t seed, int64_t step, int64_t slot, double rate) {
+    uint64_t h = mix64(hash3(seed, SALT_LABEL_DROP, (uint64_t)step) ^ ((uint64_t)slot * 0x9e3779b97f4a7c15ull));
+    return (double)(h >> 11) * 0x1.0p-53 < rate;
+}
+
+// Windows' labels into labels (NULL: not wanted); the dataset must have them.
+static int want_labels(const Dataset *ds, const int32_t *labels) {
+    if (labels && !ds->labels) givt_die("data: labels asked of a dataset without labels");
+    return labels != NULL;
+}
+
+int data_next_batch(Dataset *ds, int B, float *buf) { return data_next_batch_labels(ds, B, buf, NULL); }
+
+int data_next_batch_labels(Dataset *ds, int B, float *buf, int32_t *labels) {
     if (B < 1) return givt_fail("batch size %d: must be at least 1", B);
     size_t stride = (size_t)ds->cfg.seq_len * (size_t)ds->cfg.input_dim;
     DataPos p = pos_advance(ds->pos, (int64_t)ds->cfg.rank * B, ds->num_train);
+    int with = want_labels(ds, labels);
     for (int b = 0; b < B; b++) {
         const int64_t *perm = perm_of_epoch(ds, p.epoch);
-        if (data_read_window(ds, ds->train_ids[perm[p.index]], buf + (size_t)b * stride)) return -1;
+        int64_t id = ds->train_ids[perm[p.index]];
+        if (data_read_window(ds, id, buf + (size_t)b * stride)) return -1;
+        if (with) labels[b] = data_window_label(ds, id);
         p = pos_advance(p, 1, ds->num_train);
     }
     ds->pos = pos_advance(ds->pos, (int64_t)ds->cfg.world_size * B, ds->num_train);
@@ -355,24 +411,32 @@ int data_set_pos(Dataset *ds, DataPos pos) {
 }
 
 // ---- in-order batches -----------------------------------------------------------------------
-static int ordered_batch(Dataset *ds, const int64_t *ids, int64_t n, int64_t k, int B, float *buf) {
+static int ordered_batch(Dataset *ds, const int64_t *ids, int64_t n, int64_t k, int B, float *buf, int32_t *labels) {
     if (B < 1) return givt_fail("batch size %d: must be at least 1", B);
     if (k < 0 || k > n / B + 1) return 0;
     int64_t start = k * B;
     if (start >= n) return 0;
     int64_t cnt = n - start < B ? n - start : B;
     size_t stride = (size_t)ds->cfg.seq_len * (size_t)ds->cfg.input_dim;
-    for (int64_t i = 0; i < cnt; i++)
-        if (data_read_window(ds, ids ? ids[start + i] : start + i, buf + (size_t)i * stride)) return -1;
+    int with = want_labels(ds, labels);
+    for (int64_t i = 0; i < cnt; i++) {
+        int64_t id = ids ? ids[start + i] : start + i;
+        if (data_read_window(ds, id, buf + (size_t)i * stride)) return -1;
+        if (with) labels[i] = data_window_label(ds, id);
+    }
     return (int)cnt;
 }
 
 int data_val_batch(Dataset *ds, int64_t k, int B, float *buf) {
-    return ordered_batch(ds, ds->val_ids, ds->num_val, k, B, buf);
+    return ordered_batch(ds, ds->val_ids, ds->num_val, k, B, buf, NULL);
+}
+
+int data_val_batch_labels(Dataset *ds, int64_t k, int B, float *buf, int32_t *labels) {
+    return ordered_batch(ds, ds->val_ids, ds->num_val, k, B, buf, labels);
 }
 
 int data_all_batch(Dataset *ds, int64_t k, int B, float *buf) {
-    return ordered_batch(ds, NULL, ds->num_windows, k, B, buf);
+    return ordered_batch(ds, NULL, ds->num_windows, k, B, buf, NULL);
 }
 
 int data_check_finite(const Dataset *ds) {

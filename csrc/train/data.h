@@ -23,6 +23,10 @@ typedef struct {
     uint64_t seed;          // split, shuffling and dummy values
     int64_t val_size;       // windows held out for validation (0 allowed; must be < the window count)
     int rank, world_size;   // rank r of world_size takes every world_size-th batch slot (0, 1)
+    // Class labels (optional): an int32/int64 .npy of shape (N,), one label per sequence of the files
+    // (all (N, T, D), their sequences in file order); every window of a sequence has its label.
+    const char *labels_path;  // NULL or "": none
+    int num_classes;          // labels must be in [0, num_classes)
 } DataConfig;
 
 // "a.npy, dir/*.npy" -> the files it names: items trimmed, each glob pattern's matches sorted.
@@ -52,10 +56,13 @@ typedef struct {
     int64_t *perm;         // (num_train) permutation of train_ids indices for epoch perm_epoch
     int64_t perm_epoch;    // -1: none yet
     DataPos pos;
+    int32_t *labels;       // (sequences of all files) with labels_path, else NULL
+    int64_t *file_seq0;    // (nfiles) index in labels of each file's first sequence, with labels
 } Dataset;
 
 // Opens the files (memory-mapped; nothing is read into memory), checks their shapes against
-// seq_len and input_dim, numbers the windows and makes the validation split: the first val_size
+// seq_len and input_dim, reads and checks the labels (count = the files' sequences, values in
+// [0, num_classes)), numbers the windows and makes the validation split: the first val_size
 // entries of a permutation seeded by seed are validation, the rest training. Returns 0 or -1 with
 // givt_fail naming the file or key.
 int data_open(Dataset *ds, const DataConfig *cfg);
@@ -79,12 +86,21 @@ void data_window_origin(const Dataset *ds, int64_t id, int *file, int64_t *n, in
 // [r*B, (r+1)*B) of them into buf (B, seq_len, D), and the position advances past all of them
 // (all ranks keep the same position). Returns 0, or -1 on a NaN/Inf (the position is unchanged).
 int data_next_batch(Dataset *ds, int B, float *buf);
+// The same, and labels (B) gets the windows' labels when not NULL (the dataset must have labels).
+int data_next_batch_labels(Dataset *ds, int B, float *buf, int32_t *labels);
+// The label of window id (a dataset with labels).
+int32_t data_window_label(const Dataset *ds, int64_t id);
+// Label dropout of classifier-free guidance: 1 when the label of batch slot `slot` of optimizer step
+// `step` is replaced by "no label", with probability rate. A pure function of (seed, step, slot), so
+// that a resumed run drops the same labels as an uninterrupted one.
+int data_label_dropped(uint64_t seed, int64_t step, int64_t slot, double rate);
 DataPos data_get_pos(const Dataset *ds);
 int data_set_pos(Dataset *ds, DataPos pos);  // -1 (givt_fail) when pos is out of range
 
 // Validation batch k: validation windows [k*B, k*B + B) in ascending window order into buf
 // (B, seq_len, D). Returns the number copied (B, fewer for the last batch, 0 past the end) or -1.
 int data_val_batch(Dataset *ds, int64_t k, int B, float *buf);
+int data_val_batch_labels(Dataset *ds, int64_t k, int B, float *buf, int32_t *labels);  // and their labels
 // All windows in file order (ignoring the split), batch k, same contract: for evaluating a file.
 int data_all_batch(Dataset *ds, int64_t k, int B, float *buf);
 

@@ -91,6 +91,9 @@ static const ConfigKey k_keys[] = {
     {"train", "hang_timeout", CFG_F64, FIELD(train.hang_timeout), "600",
      "data parallel: a rank that makes no progress for this many seconds (a hung peer or file system) ends "
      "the whole job; 0 = wait forever", RANGE_GE, 0, 0, NULL},
+    {"train", "label_drop", CFG_F64, FIELD(train.label_drop), "0.1",
+     "class-conditional models: share of training labels replaced by \"no label\" (for guidance)", RANGE_GE | RANGE_LE,
+     0, 1, NULL},
 
     {"data", "kind", CFG_ENUM, FIELD(data.kind), "npy",
      "npy = .npy files of (N, T, D) sequences or (M, D) streams, float32/float16; dummy = unit normal noise", NO_RANGE, k_data_kinds},
@@ -100,6 +103,9 @@ static const ConfigKey k_keys[] = {
      RANGE_GE | RANGE_LE, 1, GIVT_MAX_BLOCK_SIZE, NULL},
     {"data", "dummy_size", CFG_I64, FIELD(data.dummy_size), "10000", "dummy: number of sequences", RANGE_GE | RANGE_LE, 1,
      TRAIN_MAX_DUMMY_SIZE, NULL},
+    {"data", "labels", CFG_STR, FIELD(data.labels), "",
+     "class labels for [model] num_classes > 0: an int32/int64 .npy of shape (N,), one per sequence of the data", NO_RANGE,
+     NULL},
 };
 
 #define NKEYS ((int)(sizeof k_keys / sizeof k_keys[0]))
@@ -589,6 +595,23 @@ static int check(const Checker *ck) {
     if (t->init_from[0] && !path_exists(t->init_from)) {
         locs_prefix(ck, pre, sizeof pre, "train", "init_from", NULL);
         return givt_fail("%s[train] init_from = \"%s\": no such folder", pre, t->init_from);
+    }
+    // class labels: with a class-conditional model, and only with one
+    if (m->num_classes > 0 && (d->kind != DATA_KIND_NPY || !d->labels[0])) {
+        locs_prefix(ck, pre, sizeof pre, "model", "num_classes", "data", "labels", "data", "kind", NULL);
+        return givt_fail("%s[model] num_classes = %d needs [data] labels (an int32/int64 .npy of one label per "
+                         "sequence) with [data] kind = npy",
+                         pre, m->num_classes);
+    }
+    if (m->num_classes == 0 && d->labels[0]) {
+        locs_prefix(ck, pre, sizeof pre, "data", "labels", "model", "num_classes", NULL);
+        return givt_fail("%s[data] labels = \"%s\" but [model] num_classes = 0: an unconditional model takes no labels "
+                         "(set num_classes, or remove labels)",
+                         pre, d->labels);
+    }
+    if (d->labels[0] && !path_exists(d->labels)) {
+        locs_prefix(ck, pre, sizeof pre, "data", "labels", NULL);
+        return givt_fail("%s[data] labels = \"%s\": no such file", pre, d->labels);
     }
     // [data]
     if (d->kind == DATA_KIND_NPY) {

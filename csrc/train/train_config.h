@@ -51,6 +51,7 @@ typedef struct {
     double peak_tflops;                           // of the device, for the MFU figure; 0 = unknown
     int zero;                                     // ZeRO stage: 0 off, 1 AdamW state split over ranks
     double hang_timeout;                          // s without progress that end a multi-rank job; 0 = never
+    double label_drop;                            // class-conditional: share of labels replaced by "no label"
 } TrainSettings;
 
 // [data]
@@ -59,6 +60,7 @@ typedef struct {
     char path[TRAIN_CONFIG_STR_MAX];  // npy: a file, a comma-separated list, or a glob
     int seq_len;
     int64_t dummy_size;               // dummy: number of sequences
+    char labels[TRAIN_CONFIG_STR_MAX];  // class labels (.npy, one per sequence); "" = none
 } DataSettings;
 
 typedef struct {

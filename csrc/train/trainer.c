@@ -38,6 +38,7 @@ typedef struct {
     int zero;                   // ZeRO-1: opt holds this rank's part of the moments (dist_part)
     float *grad_part;           // ZeRO-1: the mean gradient of that part (opt.count floats)
     float *batch_host, *batch;  // (B, T, D)
+    int32_t *labels;            // (B) class labels of the batch (class-conditional models), host
     int T;
     long step;                  // optimizer steps completed (skipped ones included)
     long saved_step;            // step of the newest checkpoint this run wrote or resumed from (0: none)
@@ -502,10 +503,11 @@ static int validate(Trainer *tr, double *loss) {
     int B = tr->cfg.train.batch_size, D = m->cfg.input_dim, got = 0;
     double *acc = m->scalars + SCALAR_EVAL_SUM, sum = 0.0;
     be->ops->zero(be, acc, sizeof(double));
-    for (int64_t k = d->rank; !g_interrupted && (got = data_val_batch(&tr->data, k, B, tr->batch_host)) > 0;
+    for (int64_t k = d->rank;
+         !g_interrupted && (got = data_val_batch_labels(&tr->data, k, B, tr->batch_host, tr->labels)) > 0;
          k += d->world_size) {
         be->ops->upload(be, tr->batch, tr->batch_host, (size_t)got * tr->T * D * sizeof(float));
-        model_forward(m, w, tr->batch, got, tr->T);
+        model_forward_cond(m, w, tr->batch, tr->labels, got, tr->T);
         model_loss(m, acc, 0.0f);
         note_progress();
     }
@@ -533,6 +535,18 @@ typedef enum {
 static void on_grads_ready(void *user, size_t first, size_t count) {
     Trainer *tr = user;
     dist_grads_ready(tr->dist, tr->be, tr->model.grads, first, count);
+}
+
+// Label dropout of micro-batch k of this step: each label becomes "no label" (num_classes) with
+// probability label_drop, decided by (seed, step, slot) with the slot global over micro-batches and
+// ranks, so that a resumed run (or another world size with the same global batch) drops the same ones.
+static void drop_labels(Trainer *tr, int k) {
+    int B = tr->cfg.train.batch_size;
+    for (int j = 0; j < B; j++) {
+        int64_t slot = ((int64_t)k * tr->dist->world_size + tr->dist->rank) * B + j;
+        if (data_label_dropped(tr->cfg.train.seed, tr->step, slot, tr->cfg.train.label_drop))
+            tr->labels[j] = tr->cfg.model.num_classes;
+    }
 }
 
 // The reduction over ranks after backward: the gradients of the global mean loss (under ZeRO-1 only
@@ -577,7 +591,7 @@ static StepResult accumulate_gradients(Trainer *tr) {
     be->ops->zero(be, m->scalars, MODEL_NUM_SCALARS * sizeof(double));
     model_zero_grads(m);
     for (int k = 0; k < accum; k++) {
-        int data_error = !g_interrupted && data_next_batch(&tr->data, B, tr->batch_host) != 0;
+        int data_error = !g_interrupted && data_next_batch_labels(&tr->data, B, tr->batch_host, tr->labels) != 0;
         long stop = agree_on_stop(tr, data_error);
         note_progress();
         if (stop != 0) {
@@ -585,8 +599,9 @@ static StepResult accumulate_gradients(Trainer *tr) {
             return stop == 1 ? STEP_INTERRUPTED : STEP_DATA_ERROR;
         }
         be->ops->upload(be, tr->batch, tr->batch_host, (size_t)B * tr->T * D * sizeof(float));
+        if (tr->labels) drop_labels(tr, k);
         backend_range_push(be, "forward");
-        model_forward(m, &m->w, tr->batch, B, tr->T);
+        model_forward_cond(m, &m->w, tr->batch, tr->labels, B, tr->T);
         backend_range_pop(be);
         backend_range_push(be, "loss");
         model_loss(m, m->scalars + SCALAR_LOSS_SUM, 1.0f / (float)accum);
@@ -649,9 +664,12 @@ static int open_data(Trainer *tr) {
     dc.dummy_count = c->data.dummy_size;
     dc.seed = c->train.seed;
     dc.val_size = c->train.val_size;
+    dc.labels_path = c->data.labels;
+    dc.num_classes = c->model.num_classes;
     dc.rank = tr->dist->rank;  // each rank reads its slice of every global batch
     dc.world_size = tr->dist->world_size;
     if (data_open(&tr->data, &dc) != 0) return -1;
+    if (c->model.num_classes > 0) tr->labels = xmalloc((size_t)c->train.batch_size * sizeof *tr->labels);
     if (data_num_train(&tr->data) < 1) return givt_fail("[data]: no training windows after the validation split");
     tr->T = data_seq_len(&tr->data);
     return 0;
@@ -951,6 +969,7 @@ static void teardown(Trainer *tr) {
     if (tr->grad_part) tr->be->ops->free(tr->be, tr->grad_part);
     if (tr->has_ema) model_weights_free(m, &tr->ema);
     free(tr->batch_host);
+    free(tr->labels);
     if (m->w.master) adamw_free(&tr->opt, m);
     model_free(m);
     data_close(&tr->data);
