@@ -1,4 +1,4 @@
-"""check_eval: acceptance check of givt-eval against the float64 PyTorch reference on a random model and data set (seeded by the command line)."""
+"""check_eval: acceptance check of givt-eval against the float64 PyTorch reference on a random model (with or without a mixture head and class embedding) and data set (seeded by the command line)."""
 # Usage: /usr/bin/python3 scripts/check_eval.py [SEED] [--eval PATH_TO_GIVT_EVAL] [--keep]
 # Draws a random configuration and random weights (never the ones in tests/reference.bin), writes
 # an HF folder (config.json + model.safetensors, float32) and a data set (N, T, D) float32 .npy
@@ -43,6 +43,9 @@ def random_config(rnd):
         rope_base=rnd.choice([10000, 1000000, 500.0]),
         rope_rotary_percentage=rnd.choice(pcts),
         rope_condense_ratio=rnd.choice([1.0, 2.5, 4.0]),
+        # beyond the seed (GIVT.md): a mixture head, a class embedding (givt-eval scores with "no label")
+        num_mixtures=rnd.choice([1, 1, 2, 3, 5]),
+        num_classes=rnd.choice([0, 0, 3]),
     )
 
 
@@ -65,8 +68,8 @@ def main():
         total, count = 0.0, 0
         for i in range(0, N, 3):
             x = data[i:i + 3]
-            mu, std = ref.forward(w, x, cfg)
-            total += ref.loss_fn(mu, std, x, cfg, full=False).item() * x.numel()
+            y = ref.forward_head(w, x, cfg)  # a class-conditional model: "no label", as givt-eval
+            total += ref.mixture_loss(y, x, cfg, full=False).item() * x.numel()
             count += x.numel()
         want = total / count
 

@@ -77,6 +77,9 @@ def draw_setup(seed, attempt=0):
     N = r.randint(2, 6)
     data_scale = r.uniform(0.5, 2.0)
     data_shift = r.uniform(-0.5, 0.5)
+    # beyond the seed (GIVT.md): a mixture head and class conditioning (label_drop 0: every label used)
+    cfg["num_mixtures"] = r.choice([1, 1, 2, 3, 4])
+    cfg["num_classes"] = r.choice([0, 0, 3, 5])
     return cfg, hp, steps, N, T, data_scale, data_shift
 
 
@@ -86,13 +89,15 @@ def make_problem(seed, attempt):
     w0 = ref.random_weights(cfg, gen)
     x = (data_shift + data_scale * torch.randn(N, T, cfg["input_dim"], generator=gen, dtype=torch.float64))
     x = x.float().double()  # exactly the float32 values the engine reads
+    if cfg["num_classes"] > 0:
+        hp["labels"] = torch.randint(0, cfg["num_classes"], (N,), generator=gen)
     return cfg, hp, steps, N, T, w0, x
 
 
 def reference_run(cfg, hp, steps, w0, x):
     tr = ref.Trainer(w0, cfg, lr=hp["lr"], betas=hp["betas"], adam_eps=hp["adam_eps"],
                      weight_decay=hp["weight_decay"], clip=hp["clip"], warmup=hp["warmup"],
-                     timescale=hp["timescale"])
+                     timescale=hp["timescale"], labels=hp.get("labels"))
     rows = [tr.step(x) for _ in range(steps)]  # (loss, grad norm, lr) of steps 1..S
     return rows, tr
 
@@ -139,6 +144,8 @@ def write_ini(path, cfg, hp, steps, N, T, data_path, init_from, out_dir, seed):
         f"rope_base = {fmt(m['rope_base'])}",
         f"rope_rotary_percentage = {fmt(m['rope_rotary_percentage'])}",
         f"rope_condense_ratio = {fmt(m['rope_condense_ratio'])}",
+        f"num_mixtures = {m['num_mixtures']}",
+        f"num_classes = {m['num_classes']}",
         "",
         "[train]",
         f"batch_size = {N}",
@@ -168,6 +175,9 @@ def write_ini(path, cfg, hp, steps, N, T, data_path, init_from, out_dir, seed):
         f"seq_len = {T}",
         "",
     ]
+    if "labels" in hp:  # the classes of the N sequences, every label used (no drop)
+        lines[lines.index("[data]") + 1:lines.index("[data]") + 1] = [f'labels = "{hp["labels_path"]}"']
+        lines[lines.index("[data]"):lines.index("[data]")] = ["label_drop = 0", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
 
@@ -202,6 +212,9 @@ def run_seed(seed, exe, keep):
         ref.save_hf_folder(init_dir, cfg, w0)
         data_path = os.path.join(tmp, "data.npy")
         ref.save_npy(data_path, x.numpy())
+        if "labels" in hp:
+            hp["labels_path"] = os.path.join(tmp, "labels.npy")
+            np.save(hp["labels_path"], hp["labels"].numpy().astype(np.int32))
         out_dir = os.path.join(tmp, "out")
         ini = os.path.join(tmp, "train.ini")
         write_ini(ini, cfg, hp, steps, N, T, data_path, init_dir, out_dir, seed)
@@ -209,7 +222,8 @@ def run_seed(seed, exe, keep):
         print(f"== seed {seed} (draw {attempt}): D={cfg['input_dim']} C={cfg['hidden_dim']} H={cfg['num_heads']} "
               f"F={cfg['intermediate_dim']} L={cfg['num_layers']} block={cfg['block_size']} "
               f"eps={cfg['eps']:g} rope(base={cfg['rope_base']:g}, pct={cfg['rope_rotary_percentage']}, "
-              f"n_elem={ref.rope_n_elem(cfg)}, condense={cfg['rope_condense_ratio']})")
+              f"n_elem={ref.rope_n_elem(cfg)}, condense={cfg['rope_condense_ratio']}) "
+              f"mixtures={cfg['num_mixtures']} classes={cfg['num_classes']}")
         print(f"   data N={N} T={T}; lr={hp['lr']} betas={hp['betas']} eps={hp['adam_eps']:g} "
               f"wd={hp['weight_decay']} clip={hp['clip']} warmup={hp['warmup']} timescale={hp['timescale']} "
               f"steps={steps}; float64 self-sensitivity {sens:.1e}")

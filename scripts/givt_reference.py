@@ -247,8 +247,9 @@ class Trainer:
     stepped after each optimizer step (so update s uses factor(s); update 0 has lr 0 in warmup)."""
 
     def __init__(self, w, cfg, lr=1e-4, betas=(0.9, 0.99), adam_eps=1e-8, weight_decay=0.1,
-                 clip=1.0, warmup=1000, timescale=1e8):
+                 clip=1.0, warmup=1000, timescale=1e8, labels=None):
         self.cfg = cfg
+        self.labels = labels  # (B) class of each sequence of the batch, for a class-conditional model
         self.clip = clip
         self.params = {k: v.detach().clone().to(DTYPE).requires_grad_(True) for k, v in w.items()}
         decay = [p for p in self.params.values() if p.dim() > 1]
@@ -262,8 +263,12 @@ class Trainer:
     def step(self, x, full=False):
         """One training step on batch x. Returns (loss before the step, grad norm before clipping, lr used)."""
         self.opt.zero_grad(set_to_none=True)
-        mu, std = forward(self.params, x.to(DTYPE), self.cfg)
-        loss = loss_fn(mu, std, x.to(DTYPE), self.cfg, full)
+        if self.cfg["num_mixtures"] == 1 and self.cfg["num_classes"] == 0:  # the seed's model and loss
+            mu, std = forward(self.params, x.to(DTYPE), self.cfg)
+            loss = loss_fn(mu, std, x.to(DTYPE), self.cfg, full)
+        else:
+            y = forward_head(self.params, x.to(DTYPE), self.cfg, self.labels)
+            loss = mixture_loss(y, x.to(DTYPE), self.cfg, full)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.clip)
         lr = self.opt.param_groups[0]["lr"]
