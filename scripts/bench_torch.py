@@ -45,9 +45,10 @@ def apply_rope(x, cos, sin):  # x (B, H, T, hd); rotate-half on the first n dims
 
 
 class Attention(nn.Module):
-    def __init__(self, C, H):
+    def __init__(self, C, H, sdpa=True):
         super().__init__()
         self.H = H
+        self.sdpa = sdpa and hasattr(F_, "scaled_dot_product_attention")  # PyTorch >= 2.0
         self.norm = RMSNorm(C)
         self.qkv_proj = nn.Linear(C, 3 * C, bias=False)
         self.o_proj = nn.Linear(C, C, bias=False)
@@ -59,9 +60,9 @@ class Attention(nn.Module):
         q, k, v = (t.view(B, T, self.H, hd).transpose(1, 2) for t in (q, k, v))
         # under autocast the float32 RoPE tables promote q and k: back to v's dtype for SDPA (no-op in fp32)
         q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
-        if hasattr(F_, "scaled_dot_product_attention"):  # PyTorch >= 2.0
+        if self.sdpa:  # the fused kernel (flash attention on the CPU in PyTorch 2)
             y = F_.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # 1.13: dense masked softmax, as the C CPU backend computes it
+        else:  # --attention math (and 1.13): dense masked softmax written out
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))
             mask = torch.ones(T, T, dtype=torch.bool, device=h.device).triu(1)
             att = att.masked_fill(mask, float("-inf")).softmax(dim=-1)
@@ -83,9 +84,9 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, C, F, H):
+    def __init__(self, C, F, H, sdpa=True):
         super().__init__()
-        self.attn = Attention(C, H)
+        self.attn = Attention(C, H, sdpa)
         self.mlp = Mlp(C, F)
 
     def forward(self, h, cos, sin):
@@ -93,12 +94,12 @@ class Block(nn.Module):
 
 
 class Givt(nn.Module):
-    def __init__(self, D, C, F, H, L, T, eps=1e-8, rope_base=1e6, rope_pct=1.0, condense=4.0):
+    def __init__(self, D, C, F, H, L, T, eps=1e-8, rope_base=1e6, rope_pct=1.0, condense=4.0, sdpa=True):
         super().__init__()
         self.D, self.eps = D, eps
         self.embed = nn.Linear(D, C, bias=False)
         self.bos = nn.Parameter(torch.randn(D) * 0.02)
-        self.blocks = nn.ModuleList(Block(C, F, H) for _ in range(L))
+        self.blocks = nn.ModuleList(Block(C, F, H, sdpa) for _ in range(L))
         self.norm = RMSNorm(C)
         self.head = nn.Linear(C, 2 * D, bias=False)
         cos, sin = rope_cache(T, int(rope_pct * (C // H)), rope_base, condense)
@@ -115,6 +116,22 @@ class Givt(nn.Module):
         y = self.head(self.norm(h))
         mu, std = y[..., :D], F_.softplus(y[..., D:]) + self.eps
         return F_.gaussian_nll_loss(mu, x, std.pow(2), eps=self.eps, full=False, reduction="mean")
+
+
+def time_sgemm(a):
+    """torch.mm of float32 (M, K) @ (K, N): the best of a.reps, as givt-bench --sgemm."""
+    M, N, K = a.sgemm
+    x, w = torch.randn(M, K), torch.randn(K, N)
+    out = torch.empty(M, N)
+    for _ in range(2):
+        torch.mm(x, w, out=out)
+    best = float("inf")
+    for _ in range(a.reps):
+        t0 = time.perf_counter()
+        torch.mm(x, w, out=out)
+        best = min(best, time.perf_counter() - t0)
+    gflops = 2.0 * M * N * K / best / 1e9
+    print(f"RESULT impl=torch-sgemm threads={a.threads} m={M} n={N} k={K} gflops={gflops:.2f} ms={1e3 * best:.3f}")
 
 
 def main():
@@ -137,6 +154,11 @@ def main():
     ap.add_argument("--bf16", action="store_true", help="autocast bfloat16 compute, float32 master weights")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (compiled during warmup)")
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak, for the MFU field")
+    ap.add_argument("--attention", default="sdpa", choices=["sdpa", "math"],
+                    help="sdpa: F.scaled_dot_product_attention (PyTorch >= 2); math: the masked softmax written out")
+    ap.add_argument("--sgemm", type=int, nargs=3, metavar=("M", "N", "K"),
+                    help="time torch.mm of (M, K) @ (K, N) float32 instead (this PyTorch's BLAS ceiling)")
+    ap.add_argument("--reps", type=int, default=10, help="--sgemm: timed repetitions (the best is reported)")
     a = ap.parse_args()
     if a.show_config:
         print(torch.__version__)
@@ -149,6 +171,8 @@ def main():
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
+    if a.sgemm:
+        return time_sgemm(a)
     dev = torch.device(a.device)
     cuda = dev.type == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -156,7 +180,7 @@ def main():
     if a.compile:
         a.warmup = max(a.warmup, 2)  # the first steps compile (forward, then backward)
     D, C, F, H, L, T, B = a.input_dim, a.hidden, a.intermediate, a.heads, a.layers, a.seq, a.batch
-    model = Givt(D, C, F, H, L, T)
+    model = Givt(D, C, F, H, L, T, sdpa=a.attention == "sdpa")
     with torch.no_grad():  # xavier uniform like the seed; its zero-initialised weights get small values
         for name, p in model.named_parameters():
             if p.dim() == 2:
@@ -224,17 +248,18 @@ def main():
     per_step = statistics.median(times)  # as givt-bench: robust to a step slowed by another process
     gflops = fpt * tokens / per_step / 1e9
     what = f"{a.device}{' bf16 autocast' if a.bf16 else ' float32'}{' compiled' if a.compile else ' eager'}"
+    what += f", attention {a.attention}"
     if cuda:
         what += f" ({torch.cuda.get_device_name(dev)}{', fused AdamW' if fused else ''})"
-    if cuda or a.bf16 or a.compile:  # the CPU float32 output stays as bench_cpu.sh knows it
-        print(f"torch {torch.__version__}: {what}; warmup {t_warm:.1f} s")
+    print(f"torch {torch.__version__}: {what}; warmup {t_warm:.1f} s")
     print(f"torch {torch.__version__}: {a.steps} steps (+{a.warmup} warmup), {a.threads} threads: "
           f"median {1e3 * per_step:.1f} ms/step (best {1e3 * min(times):.1f}, mean {1e3 * sum(times) / len(times):.1f}), {tokens / per_step:.0f} tokens/s, "
           f"{gflops:.2f} GFLOP/s, loss {loss:.4f}")
     print(f"RESULT impl=torch threads={a.threads} tokens_per_s={tokens / per_step:.1f} "
           f"ms_per_step={1e3 * per_step:.2f} best_ms={1e3 * min(times):.2f} gflops={gflops:.2f} "
-          f"params={n_params} flops_per_token={fpt:.0f} loss={loss:.5f}"
-          + (f" device={a.device} dtype={'bf16' if a.bf16 else 'float32'} compile={int(a.compile)}"
+          f"params={n_params} flops_per_token={fpt:.0f} loss={loss:.5f} compile={int(a.compile)} "
+          f"attention={a.attention if hasattr(F_, 'scaled_dot_product_attention') else 'math'}"
+          + (f" device={a.device} dtype={'bf16' if a.bf16 else 'float32'}"
              f" peak_mem_bytes={peak_mem} warmup_s={t_warm:.1f}" if cuda else "")
           + (f" mfu={fpt * tokens / per_step / (a.peak_tflops * 1e12):.4f}" if a.peak_tflops > 0 else ""))
 
