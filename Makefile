@@ -20,19 +20,52 @@ CFLAGS  ?= $(OPT) $(ARCH) -g
 override CFLAGS += -std=c11 -Wall -Wextra -Werror -fopenmp -fno-trapping-math -MMD -MP $(addprefix -I,$(SRC_DIRS))
 LDLIBS  += -fopenmp -lm
 
-# BLAS: OpenBLAS via pkg-config; Debian's OpenMP build is preferred when installed (one thread pool
-# shared with our own OpenMP loops), found beside the default .pc file rather than by a fixed path.
+# BLAS, the CPU backend's matrix products (csrc/model/blas.h), chosen by measurement
+# (scripts/bench_blas.sh; README, "Benchmark"): BLAS=dnnl (default), openblas, blis or mkl.
+#  - dnnl: Debian's libdnnl-dev (oneDNN's dnnl_sgemm, GNU OpenMP threads);
+#  - openblas: via pkg-config; Debian's OpenMP build is preferred when installed (one thread pool
+#    shared with our own OpenMP loops), found beside the default .pc file rather than by a fixed path;
+#  - blis: Debian's libblis-openmp-dev;
+#  - mkl: MKLROOT holding include/mkl.h and lib/libmkl_*.so.N (e.g. a venv with pip's mkl-devel),
+#    GNU OpenMP threading layer.
+# The choice is recorded in $(BUILD)/.blas: changing it rebuilds every object.
+BLAS ?= dnnl
 PKG_CONFIG ?= pkg-config
+comma := ,
+MULTIARCH := $(shell $(CC) -print-multiarch 2>/dev/null)
 OPENBLAS_PCDIR := $(shell $(PKG_CONFIG) --variable=pcfiledir openblas 2>/dev/null)
 OPENBLAS_PC := $(or $(wildcard $(OPENBLAS_PCDIR)/../openblas-openmp/pkgconfig/openblas.pc),openblas)
-ifeq ($(shell $(PKG_CONFIG) --exists $(OPENBLAS_PC) && echo yes),yes)
-  override CFLAGS += $(shell $(PKG_CONFIG) --cflags $(OPENBLAS_PC))
-  BLAS_LIBDIR := $(shell $(PKG_CONFIG) --variable=libdir $(OPENBLAS_PC))
-  LDLIBS += $(shell $(PKG_CONFIG) --libs $(OPENBLAS_PC)) $(if $(BLAS_LIBDIR),-Wl$(comma)-rpath$(comma)$(BLAS_LIBDIR))
+ifeq ($(BLAS),openblas)
+  ifeq ($(shell $(PKG_CONFIG) --exists $(OPENBLAS_PC) && echo yes),yes)
+    BLAS_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(OPENBLAS_PC))
+    BLAS_LIBDIR := $(shell $(PKG_CONFIG) --variable=libdir $(OPENBLAS_PC))
+    LDLIBS += $(shell $(PKG_CONFIG) --libs $(OPENBLAS_PC)) $(if $(BLAS_LIBDIR),-Wl$(comma)-rpath$(comma)$(BLAS_LIBDIR))
+  else
+    LDLIBS += -lopenblas
+  endif
+else ifeq ($(BLAS),blis)
+  BLIS_INC ?= /usr/include/$(MULTIARCH)/blis-openmp
+  BLAS_LIBDIR ?= /usr/lib/$(MULTIARCH)/blis-openmp
+  BLAS_CFLAGS := -DGIVT_BLAS_BLIS -I$(BLIS_INC)
+  LDLIBS += -L$(BLAS_LIBDIR) -lblis -Wl,-rpath,$(BLAS_LIBDIR)
+else ifeq ($(BLAS),mkl)
+  ifeq ($(MKLROOT),)
+    $(error BLAS=mkl needs MKLROOT (a folder with include/mkl.h and lib/libmkl_core.so.N, e.g. a venv after pip install mkl-devel))
+  endif
+  MKL_SOVERSION ?= $(patsubst $(MKLROOT)/lib/libmkl_core.so.%,%,$(firstword $(wildcard $(MKLROOT)/lib/libmkl_core.so.*)))
+  BLAS_LIBDIR := $(MKLROOT)/lib
+  BLAS_CFLAGS := -DGIVT_BLAS_MKL -I$(MKLROOT)/include
+  LDLIBS += -L$(BLAS_LIBDIR) -l:libmkl_intel_lp64.so.$(MKL_SOVERSION) -l:libmkl_gnu_thread.so.$(MKL_SOVERSION) \
+            -l:libmkl_core.so.$(MKL_SOVERSION) -Wl,-rpath,$(BLAS_LIBDIR)
+else ifeq ($(BLAS),dnnl)
+  BLAS_CFLAGS := -DGIVT_BLAS_DNNL
+  LDLIBS += -ldnnl
 else
-  LDLIBS += -lopenblas
+  $(error BLAS=$(BLAS): expected openblas, blis, mkl or dnnl)
 endif
-comma := ,
+override CFLAGS += $(BLAS_CFLAGS)
+BLAS_STAMP := $(BUILD)/.blas
+$(shell mkdir -p $(BUILD) && { [ "$$(cat $(BLAS_STAMP) 2>/dev/null)" = "$(BLAS)" ] || echo "$(BLAS)" >$(BLAS_STAMP); })
 
 NVCC ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
 
@@ -107,7 +140,7 @@ endif
 .PHONY: all test test-sanitize clean install info fuzz clean-fuzz emu test-gpu
 all: $(LIB) $(PROGRAM_BINS)
 
-$(BUILD)/%.o: %.c
+$(BUILD)/%.o: %.c $(BLAS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -188,7 +221,7 @@ clean:
 	rm -rf $(BUILD) $(SAN_BUILD) $(PROGRAMS)
 
 info:
-	@echo "BLAS:  $(OPENBLAS_PC) ($(or $(BLAS_LIBDIR),-lopenblas))"
+	@echo "BLAS:  $(BLAS)$(if $(filter openblas,$(BLAS)), ($(OPENBLAS_PC))) ($(or $(BLAS_LIBDIR),default library path))"
 	@echo "nvcc:  $(or $(NVCC),not found)$(if $(NVCC), (CUDA backend: kernels/*.cu for sm_90; emulated in the tests; cuda libraries in $(CUDA_LIBDIR)), (no CUDA backend))"
 	@echo "mpicc: $(or $(MPICC),not found)$(if $(MPICC), (data-parallel training on CPUs: csrc/train/dist_mpi.c), (single process only))"
 	@echo "nccl:  $(or $(NCCL_INC),not found)$(if $(NCCL_INC), (data-parallel training on GPUs: kernels/dist_nccl.cu))"
@@ -205,8 +238,7 @@ info:
 FUZZ_CC     ?= clang
 FUZZ_BUILD  ?= build-fuzz
 FUZZ_SAN    := -fsanitize=address,undefined -fno-sanitize-recover=all
-FUZZ_CFLAGS := -g -O1 -std=c11 -Wall -Wextra -Werror -MMD -MP $(addprefix -I,$(SRC_DIRS)) \
-               $(shell $(PKG_CONFIG) --cflags $(OPENBLAS_PC) 2>/dev/null)
+FUZZ_CFLAGS := -g -O1 -std=c11 -Wall -Wextra -Werror -MMD -MP $(addprefix -I,$(SRC_DIRS)) $(BLAS_CFLAGS)
 FUZZ_SRCS   := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS   := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
 FUZZ_LIB    := $(FUZZ_BUILD)/libgivt.a
@@ -217,7 +249,7 @@ fuzz: $(FUZZ_BINS)
 clean-fuzz:
 	rm -rf $(FUZZ_BUILD)
 
-$(FUZZ_BUILD)/csrc/%.o: csrc/%.c
+$(FUZZ_BUILD)/csrc/%.o: csrc/%.c $(BLAS_STAMP)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fopenmp -fsanitize=fuzzer-no-link $(FUZZ_SAN) -c $< -o $@
 

@@ -10,8 +10,8 @@
 # attention written out (math), eager with SDPA, torch.compile (math), torch.compile with SDPA, and
 # Debian's PyTorch 1.13 when /usr/bin/python3 has it. Then a markdown table: the median and the range
 # of tokens/s over the rounds, ms/step, GFLOP/s and the share of the sgemm ceiling, the ceiling being
-# the best GFLOP/s of any BLAS in play at that thread count (givt's OpenBLAS through givt-bench
-# --sgemm, PyTorch's MKL through torch.mm) on the models' own matrix shapes; and the versions
+# the best GFLOP/s of any BLAS in play at that thread count (givt's, oneDNN by default, through
+# givt-bench --sgemm; PyTorch's MKL through torch.mm) on the models' own matrix shapes; and the versions
 # (torch.__config__.show()'s BLAS, MKL and oneDNN lines).
 #
 # PyTorch 2 comes from PyPI into a virtual environment that the script creates once and keeps
@@ -64,9 +64,9 @@ make -s BUILD="$BUILD" givt-bench >>"$LOG" 2>&1 || { echo "make givt-bench faile
 CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 TORCH_VERSION=$(OMP_NUM_THREADS=1 "$PYTHON" -c "import torch; print(torch.__version__)")
 TORCH_LIBS=$(OMP_NUM_THREADS=1 "$PYTHON" scripts/bench_torch.py --show-config 2>/dev/null |
-    grep -iE 'mkl|onednn|mkl-dnn|blas_info' | grep -oE '(Intel\(R\) [^(]*(Version|v)[^ ]* ?[0-9.]*|MKL-DNN v[0-9.]+|BLAS_INFO=[a-z]+)' |
+    grep -iE 'math kernel|mkl-dnn|blas_info' | grep -oE '(Math Kernel Library Version [0-9.]+|MKL-DNN v[0-9.]+|BLAS_INFO=[a-z]+)' |
     sort -u | tr '\n' ';' | sed 's/;$//; s/;/; /g')
-GIVT_BLAS=$(ldd "$BENCH" | grep -o '/[^ ]*openblas[^ ]*' | xargs -r readlink -f | head -1)
+GIVT_BLAS=$(OMP_NUM_THREADS=1 "$BENCH" --sgemm 8 8 8 --reps 1 | sed -n 's/^threads: [^;]*; BLAS: //p')
 say "machine: $(nproc) cores, $CPU"
 say "givt:    $GIVT_BLAS"
 say "torch:   $TORCH_VERSION ($PYTHON): $TORCH_LIBS"
@@ -108,12 +108,12 @@ for t in $THREADS; do
     for s in $SIZES; do
         for shape in ${SHAPES[$s]}; do
             sh=${shape//,/ }
-            g1=$(field "$(OMP_NUM_THREADS=$t run "openblas sgemm $sh threads $t" "$BENCH" --sgemm $sh --reps 10)" gflops) || g1=0
+            g1=$(field "$(OMP_NUM_THREADS=$t run "givt sgemm $sh threads $t" "$BENCH" --sgemm $sh --reps 10)" gflops) || g1=0
             g2=$(field "$(OMP_NUM_THREADS=$t run "torch sgemm $sh threads $t" "$PYTHON" scripts/bench_torch.py \
                 --threads "$t" --sgemm $sh --reps 10)" gflops) || g2=0
             sgemm_rows+="| ${sh// /x} | $t | $g1 | $g2 |"$'\n'
             CEIL[$t]=$(awk -v a="${CEIL[$t]}" -v b="$g1" -v c="$g2" 'BEGIN { m = a; if (b > m) m = b; if (c > m) m = c; print m }')
-            say "sgemm ${sh// /x}, $t thread(s): OpenBLAS $g1, PyTorch (MKL) $g2 GFLOP/s"
+            say "sgemm ${sh// /x}, $t thread(s): givt's BLAS $g1, PyTorch (MKL) $g2 GFLOP/s"
         done
     done
 done
@@ -202,7 +202,7 @@ echo "== load after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$LOG"
             "$(awk -v a="$best_g" -v b="$best_p" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
     done
     echo
-    echo "| sgemm M x N x K | threads | OpenBLAS (givt) GFLOP/s | MKL (PyTorch) GFLOP/s |"
+    echo "| sgemm M x N x K | threads | givt's BLAS GFLOP/s | MKL (PyTorch) GFLOP/s |"
     echo "|---|---|---|---|"
     printf '%s' "$sgemm_rows"
 } | tee -a "$LOG"

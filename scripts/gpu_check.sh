@@ -95,7 +95,7 @@ fi
 # ---- build ------------------------------------------------------------------------------------
 t=${EPOCHREALTIME}
 B=$ROOT/build-gpu
-run build 300 make -j"$JOBS" BUILD=build-gpu BIN_PREFIX=build-gpu/ "${MAKE_BLAS[@]}" build-gpu/run_tests_gpu \
+run build 300 make -j"$JOBS" BLAS=openblas BUILD=build-gpu BIN_PREFIX=build-gpu/ "${MAKE_BLAS[@]}" build-gpu/run_tests_gpu \
     build-gpu/givt-train build-gpu/givt-eval build-gpu/givt-sample build-gpu/givt-bench build-gpu/givt-prepare-digits
 if [ $RC -eq 0 ]; then
     row build PASS "$(elapsed "$t")" "$($B/givt-train --version | grep -E '^  cuda' | sed 's/^ *//')"

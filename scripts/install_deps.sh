@@ -4,8 +4,10 @@
 # generation and the benchmark's comparison only; the tests do not need it), GIVT_WITH_FUZZ=1 to add
 # clang and libFuzzer (scripts/fuzz.sh).
 set -euo pipefail
-# OpenMPI: data-parallel training on CPUs (make finds mpicc) and the mpirun tests
-pkgs=(build-essential pkg-config libopenblas-openmp-dev libopenmpi-dev openmpi-bin)
+# oneDNN: the CPU backend's matrix products (make's default BLAS=dnnl, the fastest measured; OpenBLAS
+# for make BLAS=openblas, which scripts/bench_blas.sh compares); OpenMPI: data-parallel training on
+# CPUs (make finds mpicc) and the mpirun tests
+pkgs=(build-essential pkg-config libdnnl-dev libopenblas-openmp-dev libopenmpi-dev openmpi-bin)
 [[ "${GIVT_WITH_TORCH:-0}" == 1 ]] && pkgs+=(python3-numpy python3-torch python3-sklearn python3-matplotlib)
 # GIVT_WITH_FUZZ=1: clang with libFuzzer and its sanitizer runtimes, and LLVM's OpenMP (make fuzz)
 [[ "${GIVT_WITH_FUZZ:-0}" == 1 ]] && pkgs+=(clang libclang-rt-14-dev libomp-14-dev)

@@ -1,13 +1,12 @@
 // ops_cpu: the float32 CPU backend, the reference for every other backend. Matrix products go to
-// OpenBLAS (cblas_sgemm; attention calls it per head from inside an OpenMP loop, where the OpenMP
-// build of OpenBLAS runs single-threaded); elementwise and row loops are OpenMP-parallel. Our own
+// the BLAS of blas.h, OpenBLAS by default (cblas_sgemm; attention calls it per head from inside an
+// OpenMP loop, where the OpenMP build of OpenBLAS runs single-threaded); elementwise and row loops are OpenMP-parallel. Our own
 // reductions have a fixed order, independent of the thread count; OpenBLAS's sgemm may round
 // differently with another thread count, so bit-exact reproduction (resume) needs the same
 // OMP_NUM_THREADS, and holds run to run with it.
 #define _POSIX_C_SOURCE 200809L
 #include "ops.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -16,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas.h"
 #include "model.h"  // givt_head_std
 #include "util.h"
 
@@ -580,7 +580,7 @@ Backend *backend_cpu_open(const char *precision) {
     be->name = "cpu";
     be->compute = DTYPE_F32;
     be->ops = &g_cpu_ops;
-    snprintf(be->device, sizeof be->device, "CPU, %d OpenMP threads, OpenBLAS %s", omp_get_max_threads(),
-             openblas_get_corename());
+    blas_init_threads(omp_get_max_threads());
+    snprintf(be->device, sizeof be->device, "CPU, %d OpenMP threads, %s", omp_get_max_threads(), blas_description());
     return be;
 }

@@ -2,13 +2,13 @@
 // cuda; tokens/s, ms/step, achieved GFLOP/s and, when the device's peak is known, MFU), or OpenBLAS
 // sgemm alone (--sgemm M N K: this machine's CPU ceiling). A benchmark, not a test: it prints one
 // machine-readable "RESULT ..." line that scripts/bench_cpu.sh and scripts/gpu_check.sh read.
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas.h"
 #include "model.h"
 #include "optim.h"
 
@@ -135,8 +135,8 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    printf("threads: OpenMP %d, OpenBLAS %d; OpenBLAS: %s (core %s)\n", omp_get_max_threads(),
-           openblas_get_num_threads(), openblas_get_config(), openblas_get_corename());
+    blas_init_threads(omp_get_max_threads());
+    printf("threads: OpenMP %d; BLAS: %s\n", omp_get_max_threads(), blas_description());
     if (sgemm) return bench_sgemm(sg[0], sg[1], sg[2], reps);
 
     cfg.block_size = T;
