@@ -10,7 +10,8 @@
 # build-gpu/openblas/ and linked from there with an rpath. Nothing is installed.
 # Steps (each with its own time limit; a failed step does not stop the others):
 #   build      the programs and build-gpu/run_tests_gpu, all in build-gpu/ (kernels
-#              for sm_90 by nvcc, warnings as errors)
+#              for sm_90 by nvcc, warnings as errors; BLAS=openblas from the carried .debs, MPI=0:
+#              the GPU machine has neither oneDNN nor MPI)
 #   ops        run_tests_gpu backend_ops: every op on the GPU (fp32 and bf16) against the CPU and a
 #              double reference
 #   tests      run_tests_gpu: every other test (CPU paths, programs)
@@ -95,7 +96,7 @@ fi
 # ---- build ------------------------------------------------------------------------------------
 t=${EPOCHREALTIME}
 B=$ROOT/build-gpu
-run build 300 make -j"$JOBS" BLAS=openblas BUILD=build-gpu BIN_PREFIX=build-gpu/ "${MAKE_BLAS[@]}" build-gpu/run_tests_gpu \
+run build 300 make -j"$JOBS" BLAS=openblas MPI=0 BUILD=build-gpu BIN_PREFIX=build-gpu/ "${MAKE_BLAS[@]}" build-gpu/run_tests_gpu \
     build-gpu/givt-train build-gpu/givt-eval build-gpu/givt-sample build-gpu/givt-bench build-gpu/givt-prepare-digits
 if [ $RC -eq 0 ]; then
     row build PASS "$(elapsed "$t")" "$($B/givt-train --version | grep -E '^  cuda' | sed 's/^ *//')"
