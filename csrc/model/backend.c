@@ -122,6 +122,7 @@ typedef struct {
     const char *name;  // an op name (a string literal of the model code)
     double seconds;
     long calls;
+    double flops, bytes;  // the work of all its calls
 } ProfEntry;
 
 struct BackendProfile {
@@ -153,7 +154,7 @@ double backend_op_begin(Backend *be, const char *name) {
     return time_now_s();
 }
 
-void backend_op_end(Backend *be, const char *name, double t0) {
+void backend_op_end(Backend *be, const char *name, double t0, double flops, double bytes) {
     struct BackendProfile *p = be->profile;
     if (p) backend_synchronize(be);
     if (be->ops->range_pop) be->ops->range_pop(be);
@@ -167,6 +168,8 @@ void backend_op_end(Backend *be, const char *name, double t0) {
     }
     p->e[i].seconds += dt;
     p->e[i].calls++;
+    p->e[i].flops += flops;
+    p->e[i].bytes += bytes;
 }
 
 static int prof_cmp(const void *a, const void *b) {
@@ -180,10 +183,16 @@ void backend_profile_print(Backend *be, int steps, double seconds_per_step) {
     qsort(p->e, (size_t)p->n, sizeof p->e[0], prof_cmp);
     double total = 0;
     for (int i = 0; i < p->n; i++) total += p->e[i].seconds;
-    printf("%-28s %10s %8s %7s\n", "op (per step)", "ms", "calls", "share");
-    for (int i = 0; i < p->n; i++)
-        printf("%-28s %10.3f %8ld %6.1f%%\n", p->e[i].name, 1e3 * p->e[i].seconds / steps, p->e[i].calls / steps,
-               100.0 * p->e[i].seconds / (total > 0 ? total : 1));
+    printf("%-28s %10s %8s %7s %12s\n", "op (per step)", "ms", "calls", "share", "rate");
+    for (int i = 0; i < p->n; i++) {
+        const ProfEntry *e = &p->e[i];
+        char rate[32] = "";
+        double s = e->seconds > 0 ? e->seconds : 1e-30;
+        if (e->flops > 0) snprintf(rate, sizeof rate, "%.1f GFLOP/s", e->flops / s / 1e9);
+        else if (e->bytes > 0) snprintf(rate, sizeof rate, "%.1f GB/s", e->bytes / s / 1e9);
+        printf("%-28s %10.3f %8ld %6.1f%% %12s\n", e->name, 1e3 * e->seconds / steps, e->calls / steps,
+               100.0 * e->seconds / (total > 0 ? total : 1), rate);
+    }
     printf("%-28s %10.3f (step %.3f ms; the rest is outside the ops)\n", "sum of ops", 1e3 * total / steps,
            1e3 * seconds_per_step);
 }

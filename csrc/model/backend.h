@@ -58,9 +58,11 @@ void backend_synchronize(Backend *be);
 void backend_profile_start(Backend *be);
 void backend_profile_print(Backend *be, int steps, double seconds_per_step);
 void backend_profile_stop(Backend *be);
-// Called around each op by the model (see model.c): no-ops unless profiling.
+// Called around each op by the model (see model.c): no-ops unless profiling. flops and bytes are
+// the call's work (floating-point operations; bytes read and written, at the least): the profile
+// prints the GFLOP/s of ops that compute (flops > 0) and the GB/s of those that move data.
 double backend_op_begin(Backend *be, const char *name);
-void backend_op_end(Backend *be, const char *name, double t0);
+void backend_op_end(Backend *be, const char *name, double t0, double flops, double bytes);
 // A named range around a phase (a training step's forward, backward, loss, gradient reduction,
 // optimizer; a layer): an NVTX range on a GPU, so that an Nsight Systems timeline reads like the
 // model; nothing on the CPU. Not timed by the profile (ops are).

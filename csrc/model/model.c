@@ -488,14 +488,35 @@ void model_free(GivtModel *m) {
     memset(m, 0, sizeof *m);
 }
 
-// Every op call goes through OP, so that a profiling run (givt-bench --profile) times each op by name;
-// the CUDA backend marks the same names as NVTX ranges.
-#define OP(name, ...)                                           \
+// Every op call goes through OPC (or OP), so that a profiling run (givt-bench --profile) times each
+// op by name; the CUDA backend marks the same names as NVTX ranges. cost: the call's OpCost (its
+// FLOPs and bytes, for the profile's GFLOP/s and GB/s); OP: an op whose rate is not shown.
+typedef struct {
+    double flops, bytes;
+} OpCost;
+#define OPC(cost, name, ...)                                    \
     do {                                                        \
         double t0_ = backend_op_begin(be, #name);               \
         be->ops->name(be, __VA_ARGS__);                         \
-        backend_op_end(be, #name, t0_);                         \
+        OpCost c_ = be->profile ? (cost) : (OpCost){0, 0};      \
+        backend_op_end(be, #name, t0_, c_.flops, c_.bytes);     \
     } while (0)
+#define OP(name, ...) OPC(((OpCost){0, 0}), name, __VA_ARGS__)
+
+// (N, K) x (M, K)^T: 2NKM FLOPs, three matrices of e bytes an element; backward twice the FLOPs
+// (dinp and dw) reading dout, inp and w and writing dinp and dw.
+static OpCost mm_cost(int N, int K, int M, size_t e, int backward) {
+    double n = N, k = K, m = M;
+    return (OpCost){(backward ? 4.0 : 2.0) * n * k * m, (double)e * (backward ? 2 * (n * k + k * m) + n * m : n * k + k * m + n * m)};
+}
+// causal attention over the (query, key) pairs each query sees: QK^T and PV forward (2 products),
+// dP, dV, dQ, dK backward (4), 2 * hd FLOPs a pair each
+static OpCost attn_cost(const AttnShape *s, int backward) {
+    double pairs = (double)s->Tq * s->pos0 + (double)s->Tq * (s->Tq + 1) / 2.0;
+    return (OpCost){(backward ? 8.0 : 4.0) * s->B * s->H * s->hd * pairs, 0};
+}
+// an elementwise or row op that reads and writes `passes` arrays of n elements of e bytes
+static OpCost mem_cost(double n, double passes, size_t e) { return (OpCost){0, n * passes * (double)e}; }
 
 // Weights and gradients of tensor `index` of the table (compute copy, master or gradient).
 static const cval *wc(const GivtModel *m, const Weights *w, int index) {
@@ -530,8 +551,8 @@ static void layer_forward(GivtModel *m, const Weights *w, int l, int B, int T, c
     // attention: res_mid = res_in + o_proj(attn(rope(qkv(ln1)))), ln1 = rmsnorm(res_in) (computed by
     // the previous layer's fused add + norm, or here for layer 0 and when recomputing)
     if (l == 0 || recompute)
-        OP(residual_rmsnorm_fwd, NULL, la.ln1, la.ln1_rstd, la.res_in, NULL, lwc(m, w, l, P_ATTN_NORM), N, C);
-    OP(matmul_fwd, la.qkv, la.ln1, lwc(m, w, l, P_QKV), N, C, 3 * C);
+        OPC(mem_cost((double)N * C, 2, E), residual_rmsnorm_fwd, NULL, la.ln1, la.ln1_rstd, la.res_in, NULL, lwc(m, w, l, P_ATTN_NORM), N, C);
+    OPC(mm_cost(N, C, 3 * C, E, 0), matmul_fwd, la.qkv, la.ln1, lwc(m, w, l, P_QKV), N, C, 3 * C);
     cval *k = cat(la.qkv, (size_t)C, E), *v = cat(la.qkv, 2 * (size_t)C, E);
     void *saved = la.att;
     if (kc) {  // generation: this call's keys and values join the cache at pos0; attend over all of it
@@ -542,15 +563,15 @@ static void layer_forward(GivtModel *m, const Weights *w, int l, int B, int T, c
         k = ck, v = cv, saved = kc->att;
         sh.pos0 = pos0, sh.Tk = pos0 + T, sh.kv_row = C, sh.kv_batch = L * C;
     }
-    OP(attention_fwd, la.atty, saved, la.qkv, k, v, m->rope_cos, m->rope_sin, &sh);
-    OP(matmul_fwd, proj, la.atty, lwc(m, w, l, P_O_PROJ), N, C, C);
+    OPC(attn_cost(&sh, 0), attention_fwd, la.atty, saved, la.qkv, k, v, m->rope_cos, m->rope_sin, &sh);
+    OPC(mm_cost(N, C, C, E, 0), matmul_fwd, proj, la.atty, lwc(m, w, l, P_O_PROJ), N, C, C);
     // mlp: res_out = res_mid + fc3(silu(fc1(ln2)) * fc2(ln2)), ln2 = rmsnorm(res_mid)
-    OP(residual_rmsnorm_fwd, la.res_mid, la.ln2, la.ln2_rstd, la.res_in, proj, lwc(m, w, l, P_MLP_NORM), N, C);
-    OP(matmul_fwd, la.fc12, la.ln2, lwc(m, w, l, P_FC1), N, C, 2 * F);  // fc1, fc2 adjacent: one [2F, C] matrix
-    OP(swiglu_fwd, la.swi, la.fc12, N, F);
-    OP(matmul_fwd, proj, la.swi, lwc(m, w, l, P_FC3), N, F, C);
+    OPC(mem_cost((double)N * C, 4, E), residual_rmsnorm_fwd, la.res_mid, la.ln2, la.ln2_rstd, la.res_in, proj, lwc(m, w, l, P_MLP_NORM), N, C);
+    OPC(mm_cost(N, C, 2 * F, E, 0), matmul_fwd, la.fc12, la.ln2, lwc(m, w, l, P_FC1), N, C, 2 * F);  // fc1, fc2 adjacent: one [2F, C] matrix
+    OPC(mem_cost((double)N * F, 3, E), swiglu_fwd, la.swi, la.fc12, N, F);
+    OPC(mm_cost(N, F, C, E, 0), matmul_fwd, proj, la.swi, lwc(m, w, l, P_FC3), N, F, C);
     const cval *next_w = l + 1 < c->num_layers ? lwc(m, w, l + 1, P_ATTN_NORM) : wc(m, w, m->table.norm);
-    OP(residual_rmsnorm_fwd, la.res_out, next_ln, next_rstd, la.res_mid, proj, next_w, N, C);
+    OPC(mem_cost((double)N * C, 4, E), residual_rmsnorm_fwd, la.res_out, next_ln, next_rstd, la.res_mid, proj, next_w, N, C);
     backend_range_pop(be);
 }
 
@@ -602,7 +623,7 @@ const cval *model_forward_cond(GivtModel *m, const Weights *w, const float *x, c
     a->B = B;
     a->T = T;
     OP(shift_bos, a->x_in, x, wc(m, w, m->table.bos), B, T, D);
-    OP(matmul_fwd, a->res, a->x_in, wc(m, w, m->table.embed), N, D, C);
+    OPC(mm_cost(N, D, C, a->esize, 0), matmul_fwd, a->res, a->x_in, wc(m, w, m->table.embed), N, D, C);
     embed_class(m, w, labels, B, T);
     // each layer's last add is fused with the next norm: the next layer's ln1 (with a shared slot, the
     // slot's ln1, which layer l no longer needs by then), or the final norm
@@ -612,7 +633,8 @@ const cval *model_forward_cond(GivtModel *m, const Weights *w, const float *x, c
         next_norm(m, l, &ln, &rstd);
         layer_forward(m, w, l, B, T, ln, rstd, 0, NULL, 0);
     }
-    OP(matmul_fwd, a->y, a->lnf, wc(m, w, m->table.head), N, C, givt_config_head_out(c));
+    OPC(mm_cost(N, C, givt_config_head_out(c), a->esize, 0), matmul_fwd, a->y, a->lnf, wc(m, w, m->table.head), N, C,
+        givt_config_head_out(c));
     return a->y;
 }
 
@@ -674,7 +696,7 @@ const cval *model_decode_cond(GivtModel *m, const Weights *w, KvCache *kc, const
     int D = c->input_dim, C = c->hidden_dim, N = B * Tq;
     if (pos0 == 0) OP(shift_bos, a->x_in, x, wc(m, w, m->table.bos), B, Tq, D);
     else OP(to_compute, a->x_in, x, (size_t)N * D);
-    OP(matmul_fwd, a->res, a->x_in, wc(m, w, m->table.embed), N, D, C);
+    OPC(mm_cost(N, D, C, a->esize, 0), matmul_fwd, a->res, a->x_in, wc(m, w, m->table.embed), N, D, C);
     if (pos0 == 0) embed_class(m, w, labels, B, Tq);
     for (int l = 0; l < c->num_layers; l++) {
         cval *ln;
@@ -682,7 +704,8 @@ const cval *model_decode_cond(GivtModel *m, const Weights *w, KvCache *kc, const
         next_norm(m, l, &ln, &rstd);
         layer_forward(m, w, l, B, Tq, ln, rstd, 0, kc, pos0);
     }
-    OP(matmul_fwd, a->y, a->lnf, wc(m, w, m->table.head), N, C, givt_config_head_out(c));
+    OPC(mm_cost(N, C, givt_config_head_out(c), a->esize, 0), matmul_fwd, a->y, a->lnf, wc(m, w, m->table.head), N, C,
+        givt_config_head_out(c));
     return a->y;
 }
 
@@ -735,7 +758,8 @@ void model_backward(GivtModel *m, const Weights *w) {
     AttnShape sh = attn_shape(c, B, T);
 
     // head: dy (from model_loss); dlnf = dy @ head; then the final norm into dres
-    OP(matmul_bwd, a->dtmp, grad(m, m->table.head), a->dy, a->lnf, wc(m, w, m->table.head), N, C,
+    OPC(mm_cost(N, C, givt_config_head_out(c), E, 1), matmul_bwd, a->dtmp, grad(m, m->table.head), a->dy, a->lnf,
+        wc(m, w, m->table.head), N, C,
        givt_config_head_out(c));
     be->ops->zero(be, a->dres, (size_t)N * C * E);
     OP(residual_rmsnorm_bwd, a->dres, grad(m, m->table.norm), a->dtmp, layer_acts(m, L - 1).res_out,
@@ -748,18 +772,18 @@ void model_backward(GivtModel *m, const Weights *w) {
         if (a->layer_slots == 1 && l < L - 1) layer_forward(m, w, l, B, T, a->dtmp, a->lnf_rstd, 1, NULL, 0);
         LayerActs la = layer_acts(m, l);
         // mlp (dres is d res_out; it passes straight to res_mid, plus the branch)
-        OP(matmul_bwd, a->dswi, lgrad(m, l, P_FC3), a->dres, la.swi, lwc(m, w, l, P_FC3), N, F, C);
-        OP(swiglu_bwd, a->dfc12, a->dswi, la.fc12, N, F);
-        OP(matmul_bwd, a->dtmp, lgrad(m, l, P_FC1), a->dfc12, la.ln2, lwc(m, w, l, P_FC1), N, C, 2 * F);
-        OP(residual_rmsnorm_bwd, a->dres, lgrad(m, l, P_MLP_NORM), a->dtmp, la.res_mid, lwc(m, w, l, P_MLP_NORM),
+        OPC(mm_cost(N, F, C, E, 1), matmul_bwd, a->dswi, lgrad(m, l, P_FC3), a->dres, la.swi, lwc(m, w, l, P_FC3), N, F, C);
+        OPC(mem_cost((double)N * F, 5, E), swiglu_bwd, a->dfc12, a->dswi, la.fc12, N, F);
+        OPC(mm_cost(N, C, 2 * F, E, 1), matmul_bwd, a->dtmp, lgrad(m, l, P_FC1), a->dfc12, la.ln2, lwc(m, w, l, P_FC1), N, C, 2 * F);
+        OPC(mem_cost((double)N * C, 4, E), residual_rmsnorm_bwd, a->dres, lgrad(m, l, P_MLP_NORM), a->dtmp, la.res_mid, lwc(m, w, l, P_MLP_NORM),
            la.ln2_rstd, N, C);
         // attention (dres is now d res_mid)
-        OP(matmul_bwd, a->dtmp, lgrad(m, l, P_O_PROJ), a->dres, la.atty, lwc(m, w, l, P_O_PROJ), N, C, C);
-        OP(attention_bwd, a->dqkv, cat(a->dqkv, (size_t)C, E), cat(a->dqkv, 2 * (size_t)C, E), a->att_scratch,
+        OPC(mm_cost(N, C, C, E, 1), matmul_bwd, a->dtmp, lgrad(m, l, P_O_PROJ), a->dres, la.atty, lwc(m, w, l, P_O_PROJ), N, C, C);
+        OPC(attn_cost(&sh, 1), attention_bwd, a->dqkv, cat(a->dqkv, (size_t)C, E), cat(a->dqkv, 2 * (size_t)C, E), a->att_scratch,
            a->dtmp, la.qkv, cat(la.qkv, (size_t)C, E), cat(la.qkv, 2 * (size_t)C, E), la.att, m->rope_cos,
            m->rope_sin, &sh);
-        OP(matmul_bwd, a->dtmp, lgrad(m, l, P_QKV), a->dqkv, la.ln1, lwc(m, w, l, P_QKV), N, C, 3 * C);
-        OP(residual_rmsnorm_bwd, a->dres, lgrad(m, l, P_ATTN_NORM), a->dtmp, la.res_in, lwc(m, w, l, P_ATTN_NORM),
+        OPC(mm_cost(N, C, 3 * C, E, 1), matmul_bwd, a->dtmp, lgrad(m, l, P_QKV), a->dqkv, la.ln1, lwc(m, w, l, P_QKV), N, C, 3 * C);
+        OPC(mem_cost((double)N * C, 4, E), residual_rmsnorm_bwd, a->dres, lgrad(m, l, P_ATTN_NORM), a->dtmp, la.res_in, lwc(m, w, l, P_ATTN_NORM),
            la.ln1_rstd, N, C);
         backend_range_pop(be);
         report_ready(m, layer_tensor(m, l, 0), P_PER_LAYER);
@@ -768,7 +792,8 @@ void model_backward(GivtModel *m, const Weights *w) {
     // embedding and bos
     int ce = m->table.class_embed;
     if (ce >= 0) OP(class_embed_bwd, grad(m, ce), a->dres, a->labels, B, T, C);
-    OP(matmul_bwd, a->din, grad(m, m->table.embed), a->dres, a->x_in, wc(m, w, m->table.embed), N, D, C);
+    OPC(mm_cost(N, D, C, E, 1), matmul_bwd, a->din, grad(m, m->table.embed), a->dres, a->x_in, wc(m, w, m->table.embed),
+        N, D, C);
     OP(shift_bos_bwd, grad(m, m->table.bos), a->din, B, T, D);
     report_ready(m, m->table.embed, (ce >= 0 ? ce : m->table.bos) - m->table.embed + 1);
 }
