@@ -200,40 +200,41 @@ static inline int imin(int a, int b) { return a < b ? a : b; }
 #define HEAD(ptr, b, h, batch) ((ptr) + (size_t)(b) * (batch) + (size_t)(h) * s->hd)
 #define HEAD_P(att, b, h) ((att) + ((size_t)(b) * s->H + (h)) * (size_t)s->Tq * s->Tk)
 
-// exp(x) for the softmax's x <= 0, in a form the compiler vectorises (no call, no branch): x = n ln 2
-// + r with n = round(x / ln 2) (ln 2 in two parts, so r is exact to float rounding), |r| <= ln 2 / 2,
-// exp(r) by its Taylor polynomial of degree 7 (truncation < 1e-8 relative), times 2^n built in the
-// exponent bits. Below -87 it returns exp(-87) ~ 1.6e-38 where expf gives a smaller number; against
-// a row maximum of exp(0) = 1 both are nothing. Measured on every float in [-87, 0] against exp in
-// double: within 0.94 ulp.
-static inline float softmax_exp(float x) {
-    x = x < -87.0f ? -87.0f : x;  // a NaN stays NaN (fmaxf would drop it, and does not vectorise here)
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23)
-    float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
-    float e = 1.0f / 5040.0f;
-    e = e * r + 1.0f / 720.0f;
-    e = e * r + 1.0f / 120.0f;
-    e = e * r + 1.0f / 24.0f;
-    e = e * r + 1.0f / 6.0f;
-    e = e * r + 0.5f;
-    e = e * r + 1.0f;
-    e = e * r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;  // 2^n, n in [-126, 0]
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return e * scale;
+// exp(x) in float32 to within 1.4 ulp (measured over [-87, 88]), without a libm call so that the
+// loops using it vectorise (with -fno-trapping-math, which the Makefile sets): x = k ln2 + r,
+// |r| <= ln2/2, exp(r) by Cephes' polynomial, 2^k through the exponent bits. x is clamped to
+// [-87, 88] (the result never overflows, and underflows to about 1.6e-38 instead of 0); a NaN input
+// gives a finite value here, and the callers' products with the input keep the result NaN.
+static inline float exp_vec(float x) {
+    x = x > -87.0f ? x : -87.0f;
+    x = x < 88.0f ? x : 88.0f;
+    float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest: + 1.5 * 2^23
+    float r = x - k * 0.693359375f + k * 2.12194440e-4f;               // ln2 in two parts
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union {
+        int32_t i;
+        float f;
+    } scale = {.i = ((int32_t)k + 127) << 23};
+    return p * scale.f;
 }
 
-// The largest of n floats, in 16 running maxima (vectorised).
+// The largest of n floats, in 16 running maxima; NaN when any is NaN.
+#define MAX_OR_NAN(a, b) ((b) > (a) || (b) != (b) ? (b) : (a))
 static float max16(const float *p, int n) {
     float acc[16];
     for (int k = 0; k < 16; k++) acc[k] = -INFINITY;
     int j = 0;
     for (; j + 16 <= n; j += 16)
-        for (int k = 0; k < 16; k++) acc[k] = p[j + k] > acc[k] ? p[j + k] : acc[k];
-    for (; j < n; j++) acc[j & 15] = p[j] > acc[j & 15] ? p[j] : acc[j & 15];
+        for (int k = 0; k < 16; k++) acc[k] = MAX_OR_NAN(acc[k], p[j + k]);
+    for (; j < n; j++) acc[j & 15] = MAX_OR_NAN(acc[j & 15], p[j]);
     float mx = -INFINITY;
-    for (int k = 0; k < 16; k++) mx = acc[k] > mx ? acc[k] : mx;
+    for (int k = 0; k < 16; k++) mx = MAX_OR_NAN(mx, acc[k]);
     return mx;
 }
 
@@ -254,7 +255,11 @@ static void causal_softmax_slice(float *p, int Tq, int Tk, int pos0) {
     for (int t = 0; t < Tq; t++, p += Tk) {
         int n = pos0 + t + 1;
         float mx = max16(p, n);
-        for (int j = 0; j < n; j++) p[j] = softmax_exp(p[j] - mx);
+        if (mx != mx) {  // a NaN score: the row is NaN (exp_vec alone would make it finite)
+            for (int j = 0; j < Tk; j++) p[j] = mx;
+            continue;
+        }
+        for (int j = 0; j < n; j++) p[j] = exp_vec(p[j] - mx);
         float inv = 1.0f / sum16(p, n);
         for (int j = 0; j < n; j++) p[j] *= inv;
         for (int j = n; j < Tk; j++) p[j] = 0.0f;
@@ -353,30 +358,6 @@ static void cpu_attention_bwd(Backend *be, cval *dq_, cval *dk_, cval *dv_, void
 }
 
 // ---- swiglu -------------------------------------------------------------------------------
-// exp(x) in float32 to within 1.4 ulp (measured over [-87, 88]), without a libm call so that the
-// loops using it vectorise (with -fno-trapping-math, which the Makefile sets): x = k ln2 + r,
-// |r| <= ln2/2, exp(r) by Cephes' polynomial, 2^k through the exponent bits. x is clamped to
-// [-87, 88] (the result never overflows, and underflows to about 1.6e-38 instead of 0); a NaN input
-// gives a finite value here, and the callers' products with the input keep the result NaN.
-static inline float exp_vec(float x) {
-    x = x > -87.0f ? x : -87.0f;
-    x = x < 88.0f ? x : 88.0f;
-    float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest: + 1.5 * 2^23
-    float r = x - k * 0.693359375f + k * 2.12194440e-4f;               // ln2 in two parts
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    union {
-        int32_t i;
-        float f;
-    } scale = {.i = ((int32_t)k + 127) << 23};
-    return p * scale.f;
-}
-
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + exp_vec(-x)); }
 
 // h (N, 2F) = [a | b] -> out (N, F) = silu(a) * b
