@@ -94,6 +94,36 @@ static void check_checkpointing_is_bit_exact(const RefCase *rc, const float *xh,
     model_free(&m);
 }
 
+// The gradients of the mean loss (after a forward pass of m on the case's input) against the
+// case's, tensor by tensor: ||diff|| / ||ref|| <= TOL_GRAD (||diff|| when the reference is exactly 0,
+// as bos is in a class-conditional model). Returns the worst ratio, its tensor in *worst_name and the
+// gradients (host copy, to be freed) in *g.
+static double check_gradients(GivtModel *m, const RefCase *rc, float **g, const char **worst_name) {
+    model_zero_grads(m);
+    model_loss(m, m->scalars + SCALAR_LOSS_SUM, 1.0f);
+    model_backward(m, &m->w);
+    *g = xmalloc(m->table.total * sizeof(float));
+    m->be->ops->download(m->be, *g, m->grads, m->table.total * sizeof(float));
+    double worst = 0;
+    for (int i = 0; i < m->table.count; i++) {
+        const ParamSpec *s = &m->table.specs[i];
+        const RefTensor *t = ref_find(rc->grads, rc->ngrads, s->name);
+        CHECK(t && t->numel == s->numel, "%s: reference gradient %s missing or misshapen", rc->label, s->name);
+        if (!t || t->numel != s->numel) continue;
+        double dd = 0, rr = 0;
+        for (size_t j = 0; j < s->numel; j++) {
+            double d = (double)(*g)[s->offset + j] - t->data[j];
+            dd += d * d;
+            rr += t->data[j] * t->data[j];
+        }
+        double ratio = rr == 0 ? sqrt(dd) : sqrt(dd) / sqrt(rr);
+        CHECK(ratio <= TOL_GRAD, "%s: grad %s: ||diff||/||ref|| = %.3g (tol %g, ||ref|| = %.4g)", rc->label, s->name,
+              ratio, TOL_GRAD, sqrt(rr));
+        if (!(ratio <= worst)) worst = ratio, *worst_name = s->name;
+    }
+    return worst;
+}
+
 static void run_case(const RefCase *rc) {
     GivtModel m;
     int rcode = model_create(&m, &rc->cfg, g_be);
@@ -128,32 +158,9 @@ static void run_case(const RefCase *rc) {
     CHECK(mu_rel <= TOL_OUT, "%s: mu max rel error %.3g (tol %g)", rc->label, mu_rel, TOL_OUT);
     CHECK(sd_rel <= TOL_OUT, "%s: std max rel error %.3g (tol %g)", rc->label, sd_rel, TOL_OUT);
 
-    model_zero_grads(&m);
-    model_loss(&m, m.scalars + SCALAR_LOSS_SUM, 1.0f);  // the gradient of the mean loss
-    model_backward(&m, &m.w);
-    float *g = xmalloc(m.table.total * sizeof(float));
-    m.be->ops->download(m.be, g, m.grads, m.table.total * sizeof(float));
-    double worst = 0;
     const char *worst_name = "";
-    for (int i = 0; i < m.table.count; i++) {
-        const ParamSpec *s = &m.table.specs[i];
-        const RefTensor *t = ref_find(rc->grads, rc->ngrads, s->name);
-        CHECK(t && t->numel == s->numel, "%s: reference gradient %s missing or misshapen", rc->label, s->name);
-        if (!t || t->numel != s->numel) continue;
-        double dd = 0, rr = 0;
-        for (size_t j = 0; j < s->numel; j++) {
-            double d = (double)g[s->offset + j] - t->data[j];
-            dd += d * d;
-            rr += t->data[j] * t->data[j];
-        }
-        double ratio = sqrt(dd) / fmax(sqrt(rr), 1e-30);
-        CHECK(ratio <= TOL_GRAD, "%s: grad %s: ||diff||/||ref|| = %.3g (tol %g, ||ref|| = %.4g)", rc->label, s->name,
-              ratio, TOL_GRAD, sqrt(rr));
-        if (!(ratio <= worst)) {
-            worst = ratio;
-            worst_name = s->name;
-        }
-    }
+    float *g = NULL;
+    double worst = check_gradients(&m, rc, &g, &worst_name);
     printf("  %-24s loss rel %.2e  mu %.2e  std %.2e  worst grad %.2e (%s)\n", rc->label, loss_rel, mu_rel, sd_rel,
            worst, worst_name);
     check_checkpointing_is_bit_exact(rc, xh, L.loss, g);
@@ -256,30 +263,9 @@ static void run_mix_case(const RefCase *rc) {
     double y_rel = max_rel(y, rc->y.data, btw);
     CHECK(y_rel <= TOL_OUT, "%s: head output max rel error %.3g (tol %g)", rc->label, y_rel, TOL_OUT);
 
-    model_zero_grads(&m);
-    model_loss(&m, m.scalars + SCALAR_LOSS_SUM, 1.0f);
-    model_backward(&m, &m.w);
-    float *g = xmalloc(m.table.total * sizeof(float));
-    m.be->ops->download(m.be, g, m.grads, m.table.total * sizeof(float));
-    double worst = 0;
     const char *worst_name = "";
-    for (int i = 0; i < m.table.count; i++) {
-        const ParamSpec *s = &m.table.specs[i];
-        const RefTensor *t = ref_find(rc->grads, rc->ngrads, s->name);
-        CHECK(t && t->numel == s->numel, "%s: reference gradient %s missing or misshapen", rc->label, s->name);
-        if (!t || t->numel != s->numel) continue;
-        double dd = 0, rr = 0;
-        for (size_t j = 0; j < s->numel; j++) {
-            double d = (double)g[s->offset + j] - t->data[j];
-            dd += d * d;
-            rr += t->data[j] * t->data[j];
-        }
-        // bos gets no gradient in a class-conditional model (both sides exactly 0)
-        double ratio = rr == 0 ? sqrt(dd) : sqrt(dd) / sqrt(rr);
-        CHECK(ratio <= TOL_GRAD, "%s: grad %s: ||diff||/||ref|| = %.3g (tol %g, ||ref|| = %.4g)", rc->label, s->name,
-              ratio, TOL_GRAD, sqrt(rr));
-        if (!(ratio <= worst)) worst = ratio, worst_name = s->name;
-    }
+    float *g = NULL;
+    double worst = check_gradients(&m, rc, &g, &worst_name);
     printf("  %-24s k=%d classes=%d loss rel %.2e  y %.2e  worst grad %.2e (%s)\n", rc->label, rc->cfg.num_mixtures,
            rc->cfg.num_classes, loss_rel, y_rel, worst, worst_name);
     free(g), free(xh), free(y);
