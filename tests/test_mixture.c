@@ -142,13 +142,7 @@ static void make_cond_model(GivtModel *m, Backend *be, int K, int classes, uint6
     givt_config_default(&cfg);
     cfg.input_dim = 3, cfg.hidden_dim = 16, cfg.intermediate_dim = 20, cfg.num_heads = 2, cfg.num_layers = 2;
     cfg.block_size = 8, cfg.num_mixtures = K, cfg.num_classes = classes;
-    if (model_create(m, &cfg, be) != 0) givt_die("%s", givt_last_error());
-    Rng r;
-    rng_seed(&r, seed);
-    float *h = xmalloc(m->table.total * sizeof(float));
-    for (size_t i = 0; i < m->table.total; i++) h[i] = (float)(0.3 * rng_normal(&r));
-    model_weights_upload(m, &m->w, h);
-    free(h);
+    tu_random_model(m, &cfg, be, seed);
 }
 
 // At temperature 0 each generated vector is the mean of the most probable component of the full

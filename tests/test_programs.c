@@ -253,6 +253,26 @@ static void fill_template(char *dst, size_t size, const char *tmpl, const char *
     dst[k] = '\0';
 }
 
+// A givt-sample command line (with {X} names for fill_template) and the message it must fail with.
+typedef struct {
+    const char *args, *want;
+} ErrorCase;
+
+// Runs givt-sample on each case: exit status 1, the message on stderr, no sanitizer report, and
+// nothing written at out (the path every case names as its output).
+static void sample_error_cases(const char *dir, const ErrorCase *cases, size_t n, const char *const *names,
+                               int n_names, const char *out_path) {
+    char args[4096], *out, *err;
+    for (size_t i = 0; i < n; i++) {
+        fill_template(args, sizeof args, cases[i].args, names, n_names);
+        int rc = run_prog(dir, "givt-sample", args, &out, &err);
+        CHECK(rc == 1 && strstr(err, cases[i].want) && no_sanitizer_report(err), "case %zu: exit %d\nstderr: %s", i, rc,
+              err);
+        free(out), free(err);
+        CHECK(!path_exists(out_path), "case %zu wrote an output", i);
+    }
+}
+
 // givt-sample on a model folder: a good run (the output's shape and the prompt kept), and every bad
 // input a one-line error with nothing written (tiny config: D 4, block_size 16).
 TEST(givt_sample_good_and_error_cases_exit_cleanly) {
@@ -282,9 +302,7 @@ TEST(givt_sample_good_and_error_cases_exit_cleanly) {
     if (f.numel == 3 * 9 * 4 && npy_read_f32(&f, 0, f.numel, got) == 0)
         for (int i = 0; i < 3; i++) CHECK(memcmp(got + i * 36, prompt, sizeof prompt) == 0, "sample %d: prompt kept", i);
     npy_close(&f);
-    const struct {
-        const char *args, *want;
-    } cases[] = {
+    const ErrorCase cases[] = {
         {"'/nonexistent/m' --max-len 4 --out '{O}'", "/nonexistent/m/config.json: cannot open"},
         {"'{M}' --max-len 4 --out '{O}' --prompt '{W}'", "input_dim is 4"},
         {"'{M}' --max-len 4 --out '{O}' --prompt '{N}'", "non-finite value (nan) at index [0, 3]"},
@@ -300,15 +318,8 @@ TEST(givt_sample_good_and_error_cases_exit_cleanly) {
     };
     char bad_out[512];
     snprintf(bad_out, sizeof bad_out, "%s", tu_path(dir, "never.npy"));
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        const char *names[] = {"{M}", model, "{O}", bad_out, "{N}", bad_nan, "{W}", bad_d, "{P}", good};
-        fill_template(args, sizeof args, cases[i].args, names, 5);
-        rc = run_prog(dir, "givt-sample", args, &out, &err);
-        CHECK(rc == 1 && strstr(err, cases[i].want) && no_sanitizer_report(err), "case %zu: exit %d\nstderr: %s", i, rc,
-              err);
-        free(out), free(err);
-        CHECK(!path_exists(bad_out), "case %zu wrote an output", i);
-    }
+    const char *names[] = {"{M}", model, "{O}", bad_out, "{N}", bad_nan, "{W}", bad_d, "{P}", good};
+    sample_error_cases(dir, cases, sizeof cases / sizeof cases[0], names, 5, bad_out);
     tu_rmtree(dir);
 }
 
@@ -358,9 +369,7 @@ TEST(givt_sample_classes_and_guidance) {
               no_sanitizer_report(err),
           "exit %d\nstderr: %s", rc, err);
     free(out), free(err);
-    const struct {
-        const char *args, *want;
-    } cases[] = {
+    const ErrorCase cases[] = {
         {"'{C}' --max-len 4 --out '{O}' --class 3", "--class 3: must be in [0, 2] (the model has num_classes = 3)"},
         {"'{M}' --max-len 4 --out '{O}' --class 0", "is unconditional (num_classes = 0 in its config.json)"},
         {"'{M}' --max-len 4 --out '{O}' --labels '{L}'", "is unconditional (num_classes = 0"},
@@ -372,15 +381,8 @@ TEST(givt_sample_classes_and_guidance) {
         {"'{C}' --max-len 4 --out '{O}' --class 1 --labels '{L}'", "--class and --labels: give one of them"},
         {"'{C}' --max-len 4 --out '{O}' --class -1", "--class -1: expected a whole number"},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        const char *names[] = {"{M}", plain, "{O}", bad_out, "{C}", cond, "{L}", labels, "{F}", wrong_dtype,
-                               "{B}", out_of_range, "{W}", wrong_len};
-        fill_template(args, sizeof args, cases[i].args, names, 7);
-        rc = run_prog(dir, "givt-sample", args, &out, &err);
-        CHECK(rc == 1 && strstr(err, cases[i].want) && no_sanitizer_report(err), "case %zu: exit %d\nstderr: %s", i, rc,
-              err);
-        free(out), free(err);
-        CHECK(!path_exists(bad_out), "case %zu wrote an output", i);
-    }
+    const char *names[] = {"{M}", plain, "{O}", bad_out, "{C}", cond, "{L}", labels, "{F}", wrong_dtype,
+                           "{B}", out_of_range, "{W}", wrong_len};
+    sample_error_cases(dir, cases, sizeof cases / sizeof cases[0], names, 7, bad_out);
     tu_rmtree(dir);
 }

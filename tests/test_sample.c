@@ -18,13 +18,7 @@ static void make_model(GivtModel *m, Backend *be, int block_size, uint64_t seed)
     givt_config_default(&cfg);
     cfg.input_dim = 3, cfg.hidden_dim = 16, cfg.intermediate_dim = 20, cfg.num_heads = 2, cfg.num_layers = 2;
     cfg.block_size = block_size, cfg.rope_rotary_percentage = 0.5, cfg.rope_condense_ratio = 2;
-    if (model_create(m, &cfg, be) != 0) givt_die("%s", givt_last_error());
-    Rng r;
-    rng_seed(&r, seed);
-    float *h = xmalloc(m->table.total * sizeof(float));
-    for (size_t i = 0; i < m->table.total; i++) h[i] = (float)(0.3 * rng_normal(&r));
-    model_weights_upload(m, &m->w, h);
-    free(h);
+    tu_random_model(m, &cfg, be, seed);
 }
 
 // The means at every position of x (B, T, D) by the full forward, host (B, T, D).

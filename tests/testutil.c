@@ -95,3 +95,13 @@ void tu_tiny_config(GivtConfig *c) {
     c->num_layers = 2;
     c->block_size = 16;
 }
+
+void tu_random_model(GivtModel *m, const GivtConfig *cfg, Backend *be, uint64_t seed) {
+    if (model_create(m, cfg, be) != 0) givt_die("%s", givt_last_error());
+    Rng r;
+    rng_seed(&r, seed);
+    float *h = xmalloc(m->table.total * sizeof(float));
+    for (size_t i = 0; i < m->table.total; i++) h[i] = (float)(0.3 * rng_normal(&r));
+    model_weights_upload(m, &m->w, h);
+    free(h);
+}

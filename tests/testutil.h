@@ -30,5 +30,8 @@ Backend *tu_open_cpu(void);
 #define TU_CV(p) ((cval *)(void *)(p))
 // A small valid model configuration (D 4, C 8, F 12, H 2, L 2, block 16), the rest GIVT.md's defaults.
 void tu_tiny_config(GivtConfig *c);
+// model_create(m, cfg, be) with every weight drawn from 0.3 * N(0, 1), seeded (non-zero weights
+// everywhere, so that the output depends on every layer); dies on error.
+void tu_random_model(GivtModel *m, const GivtConfig *cfg, Backend *be, uint64_t seed);
 
 #endif
