@@ -117,7 +117,10 @@ TEST(dist_single_process_parts_gather_and_checks) {
     CHECK(memcmp(full, host, sizeof host) == 0);
     CHECK(dist_max(d, -3) == -3);
     int bad = 7;
-    CHECK(dist_check_same(d, "abc", 3, &bad) == 0 && bad == -1);
+    char *r0 = NULL;
+    CHECK(dist_check_same(d, "abc", 3, &bad, &r0) == 0 && bad == -1);
+    CHECK(r0 && !strcmp(r0, "abc"), "rank 0's copy");
+    free(r0);
     CHECK(strstr(d->launcher, "none") != NULL);
     be->ops->free(be, g);
     be->ops->free(be, p);

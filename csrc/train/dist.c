@@ -114,10 +114,8 @@ Dist *dist_for_backend(Dist *d, Backend *be) {
     int host_memory = !strcmp(be->name, "cpu");
     const char *force = getenv("GIVT_DIST");  // "nccl": NCCL even for one rank (scripts/gpu_check.sh)
     int want_nccl = !host_memory && (d->world_size > 1 || (force && !strcmp(force, "nccl")));
-    if (!want_nccl) {
-        if (host_memory || d->world_size == 1) return d;
-    }
-    if (want_nccl && dist_open_nccl) return dist_open_nccl(d, be);
+    if (!want_nccl) return d;  // host memory, or one rank: nothing to reduce on the device
+    if (dist_open_nccl) return dist_open_nccl(d, be);
     givt_fail("%d ranks on the %s backend need NCCL, and this build has none (nccl.h was not found beside nvcc); "
               "givt-train --version says what is built in",
               d->world_size, be->name);
@@ -162,14 +160,15 @@ void dist_gather(Dist *d, const float *part, float *full, size_t total) { d->ops
 void dist_barrier(Dist *d) { d->ops->barrier(d); }
 void dist_abort(Dist *d, int code) { d->ops->abort(d, code); }
 
-int dist_check_same(Dist *d, const void *bytes, size_t n, int *first_bad) {
+int dist_check_same(Dist *d, const void *bytes, size_t n, int *first_bad, char **root_copy) {
     unsigned long long len = n;
     dist_broadcast(d, &len, sizeof len);
-    char *root = xmalloc(len ? len : 1);
+    char *root = xcalloc(len + 1, 1);
     if (d->rank == 0) memcpy(root, bytes, n);
     dist_broadcast(d, root, len);
     int differs = len != n || memcmp(root, bytes, n) != 0;
-    free(root);
+    if (root_copy) *root_copy = root;
+    else free(root);
     // the lowest differing rank r as the largest world_size - r
     long worst = dist_max(d, differs ? (long)(d->world_size - d->rank) : 0);
     *first_bad = worst ? d->world_size - (int)worst : -1;

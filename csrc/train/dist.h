@@ -93,8 +93,9 @@ void dist_barrier(Dist *d);
 void dist_abort(Dist *d, int code);
 
 // Checks that every rank holds the same n bytes as rank 0 (a configuration, a binary's hash).
-// Returns 0, or -1 on every rank when any differs; *first_bad gets the lowest differing rank.
-int dist_check_same(Dist *d, const void *bytes, size_t n, int *first_bad);
+// Returns 0, or -1 on every rank when any differs; *first_bad gets the lowest differing rank. With
+// root_copy, *root_copy gets rank 0's bytes, NUL-terminated (to be freed), for saying what differs.
+int dist_check_same(Dist *d, const void *bytes, size_t n, int *first_bad, char **root_copy);
 
 #ifdef __cplusplus
 }

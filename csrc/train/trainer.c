@@ -842,23 +842,19 @@ static int check_ranks_agree(Trainer *tr) {
     if (!f || train_config_write_ini(f, &tr->cfg) != 0 || fclose(f) != 0)
         return givt_fail("cannot write the configuration to memory");
     int bad = -1;
-    if (dist_check_same(d, text, len, &bad) != 0) {
-        unsigned long long n = len;  // rank 0's text again, for the rank that differs to say where
-        dist_broadcast(d, &n, sizeof n);
-        char *r0 = xcalloc(n + 1, 1);
-        if (root(tr)) memcpy(r0, text, len);
-        dist_broadcast(d, r0, n);
-        if (d->rank == bad) say_first_difference(d->rank, r0, text);
-        free(r0);
-        free(text);
+    char *r0 = NULL;  // rank 0's text, for the rank that differs to say where
+    int rc = dist_check_same(d, text, len, &bad, &r0);
+    if (rc != 0 && d->rank == bad) say_first_difference(d->rank, r0, text);
+    free(r0);
+    free(text);
+    if (rc != 0) {
         tr->agreed = 1;
         return givt_fail("rank %d was given another configuration than rank 0 (every rank must load the same INI and "
                          "overrides; the difference is printed above)",
                          bad);
     }
-    free(text);
     uint64_t exe = binary_fingerprint();
-    if (dist_check_same(d, &exe, sizeof exe, &bad) != 0) {
+    if (dist_check_same(d, &exe, sizeof exe, &bad, NULL) != 0) {
         tr->agreed = 1;
         return givt_fail("rank %d runs another givt-train binary than rank 0 (it differs from rank 0's, byte for "
                          "byte): install the same build on every node",
@@ -878,7 +874,7 @@ static int check_same_weights(Trainer *tr) {
     uint64_t h = fnv1a(0xcbf29ce484222325ull, host, n * sizeof(float));
     free(host);
     int bad = -1;
-    if (dist_check_same(d, &h, sizeof h, &bad) == 0) return 0;
+    if (dist_check_same(d, &h, sizeof h, &bad, NULL) == 0) return 0;
     tr->agreed = 1;
     return givt_fail("rank %d starts from other weights than rank 0 (is [train] out_dir on a filesystem every node "
                      "sees, with the same checkpoints?)",
