@@ -19,8 +19,7 @@ SIZES=${SIZES:-S M}
 LOG=${LOG:-build/bench_blas.log}
 mkdir -p "$(dirname "$LOG")"
 : >"$LOG"
-say() { echo "$@" | tee -a "$LOG" >&2; }
-field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | tail -1; }
+source scripts/bench_common.sh  # SIZE_ARGS, say, field, median
 
 declare -A BIN DESC
 for lib in $LIBS; do
@@ -34,9 +33,7 @@ for lib in $LIBS; do
     fi
 done
 
-declare -A ARGS STEPS
-ARGS[S]="--input-dim 16 --hidden 256 --intermediate 688 --heads 4 --layers 4 --seq 256 --batch 8"
-ARGS[M]="--input-dim 32 --hidden 512 --intermediate 1376 --heads 8 --layers 8 --seq 512 --batch 4"
+declare -A STEPS
 STEPS[S]="--steps 6 --warmup 2"
 STEPS[M]="--steps 3 --warmup 1"
 # the models' products: fc1|fc2, fc3 and qkv forward (B*T rows), the attention's per-head
@@ -52,7 +49,7 @@ for r in $(seq 1 "$ROUNDS"); do
                 R["sgemm ${shape//,/x}|$t|$lib"]+="$(field "$out" gflops) "
             done
             for s in $SIZES; do
-                out=$(OMP_NUM_THREADS=$t "${BIN[$lib]}" ${ARGS[$s]} ${STEPS[$s]} 2>&1 | tee -a "$LOG" | grep '^RESULT') || continue
+                out=$(OMP_NUM_THREADS=$t "${BIN[$lib]}" ${SIZE_ARGS[$s]} ${STEPS[$s]} 2>&1 | tee -a "$LOG" | grep '^RESULT') || continue
                 R["step $s|$t|$lib"]+="$(field "$out" tokens_per_s) "
                 say "round $r, $t thread(s), $lib, $s: $(field "$out" tokens_per_s) tok/s"
             done
@@ -60,7 +57,6 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 
-median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 {
     echo
     echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(date +%F)."

@@ -33,7 +33,7 @@ LOG=${LOG:-$BUILD/bench_cpu.log}
 TORCH_VENV=${TORCH_VENV:-$HOME/.cache/givt/torch-venv}
 mkdir -p "$(dirname "$LOG")"
 : >"$LOG"
-say() { echo "$@" | tee -a "$LOG" >&2; }
+source scripts/bench_common.sh  # SIZE_ARGS, say, field, median, range
 
 # ---- PyTorch 2 from PyPI, in a cached virtual environment -----------------------------------
 if [ -z "${PYTHON:-}" ]; then
@@ -76,8 +76,6 @@ if awk -v l="$load1" 'BEGIN { exit !(l > 0.5) }'; then
     say "warning: load average $load1 before the benchmark: other processes share these cores and the numbers will be low and noisy"
 fi
 
-# field LINE KEY: the value of KEY=value in a RESULT line
-field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | tail -1; }
 # run LABEL CMD...: runs one benchmark, logs all of it, prints its RESULT line
 run() {
     local label=$1
@@ -89,9 +87,7 @@ run() {
     grep '^RESULT' <<<"$out" | tail -1
 }
 
-declare -A ARGS STEPS SHAPES
-ARGS[S]="--input-dim 16 --hidden 256 --intermediate 688 --heads 4 --layers 4 --seq 256 --batch 8"
-ARGS[M]="--input-dim 32 --hidden 512 --intermediate 1376 --heads 8 --layers 8 --seq 512 --batch 4"
+declare -A STEPS SHAPES
 STEPS[S]="--steps 8 --warmup 2"
 STEPS[M]="--steps 3 --warmup 2"
 # the models' matrix products: fc1|fc2 forward (B*T, C) x (2F, C)^T, fc3 forward, qkv forward
@@ -123,12 +119,12 @@ declare -A TPS MS GF
 impl_cmd() {  # IMPL SIZE THREADS -> the command line
     local impl=$1 s=$2 t=$3
     case $impl in
-    givt) echo "$BENCH ${ARGS[$s]} ${STEPS[$s]}" ;;
-    torch-eager-math) echo "$PYTHON scripts/bench_torch.py --threads $t --attention math ${ARGS[$s]} ${STEPS[$s]}" ;;
-    torch-eager-sdpa) echo "$PYTHON scripts/bench_torch.py --threads $t --attention sdpa ${ARGS[$s]} ${STEPS[$s]}" ;;
-    torch-compile-math) echo "$PYTHON scripts/bench_torch.py --threads $t --compile --attention math ${ARGS[$s]} ${STEPS[$s]}" ;;
-    torch-compile-sdpa) echo "$PYTHON scripts/bench_torch.py --threads $t --compile --attention sdpa ${ARGS[$s]} ${STEPS[$s]}" ;;
-    torch1.13) echo "$DEBIAN_TORCH scripts/bench_torch.py --threads $t ${ARGS[$s]} ${STEPS[$s]}" ;;
+    givt) echo "$BENCH ${SIZE_ARGS[$s]} ${STEPS[$s]}" ;;
+    torch-eager-math) echo "$PYTHON scripts/bench_torch.py --threads $t --attention math ${SIZE_ARGS[$s]} ${STEPS[$s]}" ;;
+    torch-eager-sdpa) echo "$PYTHON scripts/bench_torch.py --threads $t --attention sdpa ${SIZE_ARGS[$s]} ${STEPS[$s]}" ;;
+    torch-compile-math) echo "$PYTHON scripts/bench_torch.py --threads $t --compile --attention math ${SIZE_ARGS[$s]} ${STEPS[$s]}" ;;
+    torch-compile-sdpa) echo "$PYTHON scripts/bench_torch.py --threads $t --compile --attention sdpa ${SIZE_ARGS[$s]} ${STEPS[$s]}" ;;
+    torch1.13) echo "$DEBIAN_TORCH scripts/bench_torch.py --threads $t ${SIZE_ARGS[$s]} ${STEPS[$s]}" ;;
     esac
 }
 for r in $(seq 1 "$ROUNDS"); do
@@ -147,9 +143,6 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 
-# median and range of a list of numbers
-median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-range() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f-%.0f", lo, hi }'; }
 
 echo "== load after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$LOG"
 {
