@@ -265,19 +265,23 @@ TEST(ops_fd_rope_attention) {
                     else
                         CHECK_CLOSE(c.work[row + j], want, 1e-6);
                 }
-        // this backend saves the causal probabilities P (B, H, T, T): rows sum to 1, zeros above the
-        // diagonal (ops_cpu.c's layout; another backend may save something else)
-        CHECK(nsaved == (size_t)B * H * T * T * sizeof(float), "saved bytes %zu", nsaved);
-        for (size_t sl = 0; sl < (size_t)B * H; sl++)
-            for (int t = 0; t < T; t++) {
-                double sum = 0;
-                for (int u = 0; u < T; u++) {
-                    float v = c.saved[(sl * T + t) * T + u];
-                    if (u > t) CHECK(v == 0.0f, "P[%zu,%d,%d] = %g above the diagonal", sl, t, u, v);
-                    sum += v;
+        // this backend saves each query row's log-sum-exp L (B, H, T) of the causal scores
+        // q_t . k_u / sqrt(hd), u <= t, of the rotated q and k (ops_cpu.c's layout; another backend
+        // may save something else)
+        CHECK(nsaved == (size_t)B * H * T * sizeof(float), "saved bytes %zu", nsaved);
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++)
+                for (int t = 0; t < T; t++) {
+                    const float *qt = c.work + ((size_t)b * T + t) * 3 * C + (size_t)h * hd;
+                    double sum = 0;
+                    for (int u = 0; u <= t; u++) {
+                        const float *ku = c.work + ((size_t)b * T + u) * 3 * C + C + (size_t)h * hd;
+                        double dot = 0;
+                        for (int i = 0; i < hd; i++) dot += (double)qt[i] * ku[i];
+                        sum += exp(dot / sqrt((double)hd));
+                    }
+                    CHECK_CLOSE(c.saved[((size_t)b * H + h) * T + t], log(sum), 1e-5);
                 }
-                CHECK_CLOSE(sum, 1.0, 1e-6);
-            }
 
         float *dqkv = xmalloc(nq * 4), *scratch = xmalloc(nscratch);
         for (size_t i = 0; i < nq; i++) dqkv[i] = 3.0f;  // overwritten, not accumulated (ops.h)

@@ -70,7 +70,7 @@ static void cpu_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes) {
     *total_bytes = pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0;
 }
 static void cpu_synchronize(Backend *be) { (void)be; }  // every op is synchronous
-static void cpu_close(Backend *be) { (void)be; }
+static void cpu_close(Backend *be);
 static void cpu_to_compute(Backend *be, cval *dst, const float *src, size_t n) {
     (void)be;
     if (FP(dst) != src) memcpy(dst, src, n * sizeof(float));
@@ -98,6 +98,31 @@ static void cpu_matmul_bwd(Backend *be, cval *dinp, float *dw, const cval *dout,
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, K, N, 1.0f, CFP(dout), M, CFP(inp), K, 1.0f, dw, K);
 }
 
+// The dot product of a and b (n floats) in 16 running partial sums (a vector's worth): a fixed
+// order, vectorised. The row ops below and the softmax use it.
+static float dot16(const float *a, const float *b, int n) {
+    float acc[16] = {0};
+    int j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int k = 0; k < 16; k++) acc[k] += a[j + k] * b[j + k];
+    for (; j < n; j++) acc[j & 15] += a[j] * b[j];
+    float sum = 0.0f;
+    for (int k = 0; k < 16; k++) sum += acc[k];
+    return sum;
+}
+
+// sum over j of a[j] * b[j] * c[j], as dot16
+static float dot3_16(const float *a, const float *b, const float *c, int n) {
+    float acc[16] = {0};
+    int j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int k = 0; k < 16; k++) acc[k] += a[j + k] * b[j + k] * c[j + k];
+    for (; j < n; j++) acc[j & 15] += a[j] * b[j] * c[j];
+    float sum = 0.0f;
+    for (int k = 0; k < 16; k++) sum += acc[k];
+    return sum;
+}
+
 // ---- rmsnorm ------------------------------------------------------------------------------
 #define RMSNORM_EPS 1e-5f
 
@@ -118,9 +143,7 @@ static void cpu_residual_rmsnorm_fwd(Backend *be, cval *res_out, cval *norm_out,
             x = r;
         }
         float *o = out + (size_t)n * C;
-        float ss = 0.0f;
-        for (int c = 0; c < C; c++) ss += x[c] * x[c];
-        float r = 1.0f / sqrtf(ss / (float)C + RMSNORM_EPS);
+        float r = 1.0f / sqrtf(dot16(x, x, C) / (float)C + RMSNORM_EPS);
         for (int c = 0; c < C; c++) o[c] = x[c] * r * w[c];
         rstd[n] = r;
     }
@@ -143,9 +166,7 @@ static void cpu_residual_rmsnorm_bwd(Backend *be, cval *dres, float *dw, const c
         for (int n = n0; n < n1; n++) {
             const float *x = inp + (size_t)n * C, *g = dout + (size_t)n * C;
             float *dx = dinp + (size_t)n * C;
-            float r = rstd[n], dot = 0.0f;
-            for (int c = 0; c < C; c++) dot += w[c] * g[c] * x[c];
-            float k = dot * r * r * r / (float)C;
+            float r = rstd[n], k = dot3_16(w, g, x, C) * r * r * r / (float)C;
             for (int c = 0; c < C; c++) {
                 dx[c] += r * w[c] * g[c] - x[c] * k;
                 pw[c] += g[c] * x[c] * r;
@@ -158,39 +179,40 @@ static void cpu_residual_rmsnorm_bwd(Backend *be, cval *dres, float *dw, const c
 }
 
 // ---- rope + attention --------------------------------------------------------------------
-// Rotate-half RoPE on the first n dims of each head of rows [0, nrows) of x (B sequences; row r of
-// sequence b at x + b*batch + r*row, at position pos + r): x*cos + cat(-x2, x1)*sin. With transpose
-// != 0 it applies the transpose of that linear map (the backward of RoPE).
-static void rope_rows(float *x, size_t row, size_t batch, int B, int nrows, int pos, int H, int hd, int n,
-                      const float *cos_t, const float *sin_t, int transpose) {
-    if (n == 0 || nrows <= 0) return;
+// Rotate-half RoPE on the first n dims of one head's rows [0, nrows) (row r at x + r*row, at
+// position pos + r): x*cos + cat(-x2, x1)*sin. With transpose != 0 it applies the transpose of that
+// linear map (the backward of RoPE).
+static void rope_head(float *x, size_t row, int nrows, int pos, int n, const float *cos_t, const float *sin_t,
+                      int transpose) {
     int half = n / 2;
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int b = 0; b < B; b++)
-        for (int r = 0; r < nrows; r++) {
-            const float *cs = cos_t + (size_t)(pos + r) * n, *sn = sin_t + (size_t)(pos + r) * n;
-            float *xr = x + (size_t)b * batch + (size_t)r * row;
-            for (int h = 0; h < H; h++) {
-                float *v = xr + (size_t)h * hd;
-                for (int i = 0; i < half; i++) {
-                    float x1 = v[i], x2 = v[i + half];
-                    if (!transpose) {
-                        v[i] = x1 * cs[i] - x2 * sn[i];
-                        v[i + half] = x2 * cs[i + half] + x1 * sn[i + half];
-                    } else {
-                        v[i] = x1 * cs[i] + x2 * sn[i + half];
-                        v[i + half] = x2 * cs[i + half] - x1 * sn[i];
-                    }
-                }
+    for (int r = 0; r < nrows; r++) {
+        const float *cs = cos_t + (size_t)(pos + r) * n, *sn = sin_t + (size_t)(pos + r) * n;
+        float *v = x + (size_t)r * row;
+        for (int i = 0; i < half; i++) {
+            float x1 = v[i], x2 = v[i + half];
+            if (!transpose) {
+                v[i] = x1 * cs[i] - x2 * sn[i];
+                v[i + half] = x2 * cs[i + half] + x1 * sn[i + half];
+            } else {
+                v[i] = x1 * cs[i] + x2 * sn[i + half];
+                v[i + half] = x2 * cs[i + half] - x1 * sn[i];
             }
         }
+    }
 }
 
-// Each (b, h) slice is one task of an OpenMP loop: its products are single-threaded sgemm calls
-// (the OpenMP build of OpenBLAS runs serially inside a parallel region), and its Tq x Tk slice of
-// probabilities stays in cache from the product to the softmax to the next product. Causal: query
-// rows [r0, r1) only see keys [0, pos0 + r1), so the products go by row blocks of ATT_BLOCK and skip
-// the upper triangle. This backend saves the probabilities P (B, H, Tq, Tk) for the backward pass.
+// Attention in the flash style. Each (b, h) slice is one task of an OpenMP loop: it rotates its own
+// rows of q and k first (RoPE fused: the head's rows are then in cache for the products), and its
+// products are single-threaded sgemm calls (the BLAS runs serially inside a parallel region).
+// Queries go in row blocks of ATT_BLOCK: a block [r0, r1) only sees keys [0, pos0 + r1), so its
+// scores are one sgemm into a strip of ATT_BLOCK x (pos0 + r1) floats (per thread, in the backend's
+// workspace: 128 KiB at T = 512, which stays in the L2 cache from the product through the softmax
+// to the next product) and the masked upper triangle is skipped block by block. The whole row is in
+// the strip, so its softmax is exact, without the rescaling of an online softmax. No Tq x Tk matrix
+// is kept: the forward saves each query row's log-sum-exp L (B, H, Tq floats: 64 KiB a layer at
+// B 4, H 8, T 512, where the probabilities took 32 MiB) and the backward recomputes each block's
+// probabilities P = exp(S - L) from q, k and L (one product more: five per block instead of four).
+// Every sum has a fixed order, whatever the thread count.
 #ifndef ATT_BLOCK
 #define ATT_BLOCK 64
 #endif
@@ -198,7 +220,6 @@ static inline int imin(int a, int b) { return a < b ? a : b; }
 
 // The (b, h) views of one attention call: q, k, v (and dq, dk, dv) with their row strides.
 #define HEAD(ptr, b, h, batch) ((ptr) + (size_t)(b) * (batch) + (size_t)(h) * s->hd)
-#define HEAD_P(att, b, h) ((att) + ((size_t)(b) * s->H + (h)) * (size_t)s->Tq * s->Tk)
 
 // exp(x) in float32 to within 1.4 ulp (measured over [-87, 88]), without a libm call so that the
 // loops using it vectorise (with -fno-trapping-math, which the Makefile sets): x = k ln2 + r,
@@ -224,18 +245,28 @@ static inline float exp_vec(float x) {
     return p * scale.f;
 }
 
-// The largest of n floats, in 16 running maxima; NaN when any is NaN.
-#define MAX_OR_NAN(a, b) ((b) > (a) || (b) != (b) ? (b) : (a))
+// The largest of n floats, in 16 running maxima (a vector's worth: the loop vectorises); NaN when
+// any of them is NaN or infinite (x * 0 is NaN exactly then), so that such a row is NaN throughout.
 static float max16(const float *p, int n) {
-    float acc[16];
+    float acc[16], bad[16] = {0};
     for (int k = 0; k < 16; k++) acc[k] = -INFINITY;
     int j = 0;
     for (; j + 16 <= n; j += 16)
-        for (int k = 0; k < 16; k++) acc[k] = MAX_OR_NAN(acc[k], p[j + k]);
-    for (; j < n; j++) acc[j & 15] = MAX_OR_NAN(acc[j & 15], p[j]);
-    float mx = -INFINITY;
-    for (int k = 0; k < 16; k++) mx = MAX_OR_NAN(mx, acc[k]);
-    return mx;
+        for (int k = 0; k < 16; k++) {
+            float x = p[j + k];
+            acc[k] = x > acc[k] ? x : acc[k];
+            bad[k] += x * 0.0f;
+        }
+    for (; j < n; j++) {
+        acc[0] = p[j] > acc[0] ? p[j] : acc[0];
+        bad[0] += p[j] * 0.0f;
+    }
+    float mx = -INFINITY, flag = 0.0f;
+    for (int k = 0; k < 16; k++) {
+        mx = acc[k] > mx ? acc[k] : mx;
+        flag += bad[k];
+    }
+    return flag == 0.0f ? mx : NAN;
 }
 
 // The sum of n floats in 16 running partial sums (a vector's worth): a fixed order, vectorised.
@@ -250,111 +281,140 @@ static float sum16(const float *p, int n) {
     return sum;
 }
 
-// In place on one (Tq, Tk) slice: row t becomes the softmax of its entries 0..pos0+t, zeros after.
-static void causal_softmax_slice(float *p, int Tq, int Tk, int pos0) {
-    for (int t = 0; t < Tq; t++, p += Tk) {
-        int n = pos0 + t + 1;
+// In place on one strip of queries t0 .. t0 + rows - 1 (row i at p + i*ld, keys 0 .. ld - 1): row i
+// becomes the softmax of its entries 0 .. pos0 + t0 + i, zeros after; lse[i] = its log-sum-exp.
+static void causal_softmax_strip(float *p, float *lse, int rows, int ld, int pos0, int t0) {
+    for (int i = 0; i < rows; i++, p += ld) {
+        int n = pos0 + t0 + i + 1;
         float mx = max16(p, n);
-        if (mx != mx) {  // a NaN score: the row is NaN (exp_vec alone would make it finite)
-            for (int j = 0; j < Tk; j++) p[j] = mx;
+        if (mx != mx) {  // a NaN or infinite score: the row is NaN (exp_vec would make it finite)
+            for (int j = 0; j < ld; j++) p[j] = mx;
+            lse[i] = mx;
             continue;
         }
         for (int j = 0; j < n; j++) p[j] = exp_vec(p[j] - mx);
-        float inv = 1.0f / sum16(p, n);
+        float sum = sum16(p, n), inv = 1.0f / sum;
         for (int j = 0; j < n; j++) p[j] *= inv;
-        for (int j = n; j < Tk; j++) p[j] = 0.0f;
+        for (int j = n; j < ld; j++) p[j] = 0.0f;
+        lse[i] = mx + logf(sum);
     }
+}
+
+// The backend's workspace: at least floats floats, 64-byte aligned, kept between calls (grown here,
+// outside any parallel region; freed by close).
+typedef struct {
+    float *ws;
+    size_t ws_floats;
+} CpuCtx;
+static float *cpu_workspace(Backend *be, size_t floats) {
+    CpuCtx *ctx = be->ctx;
+    if (floats > ctx->ws_floats) {
+        free(ctx->ws);
+        ctx->ws = cpu_alloc(be, size_mul(floats, sizeof(float)));
+        ctx->ws_floats = floats;
+    }
+    return ctx->ws;
 }
 
 static size_t cpu_attention_saved_bytes(Backend *be, const AttnShape *s) {
     (void)be;
-    return size_mul(size_mul3((size_t)s->B, (size_t)s->H, (size_t)s->Tq), (size_t)s->Tk) * sizeof(float);
+    return size_mul3((size_t)s->B, (size_t)s->H, (size_t)s->Tq) * sizeof(float);  // L (B, H, Tq)
 }
 
-// q (B, Tq, .), k, v (B, Tk, .) strided -> out (B, Tq, H*hd); saved = P (B, H, Tq, Tk)
+// q (B, Tq, .), k, v (B, Tk, .) strided -> out (B, Tq, H*hd); saved = L (B, H, Tq)
 static void cpu_attention_fwd(Backend *be, cval *out_, void *saved, cval *q_, cval *k_, const cval *v_,
                               const float *cos_t, const float *sin_t, const AttnShape *s) {
-    (void)be;
     int B = s->B, H = s->H, hd = s->hd, Tq = s->Tq, Tk = s->Tk, pos0 = s->pos0, C = H * hd;
     int qr = (int)s->q_row, kr = (int)s->kv_row;
-    rope_rows(FP(q_), s->q_row, s->q_batch, B, Tq, pos0, H, hd, s->n_rot, cos_t, sin_t, 0);
-    rope_rows(FP(k_) + (size_t)pos0 * s->kv_row, s->kv_row, s->kv_batch, B, Tk - pos0, pos0, H, hd, s->n_rot, cos_t,
-              sin_t, 0);
-    float *att = saved;
-    float scale = 1.0f / sqrtf((float)hd);
+    size_t strip = (size_t)imin(ATT_BLOCK, Tq) * (size_t)Tk;
+    float *ws = cpu_workspace(be, size_mul(strip, (size_t)omp_get_max_threads()));
+    float *lse_all = saved, scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
-            const float *q = HEAD(CFP(q_), b, h, s->q_batch), *k = HEAD(CFP(k_), b, h, s->kv_batch);
+            float *q = HEAD(FP(q_), b, h, s->q_batch), *k = HEAD(FP(k_), b, h, s->kv_batch);
             const float *v = HEAD(CFP(v_), b, h, s->kv_batch);
-            float *p = HEAD_P(att, b, h), *y = FP(out_) + (size_t)b * Tq * C + (size_t)h * hd;
-            for (int r0 = 0; r0 < Tq; r0 += ATT_BLOCK) {  // S = scale * Q K^T, lower block triangle
-                int r1 = imin(r0 + ATT_BLOCK, Tq);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, pos0 + r1, hd, scale, q + (size_t)r0 * qr,
-                            qr, k, kr, 0.0f, p + (size_t)r0 * Tk, Tk);
-            }
-            causal_softmax_slice(p, Tq, Tk, pos0);
-            for (int r0 = 0; r0 < Tq; r0 += ATT_BLOCK) {  // Y = P V
-                int r1 = imin(r0 + ATT_BLOCK, Tq);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, hd, pos0 + r1, 1.0f,
-                            p + (size_t)r0 * Tk, Tk, v, kr, 0.0f, y + (size_t)r0 * C, C);
+            float *y = FP(out_) + (size_t)b * Tq * C + (size_t)h * hd, *p = ws + strip * (size_t)omp_get_thread_num();
+            float *lse = lse_all + ((size_t)b * H + h) * Tq;
+            rope_head(q, qr, Tq, pos0, s->n_rot, cos_t, sin_t, 0);
+            rope_head(k + (size_t)pos0 * kr, kr, Tk - pos0, pos0, s->n_rot, cos_t, sin_t, 0);
+            for (int r0 = 0; r0 < Tq; r0 += ATT_BLOCK) {
+                int r1 = imin(r0 + ATT_BLOCK, Tq), rows = r1 - r0, n = pos0 + r1;
+                // S = scale * Q K^T on the keys the block sees, then P = softmax(S) in place
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, hd, scale, q + (size_t)r0 * qr, qr, k,
+                            kr, 0.0f, p, n);
+                causal_softmax_strip(p, lse + r0, rows, n, pos0, r0);
+                // Y = P V
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, n, 1.0f, p, n, v, kr, 0.0f,
+                            y + (size_t)r0 * C, C);
             }
         }
 }
 
 static size_t cpu_attention_scratch_bytes(Backend *be, const AttnShape *s) {
-    return cpu_attention_saved_bytes(be, s);  // dP, dS (B, H, T, T)
+    (void)be, (void)s;
+    return 0;  // the backward's strips are in the backend's workspace
+}
+
+// One block of the backward, queries [r0, r0 + rows) of one head against keys [0, n): p holds the
+// block's scores S on entry, dp is a second strip. P = exp(S - L) (zeros past each row's last key),
+// dP = dY V^T, dS = P * (dP - rowsum(dP * P)), left in dp.
+static void attention_bwd_probs(float *p, float *dp, const float *lse, int rows, int n, int r0) {
+    for (int i = 0; i < rows; i++) {
+        float *pr = p + (size_t)i * n, *d = dp + (size_t)i * n, L = lse[i];
+        int m = r0 + i + 1;
+        if (L != L) {  // the forward's row was NaN
+            for (int j = 0; j < n; j++) pr[j] = d[j] = L;
+            continue;
+        }
+        for (int j = 0; j < m; j++) pr[j] = exp_vec(pr[j] - L);
+        for (int j = m; j < n; j++) pr[j] = 0.0f;
+        float dot = dot16(d, pr, m);
+        for (int j = 0; j < n; j++) d[j] = pr[j] * (d[j] - dot);
+    }
 }
 
 // Training shapes (pos0 = 0, Tq = Tk = T): dq, dk, dv (strided as q, k, v) from dout (B, T, H*hd)
 static void cpu_attention_bwd(Backend *be, cval *dq_, cval *dk_, cval *dv_, void *scratch, const cval *dout,
                               const cval *q_, const cval *k_, const cval *v_, const void *saved, const float *cos_t,
                               const float *sin_t, const AttnShape *s) {
-    (void)be;
+    (void)scratch;
     if (s->pos0 != 0 || s->Tq != s->Tk) givt_die("attention_bwd: training shapes only (pos0 = 0, Tq = Tk)");
     int B = s->B, H = s->H, hd = s->hd, T = s->Tq, C = H * hd, qr = (int)s->q_row, kr = (int)s->kv_row;
-    const float *att = saved;
+    size_t strip = (size_t)imin(ATT_BLOCK, T) * (size_t)T;
+    float *ws = cpu_workspace(be, size_mul(2 * strip, (size_t)omp_get_max_threads()));
+    const float *lse_all = saved;
     float scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             const float *q = HEAD(CFP(q_), b, h, s->q_batch), *k = HEAD(CFP(k_), b, h, s->kv_batch);
-            const float *v = HEAD(CFP(v_), b, h, s->kv_batch);
-            const float *p = HEAD_P(att, b, h), *dy = CFP(dout) + (size_t)b * T * C + (size_t)h * hd;
-            float *ds = HEAD_P(FP(scratch), b, h);
+            const float *v = HEAD(CFP(v_), b, h, s->kv_batch), *lse = lse_all + ((size_t)b * H + h) * T;
+            const float *dy = CFP(dout) + (size_t)b * T * C + (size_t)h * hd;
             float *dq = HEAD(FP(dq_), b, h, s->q_batch), *dk = HEAD(FP(dk_), b, h, s->kv_batch);
             float *dv = HEAD(FP(dv_), b, h, s->kv_batch);
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = imin(r0 + ATT_BLOCK, T);
-                // dP = dY V^T, rows [r0, r1), columns [0, r1)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, r1, hd, 1.0f, dy + (size_t)r0 * C, C, v,
-                            kr, 0.0f, ds + (size_t)r0 * T, T);
-                // dV = P^T dY, rows [r0, r1) of dV take rows [r0, T) of P (P is 0 above the diagonal)
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1 - r0, hd, T - r0, 1.0f,
-                            p + (size_t)r0 * T + r0, T, dy + (size_t)r0 * C, C, 0.0f, dv + (size_t)r0 * kr, kr);
-            }
-            // dS = P * (dP - rowsum(dP * P)), zeros above the diagonal
+            float *p = ws + 2 * strip * (size_t)omp_get_thread_num(), *dp = p + strip;
             for (int t = 0; t < T; t++) {
-                float *d = ds + (size_t)t * T;
-                const float *pr = p + (size_t)t * T;
-                float dot = 0.0f;
-                for (int j = 0; j <= t; j++) dot += d[j] * pr[j];
-                for (int j = 0; j <= t; j++) d[j] = pr[j] * (d[j] - dot);
-                for (int j = t + 1; j < T; j++) d[j] = 0.0f;
+                memset(dk + (size_t)t * kr, 0, (size_t)hd * sizeof(float));
+                memset(dv + (size_t)t * kr, 0, (size_t)hd * sizeof(float));
             }
             for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = imin(r0 + ATT_BLOCK, T);
-                // dQ = scale * dS K, rows [r0, r1), columns [0, r1) of dS
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, hd, r1, scale, ds + (size_t)r0 * T, T,
-                            k, kr, 0.0f, dq + (size_t)r0 * qr, qr);
-                // dK = scale * dS^T Q, rows [r0, r1) of dK take rows [r0, T) of dS
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1 - r0, hd, T - r0, scale,
-                            ds + (size_t)r0 * T + r0, T, q + (size_t)r0 * qr, qr, 0.0f, dk + (size_t)r0 * kr, kr);
+                int r1 = imin(r0 + ATT_BLOCK, T), rows = r1 - r0, n = r1;
+                const float *qb = q + (size_t)r0 * qr, *dyb = dy + (size_t)r0 * C;
+                // S = scale * Q K^T and dP = dY V^T on the keys [0, r1) the block sees
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, hd, scale, qb, qr, k, kr, 0.0f, p, n);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, hd, 1.0f, dyb, C, v, kr, 0.0f, dp, n);
+                attention_bwd_probs(p, dp, lse + r0, rows, n, r0);
+                // dV[0, r1) += P^T dY; dQ = scale * dS K; dK[0, r1) += scale * dS^T Q
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, hd, rows, 1.0f, p, n, dyb, C, 1.0f, dv, kr);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, n, scale, dp, n, k, kr, 0.0f,
+                            dq + (size_t)r0 * qr, qr);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, hd, rows, scale, dp, n, qb, qr, 1.0f, dk, kr);
             }
+            // back through RoPE: the transpose of the rotation, on this head's dq and dk
+            rope_head(dq, qr, T, 0, s->n_rot, cos_t, sin_t, 1);
+            rope_head(dk, kr, T, 0, s->n_rot, cos_t, sin_t, 1);
         }
-    // back through RoPE: the transpose of the rotation, on dq and dk
-    rope_rows(FP(dq_), s->q_row, s->q_batch, B, T, 0, H, hd, s->n_rot, cos_t, sin_t, 1);
-    rope_rows(FP(dk_), s->kv_row, s->kv_batch, B, T, 0, H, hd, s->n_rot, cos_t, sin_t, 1);
 }
 
 // ---- swiglu -------------------------------------------------------------------------------
@@ -528,10 +588,12 @@ static void cpu_sumsq(Backend *be, double *acc, const float *p, size_t n) {
     double partial[REDUCE_CHUNKS] = {0};
 #pragma omp parallel for schedule(static)
     for (int ch = 0; ch < REDUCE_CHUNKS; ch++) {
-        size_t i0 = n * ch / REDUCE_CHUNKS, i1 = n * (ch + 1) / REDUCE_CHUNKS;
-        double acc = 0.0;
-        for (size_t i = i0; i < i1; i++) acc += (double)p[i] * p[i];
-        partial[ch] = acc;
+        size_t i0 = n * ch / REDUCE_CHUNKS, i1 = n * (ch + 1) / REDUCE_CHUNKS, i = i0;
+        double lane[8] = {0};  // 8 running sums, a vector of doubles: the loop vectorises
+        for (; i + 8 <= i1; i += 8)
+            for (int k = 0; k < 8; k++) lane[k] += (double)p[i + k] * p[i + k];
+        for (; i < i1; i++) lane[0] += (double)p[i] * p[i];
+        for (int k = 0; k < 8; k++) partial[ch] += lane[k];
     }
     double sum = 0.0;
     for (int ch = 0; ch < REDUCE_CHUNKS; ch++) sum += partial[ch];
@@ -540,21 +602,24 @@ static void cpu_sumsq(Backend *be, double *acc, const float *p, size_t n) {
 
 // ---- optimizer ----------------------------------------------------------------------------
 // The compute copy is the float32 weights themselves here: p_compute is NULL (or p).
-static void cpu_adamw(Backend *be, float *p, cval *p_compute, const float *g, float *m, float *v, size_t n, float lr,
-                      float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t) {
+static void cpu_adamw(Backend *be, float *p_, cval *p_compute, const float *g_, float *m_, float *v_, size_t n,
+                      float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t) {
     (void)be;
-    if (p_compute && FP(p_compute) != p) givt_die("cpu adamw: the compute copy of float32 weights is the weights");
+    if (p_compute && FP(p_compute) != p_) givt_die("cpu adamw: the compute copy of float32 weights is the weights");
     float step_size = (float)(lr / (1.0 - pow(beta1, t)));
     float bc2_sqrt = (float)sqrt(1.0 - pow(beta2, t));
     float decay = 1.0f - lr * weight_decay;
+    float *restrict p = p_, *restrict m = m_, *restrict v = v_;  // four separate arrays: the loop vectorises
+    const float *restrict g = g_;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float gi = g[i] * grad_scale;
-        p[i] *= decay;
-        m[i] = beta1 * m[i] + (1.0f - beta1) * gi;
-        v[i] = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-        float denom = sqrtf(v[i]) / bc2_sqrt + eps;
-        p[i] -= step_size * (m[i] / denom);
+        float mi = beta1 * m[i] + (1.0f - beta1) * gi;
+        float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+        float denom = sqrtf(vi) / bc2_sqrt + eps;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] * decay - step_size * (mi / denom);
     }
 }
 
@@ -598,6 +663,13 @@ static const GivtOps g_cpu_ops = {
     .ema_update = cpu_ema_update,
 };
 
+static void cpu_close(Backend *be) {
+    CpuCtx *ctx = be->ctx;
+    if (ctx) free(ctx->ws);
+    free(ctx);
+    be->ctx = NULL;
+}
+
 // float32 compute whatever the precision asked for ("bf16" too: ->compute says float32).
 Backend *backend_cpu_open(const char *precision) {
     (void)precision;
@@ -605,6 +677,7 @@ Backend *backend_cpu_open(const char *precision) {
     be->name = "cpu";
     be->compute = DTYPE_F32;
     be->ops = &g_cpu_ops;
+    be->ctx = xcalloc(1, sizeof(CpuCtx));
     blas_init_threads(omp_get_max_threads());
     snprintf(be->device, sizeof be->device, "CPU, %d OpenMP threads, %s", omp_get_max_threads(), blas_description());
     return be;

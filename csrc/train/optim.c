@@ -68,9 +68,19 @@ void adamw_step(AdamW *opt, GivtModel *model, const float *grads, double lr, dou
     int separate = (void *)w->compute != (void *)w->master;  // a compute copy to refresh
     size_t esize = dtype_size(be->compute);
     size_t lo = opt->first, hi = opt->first + opt->count;
-    for (int i = 0; i < model->table.count; i++) {  // each tensor's overlap [a, b) with the part
+    // One sweep per run of neighbouring tensors with the same weight decay (the tensors lie end to
+    // end in the flat buffers): a handful of calls for the whole model instead of one per tensor.
+    for (int i = 0; i < model->table.count;) {
         const ParamSpec *s = &model->table.specs[i];
-        size_t a = s->offset > lo ? s->offset : lo, b = s->offset + s->numel < hi ? s->offset + s->numel : hi;
+        size_t end = s->offset + s->numel;
+        int j = i + 1;
+        for (; j < model->table.count; j++) {
+            const ParamSpec *n = &model->table.specs[j];
+            if (n->offset != end || !n->weight_decay != !s->weight_decay) break;
+            end = n->offset + n->numel;
+        }
+        i = j;
+        size_t a = s->offset > lo ? s->offset : lo, b = end < hi ? end : hi;  // the run's overlap with the part
         if (a >= b) continue;
         cval *pc = separate ? (cval *)((char *)w->compute + a * esize) : NULL;
         be->ops->adamw(be, w->master + a, pc, grads + (a - lo), opt->m + (a - lo), opt->v + (a - lo), b - a, (float)lr,
