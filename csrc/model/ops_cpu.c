@@ -278,33 +278,37 @@ static float max16(const float *p, int n) {
     return flag == 0.0f ? mx : NAN;
 }
 
-// The sum of n floats in 16 running partial sums (a vector's worth): a fixed order, vectorised.
-static float sum16(const float *p, int n) {
-    float acc[16] = {0};
+// p[j] = exp(p[j] - shift) for j < n, in blocks of 16 lanes, the last one masked (no scalar tail:
+// exp_vec one value at a time costs as much as a block); acc[k] += the values of lane k.
+static void exp_shift16(float *p, int n, float shift, float acc[16]) {
     int j = 0;
     for (; j + 16 <= n; j += 16)
-        for (int k = 0; k < 16; k++) acc[k] += p[j + k];
-    for (; j < n; j++) acc[j & 15] += p[j];
-    float sum = 0.0f;
-    for (int k = 0; k < 16; k++) sum += acc[k];
-    return sum;
+        for (int k = 0; k < 16; k++) acc[k] += p[j + k] = exp_vec(p[j + k] - shift);
+    if (j == n) return;
+    float e[16];
+    for (int k = 0; k < 16; k++) e[k] = exp_vec(j + k < n ? p[j + k] - shift : -87.0f);
+    for (int k = 0; k < 16; k++)
+        if (j + k < n) acc[k] += p[j + k] = e[k];
 }
 
 // In place on one strip of queries t0 .. t0 + rows - 1 (row i at p + i*ld, keys 0 .. ld - 1): row i
-// becomes the softmax of its entries 0 .. pos0 + t0 + i, zeros after; lse[i] = its log-sum-exp.
-static void causal_softmax_strip(float *p, float *lse, int rows, int ld, int pos0, int t0) {
+// becomes exp(s - max) on its entries 0 .. pos0 + t0 + i, zeros after (the unnormalised softmax:
+// the caller scales the product with V by inv[i] = 1 / the row's sum, a pass over hd columns
+// instead of over the row); lse[i] = its log-sum-exp.
+static void causal_softmax_strip(float *p, float *lse, float *inv, int rows, int ld, int pos0, int t0) {
     for (int i = 0; i < rows; i++, p += ld) {
         int n = pos0 + t0 + i + 1;
         float mx = max16(p, n);
         if (mx != mx) {  // a NaN or infinite score: the row is NaN (exp_vec would make it finite)
             for (int j = 0; j < ld; j++) p[j] = mx;
-            lse[i] = mx;
+            lse[i] = inv[i] = mx;
             continue;
         }
-        for (int j = 0; j < n; j++) p[j] = exp_vec(p[j] - mx);
-        float sum = sum16(p, n), inv = 1.0f / sum;
-        for (int j = 0; j < n; j++) p[j] *= inv;
+        float acc[16] = {0}, sum = 0.0f;  // the row's sum in 16 lanes (a fixed order), while it is made
+        exp_shift16(p, n, mx, acc);
+        for (int k = 0; k < 16; k++) sum += acc[k];
         for (int j = n; j < ld; j++) p[j] = 0.0f;
+        inv[i] = 1.0f / sum;
         lse[i] = mx + logf(sum);
     }
 }
@@ -352,10 +356,13 @@ static void cpu_attention_fwd(Backend *be, cval *out_, void *saved, cval *q_, cv
                 // S = scale * Q K^T on the keys the block sees, then P = softmax(S) in place
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, hd, scale, q + (size_t)r0 * qr, qr, k,
                             kr, 0.0f, p, n);
-                causal_softmax_strip(p, lse + r0, rows, n, pos0, r0);
-                // Y = P V
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, n, 1.0f, p, n, v, kr, 0.0f,
-                            y + (size_t)r0 * C, C);
+                float inv[ATT_BLOCK];
+                causal_softmax_strip(p, lse + r0, inv, rows, n, pos0, r0);
+                // Y = P V, P = exp(S - max) / sum
+                float *yb = y + (size_t)r0 * C;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, n, 1.0f, p, n, v, kr, 0.0f, yb, C);
+                for (int i = 0; i < rows; i++)
+                    for (int d = 0; d < hd; d++) yb[(size_t)i * C + d] *= inv[i];
             }
         }
 }
@@ -376,20 +383,11 @@ static void attention_bwd_probs(float *p, float *dp, const float *lse, int rows,
             for (int j = 0; j < n; j++) pr[j] = d[j] = L;
             continue;
         }
-        float acc[16] = {0}, dot = 0.0f;  // rowsum(dP * P) in 16 lanes, as dot16, while P is made
-        int j = 0;
-        for (; j + 16 <= m; j += 16)
-            for (int k = 0; k < 16; k++) {
-                pr[j + k] = exp_vec(pr[j + k] - L);
-                acc[k] += d[j + k] * pr[j + k];
-            }
-        for (; j < m; j++) {
-            pr[j] = exp_vec(pr[j] - L);
-            acc[j & 15] += d[j] * pr[j];
-        }
-        for (int k = 0; k < 16; k++) dot += acc[k];
-        for (j = m; j < n; j++) pr[j] = 0.0f;
-        for (j = 0; j < n; j++) d[j] = pr[j] * (d[j] - dot);
+        float unused[16] = {0};
+        exp_shift16(pr, m, L, unused);
+        for (int j = m; j < n; j++) pr[j] = 0.0f;
+        float dot = dot16(d, pr, m);  // rowsum(dP * P)
+        for (int j = 0; j < n; j++) d[j] = pr[j] * (d[j] - dot);
     }
 }
 
