@@ -3,7 +3,8 @@
 // (the order detector works); shuffles and votes; poisoned shared memory read before it is written;
 // the errors it must report (a divergent __syncthreads, a collective outside its mask or waiting for
 // an exited lane, an invalid launch configuration); WMMA products in every layout, a kernel that
-// assumes a fragment mapping coming out wrong, and WMMA misuse reported; bf16 conversions as util.c
+// assumes a fragment mapping coming out wrong, a WMMA load missing its barrier wrong in some order,
+// and WMMA misuse reported; bf16 conversions as util.c
 // rounds.
 // Built only under emulation (g++ -x c++ -DGIVT_CUDA_EMU), into the test runner.
 #include "launch.cuh"
@@ -355,6 +356,57 @@ TEST(cuda_emu_wmma_product) {
     givt_emu::set_order(givt_emu::ORDER_CYCLE, 12345);
     printf("  cuda_emu: WMMA 16x16x16 bf16 products, a/b row/col x accumulator row/col, 3 orders: error %.1e\n",
            worst);
+}
+
+// Warp 1 writes A and B (= I) to shared memory, warp 0 multiplies them: right in every order with the
+// barrier; without it, wrong in some (a collective runs as soon as its warp has arrived).
+template <bool kSync>
+__global__ void wmma_cross_warp(float *out) {
+    __shared__ __align__(32) __nv_bfloat16 sa[256];
+    __shared__ __align__(32) __nv_bfloat16 sb[256];
+    int t = threadIdx.x;
+    if (t >= 32)
+        for (int i = t - 32; i < 256; i += 32)
+            sa[i] = __float2bfloat16((float)(i % 7)), sb[i] = __float2bfloat16(i % 16 == i / 16 ? 1.0f : 0.0f);
+    if (kSync) __syncthreads();
+    if (t < 32) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> b;
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+        wmma::fill_fragment(c, 0.0f);
+        wmma::load_matrix_sync(a, sa, 16);
+        wmma::load_matrix_sync(b, sb, 16);
+        wmma::mma_sync(c, a, b, c);
+        wmma::store_matrix_sync(out, c, 16, wmma::mem_row_major);
+    }
+}
+
+static int run_wmma_cross_warp(bool sync, Order order) {  // wrong elements
+    float *d = dev_floats(NULL, 256), got[256];
+    givt_emu::set_order(order, 5);
+    if (sync) {
+        auto *k = wmma_cross_warp<true>;
+        GIVT_LAUNCH(k, 1, 64, 0, 0, d);
+    } else {
+        auto *k = wmma_cross_warp<false>;
+        GIVT_LAUNCH(k, 1, 64, 0, 0, d);
+    }
+    host_floats(got, d, 256);
+    cudaFree(d);
+    int bad = 0;
+    for (int i = 0; i < 256; i++) bad += !(got[i] == (float)(i % 7));
+    return bad;
+}
+
+TEST(cuda_emu_wmma_needs_barrier) {
+    int wrong_orders = 0;
+    for (int o = 0; o < 3; o++) {
+        CHECK(run_wmma_cross_warp(true, k_orders[o]) == 0, "order %s", givt_emu::order_name(k_orders[o]));
+        wrong_orders += run_wmma_cross_warp(false, k_orders[o]) > 0;
+    }
+    CHECK(wrong_orders >= 1, "the WMMA load without __syncthreads was right in every order");
+    printf("  cuda_emu: the WMMA load without a barrier is wrong in %d of 3 orders\n", wrong_orders);
+    givt_emu::set_order(givt_emu::ORDER_CYCLE, 12345);
 }
 
 // WMMA misuse that must be reported

@@ -284,11 +284,13 @@ bool same_collective(const Fiber &f, const Fiber &g) {
     return f.op != W_COLLECTIVE || (g.coll == f.coll && g.line == f.line && !strcmp(g.file, f.file));
 }
 
-// The collectives whose lanes have all arrived exchange their values. Returns whether any did.
-bool resolve_warps(std::vector<Fiber> &fs) {
+// The collectives whose lanes have all arrived exchange their values (in warp only_warp, or in all
+// warps when it is -1). Returns whether any did.
+bool resolve_warps(std::vector<Fiber> &fs, int only_warp = -1) {
     bool progress = false;
     int n = (int)fs.size();
     for (int w = 0; w * 32 < n; w++) {
+        if (only_warp >= 0 && w != only_warp) continue;
         for (int l = 0; l < 32 && w * 32 + l < n; l++) {
             Fiber &f = fs[w * 32 + l];
             if (f.state != AT_WARP) continue;
@@ -393,6 +395,11 @@ void run_block(Launch &L, std::vector<Fiber> &fs, std::vector<int> &ord) {
             Fiber &f = fs[ord[k]];
             if (f.state == RUN) enter(&f);
             if (t_abandon) return;
+            // A collective runs as soon as its last lane arrives, before the fibers after it in this
+            // order go on: a WMMA load (store) reading (writing) shared memory that other warps write
+            // (read) without a __syncthreads between then sees the wrong data in some order.
+            if (f.state == AT_WARP) resolve_warps(fs, f.index / 32);
+            if (t_abandon) return;
         }
         int ndone = 0, nbar = 0, nwarp = 0;
         for (int i = 0; i < n; i++) {
@@ -401,6 +408,7 @@ void run_block(Launch &L, std::vector<Fiber> &fs, std::vector<int> &ord) {
             nwarp += fs[i].state == AT_WARP;
         }
         if (ndone == n) return;
+        if (ndone + nbar + nwarp < n) continue;  // lanes that a collective above released
         if (nwarp && resolve_warps(fs)) continue;
         if (t_abandon) return;
         char a[256], b[256];

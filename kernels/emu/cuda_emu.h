@@ -4,9 +4,9 @@
 //
 // How it runs a launch: on the calling OS thread, block after block (blockIdx in x, y, z order); the
 // threads of a block are ucontext fibers that run until they reach a barrier (__syncthreads), a warp
-// collective (__shfl_*_sync, __ballot_sync, __any_sync, __all_sync) or their end; then the collectives
-// whose lanes have all arrived exchange their values, and a barrier opens when every thread of the
-// block waits at it. Between those points the fibers run in forward, reverse or a seeded random order
+// collective (__shfl_*_sync, __ballot_sync, __any_sync, __all_sync, WMMA) or their end; a collective
+// runs as soon as the last of its lanes arrives (before the fibers after that one in the order go
+// on), and a barrier opens when every thread of the block waits at it. Between those points the fibers run in forward, reverse or a seeded random order
 // (set_order, or GIVT_EMU_ORDER=forward|reverse|random|cycle and GIVT_EMU_SEED; "cycle", the default,
 // takes the three in turn, launch after launch), so a missing __syncthreads gives wrong results.
 // Errors that abort with a message naming the kernel, its launch site, the block and the thread: a
