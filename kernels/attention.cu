@@ -478,10 +478,11 @@ __device__ inline void aw_load_tile(bf16_t *dst, int ld, const bf16_t *src, size
     }
 }
 
-// C (16 x AW_BK fp32, row stride ldc) = A (16 x kd, bf16 row-major) B^T, B (AW_BK x kd, bf16
-// row-major): one warp, S = Q K^T and dP = dO V^T of a strip.
+// C (16 x 16 ncol fp32, row stride ldc) = A (16 x kd, bf16 row-major) B^T, B (16 ncol x kd, bf16
+// row-major), ncol <= AW_BK / 16: one warp, S = Q K^T and dP = dO V^T of a strip (the columns that
+// the strip's rows can see: the others stay as they were and are masked).
 __device__ __forceinline__ void aw_strip_abt(float *C, int ldc, const bf16_t *A, int lda, const bf16_t *B, int ldb,
-                                             int kd) {
+                                             int kd, int ncol) {
     aw_acc acc[AW_BK / 16];
 #pragma unroll
     for (int n = 0; n < AW_BK / 16; n++) wmma::fill_fragment(acc[n], 0.0f);
@@ -490,22 +491,34 @@ __device__ __forceinline__ void aw_strip_abt(float *C, int ldc, const bf16_t *A,
         wmma::load_matrix_sync(a, A + k, lda);
 #pragma unroll
         for (int n = 0; n < AW_BK / 16; n++) {
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16_t, wmma::col_major> b;  // B^T: (k, key) at B[key][k]
-            wmma::load_matrix_sync(b, B + (size_t)n * 16 * ldb + k, ldb);
-            wmma::mma_sync(acc[n], a, b, acc[n]);
+            if (n < ncol) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16_t, wmma::col_major> b;  // B^T: (k, key) at B[key][k]
+                wmma::load_matrix_sync(b, B + (size_t)n * 16 * ldb + k, ldb);
+                wmma::mma_sync(acc[n], a, b, acc[n]);
+            }
         }
     }
 #pragma unroll
-    for (int n = 0; n < AW_BK / 16; n++) wmma::store_matrix_sync(C + n * 16, acc[n], ldc, wmma::mem_row_major);
+    for (int n = 0; n < AW_BK / 16; n++)
+        if (n < ncol) wmma::store_matrix_sync(C + n * 16, acc[n], ldc, wmma::mem_row_major);
+}
+
+// How many of a key tile's columns (keys k0 .. k0 + nk - 1) the rows pos0 + q0 + [r0, r1) see, in
+// 16-column fragments (causal: key <= query position).
+__device__ inline int aw_ncol(int pos0, int q0, int r0, int r1, int k0, int nk) {
+    if (r1 <= r0) return 0;
+    int n = attn_min(nk, pos0 + q0 + r1 - k0);
+    return n > 0 ? (n + 15) / 16 : 0;
 }
 
 // acc[n] += A (16 x 64) B[0 .. 64)[16 n .. 16 n + 16) for n < nt: one warp. A is row-major (A[m * lda
-// + k]) or, LA = col_major, the transpose of what is stored (A[k * lda + m]); B bf16 row-major.
+// + k]) or, LA = col_major, the transpose of what is stored (A[k * lda + m]); B bf16 row-major. Only
+// the k blocks [kk0, kk1) of 16 (the others are zeros of P or dS: masked).
 template <typename LA>
 __device__ __forceinline__ void aw_strip_ab(aw_acc (&acc)[AW_NT], int nt, const bf16_t *A, int lda, const bf16_t *B,
-                                            int ldb) {
+                                            int ldb, int kk0, int kk1) {
     const bool acol = std::is_same<LA, wmma::col_major>::value;
-    for (int kk = 0; kk < 64 / 16; kk++) {
+    for (int kk = kk0; kk < kk1; kk++) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16_t, LA> a;
         wmma::load_matrix_sync(a, A + (acol ? (size_t)kk * 16 * lda : (size_t)kk * 16), lda);
 #pragma unroll
@@ -553,13 +566,12 @@ __global__ void __launch_bounds__(AW_THREADS)
     aw_load_tile(Qs, ldh, qb + (size_t)q0 * p.q_row, p.q_row, nq, hd, hdp);
     for (int idx = tid; idx < AW_BQ * ldo; idx += AW_THREADS) Os[idx] = 0.0f;
 
-    float m[16], l[16];  // the warp's rows warp * 16 + rr: running max (every lane), the lane's part of the sum
-#pragma unroll
-    for (int rr = 0; rr < 16; rr++) {
-        int r = warp * 16 + rr;
-        m[rr] = dmode ? (r < nq ? lse[stat0 + r] : 0.0f) : -INFINITY;
-        l[rr] = 0.0f;
-    }
+    // the softmax: lanes 2 rr and 2 rr + 1 share the strip's row r = 16 warp + rr, keys [32 half,
+    // 32 half + 32) of a tile each, dims [hdp/2 half, hdp/2 (half + 1)) of its O row
+    const int rr = lane >> 1, half = lane & 1, r = warp * 16 + rr;
+    float m = dmode ? (r < nq ? lse[stat0 + r] : 0.0f) : -INFINITY;  // the row's running max (both lanes)
+    float l = 0.0f;                                                    // the lane's part of the row's sum
+    const int rows_w = attn_min(16, nq - warp * 16);                   // the warp's rows in the tile (<= 0: none)
 
     const int kend = p.pos0 + q0 + nq;
     for (int k0 = 0; k0 < kend; k0 += AW_BK) {
@@ -568,44 +580,40 @@ __global__ void __launch_bounds__(AW_THREADS)
         aw_load_tile(Ks, ldh, kb + (size_t)k0 * p.kv_row, p.kv_row, nk, hd, hdp);
         aw_load_tile(Vs, ldh, vb + (size_t)k0 * p.kv_row, p.kv_row, nk, hd, hdp);
         __syncthreads();
-        aw_strip_abt(Ss + warp * 16 * AW_LDS, AW_LDS, Qs + warp * 16 * ldh, ldh, Ks, ldh, hdp);  // S = Q K^T
+        // the key fragments the warp's rows see (warp-uniform; 0: nothing to do in this tile)
+        const int ncol = aw_ncol(p.pos0, q0, warp * 16, warp * 16 + rows_w, k0, nk);
+        if (ncol > 0)
+            aw_strip_abt(Ss + warp * 16 * AW_LDS, AW_LDS, Qs + warp * 16 * ldh, ldh, Ks, ldh, hdp, ncol);  // S = Q K^T
         __syncthreads();
 
-        // the online softmax of the warp's 16 rows; lane: keys lane, lane + 32
-#pragma unroll
-        for (int rr = 0; rr < 16; rr++) {
-            const int r = warp * 16 + rr;
-            float sv[2], pr[2];
-#pragma unroll
-            for (int c = 0; c < 2; c++) {
-                int j = lane + 32 * c;
-                bool valid = r < nq && j < nk && k0 + j <= p.pos0 + q0 + r;
-                sv[c] = valid ? Ss[r * AW_LDS + j] * p.scale : -INFINITY;
+        if (ncol > 0) {  // the online softmax of the warp's rows, P for columns [0, 16 ncol)
+            const int jmax = r < nq ? attn_min(nk, p.pos0 + q0 + r - k0 + 1) : 0;  // the row sees keys j < jmax
+            float mx = -INFINITY;
+            for (int j = 32 * half; j < 32 * half + 32; j++)
+                if (j < jmax) mx = fmaxf(mx, Ss[r * AW_LDS + j] * p.scale);
+            mx = fmaxf(mx, __shfl_xor_sync(ATT_FULL_MASK, mx, 1));
+            const float mnew = dmode ? m : fmaxf(m, mx);
+            float sum = 0.0f;
+            for (int j = 32 * half; j < 32 * half + 32; j++) {
+                float pr = j < jmax ? expf(Ss[r * AW_LDS + j] * p.scale - mnew) : 0.0f;
+                sum += pr;
+                if (j < 16 * ncol) Ps[r * AW_LDP + j] = __float2bfloat16(pr);
             }
-            if (dmode) {
-#pragma unroll
-                for (int c = 0; c < 2; c++) pr[c] = sv[c] == -INFINITY ? 0.0f : expf(sv[c] - m[rr]);
-            } else {
-                float mnew = fmaxf(m[rr], attn_warp_max(fmaxf(sv[0], sv[1])));
-                float alpha = mnew == -INFINITY ? 1.0f : expf(m[rr] - mnew);
-#pragma unroll
-                for (int c = 0; c < 2; c++) pr[c] = sv[c] == -INFINITY ? 0.0f : expf(sv[c] - mnew);
-                l[rr] = l[rr] * alpha + pr[0] + pr[1];
-                m[rr] = mnew;
-                for (int d = lane; d < hdp; d += 32) Os[r * ldo + d] *= alpha;
+            if (!dmode) {
+                const float alpha = mnew == -INFINITY ? 1.0f : expf(m - mnew);
+                l = l * alpha + sum;
+                m = mnew;
+                for (int d = half * hdp / 2; d < (half + 1) * hdp / 2; d++) Os[r * ldo + d] *= alpha;
             }
-#pragma unroll
-            for (int c = 0; c < 2; c++) Ps[r * AW_LDP + lane + 32 * c] = __float2bfloat16(pr[c]);
         }
         __syncthreads();
 
         // O_strip += P_strip V, the accumulators through shared memory (rescaled above)
         float *Ow = Os + warp * 16 * ldo;
-        for (int n = 0; n < nt; n++) {
+        for (int n = 0; n < nt && ncol > 0; n++) {
             aw_acc o;
             wmma::load_matrix_sync(o, Ow + n * 16, ldo, wmma::mem_row_major);
-#pragma unroll
-            for (int kk = 0; kk < AW_BK / 16; kk++) {
+            for (int kk = 0; kk < ncol; kk++) {
                 wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16_t, wmma::row_major> a;
                 wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16_t, wmma::row_major> bv;
                 wmma::load_matrix_sync(a, Ps + warp * 16 * AW_LDP + kk * 16, AW_LDP);
@@ -617,24 +625,20 @@ __global__ void __launch_bounds__(AW_THREADS)
     }
     __syncthreads();
 
-#pragma unroll
-    for (int rr = 0; rr < 16; rr++) {
-        const int r = warp * 16 + rr;  // warp-uniform: the shuffles see every lane
-        const size_t orow = ((size_t)b * p.Tq + q0 + r) * C + (size_t)h * hd;
-        if (!dmode) {
-            float lsum = attn_warp_sum(l[rr]);
-            if (r < nq) {
-                float inv = 1.0f / lsum;
-                for (int d = lane; d < hd; d += 32) out[orow + d] = __float2bfloat16(Os[r * ldo + d] * inv);
-                if (lane == 0) stat[stat0 + r] = m[rr] + logf(lsum);
-            }
-        } else {
-            float dot = 0.0f;
-            if (r < nq)
-                for (int d = lane; d < hd; d += 32) dot += Os[r * ldo + d] * __bfloat162float(dout[orow + d]);
-            dot = attn_warp_sum(dot);
-            if (r < nq && lane == 0) stat[stat0 + r] = dot;
+    const size_t orow = ((size_t)b * p.Tq + q0 + r) * C + (size_t)h * hd;
+    if (!dmode) {
+        const float lsum = l + __shfl_xor_sync(ATT_FULL_MASK, l, 1);
+        if (r < nq) {
+            const float inv = 1.0f / lsum;
+            for (int d = half; d < hd; d += 2) out[orow + d] = __float2bfloat16(Os[r * ldo + d] * inv);
+            if (half == 0) stat[stat0 + r] = m + logf(lsum);
         }
+    } else {
+        float dot = 0.0f;
+        if (r < nq)
+            for (int d = half; d < hd; d += 2) dot += Os[r * ldo + d] * __bfloat162float(dout[orow + d]);
+        dot += __shfl_xor_sync(ATT_FULL_MASK, dot, 1);
+        if (r < nq && half == 0) stat[stat0 + r] = dot;
     }
 }
 
@@ -645,8 +649,11 @@ __device__ __forceinline__ void aw_bwd_tile(float *Ss, float *dPs, bf16_t *Ps, b
                                             const bf16_t *dOs, const bf16_t *Ks, const bf16_t *Vs, const float *Ls,
                                             const float *Ds, int ldh, int hdp, int q0, int nq, int k0, int nk,
                                             float scale, int warp) {
-    aw_strip_abt(Ss + warp * 16 * AW_LDS, AW_LDS, Qs + warp * 16 * ldh, ldh, Ks, ldh, hdp);
-    aw_strip_abt(dPs + warp * 16 * AW_LDS, AW_LDS, dOs + warp * 16 * ldh, ldh, Vs, ldh, hdp);
+    const int ncol = aw_ncol(0, q0, warp * 16, attn_min(warp * 16 + 16, nq), k0, nk);  // warp-uniform
+    if (ncol > 0) {
+        aw_strip_abt(Ss + warp * 16 * AW_LDS, AW_LDS, Qs + warp * 16 * ldh, ldh, Ks, ldh, hdp, ncol);
+        aw_strip_abt(dPs + warp * 16 * AW_LDS, AW_LDS, dOs + warp * 16 * ldh, ldh, Vs, ldh, hdp, ncol);
+    }
     __syncthreads();
     for (int idx = threadIdx.x; idx < AW_BQ * AW_BK; idx += AW_THREADS) {
         int i = idx / AW_BK, j = idx - i * AW_BK;
@@ -719,9 +726,13 @@ __global__ void __launch_bounds__(AW_THREADS)
         }
         __syncthreads();
         aw_bwd_tile(Ss, dPs, Ps, dSs, Qs, dOs, Ks, Vs, Ls, Ds, ldh, hdp, q0, nq, k0, nk, p.scale, warp);
-        // the warp's 16 keys: dV += P^T dO, dK += dS^T Q (P, dS stored [query][key]: col_major reads)
-        aw_strip_ab<wmma::col_major>(dva, nt, Ps + warp * 16, AW_LDP, dOs, ldh);
-        aw_strip_ab<wmma::col_major>(dka, nt, dSs + warp * 16, AW_LDP, Qs, ldh);
+        // the warp's 16 keys: dV += P^T dO, dK += dS^T Q (P, dS stored [query][key]: col_major reads),
+        // over the query blocks that exist and see them (on the diagonal tile, blocks >= warp)
+        if (warp * 16 < nk) {
+            const int kk0 = q0 == k0 ? warp : 0, kk1 = (nq + 15) / 16;
+            aw_strip_ab<wmma::col_major>(dva, nt, Ps + warp * 16, AW_LDP, dOs, ldh, kk0, kk1);
+            aw_strip_ab<wmma::col_major>(dka, nt, dSs + warp * 16, AW_LDP, Qs, ldh, kk0, kk1);
+        }
     }
 
     __syncthreads();  // the tiles become the epilogue's fp32 rows: dV, then dK (scaled)
@@ -769,7 +780,9 @@ __global__ void __launch_bounds__(AW_THREADS)
         aw_load_tile(Vs, ldh, vb + (size_t)k0 * p.kv_row, p.kv_row, nk, hd, hdp);
         __syncthreads();
         aw_bwd_tile(Ss, dPs, nullptr, dSs, Qs, dOs, Ks, Vs, Ls, Ds, ldh, hdp, q0, nq, k0, nk, p.scale, warp);
-        aw_strip_ab<wmma::row_major>(dqa, nt, dSs + warp * 16 * AW_LDP, AW_LDP, Ks, ldh);  // dQ += dS K
+        // dQ += dS K over the key blocks the warp's rows see
+        const int ncol = aw_ncol(0, q0, warp * 16, attn_min(warp * 16 + 16, nq), k0, nk);
+        aw_strip_ab<wmma::row_major>(dqa, nt, dSs + warp * 16 * AW_LDP, AW_LDP, Ks, ldh, 0, ncol);
     }
 
     __syncthreads();  // the tiles become the epilogue's fp32 rows
