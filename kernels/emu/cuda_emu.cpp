@@ -395,10 +395,20 @@ void run_block(Launch &L, std::vector<Fiber> &fs, std::vector<int> &ord) {
             Fiber &f = fs[ord[k]];
             if (f.state == RUN) enter(&f);
             if (t_abandon) return;
-            // A collective runs as soon as its last lane arrives, before the fibers after it in this
-            // order go on: a WMMA load (store) reading (writing) shared memory that other warps write
-            // (read) without a __syncthreads between then sees the wrong data in some order.
-            if (f.state == AT_WARP) resolve_warps(fs, f.index / 32);
+            // A collective runs as soon as its last lane arrives, and its warp runs on at once (to its
+            // next barrier, or a collective that cannot complete), before the fibers after it in this
+            // order: a warp runs ahead of the others as far as the barriers let it, so a WMMA load
+            // (store) of shared memory that other warps write (read) without a __syncthreads between
+            // sees the wrong data in some order.
+            if (f.state != AT_WARP) continue;
+            const int w = f.index / 32;
+            while (resolve_warps(fs, w)) {
+                for (int i = 0; i < n; i++) {
+                    Fiber &g = fs[ord[i]];
+                    if (g.index / 32 == w && g.state == RUN) enter(&g);
+                    if (t_abandon) return;
+                }
+            }
             if (t_abandon) return;
         }
         int ndone = 0, nbar = 0, nwarp = 0;
