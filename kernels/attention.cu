@@ -16,15 +16,20 @@
 //   dq and dk go back through the transpose of RoPE in the epilogue of their pass, from the float
 //   accumulators (one rounding to the compute dtype).
 //
-// Tiles: 32 query rows x 32 keys, 128 threads (4 warps); each warp owns 8 rows (queries, or keys in
+// Two sets of kernels with these passes: fp32 compute (mixed_precision = no, the mode that matches the
+// CPU to 1e-5) runs the FMA kernels described next; bf16 compute runs the WMMA (tensor core) kernels
+// of the "bf16 compute" section below (64 x 64 tiles, every hd up to 128 by zero padding to 16s).
+//
+// fp32 tiles: 32 query rows x 32 keys, 128 threads (4 warps); each warp owns 8 rows (queries, or keys in
 // pass 2) and, per row, the head dims lane, lane + 32, lane + 64, lane + 96 of its accumulators, so
 // hd may be anything up to ATT_MAX_HD = 128 (a runtime value). The dot products of a tile are plain
 // FMA loops with one operand broadcast from shared memory and the other read by lane with a padded
 // row stride (hd | 1, odd, so no bank conflicts). Tiles are staged in shared memory in float32
 // (dynamic shared memory sized from hd: ~36 KiB forward, ~74 KiB backward at hd = 128 in float32,
 // which opts in above 48 KiB). Everything accumulates in float32; expf/logf in float32.
-// Next step: tensor cores (mma.sync / wgmma on bf16 tiles, FA2/FA3 style) once the emulation can run
-// them; this version is the correctness baseline that they are tested against.
+// (These kernels are templates on the element type; they served bf16 too before the WMMA kernels,
+// and now only their float instantiations are launched.) Not done: mma.sync / wgmma PTX (FA2/FA3 register layouts, TMA), which
+// the emulation cannot run; the WMMA kernels have not been measured on a GPU.
 #include "launch.cuh"
 
 #include <math.h>
@@ -447,12 +452,16 @@ __global__ void __launch_bounds__(ATT_THREADS)
 //     and dK += dS^T Q with P^T and dS^T read as col_major fragments, accumulated in registers
 //     (hdp / 16 fragments each) over the query tiles;
 //   pass 3 (per query tile): S, dP as in pass 2; dQ += dS K in registers over the key tiles.
-// Shared memory at hd = 128 (hdp 128): forward 110 KiB, pass 2 121 KiB, pass 3 112 KiB (opting in
-// above 48 KiB; sm_90 allows 227 KiB a block: one or two blocks per SM); at hd = 64 about 60-70 KiB.
-// 64 x 64 tiles with 4 warps: each warp's strip is one WMMA row of fragments (4 accumulators for
-// S), the register file holds the 2 x 8 accumulators of pass 2 at hd 128, and the operands of a
-// tile pair fit twice per SM in the forward. Same passes, same saved state (L) and scratch (D) as the
-// fp32 kernels, no atomics: deterministic.
+// Dynamic shared memory (aw_fwd_smem, aw_bwd_smem; passes 2 and 3 get the same size, pass 3 uses
+// 9 KiB less): forward 50 / 70 / 110 KiB and backward 73 / 89 / 121 KiB at hd 32 / 64 / 128, opting
+// in above 48 KiB (sm_90 allows 227 KiB a block: two forward blocks or one backward block per SM at
+// hd 128). Registers (ptxas, sm_90): forward 128, pass 2 248, pass 3 168 a thread, no spills.
+// Why 64 x 64 with 4 warps: each warp's strip is one row of WMMA fragments (4 accumulators for S),
+// the register file holds pass 2's 2 x 8 accumulators at hd 128 without spilling, a tile pair's
+// operands fit twice per SM in the forward, and the causal diagonal wastes at most one tile.
+// Work that no row can see is skipped warp-uniformly (fragments of rows past the tile's end or of
+// keys past the causal limit). Same passes, same saved state (L) and scratch (D) as the fp32
+// kernels, no atomics, fixed order: deterministic.
 #define AW_BQ 64
 #define AW_BK 64
 #define AW_THREADS 128

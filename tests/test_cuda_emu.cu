@@ -4,8 +4,7 @@
 // the errors it must report (a divergent __syncthreads, a collective outside its mask or waiting for
 // an exited lane, an invalid launch configuration); WMMA products in every layout, a kernel that
 // assumes a fragment mapping coming out wrong, a WMMA load missing its barrier wrong in some order,
-// and WMMA misuse reported; bf16 conversions as util.c
-// rounds.
+// and WMMA misuse reported; bf16 conversions as util.c rounds.
 // Built only under emulation (g++ -x c++ -DGIVT_CUDA_EMU), into the test runner.
 #include "launch.cuh"
 
