@@ -455,7 +455,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
 // Dynamic shared memory (aw_fwd_smem, aw_bwd_smem; passes 2 and 3 get the same size, pass 3 uses
 // 9 KiB less): forward 50 / 70 / 110 KiB and backward 73 / 89 / 121 KiB at hd 32 / 64 / 128, opting
 // in above 48 KiB (sm_90 allows 227 KiB a block: two forward blocks or one backward block per SM at
-// hd 128). Registers (ptxas, sm_90): forward 128, pass 2 248, pass 3 168 a thread, no spills.
+// hd 128). Registers (ptxas, sm_90): forward 96, pass 2 230, pass 3 128 a thread, no spills.
 // Why 64 x 64 with 4 warps: each warp's strip is one row of WMMA fragments (4 accumulators for S),
 // the register file holds pass 2's 2 x 8 accumulators at hd 128 without spilling, a tile pair's
 // operands fit twice per SM in the forward, and the causal diagonal wastes at most one tile.
