@@ -16,18 +16,26 @@
 //   dq and dk go back through the transpose of RoPE in the epilogue of their pass, from the float
 //   accumulators (one rounding to the compute dtype).
 //
-// Tiles: 32 query rows x 32 keys, 128 threads (4 warps); each warp owns 8 rows (queries, or keys in
+// Two sets of kernels with these passes: fp32 compute (mixed_precision = no, the mode that matches the
+// CPU to 1e-5) runs the FMA kernels described next; bf16 compute runs the WMMA (tensor core) kernels
+// of the "bf16 compute" section below (64 x 64 tiles, every hd up to 128 by zero padding to 16s).
+//
+// fp32 tiles: 32 query rows x 32 keys, 128 threads (4 warps); each warp owns 8 rows (queries, or keys in
 // pass 2) and, per row, the head dims lane, lane + 32, lane + 64, lane + 96 of its accumulators, so
 // hd may be anything up to ATT_MAX_HD = 128 (a runtime value). The dot products of a tile are plain
 // FMA loops with one operand broadcast from shared memory and the other read by lane with a padded
 // row stride (hd | 1, odd, so no bank conflicts). Tiles are staged in shared memory in float32
 // (dynamic shared memory sized from hd: ~36 KiB forward, ~74 KiB backward at hd = 128 in float32,
 // which opts in above 48 KiB). Everything accumulates in float32; expf/logf in float32.
-// Next step: tensor cores (mma.sync / wgmma on bf16 tiles, FA2/FA3 style) once the emulation can run
-// them; this version is the correctness baseline that they are tested against.
+// (These kernels are templates on the element type; they served bf16 too before the WMMA kernels,
+// and now only their float instantiations are launched.) Not done: mma.sync / wgmma PTX (FA2/FA3 register layouts, TMA), which
+// the emulation cannot run; the WMMA kernels have not been measured on a GPU.
 #include "launch.cuh"
 
 #include <math.h>
+#include <stdint.h>
+
+#include <type_traits>
 
 #define ATT_BQ 32        // query rows per tile
 #define ATT_BK 32        // keys per tile
@@ -427,6 +435,370 @@ __global__ void __launch_bounds__(ATT_THREADS)
     }
 }
 
+// ==== bf16 compute: the tile products on tensor cores (WMMA) ====================================
+// Tiles of AW_BQ = 64 query rows x AW_BK = 64 keys, AW_THREADS = 128 threads (4 warps); warp w owns
+// the 16-row strip w of a tile (query rows in the forward and in pass 3, key rows in pass 2's dK, dV
+// products). hd is padded with zeros to hdp = the next multiple of 16 (WMMA's k and n), so every hd
+// from 1 to 128 runs here. All operands are staged in shared memory as bf16 (rows of hdp + 8
+// elements: 16 bytes of padding against bank conflicts, never read); the products accumulate in
+// fp32 fragments; S and dP go from the accumulators to shared memory (fp32, rows of 68), where
+// scalar fp32 code does the masking, the online softmax and dS = P (dP - D), and writes P and dS as
+// bf16 (rows of 72) for the next products. Fragments are touched only through load/store/mma_sync
+// and elementwise scaling (the element-to-lane mapping is unspecified: launch.cuh).
+//   forward (and pass 1's D mode): S_strip = Q_strip K^T; softmax; O_strip += P_strip V with O kept
+//     in shared memory as fp32 (its rows are rescaled by the online softmax in scalar code, so the
+//     accumulators are loaded from and stored back to it around the product);
+//   pass 2 (per key tile): S = Q K^T, dP = dO V^T (query strips); then, per key strip, dV += P^T dO
+//     and dK += dS^T Q with P^T and dS^T read as col_major fragments, accumulated in registers
+//     (hdp / 16 fragments each) over the query tiles;
+//   pass 3 (per query tile): S, dP as in pass 2; dQ += dS K in registers over the key tiles.
+// Dynamic shared memory (aw_fwd_smem, aw_bwd_smem; passes 2 and 3 get the same size, pass 3 uses
+// 9 KiB less): forward 50 / 70 / 110 KiB and backward 73 / 89 / 121 KiB at hd 32 / 64 / 128, opting
+// in above 48 KiB (sm_90 allows 227 KiB a block: two forward blocks or one backward block per SM at
+// hd 128). Registers (ptxas, sm_90): forward 96, pass 2 230, pass 3 128 a thread, no spills.
+// Why 64 x 64 with 4 warps: each warp's strip is one row of WMMA fragments (4 accumulators for S),
+// the register file holds pass 2's 2 x 8 accumulators at hd 128 without spilling, a tile pair's
+// operands fit twice per SM in the forward, and the causal diagonal wastes at most one tile.
+// Work that no row can see is skipped warp-uniformly (fragments of rows past the tile's end or of
+// keys past the causal limit). Same passes, same saved state (L) and scratch (D) as the fp32
+// kernels, no atomics, fixed order: deterministic.
+#define AW_BQ 64
+#define AW_BK 64
+#define AW_THREADS 128
+#define AW_NT (ATT_MAX_HD / 16)  // accumulator fragments per strip at the largest hd
+#define AW_LDS (AW_BK + 4)       // fp32 S / dP rows
+#define AW_LDP (AW_BK + 8)       // bf16 P / dS rows
+
+namespace wmma = nvcuda::wmma;
+typedef __nv_bfloat16 bf16_t;
+typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> aw_acc;
+
+__host__ __device__ inline int aw_hdp(int hd) { return (hd + 15) & ~15; }
+// WMMA needs 32-byte aligned tiles; GIVT_DYNAMIC_SMEM promises 16: start at the next 128 bytes
+__device__ inline unsigned char *aw_align(unsigned char *p) {
+    return (unsigned char *)(((uintptr_t)p + 127) & ~(uintptr_t)127);
+}
+
+// rows [0, AW_BQ) x dims [0, hdp) of a bf16 tile (row stride ld), zero outside nrows x hd
+__device__ inline void aw_load_tile(bf16_t *dst, int ld, const bf16_t *src, size_t row, int nrows, int hd, int hdp) {
+    for (int idx = threadIdx.x; idx < AW_BQ * hdp; idx += AW_THREADS) {
+        int r = idx / hdp, d = idx - r * hdp;
+        dst[r * ld + d] = r < nrows && d < hd ? src[(size_t)r * row + d] : __float2bfloat16(0.0f);
+    }
+}
+
+// C (16 x 16 ncol fp32, row stride ldc) = A (16 x kd, bf16 row-major) B^T, B (16 ncol x kd, bf16
+// row-major), ncol <= AW_BK / 16: one warp, S = Q K^T and dP = dO V^T of a strip (the columns that
+// the strip's rows can see: the others stay as they were and are masked).
+__device__ __forceinline__ void aw_strip_abt(float *C, int ldc, const bf16_t *A, int lda, const bf16_t *B, int ldb,
+                                             int kd, int ncol) {
+    aw_acc acc[AW_BK / 16];
+#pragma unroll
+    for (int n = 0; n < AW_BK / 16; n++) wmma::fill_fragment(acc[n], 0.0f);
+    for (int k = 0; k < kd; k += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16_t, wmma::row_major> a;
+        wmma::load_matrix_sync(a, A + k, lda);
+#pragma unroll
+        for (int n = 0; n < AW_BK / 16; n++) {
+            if (n < ncol) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16_t, wmma::col_major> b;  // B^T: (k, key) at B[key][k]
+                wmma::load_matrix_sync(b, B + (size_t)n * 16 * ldb + k, ldb);
+                wmma::mma_sync(acc[n], a, b, acc[n]);
+            }
+        }
+    }
+#pragma unroll
+    for (int n = 0; n < AW_BK / 16; n++)
+        if (n < ncol) wmma::store_matrix_sync(C + n * 16, acc[n], ldc, wmma::mem_row_major);
+}
+
+// How many of a key tile's columns (keys k0 .. k0 + nk - 1) the rows pos0 + q0 + [r0, r1) see, in
+// 16-column fragments (causal: key <= query position).
+__device__ inline int aw_ncol(int pos0, int q0, int r0, int r1, int k0, int nk) {
+    if (r1 <= r0) return 0;
+    int n = attn_min(nk, pos0 + q0 + r1 - k0);
+    return n > 0 ? (n + 15) / 16 : 0;
+}
+
+// acc[n] += A (16 x 64) B[0 .. 64)[16 n .. 16 n + 16) for n < nt: one warp. A is row-major (A[m * lda
+// + k]) or, LA = col_major, the transpose of what is stored (A[k * lda + m]); B bf16 row-major. Only
+// the k blocks [kk0, kk1) of 16 (the others are zeros of P or dS: masked).
+template <typename LA>
+__device__ __forceinline__ void aw_strip_ab(aw_acc (&acc)[AW_NT], int nt, const bf16_t *A, int lda, const bf16_t *B,
+                                            int ldb, int kk0, int kk1) {
+    const bool acol = std::is_same<LA, wmma::col_major>::value;
+    for (int kk = kk0; kk < kk1; kk++) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16_t, LA> a;
+        wmma::load_matrix_sync(a, A + (acol ? (size_t)kk * 16 * lda : (size_t)kk * 16), lda);
+#pragma unroll
+        for (int n = 0; n < AW_NT; n++) {
+            if (n < nt) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16_t, wmma::row_major> b;
+                wmma::load_matrix_sync(b, B + (size_t)kk * 16 * ldb + n * 16, ldb);
+                wmma::mma_sync(acc[n], a, b, acc[n]);
+            }
+        }
+    }
+}
+
+size_t aw_fwd_smem(int hd) {
+    size_t ldh = aw_hdp(hd) + 8, ldo = aw_hdp(hd) + 4;
+    return 128 + 3 * AW_BQ * ldh * 2 + AW_BQ * AW_LDS * 4 + AW_BQ * AW_LDP * 2 + AW_BQ * ldo * 4;
+}
+size_t aw_bwd_smem(int hd) {  // pass 2 (pass 3 needs one P-sized array less)
+    size_t ldh = aw_hdp(hd) + 8;
+    return 128 + 4 * AW_BQ * ldh * 2 + 2 * AW_BQ * AW_LDS * 4 + 2 * AW_BQ * AW_LDP * 2 + 2 * AW_BQ * 4;
+}
+
+// Forward (lse == NULL) or pass 1's D mode (lse != NULL), as attn_fwd_kernel. Grid (query tiles, H, B).
+__global__ void __launch_bounds__(AW_THREADS)
+    attn_wmma_fwd_kernel(bf16_t *out, float *stat, const float *lse, const bf16_t *q, const bf16_t *k,
+                         const bf16_t *v, const bf16_t *dout, AttnDev p) {
+    GIVT_DYNAMIC_SMEM(unsigned char, aw_raw);
+    const int hd = p.hd, hdp = aw_hdp(hd), ldh = hdp + 8, ldo = hdp + 4, nt = hdp / 16;
+    bf16_t *Qs = (bf16_t *)aw_align(aw_raw);  // [AW_BQ][ldh]
+    bf16_t *Ks = Qs + AW_BQ * ldh;            // [AW_BK][ldh]
+    bf16_t *Vs = Ks + AW_BK * ldh;            // [AW_BK][ldh]
+    float *Ss = (float *)(Vs + AW_BK * ldh);  // [AW_BQ][AW_LDS]
+    bf16_t *Ps = (bf16_t *)(Ss + AW_BQ * AW_LDS);  // [AW_BQ][AW_LDP]
+    float *Os = (float *)(Ps + AW_BQ * AW_LDP);    // [AW_BQ][ldo]
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int q0 = blockIdx.x * AW_BQ, h = blockIdx.y, b = blockIdx.z;
+    const int nq = attn_min(AW_BQ, p.Tq - q0);
+    const int C = p.H * hd;
+    const bool dmode = lse != nullptr;
+    const bf16_t *qb = q + (size_t)b * p.q_batch + (size_t)h * hd;
+    const bf16_t *kb = k + (size_t)b * p.kv_batch + (size_t)h * hd;
+    const bf16_t *vb = v + (size_t)b * p.kv_batch + (size_t)h * hd;
+    const size_t stat0 = ((size_t)b * p.H + h) * p.Tq + q0;
+
+    aw_load_tile(Qs, ldh, qb + (size_t)q0 * p.q_row, p.q_row, nq, hd, hdp);
+    for (int idx = tid; idx < AW_BQ * ldo; idx += AW_THREADS) Os[idx] = 0.0f;
+
+    // the softmax: lanes 2 rr and 2 rr + 1 share the strip's row r = 16 warp + rr, keys [32 half,
+    // 32 half + 32) of a tile each, dims [hdp/2 half, hdp/2 (half + 1)) of its O row
+    const int rr = lane >> 1, half = lane & 1, r = warp * 16 + rr;
+    float m = dmode ? (r < nq ? lse[stat0 + r] : 0.0f) : -INFINITY;  // the row's running max (both lanes)
+    float l = 0.0f;                                                    // the lane's part of the row's sum
+    const int rows_w = attn_min(16, nq - warp * 16);                   // the warp's rows in the tile (<= 0: none)
+
+    const int kend = p.pos0 + q0 + nq;
+    for (int k0 = 0; k0 < kend; k0 += AW_BK) {
+        const int nk = attn_min(AW_BK, kend - k0);
+        __syncthreads();  // the previous tile's K, V, S, P (and O's product) are done with
+        aw_load_tile(Ks, ldh, kb + (size_t)k0 * p.kv_row, p.kv_row, nk, hd, hdp);
+        aw_load_tile(Vs, ldh, vb + (size_t)k0 * p.kv_row, p.kv_row, nk, hd, hdp);
+        __syncthreads();
+        // the key fragments the warp's rows see (warp-uniform; 0: nothing to do in this tile)
+        const int ncol = aw_ncol(p.pos0, q0, warp * 16, warp * 16 + rows_w, k0, nk);
+        if (ncol > 0)
+            aw_strip_abt(Ss + warp * 16 * AW_LDS, AW_LDS, Qs + warp * 16 * ldh, ldh, Ks, ldh, hdp, ncol);  // S = Q K^T
+        __syncthreads();
+
+        if (ncol > 0) {  // the online softmax of the warp's rows, P for columns [0, 16 ncol)
+            const int jmax = r < nq ? attn_min(nk, p.pos0 + q0 + r - k0 + 1) : 0;  // the row sees keys j < jmax
+            float mx = -INFINITY;
+            for (int j = 32 * half; j < 32 * half + 32; j++)
+                if (j < jmax) mx = fmaxf(mx, Ss[r * AW_LDS + j] * p.scale);
+            mx = fmaxf(mx, __shfl_xor_sync(ATT_FULL_MASK, mx, 1));
+            const float mnew = dmode ? m : fmaxf(m, mx);
+            float sum = 0.0f;
+            for (int j = 32 * half; j < 32 * half + 32; j++) {
+                float pr = j < jmax ? expf(Ss[r * AW_LDS + j] * p.scale - mnew) : 0.0f;
+                sum += pr;
+                if (j < 16 * ncol) Ps[r * AW_LDP + j] = __float2bfloat16(pr);
+            }
+            if (!dmode) {
+                const float alpha = mnew == -INFINITY ? 1.0f : expf(m - mnew);
+                l = l * alpha + sum;
+                m = mnew;
+                for (int d = half * hdp / 2; d < (half + 1) * hdp / 2; d++) Os[r * ldo + d] *= alpha;
+            }
+        }
+        __syncthreads();
+
+        // O_strip += P_strip V, the accumulators through shared memory (rescaled above)
+        float *Ow = Os + warp * 16 * ldo;
+        for (int n = 0; n < nt && ncol > 0; n++) {
+            aw_acc o;
+            wmma::load_matrix_sync(o, Ow + n * 16, ldo, wmma::mem_row_major);
+            for (int kk = 0; kk < ncol; kk++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16_t, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16_t, wmma::row_major> bv;
+                wmma::load_matrix_sync(a, Ps + warp * 16 * AW_LDP + kk * 16, AW_LDP);
+                wmma::load_matrix_sync(bv, Vs + kk * 16 * ldh + n * 16, ldh);
+                wmma::mma_sync(o, a, bv, o);
+            }
+            wmma::store_matrix_sync(Ow + n * 16, o, ldo, wmma::mem_row_major);
+        }
+    }
+    __syncthreads();
+
+    const size_t orow = ((size_t)b * p.Tq + q0 + r) * C + (size_t)h * hd;
+    if (!dmode) {
+        const float lsum = l + __shfl_xor_sync(ATT_FULL_MASK, l, 1);
+        if (r < nq) {
+            const float inv = 1.0f / lsum;
+            for (int d = half; d < hd; d += 2) out[orow + d] = __float2bfloat16(Os[r * ldo + d] * inv);
+            if (half == 0) stat[stat0 + r] = m + logf(lsum);
+        }
+    } else {
+        float dot = 0.0f;
+        if (r < nq)
+            for (int d = half; d < hd; d += 2) dot += Os[r * ldo + d] * __bfloat162float(dout[orow + d]);
+        dot += __shfl_xor_sync(ATT_FULL_MASK, dot, 1);
+        if (r < nq && half == 0) stat[stat0 + r] = dot;
+    }
+}
+
+// S = scale Q K^T and dP = dO V^T for the strips of a (query tile, key tile) pair, then the scalar
+// pass: P = exp(S - L) (masked: rows < nq, keys < nk, key <= query), dS = P (dP - D), as bf16.
+// Ps may be NULL (pass 3 needs only dS).
+__device__ __forceinline__ void aw_bwd_tile(float *Ss, float *dPs, bf16_t *Ps, bf16_t *dSs, const bf16_t *Qs,
+                                            const bf16_t *dOs, const bf16_t *Ks, const bf16_t *Vs, const float *Ls,
+                                            const float *Ds, int ldh, int hdp, int q0, int nq, int k0, int nk,
+                                            float scale, int warp) {
+    const int ncol = aw_ncol(0, q0, warp * 16, attn_min(warp * 16 + 16, nq), k0, nk);  // warp-uniform
+    if (ncol > 0) {
+        aw_strip_abt(Ss + warp * 16 * AW_LDS, AW_LDS, Qs + warp * 16 * ldh, ldh, Ks, ldh, hdp, ncol);
+        aw_strip_abt(dPs + warp * 16 * AW_LDS, AW_LDS, dOs + warp * 16 * ldh, ldh, Vs, ldh, hdp, ncol);
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < AW_BQ * AW_BK; idx += AW_THREADS) {
+        int i = idx / AW_BK, j = idx - i * AW_BK;
+        bool valid = i < nq && j < nk && k0 + j <= q0 + i;
+        float pr = valid ? expf(Ss[i * AW_LDS + j] * scale - Ls[i]) : 0.0f;
+        if (Ps) Ps[i * AW_LDP + j] = __float2bfloat16(pr);
+        dSs[i * AW_LDP + j] = __float2bfloat16(valid ? pr * (dPs[i * AW_LDS + j] - Ds[i]) : 0.0f);
+    }
+    __syncthreads();
+}
+
+// The epilogue of passes 2 and 3: acc (scaled by s) into E (fp32 [64][ldo], the warp's strip), then
+// rows [0, n) of E through the RoPE transpose into dst (row r at position pos0 + r), or copied (rope
+// false). Begins and ends with a barrier.
+__device__ __forceinline__ void aw_epilogue(float *E, int ldo, aw_acc (&acc)[AW_NT], int nt, float s, int warp,
+                                            bf16_t *dst, size_t row, int n, int pos0, int hd, bool rope, int n_rot,
+                                            const float *cos_t, const float *sin_t) {
+#pragma unroll
+    for (int f = 0; f < AW_NT; f++) {
+        if (f < nt) {
+            for (int i = 0; i < acc[f].num_elements; i++) acc[f].x[i] *= s;
+            wmma::store_matrix_sync(E + warp * 16 * ldo + f * 16, acc[f], ldo, wmma::mem_row_major);
+        }
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < n * hd; idx += AW_THREADS) {
+        int r = idx / hd, d = idx - r * hd, pos = pos0 + r;
+        float x = rope ? attn_rope_dim(E + r * ldo, d, n_rot, cos_t + (size_t)pos * n_rot, sin_t + (size_t)pos * n_rot,
+                                       true)
+                       : E[r * ldo + d];
+        dst[(size_t)r * row + d] = __float2bfloat16(x);
+    }
+    __syncthreads();
+}
+
+// Pass 2: dk, dv for the key tile blockIdx.x (grid (key tiles, H, B)).
+__global__ void __launch_bounds__(AW_THREADS)
+    attn_wmma_dkdv_kernel(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16_t *v,
+                          const bf16_t *dout, const float *L, const float *D, const float *cos_t, const float *sin_t,
+                          AttnDev p) {
+    GIVT_DYNAMIC_SMEM(unsigned char, aw_raw);
+    const int hd = p.hd, hdp = aw_hdp(hd), ldh = hdp + 8, ldo = hdp + 4, nt = hdp / 16, T_ = p.Tq, C = p.H * hd;
+    unsigned char *base = aw_align(aw_raw);
+    bf16_t *Ks = (bf16_t *)base, *Vs = Ks + AW_BK * ldh, *Qs = Vs + AW_BK * ldh, *dOs = Qs + AW_BQ * ldh;
+    float *Ss = (float *)(dOs + AW_BQ * ldh), *dPs = Ss + AW_BQ * AW_LDS;
+    bf16_t *Ps = (bf16_t *)(dPs + AW_BQ * AW_LDS), *dSs = Ps + AW_BQ * AW_LDP;
+    float *Ls = (float *)(dSs + AW_BQ * AW_LDP), *Ds = Ls + AW_BQ;
+    const int tid = threadIdx.x, warp = tid >> 5;
+    const int k0 = blockIdx.x * AW_BK, h = blockIdx.y, b = blockIdx.z;
+    const int nk = attn_min(AW_BK, T_ - k0);
+    const bf16_t *qb = q + (size_t)b * p.q_batch + (size_t)h * hd;
+    const size_t kvoff = (size_t)b * p.kv_batch + (size_t)h * hd;
+    const bf16_t *ob = dout + (size_t)b * T_ * C + (size_t)h * hd;
+    const size_t stat0 = ((size_t)b * p.H + h) * T_;
+
+    aw_load_tile(Ks, ldh, k + kvoff + (size_t)k0 * p.kv_row, p.kv_row, nk, hd, hdp);
+    aw_load_tile(Vs, ldh, v + kvoff + (size_t)k0 * p.kv_row, p.kv_row, nk, hd, hdp);
+    aw_acc dka[AW_NT], dva[AW_NT];
+#pragma unroll
+    for (int f = 0; f < AW_NT; f++) wmma::fill_fragment(dka[f], 0.0f), wmma::fill_fragment(dva[f], 0.0f);
+
+    for (int q0 = k0; q0 < T_; q0 += AW_BQ) {  // AW_BQ == AW_BK: queries before k0 see none of these keys
+        const int nq = attn_min(AW_BQ, T_ - q0);
+        __syncthreads();  // the previous query tile is done with
+        aw_load_tile(Qs, ldh, qb + (size_t)q0 * p.q_row, p.q_row, nq, hd, hdp);
+        aw_load_tile(dOs, ldh, ob + (size_t)q0 * C, (size_t)C, nq, hd, hdp);
+        if (tid < AW_BQ) {
+            Ls[tid] = tid < nq ? L[stat0 + q0 + tid] : 0.0f;
+            Ds[tid] = tid < nq ? D[stat0 + q0 + tid] : 0.0f;
+        }
+        __syncthreads();
+        aw_bwd_tile(Ss, dPs, Ps, dSs, Qs, dOs, Ks, Vs, Ls, Ds, ldh, hdp, q0, nq, k0, nk, p.scale, warp);
+        // the warp's 16 keys: dV += P^T dO, dK += dS^T Q (P, dS stored [query][key]: col_major reads),
+        // over the query blocks that exist and see them (on the diagonal tile, blocks >= warp)
+        if (warp * 16 < nk) {
+            const int kk0 = q0 == k0 ? warp : 0, kk1 = (nq + 15) / 16;
+            aw_strip_ab<wmma::col_major>(dva, nt, Ps + warp * 16, AW_LDP, dOs, ldh, kk0, kk1);
+            aw_strip_ab<wmma::col_major>(dka, nt, dSs + warp * 16, AW_LDP, Qs, ldh, kk0, kk1);
+        }
+    }
+
+    __syncthreads();  // the tiles become the epilogue's fp32 rows: dV, then dK (scaled)
+    float *E = (float *)base;
+    bf16_t *dvb = dv + kvoff + (size_t)k0 * p.kv_row, *dkb = dk + kvoff + (size_t)k0 * p.kv_row;
+    aw_epilogue(E, ldo, dva, nt, 1.0f, warp, dvb, p.kv_row, nk, k0, hd, false, 0, cos_t, sin_t);
+    aw_epilogue(E, ldo, dka, nt, p.scale, warp, dkb, p.kv_row, nk, k0, hd, true, p.n_rot, cos_t, sin_t);
+}
+
+// Pass 3: dq for the query tile blockIdx.x (grid (query tiles, H, B)).
+__global__ void __launch_bounds__(AW_THREADS)
+    attn_wmma_dq_kernel(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout,
+                        const float *L, const float *D, const float *cos_t, const float *sin_t, AttnDev p) {
+    GIVT_DYNAMIC_SMEM(unsigned char, aw_raw);
+    const int hd = p.hd, hdp = aw_hdp(hd), ldh = hdp + 8, ldo = hdp + 4, nt = hdp / 16, T_ = p.Tq, C = p.H * hd;
+    unsigned char *base = aw_align(aw_raw);
+    bf16_t *Qs = (bf16_t *)base, *dOs = Qs + AW_BQ * ldh, *Ks = dOs + AW_BQ * ldh, *Vs = Ks + AW_BK * ldh;
+    float *Ss = (float *)(Vs + AW_BK * ldh), *dPs = Ss + AW_BQ * AW_LDS;
+    bf16_t *dSs = (bf16_t *)(dPs + AW_BQ * AW_LDS);
+    float *Ls = (float *)(dSs + AW_BQ * AW_LDP), *Ds = Ls + AW_BQ;
+    const int tid = threadIdx.x, warp = tid >> 5;
+    const int q0 = blockIdx.x * AW_BQ, h = blockIdx.y, b = blockIdx.z;
+    const int nq = attn_min(AW_BQ, T_ - q0);
+    const size_t qoff = (size_t)b * p.q_batch + (size_t)h * hd;
+    const bf16_t *kb = k + (size_t)b * p.kv_batch + (size_t)h * hd;
+    const bf16_t *vb = v + (size_t)b * p.kv_batch + (size_t)h * hd;
+    const bf16_t *ob = dout + (size_t)b * T_ * C + (size_t)h * hd;
+    const size_t stat0 = ((size_t)b * p.H + h) * T_;
+
+    aw_load_tile(Qs, ldh, q + qoff + (size_t)q0 * p.q_row, p.q_row, nq, hd, hdp);
+    aw_load_tile(dOs, ldh, ob + (size_t)q0 * C, (size_t)C, nq, hd, hdp);
+    if (tid < AW_BQ) {
+        Ls[tid] = tid < nq ? L[stat0 + q0 + tid] : 0.0f;
+        Ds[tid] = tid < nq ? D[stat0 + q0 + tid] : 0.0f;
+    }
+    aw_acc dqa[AW_NT];
+#pragma unroll
+    for (int f = 0; f < AW_NT; f++) wmma::fill_fragment(dqa[f], 0.0f);
+
+    const int kend = q0 + nq;
+    for (int k0 = 0; k0 < kend; k0 += AW_BK) {
+        const int nk = attn_min(AW_BK, kend - k0);
+        __syncthreads();  // the previous key tile is done with
+        aw_load_tile(Ks, ldh, kb + (size_t)k0 * p.kv_row, p.kv_row, nk, hd, hdp);
+        aw_load_tile(Vs, ldh, vb + (size_t)k0 * p.kv_row, p.kv_row, nk, hd, hdp);
+        __syncthreads();
+        aw_bwd_tile(Ss, dPs, nullptr, dSs, Qs, dOs, Ks, Vs, Ls, Ds, ldh, hdp, q0, nq, k0, nk, p.scale, warp);
+        // dQ += dS K over the key blocks the warp's rows see
+        const int ncol = aw_ncol(0, q0, warp * 16, attn_min(warp * 16 + 16, nq), k0, nk);
+        aw_strip_ab<wmma::row_major>(dqa, nt, dSs + warp * 16 * AW_LDP, AW_LDP, Ks, ldh, 0, ncol);
+    }
+
+    __syncthreads();  // the tiles become the epilogue's fp32 rows
+    aw_epilogue((float *)base, ldo, dqa, nt, p.scale, warp, dq + qoff + (size_t)q0 * p.q_row, p.q_row, nq, q0, hd,
+                true, p.n_rot, cos_t, sin_t);
+}
+
 // Kernels whose dynamic shared memory passes the default 48 KiB opt in to it (up to the device's
 // limit, 227 KiB on sm_90; the largest here is ~74 KiB).
 template <typename K>
@@ -495,6 +867,45 @@ void attn_bwd_launch(Backend *be, T *dq, T *dk, T *dv, float *Dbuf, const T *dou
                 sin_t, p);
 }
 
+// bf16: the WMMA kernels (every hd up to ATT_MAX_HD, zero-padded to a multiple of 16)
+void aw_fwd_launch(Backend *be, bf16_t *out, float *lse, bf16_t *q, bf16_t *k, const bf16_t *v, const float *cos_t,
+                   const float *sin_t, const AttnShape *s) {
+    cudaStream_t st = cuda_stream(be);
+    AttnDev p = attn_dev(s);
+    if (s->n_rot > 0) {  // RoPE in place, as the fp32 path
+        if (s->Tq > 0)
+            GIVT_LAUNCH(attn_rope_kernel<bf16_t>, dim3(s->Tq, s->B), dim3(ATT_THREADS), 0, st, q, s->q_row,
+                        s->q_batch, s->pos0, s->H, s->hd, s->n_rot, cos_t, sin_t);
+        int nk = s->Tk - s->pos0;
+        if (nk > 0)
+            GIVT_LAUNCH(attn_rope_kernel<bf16_t>, dim3(nk, s->B), dim3(ATT_THREADS), 0, st,
+                        k + (size_t)s->pos0 * s->kv_row, s->kv_row, s->kv_batch, s->pos0, s->H, s->hd, s->n_rot,
+                        cos_t, sin_t);
+    }
+    size_t smem = aw_fwd_smem(s->hd);
+    attn_allow_smem(attn_wmma_fwd_kernel, smem);
+    dim3 grid((s->Tq + AW_BQ - 1) / AW_BQ, s->H, s->B);
+    GIVT_LAUNCH(attn_wmma_fwd_kernel, grid, dim3(AW_THREADS), smem, st, out, lse, (const float *)nullptr,
+                (const bf16_t *)q, (const bf16_t *)k, v, (const bf16_t *)nullptr, p);
+}
+
+void aw_bwd_launch(Backend *be, bf16_t *dq, bf16_t *dk, bf16_t *dv, float *Dbuf, const bf16_t *dout, const bf16_t *q,
+                   const bf16_t *k, const bf16_t *v, const float *lse, const float *cos_t, const float *sin_t,
+                   const AttnShape *s) {
+    cudaStream_t st = cuda_stream(be);
+    AttnDev p = attn_dev(s);
+    dim3 grid((s->Tq + AW_BQ - 1) / AW_BQ, s->H, s->B), block(AW_THREADS);
+    size_t fsmem = aw_fwd_smem(s->hd), bsmem = aw_bwd_smem(s->hd);
+    attn_allow_smem(attn_wmma_fwd_kernel, fsmem);
+    GIVT_LAUNCH(attn_wmma_fwd_kernel, grid, block, fsmem, st, (bf16_t *)nullptr, Dbuf, lse, q, k, v, dout, p);
+    attn_allow_smem(attn_wmma_dkdv_kernel, bsmem);
+    GIVT_LAUNCH(attn_wmma_dkdv_kernel, grid, block, bsmem, st, dk, dv, q, k, v, dout, lse, (const float *)Dbuf, cos_t,
+                sin_t, p);
+    attn_allow_smem(attn_wmma_dq_kernel, bsmem);
+    GIVT_LAUNCH(attn_wmma_dq_kernel, grid, block, bsmem, st, dq, q, k, v, dout, lse, (const float *)Dbuf, cos_t, sin_t,
+                p);
+}
+
 bool attn_bf16(Backend *be) { return ((CudaCtx *)be->ctx)->dtype == DTYPE_BF16; }
 
 }  // namespace
@@ -512,8 +923,7 @@ void cuda_attention_fwd(Backend *be, cval *out, void *saved, cval *q, cval *k, c
     if (s->B == 0 || s->H == 0 || s->Tq == 0) return;
     float *lse = (float *)saved;
     if (attn_bf16(be))
-        attn_fwd_launch(be, (__nv_bfloat16 *)out, lse, (__nv_bfloat16 *)q, (__nv_bfloat16 *)k,
-                        (const __nv_bfloat16 *)v, cos, sin, s);
+        aw_fwd_launch(be, (bf16_t *)out, lse, (bf16_t *)q, (bf16_t *)k, (const bf16_t *)v, cos, sin, s);
     else
         attn_fwd_launch(be, (float *)out, lse, (float *)q, (float *)k, (const float *)v, cos, sin, s);
 }
@@ -531,10 +941,10 @@ void cuda_attention_bwd(Backend *be, cval *dq, cval *dk, cval *dv, void *scratch
     if (s->B == 0 || s->H == 0 || s->Tq == 0) return;
     const float *lse = (const float *)saved;
     float *Dbuf = (float *)scratch;
-    typedef __nv_bfloat16 bf;
+    typedef bf16_t bf;
     if (attn_bf16(be))
-        attn_bwd_launch(be, (bf *)dq, (bf *)dk, (bf *)dv, Dbuf, (const bf *)dout, (const bf *)q, (const bf *)k,
-                        (const bf *)v, lse, cos, sin, s);
+        aw_bwd_launch(be, (bf *)dq, (bf *)dk, (bf *)dv, Dbuf, (const bf *)dout, (const bf *)q, (const bf *)k,
+                      (const bf *)v, lse, cos, sin, s);
     else
         attn_bwd_launch(be, (float *)dq, (float *)dk, (float *)dv, Dbuf, (const float *)dout, (const float *)q,
                         (const float *)k, (const float *)v, lse, cos, sin, s);

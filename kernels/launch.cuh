@@ -33,8 +33,21 @@
 //   - math on float: expf, logf, log1pf, sqrtf, rsqrtf, fmaxf, fminf, fabsf, __expf, __fdividef,
 //     and the ordinary operators; double arithmetic where an op needs it;
 //   - atomicAdd on int / unsigned (no floating-point atomics: reductions are deterministic);
-//   - __device__ / __forceinline__ helpers, __restrict__, __launch_bounds__, #pragma unroll.
-// Not allowed: inline PTX, cooperative groups, warp-level matrix ops (wmma/mma), implicit warp-synchronous
+//   - __device__ / __forceinline__ helpers, __restrict__, __launch_bounds__, #pragma unroll;
+//   - WMMA (nvcuda::wmma of <mma.h>, included here), through the documented API only, m16n16k16:
+//     fragment<matrix_a | matrix_b, 16, 16, 16, __nv_bfloat16, row_major | col_major>,
+//     fragment<accumulator, 16, 16, 16, float>, fill_fragment, load_matrix_sync (the accumulator's with
+//     a layout_t), store_matrix_sync (float), mma_sync. load/store/mma_sync are warp collectives: all
+//     32 lanes of the warp at the same call (convergent code; an exited or diverged lane is an error
+//     under emulation), with the same pointer, ldm and layout; the pointer 32-byte aligned (dynamic
+//     shared memory is only 16: round up), ldm a multiple of 16 bytes. Which lane holds which element
+//     is unspecified (the emulation draws a random mapping per launch): touch a fragment's x[] only
+//     elementwise with operations that need no mapping (scaling all, converting all), never as rows or
+//     columns, and never move x[] between fragments of different uses. Memory written by
+//     store_matrix_sync and read by other lanes (or written by other lanes and read by
+//     load_matrix_sync) needs a __syncthreads between, as any exchange through shared memory.
+// Not allowed: inline PTX, cooperative groups, other warp-level matrix ops (mma.sync/wgmma PTX, WMMA
+// shapes or types other than the above), implicit warp-synchronous
 // code (lanes exchanging through shared memory without a barrier: use the *_sync intrinsics),
 // __syncwarp, clock(), printf from device code, dynamic parallelism, floating-point atomics.
 // Results under emulation differ from the GPU in FMA contraction and ulps of expf/rsqrtf: tests
@@ -47,6 +60,7 @@
 #else
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 #endif
 
 #include <stdio.h>

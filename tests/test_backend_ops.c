@@ -2,8 +2,8 @@
 // test-backend-ops. For each backend of the registry that backend_available() says can be opened
 // here (with precision "no", and again with "bf16" when that gives another compute dtype), and for
 // every op, on random inputs (fixed seeds, no all-zero tensors) at several shapes, odd ones included
-// (T = 1, T = 37, T = 70 across the CPU backend's 64-row attention blocks, head dim 48, B = 3, N and
-// C not multiples of anything), the op's results are compared
+// (T = 1, T = 37, T = 70 across the CPU backend's 64-row attention blocks and the CUDA kernels' tiles,
+// head dims 6 to 128 (40, 48 not multiples of 16), B = 3, N and C not multiples of anything), the op's results are compared
 //   - with an independent double-precision computation written here (naive loops: the forward
 //     formula of GIVT.md / ops.h, and for backward ops the vector-Jacobian product derived by hand),
 //     on every backend, the CPU backend included (comparing it with itself would prove nothing);
@@ -618,11 +618,18 @@ static const AttCase k_att_train[] = {
     {1, 2, 8, 70, 0, 8, 1, 0, 0, 0, 0, 0},    // T = 70: two 64-row blocks on the CPU backend
     {2, 2, 6, 5, 0, 0, 1, 0, 0, 0, 0, 0},     // no rotation (rope_rotary_percentage 0)
     {3, 2, 48, 37, 0, 16, 0, 3, 5, 7, 2, 1},  // separate, padded q, k, v buffers
+    // head dims of real models (the CUDA bf16 kernels' 64 x 64 WMMA tiles, hd padded to 16s):
+    {1, 1, 128, 70, 0, 128, 1, 0, 0, 0, 0, 0},  // hd 128, two tiles, the second of 6 rows
+    {2, 1, 32, 67, 0, 32, 0, 1, 2, 3, 0, 1},    // hd 32, padded buffers
+    {1, 2, 64, 65, 0, 16, 1, 0, 0, 0, 0, 0},    // hd 64, a second tile of one row, partial rotation
+    {1, 1, 40, 33, 0, 40, 1, 0, 0, 0, 0, 0},    // hd 40: not a multiple of 16
 };
 static const AttCase k_att_decode[] = {
     {3, 2, 48, 1, 36, 48, 0, 0, 0, 0, 4, 0},  // one query against a cache of 36: Tk = 37
     {2, 3, 16, 3, 34, 8, 0, 5, 3, 1, 2, 3},   // three queries, Tk = 37, padded strides
     {1, 2, 8, 5, 66, 8, 1, 0, 0, 0, 0, 0},    // Tk = 71, the model's qkv layout
+    {1, 1, 128, 66, 10, 128, 0, 0, 0, 0, 3, 0},  // hd 128, two query tiles against Tk = 76
+    {2, 1, 40, 7, 60, 40, 1, 0, 0, 0, 0, 0},     // hd 40, Tk = 67
 };
 #define N_ATT_TRAIN (int)(sizeof k_att_train / sizeof k_att_train[0])
 #define N_ATT_DECODE (int)(sizeof k_att_decode / sizeof k_att_decode[0])

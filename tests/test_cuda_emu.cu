@@ -2,7 +2,9 @@
 // barriers is right in every fiber order, and the same kernel without them is wrong in at least one
 // (the order detector works); shuffles and votes; poisoned shared memory read before it is written;
 // the errors it must report (a divergent __syncthreads, a collective outside its mask or waiting for
-// an exited lane, an invalid launch configuration); bf16 conversions as util.c rounds.
+// an exited lane, an invalid launch configuration); WMMA products in every layout, a kernel that
+// assumes a fragment mapping coming out wrong, a WMMA load missing its barrier wrong in some order,
+// and WMMA misuse reported; bf16 conversions as util.c rounds.
 // Built only under emulation (g++ -x c++ -DGIVT_CUDA_EMU), into the test runner.
 #include "launch.cuh"
 
@@ -233,6 +235,240 @@ TEST(cuda_emu_launch_configuration) {
     cudaGetLastError();
     givt_emu::set_record_errors(0);
     cudaFree(out);
+}
+
+// ---- WMMA (nvcuda::wmma, m16n16k16 bf16 -> float) ----------------------------------------------
+namespace wmma = nvcuda::wmma;
+
+// out = A B + 0.5 C0 in both warps of a 64-thread block (warp w writes rows at out + w * 16 * 24):
+// A (16 x 32) and B (32 x 16) stored in the layouts of their fragments, two k steps; C0 loaded with
+// layout c_col, scaled through x[] (layout-agnostic), out stored with layout o_col and ldm 24.
+template <typename LA, typename LB>
+__global__ void wmma_product(float *out, const __nv_bfloat16 *A, const __nv_bfloat16 *B, const float *C0, int c_col,
+                             int o_col) {
+    const bool acol = std::is_same<LA, wmma::col_major>::value, bcol = std::is_same<LB, wmma::col_major>::value;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, LA> a;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, LB> b;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+    wmma::load_matrix_sync(c, C0, 16, c_col ? wmma::mem_col_major : wmma::mem_row_major);
+    for (int i = 0; i < c.num_elements; i++) c.x[i] *= 0.5f;
+    for (int kk = 0; kk < 2; kk++) {
+        wmma::load_matrix_sync(a, A + (acol ? kk * 16 * 16 : kk * 16), acol ? 16 : 32);
+        wmma::load_matrix_sync(b, B + (bcol ? kk * 16 : kk * 16 * 16), bcol ? 32 : 16);
+        wmma::mma_sync(c, a, b, c);
+    }
+    wmma::store_matrix_sync(out + threadIdx.x / 32 * 16 * 24, c, 24, o_col ? wmma::mem_col_major : wmma::mem_row_major);
+}
+
+// The same product with a's x[] filled as if lane l held row l / 2, columns (l % 2) * 8 + i: an
+// assumed mapping, which the emulation must turn into a wrong result.
+__global__ void wmma_assumes_mapping(float *out, const __nv_bfloat16 *A, const __nv_bfloat16 *B) {
+    int lane = threadIdx.x % 32;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> b;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+    wmma::fill_fragment(c, 0.0f);
+    for (int kk = 0; kk < 2; kk++) {
+        for (int i = 0; i < a.num_elements; i++) a.x[i] = A[(lane / 2) * 32 + kk * 16 + (lane % 2) * 8 + i];
+        wmma::load_matrix_sync(b, B + kk * 16 * 16, 16);
+        wmma::mma_sync(c, a, b, c);
+    }
+    wmma::store_matrix_sync(out, c, 24, wmma::mem_row_major);
+}
+
+static __nv_bfloat16 *dev_bf16(const float *h, size_t n) {
+    __nv_bfloat16 *d, *t = (__nv_bfloat16 *)malloc(n * sizeof *t);
+    for (size_t i = 0; i < n; i++) t[i] = __float2bfloat16(h[i]);
+    CUDA_CHECK(cudaMalloc((void **)&d, n * sizeof *d));
+    CUDA_CHECK(cudaMemcpy(d, t, n * sizeof *d, cudaMemcpyHostToDevice));
+    free(t);
+    return d;
+}
+
+// Runs one layout combination; returns the largest error relative to the largest reference value.
+template <typename LA, typename LB>
+static double run_wmma_product(const float *Am, const float *Bm, const float *C0m, int c_col, int o_col, int assume) {
+    const bool acol = std::is_same<LA, wmma::col_major>::value, bcol = std::is_same<LB, wmma::col_major>::value;
+    float As[16 * 32], Bs[32 * 16], Cs[256];  // stored in the fragments' layouts
+    for (int m = 0; m < 16; m++)
+        for (int k = 0; k < 32; k++) As[acol ? k * 16 + m : m * 32 + k] = Am[m * 32 + k];
+    for (int k = 0; k < 32; k++)
+        for (int n = 0; n < 16; n++) Bs[bcol ? n * 32 + k : k * 16 + n] = Bm[k * 16 + n];
+    for (int r = 0; r < 16; r++)
+        for (int c = 0; c < 16; c++) Cs[c_col ? c * 16 + r : r * 16 + c] = C0m[r * 16 + c];
+    __nv_bfloat16 *dA = dev_bf16(As, 16 * 32), *dB = dev_bf16(Bs, 32 * 16);
+    float *dC = dev_floats(Cs, 256), *dO = dev_floats(NULL, 2 * 16 * 24), got[2 * 16 * 24];
+    if (assume) {
+        GIVT_LAUNCH(wmma_assumes_mapping, 1, 32, 0, 0, dO, (const __nv_bfloat16 *)dA, (const __nv_bfloat16 *)dB);
+    } else {
+        auto *k = wmma_product<LA, LB>;
+        GIVT_LAUNCH(k, 1, 64, 0, 0, dO, (const __nv_bfloat16 *)dA, (const __nv_bfloat16 *)dB, (const float *)dC, c_col,
+                    o_col);
+    }
+    host_floats(got, dO, 2 * 16 * 24);
+    cudaFree(dA), cudaFree(dB), cudaFree(dC), cudaFree(dO);
+    double err = 0, big = 0;
+    for (int w = 0; w < (assume ? 1 : 2); w++)
+        for (int r = 0; r < 16; r++)
+            for (int c = 0; c < 16; c++) {
+                float want = assume ? 0.0f : 0.5f * C0m[r * 16 + c];
+                for (int k = 0; k < 32; k++)
+                    want += __bfloat162float(__float2bfloat16(Am[r * 32 + k])) *
+                            __bfloat162float(__float2bfloat16(Bm[k * 16 + c]));
+                float g = got[w * 16 * 24 + (o_col ? c * 24 + r : r * 24 + c)];
+                err = fmax(err, isnan(g) ? INFINITY : fabs((double)g - want)), big = fmax(big, fabs(want));
+            }
+    return err / big;
+}
+
+TEST(cuda_emu_wmma_product) {
+    float A[16 * 32], B[32 * 16], C0[256];
+    uint64_t x = 99;
+    auto rnd = [&x]() {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        return (float)((int)(x >> 40) % 2001 - 1000) / 250.0f;
+    };
+    for (float &v : A) v = rnd();
+    for (float &v : B) v = rnd();
+    for (float &v : C0) v = rnd();
+    double worst = 0;
+    for (int o = 0; o < 3; o++) {
+        givt_emu::set_order(k_orders[o], 11);
+        for (int cc = 0; cc < 2; cc++) {
+            int oc = (cc + o) % 2;
+            double e[4] = {run_wmma_product<wmma::row_major, wmma::row_major>(A, B, C0, cc, oc, 0),
+                           run_wmma_product<wmma::row_major, wmma::col_major>(A, B, C0, cc, oc, 0),
+                           run_wmma_product<wmma::col_major, wmma::row_major>(A, B, C0, cc, oc, 0),
+                           run_wmma_product<wmma::col_major, wmma::col_major>(A, B, C0, cc, oc, 0)};
+            for (int i = 0; i < 4; i++) {
+                CHECK(e[i] <= 1e-6, "a %s, b %s, c %s, out %s, order %s: error %.3g", i / 2 ? "col" : "row",
+                      i % 2 ? "col" : "row", cc ? "col" : "row", oc ? "col" : "row",
+                      givt_emu::order_name(k_orders[o]), e[i]);
+                worst = fmax(worst, e[i]);
+            }
+        }
+    }
+    // a kernel that assumes where the elements are comes out wrong (here in every launch)
+    int wrong = 0;
+    for (int i = 0; i < 4; i++) wrong += run_wmma_product<wmma::row_major, wmma::row_major>(A, B, C0, 0, 0, 1) > 1e-2;
+    CHECK(wrong == 4, "the kernel assuming a fragment mapping was right in %d of 4 launches", 4 - wrong);
+    givt_emu::set_order(givt_emu::ORDER_CYCLE, 12345);
+    printf("  cuda_emu: WMMA 16x16x16 bf16 products, a/b row/col x accumulator row/col, 3 orders: error %.1e\n",
+           worst);
+}
+
+// Warp 1 writes A and B (= I) to shared memory, warp 0 multiplies them: right in every order with the
+// barrier; without it, wrong in some (a collective runs as soon as its warp has arrived).
+template <bool kSync>
+__global__ void wmma_cross_warp(float *out) {
+    __shared__ __align__(32) __nv_bfloat16 sa[256];
+    __shared__ __align__(32) __nv_bfloat16 sb[256];
+    int t = threadIdx.x;
+    if (t >= 32)
+        for (int i = t - 32; i < 256; i += 32)
+            sa[i] = __float2bfloat16((float)(i % 7)), sb[i] = __float2bfloat16(i % 16 == i / 16 ? 1.0f : 0.0f);
+    if (kSync) __syncthreads();
+    if (t < 32) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> b;
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+        wmma::fill_fragment(c, 0.0f);
+        wmma::load_matrix_sync(a, sa, 16);
+        wmma::load_matrix_sync(b, sb, 16);
+        wmma::mma_sync(c, a, b, c);
+        wmma::store_matrix_sync(out, c, 16, wmma::mem_row_major);
+    }
+}
+
+static int run_wmma_cross_warp(bool sync, Order order) {  // wrong elements
+    float *d = dev_floats(NULL, 256), got[256];
+    givt_emu::set_order(order, 5);
+    if (sync) {
+        auto *k = wmma_cross_warp<true>;
+        GIVT_LAUNCH(k, 1, 64, 0, 0, d);
+    } else {
+        auto *k = wmma_cross_warp<false>;
+        GIVT_LAUNCH(k, 1, 64, 0, 0, d);
+    }
+    host_floats(got, d, 256);
+    cudaFree(d);
+    int bad = 0;
+    for (int i = 0; i < 256; i++) bad += !(got[i] == (float)(i % 7));
+    return bad;
+}
+
+TEST(cuda_emu_wmma_needs_barrier) {
+    int wrong_orders = 0;
+    for (int o = 0; o < 3; o++) {
+        CHECK(run_wmma_cross_warp(true, k_orders[o]) == 0, "order %s", givt_emu::order_name(k_orders[o]));
+        wrong_orders += run_wmma_cross_warp(false, k_orders[o]) > 0;
+    }
+    CHECK(wrong_orders >= 1, "the WMMA load without __syncthreads was right in every order");
+    printf("  cuda_emu: the WMMA load without a barrier is wrong in %d of 3 orders\n", wrong_orders);
+    givt_emu::set_order(givt_emu::ORDER_CYCLE, 12345);
+}
+
+// WMMA misuse that must be reported
+__global__ void wmma_lane_exited(float *out) {
+    __shared__ __align__(32) float st[256];
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+    wmma::fill_fragment(c, 1.0f);
+    if (threadIdx.x == 5) return;
+    wmma::store_matrix_sync(st, c, 16, wmma::mem_row_major);
+    out[threadIdx.x] = 1.0f;
+}
+__global__ void wmma_divergent(float *out) {
+    __shared__ __align__(32) __nv_bfloat16 sa[256];
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+    if (threadIdx.x < 16) {
+        wmma::load_matrix_sync(a, sa, 16);
+    } else {
+        wmma::load_matrix_sync(a, sa, 16);
+    }
+    out[threadIdx.x] = 1.0f;
+}
+__global__ void wmma_misaligned(float *out) {
+    __shared__ __align__(32) __nv_bfloat16 sa[512];
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;
+    wmma::load_matrix_sync(b, sa + 8, 16);  // 16 bytes past a 32-byte boundary
+    out[threadIdx.x] = 1.0f;
+}
+__global__ void wmma_bad_ldm(float *out) {
+    __shared__ __align__(32) float st[512];
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+    wmma::fill_fragment(c, 0.0f);
+    wmma::store_matrix_sync(st, c, 18, wmma::mem_col_major);  // 72 bytes: not a multiple of 16
+    out[threadIdx.x] = 1.0f;
+}
+__global__ void wmma_lanes_disagree(float *out) {
+    __shared__ __align__(32) __nv_bfloat16 sa[512];
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+    wmma::load_matrix_sync(a, sa + (threadIdx.x / 16) * 16, 16);
+    out[threadIdx.x] = 1.0f;
+}
+__global__ void wmma_partial_warp(float *out) {
+    __shared__ __align__(32) float st[256];
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+    wmma::load_matrix_sync(c, st, 16, wmma::mem_row_major);
+    out[threadIdx.x] = c.x[0] * 0.0f;
+}
+
+TEST(cuda_emu_wmma_errors_reported) {
+    std::string m = expect_error(wmma_lane_exited, "wmma_lane_exited", 32);
+    CHECK(has(m, "wmma::store_matrix_sync") && has(m, "lane 5") && has(m, "has exited"), "got \"%s\"", m.c_str());
+    m = expect_error(wmma_divergent, "wmma_divergent", 32);
+    CHECK(has(m, "wmma::load_matrix_sync") && has(m, "waits in wmma::load_matrix_sync"), "got \"%s\"", m.c_str());
+    m = expect_error(wmma_misaligned, "wmma_misaligned", 32);
+    CHECK(has(m, "not 32-byte") && has(m, "wmma_misaligned"), "got \"%s\"", m.c_str());
+    m = expect_error(wmma_bad_ldm, "wmma_bad_ldm", 32);
+    CHECK(has(m, "ldm 18"), "got \"%s\"", m.c_str());
+    m = expect_error(wmma_lanes_disagree, "wmma_lanes_disagree", 32);
+    CHECK(has(m, "must agree") && has(m, "lane 16"), "got \"%s\"", m.c_str());
+    m = expect_error(wmma_partial_warp, "wmma_partial_warp", 48);
+    CHECK(has(m, "does not exist"), "got \"%s\"", m.c_str());
+    m = expect_error(wmma_partial_warp, "wmma_partial_warp", 64);  // whole warps: fine
+    CHECK(m.empty(), "got \"%s\"", m.c_str());
+    printf("  cuda_emu: e.g. %s\n", expect_error(wmma_lane_exited, "wmma_lane_exited", 32).c_str());
 }
 
 // ---- bf16 on the host rounds as util.c's f32_to_bf16 (round to nearest even) ------------------

@@ -51,6 +51,8 @@ struct Fiber {
     unsigned mask;
     uint64_t bits, result;
     int arg, width;
+    CollectiveFn coll;  // W_COLLECTIVE: the operation and this lane's part of it
+    void *coll_arg;
 };
 
 struct Launch {
@@ -64,6 +66,7 @@ struct Launch {
     Order order;
     uint64_t seed;
     unsigned phase;
+    unsigned char wmma_map[3][256];  // matrix_a, matrix_b, accumulator: lane * 8 + i -> 16 * row + col
 };
 
 // state of the calling OS thread (launches on several OS threads at once are serialised)
@@ -274,21 +277,40 @@ const char *describe(const Fiber &f, char *buf, size_t n) {
     return buf;
 }
 
-// The collectives whose lanes have all arrived exchange their values. Returns whether any did.
-bool resolve_warps(std::vector<Fiber> &fs) {
+// Do f and g wait in the same collective? (the same op and mask; a W_COLLECTIVE also the same
+// operation at the same call site)
+bool same_collective(const Fiber &f, const Fiber &g) {
+    if (g.state != AT_WARP || g.mask != f.mask || g.op != f.op) return false;
+    return f.op != W_COLLECTIVE || (g.coll == f.coll && g.line == f.line && !strcmp(g.file, f.file));
+}
+
+// The collectives whose lanes have all arrived exchange their values (in warp only_warp, or in all
+// warps when it is -1). Returns whether any did.
+bool resolve_warps(std::vector<Fiber> &fs, int only_warp = -1) {
     bool progress = false;
     int n = (int)fs.size();
     for (int w = 0; w * 32 < n; w++) {
+        if (only_warp >= 0 && w != only_warp) continue;
         for (int l = 0; l < 32 && w * 32 + l < n; l++) {
             Fiber &f = fs[w * 32 + l];
             if (f.state != AT_WARP) continue;
             bool ready = true;
             for (int j = 0; j < 32 && ready; j++) {
                 if (!(f.mask >> j & 1)) continue;
-                const Fiber &g = fs[w * 32 + j];
-                ready = g.state == AT_WARP && g.mask == f.mask && g.op == f.op;
+                ready = same_collective(f, fs[w * 32 + j]);
             }
             if (!ready) continue;
+            if (f.op == W_COLLECTIVE) {  // mask: the whole warp (warp_collective)
+                void *lanes[32];
+                for (int j = 0; j < 32; j++) lanes[j] = fs[w * 32 + j].coll_arg;
+                t_cur = &f;  // errors name lane 0's thread and the call site
+                f.coll(lanes);
+                t_cur = NULL;
+                if (t_abandon) return false;
+                for (int j = 0; j < 32; j++) fs[w * 32 + j].state = RUN;
+                progress = true;
+                continue;
+            }
             uint64_t vote = 0;
             int any = 0, all = 1;
             for (int j = 0; j < 32; j++)
@@ -373,6 +395,21 @@ void run_block(Launch &L, std::vector<Fiber> &fs, std::vector<int> &ord) {
             Fiber &f = fs[ord[k]];
             if (f.state == RUN) enter(&f);
             if (t_abandon) return;
+            // A collective runs as soon as its last lane arrives, and its warp runs on at once (to its
+            // next barrier, or a collective that cannot complete), before the fibers after it in this
+            // order: a warp runs ahead of the others as far as the barriers let it, so a WMMA load
+            // (store) of shared memory that other warps write (read) without a __syncthreads between
+            // sees the wrong data in some order.
+            if (f.state != AT_WARP) continue;
+            const int w = f.index / 32;
+            while (resolve_warps(fs, w)) {
+                for (int i = 0; i < n; i++) {
+                    Fiber &g = fs[ord[i]];
+                    if (g.index / 32 == w && g.state == RUN) enter(&g);
+                    if (t_abandon) return;
+                }
+            }
+            if (t_abandon) return;
         }
         int ndone = 0, nbar = 0, nwarp = 0;
         for (int i = 0; i < n; i++) {
@@ -381,6 +418,7 @@ void run_block(Launch &L, std::vector<Fiber> &fs, std::vector<int> &ord) {
             nwarp += fs[i].state == AT_WARP;
         }
         if (ndone == n) return;
+        if (ndone + nbar + nwarp < n) continue;  // lanes that a collective above released
         if (nwarp && resolve_warps(fs)) continue;
         if (t_abandon) return;
         char a[256], b[256];
@@ -391,7 +429,7 @@ void run_block(Launch &L, std::vector<Fiber> &fs, std::vector<int> &ord) {
                 for (int j = 0; j < 32; j++) {
                     if (!(f.mask >> j & 1)) continue;
                     Fiber &g = fs[i / 32 * 32 + j];
-                    if (g.state == AT_WARP && g.mask == f.mask && g.op == f.op) continue;
+                    if (same_collective(f, g)) continue;
                     t_cur = &f;
                     kernel_error("%s with mask 0x%08x (%s:%d) waits for lane %d of its mask, which %s", f.op_name,
                                  f.mask, f.file, f.line, j, describe(g, b, sizeof b));
@@ -437,8 +475,8 @@ void syncthreads(const char *file, int line) {
     yield();
 }
 
-uint64_t warp_op(WarpOp op, const char *name, const char *file, int line, unsigned mask, uint64_t bits, int arg,
-                 int width) {
+namespace {
+Fiber *arrive(WarpOp op, const char *name, const char *file, int line, unsigned mask, int width) {
     Fiber *f = t_cur;
     if (!f) {
         fprintf(stderr, "cuda_emu: %s (%s:%d) called outside a kernel\n", name, file, line);
@@ -455,9 +493,113 @@ uint64_t warp_op(WarpOp op, const char *name, const char *file, int line, unsign
     if (width < 1 || width > 32 || (width & (width - 1)))
         kernel_error("%s (%s:%d): width %d is not a power of two up to 32", name, file, line, width);
     f->state = AT_WARP, f->op = op, f->op_name = name, f->file = file, f->line = line;
-    f->mask = mask, f->bits = bits, f->arg = arg, f->width = width;
+    f->mask = mask, f->width = width;
+    return f;
+}
+}  // namespace
+
+uint64_t warp_op(WarpOp op, const char *name, const char *file, int line, unsigned mask, uint64_t bits, int arg,
+                 int width) {
+    Fiber *f = arrive(op, name, file, line, mask, width);
+    f->bits = bits, f->arg = arg, f->coll = NULL, f->coll_arg = NULL;
     yield();
     return f->result;
+}
+
+void warp_collective(const char *name, const char *file, int line, CollectiveFn fn, void *arg) {
+    Fiber *f = arrive(W_COLLECTIVE, name, file, line, 0xffffffffu, 32);
+    f->bits = 0, f->arg = 0, f->coll = fn, f->coll_arg = arg;
+    yield();
+}
+
+void collective_error(const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    const Fiber *f = t_cur;
+    if (f) kernel_error("%s (%s:%d): %s", f->op_name, f->file, f->line, msg);
+    else kernel_error("%s", msg);
+}
+
+const unsigned char *wmma_map(int use) {
+    if (!t_launch || use < 0 || use > 2) {
+        fprintf(stderr, "cuda_emu: WMMA used outside a kernel\n");
+        abort();
+    }
+    return t_launch->wmma_map[use];
+}
+
+// ---- WMMA (m16n16k16, bf16 x bf16 -> float) ----------------------------------------------------
+namespace {
+// The lanes of a load/store must agree on the memory operand; it must be 32-byte aligned, ldm a
+// multiple of 16 bytes. Returns false after reporting.
+bool wmma_check_mem(const WmmaMem *a, void *const lanes[32]) {
+    for (int l = 1; l < 32; l++) {
+        const WmmaMem *b = (const WmmaMem *)lanes[l];
+        if (b->p != a->p || b->ldm != a->ldm || b->col_major != a->col_major) {
+            collective_error("lane %d passes pointer %p, ldm %u, %s; lane 0 %p, ldm %u, %s (the lanes must agree)", l,
+                             b->p, b->ldm, b->col_major ? "col_major" : "row_major", a->p, a->ldm,
+                             a->col_major ? "col_major" : "row_major");
+            return false;
+        }
+    }
+    if ((uintptr_t)a->p % 32) {
+        collective_error("pointer %p is not 32-byte (256-bit) aligned", a->p);
+        return false;
+    }
+    if ((a->ldm * (unsigned)a->elem_bytes) % 16 || a->ldm < 16) {
+        collective_error("ldm %u is not a multiple of %d elements (16 bytes) of at least 16", a->ldm,
+                         16 / a->elem_bytes);
+        return false;
+    }
+    return true;
+}
+}  // namespace
+
+void wmma_mem(void *const lanes[32]) {
+    const WmmaMem *a = (const WmmaMem *)lanes[0];
+    if (!wmma_check_mem(a, lanes)) return;
+    const unsigned char *map = wmma_map(a->use);
+    for (int l = 0; l < 32; l++) {
+        const WmmaMem *m = (const WmmaMem *)lanes[l];
+        for (int i = 0; i < 8; i++) {
+            int e = map[8 * l + i], r = e / 16, c = e % 16;
+            size_t off = a->col_major ? (size_t)c * a->ldm + r : (size_t)r * a->ldm + c;
+            if (a->elem_bytes == 2) {  // bf16 (matrix_a, matrix_b): loads only
+                ((__nv_bfloat16 *)m->frag)[i] = ((const __nv_bfloat16 *)a->p)[off];
+            } else if (a->store) {
+                ((float *)a->p)[off] = ((const float *)m->frag)[i];
+            } else {
+                ((float *)m->frag)[i] = ((const float *)a->p)[off];
+            }
+        }
+    }
+}
+
+void wmma_mma(void *const lanes[32]) {
+    const unsigned char *ma = wmma_map(0), *mb = wmma_map(1), *mc = wmma_map(2);
+    float A[256], B[256], C[256];
+    for (int l = 0; l < 32; l++) {  // every lane's fragments, read before any d is written (d may be c)
+        const WmmaMma *m = (const WmmaMma *)lanes[l];
+        for (int i = 0; i < 8; i++) {
+            A[ma[8 * l + i]] = __bfloat162float(m->a[i]);
+            B[mb[8 * l + i]] = __bfloat162float(m->b[i]);
+            C[mc[8 * l + i]] = m->c[i];
+        }
+    }
+    float D[256];
+    for (int r = 0; r < 16; r++)
+        for (int c = 0; c < 16; c++) {
+            float acc = C[16 * r + c];
+            for (int k = 0; k < 16; k++) acc += A[16 * r + k] * B[16 * k + c];  // bf16 products are exact in float
+            D[16 * r + c] = acc;
+        }
+    for (int l = 0; l < 32; l++) {
+        const WmmaMma *m = (const WmmaMma *)lanes[l];
+        for (int i = 0; i < 8; i++) m->d[i] = D[mc[8 * l + i]];
+    }
 }
 
 void *dynamic_smem(void) {
@@ -492,10 +634,28 @@ void run_grid(const char *kernel, const char *file, int line, dim3 grid, dim3 bl
     L.kernel = kernel, L.file = file, L.line = line, L.fn = fn, L.ctx = ctx;
     L.nthreads = (int)nthreads;
     L.smem_bytes = smem;
-    L.smem = (unsigned char *)malloc(smem ? smem : 1);  // exact size: ASan sees an overrun
+    // exact size (ASan sees an overrun), and 16-byte aligned but never 32 (GIVT_DYNAMIC_SMEM promises
+    // 16: a kernel that needs more, e.g. for WMMA, must round up itself)
+    void *smem_block = NULL;
+    if (posix_memalign(&smem_block, 32, smem + 16)) {
+        fprintf(stderr, "cuda_emu: cannot allocate %zu bytes of dynamic shared memory\n", smem);
+        abort();
+    }
+    L.smem = (unsigned char *)smem_block + 16;
     L.order = g_order == ORDER_CYCLE ? (Order)(ORDER_FORWARD + g_launches % 3) : g_order;
     L.seed = g_seed + g_launches * 0x9E3779B97F4A7C15ull;
     g_launches++;
+    {  // this launch's WMMA element-to-lane mappings: random permutations (never assume one)
+        uint64_t x = L.seed ^ 0x5741A3C1F00Dull;
+        for (int u = 0; u < 3; u++) {
+            for (int i = 0; i < 256; i++) L.wmma_map[u][i] = (unsigned char)i;
+            for (int i = 255; i > 0; i--) {
+                int j = (int)(splitmix(&x) % (uint64_t)(i + 1));
+                unsigned char t = L.wmma_map[u][i];
+                L.wmma_map[u][i] = L.wmma_map[u][j], L.wmma_map[u][j] = t;
+            }
+        }
+    }
     ensure_stacks(L.nthreads);
     std::vector<Fiber> fs((size_t)L.nthreads);
     std::vector<int> ord((size_t)L.nthreads);
@@ -510,7 +670,7 @@ void run_grid(const char *kernel, const char *file, int line, dim3 grid, dim3 bl
                 run_block(L, fs, ord);
             }
     if (t_abandon && g_last_error == cudaSuccess) g_last_error = cudaErrorLaunchFailure;
-    free(L.smem);
+    free(smem_block);
     t_launch = NULL;
     t_fibers = NULL;
     t_cur = NULL;
@@ -577,7 +737,8 @@ extern "C" {
 
 cudaError_t cudaMalloc(void **p, size_t bytes) {
     if (!p) return set_error(cudaErrorInvalidValue);
-    *p = malloc(bytes ? bytes : 1);
+    // 256-byte aligned, as cudaMalloc's (WMMA's 32-byte rule holds at a buffer's start); exact size
+    if (posix_memalign(p, 256, bytes ? bytes : 1)) *p = NULL;
     if (!*p) return set_error(cudaErrorMemoryAllocation);
     memset(*p, 0xFF, bytes);  // poison: NaN as float and bf16
     std::lock_guard<std::mutex> lock(g_mem_mutex);

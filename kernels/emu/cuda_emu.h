@@ -4,15 +4,16 @@
 //
 // How it runs a launch: on the calling OS thread, block after block (blockIdx in x, y, z order); the
 // threads of a block are ucontext fibers that run until they reach a barrier (__syncthreads), a warp
-// collective (__shfl_*_sync, __ballot_sync, __any_sync, __all_sync) or their end; then the collectives
-// whose lanes have all arrived exchange their values, and a barrier opens when every thread of the
-// block waits at it. Between those points the fibers run in forward, reverse or a seeded random order
+// collective (__shfl_*_sync, __ballot_sync, __any_sync, __all_sync, WMMA) or their end; a collective
+// runs as soon as the last of its lanes arrives (before the fibers after that one in the order go
+// on), and a barrier opens when every thread of the block waits at it. Between those points the fibers run in forward, reverse or a seeded random order
 // (set_order, or GIVT_EMU_ORDER=forward|reverse|random|cycle and GIVT_EMU_SEED; "cycle", the default,
 // takes the three in turn, launch after launch), so a missing __syncthreads gives wrong results.
 // Errors that abort with a message naming the kernel, its launch site, the block and the thread: a
 // divergent barrier (threads at different __syncthreads, or some exited), a collective called by a
 // lane outside its mask or a mask naming a lane that does not exist, a lane of the mask that never
-// comes (a deadlock), a shuffle reading a lane outside the mask.
+// comes (a deadlock), a shuffle reading a lane outside the mask. WMMA (nvcuda::wmma, m16n16k16 bf16 ->
+// float) runs as warp collectives with a random element-to-lane mapping per launch (see its section).
 // Memory: `__shared__` is `thread_local` (one OS thread runs one block at a time and fibers never
 // change threads); the static __shared__ arrays are found in the executable's symbol table and
 // poisoned (0xFF bytes: NaN as float or bf16) before each block; the dynamic shared memory is an
@@ -153,9 +154,22 @@ extern thread_local dim3 t_blockDim, t_gridDim;
 void *dynamic_smem(void);
 void syncthreads(const char *file, int line);
 
-enum WarpOp { W_IDX, W_XOR, W_DOWN, W_UP, W_BALLOT, W_ANY, W_ALL };
+enum WarpOp { W_IDX, W_XOR, W_DOWN, W_UP, W_BALLOT, W_ANY, W_ALL, W_COLLECTIVE };
 uint64_t warp_op(WarpOp op, const char *name, const char *file, int line, unsigned mask, uint64_t bits, int arg,
                  int width);
+// A whole-warp collective that is not a value exchange (the WMMA operations): every lane of the warp
+// arrives with its own arg, all 32 at the same call (same fn, same file:line: a lane elsewhere, or one
+// that has exited, is reported as for the shuffles); then fn runs once, on the scheduler, with the
+// 32 lanes' args (lanes[l] = lane l's arg), and the lanes go on.
+typedef void (*CollectiveFn)(void *const lanes[32]);
+void warp_collective(const char *name, const char *file, int line, CollectiveFn fn, void *arg);
+// An error found inside a CollectiveFn (names the kernel, its launch and the collective's call site):
+// aborts, or records it and abandons the launch (fn must then return).
+__attribute__((format(printf, 1, 2))) void collective_error(const char *fmt, ...);
+// The WMMA element-to-lane mapping of this launch, for use 0 (matrix_a), 1 (matrix_b), 2
+// (accumulator): map[8 * lane + i] = the row-major index (16 * row + col) of the element that lane's
+// x[i] holds. A seeded random permutation, drawn again at every launch (see the WMMA section below).
+const unsigned char *wmma_map(int use);
 
 template <typename T>
 static inline T shfl(WarpOp op, const char *name, const char *file, int line, unsigned mask, T v, int arg,
@@ -216,6 +230,114 @@ static constexpr int warpSize = 32;
     ((int)givt_emu::warp_op(givt_emu::W_ANY, "__any_sync", __FILE__, __LINE__, mask, (pred) != 0, 0, 32))
 #define __all_sync(mask, pred) \
     ((int)givt_emu::warp_op(givt_emu::W_ALL, "__all_sync", __FILE__, __LINE__, mask, (pred) != 0, 0, 32))
+
+// ---- WMMA (nvcuda::wmma of <mma.h>): m16n16k16, bf16 x bf16 -> float ------------------------------
+// The documented API, for the shapes and types the kernels use: fragment<matrix_a | matrix_b, 16, 16,
+// 16, __nv_bfloat16, row_major | col_major> and fragment<accumulator, 16, 16, 16, float> (8 elements
+// x[] per lane), fill_fragment, load_matrix_sync (the accumulator's with a layout_t), store_matrix_sync
+// (float accumulator) and mma_sync (d = a b + c, fp32 accumulation in k order; d may be c). Anything
+// else (other shapes, half, tf32, integer types) does not compile here.
+// load/store/mma_sync are warp collectives (warp_collective): all 32 lanes of a warp call them at the
+// same site, with the same pointer, ldm and layout (checked), the pointer 32-byte (256-bit) aligned
+// and ldm a multiple of 16 bytes (8 bf16, 4 floats), as the CUDA documentation requires; mma_sync
+// reads every lane's fragments. fill_fragment is per lane (as on the GPU, where the same value in
+// every lane is what makes it meaningful).
+// Which lane holds which element is unspecified by CUDA; here it is a random permutation per launch
+// and per use (wmma_map), never a row-major split, so a kernel that assumes a mapping (reads x[i] as
+// a given row or column, or passes an accumulator's x[] as a matrix_a's) gives wrong results under
+// emulation. Elementwise work on x[] that needs no mapping (scaling, a conversion applied to every
+// element) is right in any mapping.
+namespace nvcuda {
+namespace wmma {
+struct row_major;
+struct col_major;
+struct matrix_a;
+struct matrix_b;
+struct accumulator;
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int m, int n, int k, typename T, typename Layout = void>
+class fragment {
+    static_assert(m == 16 && n == 16 && k == 16, "cuda_emu: WMMA is emulated for m16n16k16 only");
+    static_assert(std::is_same<Use, accumulator>::value
+                      ? std::is_same<T, float>::value && std::is_void<Layout>::value
+                      : (std::is_same<Use, matrix_a>::value || std::is_same<Use, matrix_b>::value) &&
+                            std::is_same<T, __nv_bfloat16>::value &&
+                            (std::is_same<Layout, row_major>::value || std::is_same<Layout, col_major>::value),
+                  "cuda_emu: WMMA is emulated for bf16 matrix_a/matrix_b (row_major or col_major) and float "
+                  "accumulators only");
+
+  public:
+    enum { num_elements = 8, num_storage_elements = 8 };
+    typedef T element_type;
+    typedef T storage_element_type;
+    T x[8];
+};
+
+}  // namespace wmma
+}  // namespace nvcuda
+
+namespace givt_emu {
+struct WmmaMem {  // one lane's part of load_matrix_sync / store_matrix_sync
+    void *frag;   // its x[] (8 elements)
+    void *p;
+    unsigned ldm;
+    int col_major, use, elem_bytes, store;
+};
+struct WmmaMma {  // one lane's part of mma_sync
+    float *d;
+    const __nv_bfloat16 *a, *b;
+    const float *c;
+};
+void wmma_mem(void *const lanes[32]);
+void wmma_mma(void *const lanes[32]);
+template <typename L>
+constexpr int wmma_col() {
+    return std::is_same<L, nvcuda::wmma::col_major>::value;
+}
+template <typename T>
+struct wmma_id {
+    typedef T type;
+};
+}  // namespace givt_emu
+
+namespace nvcuda {
+namespace wmma {
+// (file, line: the caller's, for the emulator's messages; kernels never pass them)
+template <typename Use, int m, int n, int k, typename T, typename Layout>
+static inline void fill_fragment(fragment<Use, m, n, k, T, Layout> &f, const typename givt_emu::wmma_id<T>::type &v) {
+    for (int i = 0; i < 8; i++) f.x[i] = v;
+}
+template <typename Use, typename Layout>
+static inline void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, Layout> &f, const __nv_bfloat16 *p,
+                                    unsigned ldm, const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
+    givt_emu::WmmaMem a = {f.x, (void *)p, ldm, givt_emu::wmma_col<Layout>(),
+                           std::is_same<Use, matrix_a>::value ? 0 : 1, 2, 0};
+    givt_emu::warp_collective("wmma::load_matrix_sync", file, line, givt_emu::wmma_mem, &a);
+}
+static inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float> &f, const float *p, unsigned ldm,
+                                    layout_t layout, const char *file = __builtin_FILE(),
+                                    int line = __builtin_LINE()) {
+    givt_emu::WmmaMem a = {f.x, (void *)p, ldm, layout == mem_col_major, 2, 4, 0};
+    givt_emu::warp_collective("wmma::load_matrix_sync", file, line, givt_emu::wmma_mem, &a);
+}
+static inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f, unsigned ldm,
+                                     layout_t layout, const char *file = __builtin_FILE(),
+                                     int line = __builtin_LINE()) {
+    givt_emu::WmmaMem a = {(void *)f.x, p, ldm, layout == mem_col_major, 2, 4, 1};
+    givt_emu::warp_collective("wmma::store_matrix_sync", file, line, givt_emu::wmma_mem, &a);
+}
+template <typename LA, typename LB>
+static inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
+                            const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LA> &a,
+                            const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LB> &b,
+                            const fragment<accumulator, 16, 16, 16, float> &c, const char *file = __builtin_FILE(),
+                            int line = __builtin_LINE()) {
+    givt_emu::WmmaMma m = {d.x, a.x, b.x, c.x};
+    givt_emu::warp_collective("wmma::mma_sync", file, line, givt_emu::wmma_mma, &m);
+}
+}  // namespace wmma
+}  // namespace nvcuda
 
 // ---- device-only functions of the allowed list, on the host -----------------------------------
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
