@@ -70,7 +70,7 @@ __device__ inline float attn_warp_sum(float x) {
 }
 
 // Dim d of one head row x after rotate-half RoPE over its first n dims (cs, sn: the table rows of
-// its position), or after the transpose of that map (the backward), as rope_rows in ops_cpu.c.
+// its position), or after the transpose of that map (the backward), as rope_head in ops_cpu.c.
 __device__ inline float attn_rope_dim(const float *x, int d, int n, const float *cs, const float *sn, bool transpose) {
     int half = n / 2;
     if (d >= n) return x[d];
