@@ -19,6 +19,13 @@ losses / grad norms / weights / moments by more than 1e-5 relative: chaotic Adam
 engine can track to 1e-4) is replaced by the next draw of the same seed, and the script says so.
 Prints a table per seed and PASS/FAIL; exits 1 when any seed fails. Default seeds: 1 2 3 4 5.
 Run from anywhere: /usr/bin/python3 scripts/check_train.py [SEED ...]  (set GIVT_KEEP=1 to keep the temp dirs)
+Another build or backend: GIVT_TRAIN=path of givt-train (default ./givt-train, built if missing),
+GIVT_DEVICE=cpu|cuda ([train] device, default cpu), GIVT_PRECISION=no|bf16 ([train] mixed_precision,
+default no), e.g. the emulated CUDA backend: GIVT_TRAIN=build/emu/givt-train GIVT_DEVICE=cuda. In bf16
+(every activation rounded to 8 bits of mantissa) the loss is held to the issue's 2e-2; the grad
+norm and weights to 1e-1 and the moments to 2.5e-1 are bounds for gross errors only (measured over 8
+seeds: loss <= 8.9e-3, grad norm <= 3.2e-2, weights <= 4.9e-3, moments <= 9.7e-2, the worst on the
+moments of norm weights, whose small gradients bf16 rounds most).
 """
 
 import json
@@ -38,10 +45,14 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import givt_reference as ref  # noqa: E402
 
-TOL_LOSS = 1e-4
+DEVICE = os.environ.get("GIVT_DEVICE", "cpu")
+PRECISION = os.environ.get("GIVT_PRECISION", "no")
+BF16 = PRECISION == "bf16"
+TOL_LOSS = 2e-2 if BF16 else 1e-4
 TOL_LR = 1e-6
-TOL_GNORM = 1e-4
-TOL_WEIGHTS = 1e-4
+TOL_GNORM = 1e-1 if BF16 else 1e-4
+TOL_WEIGHTS = 1e-1 if BF16 else 1e-4
+TOL_MOMENTS = 2.5e-1 if BF16 else 1e-4
 
 
 def draw_setup(seed, attempt=0):
@@ -167,7 +178,8 @@ def write_ini(path, cfg, hp, steps, N, T, data_path, init_from, out_dir, seed):
         f"seed = {seed}",
         f'out_dir = "{out_dir}"',
         f'init_from = "{init_from}"',
-        "device = cpu",
+        f"device = {DEVICE}",
+        f"mixed_precision = {PRECISION}",
         "",
         "[data]",
         "kind = npy",
@@ -295,7 +307,7 @@ def run_seed(seed, exe, keep):
                 d = tensor_rel(opt[k], st[key].detach())
                 if d > worst_o:
                     worst_o, worst_oname = d, k
-                if d > TOL_WEIGHTS:
+                if d > TOL_MOMENTS:
                     print(f"   FAIL: {k}: ||diff||/||ref|| = {d:.3e}")
                     ok = False
         with open(os.path.join(ck, "optimizer.safetensors"), "rb") as f:
@@ -319,12 +331,14 @@ def run_seed(seed, exe, keep):
 
 def main():
     seeds = [int(a) for a in sys.argv[1:]] or [1, 2, 3, 4, 5]
-    if not os.path.exists(os.path.join(REPO, "givt-train")):
+    src = os.path.abspath(os.environ.get("GIVT_TRAIN", os.path.join(REPO, "givt-train")))
+    if not os.path.exists(src) and "GIVT_TRAIN" not in os.environ:
         subprocess.run(["make", "-j2"], cwd=REPO, check=True)
     # a private copy: a rebuild in the repo while the check runs must not swap the binary under it
     bindir = tempfile.mkdtemp(prefix="givt-check-train-bin-")
     exe = os.path.join(bindir, "givt-train")
-    shutil.copy2(os.path.join(REPO, "givt-train"), exe)
+    shutil.copy2(src, exe)
+    print(f"check_train: {src}, device {DEVICE}, mixed_precision {PRECISION}")
     torch.set_num_threads(1)
     keep = os.environ.get("GIVT_KEEP") == "1"
     try:
