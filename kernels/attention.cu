@@ -54,6 +54,17 @@ struct AttnDev {
     float scale;
 };
 
+// Where the data of one block's head (head blockIdx.y of sequence blockIdx.z) starts, in elements:
+// its row 0 in q (and dq), in k and v (and dk, dv), in dout (B, Tq, H * hd, dense), and in the
+// per-row statistics (B, H, Tq).
+struct AttnHeadOff {
+    size_t q, kv, o, stat;
+};
+__device__ inline AttnHeadOff attn_head_off(const AttnDev &p) {
+    const size_t b = blockIdx.z, h = blockIdx.y, hd = (size_t)p.hd;
+    return {b * p.q_batch + h * hd, b * p.kv_batch + h * hd, b * p.Tq * p.H * hd + h * hd, (b * p.H + h) * p.Tq};
+}
+
 __device__ inline int attn_min(int a, int b) { return a < b ? a : b; }
 __device__ inline float attn_ld(const float *p) { return *p; }
 __device__ inline float attn_ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
@@ -151,10 +162,9 @@ __global__ void __launch_bounds__(ATT_THREADS)
     const int nq = attn_min(ATT_BQ, p.Tq - q0);
     const int C = p.H * hd;
     const bool dmode = lse != nullptr;
-    const T *qb = q + (size_t)b * p.q_batch + (size_t)h * hd;
-    const T *kb = k + (size_t)b * p.kv_batch + (size_t)h * hd;
-    const T *vb = v + (size_t)b * p.kv_batch + (size_t)h * hd;
-    const size_t stat0 = ((size_t)b * p.H + h) * p.Tq + q0;  // row 0 of this tile in stat / lse
+    const AttnHeadOff off = attn_head_off(p);
+    const T *qb = q + off.q, *kb = k + off.kv, *vb = v + off.kv;
+    const size_t stat0 = off.stat + q0;  // row 0 of this tile in stat / lse
 
     attn_load_tile(Qs, hd, qb + (size_t)q0 * p.q_row, p.q_row, nq, hd);
 
@@ -253,12 +263,11 @@ __global__ void __launch_bounds__(ATT_THREADS)
     float *Ls = dSs + ATT_BK * ATT_BQ;  // [ATT_BQ]
     float *Ds = Ls + ATT_BQ;            // [ATT_BQ]
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int k0 = blockIdx.x * ATT_BK, h = blockIdx.y, b = blockIdx.z;
+    const int k0 = blockIdx.x * ATT_BK;
     const int nk = attn_min(ATT_BK, T_ - k0);
-    const T *qb = q + (size_t)b * p.q_batch + (size_t)h * hd;
-    const size_t kvoff = (size_t)b * p.kv_batch + (size_t)h * hd;
-    const T *ob = dout + (size_t)b * T_ * C + (size_t)h * hd;
-    const size_t stat0 = ((size_t)b * p.H + h) * T_;
+    const AttnHeadOff off = attn_head_off(p);
+    const size_t kvoff = off.kv, stat0 = off.stat;
+    const T *qb = q + off.q, *ob = dout + off.o;
 
     attn_load_tile(Ks, hd, k + kvoff + (size_t)k0 * p.kv_row, p.kv_row, nk, hd);
     attn_load_tile(Vs, hd, v + kvoff + (size_t)k0 * p.kv_row, p.kv_row, nk, hd);
@@ -363,13 +372,11 @@ __global__ void __launch_bounds__(ATT_THREADS)
     float *Ls = dSs + ATT_BQ * ATT_BK;  // [ATT_BQ] (attn_bwd_smem has room for pass 2's larger layout)
     float *Ds = Ls + ATT_BQ;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int q0 = blockIdx.x * ATT_BQ, h = blockIdx.y, b = blockIdx.z;
+    const int q0 = blockIdx.x * ATT_BQ;
     const int nq = attn_min(ATT_BQ, T_ - q0);
-    const size_t qoff = (size_t)b * p.q_batch + (size_t)h * hd;
-    const T *kb = k + (size_t)b * p.kv_batch + (size_t)h * hd;
-    const T *vb = v + (size_t)b * p.kv_batch + (size_t)h * hd;
-    const T *ob = dout + (size_t)b * T_ * C + (size_t)h * hd;
-    const size_t stat0 = ((size_t)b * p.H + h) * T_;
+    const AttnHeadOff off = attn_head_off(p);
+    const size_t qoff = off.q, stat0 = off.stat;
+    const T *kb = k + off.kv, *vb = v + off.kv, *ob = dout + off.o;
 
     attn_load_tile(Qs, hd, q + qoff + (size_t)q0 * p.q_row, p.q_row, nq, hd);
     attn_load_tile(dOs, hd, ob + (size_t)q0 * C, (size_t)C, nq, hd);
@@ -567,10 +574,9 @@ __global__ void __launch_bounds__(AW_THREADS)
     const int nq = attn_min(AW_BQ, p.Tq - q0);
     const int C = p.H * hd;
     const bool dmode = lse != nullptr;
-    const bf16_t *qb = q + (size_t)b * p.q_batch + (size_t)h * hd;
-    const bf16_t *kb = k + (size_t)b * p.kv_batch + (size_t)h * hd;
-    const bf16_t *vb = v + (size_t)b * p.kv_batch + (size_t)h * hd;
-    const size_t stat0 = ((size_t)b * p.H + h) * p.Tq + q0;
+    const AttnHeadOff off = attn_head_off(p);
+    const bf16_t *qb = q + off.q, *kb = k + off.kv, *vb = v + off.kv;
+    const size_t stat0 = off.stat + q0;
 
     aw_load_tile(Qs, ldh, qb + (size_t)q0 * p.q_row, p.q_row, nq, hd, hdp);
     for (int idx = tid; idx < AW_BQ * ldo; idx += AW_THREADS) Os[idx] = 0.0f;
@@ -711,12 +717,11 @@ __global__ void __launch_bounds__(AW_THREADS)
     bf16_t *Ps = (bf16_t *)(dPs + AW_BQ * AW_LDS), *dSs = Ps + AW_BQ * AW_LDP;
     float *Ls = (float *)(dSs + AW_BQ * AW_LDP), *Ds = Ls + AW_BQ;
     const int tid = threadIdx.x, warp = tid >> 5;
-    const int k0 = blockIdx.x * AW_BK, h = blockIdx.y, b = blockIdx.z;
+    const int k0 = blockIdx.x * AW_BK;
     const int nk = attn_min(AW_BK, T_ - k0);
-    const bf16_t *qb = q + (size_t)b * p.q_batch + (size_t)h * hd;
-    const size_t kvoff = (size_t)b * p.kv_batch + (size_t)h * hd;
-    const bf16_t *ob = dout + (size_t)b * T_ * C + (size_t)h * hd;
-    const size_t stat0 = ((size_t)b * p.H + h) * T_;
+    const AttnHeadOff off = attn_head_off(p);
+    const size_t kvoff = off.kv, stat0 = off.stat;
+    const bf16_t *qb = q + off.q, *ob = dout + off.o;
 
     aw_load_tile(Ks, ldh, k + kvoff + (size_t)k0 * p.kv_row, p.kv_row, nk, hd, hdp);
     aw_load_tile(Vs, ldh, v + kvoff + (size_t)k0 * p.kv_row, p.kv_row, nk, hd, hdp);
@@ -763,13 +768,11 @@ __global__ void __launch_bounds__(AW_THREADS)
     bf16_t *dSs = (bf16_t *)(dPs + AW_BQ * AW_LDS);
     float *Ls = (float *)(dSs + AW_BQ * AW_LDP), *Ds = Ls + AW_BQ;
     const int tid = threadIdx.x, warp = tid >> 5;
-    const int q0 = blockIdx.x * AW_BQ, h = blockIdx.y, b = blockIdx.z;
+    const int q0 = blockIdx.x * AW_BQ;
     const int nq = attn_min(AW_BQ, T_ - q0);
-    const size_t qoff = (size_t)b * p.q_batch + (size_t)h * hd;
-    const bf16_t *kb = k + (size_t)b * p.kv_batch + (size_t)h * hd;
-    const bf16_t *vb = v + (size_t)b * p.kv_batch + (size_t)h * hd;
-    const bf16_t *ob = dout + (size_t)b * T_ * C + (size_t)h * hd;
-    const size_t stat0 = ((size_t)b * p.H + h) * T_;
+    const AttnHeadOff off = attn_head_off(p);
+    const size_t qoff = off.q, stat0 = off.stat;
+    const bf16_t *kb = k + off.kv, *vb = v + off.kv, *ob = dout + off.o;
 
     aw_load_tile(Qs, ldh, q + qoff + (size_t)q0 * p.q_row, p.q_row, nq, hd, hdp);
     aw_load_tile(dOs, ldh, ob + (size_t)q0 * C, (size_t)C, nq, hd, hdp);

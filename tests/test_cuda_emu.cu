@@ -199,23 +199,36 @@ static std::string expect_error(K *k, const char *name, int threads) {
 
 static int has(const std::string &s, const char *what) { return s.find(what) != std::string::npos; }
 
+// One misuse the emulator must report: the kernel (launched as one block of `threads`), and the words
+// its message must hold; no words: a correct launch, which must record nothing.
+struct ErrorCase {
+    void (*kernel)(float *);
+    const char *name;
+    int threads;
+    const char *words[3];
+};
+static void check_error_cases(const ErrorCase *cases, int n) {
+    for (int i = 0; i < n; i++) {
+        const ErrorCase &c = cases[i];
+        std::string m = expect_error(c.kernel, c.name, c.threads);
+        if (!c.words[0]) CHECK(m.empty(), "%s: got \"%s\"", c.name, m.c_str());
+        for (const char *w : c.words)
+            if (w) CHECK(has(m, w), "%s: got \"%s\", without \"%s\"", c.name, m.c_str(), w);
+    }
+    printf("  cuda_emu: e.g. %s\n", expect_error(cases[0].kernel, cases[0].name, cases[0].threads).c_str());
+}
+
 TEST(cuda_emu_errors_reported) {
-    std::string m = expect_error(divergent_barrier, "divergent_barrier", 32);
-    CHECK(has(m, "divergent __syncthreads") && has(m, "divergent_barrier"), "got \"%s\"", m.c_str());
-    m = expect_error(two_barriers, "two_barriers", 32);
-    CHECK(has(m, "divergent __syncthreads") && has(m, "two_barriers"), "got \"%s\"", m.c_str());
-    m = expect_error(shfl_outside_mask, "shfl_outside_mask", 32);
-    CHECK(has(m, "excludes it") && has(m, "shfl_outside_mask"), "got \"%s\"", m.c_str());
-    m = expect_error(shfl_lane_exited, "shfl_lane_exited", 32);
-    CHECK(has(m, "has exited"), "got \"%s\"", m.c_str());
-    m = expect_error(shfl_partial_warp, "shfl_partial_warp", 40);  // the second warp has 8 lanes
-    CHECK(has(m, "does not exist"), "got \"%s\"", m.c_str());
-    m = expect_error(shfl_reads_outside, "shfl_reads_outside", 32);
-    CHECK(has(m, "not in the mask"), "got \"%s\"", m.c_str());
-    // a correct kernel records nothing afterwards
-    m = expect_error(shfl_partial_warp, "shfl_partial_warp", 64);
-    CHECK(m.empty(), "got \"%s\"", m.c_str());
-    printf("  cuda_emu: e.g. %s\n", expect_error(divergent_barrier, "divergent_barrier", 32).c_str());
+    static const ErrorCase cases[] = {
+        {divergent_barrier, "divergent_barrier", 32, {"divergent __syncthreads", "divergent_barrier"}},
+        {two_barriers, "two_barriers", 32, {"divergent __syncthreads", "two_barriers"}},
+        {shfl_outside_mask, "shfl_outside_mask", 32, {"excludes it", "shfl_outside_mask"}},
+        {shfl_lane_exited, "shfl_lane_exited", 32, {"has exited"}},
+        {shfl_partial_warp, "shfl_partial_warp", 40, {"does not exist"}},  // the second warp has 8 lanes
+        {shfl_reads_outside, "shfl_reads_outside", 32, {"not in the mask"}},
+        {shfl_partial_warp, "shfl_partial_warp", 64, {}},  // a correct kernel records nothing afterwards
+    };
+    check_error_cases(cases, (int)(sizeof cases / sizeof cases[0]));
 }
 
 TEST(cuda_emu_launch_configuration) {
@@ -454,21 +467,16 @@ __global__ void wmma_partial_warp(float *out) {
 }
 
 TEST(cuda_emu_wmma_errors_reported) {
-    std::string m = expect_error(wmma_lane_exited, "wmma_lane_exited", 32);
-    CHECK(has(m, "wmma::store_matrix_sync") && has(m, "lane 5") && has(m, "has exited"), "got \"%s\"", m.c_str());
-    m = expect_error(wmma_divergent, "wmma_divergent", 32);
-    CHECK(has(m, "wmma::load_matrix_sync") && has(m, "waits in wmma::load_matrix_sync"), "got \"%s\"", m.c_str());
-    m = expect_error(wmma_misaligned, "wmma_misaligned", 32);
-    CHECK(has(m, "not 32-byte") && has(m, "wmma_misaligned"), "got \"%s\"", m.c_str());
-    m = expect_error(wmma_bad_ldm, "wmma_bad_ldm", 32);
-    CHECK(has(m, "ldm 18"), "got \"%s\"", m.c_str());
-    m = expect_error(wmma_lanes_disagree, "wmma_lanes_disagree", 32);
-    CHECK(has(m, "must agree") && has(m, "lane 16"), "got \"%s\"", m.c_str());
-    m = expect_error(wmma_partial_warp, "wmma_partial_warp", 48);
-    CHECK(has(m, "does not exist"), "got \"%s\"", m.c_str());
-    m = expect_error(wmma_partial_warp, "wmma_partial_warp", 64);  // whole warps: fine
-    CHECK(m.empty(), "got \"%s\"", m.c_str());
-    printf("  cuda_emu: e.g. %s\n", expect_error(wmma_lane_exited, "wmma_lane_exited", 32).c_str());
+    static const ErrorCase cases[] = {
+        {wmma_lane_exited, "wmma_lane_exited", 32, {"wmma::store_matrix_sync", "lane 5", "has exited"}},
+        {wmma_divergent, "wmma_divergent", 32, {"wmma::load_matrix_sync", "waits in wmma::load_matrix_sync"}},
+        {wmma_misaligned, "wmma_misaligned", 32, {"not 32-byte", "wmma_misaligned"}},
+        {wmma_bad_ldm, "wmma_bad_ldm", 32, {"ldm 18"}},
+        {wmma_lanes_disagree, "wmma_lanes_disagree", 32, {"must agree", "lane 16"}},
+        {wmma_partial_warp, "wmma_partial_warp", 48, {"does not exist"}},
+        {wmma_partial_warp, "wmma_partial_warp", 64, {}},  // whole warps: fine
+    };
+    check_error_cases(cases, (int)(sizeof cases / sizeof cases[0]));
 }
 
 // ---- bf16 on the host rounds as util.c's f32_to_bf16 (round to nearest even) ------------------
