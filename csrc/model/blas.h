@@ -1,7 +1,8 @@
-// blas: the matrix-product library of the CPU backend, chosen at build time (make BLAS=...):
-// openblas (the default: the fastest measured here, see README "Benchmark"), blis, mkl or dnnl
-// (oneDNN). The CPU backend calls cblas_sgemm / cblas_sgemv and nothing else of it; for oneDNN,
-// which has no CBLAS interface, this header maps the two onto dnnl_sgemm.
+// blas: the matrix-product library of the CPU backend, chosen at build time (make BLAS=...): dnnl
+// (oneDNN, the default: the fastest for training here, README "Which BLAS"), openblas (the faster for
+// batched decoding, README "Sampling"), blis or mkl. The CPU backend calls cblas_sgemm / cblas_sgemv
+// and nothing else of it; for oneDNN, which has no CBLAS interface, this header maps the two onto
+// dnnl_sgemm.
 #ifndef GIVT_BLAS_H
 #define GIVT_BLAS_H
 
