@@ -126,18 +126,25 @@ TRAIN = dict(lr=1e-3, betas=(0.9, 0.99), adam_eps=1e-8, weight_decay=0.1, clip=1
              timescale=1e8, nsteps=3)
 
 
-def write_case(f, c):
+def draw_case(c):
+    """The case's configuration, shape, random weights and input x (B, T, D), from its seed."""
     cfg, B, T, full = c["cfg"], c["B"], c["T"], c["full"]
     gen = torch.Generator().manual_seed(c["seed"])
     w = ref.random_weights(cfg, gen, c.get("head_scale", 0.5))
     x = torch.randn(B, T, cfg["input_dim"], generator=gen, dtype=torch.float64).float().double()
-    loss, mu, std, grads = ref.forward_backward(w, x, cfg, full)
+    return cfg, B, T, full, w, x
 
+
+def write_inputs(f, c, cfg, B, T, full, w, x, extra_ints=()):
+    """What both files start a case with: label, configuration (extra_ints after its float keys),
+    shape, the weights and x."""
     w_str(f, c["label"])
     for k in ref.CONFIG_INT_KEYS:
         w_i32(f, int(cfg[k]))
     for k in ref.CONFIG_FLOAT_KEYS:
         w_f64(f, cfg[k])
+    for v in extra_ints:
+        w_i32(f, v)
     w_i32(f, B)
     w_i32(f, T)
     w_i32(f, 1 if full else 0)
@@ -145,12 +152,23 @@ def write_case(f, c):
     for name, t in w.items():
         w_tensor(f, name, t, "f4")
     w_tensor(f, "x", x, "f4")
-    w_tensor(f, "mu", mu, "f8")
-    w_tensor(f, "std", std, "f8")
+
+
+def write_loss_grads(f, loss, grads):
     w_f64(f, loss)
     w_u32(f, len(grads))
     for name, g in grads.items():
         w_tensor(f, name, g, "f8")
+
+
+def write_case(f, c):
+    cfg, B, T, full, w, x = draw_case(c)
+    loss, mu, std, grads = ref.forward_backward(w, x, cfg, full)
+
+    write_inputs(f, c, cfg, B, T, full, w, x)
+    w_tensor(f, "mu", mu, "f8")
+    w_tensor(f, "std", std, "f8")
+    write_loss_grads(f, loss, grads)
 
     clamped = int((std ** 2 < cfg["eps"]).sum())
     gnorm = float(torch.sqrt(sum((g ** 2).sum() for g in grads.values())))
@@ -183,37 +201,18 @@ def write_case(f, c):
 
 
 def write_mix_case(f, c):
-    cfg, B, T, full = c["cfg"], c["B"], c["T"], c["full"]
-    gen = torch.Generator().manual_seed(c["seed"])
-    w = ref.random_weights(cfg, gen, c.get("head_scale", 0.5))
-    x = torch.randn(B, T, cfg["input_dim"], generator=gen, dtype=torch.float64).float().double()
+    cfg, B, T, full, w, x = draw_case(c)
     labels = torch.tensor(c["labels"], dtype=torch.long) if cfg["num_classes"] > 0 else None
     loss, y, grads = ref.forward_backward_head(w, x, cfg, labels, full)
     if cfg["num_mixtures"] == 1 and cfg["num_classes"] == 0:  # the mixture loss is the seed's loss for k = 1
         mu, std = ref.forward(w, x, cfg)
         assert abs(ref.loss_fn(mu, std, x, cfg, full).item() - loss) <= 1e-12 * abs(loss)
 
-    w_str(f, c["label"])
-    for k in ref.CONFIG_INT_KEYS:
-        w_i32(f, int(cfg[k]))
-    for k in ref.CONFIG_FLOAT_KEYS:
-        w_f64(f, cfg[k])
-    w_i32(f, cfg["num_mixtures"])
-    w_i32(f, cfg["num_classes"])
-    w_i32(f, B)
-    w_i32(f, T)
-    w_i32(f, 1 if full else 0)
-    w_u32(f, len(w))
-    for name, t in w.items():
-        w_tensor(f, name, t, "f4")
-    w_tensor(f, "x", x, "f4")
+    write_inputs(f, c, cfg, B, T, full, w, x, extra_ints=(cfg["num_mixtures"], cfg["num_classes"]))
     if labels is not None:
         w_tensor(f, "labels", labels.double(), "f4")
     w_tensor(f, "y", y, "f8")
-    w_f64(f, loss)
-    w_u32(f, len(grads))
-    for name, g in grads.items():
-        w_tensor(f, name, g, "f8")
+    write_loss_grads(f, loss, grads)
     w_u32(f, 0)
     gnorm = float(torch.sqrt(sum((g ** 2).sum() for g in grads.values())))
     print(f"{c['label']}: loss {loss:.10f}  grad norm {gnorm:.4f}")
