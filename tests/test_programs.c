@@ -45,21 +45,30 @@ static int no_sanitizer_report(const char *err) {
 }
 
 
-// A model folder (random weights, or NaN at one element of the head when nan): dir/name, into folder.
+// A model folder dir/name (its path into folder) of configuration cfg, with weights scale * N(0, 1)
+// drawn from seed, and NaN at one element of the head when nan. hf_save's result.
+static int save_model(char *folder, size_t n, const char *dir, const char *name, const GivtConfig *cfg,
+                      uint64_t seed, float scale, int nan) {
+    ParamTable pt;
+    param_table_build(&pt, cfg);
+    float *p = xmalloc(pt.total * sizeof(float));
+    Rng rng;
+    rng_seed(&rng, seed);
+    for (size_t i = 0; i < pt.total; i++) p[i] = scale * (float)rng_normal(&rng);
+    if (nan) p[pt.specs[pt.head].offset + 9] = NAN;  // head [1, 1]
+    snprintf(folder, n, "%s", tu_path(dir, name));
+    int rc = hf_save(folder, cfg, &pt, p);
+    free(p);
+    param_table_free(&pt);
+    return rc;
+}
+
+// The tiny model of most tests (tu_tiny_config, weights 0.1 * N(0, 1) from seed 5), NaN in its head
+// when nan.
 static void make_model(char *folder, size_t n, const char *dir, const char *name, int nan) {
     GivtConfig cfg;
     tu_tiny_config(&cfg);
-    ParamTable pt;
-    param_table_build(&pt, &cfg);
-    float *p = xmalloc(pt.total * sizeof(float));
-    Rng rng;
-    rng_seed(&rng, 5);
-    for (size_t i = 0; i < pt.total; i++) p[i] = 0.1f * (float)rng_normal(&rng);
-    if (nan) p[pt.specs[pt.head].offset + 9] = NAN;  // head [1, 1]
-    snprintf(folder, n, "%s", tu_path(dir, name));
-    if (hf_save(folder, &cfg, &pt, p) != 0) givt_die("%s", givt_last_error());
-    free(p);
-    param_table_free(&pt);
+    if (save_model(folder, n, dir, name, &cfg, 5, 0.1f, nan) != 0) givt_die("%s", givt_last_error());
 }
 
 TEST(givt_eval_good_and_error_cases_exit_cleanly) {
@@ -333,16 +342,7 @@ TEST(givt_sample_classes_and_guidance) {
     GivtConfig cfg;
     tu_tiny_config(&cfg);
     cfg.num_mixtures = 2, cfg.num_classes = 3;
-    ParamTable pt;
-    param_table_build(&pt, &cfg);
-    float *p = xmalloc(pt.total * sizeof(float));
-    Rng rng;
-    rng_seed(&rng, 8);
-    for (size_t i = 0; i < pt.total; i++) p[i] = 0.2f * (float)rng_normal(&rng);
-    snprintf(cond, sizeof cond, "%s", tu_path(dir, "cond"));
-    CHECK(hf_save(cond, &cfg, &pt, p) == 0, "%s", givt_last_error());
-    free(p);
-    param_table_free(&pt);
+    CHECK(save_model(cond, sizeof cond, dir, "cond", &cfg, 8, 0.2f, 0) == 0, "%s", givt_last_error());
     int32_t lab[3] = {0, 2, 1}, big[3] = {0, 3, 1};
     int64_t n3 = 3, n2 = 2;
     float f3[3] = {0, 1, 2};
