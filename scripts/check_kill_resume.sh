@@ -235,7 +235,7 @@ fi
 
 left=$(cd "$B" && ls -A | grep -E '^\.tmp-' | tr '\n' ' ')
 [ -z "$left" ] || fail "temporary folders left in B: $left"
-stray=$(cd "$B" && find . -name '*.tmp.*' | tr '\n' ' ')
+stray=$(cd "$B" && find . \( -name '*.tmp.*' -o -name '.givt-tmp-*' \) | tr '\n' ' ')
 [ -z "$stray" ] || echo "warning: stray temporary files in B (not folders): $stray"
 
 if [ $FAILS -eq 0 ]; then

@@ -407,7 +407,7 @@ TEST(config_rejects_bad_values) {
     EXPECT_ERR("[train]\nlr_betas = 0.9, 0.99, 0.999\n", 1, 0, NULL, "expected two numbers");
     EXPECT_ERR("[model]\nrope_rotary_percentage = 1.5\n", 1, 0, NULL,
                "x.ini:2: [model] rope_rotary_percentage = \"1.5\": must be in [0, 1]");
-    EXPECT_ERR("[model]\neps = 0\n", 1, 0, NULL, "x.ini:2: [model] eps = \"0\": must be > 0");
+    EXPECT_ERR("[model]\neps = 0\n", 1, 0, NULL, "x.ini:2: [model] eps = \"0\": must be in (0, 1]");
     EXPECT_ERR("[train]\nmin_lr_ratio = 1.5\n", 1, 0, NULL, "must be in [0, 1]");
     EXPECT_ERR("[train]\nema = 0\n", 1, 0, NULL, "[train] ema = \"0\": must be > 0 (or empty for off)");
     EXPECT_ERR("[train]\nseed = -1\n", 1, 0, NULL, "x.ini:2: [train] seed = \"-1\": must be >= 0");

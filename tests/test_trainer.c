@@ -96,7 +96,7 @@ TEST(trainer_keeps_the_newest_checkpoints_and_no_temporaries) {
     tu_mkdtemp(d, "train_keep");
     CHECK(run(k_tiny_ini, d, 0, NULL) == 0, "%s", givt_last_error());
     CHECK(tu_count_prefix(d, "step_") == 3, "%d checkpoints, want keep_checkpoints = 3", tu_count_prefix(d, "step_"));
-    CHECK(tu_count_prefix(d, ".tmp") == 0);
+    CHECK(tu_count_prefix(d, ".tmp") == 0 && tu_count_prefix(d, ".givt-tmp-") == 0);
     char latest[512], want[300];
     CHECK(trainer_latest_checkpoint(d, latest, sizeof latest) == 0);
     snprintf(want, sizeof want, "%s/step_00000012", d);

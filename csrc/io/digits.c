@@ -1,11 +1,13 @@
 // digits: digits.bin -> (n, T, D) float32 .npy of patch sequences (see digits.h).
+#define _POSIX_C_SOURCE 200809L
 #include "digits.h"
 
 #include <errno.h>
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "npy.h"
 #include "util.h"
@@ -14,32 +16,45 @@ static uint32_t rd_u32(const unsigned char *b) {
     return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
 }
 
+// The header's n, h, w, maxval, checked against each other, the patch size and the file's size (so a
+// lying header is an error before anything it asks for is allocated). -1 with givt_fail.
+static int read_digits_header(int fd, const char *bin_path, int patch, uint32_t dims[4]) {
+    unsigned char hdr[24];
+    struct stat st;
+    if (fstat(fd, &st) != 0) return givt_fail("%s: cannot stat: %s", bin_path, strerror(errno));
+    if (st.st_size < (off_t)sizeof hdr || pread_full(fd, bin_path, hdr, sizeof hdr, 0) || memcmp(hdr, "GIVTDIG1", 8))
+        return givt_fail("%s: not a digits file (bad magic or short header)", bin_path);
+    uint32_t n = rd_u32(hdr + 8), h = rd_u32(hdr + 12), w = rd_u32(hdr + 16), maxval = rd_u32(hdr + 20);
+    if (n < 1 || n > (1u << 24) || h < 1 || h > 4096 || w < 1 || w > 4096 || maxval < 1 || maxval > 255)
+        return givt_fail("%s: implausible header (n %u, %ux%u, maxval %u)", bin_path, n, h, w, maxval);
+    if (patch < 1 || h % (uint32_t)patch || w % (uint32_t)patch)
+        return givt_fail("patch = %d: must divide the image size %ux%u", patch, h, w);
+    uint64_t body = (uint64_t)n * h * w + n, have = (uint64_t)st.st_size - sizeof hdr;
+    if (have != body)
+        return givt_fail("%s: %s: the header (n %u, %ux%u) needs %llu bytes after it, the file has %llu",
+                         bin_path, have < body ? "truncated" : "too long", n, h, w, (unsigned long long)body,
+                         (unsigned long long)have);
+    dims[0] = n, dims[1] = h, dims[2] = w, dims[3] = maxval;
+    return 0;
+}
+
 int digits_to_npy(const char *bin_path, const char *npy_out, const char *labels_out, int patch,
                   int64_t dequant_seed, DigitsInfo *info) {
-    FILE *fp = fopen(bin_path, "rb");
-    if (!fp) return givt_fail("%s: cannot open: %s", bin_path, strerror(errno));
-    unsigned char hdr[24];
-    if (fread(hdr, 1, sizeof hdr, fp) != sizeof hdr || memcmp(hdr, "GIVTDIG1", 8) != 0) {
-        fclose(fp);
-        return givt_fail("%s: not a digits file (bad magic or short header)", bin_path);
+    int fd = open_regular_file(bin_path);
+    if (fd < 0) return -1;
+    uint32_t dims[4] = {0};
+    if (read_digits_header(fd, bin_path, patch, dims)) {
+        close(fd);
+        return -1;
     }
-    uint32_t n = rd_u32(hdr + 8), h = rd_u32(hdr + 12), w = rd_u32(hdr + 16), maxval = rd_u32(hdr + 20);
-    if (n < 1 || n > (1u << 24) || h < 1 || h > 4096 || w < 1 || w > 4096 || maxval < 1 || maxval > 255) {
-        fclose(fp);
-        return givt_fail("%s: implausible header (n %u, %ux%u, maxval %u)", bin_path, n, h, w, maxval);
-    }
-    if (patch < 1 || h % (uint32_t)patch || w % (uint32_t)patch) {
-        fclose(fp);
-        return givt_fail("patch = %d: must divide the image size %ux%u", patch, h, w);
-    }
+    uint32_t n = dims[0], h = dims[1], w = dims[2], maxval = dims[3];
     size_t npix = (size_t)h * w, body = (size_t)n * npix + n;
-    unsigned char *raw = xmalloc(body + 1);
-    size_t got = fread(raw, 1, body + 1, fp);
-    fclose(fp);
-    if (got != body) {
+    unsigned char *raw = xmalloc(body);
+    int bad = pread_full(fd, bin_path, raw, body, 24);
+    close(fd);
+    if (bad) {
         free(raw);
-        return givt_fail("%s: %s: expected %zu bytes after the header, found %zu%s", bin_path,
-                         got < body ? "truncated" : "too long", body, got, got > body ? "+" : "");
+        return -1;
     }
     const unsigned char *pix = raw, *lab = raw + (size_t)n * npix;
     // level + u, u ~ U(0, 1) from one seeded stream in pixel order (dequantization), or the level

@@ -23,7 +23,7 @@ static int read_key(const char *path, const JsonValue *root, const GivtConfigKey
 
 int hf_read_config_json(const char *path, GivtConfig *cfg) {
     size_t len;
-    char *text = read_file_text(path, &len);
+    char *text = read_file_text_max(path, GIVT_TEXT_MAX_BYTES, &len);
     if (!text) return -1;
     JsonValue *root = json_parse(text, len, path);
     free(text);

@@ -1,4 +1,4 @@
-// npy: NumPy .npy files: a validating, memory-mapped reader and an atomic writer.
+// npy: NumPy .npy files: a validating reader (pread, never mapped) and an atomic writer.
 #define _GNU_SOURCE
 #include "npy.h"
 
@@ -157,20 +157,7 @@ static int64_t mtime_ns_of(const struct stat *st) {
 
 // Reads exactly n bytes at offset off; a short read means the file ended early.
 static int pread_exact(const NpyFile *f, void *dst, size_t n, int64_t off) {
-    unsigned char *p = dst;
-    while (n > 0) {
-        ssize_t got = pread(f->fd, p, n, (off_t)off);
-        if (got < 0 && errno == EINTR) continue;
-        if (got < 0) return givt_fail("%s: read failed at byte %lld: %s", f->path, (long long)off, strerror(errno));
-        if (got == 0)
-            return givt_fail("%s: the file ends at byte %lld, before the %zu bytes needed there: it was truncated or "
-                             "rewritten while in use",
-                             f->path, (long long)off, n);
-        p += got;
-        n -= (size_t)got;
-        off += got;
-    }
-    return 0;
+    return pread_full(f->fd, f->path, dst, n, off);
 }
 
 // The file must be as it was at npy_open: same size and modification time.
@@ -200,18 +187,11 @@ static int npy_open_as(NpyFile *f, const char *path, int kind) {
     memset(f, 0, sizeof *f);
     f->fd = -1;
     f->path = xstrdup(path);
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (f->fd < 0) {
-        givt_fail("%s: cannot open: %s", path, strerror(errno));
-        return open_fail(f);
-    }
+    f->fd = open_regular_file(path);  // a FIFO or device is refused, never waited on
+    if (f->fd < 0) return open_fail(f);
     struct stat st;
     if (fstat(f->fd, &st) != 0) {
         givt_fail("%s: cannot stat: %s", path, strerror(errno));
-        return open_fail(f);
-    }
-    if (!S_ISREG(st.st_mode)) {
-        givt_fail("%s: not a regular file", path);
         return open_fail(f);
     }
     size_t size = (size_t)st.st_size;

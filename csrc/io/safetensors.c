@@ -6,7 +6,6 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -195,43 +194,45 @@ static int parse_header(StFile *f, const JsonValue *h) {
 }
 
 // ---- reading: the file --------------------------------------------------------------------
-static int map_file(StFile *f) {
-    int fd = open(f->path, O_RDONLY);
-    if (fd < 0) return givt_fail("%s: cannot open: %s", f->path, strerror(errno));
+// Opens f->path (a regular file, or -1), its size into f->file_size.
+static int open_fd(StFile *f) {
+    f->fd = open_regular_file(f->path);
+    if (f->fd < 0) return -1;
     struct stat st;
-    int rc = 0;
-    if (fstat(fd, &st) != 0) rc = givt_fail("%s: cannot stat: %s", f->path, strerror(errno));
-    else if (!S_ISREG(st.st_mode)) rc = givt_fail("%s: not a regular file", f->path);
-    else if (st.st_size < 8)
-        rc = givt_fail("%s: file is %lld bytes, too short for a safetensors file (the header length alone "
-                       "takes 8 bytes)", f->path, (long long)st.st_size);
-    if (rc == 0) {
-        f->file_size = (size_t)st.st_size;
-        void *m = mmap(NULL, f->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (m == MAP_FAILED) rc = givt_fail("%s: cannot map: %s", f->path, strerror(errno));
-        else f->map = m;
-    }
-    close(fd);
-    return rc;
+    if (fstat(f->fd, &st) != 0) return givt_fail("%s: cannot stat: %s", f->path, strerror(errno));
+    if (st.st_size < 8)
+        return givt_fail("%s: file is %lld bytes, too short for a safetensors file (the header length alone "
+                         "takes 8 bytes)", f->path, (long long)st.st_size);
+    f->file_size = (size_t)st.st_size;
+    return 0;
+}
+
+// Reads the header length and the header into f->header, sets the data buffer's place.
+static int read_header_bytes(StFile *f) {
+    unsigned char len8[8];
+    if (pread_full(f->fd, f->path, len8, 8, 0)) return -1;
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--) n = (n << 8) | len8[i];
+    if (n > ST_MAX_HEADER)
+        return givt_fail("%s: header length %llu is larger than the limit of %d bytes: not a safetensors "
+                         "file?", f->path, (unsigned long long)n, ST_MAX_HEADER);
+    if (n > f->file_size - 8)  // n <= ST_MAX_HEADER here, so 8 + n does not overflow
+        return givt_fail("%s: file is %zu bytes, but its header length %llu needs at least %llu (8 + %llu): "
+                         "truncated, or not a safetensors file", f->path, f->file_size, (unsigned long long)n,
+                         (unsigned long long)n + 8, (unsigned long long)n);
+    f->data_offset = 8 + (size_t)n;
+    f->data_size = f->file_size - f->data_offset;
+    f->header = xmalloc(f->data_offset);
+    memcpy(f->header, len8, 8);
+    return pread_full(f->fd, f->path, f->header + 8, (size_t)n, 8);
 }
 
 static int open_file(StFile *f, const char *path) {
     f->path = xstrdup(path);
-    if (map_file(f)) return -1;
-    uint64_t n = 0;
-    for (int i = 7; i >= 0; i--) n = (n << 8) | f->map[i];
-    if (n > ST_MAX_HEADER)
-        return givt_fail("%s: header length %llu is larger than the limit of %d bytes: not a safetensors "
-                         "file?", path, (unsigned long long)n, ST_MAX_HEADER);
-    if (n > f->file_size - 8)  // n <= ST_MAX_HEADER here, so 8 + n does not overflow
-        return givt_fail("%s: file is %zu bytes, but its header length %llu needs at least %llu (8 + %llu): "
-                         "truncated, or not a safetensors file", path, f->file_size, (unsigned long long)n,
-                         (unsigned long long)n + 8, (unsigned long long)n);
-    f->data = f->map + 8 + n;
-    f->data_size = f->file_size - 8 - (size_t)n;
+    if (open_fd(f) || read_header_bytes(f)) return -1;
     char what[512];
     snprintf(what, sizeof what, "%s: header", path);
-    JsonValue *h = json_parse((const char *)f->map + 8, (size_t)n, what);
+    JsonValue *h = json_parse((const char *)f->header + 8, f->data_offset - 8, what);
     if (!h) return -1;
     int rc = parse_header(f, h);
     json_free(h);
@@ -240,13 +241,15 @@ static int open_file(StFile *f, const char *path) {
 
 int st_open(StFile *f, const char *path) {
     memset(f, 0, sizeof *f);
+    f->fd = -1;
     if (open_file(f, path) == 0) return 0;
     st_close(f);  // a caller that returns at once on failure (without st_close) leaks nothing
     return -1;
 }
 
 void st_close(StFile *f) {
-    if (f->map) munmap(f->map, f->file_size);
+    if (f->path && f->fd >= 0) close(f->fd);  // a path means st_open set fd
+    free(f->header);
     for (int i = 0; i < f->count; i++) free(f->tensors[i].name);
     free(f->tensors);
     for (int i = 0; i < f->n_meta; i++) {
@@ -271,19 +274,23 @@ const char *st_metadata(const StFile *f, const char *key) {
     return NULL;
 }
 
+// float16 / bfloat16 values are read in chunks of this many and converted.
+#define ST_HALF_CHUNK 4096
+
 int st_read_f32(const StFile *f, int i, float *dst) {
     const StTensor *t = &f->tensors[i];
-    const unsigned char *src = f->data + t->begin;
-    if (t->dtype == ST_F32) {
-        memcpy(dst, src, t->numel * 4);
-    } else if (t->dtype == ST_F16 || t->dtype == ST_BF16) {
-        for (size_t k = 0; k < t->numel; k++) {
-            uint16_t h = (uint16_t)(src[2 * k] | (src[2 * k + 1] << 8));
-            dst[k] = t->dtype == ST_F16 ? f16_to_f32(h) : bf16_to_f32(h);
-        }
-    } else {
+    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
         return givt_fail("%s: tensor \"%.200s\": dtype %s is not supported (expected F32, F16 or BF16)",
                          f->path, t->name, st_dtype_name(t->dtype));
+    char what[512];  // names the tensor in a read error
+    snprintf(what, sizeof what, "%s: tensor \"%.200s\"", f->path, t->name);
+    int64_t off = (int64_t)(f->data_offset + t->begin);
+    if (t->dtype == ST_F32) return pread_full(f->fd, what, dst, t->numel * 4, off);
+    uint16_t h[ST_HALF_CHUNK];
+    for (size_t done = 0; done < t->numel; done += ST_HALF_CHUNK) {
+        size_t n = t->numel - done < ST_HALF_CHUNK ? t->numel - done : ST_HALF_CHUNK;
+        if (pread_full(f->fd, what, h, n * 2, off + (int64_t)(done * 2))) return -1;
+        for (size_t k = 0; k < n; k++) dst[done + k] = t->dtype == ST_F16 ? f16_to_f32(h[k]) : bf16_to_f32(h[k]);
     }
     return 0;
 }

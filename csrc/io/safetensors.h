@@ -1,4 +1,4 @@
-// safetensors: a validating reader (mmap, any dtype listed, F32/F16/BF16 read as float32) and an
+// safetensors: a validating reader (pread, any dtype listed, F32/F16/BF16 read as float32) and an
 // atomic float32 writer of the safetensors format (8-byte LE header length, JSON header, data).
 #ifndef GIVT_SAFETENSORS_H
 #define GIVT_SAFETENSORS_H
@@ -23,12 +23,15 @@ typedef struct {
     size_t begin, end;  // byte offsets into the data buffer
 } StTensor;
 
+// An open safetensors file. The header is read at st_open; tensor data is read with pread(2) by
+// st_read_f32, never mapped, so a file truncated while open is an error naming it (never a SIGBUS).
 typedef struct {
     char *path;
-    unsigned char *map;  // the whole file, mapped read-only
-    size_t file_size;
-    const unsigned char *data;  // the data buffer (after the header)
-    size_t data_size;
+    int fd;              // open for reading while path is set (st_open), else unused
+    unsigned char *header;  // the file's first data_offset bytes (header length, JSON header), read at open
+    size_t file_size;       // at open
+    size_t data_offset;  // where the data buffer begins in the file (8 + header length)
+    size_t data_size;    // bytes of the data buffer (file_size - data_offset at open)
     StTensor *tensors;  // in header order
     int count;
     char **meta_keys, **meta_values;  // "__metadata__"
@@ -50,7 +53,8 @@ const char *st_metadata(const StFile *f, const char *key);  // NULL when absent
 // "[32, 16]" for messages (into buf of n bytes; returns buf).
 char *st_shape_str(const int64_t *shape, int ndim, char *buf, size_t n);
 
-// Converts tensor i (F32, F16 or BF16) to float32 into dst (numel floats).
+// Reads tensor i (F32, F16 or BF16) as float32 into dst (numel floats); -1 (givt_fail) when the file
+// now ends before the tensor (truncated since st_open) or the read fails.
 int st_read_f32(const StFile *f, int i, float *dst);
 // Finds the tensor by name, checks it has exactly the shape given, converts it into dst.
 int st_load_f32(const StFile *f, const char *name, int ndim, const int64_t *shape, float *dst);

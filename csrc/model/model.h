@@ -45,6 +45,9 @@ typedef struct {
 // config.json carries only when they differ from their default (so seed folders stay as they were). From this list model.c builds the
 // key table (config.json reading and writing, givt_config_diff, givt_config_check) and train_config.c
 // the [model] rows of its table (INI parsing, --help, write-back).
+// eps is at most 1: std = softplus(pre) + eps and var = max(std^2, eps) are float32, so an eps above
+// about 1.8e19 makes std^2 infinite (1e300 is infinite as a float32 already) and every loss inf or
+// NaN; a stabiliser (1e-8 in the seed) above 1 would only flatten every predicted density.
 #define GIVT_CONFIG_KEYS(X)                                                                                     \
     X(input_dim, INT, RANGE_GE | RANGE_LE, 1, GIVT_MAX_INPUT_DIM, "D: size of each input vector")                \
     X(hidden_dim, INT, RANGE_GE | RANGE_LE, 1, GIVT_MAX_HIDDEN_DIM, "C: width of the residual stream")           \
@@ -53,7 +56,8 @@ typedef struct {
       "H: attention heads; hidden_dim must be a multiple of it")                                                \
     X(num_layers, INT, RANGE_GE | RANGE_LE, 1, GIVT_MAX_NUM_LAYERS, "L: transformer blocks")                     \
     X(block_size, INT, RANGE_GE | RANGE_LE, 1, GIVT_MAX_BLOCK_SIZE, "longest sequence the model accepts")        \
-    X(eps, F64, RANGE_GT, 0, 0, "added to the predicted std, and the clamp of the variance in the loss")         \
+    X(eps, F64, RANGE_GT | RANGE_LE, 0, 1,                                                                      \
+      "added to the predicted std, and the clamp of the variance in the loss")                                  \
     X(rope_base, F64, RANGE_GT, 0, 0, "RoPE base")                                                              \
     X(rope_rotary_percentage, F64, RANGE_GE | RANGE_LE, 0, 1,                                                   \
       "share of each head's dims that RoPE rotates: int(pct * head_dim), even (0: none rotated)")               \
