@@ -1,12 +1,19 @@
-// data: windows of seq_len vectors from memory-mapped .npy files or seeded noise; split, shuffling,
-// batches with a resumable position.
+// data: windows of seq_len vectors from .npy files (at most DATA_MAX_OPEN open at once) or seeded
+// noise; split, shuffling, batches with a resumable position.
 #define _GNU_SOURCE
 #include "data.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <glob.h>
+#include <inttypes.h>
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -105,6 +112,97 @@ void data_free_paths(char **paths, int n) {
     sl_free(&l);
 }
 
+// ---- the open descriptors (at most DATA_MAX_OPEN) ---------------------------------------------
+static int64_t mtime_ns_of(const struct stat *st) {
+    return (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+}
+
+// Closes the least recently used open file (its header stays; fd -1). Needs nopen > 0.
+static void evict_lru(Dataset *ds) {
+    int j = 0;
+    for (int k = 1; k < ds->nopen; k++)
+        if (ds->file_used[ds->open_idx[k]] < ds->file_used[ds->open_idx[j]]) j = k;
+    NpyFile *f = &ds->files[ds->open_idx[j]];
+    close(f->fd);
+    f->fd = -1;
+    ds->open_idx[j] = ds->open_idx[--ds->nopen];
+}
+
+// Counts file i (just opened, fd >= 0) among the open ones and marks it used now.
+static void track_open(Dataset *ds, int i) {
+    ds->open_idx[ds->nopen++] = i;
+    ds->file_used[i] = ++ds->use_clock;
+}
+
+// A new descriptor of file i, checked to be the file validated at data_open: same device, inode,
+// size and modification time (O_NONBLOCK while opening: a FIFO put in its place cannot block).
+// -1 with givt_fail naming the file. When the process is out of descriptors, ds (when not NULL)
+// closes its least recently used files and tries again.
+static int reopen_fd(Dataset *ds, const Dataset *cds, int i) {
+    const NpyFile *f = &cds->files[i];
+    int fd;
+    while ((fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) < 0 && (errno == EMFILE || errno == ENFILE) &&
+           ds && ds->nopen > 0)
+        evict_lru(ds);
+    if (fd < 0) return givt_fail("%s: cannot reopen: %s", f->path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || fcntl(fd, F_SETFL, 0) != 0) {
+        int rc = givt_fail("%s: cannot reopen: %s", f->path, strerror(errno));
+        close(fd);
+        return rc;
+    }
+    const DataFileId *id = &cds->file_ids[i];
+    if ((uint64_t)st.st_dev != id->dev || (uint64_t)st.st_ino != id->ino || (int64_t)st.st_size != f->file_size ||
+        mtime_ns_of(&st) != f->mtime_ns) {
+        close(fd);
+        return givt_fail("%s: the file changed since the data were opened (%s): data files must not be modified or "
+                         "replaced during a run",
+                         f->path,
+                         (int64_t)st.st_size != f->file_size ? "another size"
+                         : (uint64_t)st.st_ino != id->ino || (uint64_t)st.st_dev != id->dev ? "another file by that name"
+                                                                                            : "another modification time");
+    }
+    return fd;
+}
+
+// File i, open for reading (reopened if it was closed; the least recently used one closed first
+// when DATA_MAX_OPEN are open), marked used now. NULL with givt_fail naming the file.
+static const NpyFile *file_acquire(Dataset *ds, int i) {
+    NpyFile *f = &ds->files[i];
+    if (f->fd >= 0) {
+        ds->file_used[i] = ++ds->use_clock;
+        return f;
+    }
+    if (ds->nopen == DATA_MAX_OPEN) evict_lru(ds);
+    int fd = reopen_fd(ds, ds, i);
+    if (fd < 0) return NULL;
+    f->fd = fd;
+    track_open(ds, i);
+    return f;
+}
+
+// npy_open of file i of the list, room made first; once more after closing every open file when it
+// fails while some are open (the process may be out of descriptors). Records the file's identity.
+static int open_one(Dataset *ds, int i, const char *path) {
+    if (ds->nopen == DATA_MAX_OPEN) evict_lru(ds);
+    NpyFile *f = &ds->files[i];
+    int rc = npy_open(f, path);
+    if (rc != 0 && ds->nopen > 0) {
+        while (ds->nopen > 0) evict_lru(ds);
+        rc = npy_open(f, path);
+    }
+    if (rc != 0) return -1;
+    struct stat st;
+    if (fstat(f->fd, &st) != 0) {
+        rc = givt_fail("%s: cannot stat: %s", path, strerror(errno));
+        npy_close(f);
+        return rc;
+    }
+    ds->file_ids[i] = (DataFileId){(uint64_t)st.st_dev, (uint64_t)st.st_ino};
+    track_open(ds, i);
+    return 0;
+}
+
 // ---- open / close ---------------------------------------------------------------------------
 static int open_files(Dataset *ds) {
     StrList paths = {0};
@@ -113,11 +211,13 @@ static int open_files(Dataset *ds) {
         return -1;
     }
     ds->files = xcalloc((size_t)paths.n, sizeof *ds->files);
+    ds->file_ids = xcalloc((size_t)paths.n, sizeof *ds->file_ids);
+    ds->file_used = xcalloc((size_t)paths.n, sizeof *ds->file_used);
     ds->file_win0 = xcalloc((size_t)paths.n + 1, sizeof *ds->file_win0);
     int rc = 0;
     for (int i = 0; i < paths.n && rc == 0; i++) {
         NpyFile *f = &ds->files[i];
-        if (npy_open(f, paths.v[i])) {
+        if (open_one(ds, i, paths.v[i])) {
             rc = -1;
             break;
         }
@@ -263,8 +363,10 @@ int data_open(Dataset *ds, const DataConfig *cfg) {
 }
 
 void data_close(Dataset *ds) {
-    for (int i = 0; i < ds->nfiles; i++) npy_close(&ds->files[i]);
+    for (int i = 0; i < ds->nfiles; i++) npy_close(&ds->files[i]);  // closes fd only when open
     free(ds->files);
+    free(ds->file_ids);
+    free(ds->file_used);
     free(ds->file_win0);
     free(ds->train_ids);
     free(ds->val_ids);
@@ -326,8 +428,8 @@ int data_read_window(Dataset *ds, int64_t id, float *dst) {
         return 0;
     }
     int64_t flat;
-    const NpyFile *f = &ds->files[locate(ds, id, &flat)];
-    if (npy_read_f32(f, flat, count, dst)) return -1;
+    const NpyFile *f = file_acquire(ds, locate(ds, id, &flat));
+    if (!f || npy_read_f32(f, flat, count, dst)) return -1;
     for (int64_t i = 0; i < count; i++) {
         if (!isfinite(dst[i])) {
             char ib[96];
@@ -439,8 +541,105 @@ int data_all_batch(Dataset *ds, int64_t k, int B, float *buf) {
     return ordered_batch(ds, NULL, ds->num_windows, k, B, buf, NULL);
 }
 
+// A closed file is scanned through a descriptor of its own, closed after (ds stays as it is).
 int data_check_finite(const Dataset *ds) {
-    for (int i = 0; i < ds->nfiles; i++)
-        if (npy_check_finite(&ds->files[i], NULL)) return -1;
+    for (int i = 0; i < ds->nfiles; i++) {
+        NpyFile f = ds->files[i];
+        int own = f.fd < 0;
+        if (own && (f.fd = reopen_fd(NULL, ds, i)) < 0) return -1;
+        int rc = npy_check_finite(&f, NULL);
+        if (own) close(f.fd);
+        if (rc) return -1;
+    }
     return 0;
+}
+
+// ---- fingerprint and description ----------------------------------------------------------
+// Labels of a dataset with labels: one per sequence of its files.
+static int64_t num_labels(const Dataset *ds) {
+    return ds->file_seq0[ds->nfiles - 1] + ds->files[ds->nfiles - 1].shape[0];
+}
+
+static uint64_t fp_add(uint64_t h, uint64_t v) { return mix64(h ^ mix64(v + 0x9e3779b97f4a7c15ull)); }
+
+uint64_t data_fingerprint(const Dataset *ds) {
+    uint64_t h = fp_add(0x67697674u, (uint64_t)ds->cfg.kind);  // "givt"
+    h = fp_add(h, (uint64_t)ds->cfg.seq_len);
+    h = fp_add(h, (uint64_t)ds->cfg.input_dim);
+    h = fp_add(h, ds->cfg.seed);
+    h = fp_add(h, (uint64_t)ds->nfiles);
+    for (int i = 0; i < ds->nfiles; i++) {
+        const NpyFile *f = &ds->files[i];
+        h = fp_add(h, (uint64_t)f->ndim);
+        for (int k = 0; k < f->ndim; k++) h = fp_add(h, (uint64_t)f->shape[k]);
+        h = fp_add(h, (uint64_t)f->dtype);
+        h = fp_add(h, (uint64_t)f->file_size);
+    }
+    h = fp_add(h, ds->labels ? (uint64_t)num_labels(ds) : UINT64_MAX);
+    h = fp_add(h, (uint64_t)ds->cfg.num_classes);
+    if (ds->cfg.kind == DATA_DUMMY) h = fp_add(h, (uint64_t)ds->cfg.dummy_count);
+    h = fp_add(h, (uint64_t)ds->num_windows);
+    h = fp_add(h, (uint64_t)ds->num_train);
+    return fp_add(h, (uint64_t)ds->num_val);
+}
+
+// The sizes of the files summed: sequences of (N, T, D) files (T from tmin to tmax), vectors of
+// (M, D) streams, bytes, and which dtypes (bit 0: float32, bit 1: float16).
+typedef struct {
+    int64_t seqs, tmin, tmax, stream_vecs, bytes;
+    int dtypes;
+} FileTotals;
+
+static FileTotals file_totals(const Dataset *ds) {
+    FileTotals t = {.tmin = INT64_MAX};
+    for (int i = 0; i < ds->nfiles; i++) {
+        const NpyFile *f = &ds->files[i];
+        if (f->ndim == 3) {
+            t.seqs += f->shape[0];
+            t.tmin = f->shape[1] < t.tmin ? f->shape[1] : t.tmin;
+            t.tmax = f->shape[1] > t.tmax ? f->shape[1] : t.tmax;
+        } else {
+            t.stream_vecs += f->shape[0];
+        }
+        t.bytes += f->file_size;
+        t.dtypes |= f->dtype == NPY_F16 ? 2 : 1;
+    }
+    return t;
+}
+
+// printf onto the end of buf (n bytes, *k of them used): truncated, and always terminated, when full.
+__attribute__((format(printf, 4, 5))) static void appendf(char *buf, size_t n, size_t *k, const char *fmt, ...) {
+    if (*k + 1 >= n) return;
+    va_list ap;
+    va_start(ap, fmt);
+    int r = vsnprintf(buf + *k, n - *k, fmt, ap);
+    va_end(ap);
+    *k = r < 0 ? n : *k + (size_t)r;
+}
+
+void data_describe(const Dataset *ds, char *buf, size_t n) {
+    if (n == 0) return;
+    buf[0] = '\0';
+    const DataConfig *c = &ds->cfg;
+    size_t k = 0;
+    if (c->kind == DATA_DUMMY) {
+        appendf(buf, n, &k, "dummy: %lld sequences of %d x %d, seed %" PRIu64, (long long)c->dummy_count, c->seq_len,
+                c->input_dim, c->seed);
+    } else {
+        FileTotals t = file_totals(ds);
+        appendf(buf, n, &k, "npy: %d file%s", ds->nfiles, ds->nfiles == 1 ? "" : "s");
+        if (t.tmax > 0 && t.tmin == t.tmax)
+            appendf(buf, n, &k, ", %lld sequences of %lld x %d", (long long)t.seqs, (long long)t.tmax, c->input_dim);
+        else if (t.tmax > 0)
+            appendf(buf, n, &k, ", %lld sequences of %lld..%lld x %d", (long long)t.seqs, (long long)t.tmin,
+                    (long long)t.tmax, c->input_dim);
+        if (t.stream_vecs > 0)
+            appendf(buf, n, &k, ", streams of %lld vectors of %d", (long long)t.stream_vecs, c->input_dim);
+        appendf(buf, n, &k, " (%s, %lld bytes)",
+                t.dtypes == 3 ? "float32 and float16" : t.dtypes == 2 ? "float16" : "float32", (long long)t.bytes);
+        if (ds->labels) appendf(buf, n, &k, ", labels %lld of %d classes", (long long)num_labels(ds), c->num_classes);
+        appendf(buf, n, &k, ", seq_len %d, seed %" PRIu64, c->seq_len, c->seed);
+    }
+    appendf(buf, n, &k, ", windows %lld (train %lld, val %lld)", (long long)ds->num_windows, (long long)ds->num_train,
+            (long long)ds->num_val);
 }

@@ -1,4 +1,4 @@
-// data: the training data: windows of seq_len vectors from memory-mapped .npy files (or seeded
+// data: the training data: windows of seq_len vectors from .npy files read with pread (or seeded
 // dummy noise), a seeded validation split, and per-epoch shuffling into batches with a resumable
 // position.
 #ifndef GIVT_DATA_H
@@ -44,10 +44,28 @@ typedef struct {
     int64_t index;  // 0 <= index < num_train
 } DataPos;
 
+// At most this many data files are open at once: a glob of thousands of files must not run out of
+// descriptors (a soft limit of 1024 is common). The others keep their validated header (path,
+// shape, size, modification time) with fd -1 and are reopened when a window needs them, the least
+// recently used open file closed first; a reopened file must be the one validated at data_open
+// (same device, inode, size and modification time), else the read is an error naming it.
+#define DATA_MAX_OPEN 64
+
+// Which file an opened path was (st_dev, st_ino at data_open): a file replaced by rename since
+// then is another file.
+typedef struct {
+    uint64_t dev, ino;
+} DataFileId;
+
 typedef struct {
     DataConfig cfg;        // path points to a copy owned by the dataset
     int nfiles;
-    NpyFile *files;        // (nfiles)
+    NpyFile *files;        // (nfiles) validated headers; fd >= 0 only for the open ones
+    DataFileId *file_ids;  // (nfiles) identity at data_open, checked at each reopen
+    uint64_t *file_used;   // (nfiles) use_clock at the file's last read (least recently used closes first)
+    uint64_t use_clock;
+    int open_idx[DATA_MAX_OPEN];  // indices of the open files (nopen of them)
+    int nopen;
     int64_t *file_win0;    // (nfiles + 1): window ids of file i are [file_win0[i], file_win0[i+1])
     int64_t num_windows;   // all windows
     int64_t num_train, num_val;
@@ -60,9 +78,9 @@ typedef struct {
     int64_t *file_seq0;    // (nfiles) index in labels of each file's first sequence, with labels
 } Dataset;
 
-// Opens the files (memory-mapped; nothing is read into memory), checks their shapes against
-// seq_len and input_dim, reads and checks the labels (count = the files' sequences, values in
-// [0, num_classes)), numbers the windows and makes the validation split: the first val_size
+// Opens the files (their headers: no data are read; at most DATA_MAX_OPEN stay open), checks their
+// shapes against seq_len and input_dim, reads and checks the labels (count = the files' sequences,
+// values in [0, num_classes)), numbers the windows and makes the validation split: the first val_size
 // entries of a permutation seeded by seed are validation, the rest training. Returns 0 or -1 with
 // givt_fail naming the file or key.
 int data_open(Dataset *ds, const DataConfig *cfg);
@@ -106,5 +124,17 @@ int data_all_batch(Dataset *ds, int64_t k, int B, float *buf);
 
 // Scans every file for NaN/Inf. Returns 0, or -1 naming the file and the index of the first one.
 int data_check_finite(const Dataset *ds);
+
+// A fingerprint of what was opened, for checking that every rank of a job reads the same data: a
+// hash, in a fixed order, of the kind, seq_len, input_dim and seed (the split and the shuffling),
+// the number of files and each file's shape (N, T, D) (or (M, D)), dtype and byte size, the number
+// of labels (or none) and num_classes, the counts of windows, training and validation windows, and
+// for dummy data its count. Not the paths (they may differ between nodes), the rank or world size,
+// nor the contents (too slow to read).
+uint64_t data_fingerprint(const Dataset *ds);
+// A one-line human description of the same things into buf (n bytes, truncated to fit), e.g.
+// "npy: 3 files, 12000 sequences of 64 x 16 (float32, 49152384 bytes), labels 12000 of 10 classes,
+// seq_len 64, seed 0, windows 12000 (train 11000, val 1000)".
+void data_describe(const Dataset *ds, char *buf, size_t n);
 
 #endif
