@@ -10,6 +10,8 @@
 // Skipped (with the reason) when the build has no MPI or mpirun is not on PATH.
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -413,6 +415,42 @@ TEST(mpi_ranks_with_different_configurations_are_refused) {
     tu_rmtree(dir);
 }
 
+// The same configuration, but each rank reads a data file of its own node (a relative data path,
+// each rank in another working folder) and the files differ: refused, both descriptions shown.
+TEST(mpi_ranks_reading_different_data_are_refused) {
+    if (!mpi_ready()) return;
+    Job t;
+    job_init(&t, "mpi_data");
+    char *dir = t.dir, *cfg = t.cfg, *out = t.out, cmd[4096], a[600], b[600], exe[PATH_MAX];
+    snprintf(a, sizeof a, "%s", tu_path(dir, "node_a"));
+    snprintf(b, sizeof b, "%s", tu_path(dir, "node_b"));
+    CHECK(mkdir(a, 0755) == 0 && mkdir(b, 0755) == 0);
+    for (int k = 0; k < 2; k++) {  // node b's copy has one sequence more
+        int64_t shape[3] = {40 + k, 12, 3};
+        size_t n = (size_t)shape[0] * 12 * 3;
+        float *x = xcalloc(n, sizeof(float));
+        for (size_t i = 0; i < n; i++) x[i] = (float)(i % 7) / 7.0f;
+        CHECK(npy_write_f32(tu_path(k ? b : a, "train.npy"), x, 3, shape) == 0, "%s", givt_last_error());
+        free(x);
+    }
+    CHECK(realpath(bin_dir(), exe) != NULL);
+    int len = snprintf(cmd, sizeof cmd,
+                       "%s -x OMP_NUM_THREADS=1 -np 1 -wdir '%s' '%s/givt-train' '%s' train.out_dir='%s' "
+                       "data.kind=npy data.path=train.npy : -np 1 -wdir '%s' '%s/givt-train' '%s' train.out_dir='%s' "
+                       "data.kind=npy data.path=train.npy",
+                       mpirun(), a, exe, cfg, out, b, exe, cfg, out);
+    CHECK(len > 0 && (size_t)len < sizeof cmd);
+    char *log;
+    int rc = run_logged(dir, cmd, 120, &log);
+    CHECK(rc != 0 && rc != 137, "exit status %d: %s", rc, log);
+    CHECK(strstr(log, "rank 1 reads other data than rank 0"), "%s", log);
+    CHECK(strstr(log, "rank 1 reads npy: 1 file, 41 sequences") && strstr(log, "rank 0 reads npy: 1 file, 40 sequences"),
+          "both descriptions: %s", log);
+    CHECK(tu_count_prefix(out, "step_") <= 0, "no training happened");
+    free(log);
+    tu_rmtree(dir);
+}
+
 TEST(mpi_hung_rank_ends_the_job_after_hang_timeout) {
     if (!mpi_ready()) return;
     Job t;
@@ -436,6 +474,41 @@ TEST(mpi_hung_rank_ends_the_job_after_hang_timeout) {
     CHECK(rc != -2 && rc != 0, "exit status %d after a rank hung", rc);
     CHECK(log && strstr(log, "rank 0: no progress for"), "rank 0's watchdog says why: %s", log ? log : "");
     fprintf(stderr, "  (rank 1 stopped: the job ended %.1f s later, exit status %d)\n", took, rc);
+    free(log);
+    tu_rmtree(dir);
+}
+
+// The whole job stopped (Ctrl-Z: SIGTSTP/SIGSTOP to every rank) for longer than hang_timeout, then
+// woken: no rank hung, so none ends the job or blames the others; each says it did not run.
+TEST(mpi_stopped_and_woken_job_goes_on) {
+    if (!mpi_ready()) return;
+    Job t;
+    job_init(&t, "mpi_stop");
+    char *dir = t.dir, *cfg = t.cfg, *out = t.out, args[2048], cmd[4096];
+    snprintf(args, sizeof args,
+             "train.out_dir='%s' train.max_steps=100000000 train.save_every=0 train.log_every=1 train.hang_timeout=3",
+             out);
+    setenv("GIVT_TEST_MARK", dir, 1);
+    train_cmd(cmd, sizeof cmd, 2, cfg, args);
+    pid_t job = start_bg(cmd, tu_path(dir, "log.txt"));
+    unsetenv("GIVT_TEST_MARK");
+    CHECK(wait_for_progress(out, 120), "training did not start");
+    pid_t r0 = find_rank(dir, 0), r1 = find_rank(dir, 1);
+    CHECK(r0 > 0 && r1 > 0, "ranks not found");
+    if (r0 > 0 && r1 > 0) {
+        kill(r0, SIGSTOP);
+        kill(r1, SIGSTOP);
+        sleep(7);  // more than twice hang_timeout
+        kill(r0, SIGCONT);
+        kill(r1, SIGCONT);
+    }
+    double took;
+    int rc = wait_for(job, 6, &took);  // still training 6 s after the wake-up: -2 (then killed)
+    char *log = read_file_text(tu_path(dir, "log.txt"), NULL);
+    CHECK(rc == -2, "the job ended (exit status %d) after being stopped and woken: %s", rc, log ? log : "");
+    CHECK(log && !strstr(log, "another rank or the file system hangs"), "a woken rank blamed the others: %s",
+          log ? log : "");
+    CHECK(log && strstr(log, "did not run for"), "the wake-up is said: %s", log ? log : "");
     free(log);
     tu_rmtree(dir);
 }

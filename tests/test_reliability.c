@@ -2,8 +2,10 @@
 // changed under a run, one trainer per out_dir, checkpoint names past 8 digits, and stopping between
 // micro-batches on SIGTERM.
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <spawn.h>
@@ -21,6 +23,7 @@
 #include "hf.h"
 #include "model.h"
 #include "npy.h"
+#include "safetensors.h"
 #include "testutil.h"
 #include "trainer.h"
 
@@ -218,11 +221,10 @@ TEST(reliability_out_dir_lock_refuses_a_second_trainer) {
     tu_mkdtemp(d, "rel_lock");
     const char *out = tu_path(d, "run");
     CHECK(mkdir(out, 0755) == 0);
-    char lock[400];
-    snprintf(lock, sizeof lock, "%s/.givt-train.lock", out);
-    int fd = open(lock, O_RDWR | O_CREAT, 0644);  // another open file description: flock conflicts
+    // another trainer: the folder locked through another open file description, its PID in the file
+    int fd = open(out, O_RDONLY | O_DIRECTORY);
     CHECK(fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0);
-    CHECK(pwrite(fd, "4242\n", 5, 0) == 5);
+    tu_put_text(tu_path(out, ".givt-train.lock"), "4242\n");
     const char *ov[] = {"train.max_steps=2"};
     CHECK(load_and_run(k_small_ini, out, 1, ov, 1) == -1);
     CHECK(tu_error_has("in use by another givt-train (PID 4242", NULL), "got: %s", givt_last_error());
@@ -231,6 +233,24 @@ TEST(reliability_out_dir_lock_refuses_a_second_trainer) {
     CHECK(tu_count_prefix(out, "step_") == 0 && tu_count_prefix(out, "metrics") == 0, "nothing was written");
     close(fd);  // released, as when the holder dies
     CHECK(load_and_run(k_small_ini, out, 1, ov, 1) == 0, "%s", givt_last_error());
+    tu_rmtree(d);
+}
+
+// The lock is the folder itself: deleting .givt-train.lock under a running trainer (or the folder's
+// lock file never having been there) lets no second trainer in.
+TEST(reliability_deleted_lock_file_lets_no_second_trainer_in) {
+    char d[256];
+    tu_mkdtemp(d, "rel_lock2");
+    const char *out = tu_path(d, "run");
+    CHECK(mkdir(out, 0755) == 0);
+    int fd = open(out, O_RDONLY | O_DIRECTORY);  // the running trainer's hold, as givt-train takes it
+    CHECK(fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0);
+    unlink(tu_path(out, ".givt-train.lock"));
+    const char *ov[] = {"train.max_steps=2"};
+    CHECK(load_and_run(k_small_ini, out, 1, ov, 1) == -1, "a second trainer ran in a locked out_dir");
+    CHECK(tu_error_has("in use by another givt-train", NULL), "got: %s", givt_last_error());
+    CHECK(tu_count_prefix(out, "step_") == 0, "nothing was written");
+    close(fd);
     tu_rmtree(d);
 }
 
@@ -346,5 +366,109 @@ TEST(reliability_npy_shapes_whose_products_overflow) {
     CHECK(tu_error_has("out of bounds", NULL), "got: %s", givt_last_error());
     CHECK(npy_read_rows_f32(&f, 1, INT64_MAX, buf) == -1);
     npy_close(&f);
+    tu_rmtree(d);
+}
+
+// ---- the training state is an input like any other -----------------------------------------------
+// optimizer.safetensors of a 4-step run with one metadata value (or a second moment) forged: the
+// resume is a one-line error naming the file and the key, and the checkpoint stays as it was.
+static void forge_state(const char *path, const char *key, const char *value, int negative_moment) {
+    StFile f;
+    CHECK(st_open(&f, path) == 0, "%s", givt_last_error());
+    StWriteTensor *ts = xcalloc((size_t)f.count, sizeof *ts);
+    float **data = xcalloc((size_t)f.count, sizeof *data);
+    for (int i = 0; i < f.count; i++) {
+        data[i] = xmalloc(f.tensors[i].numel * sizeof(float));
+        CHECK(st_read_f32(&f, i, data[i]) == 0);
+        if (negative_moment && strstr(f.tensors[i].name, "exp_avg_sq.")) data[i][0] = -1e-8f;
+        ts[i] = (StWriteTensor){.name = f.tensors[i].name, .ndim = f.tensors[i].ndim, .data = data[i]};
+        memcpy(ts[i].shape, f.tensors[i].shape, sizeof ts[i].shape);
+    }
+    StMeta meta[16];
+    int n = 0;
+    for (int i = 0; i < f.n_meta && n < 16; i++)
+        if (strcmp(f.meta_keys[i], "format") != 0)
+            meta[n++] = (StMeta){f.meta_keys[i], !strcmp(f.meta_keys[i], key) ? value : f.meta_values[i]};
+    CHECK(st_write(path, ts, f.count, meta, n) == 0, "%s", givt_last_error());
+    for (int i = 0; i < f.count; i++) free(data[i]);
+    free(data);
+    free(ts);
+    st_close(&f);
+}
+
+TEST(reliability_forged_training_state_is_refused) {
+    char d[256];
+    tu_mkdtemp(d, "rel_state");
+    const char *out = tu_path(d, "run");
+    const char *first[] = {"train.max_steps=4", "train.save_every=4"};
+    CHECK(load_and_run(k_small_ini, out, 2, first, 1) == 0, "%s", givt_last_error());
+    char ckpt[400], state[500], keep[500];
+    snprintf(ckpt, sizeof ckpt, "%s/step_00000004", out);
+    snprintf(state, sizeof state, "%s/optimizer.safetensors", ckpt);
+    snprintf(keep, sizeof keep, "%s", tu_path(d, "good.safetensors"));
+    tu_copy_file(state, keep);
+    const struct {
+        const char *key, *value, *want;
+        int negative_moment;
+    } cases[] = {
+        {"step", "-5", "\"step\" = \"-5\"", 0},
+        {"step", "abc", "\"step\" = \"abc\"", 0},
+        {"adamw_t", "9223372036854775807", "\"adamw_t\" = \"9223372036854775807\"", 0},
+        {"adamw_t", "3", "\"adamw_t\" = 3", 0},  // 4 steps, none skipped: 4 updates
+        {"data_epoch", "9223372036854775807", "\"data_epoch\"", 0},
+        {"data_index", "99999999999999999999", "\"data_index\"", 0},
+        {"world_size", "0", "\"world_size\" = \"0\"", 0},
+        {"skipped_steps", "-1", "\"skipped_steps\" = \"-1\"", 0},
+        {"skipped_steps", "5", "\"skipped_steps\" = \"5\"", 0},  // more than the steps
+        {"step", NULL, "exp_avg_sq.", 1},
+    };
+    const char *resume[] = {"train.max_steps=8", "train.resume_from_ckpt=latest"};
+    char forged[500];
+    snprintf(forged, sizeof forged, "%s", tu_path(d, "forged.safetensors"));
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tu_copy_file(keep, state);  // each case forged from the state as written
+        forge_state(state, cases[i].key, cases[i].value ? cases[i].value : "4", cases[i].negative_moment);
+        tu_copy_file(state, forged);
+        CHECK(load_and_run(k_small_ini, out, 2, resume, 1) == -1, "case %zu (%s) resumed", i, cases[i].want);
+        CHECK(tu_error_has(state, cases[i].want), "case %zu: got: %s", i, givt_last_error());
+        CHECK(tu_same_file(state, forged), "case %zu: the checkpoint was replaced", i);
+        CHECK(tu_count_prefix(out, "step_") == 1, "case %zu: a checkpoint was written", i);
+    }
+    tu_rmtree(d);
+}
+
+// Resuming from a checkpoint older than the newest: the newer ones (and their run's metrics) are set
+// aside whole, never overwritten, and `latest` then finds the resumed run's own.
+TEST(reliability_resume_from_an_older_checkpoint_sets_newer_aside) {
+    char d[256];
+    tu_mkdtemp(d, "rel_aside");
+    const char *out = tu_path(d, "run");
+    const char *first[] = {"train.max_steps=8", "train.save_every=2", "train.keep_checkpoints=0", "train.log_every=1"};
+    CHECK(load_and_run(k_small_ini, out, 4, first, 1) == 0, "%s", givt_last_error());
+    char copy[400], a[600], b[600];
+    snprintf(copy, sizeof copy, "%s", tu_path(d, "step8.safetensors"));
+    snprintf(a, sizeof a, "%s/step_00000008/model.safetensors", out);
+    tu_copy_file(a, copy);
+    // another run from step 4, with another learning rate
+    char from[500];
+    snprintf(from, sizeof from, "train.resume_from_ckpt=%s/step_00000004", out);
+    const char *second[] = {"train.max_steps=6", "train.save_every=2", "train.keep_checkpoints=0", from,
+                            "train.lr=1e-3"};
+    CHECK(load_and_run(k_small_ini, out, 5, second, 1) == 0, "%s", givt_last_error());
+    CHECK(tu_count_prefix(out, "set-aside-") == 1, "the newer checkpoints were not set aside");
+    DIR *dd = opendir(out);
+    char aside[PATH_MAX + 300] = "";
+    for (struct dirent *e; dd && (e = readdir(dd));)
+        if (!strncmp(e->d_name, "set-aside-", 10)) snprintf(aside, sizeof aside, "%s/%s", out, e->d_name);
+    if (dd) closedir(dd);
+    CHECK(tu_count_prefix(aside, "step_") == 2, "step 6 and 8 in %s", aside);
+    snprintf(b, sizeof b, "%s/step_00000008/model.safetensors", aside);
+    CHECK(tu_same_file(copy, b), "the other run's step 8 changed");
+    char *m = read_file_text(tu_path(aside, "metrics.jsonl"), NULL);
+    CHECK(m && strstr(m, "\"step\": 8"), "that run's metrics were kept");
+    free(m);
+    CHECK(tu_count_prefix(out, "step_") == 3, "steps 2, 4 and the new 6");
+    char latest[600];
+    CHECK(trainer_latest_checkpoint(out, latest, sizeof latest) == 0 && strstr(latest, "/step_00000006"));
     tu_rmtree(d);
 }

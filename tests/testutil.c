@@ -54,6 +54,14 @@ void tu_put_bytes(const char *path, const void *data, size_t n) {
     if (!fp || fwrite(data, 1, n, fp) != n || fclose(fp) != 0) givt_die("cannot write %s", path);
 }
 
+void tu_copy_file(const char *src, const char *dst) {
+    size_t n;
+    char *bytes = read_file_text(src, &n);
+    if (!bytes) givt_die("cannot read %s: %s", src, givt_last_error());
+    tu_put_bytes(dst, bytes, n);
+    free(bytes);
+}
+
 int tu_same_file(const char *a, const char *b) {
     size_t na, nb;
     char *x = read_file_text(a, &na), *y = read_file_text(b, &nb);

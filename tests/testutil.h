@@ -17,6 +17,8 @@ const char *tu_path(const char *dir, const char *name);
 void tu_put_text(const char *path, const char *text);
 // Writes the n bytes at data to path; dies on failure.
 void tu_put_bytes(const char *path, const void *data, size_t n);
+// Copies the file src to dst (created or truncated); dies on failure.
+void tu_copy_file(const char *src, const char *dst);
 // 1 when both files exist and are byte for byte identical.
 int tu_same_file(const char *a, const char *b);
 // Number of entries of dir whose name starts with prefix (-1 if dir cannot be read).

@@ -9,6 +9,7 @@
 #include "data.h"
 #include "hf.h"
 #include "model.h"
+#include "stop_signal.h"
 
 static void usage(FILE *out) {
     fprintf(out,
@@ -99,7 +100,7 @@ int main(int argc, char **argv) {
     memset(&m, 0, sizeof m);
     memset(&ds, 0, sizeof ds);
     float *host = NULL, *x = NULL;
-    if (parse_args(argc, argv, &folder, &data_path, &batch, &device, &precision) != 0 ||
+    if (stop_signals_init("givt-eval") != 0 || parse_args(argc, argv, &folder, &data_path, &batch, &device, &precision) != 0 ||
         !(be = backend_open(device, precision)) ||
         load_model(&m, folder, be) != 0 || open_data(&ds, data_path, &m.cfg) != 0) {
         fprintf(stderr, "givt-eval: %s\n", givt_last_error());
@@ -124,7 +125,8 @@ int main(int argc, char **argv) {
     long count = 0;
     int tty = isatty(fileno(stderr));
     int64_t nbatches = (n + batch - 1) / batch;
-    for (int64_t k = 0; k < nbatches; k++) {
+    int64_t k = 0, seen = 0;
+    for (; k < nbatches && !stop_requested(); k++) {
         int got = data_all_batch(&ds, k, batch, host);
         if (got < 0) {
             if (tty) fputc('\n', stderr);
@@ -135,11 +137,20 @@ int main(int argc, char **argv) {
         ModelLoss l = model_eval_loss(&m, &m.w, x, got, T, 0);
         sum += l.loss_sum;
         count += l.count;
+        seen += got;
         if (tty && (k % 16 == 15 || k + 1 == nbatches))
             fprintf(stderr, "\reval %lld/%lld sequences, %.1f s", (long long)((k + 1) * batch < n ? (k + 1) * batch : n),
                     (long long)n, time_now_s() - t0);
     }
     if (tty) fputc('\n', stderr);
+    if (k < nbatches) {  // a stop signal: what was measured is said as such, never as the whole set's loss
+        fprintf(stderr, "givt-eval: stopped by %s after %lld of %lld sequences", strsignal(stop_requested()),
+                (long long)seen, (long long)n);
+        if (count > 0) fprintf(stderr, ": their mean loss is %.9g (not the data set's)", sum / (double)count);
+        fputc('\n', stderr);
+        rc = STOP_EXIT_STATUS;
+        goto done;
+    }
     double loss = sum / (double)count, nats = loss + 0.5 * GIVT_LOG_2PI;
     printf("loss = %.9g\n", loss);
     printf("nats/dim = %.9g\n", nats);

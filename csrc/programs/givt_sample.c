@@ -14,6 +14,7 @@
 #include "model.h"
 #include "npy.h"
 #include "sample.h"
+#include "stop_signal.h"
 
 typedef struct {
     const char *folder, *out, *prompt, *device, *precision, *labels;
@@ -34,11 +35,11 @@ static void usage(FILE *out) {
             "  --prompt P.npy      float32/float16 (s, D): one prompt for every sample, or (N, s, D): one\n"
             "                      per sample [none: start from bos alone]\n"
             "  --num-samples N     sequences to generate [1, or the prompt's N]\n"
-            "  --temperature t     x ~ Normal(mu, t * std); 0 returns the means [1]\n"
+            "  --temperature t     x ~ Normal(mu, t * std), 0 <= t <= 100; 0 returns the means [1]\n"
             "  --class c           class-conditional models: every sample of class c (0 .. num_classes - 1)\n"
             "                      [none: the \"no label\" class, i.e. unconditional]\n"
             "  --labels LABELS.npy int32/int64 (N,): the class of each sample (N = --num-samples)\n"
-            "  --cfg-scale w       classifier-free guidance (DB-CFG) of weight w >= 0, with --class or\n"
+            "  --cfg-scale w       classifier-free guidance (DB-CFG) of weight 0 <= w <= 100, with --class or\n"
             "                      --labels; 0 = plain conditional sampling [0]\n"
             "  --seed S            sample i draws from the stream (S, i), whatever the batch size [0]\n"
             "  --batch-size B      sequences run together [64]\n"
@@ -69,10 +70,20 @@ static int parse_args(int argc, char **argv, Args *a) {
         } else if (!strcmp(o, "--class")) {
             rc = parse_long_option(o, v, 0, GIVT_MAX_CLASSES, &a->class_id);
         } else if (!strcmp(o, "--temperature") || !strcmp(o, "--cfg-scale")) {
+            // Bounded so that sampling stays finite in float32 and meaningful. Temperature t scales
+            // every std: x = mu + t * std * z with |z| <= 37.2 (rng_normal's Box-Muller clamps u at
+            // 1e-300), so with t <= 100 the draw overflows float32 (3.4e38) only for a std above 9e34,
+            // i.e. a broken model, while t = 1e308 overflowed for every model; t > a few is noise.
+            // The DB-CFG weight w enters the rejection sampler's log density ratio as (1 + w) * a^2
+            // - w * b^2: near w = 1e307 the terms overflow (inf - inf = NaN: the bound and the test
+            // of each proposal are meaningless), and long before that the acceptance falls towards
+            // 0 (1% at w = 2, README), each dimension then taking 1000 proposals and a fallback;
+            // w <= 100 leaves room for any useful guidance.
+            const double max = 100.0;
             char *end = NULL;
             double t = v ? strtod(v, &end) : NAN;
-            if (!v || !*v || *end || !(t >= 0) || !isfinite(t))
-                rc = givt_fail("%s %s: expected a number >= 0", o, v ? v : "(missing)");
+            if (!v || !*v || *end || !(t >= 0) || !(t <= max))
+                rc = givt_fail("%s %s: expected a number >= 0 and at most %g", o, v ? v : "(missing)", max);
             *(!strcmp(o, "--cfg-scale") ? &a->cfg_scale : &a->temperature) = t;
         } else if (!strcmp(o, "--out") || !strcmp(o, "--prompt") || !strcmp(o, "--device") ||
                    !strcmp(o, "--precision") || !strcmp(o, "--labels")) {
@@ -179,20 +190,32 @@ static int load_weights(GivtModel *m, const Args *a) {
 typedef struct {
     double t0, last;
     int tty;
+    int64_t stopped_at;  // vectors generated when a stop signal ended generation
 } Progress;
 
-static void on_progress(void *user, int64_t done, int64_t total) {
+// The progress line, at most every 0.2 s on a terminal (5 s otherwise); asks generation to stop
+// after a stop signal.
+static int on_progress(void *user, int64_t done, int64_t total) {
     Progress *p = user;
     double now = time_now_s();
-    if (done < total && now - p->last < (p->tty ? 0.2 : 5.0)) return;
+    if (stop_requested()) {
+        p->stopped_at = done;
+        return 1;
+    }
+    if (done < total && now - p->last < (p->tty ? 0.2 : 5.0)) return 0;
     p->last = now;
     double el = now - p->t0, rate = el > 0 ? (double)done / el : 0, eta = rate > 0 ? (double)(total - done) / rate : 0;
     fprintf(stderr, "%ssample: %lld/%lld vectors | %.0f vectors/s | ETA %.0f s%s", p->tty ? "\r\033[K" : "",
             (long long)done, (long long)total, rate, eta, p->tty && done < total ? "" : "\n");
     fflush(stderr);
+    return 0;
 }
 
 int main(int argc, char **argv) {
+    if (stop_signals_init("givt-sample") != 0) {
+        fprintf(stderr, "givt-sample: %s\n", givt_last_error());
+        return 1;
+    }
     Args a;
     GivtModel m;
     memset(&m, 0, sizeof m);
@@ -249,7 +272,15 @@ int main(int argc, char **argv) {
         fprintf(stderr, "givt-sample: %s, cfg scale %g%s\n",
                 a.class_id >= 0 ? "one class for all samples" : labels ? "a class per sample" : "no class given: the \"no label\" class (unconditional)",
                 a.cfg_scale, a.cfg_scale > 0 ? " (DB-CFG: a second, unconditional stream in the batch)" : "");
-    if (sample_generate(&m, &m.w, &sc, prompt, n_prompts, s, n, out, on_progress, &p) != 0) goto fail;
+    int gen = sample_generate(&m, &m.w, &sc, prompt, n_prompts, s, n, out, on_progress, &p);
+    if (gen < 0) goto fail;
+    if (gen == 1 || stop_requested()) {
+        fprintf(stderr, "\ngivt-sample: stopped by %s after %lld of %lld vectors: nothing written (%s is written "
+                        "only when every sample is done)\n",
+                strsignal(stop_requested()), (long long)p.stopped_at, (long long)n * (a.max_len - s), a.out);
+        rc = STOP_EXIT_STATUS;
+        goto done;
+    }
     int64_t shape[3] = {n, a.max_len, cfg.input_dim};
     if (npy_write_f32(a.out, out, 3, shape) != 0) goto fail;
     if (a.cfg_scale > 0)

@@ -4,6 +4,7 @@
 
 #include "backend.h"
 #include "dist.h"
+#include "stop_signal.h"
 #include "trainer.h"
 
 #define GIVT_VERSION "0.1.0"
@@ -18,6 +19,10 @@ static void usage(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+    if (stop_signals_init("givt-train") != 0) {  // before any thread: every thread inherits the blocked mask
+        fprintf(stderr, "givt-train: %s\n", givt_last_error());
+        return 1;
+    }
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         usage(stdout);
         return 0;

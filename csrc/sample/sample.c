@@ -153,8 +153,9 @@ static const int32_t *chunk_labels(const GivtModel *m, const SampleConfig *sc, i
     return lab;
 }
 
-// One chunk: samples [first, first + b), in streams (1, or 2 with guidance) of b rows each.
-static void generate_chunk(GivtModel *m, const Weights *w, const SampleConfig *sc, KvCache *kc, const float *prompt,
+// One chunk: samples [first, first + b), in streams (1, or 2 with guidance) of b rows each. Returns 1
+// when progress asked to stop, else 0.
+static int generate_chunk(GivtModel *m, const Weights *w, const SampleConfig *sc, KvCache *kc, const float *prompt,
                            int n_prompts, int s, int64_t first, int b, int streams, float *out, float *xh, float *yh,
                            float *xd, int32_t *lab, Rng *rngs, SampleProgress progress, void *user, int64_t *done,
                            int64_t total) {
@@ -178,11 +179,12 @@ static void generate_chunk(GivtModel *m, const Weights *w, const SampleConfig *s
         download_head(be, yh, y, (size_t)bs * Tq * W);
         draw(m, sc, yh, b, streams, Tq, rngs, xh, out + (size_t)pos * D, row);
         *done += b;
-        if (progress) progress(user, *done, total);
+        if (progress && progress(user, *done, total) != 0) return 1;
         if (pos + 1 == L) break;
         be->ops->upload(be, xd, xh, (size_t)bs * D * sizeof(float));
         y = model_decode(m, w, kc, xd, bs, 1, pos + 1);  // position pos + 1 reads the vector just drawn
     }
+    return 0;
 }
 
 // The class arguments against the model: labels only for a class-conditional model, each a class
@@ -228,10 +230,11 @@ int sample_generate(GivtModel *m, const Weights *w, const SampleConfig *sc, cons
     Rng *rngs = xcalloc((size_t)b, sizeof *rngs);
     int32_t *lab = xmalloc((size_t)streams * b * sizeof *lab);
     int64_t done = 0, total = (int64_t)n * (L - s);
-    for (int64_t first = 0; first < n; first += b) {
+    int stopped = 0;
+    for (int64_t first = 0; first < n && !stopped; first += b) {
         int chunk = n - first < b ? (int)(n - first) : b;
-        generate_chunk(m, w, sc, &kc, prompt, n_prompts, s, first, chunk, streams, out + (size_t)first * L * D, xh, yh,
-                       xd, lab, rngs, progress, user, &done, total);
+        stopped = generate_chunk(m, w, sc, &kc, prompt, n_prompts, s, first, chunk, streams, out + (size_t)first * L * D,
+                                 xh, yh, xd, lab, rngs, progress, user, &done, total);
     }
     free(lab);
     free(rngs);
@@ -239,5 +242,5 @@ int sample_generate(GivtModel *m, const Weights *w, const SampleConfig *sc, cons
     free(xh);
     free(yh);
     model_cache_free(m, &kc);
-    return 0;
+    return stopped;
 }

@@ -34,13 +34,15 @@ typedef struct {
 } SampleConfig;
 
 // Called after each position of a chunk: done and total count generated vectors of all samples.
-typedef void (*SampleProgress)(void *user, int64_t done, int64_t total);
+// Returns non-zero to stop generation there (a stop signal).
+typedef int (*SampleProgress)(void *user, int64_t done, int64_t total);
 
 // Generates n sequences into out (n, L, D) host float32, each starting with its prompt: prompt
 // (n_prompts, s, D) host float32 with n_prompts = 1 (shared by all) or n, and s = 0 (start from
 // bos alone) up to L - 1. Uses weights w of m (m must have no activations allocated: generation
 // sizes its own). With guidance the batch holds two streams (the labels and "no label"), each with
-// its KV cache rows. Returns 0, or -1 with a message (givt_fail).
+// its KV cache rows. Returns 0, 1 when progress asked to stop (out then holds only part of the
+// samples), or -1 with a message (givt_fail).
 int sample_generate(GivtModel *m, const Weights *w, const SampleConfig *sc, const float *prompt, int n_prompts, int s,
                     int n, float *out, SampleProgress progress, void *user);
 

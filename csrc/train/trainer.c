@@ -8,10 +8,11 @@
 #include <math.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <signal.h>
+#include <signal.h>  // kill(pid, 0): is a temporary's owner alive
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -20,9 +21,10 @@
 #include "dist.h"
 #include "hf.h"
 #include "optim.h"
+#include "stop_signal.h"
+#include "train_state.h"
 
 #define CKPT_PREFIX "step_"
-#define STATE_FORMAT "givt-train-state-1"
 #define MAX_BAD_STEPS_IN_A_ROW 10
 #define LOCK_NAME ".givt-train.lock"
 
@@ -42,7 +44,7 @@ typedef struct {
     int T;
     long step;                  // optimizer steps completed (skipped ones included)
     long saved_step;            // step of the newest checkpoint this run wrote or resumed from (0: none)
-    int lock_fd;                // out_dir's lock, held for the whole run; -1 when not held
+    int lock_fd;                // out_dir's lock (the folder, open), held for the whole run; -1 when not held
     long skipped_total, skipped_in_row;
     int agreed;                 // the run stopped where every rank stopped (nothing to abort)
     int local_error;            // this rank's own error caused the stop (it prints its message)
@@ -51,12 +53,6 @@ typedef struct {
 
 // Only rank 0 prints and writes files.
 static int root(const Trainer *tr) { return dist_is_root(tr->dist); }
-
-static volatile sig_atomic_t g_interrupted;
-static void on_signal(int sig) {
-    (void)sig;
-    g_interrupted = 1;
-}
 
 // ---- the watchdog of a multi-rank job -----------------------------------------------------
 // A rank that hangs (a stuck file system, a peer that stopped answering inside a collective) would
@@ -70,11 +66,26 @@ static int g_watch_rank;
 static long long now_ms(void) { return (long long)(time_now_s() * 1000.0); }
 static void note_progress(void) { atomic_store(&g_progress_ms, now_ms()); }
 
+// Between two of its one-second ticks the watchdog sees more than WATCHDOG_GAP_S pass only when this
+// process did not run (SIGSTOP or Ctrl-Z of the job, a suspended machine): that time is not the others'
+// hang, so the wait starts again from the wake-up. (A tick taken late on a loaded machine only delays
+// the hang's detection by that much.)
+#define WATCHDOG_GAP_S 3.0
+
 static void *watchdog(void *arg) {
     (void)arg;
+    long long tick = now_ms();
     for (;;) {
         sleep(1);
-        double idle = (double)(now_ms() - atomic_load(&g_progress_ms)) / 1000.0;
+        long long now = now_ms();
+        if ((double)(now - tick) / 1000.0 > WATCHDOG_GAP_S) {
+            fprintf(stderr, "\ngivt-train: rank %d: this process did not run for %.0f s (stopped or suspended); "
+                            "the hang timeout counts again from now\n",
+                    g_watch_rank, (double)(now - tick) / 1000.0);
+            note_progress();
+        }
+        tick = now;
+        double idle = (double)(now - atomic_load(&g_progress_ms)) / 1000.0;
         if (idle <= g_hang_timeout_s) continue;
         fprintf(stderr,
                 "\ngivt-train: rank %d: no progress for %.0f s ([train] hang_timeout = %g): another rank or the file "
@@ -166,13 +177,12 @@ static int remove_folder(const char *dir) {
     return rc;
 }
 
-// The pid that ends a temporary's name: "<name>.tmp.<pid>" (AtomicFile) or "...-<pid>" (checkpoint
-// folders being written or removed); 0 when the name has none.
+// The pid a temporary's name carries: AtomicFile's (util.h's atomic_temp_owner) or the "...-<pid>"
+// that ends a checkpoint folder being written or removed; 0 when the name has none.
 static long temporary_owner(const char *name, int folder) {
-    const char *t = folder ? strrchr(name, '-') : strstr(name, ".tmp.");
-    if (!t) return 0;
-    t += folder ? 1 : 5;
-    if (!*t) return 0;
+    if (!folder) return atomic_temp_owner(name);
+    const char *t = strrchr(name, '-');
+    if (!t || !*++t) return 0;
     for (const char *c = t; *c; c++)
         if (*c < '0' || *c > '9') return 0;
     return strtol(t, NULL, 10);
@@ -214,6 +224,46 @@ static int remove_checkpoint(const char *out_dir, long step) {
     return remove_folder(doomed);
 }
 
+// Resuming at `step` from a checkpoint older than the newest in out_dir: the newer checkpoints belong
+// to the run that went on from there, and the resumed run would overwrite them one by one (a later
+// `latest` then mixing the two runs). Rank 0 moves them, whole, with that run's metrics.jsonl (a hard
+// link: the resumed run rewrites its own), into out_dir/set-aside-<time>-<pid>/ and says where.
+static int set_aside_newer(const char *out_dir, long step) {
+    int n;
+    long *steps = list_checkpoints(out_dir, &n);
+    int first = 0;  // 1 + the index of the oldest newer checkpoint
+    for (int i = 0; i < n && !first; i++)
+        if (steps[i] > step) first = i + 1;
+    if (!first) {
+        free(steps);
+        return 0;
+    }
+    char stamp[32], aside[TRAIN_CONFIG_STR_MAX + 64], from[TRAIN_CONFIG_STR_MAX + 32];
+    time_t now = time(NULL);
+    strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", localtime(&now));
+    snprintf(aside, sizeof aside, "%s/set-aside-%s-%ld", out_dir, stamp, (long)getpid());
+    int rc = mkdir(aside, 0777) != 0 ? givt_fail("%s: cannot create: %s", aside, strerror(errno)) : 0;
+    for (int i = first - 1; rc == 0 && i < n; i++) {
+        checkpoint_path(out_dir, steps[i], from, sizeof from);
+        char *to = path_join(aside, strrchr(from, '/') + 1);
+        if (rename(from, to) != 0) rc = givt_fail("%s: cannot move to %s: %s", from, to, strerror(errno));
+        free(to);
+    }
+    char *metrics = path_join(out_dir, "metrics.jsonl"), *kept = path_join(aside, "metrics.jsonl");
+    if (rc == 0 && path_exists(metrics) && link(metrics, kept) != 0)
+        fprintf(stderr, "givt-train: warning: %s: cannot keep a copy in %s: %s\n", metrics, aside, strerror(errno));
+    if (rc == 0) rc = fsync_dir_of(from);
+    if (rc == 0)
+        fprintf(stderr,
+                "givt-train: note: resuming at step %ld, older than the newest checkpoint in %s (step %ld): the %d newer "
+                "checkpoint%s and that run's metrics.jsonl were moved to %s (move them back to return to that run)\n",
+                step, out_dir, steps[n - 1], n - first + 1, n - first + 1 == 1 ? "" : "s", aside);
+    free(metrics);
+    free(kept);
+    free(steps);
+    return rc;
+}
+
 // The AdamW moments of the whole table into mh and vh (table.total floats each) on rank 0, NULL on
 // the other ranks. Under ZeRO-1 every rank's part is gathered there (a collective: every rank calls it).
 static void moments_to_root(Trainer *tr, float *mh, float *vh) {
@@ -234,91 +284,44 @@ static void moments_to_root(Trainer *tr, float *mh, float *vh) {
     free(part);
 }
 
-// optimizer.safetensors: "exp_avg.<name>" and "exp_avg_sq.<name>" per parameter (mh, vh: the whole
-// table's moments, whatever the ZeRO sharding), and the training state in __metadata__.
-static int save_train_state(Trainer *tr, const char *path, float *mh, float *vh) {
-    const ParamTable *pt = &tr->model.table;
-    StWriteTensor *ts = xcalloc((size_t)pt->count * 2, sizeof *ts);
-    char (*names)[96] = xcalloc((size_t)pt->count * 2, sizeof *names);
-    for (int i = 0; i < pt->count; i++)
-        for (int k = 0; k < 2; k++) {
-            const ParamSpec *s = &pt->specs[i];
-            StWriteTensor *t = &ts[2 * i + k];
-            snprintf(names[2 * i + k], sizeof names[0], "%s.%s", k ? "exp_avg_sq" : "exp_avg", s->name);
-            t->name = names[2 * i + k];
-            t->ndim = s->ndim;
-            t->shape[0] = s->shape[0];
-            t->shape[1] = s->shape[1];
-            t->data = (k ? vh : mh) + s->offset;
-        }
-    DataPos pos = data_get_pos(&tr->data);
-    char step[32], adam_t[32], epoch[32], index[32], skipped[32], world[32];
-    snprintf(step, sizeof step, "%ld", tr->step);
-    snprintf(adam_t, sizeof adam_t, "%ld", tr->opt.t);
-    snprintf(epoch, sizeof epoch, "%" PRId64, pos.epoch);
-    snprintf(index, sizeof index, "%" PRId64, pos.index);
-    snprintf(skipped, sizeof skipped, "%ld", tr->skipped_total);
-    snprintf(world, sizeof world, "%d", tr->dist->world_size);
-    // the data position is that of the global stream, the same on every rank (data.h)
-    StMeta meta[] = {{"givt_state", STATE_FORMAT}, {"step", step},        {"adamw_t", adam_t},
-                     {"data_epoch", epoch},        {"data_index", index}, {"skipped_steps", skipped},
-                     {"world_size", world}};
-    int rc = st_write(path, ts, pt->count * 2, meta, (int)(sizeof meta / sizeof meta[0]));
-    free(names);
-    free(ts);
-    return rc;
+// Sequences per optimizer step over all ranks.
+static long global_batch(const Trainer *tr) {
+    return (long)tr->cfg.train.batch_size * tr->cfg.train.grad_accum_steps * tr->dist->world_size;
 }
 
-static int meta_long(const StFile *f, const char *key, long *out) {
-    const char *v = st_metadata(f, key);
-    char *end = NULL;
-    if (!v) return givt_fail("%s: training state has no \"%s\"", f->path, key);
-    *out = strtol(v, &end, 10);
-    if (*end || end == v) return givt_fail("%s: training state \"%s\" = \"%s\" is not a whole number", f->path, key, v);
-    return 0;
+// optimizer.safetensors (train_state.h): the moments of the whole table (mh, vh, whatever the ZeRO
+// sharding) and where training stands.
+static int save_train_state(Trainer *tr, const char *path, float *mh, float *vh) {
+    DataPos pos = data_get_pos(&tr->data);
+    // the data position is that of the global stream, the same on every rank (data.h)
+    TrainState s = {.step = tr->step, .adamw_t = tr->opt.t, .skipped_steps = tr->skipped_total,
+                    .data_epoch = pos.epoch, .data_index = pos.index, .world_size = tr->dist->world_size,
+                    .global_batch = global_batch(tr)};
+    return train_state_write(path, &tr->model.table, mh, vh, &s);
 }
 
 // Every rank reads the whole state and keeps its part of the moments (ZeRO-1 re-shards a state
 // saved with any world size).
 static int load_train_state(Trainer *tr, const char *path) {
-    StFile f;
-    if (st_open(&f, path) != 0) return -1;
-    const ParamTable *pt = &tr->model.table;
-    size_t total = pt->total;
+    size_t total = tr->model.table.total;
     float *mh = xmalloc(total * sizeof(float)), *vh = xmalloc(total * sizeof(float));
-    int rc = 0;
-    const char *fmt = st_metadata(&f, "givt_state");
-    if (!fmt || strcmp(fmt, STATE_FORMAT) != 0)
-        rc = givt_fail("%s: not a givt training state (expected \"givt_state\": \"" STATE_FORMAT "\")", path);
-    for (int i = 0; rc == 0 && i < pt->count; i++) {
-        const ParamSpec *s = &pt->specs[i];
-        int64_t shape[2] = {s->shape[0], s->shape[1]};
-        char name[96];
-        snprintf(name, sizeof name, "exp_avg.%s", s->name);
-        rc = st_load_f32(&f, name, s->ndim, shape, mh + s->offset);
-        snprintf(name, sizeof name, "exp_avg_sq.%s", s->name);
-        if (rc == 0) rc = st_load_f32(&f, name, s->ndim, shape, vh + s->offset);
+    TrainState s;
+    int rc = train_state_read(path, &tr->model.table, mh, vh, &s);
+    if (rc == 0 && data_set_pos(&tr->data, (DataPos){s.data_epoch, s.data_index}) != 0)
+        rc = givt_fail("%s: %s", path, givt_last_error());
+    if (rc == 0) {
+        tr->step = (long)s.step;
+        tr->opt.t = (long)s.adamw_t;
+        tr->skipped_total = (long)s.skipped_steps;
     }
-    long epoch = 0, index = 0, world = 1;
-    if (rc == 0) rc = meta_long(&f, "step", &tr->step);
-    if (rc == 0) rc = meta_long(&f, "adamw_t", &tr->opt.t);
-    if (rc == 0) rc = meta_long(&f, "data_epoch", &epoch);
-    if (rc == 0) rc = meta_long(&f, "data_index", &index);
-    if (rc == 0) rc = meta_long(&f, "skipped_steps", &tr->skipped_total);
-    if (rc == 0 && st_metadata(&f, "world_size")) rc = meta_long(&f, "world_size", &world);  // absent: 1
-    if (rc == 0) rc = data_set_pos(&tr->data, (DataPos){epoch, index});
-    for (size_t i = 0; rc == 0 && i < total; i++)
-        if (!isfinite(mh[i]) || !isfinite(vh[i]))
-            rc = givt_fail("%s: the AdamW moments are not finite (element %zu of the flat state): the checkpoint is "
-                           "damaged; resume from an earlier one",
-                           path, i);
-    if (rc == 0 && world != tr->dist->world_size && root(tr))
+    if (rc == 0 && s.world_size != tr->dist->world_size && root(tr)) {
+        char was[64] = "";
+        if (s.global_batch) snprintf(was, sizeof was, " (was %" PRId64 ")", s.global_batch);
         fprintf(stderr,
-                "givt-train: note: %s was written by %ld process%s, this run has %d: the global batch is now %d "
-                "sequences (was %ld); the data stream goes on from the same position\n",
-                path, world, world == 1 ? "" : "es", tr->dist->world_size,
-                tr->cfg.train.batch_size * tr->cfg.train.grad_accum_steps * tr->dist->world_size,
-                (long)tr->cfg.train.batch_size * tr->cfg.train.grad_accum_steps * world);
+                "givt-train: note: %s was written by %ld process%s, this run has %d: the global batch is now %ld "
+                "sequences%s; the data stream goes on from the same position\n",
+                path, (long)s.world_size, s.world_size == 1 ? "" : "es", tr->dist->world_size, global_batch(tr), was);
+    }
     if (rc == 0) {
         const AdamW *o = &tr->opt;
         tr->be->ops->upload(tr->be, o->m, mh + o->first, o->count * sizeof(float));
@@ -326,7 +329,6 @@ static int load_train_state(Trainer *tr, const char *path) {
     }
     free(mh);
     free(vh);
-    st_close(&f);
     return rc;
 }
 
@@ -478,14 +480,16 @@ static const char *json_number(char *buf, double x) {
 }
 
 // mfu: the model FLOPs utilisation (a fraction), NaN when no peak is known (not written).
+// val_interrupted: the step's validation was cut short by a stop signal (no val_loss).
 static void metrics_write(Trainer *tr, double loss, double lr, double gnorm, double tok_s, double mfu,
-                          double val_loss) {
+                          double val_loss, int val_interrupted) {
     FILE *f = tr->metrics;
     char l[32], g[32], v[32], u[32];
     fprintf(f, "{\"step\": %ld, \"loss\": %s, \"lr\": %.9g, \"grad_norm\": %s, \"tokens_per_s\": %.1f", tr->step,
             json_number(l, loss), lr, json_number(g, gnorm), tok_s);
     if (!isnan(mfu)) fprintf(f, ", \"mfu\": %s", json_number(u, mfu));
     if (!isnan(val_loss)) fprintf(f, ", \"val_loss\": %s", json_number(v, val_loss));
+    if (val_interrupted) fprintf(f, ", \"val_interrupted\": true");
     fprintf(f, "}\n");
     fflush(f);
 }
@@ -504,7 +508,7 @@ static int validate(Trainer *tr, double *loss) {
     double *acc = m->scalars + SCALAR_EVAL_SUM, sum = 0.0;
     be->ops->zero(be, acc, sizeof(double));
     for (int64_t k = d->rank;
-         !g_interrupted && (got = data_val_batch_labels(&tr->data, k, B, tr->batch_host, tr->labels)) > 0;
+         !stop_requested() && (got = data_val_batch_labels(&tr->data, k, B, tr->batch_host, tr->labels)) > 0;
          k += d->world_size) {
         be->ops->upload(be, tr->batch, tr->batch_host, (size_t)got * tr->T * D * sizeof(float));
         model_forward_cond(m, w, tr->batch, tr->labels, got, tr->T);
@@ -512,7 +516,7 @@ static int validate(Trainer *tr, double *loss) {
         note_progress();
     }
     tr->local_error = got < 0;
-    long status = dist_max(d, got < 0 ? 2 : g_interrupted ? 1 : 0);
+    long status = dist_max(d, got < 0 ? 2 : stop_requested() ? 1 : 0);
     if (status == 2 && got >= 0) givt_fail("another rank could not read a validation batch (its message above)");
     dist_allreduce_sum_scalars(d, be, acc, 1);
     be->ops->download(be, &sum, acc, sizeof(double));  // the host reads the sum once
@@ -572,7 +576,7 @@ static void reduce_gradients(Trainer *tr) {
 // 2 + r a data error on rank r (the highest such rank). The rank whose data failed keeps its message;
 // the others get one naming it.
 static long agree_on_stop(Trainer *tr, int data_error) {
-    long stop = dist_max(tr->dist, data_error ? 2 + tr->dist->rank : g_interrupted ? 1 : 0);
+    long stop = dist_max(tr->dist, data_error ? 2 + tr->dist->rank : stop_requested() ? 1 : 0);
     tr->local_error = data_error;
     if (stop >= 2 && !data_error)
         givt_fail("rank %ld could not read its part of the batch (its message above)", stop - 2);
@@ -591,7 +595,7 @@ static StepResult accumulate_gradients(Trainer *tr) {
     be->ops->zero(be, m->scalars, MODEL_NUM_SCALARS * sizeof(double));
     model_zero_grads(m);
     for (int k = 0; k < accum; k++) {
-        int data_error = !g_interrupted && data_next_batch_labels(&tr->data, B, tr->batch_host, tr->labels) != 0;
+        int data_error = !stop_requested() && data_next_batch_labels(&tr->data, B, tr->batch_host, tr->labels) != 0;
         long stop = agree_on_stop(tr, data_error);
         note_progress();
         if (stop != 0) {
@@ -756,34 +760,44 @@ static int check_memory(const TrainConfig *c, Backend *be, int world_size, int v
                      human_bytes(av, avail), keys, hint);
 }
 
-// One trainer per out_dir: an advisory lock (flock) on out_dir/.givt-train.lock, held until the
+// One trainer per out_dir: an advisory lock (flock) on the out_dir folder itself, held until the
 // process ends. The kernel releases it however the process ends, so a killed run never leaves a lock
-// behind. The file holds the holder's PID, for the message a second trainer gets.
+// behind, and nothing in the folder can be deleted to let a second trainer in. out_dir/.givt-train.lock
+// holds the holder's PID, for the message a second trainer gets (information only). Where a folder
+// cannot be locked (flock emulated over NFS wants a file open for writing), the PID file is locked.
 static int lock_out_dir(Trainer *tr) {
-    char *p = path_join(tr->cfg.train.out_dir, LOCK_NAME);
-    int fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644), rc = 0;
-    if (fd < 0) {
-        rc = givt_fail("%s: cannot create the lock file: %s", p, strerror(errno));
-    } else if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        int e = errno;
+    const char *out = tr->cfg.train.out_dir;
+    char *p = path_join(out, LOCK_NAME);
+    int dir_fd = open(out, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int pid_fd = open(p, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644), rc = 0;
+    int lock_fd = dir_fd, e = 0;
+    if (dir_fd < 0) rc = givt_fail("%s: cannot open to lock: %s", out, strerror(errno));
+    else if (pid_fd < 0) rc = givt_fail("%s: cannot create the lock file: %s", p, strerror(errno));
+    else if (flock(dir_fd, LOCK_EX | LOCK_NB) != 0 && (e = errno) != EWOULDBLOCK) {
+        lock_fd = pid_fd;  // no folder locks on this file system
+        e = flock(pid_fd, LOCK_EX | LOCK_NB) != 0 ? errno : 0;
+    }
+    if (rc == 0 && e != 0) {
         char pid[32] = "";
-        ssize_t got = pread(fd, pid, sizeof pid - 1, 0);
+        ssize_t got = pread(pid_fd, pid, sizeof pid - 1, 0);
         pid[got > 0 ? got : 0] = '\0';
         pid[strcspn(pid, "\n")] = '\0';
-        close(fd);
         if (e == EWOULDBLOCK)
-            rc = givt_fail("[train] out_dir = %s is in use by another givt-train (PID %s holds %s): let it finish or "
-                           "stop it, or choose another out_dir (nothing was changed)",
-                           tr->cfg.train.out_dir, pid[0] ? pid : "unknown", p);
+            rc = givt_fail("[train] out_dir = %s is in use by another givt-train (PID %s): let it finish or stop it, "
+                           "or choose another out_dir (nothing was changed)",
+                           out, pid[0] ? pid : "unknown");
         else
-            rc = givt_fail("%s: cannot lock: %s", p, strerror(e));
-    } else {
+            rc = givt_fail("%s: cannot lock: %s", out, strerror(e));
+    }
+    if (rc == 0) {
         char pid[32];
         int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
-        if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n)
+        if (ftruncate(pid_fd, 0) != 0 || pwrite(pid_fd, pid, (size_t)n, 0) != n)
             fprintf(stderr, "givt-train: warning: %s: cannot write the PID: %s\n", p, strerror(errno));
-        tr->lock_fd = fd;
+        tr->lock_fd = lock_fd;
     }
+    if (dir_fd >= 0 && (rc != 0 || lock_fd != dir_fd)) close(dir_fd);
+    if (pid_fd >= 0 && (rc != 0 || lock_fd != pid_fd)) close(pid_fd);
     free(p);
     return rc;
 }
@@ -863,6 +877,31 @@ static int check_ranks_agree(Trainer *tr) {
     return 0;
 }
 
+// Every rank reads the same data (the same files' shapes and sizes, labels and split; data.h's
+// data_fingerprint): a node with another copy of the data set would train on other batches.
+static int check_same_data(Trainer *tr) {
+    Dist *d = tr->dist;
+    if (d->world_size == 1) return 0;
+    struct {
+        uint64_t fingerprint;
+        char what[256];
+    } mine;
+    memset(&mine, 0, sizeof mine);
+    mine.fingerprint = data_fingerprint(&tr->data);
+    data_describe(&tr->data, mine.what, sizeof mine.what);
+    int bad = -1;
+    char *r0 = NULL;
+    if (dist_check_same(d, &mine, sizeof mine, &bad, &r0) == 0) return 0;
+    if (d->rank == bad)
+        fprintf(stderr, "givt-train: rank %d reads %s\ngivt-train: rank 0 reads %s\n", d->rank, mine.what,
+                r0 ? r0 + sizeof mine.fingerprint : "?");
+    free(r0);
+    tr->agreed = 1;
+    return givt_fail("rank %d reads other data than rank 0 (the files' shapes or sizes, the labels or the split "
+                     "differ; printed above): give every node the same copy of [data] path",
+                     bad);
+}
+
 // Every rank starts from the same weights (the same seed or the same checkpoint): checked, since a
 // rank that did not would train another model from then on.
 static int check_same_weights(Trainer *tr) {
@@ -927,7 +966,7 @@ static int setup(Trainer *tr) {
         fprintf(stderr, "givt-train: note: mixed_precision = bf16: the %s backend computes in %s\n", tr->be->name,
                 dtype_name(tr->be->compute));
     if (check_memory(&tr->cfg, tr->be, d->world_size, root(tr)) != 0) return -1;
-    if (claim_out_dir(tr) != 0 || open_data(tr) != 0) return -1;
+    if (claim_out_dir(tr) != 0 || open_data(tr) != 0 || check_same_data(tr) != 0) return -1;
     if (model_create(&tr->model, &tr->cfg.model, tr->be) != 0) return -1;
     GivtModel *m = &tr->model;
     model_alloc_acts(m, ts->batch_size, tr->T, 1, ts->gradient_checkpointing);
@@ -945,7 +984,11 @@ static int setup(Trainer *tr) {
     tr->batch = tr->be->ops->alloc(tr->be, batch_floats * sizeof(float));
     char ckpt[TRAIN_CONFIG_STR_MAX + 32];
     if (choose_checkpoint(tr, ckpt, sizeof ckpt) != 0) return -1;
-    if (ckpt[0]) return resume(tr, ckpt) != 0 || check_same_weights(tr) != 0 ? -1 : 0;
+    if (ckpt[0])
+        return resume(tr, ckpt) != 0 || (root(tr) && set_aside_newer(ts->out_dir, tr->step) != 0) ||
+                       check_same_weights(tr) != 0
+                   ? -1
+                   : 0;
     if (ts->init_from[0]) {
         if (load_weights_from(tr, ts->init_from, "init_from") != 0) return -1;
     } else {
@@ -1046,7 +1089,7 @@ static int stop_early(Trainer *tr, int interrupted) {
         return 130;
     }
     if (root(tr))
-        givt_fail("%s\nthe run stopped after step %ld; checkpoint of the last good step: %s", why ? why : "data error",
+        givt_fail("%s; the run stopped after step %ld; checkpoint of the last good step: %s", why ? why : "data error",
                   tr->step, where);
     else
         givt_fail("%s", why ? why : "data error");  // rank 0 says where the run stopped
@@ -1075,22 +1118,26 @@ static int loop(Trainer *tr) {
         steps_window++;
         int last = tr->step == ts->max_steps;
         double val_loss = NAN;
+        int val = 0;  // validate's result: 1 when a stop signal cut it short (nothing measured is kept)
         if (ts->val_every > 0 && data_num_val(&tr->data) > 0 && (tr->step % ts->val_every == 0 || last) &&
-            validate(tr, &val_loss) < 0)
+            (val = validate(tr, &val_loss)) < 0)
             return stop_early(tr, 0);
-        if (tr->step % ts->log_every == 0 || last || !isnan(val_loss)) {
+        if (val == 1 && root(tr))
+            fprintf(stderr, "\ngivt-train: the validation of step %ld was cut short by the stop: no val_loss for this "
+                            "step (metrics.jsonl says \"val_interrupted\": true)\n", tr->step);
+        if (tr->step % ts->log_every == 0 || last || !isnan(val_loss) || val == 1) {
             double now = time_now_s();
             double tok_s = (double)(steps_window * tokens_per_step) / (now - t_window);
             double mfu = peak > 0 ? tok_s * flops_per_token / peak : NAN;
             double eta = (now - t_start) / (double)(tr->step - start_step) * (double)(ts->max_steps - tr->step);
             if (root(tr)) {
-                metrics_write(tr, loss, lr, gnorm, tok_s, mfu, val_loss);
+                metrics_write(tr, loss, lr, gnorm, tok_s, mfu, val_loss, val == 1);
                 progress(tr, tty, loss, lr, gnorm, tok_s, mfu, eta, val_loss);
             }
             t_window = now;
             steps_window = 0;
         }
-        if (dist_any(tr->dist, g_interrupted)) return stop_early(tr, 1);
+        if (dist_any(tr->dist, stop_requested())) return stop_early(tr, 1);
         if ((ts->save_every > 0 && tr->step % ts->save_every == 0) || last) {
             if (save_checkpoint(tr) != 0) return -1;
         }
@@ -1114,19 +1161,6 @@ static void say_start(const Trainer *tr) {
     if (strcmp(d->name, "single") != 0)
         fprintf(stderr, " (%s communicator, started by %s%s)", d->name, d->launcher, tr->zero ? ", ZeRO-1" : "");
     fputc('\n', stderr);
-}
-
-static void catch_signals(void) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sa.sa_flags = SA_RESETHAND;  // a second Ctrl-C stops at once
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);   // a closed terminal stops the run as Ctrl-C does
-    sigaction(SIGUSR1, &sa, NULL);  // mpirun forwards it to every rank: the graceful stop of a job
-    struct sigaction ign = {.sa_handler = SIG_IGN};
-    sigaction(SIGPIPE, &ign, NULL);  // progress to a closed pipe fails to write; it never ends the run
 }
 
 // After a failure with several ranks: a failure every rank reached together ends the run normally,
@@ -1162,7 +1196,6 @@ int trainer_run(const TrainConfig *cfg) {
     }
     if (rc == 0) {
         if (root(tr)) say_start(tr);
-        catch_signals();
         start_watchdog(tr);
         rc = loop(tr);
     }
