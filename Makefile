@@ -229,9 +229,10 @@ info:
 
 # ---- fuzzing: make fuzz ----------------------------------------------------------------------
 # libFuzzer targets (tests/fuzz/fuzz_*.c, one per input format: INI config, JSON/config.json,
-# safetensors, npy) built with clang into $(FUZZ_BUILD)/, with AddressSanitizer and UBSan: the library
-# sources with -fsanitize=fuzzer-no-link (coverage only), each target linked with -fsanitize=fuzzer
-# (libFuzzer's main). Separate from $(BUILD): make, make test and CFLAGS do not touch it.
+# safetensors, npy, the training state, labels, digits.bin, overrides) built with clang into
+# $(FUZZ_BUILD)/, with AddressSanitizer and UBSan: the library sources with -fsanitize=fuzzer-no-link
+# (coverage only), each target linked with -fsanitize=fuzzer (libFuzzer's main). Separate from
+# $(BUILD): make, make test and CFLAGS do not touch it.
 # The library compiles as in the normal build (-fopenmp) and the targets link BLAS and clang's
 # OpenMP runtime: the model's tables pull in the backend registry, which holds the CPU backend.
 # Run them with scripts/fuzz.sh [SECONDS] [TARGET...] (corpora in tests/fuzz/corpus/<target>/);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzing: builds the libFuzzer targets (make fuzz) and runs each for SECONDS (default 60).
 #   scripts/fuzz.sh [SECONDS] [TARGET...]      e.g. scripts/fuzz.sh 60, scripts/fuzz.sh 3600 fuzz_npy
-# TARGET is fuzz_ini, fuzz_json, fuzz_safetensors or fuzz_npy (default: all of tests/fuzz/fuzz_*.c).
+# TARGET is fuzz_ini, fuzz_json, fuzz_safetensors, fuzz_npy, fuzz_train_state, fuzz_labels, fuzz_digits
+# or fuzz_overrides (default: all of tests/fuzz/fuzz_*.c).
 # Each run starts from a scratch copy of the committed seeds (tests/fuzz/corpus/<target>/, never
 # written to) in build-fuzz/corpus/<target>/; crashing inputs go to build-fuzz/artifacts/ and are
 # printed (hex and base64) to the log; logs are in build-fuzz/logs/. The last line is
@@ -49,7 +50,7 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
 
 max_len() {
     case $1 in
-    fuzz_safetensors | fuzz_npy) echo 65536 ;;
+    fuzz_safetensors | fuzz_npy | fuzz_train_state) echo 65536 ;;
     *) echo 4096 ;;
     esac
 }

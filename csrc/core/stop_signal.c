@@ -64,7 +64,8 @@ int stop_signals_init(const char *prog) {
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 64 * 1024);
+    // the default stack size: a smaller one is refused (EINVAL) when the libraries' static TLS
+    // (cudart, oneDNN) does not fit in it
     pthread_t t;
     e = pthread_create(&t, &attr, receive, NULL);
     pthread_attr_destroy(&attr);

@@ -39,7 +39,8 @@ int train_state_write(const char *path, const ParamTable *pt, const float *mh, c
     StMeta meta[] = {{"givt_state", TRAIN_STATE_FORMAT}, {"step", v[0]},          {"adamw_t", v[1]},
                      {"data_epoch", v[2]},               {"data_index", v[3]},    {"skipped_steps", v[4]},
                      {"world_size", v[5]},               {"global_batch", v[6]}};
-    int rc = st_write(path, ts, pt->count * 2, meta, (int)(sizeof meta / sizeof meta[0]));
+    int n_meta = (int)(sizeof meta / sizeof meta[0]) - (s->global_batch == 0);  // 0: unknown, not written
+    int rc = st_write(path, ts, pt->count * 2, meta, n_meta);
     free(names);
     free(ts);
     return rc;

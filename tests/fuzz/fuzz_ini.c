@@ -8,6 +8,7 @@
 //   - the table has 4 + 7 L tensors whose sizes add up to its total;
 //   - the activation estimate for training is not below the one for inference (no wrapped size);
 //   - the resolved configuration written by train_config_write_ini loads back to the same values.
+#define FUZZ_WITH_TRAIN_CONFIG  // fuzz_check_config_round_trip
 #include "fuzz_util.h"
 
 #include "model.h"
@@ -34,45 +35,12 @@ static void check_table(const GivtConfig *m) {
     param_table_free(&pt);
 }
 
-// train_config_write_ini's text, loaded again, gives every key the same value.
-static void check_round_trip(const TrainConfig *c) {
-    char *text = NULL;
-    size_t len = 0;
-    FILE *fp = open_memstream(&text, &len);
-    FUZZ_CHECK(fp != NULL, "open_memstream failed");
-    int rc = train_config_write_ini(fp, c);
-    fclose(fp);
-    FUZZ_CHECK(rc == 0, "train_config_write_ini: %s", givt_last_error());
-    TrainConfig *back = malloc(sizeof *back);
-    rc = train_config_load_string(back, text, "resolved.ini", 0, NULL);
-    FUZZ_CHECK(rc == 0, "the written configuration does not load back: %s\n--- written:\n%s---", givt_last_error(),
-               text);
-    int nkeys;
-    const ConfigKey *keys = train_config_keys(&nkeys);
-    static char a[TRAIN_CONFIG_STR_MAX + 64], b[TRAIN_CONFIG_STR_MAX + 64];
-    for (int k = 0; k < nkeys; k++) {
-        train_config_format(c, &keys[k], a, sizeof a);
-        train_config_format(back, &keys[k], b, sizeof b);
-        FUZZ_CHECK(strcmp(a, b) == 0, "[%s] %s = \"%s\" loads back as \"%s\"", keys[k].section, keys[k].key, a, b);
-    }
-    free(back);
-    free(text);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    char *buf = malloc(size + 1);
-    if (size) memcpy(buf, data, size);
-    buf[size] = '\0';
-    char *overrides[MAX_OVERRIDES];
-    int n = 0;
-    char *p = buf + strlen(buf), *end = buf + size;
-    while (p < end && n < MAX_OVERRIDES) {
-        p++;  // the NUL that ends the previous part
-        overrides[n++] = p;
-        p += strlen(p);
-    }
+    char *parts[1 + MAX_OVERRIDES];  // the INI text, then the overrides
+    int n;
+    char *buf = fuzz_split_at_nul(data, size, parts, 1 + MAX_OVERRIDES, &n);
     TrainConfig *c = malloc(sizeof *c);
-    if (train_config_load_string(c, buf, "fuzz.ini", n, overrides) == 0) {
+    if (train_config_load_string(c, parts[0], "fuzz.ini", n - 1, parts + 1) == 0) {
         FUZZ_CHECK(train_config_validate(c) == 0, "loaded but does not validate: %s", givt_last_error());
         const GivtConfig *m = &c->model;
         FUZZ_MAGNITUDE(m->num_layers);
@@ -91,7 +59,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                                         c->train.gradient_checkpointing);
         size_t infer = model_acts_bytes(&c->model, be, c->train.batch_size, c->data.seq_len, 0, 0);
         FUZZ_CHECK(train >= infer, "activations: training %zu bytes < inference %zu bytes", train, infer);
-        check_round_trip(c);
+        fuzz_check_config_round_trip(c);
     }
     free(c);
     free(buf);

@@ -65,6 +65,26 @@ static inline void fuzz_write_file(const char *path, const uint8_t *data, size_t
     }
 }
 
+// The input as a NUL-terminated copy (free it) split at its NUL bytes into at most max parts:
+// parts[0] starts at the beginning, each later part after a NUL; parts past max are dropped.
+// Returns the number of parts (at least 1: an empty input is one empty part).
+static inline char *fuzz_split_at_nul(const uint8_t *data, size_t size, char **parts, int max, int *nparts) {
+    char *buf = malloc(size + 1);
+    if (size) memcpy(buf, data, size);
+    buf[size] = '\0';
+    int n = 0;
+    char *p = buf, *end = buf + size;
+    parts[n++] = p;
+    p += strlen(p);
+    while (p < end && n < max) {
+        p++;  // the NUL that ends the previous part
+        parts[n++] = p;
+        p += strlen(p);
+    }
+    *nparts = n;
+    return buf;
+}
+
 // A property of the code under test does not hold: report and crash, so libFuzzer keeps the input.
 #define FUZZ_CHECK(cond, ...)                                                         \
     do {                                                                              \
@@ -94,5 +114,39 @@ static volatile int g_fuzz_magnitude;
         FUZZ_MAG_STEP_(m_, 36); FUZZ_MAG_STEP_(m_, 40); FUZZ_MAG_STEP_(m_, 44); FUZZ_MAG_STEP_(m_, 48); \
         FUZZ_MAG_STEP_(m_, 52); FUZZ_MAG_STEP_(m_, 56); FUZZ_MAG_STEP_(m_, 60); FUZZ_MAG_STEP_(m_, 63); \
     } while (0)
+
+
+// ---- for the targets of givt-train's configuration (define FUZZ_WITH_TRAIN_CONFIG before including) ----
+#ifdef FUZZ_WITH_TRAIN_CONFIG
+#include "train_config.h"
+#include "util.h"
+
+// Loads the text train_config_write_ini writes for c into *back (with no overrides) and checks that
+// it validates and gives every key of the table the same value as c: the resolved configuration
+// round-trips.
+static inline void fuzz_check_config_round_trip(const TrainConfig *c) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *fp = open_memstream(&text, &len);
+    FUZZ_CHECK(fp != NULL, "open_memstream failed");
+    int rc = train_config_write_ini(fp, c);
+    fclose(fp);
+    FUZZ_CHECK(rc == 0, "train_config_write_ini: %s", givt_last_error());
+    TrainConfig *back = malloc(sizeof *back);
+    rc = train_config_load_string(back, text, "resolved.ini", 0, NULL);
+    FUZZ_CHECK(rc == 0, "the written configuration does not load back: %s\n--- written:\n%s---", givt_last_error(),
+               text);
+    int nkeys;
+    const ConfigKey *keys = train_config_keys(&nkeys);
+    static char a[TRAIN_CONFIG_STR_MAX + 64], b[TRAIN_CONFIG_STR_MAX + 64];
+    for (int k = 0; k < nkeys; k++) {
+        train_config_format(c, &keys[k], a, sizeof a);
+        train_config_format(back, &keys[k], b, sizeof b);
+        FUZZ_CHECK(strcmp(a, b) == 0, "[%s] %s = \"%s\" loads back as \"%s\"", keys[k].section, keys[k].key, a, b);
+    }
+    free(back);
+    free(text);
+}
+#endif
 
 #endif

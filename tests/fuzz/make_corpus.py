@@ -214,6 +214,104 @@ put("fuzz_npy", "bad_dtype.npy", npy(">f8", (1, 1), b"\0" * 8))
 put("fuzz_npy", "bad_truncated.npy", npy("<f4", (2, 3), f32([1, 2, 3])))
 put("fuzz_npy", "bad_magic.npy", b"\x93NUMPX\x01\x00\x10\x00{'descr': '<f4'}")
 
+# ---- fuzz_train_state: optimizer.safetensors of fuzz_train_state.c's tiny model ----------------
+# (D 2, C 4, F 4, H 1, L 1: param_table_build's table, as train_state_write writes it)
+PARAMS = [("model.embed.weight", [4, 2]), ("model.bos", [2]), ("model.blocks.0.attn.norm.weight", [4]),
+          ("model.blocks.0.attn.qkv_proj.weight", [12, 4]), ("model.blocks.0.attn.o_proj.weight", [4, 4]),
+          ("model.blocks.0.mlp.norm.weight", [4]), ("model.blocks.0.mlp.fc1.weight", [4, 4]),
+          ("model.blocks.0.mlp.fc2.weight", [4, 4]), ("model.blocks.0.mlp.fc3.weight", [4, 4]),
+          ("model.norm.weight", [4]), ("model.head.weight", [4, 4])]
+
+
+def train_state(meta, avg=None, avg_sq=None, drop=None):
+    tensors = {}
+    for name, shape in PARAMS:
+        n = 1
+        for d in shape:
+            n *= d
+        tensors["exp_avg." + name] = (shape, [avg if avg is not None else 0.01 * ((i % 7) - 3) for i in range(n)])
+        tensors["exp_avg_sq." + name] = (shape, [avg_sq if avg_sq is not None else 1e-4 * (i % 5) for i in range(n)])
+    if drop:
+        del tensors[drop]
+    header, data = {"__metadata__": dict(meta, format="pt")}, b""
+    for name in sorted(tensors):
+        shape, vals = tensors[name]
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [len(data), len(data) + 4 * len(vals)]}
+        data += f32(vals)
+    return st(header, data)
+
+
+STATE = {"givt_state": "givt-train-state-1", "step": "4", "adamw_t": "4", "data_epoch": "0", "data_index": "8",
+         "skipped_steps": "0", "world_size": "1"}
+put("fuzz_train_state", "valid.safetensors", train_state(STATE))
+put("fuzz_train_state", "valid_global_batch.safetensors", train_state(dict(
+    STATE, step="10", adamw_t="7", skipped_steps="3", data_epoch="2", data_index="5", world_size="4",
+    global_batch="16")))
+put("fuzz_train_state", "older_no_world.safetensors", train_state(
+    {k: v for k, v in STATE.items() if k != "world_size"}, avg=0.0, avg_sq=0.0))
+put("fuzz_train_state", "bad_negative_step.safetensors", train_state(dict(STATE, step="-1")))
+put("fuzz_train_state", "bad_huge_adamw_t.safetensors", train_state(dict(STATE, adamw_t="99999999999999999999")))
+put("fuzz_train_state", "bad_adamw_t_mismatch.safetensors", train_state(dict(STATE, adamw_t="3")))
+put("fuzz_train_state", "bad_negative_moment.safetensors", train_state(STATE, avg_sq=-1.0))
+put("fuzz_train_state", "bad_missing_tensor.safetensors",
+    train_state(STATE, drop="exp_avg_sq.model.head.weight"))
+put("fuzz_train_state", "bad_format.safetensors", train_state(dict(STATE, givt_state="givt-train-state-0")))
+
+# ---- fuzz_labels: label .npy files for fuzz_labels.c's data (6 sequences, 5 classes) ------------
+def ints(fmt, vals):
+    return struct.pack("<%d%s" % (len(vals), fmt), *vals)
+
+
+put("fuzz_labels", "i4.npy", npy("<i4", (6,), ints("i", [0, 1, 2, 3, 4, 0])))
+put("fuzz_labels", "i8.npy", npy("<i8", (6,), ints("q", [4, 4, 3, 0, 1, 2])))
+put("fuzz_labels", "i4_v2.npy", npy("<i4", (6,), ints("i", [2, 2, 2, 2, 2, 2]), version=(2, 0)))
+put("fuzz_labels", "bad_count.npy", npy("<i4", (4,), ints("i", [0, 1, 2, 3])))
+put("fuzz_labels", "bad_range.npy", npy("<i4", (6,), ints("i", [0, 1, 5, 3, -1, 0])))
+put("fuzz_labels", "bad_int32_overflow.npy", npy("<i8", (6,), ints("q", [0, 1, 2, 1 << 32, 4, 0])))
+put("fuzz_labels", "bad_float.npy", npy("<f4", (6,), f32([0, 1, 2, 3, 4, 0])))
+put("fuzz_labels", "bad_rank2.npy", npy("<i4", (2, 3), ints("i", [0, 1, 2, 3, 4, 0])))
+
+# ---- fuzz_digits: digits.bin files (data/digits/README.md); the last byte picks the options -----
+with open(os.path.join(HERE, "..", "..", "data", "digits", "digits.bin"), "rb") as f:
+    DIGITS = f.read()
+DIGITS_N = struct.unpack("<I", DIGITS[8:12])[0]
+
+
+def digits(k):
+    """The first k images of data/digits/digits.bin, with their labels."""
+    return (DIGITS[:8] + struct.pack("<I", k) + DIGITS[12:24] + DIGITS[24:24 + 64 * k]
+            + DIGITS[24 + 64 * DIGITS_N:24 + 64 * DIGITS_N + k])
+
+
+def digits_file(n, h, w, maxval, pixels, labels):
+    return b"GIVTDIG1" + struct.pack("<4I", n, h, w, maxval) + bytes(pixels) + bytes(labels)
+
+
+# the real labels run 0..9: the last (k - 1) % 10 sets patch 2 or 4, dequantization or none
+for k in (3, 4, 5, 6):
+    put("fuzz_digits", "real_%d.bin" % k, digits(k))
+put("fuzz_digits", "tiny_4x4.bin", digits_file(2, 4, 4, 3, [i % 4 for i in range(32)], [1, 3]))
+put("fuzz_digits", "constant.bin", digits_file(2, 8, 8, 16, [0] * 128, [0, 0]))
+put("fuzz_digits", "header_only.bin", DIGITS[:24])
+put("fuzz_digits", "bad_lying_header.bin", digits_file(1 << 24, 4096, 4096, 16, [0] * 64, [0]))
+put("fuzz_digits", "bad_pixel.bin", digits_file(1, 8, 8, 16, [17] * 64, [3]))
+put("fuzz_digits", "bad_patch.bin", digits_file(1, 6, 6, 16, [1] * 36, [1]))  # label 1: patch 4
+
+# ---- fuzz_overrides: "section.key=value" overrides separated by NUL bytes, over tiny.ini --------
+put("fuzz_overrides", "valid.txt", "train.lr=3e-4\0model.num_layers=2\0train.out_dir=\"/tmp/x y\"\0data.dummy_size = 100")
+put("fuzz_overrides", "valid_every_type.txt",
+    "model.hidden_dim=16\0model.num_heads=4\0train.lr_schedule=COSINE\0train.min_lr_ratio=0.1\0"
+    "train.lr_betas=0.9, 0.95\0train.ema=6.94\0train.gradient_checkpointing=yes\0train.seed=18446744073709551615")
+put("fuzz_overrides", "valid_model.txt",
+    "model.eps=1e-6\0model.rope_rotary_percentage=0.34\0model.num_mixtures=3\0model.block_size=16\0data.seq_len=16")
+put("fuzz_overrides", "duplicates.txt", "train.lr=1e-3\0train.lr=2e-3\0 train . lr = \"3e-3\"\0train.ema=1\0train.ema=")
+put("fuzz_overrides", "empty.txt", "\0\0")
+put("fuzz_overrides", "bad_keys.txt", "train.lrr=1\0modle.num_layers=2\0num_layers=2\0.lr=1\0train.=1")
+put("fuzz_overrides", "bad_values.txt", "model.num_heads=5\0train.lr=-1\0train.lr_betas=0.9\0train.device=tpu")
+put("fuzz_overrides", "bad_cross.txt", "data.seq_len=16\0train.max_steps=3\0train.lr_schedule=cosine")
+put("fuzz_overrides", "bad_needs.txt", "model.num_classes=3\0data.kind=npy\0data.labels=\"/nonexistent.npy\"")
+put("fuzz_overrides", "bad_quotes.txt", "train.out_dir=\"unterminated\0train.out_dir=\"a\" b\0train.out_dir=")
+
 if __name__ == "__main__":
     total = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(CORPUS) for f in fs)
     print("corpus: %d bytes in %s" % (total, CORPUS))
