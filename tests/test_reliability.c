@@ -445,7 +445,7 @@ TEST(reliability_resume_from_an_older_checkpoint_sets_newer_aside) {
     const char *out = tu_path(d, "run");
     const char *first[] = {"train.max_steps=8", "train.save_every=2", "train.keep_checkpoints=0", "train.log_every=1"};
     CHECK(load_and_run(k_small_ini, out, 4, first, 1) == 0, "%s", givt_last_error());
-    char copy[400], a[600], b[600];
+    char copy[400], a[600], b[PATH_MAX + 400];
     snprintf(copy, sizeof copy, "%s", tu_path(d, "step8.safetensors"));
     snprintf(a, sizeof a, "%s/step_00000008/model.safetensors", out);
     tu_copy_file(a, copy);
