@@ -216,7 +216,7 @@ install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/givt
 	install -m 755 $(PROGRAMS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/
-	install -m 644 $(foreach d,$(SRC_DIRS),$(d)/*.h) $(DESTDIR)$(PREFIX)/include/givt/
+	install -m 644 $(filter-out %_internal.h,$(foreach d,$(SRC_DIRS),$(wildcard $(d)/*.h))) $(DESTDIR)$(PREFIX)/include/givt/
 
 clean:
 	rm -rf $(BUILD) $(SAN_BUILD) $(PROGRAMS)

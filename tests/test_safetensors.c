@@ -362,7 +362,7 @@ TEST(st_rejects_bad_lengths) {
     tu_rmtree(dir);
 }
 
-// A failed st_open holds nothing (trainer.c's load_train_state returns without st_close on failure,
+// A failed st_open holds nothing (checkpoint.c's load_train_state returns without st_close on failure,
 // which leaked the path): the struct is left zeroed, and st_close on it stays safe.
 TEST(st_open_failure_frees_everything) {
     char dir[256];

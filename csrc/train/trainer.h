@@ -1,5 +1,6 @@
 // trainer: the training loop of givt-train: data, AdamW, schedules, EMA, validation, metrics,
-// checkpoints (atomic folders, keep-N, bit-exact resume) and the progress line.
+// checkpoints (atomic folders, keep-N, bit-exact resume) and the progress line. Its body: trainer.c (the
+// loop), checkpoint.c, run_guard.c (watchdog, rank agreement) and metrics.c; see trainer_internal.h.
 #ifndef GIVT_TRAINER_H
 #define GIVT_TRAINER_H
 

@@ -1,0 +1,116 @@
+// trainer_internal: private to csrc/train/, not installed API: what the trainer's compile units share.
+// The trainer lives in four rooms: trainer.c (the loop), checkpoint.c, run_guard.c and metrics.c. They
+// call only downwards: trainer.c calls the other three; checkpoint.c calls guard_note_progress (a
+// checkpoint is progress); run_guard.c and metrics.c call no other room.
+#ifndef GIVT_TRAINER_INTERNAL_H
+#define GIVT_TRAINER_INTERNAL_H
+
+#include <stdio.h>
+
+#include "data.h"
+#include "dist.h"
+#include "optim.h"
+#include "trainer.h"
+
+typedef struct {
+    TrainConfig cfg;
+    Backend *be;
+    Dist *dist;
+    GivtModel model;
+    AdamW opt;
+    Weights ema;     // the EMA of the weights: a second weight set (master NULL when the EMA is off)
+    int has_ema;
+    Dataset data;
+    int zero;                   // ZeRO-1: opt holds this rank's part of the moments (dist_part)
+    float *grad_part;           // ZeRO-1: the mean gradient of that part (opt.count floats)
+    float *batch_host, *batch;  // (B, T, D)
+    int32_t *labels;            // (B) class labels of the batch (class-conditional models), host
+    int T;
+    long step;                  // optimizer steps completed (skipped ones included)
+    long saved_step;            // step of the newest checkpoint this run wrote or resumed from (0: none)
+    int lock_fd;                // out_dir's lock (the folder, open), held for the whole run; -1 when not held
+    long skipped_total, skipped_in_row;
+    int agreed;                 // the run stopped where every rank stopped (nothing to abort)
+    int local_error;            // this rank's own error caused the stop (it prints its message)
+    FILE *metrics;
+} Trainer;
+
+// Only rank 0 prints and writes files.
+static inline int root(const Trainer *tr) { return dist_is_root(tr->dist); }
+
+// Sequences per optimizer step over all ranks.
+static inline long global_batch(const Trainer *tr) {
+    return (long)tr->cfg.train.batch_size * tr->cfg.train.grad_accum_steps * tr->dist->world_size;
+}
+
+// ---- checkpoint.c: checkpoints ------------------------------------------------------------
+// The folder of the checkpoint of `step`, "out_dir/step_XXXXXXXX", into buf of n bytes.
+void ckpt_path(const char *out_dir, long step, char *buf, size_t n);
+
+// Resuming at `step` from a checkpoint older than the newest in out_dir: the newer checkpoints belong
+// to the run that went on from there, and the resumed run would overwrite them one by one (a later
+// `latest` then mixing the two runs). Rank 0 moves them, whole, with that run's metrics.jsonl (a hard
+// link: the resumed run rewrites its own), into out_dir/set-aside-<time>-<pid>/ and says where.
+int ckpt_set_aside_newer(const char *out_dir, long step);
+
+// The checkpoint of the current step, on every rank together: the moments are brought to rank 0,
+// which writes the folder; every rank learns whether it was written. Every rank holds the same
+// weights, so the finiteness check agrees everywhere.
+int ckpt_save(Trainer *tr);
+
+// Loads config.json + model.safetensors of folder into the model, after checking that the folder's
+// [model] matches the configured one.
+int ckpt_load_weights_from(Trainer *tr, const char *folder, const char *what);
+
+// Restores weights, EMA, optimizer and data position from the checkpoint folder dir.
+int ckpt_resume(Trainer *tr, const char *dir);
+
+// Which checkpoint to resume from, decided by rank 0 (which owns out_dir) and sent to every rank:
+// ckpt gets the folder, "" to start fresh. -1 on rank 0 when out_dir holds a run it must not touch.
+int ckpt_choose(Trainer *tr, char *ckpt, size_t n);
+
+// Rank 0 alone owns out_dir: creates it, locks it and clears what a killed run left there.
+int ckpt_claim_out_dir(Trainer *tr);
+
+// ---- run_guard.c: the run guard -----------------------------------------------------------
+// Notes progress (a micro-batch, a validation batch, a checkpoint) for the watchdog.
+void guard_note_progress(void);
+
+// Starts the watchdog thread of a multi-rank job with [train] hang_timeout > 0 (nothing otherwise).
+void guard_start_watchdog(const Trainer *tr);
+
+// Every rank must run the same binary with the same configuration: checked before any work, and the
+// rank that differs is named (with the first line of its configuration that differs from rank 0's).
+int guard_check_ranks_agree(Trainer *tr);
+
+// Every rank reads the same data (the same files' shapes and sizes, labels and split; data.h's
+// data_fingerprint): a node with another copy of the data set would train on other batches.
+int guard_check_same_data(Trainer *tr);
+
+// Every rank starts from the same weights (the same seed or the same checkpoint): checked, since a
+// rank that did not would train another model from then on.
+int guard_check_same_weights(Trainer *tr);
+
+// After a failure with several ranks: a failure every rank reached together ends the run normally,
+// rank 0 (and the rank whose error it was) saying why; a failure of this rank alone ends the whole
+// job at once, naming the rank, since the others would wait for it forever.
+int guard_end_failed_job(Trainer *tr, int rc);
+
+// ---- metrics.c: metrics -------------------------------------------------------------------
+// Opens out_dir/metrics.jsonl for appending (rank 0), first dropping its lines past the current step.
+int metrics_open(Trainer *tr);
+
+// One line of metrics.jsonl for the current step (rank 0).
+// mfu: the model FLOPs utilisation (a fraction), NaN when no peak is known (not written).
+// val_interrupted: the step's validation was cut short by a stop signal (no val_loss).
+void metrics_write(Trainer *tr, double loss, double lr, double gnorm, double tok_s, double mfu, double val_loss,
+                   int val_interrupted);
+
+// The progress line on stderr (rank 0): redrawn in place on a terminal, a line per report otherwise.
+void metrics_progress(Trainer *tr, int tty, double loss, double lr, double gnorm, double tok_s, double mfu,
+                      double eta_s, double val_loss);
+
+// The start-up line (rank 0): the model, the data, the backend, the ranks and the global batch.
+void metrics_say_start(const Trainer *tr);
+
+#endif
