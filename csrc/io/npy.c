@@ -175,6 +175,19 @@ static int check_unchanged(const NpyFile *f) {
     return 0;
 }
 
+int npy_check_same_file(const NpyFile *f, int fd) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return givt_fail("%s: cannot reopen: %s", f->path, strerror(errno));
+    int other = (uint64_t)st.st_dev != f->dev || (uint64_t)st.st_ino != f->ino;
+    if ((int64_t)st.st_size == f->file_size && !other && mtime_ns_of(&st) == f->mtime_ns) return 0;
+    return givt_fail("%s: the file changed since the data were opened (%s): data files must not be modified or "
+                     "replaced during a run",
+                     f->path,
+                     (int64_t)st.st_size != f->file_size ? "another size"
+                     : other                             ? "another file by that name"
+                                                         : "another modification time");
+}
+
 // What npy_open_as accepts: float32/float16 of rank 2 or 3 (the data), or int32/int64 of rank 1
 // (labels; itemsize 4 or 8, dtype left NPY_F32 and never read as floats).
 enum { OPEN_FLOATS, OPEN_INT_VECTOR };
@@ -197,6 +210,8 @@ static int npy_open_as(NpyFile *f, const char *path, int kind) {
     size_t size = (size_t)st.st_size;
     f->file_size = (int64_t)st.st_size;
     f->mtime_ns = mtime_ns_of(&st);
+    f->dev = (uint64_t)st.st_dev;
+    f->ino = (uint64_t)st.st_ino;
     if (size < 10) {
         givt_fail("%s: not a .npy file (only %zu bytes)", path, size);
         return open_fail(f);

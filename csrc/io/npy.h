@@ -19,6 +19,7 @@ typedef struct {
     int64_t data_off;           // byte offset of the first element
     int64_t file_size;          // at open
     int64_t mtime_ns;           // modification time at open
+    uint64_t dev, ino;          // which file was opened (one replaced by rename since is another)
     NpyDtype dtype;
     int itemsize;               // 4 or 2
     int ndim;                   // 2 or 3
@@ -31,6 +32,9 @@ typedef struct {
 // prod(shape) * itemsize. Returns 0, or -1 with givt_fail("PATH: problem").
 int npy_open(NpyFile *f, const char *path);
 void npy_close(NpyFile *f);  // safe on a zeroed or already closed NpyFile
+// Is fd (a new descriptor of f->path, for a reader that closed f's and opens it again) the file
+// npy_open validated: same device, inode, size and modification time? -1 with givt_fail naming it.
+int npy_check_same_file(const NpyFile *f, int fd);
 
 static inline int npy_ndim(const NpyFile *f) { return f->ndim; }
 static inline int64_t npy_dim(const NpyFile *f, int i) { return f->shape[i]; }

@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "util.h"
@@ -113,10 +112,6 @@ void data_free_paths(char **paths, int n) {
 }
 
 // ---- the open descriptors (at most DATA_MAX_OPEN) ---------------------------------------------
-static int64_t mtime_ns_of(const struct stat *st) {
-    return (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
-}
-
 // Closes the least recently used open file (its header stays; fd -1). Needs nopen > 0.
 static void evict_lru(Dataset *ds) {
     int j = 0;
@@ -145,24 +140,11 @@ static int reopen_fd(Dataset *ds, const Dataset *cds, int i) {
            ds && ds->nopen > 0)
         evict_lru(ds);
     if (fd < 0) return givt_fail("%s: cannot reopen: %s", f->path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || fcntl(fd, F_SETFL, 0) != 0) {
-        int rc = givt_fail("%s: cannot reopen: %s", f->path, strerror(errno));
-        close(fd);
-        return rc;
-    }
-    const DataFileId *id = &cds->file_ids[i];
-    if ((uint64_t)st.st_dev != id->dev || (uint64_t)st.st_ino != id->ino || (int64_t)st.st_size != f->file_size ||
-        mtime_ns_of(&st) != f->mtime_ns) {
-        close(fd);
-        return givt_fail("%s: the file changed since the data were opened (%s): data files must not be modified or "
-                         "replaced during a run",
-                         f->path,
-                         (int64_t)st.st_size != f->file_size ? "another size"
-                         : (uint64_t)st.st_ino != id->ino || (uint64_t)st.st_dev != id->dev ? "another file by that name"
-                                                                                            : "another modification time");
-    }
-    return fd;
+    int rc = npy_check_same_file(f, fd);
+    if (rc == 0 && fcntl(fd, F_SETFL, 0) != 0) rc = givt_fail("%s: cannot reopen: %s", f->path, strerror(errno));
+    if (rc == 0) return fd;
+    close(fd);
+    return rc;
 }
 
 // File i, open for reading (reopened if it was closed; the least recently used one closed first
@@ -182,7 +164,7 @@ static const NpyFile *file_acquire(Dataset *ds, int i) {
 }
 
 // npy_open of file i of the list, room made first; once more after closing every open file when it
-// fails while some are open (the process may be out of descriptors). Records the file's identity.
+// fails while some are open (the process may be out of descriptors).
 static int open_one(Dataset *ds, int i, const char *path) {
     if (ds->nopen == DATA_MAX_OPEN) evict_lru(ds);
     NpyFile *f = &ds->files[i];
@@ -192,13 +174,6 @@ static int open_one(Dataset *ds, int i, const char *path) {
         rc = npy_open(f, path);
     }
     if (rc != 0) return -1;
-    struct stat st;
-    if (fstat(f->fd, &st) != 0) {
-        rc = givt_fail("%s: cannot stat: %s", path, strerror(errno));
-        npy_close(f);
-        return rc;
-    }
-    ds->file_ids[i] = (DataFileId){(uint64_t)st.st_dev, (uint64_t)st.st_ino};
     track_open(ds, i);
     return 0;
 }
@@ -211,7 +186,6 @@ static int open_files(Dataset *ds) {
         return -1;
     }
     ds->files = xcalloc((size_t)paths.n, sizeof *ds->files);
-    ds->file_ids = xcalloc((size_t)paths.n, sizeof *ds->file_ids);
     ds->file_used = xcalloc((size_t)paths.n, sizeof *ds->file_used);
     ds->file_win0 = xcalloc((size_t)paths.n + 1, sizeof *ds->file_win0);
     int rc = 0;
@@ -365,7 +339,6 @@ int data_open(Dataset *ds, const DataConfig *cfg) {
 void data_close(Dataset *ds) {
     for (int i = 0; i < ds->nfiles; i++) npy_close(&ds->files[i]);  // closes fd only when open
     free(ds->files);
-    free(ds->file_ids);
     free(ds->file_used);
     free(ds->file_win0);
     free(ds->train_ids);

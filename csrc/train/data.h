@@ -51,17 +51,10 @@ typedef struct {
 // (same device, inode, size and modification time), else the read is an error naming it.
 #define DATA_MAX_OPEN 64
 
-// Which file an opened path was (st_dev, st_ino at data_open): a file replaced by rename since
-// then is another file.
-typedef struct {
-    uint64_t dev, ino;
-} DataFileId;
-
 typedef struct {
     DataConfig cfg;        // path points to a copy owned by the dataset
     int nfiles;
     NpyFile *files;        // (nfiles) validated headers; fd >= 0 only for the open ones
-    DataFileId *file_ids;  // (nfiles) identity at data_open, checked at each reopen
     uint64_t *file_used;   // (nfiles) use_clock at the file's last read (least recently used closes first)
     uint64_t use_clock;
     int open_idx[DATA_MAX_OPEN];  // indices of the open files (nopen of them)
