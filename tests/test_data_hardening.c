@@ -249,6 +249,20 @@ static void make_folder(char *dir, const char *tag, int64_t na, int64_t nb, int6
     write_seq_file(dir, "b.npy", nb, tb, f16);
 }
 
+// data_open of c, its fingerprint and description (into desc of n bytes), data_close; 0 (a failed
+// check) when it does not open.
+static uint64_t open_and_fingerprint(const DataConfig *c, char *desc, size_t n) {
+    Dataset ds;
+    if (data_open(&ds, c) != 0) {
+        CHECK(0, "%s", givt_last_error());
+        return 0;
+    }
+    uint64_t h = data_fingerprint(&ds);
+    data_describe(&ds, desc, n);
+    data_close(&ds);
+    return h;
+}
+
 // Opens dir/*.npy (seq_len 8, D 2), with labels dir/labels.npy when labels, and returns the
 // fingerprint (0 when opening fails: a failed check) with the description in desc.
 static uint64_t fingerprint_of(const char *dir, int64_t val_size, int labels, int rank, char *desc, size_t n) {
@@ -260,30 +274,14 @@ static uint64_t fingerprint_of(const char *dir, int64_t val_size, int labels, in
     c.kind = DATA_NPY, c.path = glob, c.seq_len = 8, c.input_dim = 2, c.val_size = val_size;
     c.rank = rank, c.world_size = 2;
     if (labels) c.labels_path = lab, c.num_classes = 3;
-    Dataset ds;
-    if (data_open(&ds, &c) != 0) {
-        CHECK(0, "%s", givt_last_error());
-        return 0;
-    }
-    uint64_t h = data_fingerprint(&ds);
-    data_describe(&ds, desc, n);
-    data_close(&ds);
-    return h;
+    return open_and_fingerprint(&c, desc, n);
 }
 
 static uint64_t dummy_fingerprint(int64_t count, uint64_t seed, int seq_len, char *desc, size_t n) {
     DataConfig c;
     data_config_default(&c);
     c.dummy_count = count, c.seed = seed, c.seq_len = seq_len;
-    Dataset ds;
-    if (data_open(&ds, &c) != 0) {
-        CHECK(0, "%s", givt_last_error());
-        return 0;
-    }
-    uint64_t h = data_fingerprint(&ds);
-    data_describe(&ds, desc, n);
-    data_close(&ds);
-    return h;
+    return open_and_fingerprint(&c, desc, n);
 }
 
 // The same data from another folder (another rank's node) give the same fingerprint and

@@ -451,19 +451,28 @@ TEST(mpi_ranks_reading_different_data_are_refused) {
     tu_rmtree(dir);
 }
 
+// A 2-rank job of t that trains until stopped (hang_timeout 3, a progress line per step), marked so
+// that find_rank finds its ranks, started in the background with its log in t's log.txt; returns
+// mpirun's pid once the first step is done (a failed check when it is not within 120 s).
+static pid_t start_endless_job(const Job *t) {
+    char args[2048], cmd[4096];
+    snprintf(args, sizeof args,
+             "train.out_dir='%s' train.max_steps=100000000 train.save_every=0 train.log_every=1 train.hang_timeout=3",
+             t->out);
+    setenv("GIVT_TEST_MARK", t->dir, 1);
+    train_cmd(cmd, sizeof cmd, 2, t->cfg, args);
+    pid_t job = start_bg(cmd, tu_path(t->dir, "log.txt"));
+    unsetenv("GIVT_TEST_MARK");
+    CHECK(wait_for_progress(t->out, 120), "training did not start");
+    return job;
+}
+
 TEST(mpi_hung_rank_ends_the_job_after_hang_timeout) {
     if (!mpi_ready()) return;
     Job t;
     job_init(&t, "mpi_hang");
-    char *dir = t.dir, *cfg = t.cfg, *out = t.out, args[2048], cmd[4096];
-    snprintf(args, sizeof args,
-             "train.out_dir='%s' train.max_steps=100000000 train.save_every=0 train.log_every=1 train.hang_timeout=3",
-             out);
-    setenv("GIVT_TEST_MARK", dir, 1);
-    train_cmd(cmd, sizeof cmd, 2, cfg, args);
-    pid_t job = start_bg(cmd, tu_path(dir, "log.txt"));
-    unsetenv("GIVT_TEST_MARK");
-    CHECK(wait_for_progress(out, 120), "training did not start");
+    char *dir = t.dir;
+    pid_t job = start_endless_job(&t);
     pid_t rank1 = find_rank(dir, 1);
     CHECK(rank1 > 0, "rank 1 not found");
     if (rank1 > 0) kill(rank1, SIGSTOP);  // alive, but never answers again: rank 0 waits in a collective
@@ -484,15 +493,8 @@ TEST(mpi_stopped_and_woken_job_goes_on) {
     if (!mpi_ready()) return;
     Job t;
     job_init(&t, "mpi_stop");
-    char *dir = t.dir, *cfg = t.cfg, *out = t.out, args[2048], cmd[4096];
-    snprintf(args, sizeof args,
-             "train.out_dir='%s' train.max_steps=100000000 train.save_every=0 train.log_every=1 train.hang_timeout=3",
-             out);
-    setenv("GIVT_TEST_MARK", dir, 1);
-    train_cmd(cmd, sizeof cmd, 2, cfg, args);
-    pid_t job = start_bg(cmd, tu_path(dir, "log.txt"));
-    unsetenv("GIVT_TEST_MARK");
-    CHECK(wait_for_progress(out, 120), "training did not start");
+    char *dir = t.dir;
+    pid_t job = start_endless_job(&t);
     pid_t r0 = find_rank(dir, 0), r1 = find_rank(dir, 1);
     CHECK(r0 > 0 && r1 > 0, "ranks not found");
     if (r0 > 0 && r1 > 0) {

@@ -296,11 +296,10 @@ TEST(reliability_checkpoints_past_step_99999999) {
 // givt-train (the program) with a long optimizer step: SIGTERM in the middle of a step ends the run
 // within a micro-batch, with a checkpoint of the last completed step, and exit code 130.
 TEST(reliability_sigterm_stops_between_micro_batches) {
-    const char *bin = getenv("GIVT_BIN_DIR");  // the sanitized programs in make test-sanitize
     char exe[600];
-    snprintf(exe, sizeof exe, "%s/givt-train", bin && *bin ? bin : ".");
-    CHECK(path_exists(exe), "%s not found: build it (make all) and run the tests from the repository root", exe);
-    if (!path_exists(exe)) return;
+    int found = tu_program_path(exe, sizeof exe, "givt-train");
+    CHECK(found, "%s not found: build it (make all) and run the tests from the repository root", exe);
+    if (!found) return;
     char d[256];
     tu_mkdtemp(d, "rel_term");
     const char *ini = tu_path(d, "t.ini");
@@ -309,21 +308,9 @@ TEST(reliability_sigterm_stops_between_micro_batches) {
     snprintf(out, sizeof out, "train.out_dir=%s/run", d);
     char *argv[] = {exe, (char *)ini, out, "train.grad_accum_steps=65536", "train.save_every=1",
                     "train.max_steps=1000", NULL};
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 2, tu_path(d, "stderr.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     // one OpenMP thread: a step's time then does not depend on what else loads the machine's cores
-    int n_env = 0;
-    while (environ[n_env]) n_env++;
-    char **envp = xcalloc((size_t)n_env + 2, sizeof *envp);
-    int k = 0;
-    for (int i = 0; i < n_env; i++)
-        if (strncmp(environ[i], "OMP_NUM_THREADS=", 16) != 0) envp[k++] = environ[i];
-    envp[k] = "OMP_NUM_THREADS=1";
-    pid_t pid;
-    CHECK(posix_spawn(&pid, argv[0], &fa, NULL, argv, envp) == 0);
-    free(envp);
-    posix_spawn_file_actions_destroy(&fa);
+    pid_t pid = tu_spawn_logged(argv, tu_path(d, "log.txt"), 1, NULL);
+    CHECK(pid > 0);
     char step1[400];
     snprintf(step1, sizeof step1, "%s/run/step_00000001", d);
     double t0 = time_now_s(), t_step1 = 0;
@@ -342,7 +329,7 @@ TEST(reliability_sigterm_stops_between_micro_batches) {
     char run_dir[400];
     snprintf(run_dir, sizeof run_dir, "%s/run", d);
     CHECK(tu_count_prefix(run_dir, "step_") >= 1);
-    char *err = read_file_text(tu_path(d, "stderr.txt"), NULL);
+    char *err = read_file_text(tu_path(d, "log.txt"), NULL);
     CHECK(err && strstr(err, "interrupted at step"), "stderr: %s", err ? err : "(none)");
     free(err);
     tu_rmtree(d);

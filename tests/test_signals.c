@@ -8,13 +8,10 @@
 //  - givt-sample and givt-eval stopped in the middle: exit 130, saying what was (not) done, nothing
 //    half-written.
 #define _GNU_SOURCE
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -22,36 +19,19 @@
 #include "testutil.h"
 #include "util.h"
 
-extern char **environ;
-
 // "<GIVT_BIN_DIR>/prog" into exe; 0 when it is missing (a failed check).
 static int program_path(char *exe, size_t n, const char *prog) {
-    const char *bin = getenv("GIVT_BIN_DIR");  // the sanitized programs in make test-sanitize
-    snprintf(exe, n, "%s/%s", bin && *bin ? bin : ".", prog);
-    CHECK(path_exists(exe), "%s not found: build it (make all) and run the tests from the repository root", exe);
-    return path_exists(exe);
+    int ok = tu_program_path(exe, n, prog);
+    CHECK(ok, "%s not found: build it (make all) and run the tests from the repository root", exe);
+    return ok;
 }
 
-// Starts argv with stdout and stderr into log and OMP_NUM_THREADS=threads; the pid, or -1.
+// tu_spawn_logged, a failure to start being a failed check.
 static pid_t spawn_logged(char *const argv[], const char *log, int threads) {
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    int n_env = 0;
-    while (environ[n_env]) n_env++;
-    char **envp = xcalloc((size_t)n_env + 2, sizeof *envp), omp[32];
-    int k = 0;
-    for (int i = 0; i < n_env; i++)
-        if (strncmp(environ[i], "OMP_NUM_THREADS=", 16) != 0) envp[k++] = environ[i];
-    snprintf(omp, sizeof omp, "OMP_NUM_THREADS=%d", threads);
-    envp[k] = omp;
-    pid_t pid;
-    int rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, envp);
-    free(envp);
-    posix_spawn_file_actions_destroy(&fa);
-    CHECK(rc == 0, "posix_spawn %s: %s", argv[0], strerror(rc));
-    return rc == 0 ? pid : -1;
+    int err = 0;
+    pid_t pid = tu_spawn_logged(argv, log, threads, &err);
+    CHECK(pid > 0, "posix_spawn %s: %s", argv[0], strerror(err));
+    return pid;
 }
 
 // Waits up to timeout_s for text to appear in the file at log; 1 when it did.
@@ -63,20 +43,6 @@ static int wait_for_text(const char *log, const char *text, double timeout_s) {
         if (found) return 1;
     }
     return 0;
-}
-
-// waitpid with a deadline: the exit status (128 + signal when killed by one), or -2 after
-// timeout_s (the process is then killed).
-static int wait_exit(pid_t pid, double timeout_s) {
-    int status = 0;
-    for (double t0 = time_now_s(); time_now_s() - t0 < timeout_s; usleep(10000)) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        if (r < 0) return -1;
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    return -2;
 }
 
 // Has the process blocked SIGTERM yet (SigBlk of /proc/pid/status)?
@@ -131,7 +97,7 @@ TEST(signals_stop_in_blas_always_checkpoints) {
         double delay = rng_uniform(&rng);  // somewhere in the next steps (about 0.3 s each here)
         usleep((useconds_t)(delay * 1e6));
         kill(pid, sig);
-        int rc = wait_exit(pid, 180);
+        int rc = tu_wait_exit(pid, 180);
         char *text = read_file_text(log, NULL);
         CHECK(rc == 130, "try %d (%s after %.2f s, %d threads): exit %d, want 130; log: %s", i, strsignal(sig), delay,
               threads, rc, text ? text : "(none)");
@@ -160,7 +126,7 @@ TEST(signals_sigterm_at_start_is_the_same_stop) {
     while (time_now_s() - t0 < limit && !blocks_sigterm(pid)) usleep(500);
     double at = time_now_s() - t0;
     kill(pid, SIGTERM);
-    int rc = wait_exit(pid, 120);
+    int rc = tu_wait_exit(pid, 120);
     char *text = read_file_text(log, NULL);
     printf("  SIGTERM %.1f ms after the start: exit %d\n", 1e3 * at, rc);
     CHECK(rc == 130, "exit %d, want 130; log: %s", rc, text ? text : "(none)");
@@ -180,7 +146,7 @@ static int tiny_checkpoint(const char *d, char *ckpt, size_t n) {
                     "model.hidden_dim=128", "model.intermediate_dim=256", "model.num_heads=4", "model.num_layers=4",
                     NULL};
     pid_t pid = spawn_logged(argv, tu_path(d, "train.txt"), 1);
-    int rc = pid < 0 ? -1 : wait_exit(pid, 120);
+    int rc = pid < 0 ? -1 : tu_wait_exit(pid, 120);
     CHECK(rc == 0, "givt-train for the model: exit %d", rc);
     snprintf(ckpt, n, "%s/run/step_00000002", d);
     return rc == 0;
@@ -203,7 +169,7 @@ TEST(signals_stop_sample_and_eval) {
     if (pid < 0) return;
     CHECK(wait_for_text(slog, "vectors/s", 120), "no progress line from givt-sample");
     kill(pid, SIGINT);
-    int rc = wait_exit(pid, 60);
+    int rc = tu_wait_exit(pid, 60);
     char *text = read_file_text(slog, NULL);
     CHECK(rc == 130, "givt-sample: exit %d, want 130; log: %s", rc, text ? text : "");
     CHECK(text && strstr(text, "nothing written"), "givt-sample log: %s", text ? text : "");
@@ -224,7 +190,7 @@ TEST(signals_stop_sample_and_eval) {
     if (pid < 0) return;
     usleep(1500000);  // the model is loaded and batches are being measured
     kill(pid, SIGTERM);
-    rc = wait_exit(pid, 60);
+    rc = tu_wait_exit(pid, 60);
     text = read_file_text(elog, NULL);
     CHECK(rc == 130, "givt-eval: exit %d, want 130; log: %s", rc, text ? text : "");
     CHECK(text && strstr(text, "givt-eval: stopped by") && !strstr(text, "loss = "), "givt-eval log: %s",
@@ -254,7 +220,7 @@ TEST(signals_stop_during_validation_is_recorded) {
     CHECK(wait_for_text(log, "step 1/", 120), "no first step within 120 s");
     usleep(300000);  // step 2 took milliseconds; its validation takes seconds
     kill(pid, SIGINT);
-    int rc = wait_exit(pid, 120);
+    int rc = tu_wait_exit(pid, 120);
     char *text = read_file_text(log, NULL), *metrics = read_file_text(tu_path(run, "metrics.jsonl"), NULL);
     CHECK(rc == 130, "exit %d; log: %s", rc, text ? text : "");
     CHECK(text && strstr(text, "validation of step 2 was cut short"), "log: %s", text ? text : "");

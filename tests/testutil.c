@@ -3,10 +3,14 @@
 #include "testutil.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "util.h"
@@ -112,4 +116,43 @@ void tu_random_model(GivtModel *m, const GivtConfig *cfg, Backend *be, uint64_t 
     for (size_t i = 0; i < m->table.total; i++) h[i] = (float)(0.3 * rng_normal(&r));
     model_weights_upload(m, &m->w, h);
     free(h);
+}
+
+int tu_program_path(char *exe, size_t n, const char *prog) {
+    const char *bin = getenv("GIVT_BIN_DIR");
+    snprintf(exe, n, "%s/%s", bin && *bin ? bin : ".", prog);
+    return path_exists(exe);
+}
+
+pid_t tu_spawn_logged(char *const argv[], const char *log, int threads, int *err) {
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    int n_env = 0;
+    while (environ[n_env]) n_env++;
+    char **envp = xcalloc((size_t)n_env + 2, sizeof *envp), omp[32];
+    int k = 0;
+    for (int i = 0; i < n_env; i++)
+        if (strncmp(environ[i], "OMP_NUM_THREADS=", 16) != 0) envp[k++] = environ[i];
+    snprintf(omp, sizeof omp, "OMP_NUM_THREADS=%d", threads);
+    envp[k] = omp;
+    pid_t pid;
+    int rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, envp);
+    free(envp);
+    posix_spawn_file_actions_destroy(&fa);
+    if (err) *err = rc;
+    return rc == 0 ? pid : -1;
+}
+
+int tu_wait_exit(pid_t pid, double timeout_s) {
+    int status = 0;
+    for (double t0 = time_now_s(); time_now_s() - t0 < timeout_s; usleep(10000)) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        if (r < 0) return -1;
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return -2;
 }

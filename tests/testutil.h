@@ -3,6 +3,7 @@
 #define GIVT_TEST_UTIL_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "model.h"
 
@@ -25,6 +26,17 @@ int tu_same_file(const char *a, const char *b);
 int tu_count_prefix(const char *dir, const char *prefix);
 // 1 when givt_last_error() contains a, and b unless b is NULL, and is a single line.
 int tu_error_has(const char *a, const char *b);
+
+// ---- programs as a user runs them ----------------------------------------------------------
+// "<GIVT_BIN_DIR>/prog" (the top-level folder by default; the sanitized programs in make
+// test-sanitize) into exe of n bytes; 1 when it exists.
+int tu_program_path(char *exe, size_t n, const char *prog);
+// Starts argv in the background with stdout and stderr into the file log and OMP_NUM_THREADS=threads
+// (the rest of the environment as it is); its pid, or -1 (errno-style code in *err when not NULL).
+pid_t tu_spawn_logged(char *const argv[], const char *log, int threads, int *err);
+// Waits up to timeout_s for pid: its exit status (128 + the signal when one killed it), or -2 after
+// the time (the process is then killed), -1 when it is not a child.
+int tu_wait_exit(pid_t pid, double timeout_s);
 
 // The CPU backend (float32 compute); dies when it cannot be opened. Close with backend_close.
 Backend *tu_open_cpu(void);
