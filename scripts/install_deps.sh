@@ -6,8 +6,9 @@
 set -euo pipefail
 # oneDNN: the CPU backend's matrix products (make's default BLAS=dnnl, the fastest measured; OpenBLAS
 # for make BLAS=openblas, which scripts/bench_blas.sh compares); OpenMPI: data-parallel training on
-# CPUs (make finds mpicc) and the mpirun tests
-pkgs=(build-essential pkg-config libdnnl-dev libopenblas-openmp-dev libopenmpi-dev openmpi-bin)
+# CPUs (make finds mpicc) and the mpirun tests; iproute2: the network namespaces of
+# scripts/check_multinode.sh (util-linux's unshare and nsenter are in every Debian)
+pkgs=(build-essential pkg-config libdnnl-dev libopenblas-openmp-dev libopenmpi-dev openmpi-bin iproute2)
 [[ "${GIVT_WITH_TORCH:-0}" == 1 ]] && pkgs+=(python3-numpy python3-torch python3-sklearn python3-matplotlib)
 # GIVT_WITH_FUZZ=1: clang with libFuzzer and its sanitizer runtimes, and LLVM's OpenMP (make fuzz)
 [[ "${GIVT_WITH_FUZZ:-0}" == 1 ]] && pkgs+=(clang libclang-rt-14-dev libomp-14-dev)
