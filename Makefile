@@ -7,9 +7,10 @@
 #   make emu        the programs with the CUDA backend emulated on the CPU, in build/emu/
 
 PREFIX  ?= /usr/local
-# the library's layers: core (errors, memory, files), io (file formats), model (the model, the op
-# contract, the backends), train (config, data, optimizer, trainer); programs on top
-SRC_DIRS := csrc/core csrc/io csrc/model csrc/train csrc/sample
+# the library's layers: core (errors, memory, files), io (file formats), backend (the op contract,
+# the registry, the communicator contract), cpu (the CPU backend), model (the model and its HF
+# serialisation), train (config, data, optimizer, trainer), sample; programs on top
+SRC_DIRS := csrc/core csrc/io csrc/backend csrc/cpu csrc/model csrc/train csrc/sample
 BUILD   ?= build
 CC      ?= cc
 ARCH    ?= -march=native
@@ -21,7 +22,7 @@ CFLAGS  ?= $(OPT) $(ARCH) -g
 override CFLAGS += -std=c11 -Wall -Wextra -Werror -fopenmp -fno-trapping-math -fno-math-errno -MMD -MP $(addprefix -I,$(SRC_DIRS))
 LDLIBS  += -fopenmp -lm
 
-# BLAS, the CPU backend's matrix products (csrc/model/blas.h), chosen by measurement
+# BLAS, the CPU backend's matrix products (csrc/cpu/blas.h), chosen by measurement
 # (scripts/bench_blas.sh; README, "Benchmark"): BLAS=dnnl (default), openblas, blis or mkl.
 #  - dnnl: Debian's libdnnl-dev (oneDNN's dnnl_sgemm, GNU OpenMP threads);
 #  - openblas: via pkg-config; Debian's OpenMP build is preferred when installed (one thread pool
@@ -114,17 +115,17 @@ ifneq ($(NVCC),)
   NCCL_INC    := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h))
   NCCL_SRCS   := $(if $(NCCL_INC),kernels/dist_nccl.cu)
   KERNEL_SRCS := $(filter-out kernels/dist_nccl.cu,$(wildcard kernels/*.cu))
-  KERNEL_HDRS := $(wildcard kernels/*.h kernels/*.cuh kernels/emu/*.h csrc/train/dist*.h)
+  KERNEL_HDRS := $(wildcard kernels/*.h kernels/*.cuh kernels/emu/*.h csrc/backend/*.h)
   GPU_OBJS    := $(KERNEL_SRCS:%.cu=$(BUILD)/%.o) $(NCCL_SRCS:%.cu=$(BUILD)/%.o)
   EMU_OBJS    := $(KERNEL_SRCS:kernels/%.cu=$(BUILD)/kernels-emu/%.o) \
                  $(patsubst kernels/emu/%.cpp,$(BUILD)/kernels-emu/emu/%.o,$(wildcard kernels/emu/*.cpp))
   TEST_CU_OBJS := $(patsubst tests/%.cu,$(BUILD)/tests-emu/%.o,$(wildcard tests/*.cu))
   NVCCFLAGS   ?= -O3 -lineinfo
   override NVCCFLAGS += -std=c++17 -arch=sm_90 -gencode arch=compute_90,code=compute_90 \
-                 -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings -Ikernels -Icsrc/core -Icsrc/model -Icsrc/train
+                 -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings -Ikernels -Icsrc/core -Icsrc/backend
   # EMU_EXTRA: test-sanitize adds the sanitizers here
   EMU_CXXFLAGS := -std=c++17 -O1 -g $(ARCH) -Wall -Wextra -Werror -Wno-unknown-pragmas -DGIVT_CUDA_EMU \
-                 -isystem $(CUDA_HOME)/include -Ikernels -Icsrc/core -Icsrc/model -Itests -MMD -MP $(EMU_EXTRA)
+                 -isystem $(CUDA_HOME)/include -Ikernels -Icsrc/core -Icsrc/backend -Itests -MMD -MP $(EMU_EXTRA)
   GPU_LIBS    := -L$(CUDA_LIBDIR) -lcudart -lcublasLt $(if $(NCCL_SRCS),-lnccl) -Wl,-rpath,$(CUDA_LIBDIR) -lstdc++
   EMU_LIBS    := -L$(CUDA_LIBDIR) -lcublasLt -Wl,-rpath,$(CUDA_LIBDIR) -lstdc++
   ifeq ($(EMU_PROGRAMS),1)

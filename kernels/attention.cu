@@ -1,5 +1,5 @@
 // attention.cu: RoPE + causal attention for the CUDA backend, flash style (the GivtOps attention
-// entry points of csrc/model/ops.h, with the math of cpu_attention_fwd/bwd in csrc/model/ops_cpu.c).
+// entry points of csrc/backend/ops.h, with the math of cpu_attention_fwd/bwd in csrc/cpu/ops_cpu.c).
 //
 // Forward: a small kernel rotates q (rows 0 .. Tq-1, positions pos0 ..) and k (rows pos0 .. Tk-1)
 // in place; then one block per (query tile of ATT_BQ rows, head, sequence) walks the key tiles

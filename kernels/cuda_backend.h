@@ -2,8 +2,8 @@
 // kernel groups (kernels/*.cu) define and the backend host code (kernels/backend_cuda.cu) puts into
 // the op table. The same source builds for a GPU (nvcc) and for the CPU emulation (g++ with
 // GIVT_CUDA_EMU, see kernels/emu/): kernels/launch.cuh picks the one or the other.
-// Each entry point has exactly the signature of its GivtOps member (csrc/model/ops.h) and the
-// semantics of the CPU reference (csrc/model/ops_cpu.c); compute buffers (cval *) hold bf16 when
+// Each entry point has exactly the signature of its GivtOps member (csrc/backend/ops.h) and the
+// semantics of the CPU reference (csrc/cpu/ops_cpu.c); compute buffers (cval *) hold bf16 when
 // CudaCtx.dtype is DTYPE_BF16 and float when it is DTYPE_F32.
 #ifndef GIVT_CUDA_BACKEND_H
 #define GIVT_CUDA_BACKEND_H
@@ -68,7 +68,7 @@ void cuda_matmul_fwd(Backend *be, cval *out, const cval *inp, const cval *w, int
 void cuda_matmul_bwd(Backend *be, cval *dinp, float *dw, const cval *dout, const cval *inp, const cval *w, int N,
                      int K, int M);
 
-// ---- kernels/backend_cuda.cu: the registry's entry (csrc/model/backend.c) ----
+// ---- kernels/backend_cuda.cu: the registry's entry (csrc/backend/backend.c) ----
 int backend_cuda_available(char *why, size_t n);
 Backend *backend_cuda_open(const char *precision);
 

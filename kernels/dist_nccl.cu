@@ -1,4 +1,4 @@
-// dist_nccl: the NCCL communicator (csrc/train/dist.h) for gradients in GPU memory. One NCCL
+// dist_nccl: the NCCL communicator (the contract of csrc/backend/comm.h) for gradients in GPU memory. One NCCL
 // communicator per job, its unique id broadcast by the parent communicator (MPI, or the single
 // process for one rank); the parent keeps serving the control collectives (max, broadcast, gather,
 // barrier). Gradient buckets handed over by grads_ready are all-reduced (ncclAvg) on a stream of
@@ -11,7 +11,7 @@
 #include <nccl.h>
 #include <string.h>
 
-#include "dist_impl.h"
+#include "comm.h"
 
 #if NCCL_VERSION_CODE < 21000
 #error "NCCL 2.10 or newer is needed (ncclAvg)"

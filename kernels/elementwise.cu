@@ -2,7 +2,7 @@
 // embedding at position 0 and its backward, the float32 -> compute dtype conversion and the strided
 // row copy of the KV cache (ops.h: swiglu_fwd / _bwd, shift_bos / _bwd, class_embed_fwd / _bwd,
 // to_compute, copy_rows),
-// with the formulas of the CPU reference (csrc/model/ops_cpu.c); float32 math inside, grid-stride
+// with the formulas of the CPU reference (csrc/cpu/ops_cpu.c); float32 math inside, grid-stride
 // loops. shift_bos_bwd sums over the batch in order (b = 0, 1, ...) into dbos: deterministic.
 #include "launch.cuh"
 #include "common.cuh"

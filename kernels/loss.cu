@@ -1,6 +1,6 @@
 // loss.cu: the Gaussian NLL head and the mixture head, forward and backward in one kernel each, and
 // the sum of squares (ops.h: gaussian_nll, mixture_nll, sumsq), in double as the CPU reference
-// (csrc/model/ops_cpu.c) computes.
+// (csrc/cpu/ops_cpu.c) computes.
 // Deterministic sums: a grid whose size depends only on the element count, each thread summing
 // its grid-stride elements in order, a block sum with a fixed tree into one double partial per
 // block (scratch), and one final block that sums the partials in a fixed order and adds the total
@@ -26,8 +26,8 @@ __global__ void red_final_kernel(double *acc, const double *part, unsigned npart
     if (threadIdx.x == 0) *acc += s;
 }
 
-// y (N, 2D) = [mu | pre], x (N, D); per element, in double: std = softplus(pre) + eps rounded to
-// float (as givt_head_std: a float32 tensor in PyTorch; pre > 20 gives pre), var = max(std^2, eps),
+// y (N, 2D) = [mu | pre], x (N, D); per element, in double: std = givt_head_std(pre, eps) (ops.h:
+// softplus(pre) + eps as a float32 tensor in PyTorch computes it), var = max(std^2, eps),
 // l = 0.5 (log var + (x - mu)^2 / var); dy = scale * dl/dy (the clamp passes the gradient through).
 template <typename T>
 __global__ void nll_kernel(T *dy, double *part, const T *y, const float *x, size_t total, int D, double eps,
@@ -36,8 +36,7 @@ __global__ void nll_kernel(T *dy, double *part, const T *y, const float *x, size
     CM_GRID_STRIDE(i, total) {
         const size_t n = i / (size_t)D, d = i % (size_t)D, iy = n * 2 * D + d;
         const double mu = cm_f32(y[iy]), pre = cm_f32(y[iy + D]);
-        const double sp = pre > 20.0 ? pre : log1p(exp(pre));
-        const double sd = (double)(float)((double)(float)sp + eps);
+        const double sd = givt_head_std(pre, eps);
         const double var = sd * sd, varc = var < eps ? eps : var;
         const double diff = (double)x[i] - mu;
         acc += 0.5 * (log(varc) + diff * diff / varc);
@@ -58,8 +57,7 @@ template <typename T>
 __device__ inline double mix_term(const T *mu, const T *pre, const float *x, size_t i, int d, double eps,
                                   double *dmu, double *dpre) {
     const double m = cm_f32(mu[i]), p = cm_f32(pre[i]);
-    const double sp = p > 20.0 ? p : log1p(exp(p));
-    const double sd = (double)(float)((double)(float)sp + eps);
+    const double sd = givt_head_std(p, eps);
     const double var = sd * sd, varc = var < eps ? eps : var;
     const double diff = (double)x[d] - m;
     if (dmu) {

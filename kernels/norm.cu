@@ -1,5 +1,5 @@
 // norm.cu: residual add + RMSNorm, forward and backward (ops.h: residual_rmsnorm_fwd / _bwd), with
-// the formulas of the CPU reference (csrc/model/ops_cpu.c). One warp per row; float32 math; the
+// the formulas of the CPU reference (csrc/cpu/ops_cpu.c). One warp per row; float32 math; the
 // row sums are warp butterflies (fixed order). dw is summed deterministically: fixed row chunks
 // give per-column partials (scratch), which a second kernel adds to dw in chunk order.
 #include "launch.cuh"

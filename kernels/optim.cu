@@ -1,6 +1,6 @@
 // optim.cu: AdamW with the refresh of the compute copy, and the EMA of the weights (ops.h: adamw,
 // ema_update), elementwise on float32 with PyTorch's AdamW formula as the CPU reference
-// (csrc/model/ops_cpu.c) writes it; the bias corrections are computed on the host in double, as
+// (csrc/cpu/ops_cpu.c) writes it; the bias corrections are computed on the host in double, as
 // there. The compute copy (p_compute, ema_compute) gets the new float32 value rounded to the
 // compute dtype (bf16: nearest even); NULL, or the float32 buffer itself, writes nothing more.
 #include <math.h>

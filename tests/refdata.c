@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fs.h"
 #include "util.h"
 
 typedef struct {
@@ -205,7 +206,7 @@ const char *refdata_mix_path(void) {
 int refdata_load(RefData *rd, const char *path) {
     memset(rd, 0, sizeof *rd);
     size_t len = 0;
-    char *buf = read_file_text(path, &len);  // binary-safe: returns the length read
+    char *buf = fs_read_text(path, &len);  // binary-safe: returns the length read
     if (!buf) {
         char why[512];  // givt_fail must not read the buffer it writes
         snprintf(why, sizeof why, "%s", givt_last_error());

@@ -38,8 +38,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "half.h"
 #include "harness.h"
 #include "ops.h"
+#include "rng.h"
 #include "util.h"
 
 #define TOL_F32 1e-5
@@ -112,7 +114,7 @@ static void *put(Backend *be, const float *h, size_t n, int compute) {
         be->ops->upload(be, d, tmp, N * E);
     } else {
         uint16_t *b = xmalloc(N * 2);
-        for (size_t i = 0; i < N; i++) b[i] = f32_to_bf16(tmp[i]);
+        for (size_t i = 0; i < N; i++) b[i] = half_f32_to_bf16(tmp[i]);
         be->ops->upload(be, d, b, N * 2);
         free(b);
     }
@@ -132,7 +134,7 @@ static int get(Backend *be, float *h, const void *d, size_t n, int compute) {
     } else {
         uint16_t *b = xmalloc(N * 2);
         be->ops->download(be, b, d, N * 2);
-        for (size_t i = 0; i < N; i++) tmp[i] = bf16_to_f32(b[i]);
+        for (size_t i = 0; i < N; i++) tmp[i] = half_bf16_to_f32(b[i]);
         free(b);
     }
     if (h) memcpy(h, tmp, n * sizeof(float));
@@ -161,7 +163,7 @@ static cval *cat_c(Backend *be, cval *p, size_t i) { return (cval *)(void *)((ch
 // ---- host data --------------------------------------------------------------------------------
 static void quantize(DType t, float *p, size_t n) {
     if (t == DTYPE_BF16)
-        for (size_t i = 0; i < n; i++) p[i] = bf16_to_f32(f32_to_bf16(p[i]));
+        for (size_t i = 0; i < n; i++) p[i] = half_bf16_to_f32(half_f32_to_bf16(p[i]));
 }
 
 // n values N(0, scale^2) in float32, rounded to dtype t

@@ -5,9 +5,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fs.h"
 #include "harness.h"
 #include "hf.h"
 #include "ini.h"
+#include "rng.h"
 #include "testutil.h"
 #include "train_config.h"
 #include "util.h"
@@ -204,7 +206,7 @@ TEST(ini_line_ends_cr_crlf_lf_parse_alike) {
     char dir[256];
     tu_mkdtemp(dir, "ini");
     const char *cr_path = tu_path(dir, "tiny_cr.ini");
-    char *orig = read_file_text("configs/tiny.ini", NULL);
+    char *orig = fs_read_text("configs/tiny.ini", NULL);
     CHECK(orig != NULL, "%s", givt_last_error());
     if (orig) {
         char *cr = with_line_ends(orig, "\r");
@@ -319,7 +321,7 @@ TEST(config_defaults_follow_givt_md) {
 
 TEST(config_files_parse_and_validate) {
     TrainConfig *c = malloc(sizeof *c);
-    if (!path_exists("configs/base.ini")) {
+    if (!fs_path_exists("configs/base.ini")) {
         CHECK(0, "configs/base.ini not found: run the tests from the repository root");
         free(c);
         return;
@@ -339,7 +341,7 @@ TEST(config_files_parse_and_validate) {
     CHECK(train_config_load(c, "configs/digits.ini", 2, dig_ov) == 0, "%s", givt_last_error());
     CHECK(c->model.input_dim == 4 && c->data.seq_len == 16 && c->model.block_size >= 16);
     CHECK(c->train.val_size == 197 && !strcmp(c->data.path, "data/digits/digits_p2.npy"));
-    if (path_exists("data/digits/digits_p2.npy"))
+    if (fs_path_exists("data/digits/digits_p2.npy"))
         CHECK(train_config_load(c, "configs/digits.ini", 0, NULL) == 0, "%s", givt_last_error());
     else
         CHECK(train_config_load(c, "configs/digits.ini", 0, NULL) == -1 &&

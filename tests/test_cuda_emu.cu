@@ -4,7 +4,7 @@
 // the errors it must report (a divergent __syncthreads, a collective outside its mask or waiting for
 // an exited lane, an invalid launch configuration); WMMA products in every layout, a kernel that
 // assumes a fragment mapping coming out wrong, a WMMA load missing its barrier wrong in some order,
-// and WMMA misuse reported; bf16 conversions as util.c rounds.
+// and WMMA misuse reported; bf16 conversions as half.c rounds.
 // Built only under emulation (g++ -x c++ -DGIVT_CUDA_EMU), into the test runner.
 #include "launch.cuh"
 
@@ -15,6 +15,7 @@
 #include <string>
 
 extern "C" {
+#include "half.h"
 #include "harness.h"
 }
 
@@ -479,7 +480,7 @@ TEST(cuda_emu_wmma_errors_reported) {
     check_error_cases(cases, (int)(sizeof cases / sizeof cases[0]));
 }
 
-// ---- bf16 on the host rounds as util.c's f32_to_bf16 (round to nearest even) ------------------
+// ---- bf16 on the host rounds as half.c's half_f32_to_bf16 (round to nearest even) ------------------
 TEST(cuda_emu_bf16_conversions) {
     uint64_t x = 1;
     int bad = 0;
@@ -492,9 +493,9 @@ TEST(cuda_emu_bf16_conversions) {
         __nv_bfloat16 b = __float2bfloat16(f), r = __float2bfloat16_rn(f);
         uint16_t bb, rb;
         memcpy(&bb, &b, 2), memcpy(&rb, &r, 2);
-        bad += bb != f32_to_bf16(f) || rb != bb || __bfloat162float(b) != bf16_to_f32(bb);
+        bad += bb != half_f32_to_bf16(f) || rb != bb || __bfloat162float(b) != half_bf16_to_f32(bb);
     }
-    CHECK(bad == 0, "%d conversions differ from util.c", bad);
+    CHECK(bad == 0, "%d conversions differ from half.c", bad);
 }
 
 // ---- the emulated backend is in the registry: the op tests (test_backend_ops.c) run every kernel ----

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "fs.h"
 #include "harness.h"
 #include "hf.h"
 #include "testutil.h"
@@ -31,7 +32,7 @@ static int train(const char *dir, const char *device, const char *precision, dou
     if (rc == 0) rc = trainer_run(c);
     free(c);
     *loss = NAN;
-    char *text = read_file_text(tu_path(dir, "metrics.jsonl"), NULL);
+    char *text = fs_read_text(tu_path(dir, "metrics.jsonl"), NULL);
     if (text) {
         const char *last = NULL;
         for (const char *p = strstr(text, "\"loss\": "); p; p = strstr(p + 1, "\"loss\": ")) last = p;

@@ -9,8 +9,10 @@
 #include <unistd.h>
 
 #include "data.h"
+#include "half.h"
 #include "harness.h"
 #include "npy.h"
+#include "rng.h"
 #include "testutil.h"
 #include "util.h"
 
@@ -103,7 +105,7 @@ TEST(data_windows_from_sequences_and_streams) {
 
     // float16 files load the same way
     uint16_t h[2 * 3 * 2];
-    for (int i = 0; i < 12; i++) h[i] = f32_to_f16((float)i * 0.5f);
+    for (int i = 0; i < 12; i++) h[i] = half_f32_to_f16((float)i * 0.5f);
     int64_t hs[3] = {2, 3, 2};
     CHECK(npy_write(tpath("h.npy"), "<f2", 2, h, 3, hs) == 0);
     c = npy_cfg(tpath("h.npy"), 3, 2);
@@ -416,10 +418,10 @@ TEST(data_dummy_is_deterministic_noise) {
 }
 
 // The streams derived from the seed are part of the format of a run (a resumed run regenerates its
-// dummy data, split and shuffles): pinned to the values they had when util's mix64 replaced data.c's
-// own copy. mix64 itself is checked against splitmix64's published first output for state 0.
+// dummy data, split and shuffles): pinned to the values they had when util's rng_mix64 replaced data.c's
+// own copy. rng_mix64 itself is checked against splitmix64's published first output for state 0.
 TEST(data_streams_are_pinned) {
-    CHECK(mix64(0x9e3779b97f4a7c15ull) == 0xe220a8397b1dcdafull);
+    CHECK(rng_mix64(0x9e3779b97f4a7c15ull) == 0xe220a8397b1dcdafull);
     Rng r;
     rng_seed(&r, 12345);
     uint64_t h = 0;

@@ -17,10 +17,12 @@
 #include <unistd.h>
 
 #include "data.h"
+#include "fs.h"
 #include "harness.h"
 #include "hf.h"
 #include "model.h"
 #include "npy.h"
+#include "rng.h"
 #include "testutil.h"
 #include "util.h"
 
@@ -43,7 +45,7 @@ static NpyBytes small_template(const char *dir) {
     const char *p = tu_path(dir, "template.npy");
     if (npy_write_f32(p, x, 3, shape)) givt_die("%s", givt_last_error());
     NpyBytes b;
-    b.bytes = read_file_text(p, &b.n);
+    b.bytes = fs_read_text(p, &b.n);
     if (!b.bytes) givt_die("%s", givt_last_error());
     unlink(p);
     return b;
@@ -344,14 +346,14 @@ static int run_sample(const char *dir, const char *args, char **err) {
     char exe[1024], cmd[4096];
     snprintf(exe, sizeof exe, "%s/givt-sample", bin && *bin ? bin : ".");
     *err = NULL;
-    if (!path_exists(exe)) {
+    if (!fs_path_exists(exe)) {
         CHECK(0, "%s not found: build it (make all) and run the tests from the repository root", exe);
         return -1;
     }
     const char *e = tu_path(dir, "stderr.txt");
     snprintf(cmd, sizeof cmd, "'%s' %s >/dev/null 2>'%s'", exe, args, e);
     int st = system(cmd);
-    *err = read_file_text(e, NULL);
+    *err = fs_read_text(e, NULL);
     if (!*err) *err = strdup("");
     return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
@@ -405,7 +407,7 @@ TEST(data_hardening_givt_sample_rejects_overflowing_temperature_and_cfg_scale) {
         int rc = run_sample(dir, args, &err);
         const char *nl = err ? strchr(err, '\n') : NULL;
         CHECK(rc == 1 && strstr(err, bad[i][1]) && nl && nl[1] == '\0', "%s: exit %d, stderr: %s", bad[i][0], rc, err);
-        CHECK(!path_exists(out), "%s wrote %s", bad[i][0], out);
+        CHECK(!fs_path_exists(out), "%s wrote %s", bad[i][0], out);
         free(err);
     }
     const char *good[] = {"--temperature 100", "--temperature 0", "--temperature 0.5",

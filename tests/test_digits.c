@@ -9,6 +9,7 @@
 
 #include "data.h"
 #include "digits.h"
+#include "fs.h"
 #include "harness.h"
 #include "npy.h"
 #include "testutil.h"
@@ -54,7 +55,7 @@ TEST(digits_conversion_layout_on_a_small_file) {
             }
     npy_close(&nf);
     size_t len;
-    char *raw = read_file_text(tpath("l.npy"), &len);
+    char *raw = fs_read_text(tpath("l.npy"), &len);
     int32_t lab[2];
     CHECK(raw && len == 128 + 8);
     if (raw) memcpy(lab, raw + 128, 8);
@@ -74,14 +75,14 @@ TEST(digits_conversion_layout_on_a_small_file) {
     f[30] = 17;
     tu_put_bytes(tpath("d.bin"), f, sizeof f);
     CHECK(digits_to_npy(tpath("d.bin"), tpath("e.npy"), NULL, 2, -1, NULL) == -1 && strstr(givt_last_error(), "> maxval"));
-    CHECK(!path_exists(tpath("e.npy")));
+    CHECK(!fs_path_exists(tpath("e.npy")));
     tmpdir_remove();
 }
 
 // data/digits/digits.bin, or NULL after marking the test skipped when it is not there.
 static const char *bundled_digits(void) {
     const char *bin = "data/digits/digits.bin";
-    if (path_exists(bin)) return bin;
+    if (fs_path_exists(bin)) return bin;
     t_skip("data/digits/digits.bin not found (run the tests from the repository root)");
     return NULL;
 }

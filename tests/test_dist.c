@@ -7,6 +7,7 @@
 #include "dist.h"
 #include "harness.h"
 #include "model.h"
+#include "rng.h"
 
 TEST(dist_single_process_is_the_identity) {
     Dist *d = dist_open_single();

@@ -6,10 +6,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fs.h"
 #include "harness.h"
 #include "hf.h"
 #include "json.h"
 #include "model.h"
+#include "rng.h"
 #include "testutil.h"
 #include "util.h"
 
@@ -36,7 +38,7 @@ TEST(hf_round_trip_bit_exact) {
     CHECK(hf_load_weights(folder, &pt, q) == 0, "%s", givt_last_error());
     CHECK(memcmp(p, q, pt.total * sizeof(float)) == 0, "weights not bit-exact");
     const char *path = tu_path(folder, "config.json");
-    char *text = read_file_text(path, NULL);
+    char *text = fs_read_text(path, NULL);
     CHECK(text && strstr(text, "\"model_type\": \"givt\"") && strstr(text, "\"GIVT\"") &&
           strstr(text, "\"rope_base\": 10000,") && strstr(text, "\"eps\": 1e-06,"), "%s", text);
     free(text);
@@ -69,7 +71,7 @@ TEST(hf_round_trip_mixture_and_classes) {
     CHECK(hf_read_config(folder, &back) == 0, "%s", givt_last_error());
     CHECK(memcmp(&cfg, &back, sizeof cfg) == 0, "config changed in the round trip");
     CHECK(hf_load_weights(folder, &pt, q) == 0 && memcmp(p, q, pt.total * sizeof(float)) == 0, "%s", givt_last_error());
-    char *text = read_file_text(tu_path(folder, "config.json"), NULL);
+    char *text = fs_read_text(tu_path(folder, "config.json"), NULL);
     CHECK(text && strstr(text, "\"num_mixtures\": 3,") && strstr(text, "\"num_classes\": 5,"), "%s", text);
     free(text);
     // a model without classes does not load these weights: the class embedding is unexpected
@@ -83,7 +85,7 @@ TEST(hf_round_trip_mixture_and_classes) {
     param_table_free(&pp);
     tu_tiny_config(&plain);
     CHECK(hf_save(tu_path(dir, "plain"), &plain, &pt, p) == 0, "%s", givt_last_error());
-    text = read_file_text(tu_path(tu_path(dir, "plain"), "config.json"), NULL);
+    text = fs_read_text(tu_path(tu_path(dir, "plain"), "config.json"), NULL);
     CHECK(text && !strstr(text, "num_mixtures") && !strstr(text, "num_classes"), "%s", text);
     free(text);
     free(p), free(q);
@@ -281,7 +283,7 @@ TEST(hf_loads_f16_bf16_and_rejects_bad_weights) {
     CHECK(hf_load_weights(dir, &pt, p) == -1 && tu_error_has(path, "unexpected tensor \"model.blocks.2."), "%s", givt_last_error());
     // truncated file
     size_t n;
-    char *full = read_file_text(path, &n);
+    char *full = fs_read_text(path, &n);
     tu_put_bytes(path, full, n - 5);
     free(full);
     CHECK(hf_load_weights(dir, &pt3, p3) == -1 && tu_error_has(path, "tensor \"model."), "%s", givt_last_error());
@@ -333,7 +335,7 @@ TEST(hf_rejects_non_finite_weights) {
     write_table_file(st, &pt, all_f16, NULL);
     CHECK(hf_load_weights(dir, &pt, q) == 0, "%s", givt_last_error());
     size_t n;
-    char *bytes = read_file_text(st, &n);
+    char *bytes = fs_read_text(st, &n);
     uint64_t hl = 0;
     for (int i = 7; i >= 0; i--) hl = (hl << 8) | (unsigned char)bytes[i];
     const char *bos_entry = strstr(bytes + 8, "\"model.bos\"");

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "digits.h"
+#include "fs.h"
 #include "harness.h"
 #include "hf.h"
 #include "ini.h"
@@ -80,9 +81,9 @@ static void put_text_file(const char *path, const char *text) { tu_put_text(path
 // ---- 1. atomic writes --------------------------------------------------------------------------
 static int write_text_atomically(const char *path, const char *text) {
     AtomicFile af;
-    if (atomic_open(&af, path)) return -1;
-    atomic_write(&af, text, strlen(text));
-    return atomic_commit(&af);
+    if (fs_atomic_open(&af, path)) return -1;
+    fs_atomic_write(&af, text, strlen(text));
+    return fs_atomic_commit(&af);
 }
 
 // A symlink planted at the temporary name (the old "<path>.tmp.<pid>", and the new pattern's prefix
@@ -101,7 +102,7 @@ TEST(atomic_write_never_follows_a_planted_symlink) {
     int64_t shape[2] = {2, 3};
     CHECK(npy_write_f32(target, x, 2, shape) == 0, "%s", givt_last_error());
     size_t n = 0;
-    char *v = read_file_text(victim, &n);
+    char *v = fs_read_text(victim, &n);
     CHECK(v && n == 8 && memcmp(v, "precious", 8) == 0, "the symlink's target was overwritten");
     free(v);
     struct stat st;
@@ -117,32 +118,32 @@ TEST(atomic_write_never_follows_a_planted_symlink) {
 }
 
 // The temporary is a fresh regular file in the target's folder, named ".givt-tmp-<pid>-XXXXXX";
-// atomic_temp_owner reads the pid back (and that of the older "<name>.tmp.<pid>"), 0 for other names.
+// fs_atomic_temp_owner reads the pid back (and that of the older "<name>.tmp.<pid>"), 0 for other names.
 TEST(atomic_temp_names_carry_the_pid) {
     char d[256];
     tu_mkdtemp(d, "ioh_tmpname");
     AtomicFile af;
-    CHECK(atomic_open(&af, tu_path(d, "m.safetensors")) == 0, "%s", givt_last_error());
+    CHECK(fs_atomic_open(&af, tu_path(d, "m.safetensors")) == 0, "%s", givt_last_error());
     if (af.fp) {
         const char *base = strrchr(af.tmp_path, '/');
         base = base ? base + 1 : af.tmp_path;
         CHECK(strncmp(base, ".givt-tmp-", 10) == 0 && strlen(base) < 40, "temporary %s", af.tmp_path);
         CHECK(strncmp(af.tmp_path, d, strlen(d)) == 0, "temporary %s is not in %s", af.tmp_path, d);
-        CHECK(atomic_temp_owner(af.tmp_path) == (long)getpid() && atomic_temp_owner(base) == (long)getpid());
+        CHECK(fs_atomic_temp_owner(af.tmp_path) == (long)getpid() && fs_atomic_temp_owner(base) == (long)getpid());
         struct stat st;
         CHECK(lstat(af.tmp_path, &st) == 0 && S_ISREG(st.st_mode));
-        atomic_abort(&af);
+        fs_atomic_abort(&af);
     }
-    CHECK(tu_count_prefix(d, ".givt-tmp-") == 0, "atomic_abort left the temporary");
-    CHECK(atomic_temp_owner(".givt-tmp-4242-aB3xYz") == 4242);
-    CHECK(atomic_temp_owner("dir/.givt-tmp-7-000000") == 7);
-    CHECK(atomic_temp_owner("metrics.jsonl.tmp.12345") == 12345);
-    CHECK(atomic_temp_owner("a/b.npy.tmp.99") == 99);
+    CHECK(tu_count_prefix(d, ".givt-tmp-") == 0, "fs_atomic_abort left the temporary");
+    CHECK(fs_atomic_temp_owner(".givt-tmp-4242-aB3xYz") == 4242);
+    CHECK(fs_atomic_temp_owner("dir/.givt-tmp-7-000000") == 7);
+    CHECK(fs_atomic_temp_owner("metrics.jsonl.tmp.12345") == 12345);
+    CHECK(fs_atomic_temp_owner("a/b.npy.tmp.99") == 99);
     const char *not_ours[] = {"metrics.jsonl", ".givt-tmp-", ".givt-tmp--abcdef", ".givt-tmp-12-abc", ".givt-tmp-12-abcdefg",
                               ".givt-tmp-x1-abcdef", ".givt-tmp-12-ab/def", "x.tmp.", "x.tmp.12a", ".tmp.5", "step_00000004",
                               ".givt-tmp-99999999999-abcdef"};
     for (size_t i = 0; i < sizeof not_ours / sizeof *not_ours; i++)
-        CHECK(atomic_temp_owner(not_ours[i]) == 0, "\"%s\" read as pid %ld", not_ours[i], atomic_temp_owner(not_ours[i]));
+        CHECK(fs_atomic_temp_owner(not_ours[i]) == 0, "\"%s\" read as pid %ld", not_ours[i], fs_atomic_temp_owner(not_ours[i]));
     tu_rmtree(d);
 }
 
@@ -206,19 +207,19 @@ TEST(atomic_write_through_dev_fd_and_never_into_dev) {
     snprintf(p, sizeof p, "/dev/fd/%d", fd);
     CHECK(write_text_atomically(p, "new") == 0, "%s", givt_last_error());
     size_t n = 0;
-    char *t = read_file_text(file, &n);
+    char *t = fs_read_text(file, &n);
     CHECK(t && n == 3 && memcmp(t, "new", 3) == 0, "%s: got %zu bytes", p, n);
     free(t);
     snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
     CHECK(write_text_atomically(p, "newer") == 0, "%s", givt_last_error());
-    t = read_file_text(file, &n);
+    t = fs_read_text(file, &n);
     CHECK(t && n == 5 && memcmp(t, "newer", 5) == 0, "%s: got %zu bytes", p, n);
     free(t);
     if (fd >= 0) close(fd);
     CHECK(tu_count_prefix(d, ".givt-tmp-") == 0);
     snprintf(p, sizeof p, "/dev/givt-test-absent-%ld", (long)getpid());
     CHECK(write_text_atomically(p, "x") == -1 && tu_error_has(p, "cannot open for writing"), "%s", givt_last_error());
-    CHECK(!path_exists(p), "%s was created", p);
+    CHECK(!fs_path_exists(p), "%s was created", p);
     unlink(p);
     tu_rmtree(d);
 }
@@ -230,8 +231,8 @@ TEST(atomic_write_refuses_a_directory) {
     const char *sub = tu_path(d, "sub");
     CHECK(mkdir(sub, 0755) == 0);
     AtomicFile af;
-    int rc = atomic_open(&af, sub);
-    if (rc == 0) atomic_abort(&af);
+    int rc = fs_atomic_open(&af, sub);
+    if (rc == 0) fs_atomic_abort(&af);
     CHECK(rc == -1 && tu_error_has(sub, "a directory"), "%s", givt_last_error());
     CHECK(tu_count_prefix(d, ".givt-tmp-") == 0 && tu_count_prefix(d, "sub.") == 0, "a temporary was made");
     struct stat st;
@@ -272,7 +273,7 @@ TEST(atomic_write_replaces_a_symlink_at_the_final_path) {
     struct stat st;
     CHECK(lstat(link, &st) == 0 && S_ISREG(st.st_mode));
     size_t n = 0;
-    char *v = read_file_text(victim, &n);
+    char *v = fs_read_text(victim, &n);
     CHECK(v && n == 8 && memcmp(v, "precious", 8) == 0);
     free(v);
     tu_rmtree(d);
@@ -315,7 +316,7 @@ static int read_digits(const void *path) {
     return digits_to_npy(path, out, NULL, 2, -1, NULL);
 }
 static int read_text(const void *path) {
-    char *t = read_file_text(path, NULL);
+    char *t = fs_read_text(path, NULL);
     free(t);
     return t ? 0 : -1;
 }
@@ -326,7 +327,7 @@ static const struct {
 } k_readers[] = {
     {"INI config", read_ini},       {"config.json", read_config_json}, {".npy data", read_npy},
     {".npy labels", read_labels},   {"safetensors", read_safetensors}, {"digits.bin", read_digits},
-    {"read_file_text", read_text},
+    {"fs_read_text", read_text},
 };
 
 // A FIFO with no writer given as any input is refused at once ("not a regular file"), not waited on.
@@ -350,7 +351,7 @@ TEST(readers_refuse_a_fifo_without_blocking) {
 TEST(readers_refuse_devices_and_directories) {
     const char *paths[] = {"/dev/zero", "/dev/null", "/"};
     for (size_t p = 0; p < 3; p++) {
-        if (!path_exists(paths[p])) continue;
+        if (!fs_path_exists(paths[p])) continue;
         for (size_t i = 0; i < sizeof k_readers / sizeof *k_readers; i++) {
             char msg[4096];
             int rc = run_bounded(k_readers[i].fn, paths[p], 5, msg, sizeof msg);
@@ -376,13 +377,13 @@ TEST(text_reads_have_a_size_limit) {
     const char *small = tu_path(d, "ten.txt");
     put_text_file(small, "0123456789");
     size_t n = 0;
-    char *t = read_file_text_max(small, 10, &n);
+    char *t = fs_read_text_max(small, 10, &n);
     CHECK(t && n == 10 && t[10] == '\0' && memcmp(t, "0123456789", 10) == 0, "%s", givt_last_error());
     free(t);
-    CHECK(read_file_text_max(small, 9, &n) == NULL && tu_error_has(small, "limit"), "%s", givt_last_error());
+    CHECK(fs_read_text_max(small, 9, &n) == NULL && tu_error_has(small, "limit"), "%s", givt_last_error());
     const char *empty = tu_path(d, "empty.txt");
     put_text_file(empty, "");
-    t = read_file_text_max(empty, 0, &n);
+    t = fs_read_text_max(empty, 0, &n);
     CHECK(t && n == 0 && t[0] == '\0', "%s", givt_last_error());
     free(t);
     tu_rmtree(d);

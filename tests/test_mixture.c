@@ -9,9 +9,11 @@
 #include <string.h>
 
 #include "data.h"
+#include "fs.h"
 #include "harness.h"
 #include "model.h"
 #include "npy.h"
+#include "rng.h"
 #include "sample.h"
 #include "testutil.h"
 #include "train_config.h"
@@ -403,7 +405,7 @@ TEST(trainer_class_conditional_resume_is_bit_exact) {
     snprintf(pb, sizeof pb, "%s/step_00000012/model.safetensors", b);
     CHECK(tu_same_file(pa, pb), "the resumed class-conditional run differs from the straight one");
     snprintf(pa, sizeof pa, "%s/step_00000012/config.json", a);
-    char *text = read_file_text(pa, NULL);
+    char *text = fs_read_text(pa, NULL);
     CHECK(text && strstr(text, "\"num_classes\": 6") && strstr(text, "\"num_mixtures\": 2"), "%s", text ? text : "");
     free(text);
     tu_rmtree(dir);

@@ -22,8 +22,10 @@
 #include <unistd.h>
 
 #include "dist.h"
+#include "fs.h"
 #include "harness.h"
 #include "npy.h"
+#include "rng.h"
 #include "safetensors.h"
 #include "testutil.h"
 #include "util.h"
@@ -83,7 +85,7 @@ static int run_logged(const char *dir, const char *cmd, int limit_s, char **log)
     const char *path = tu_path(dir, "log.txt");
     snprintf(full, sizeof full, "timeout -s KILL %d %s >'%s' 2>&1", limit_s, cmd, path);
     int st = system(full);
-    *log = read_file_text(path, NULL);
+    *log = fs_read_text(path, NULL);
     if (!*log) *log = strdup("");
     return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
@@ -132,7 +134,7 @@ static double st_max_rel_diff(const char *pa, const char *pb) {
 
 // The "loss" values of metrics.jsonl, in order; returns how many (at most max).
 static int read_losses(const char *out_dir, double *loss, int max) {
-    char *text = read_file_text(tu_path(out_dir, "metrics.jsonl"), NULL);
+    char *text = fs_read_text(tu_path(out_dir, "metrics.jsonl"), NULL);
     int n = 0;
     for (const char *p = text; p && n < max && (p = strstr(p, "\"loss\": ")); p += 8) loss[n++] = strtod(p + 8, NULL);
     free(text);
@@ -199,7 +201,7 @@ TEST(mpi_two_ranks_train_like_one_process_with_twice_the_batch) {
     }
     // only rank 0 writes: the same files as one process, and nothing else
     const char *entries[] = {".givt-train.lock", "metrics.jsonl", "train.ini", "step_00000006", "step_00000012"};
-    for (int k = 0; k < 5; k++) CHECK(path_exists(tu_path(two, entries[k])), "%s missing", entries[k]);
+    for (int k = 0; k < 5; k++) CHECK(fs_path_exists(tu_path(two, entries[k])), "%s missing", entries[k]);
     int n_entries = 0;
     DIR *dd = opendir(two);
     for (struct dirent *e; dd && (e = readdir(dd));) n_entries += e->d_name[0] != '.' || strlen(e->d_name) > 2;
@@ -223,12 +225,12 @@ static pid_t start_bg(const char *cmd, const char *log_path) {
 
 // Waits up to limit_s for pid; returns its exit status, -2 on timeout (then kills its group).
 static int wait_for(pid_t pid, double limit_s, double *took) {
-    double t0 = time_now_s();
+    double t0 = util_time_now_s();
     int st = 0;
-    while (time_now_s() - t0 < limit_s) {
+    while (util_time_now_s() - t0 < limit_s) {
         pid_t r = waitpid(pid, &st, WNOHANG);
         if (r == pid) {
-            *took = time_now_s() - t0;
+            *took = util_time_now_s() - t0;
             return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
         }
         usleep(20000);
@@ -251,7 +253,7 @@ static pid_t find_rank(const char *mark, int rank) {
         char path[300];
         snprintf(path, sizeof path, "/proc/%s/environ", e->d_name);
         size_t n = 0;
-        char *env = read_file_text(path, &n);
+        char *env = fs_read_text(path, &n);
         if (!env) continue;
         int has_mark = 0, has_rank = 0;
         for (size_t i = 0; i < n; i += strlen(env + i) + 1) {
@@ -267,9 +269,9 @@ static pid_t find_rank(const char *mark, int rank) {
 
 // Waits until out_dir's metrics show a step (training is under way); 0 on timeout.
 static int wait_for_progress(const char *out_dir, double limit_s) {
-    double t0 = time_now_s();
+    double t0 = util_time_now_s();
     double loss[2];
-    while (time_now_s() - t0 < limit_s) {
+    while (util_time_now_s() - t0 < limit_s) {
         if (read_losses(out_dir, loss, 2) >= 1) return 1;
         usleep(20000);
     }
@@ -292,7 +294,7 @@ TEST(mpi_killed_rank_ends_the_job_within_a_minute) {
     if (rank1 > 0) kill(rank1, SIGKILL);
     double took;
     int rc = wait_for(job, 60, &took);
-    char *log = read_file_text(tu_path(dir, "log.txt"), NULL);
+    char *log = fs_read_text(tu_path(dir, "log.txt"), NULL);
     CHECK(rc != -2, "the job still ran a minute after rank 1 was killed");
     CHECK(rc != 0, "exit status 0 after a rank was killed");
     CHECK(log && strstr(log, "rank 1"), "mpirun names the rank: %s", log ? log : "");
@@ -321,7 +323,7 @@ TEST(mpi_kill_and_resume_is_bit_exact_and_sigusr1_stops_every_rank) {
     train_cmd(cmd, sizeof cmd, 2, cfg, args);
     pid_t job = start_bg(cmd, tu_path(dir, "killed.txt"));
     unsetenv("GIVT_TEST_MARK");
-    for (double t0 = time_now_s(); time_now_s() - t0 < 120 && !path_exists(tu_path(killed, "step_00000020"));)
+    for (double t0 = util_time_now_s(); util_time_now_s() - t0 < 120 && !fs_path_exists(tu_path(killed, "step_00000020"));)
         usleep(5000);
     pid_t r0 = find_rank(killed, 0), r1 = find_rank(killed, 1);  // just after the first checkpoint:
     if (r0 > 0) kill(r0, SIGKILL);                                // every rank dies at once
@@ -341,7 +343,7 @@ TEST(mpi_kill_and_resume_is_bit_exact_and_sigusr1_stops_every_rank) {
     wait_for_progress(stopped, 120);
     kill(job, SIGUSR1);
     int rc = wait_for(job, 60, &took);
-    char *stop_log = read_file_text(tu_path(dir, "stopped.txt"), NULL);
+    char *stop_log = fs_read_text(tu_path(dir, "stopped.txt"), NULL);
     if (rc != 0) {  // it may have finished before the signal arrived
         CHECK(rc != -2, "the job did not stop within a minute of SIGUSR1");
         CHECK(stop_log && count_of(stop_log, "interrupted at step") == 1, "one rank reports the stop: %s",
@@ -479,7 +481,7 @@ TEST(mpi_hung_rank_ends_the_job_after_hang_timeout) {
     double took;
     int rc = wait_for(job, 60, &took);
     if (rank1 > 0) kill(rank1, SIGKILL);
-    char *log = read_file_text(tu_path(dir, "log.txt"), NULL);
+    char *log = fs_read_text(tu_path(dir, "log.txt"), NULL);
     CHECK(rc != -2 && rc != 0, "exit status %d after a rank hung", rc);
     CHECK(log && strstr(log, "rank 0: no progress for"), "rank 0's watchdog says why: %s", log ? log : "");
     fprintf(stderr, "  (rank 1 stopped: the job ended %.1f s later, exit status %d)\n", took, rc);
@@ -506,7 +508,7 @@ TEST(mpi_stopped_and_woken_job_goes_on) {
     }
     double took;
     int rc = wait_for(job, 6, &took);  // still training 6 s after the wake-up: -2 (then killed)
-    char *log = read_file_text(tu_path(dir, "log.txt"), NULL);
+    char *log = fs_read_text(tu_path(dir, "log.txt"), NULL);
     CHECK(rc == -2, "the job ended (exit status %d) after being stopped and woken: %s", rc, log ? log : "");
     CHECK(log && !strstr(log, "another rank or the file system hangs"), "a woken rank blamed the others: %s",
           log ? log : "");

@@ -7,6 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fs.h"
+#include "half.h"
 #include "harness.h"
 #include "npy.h"
 #include "testutil.h"
@@ -62,7 +64,7 @@ TEST(npy_f32_write_read_roundtrip) {
     int64_t shape[3] = {3, 4, 5};
     const char *p = tpath("a.npy");
     CHECK(npy_write_f32(p, x, 3, shape) == 0, "%s", givt_last_error());
-    CHECK(!path_exists(tpath("a.npy.tmp")));
+    CHECK(!fs_path_exists(tpath("a.npy.tmp")));
     NpyFile f;
     CHECK(npy_open(&f, p) == 0, "%s", givt_last_error());
     CHECK(npy_ndim(&f) == 3 && npy_dim(&f, 0) == 3 && npy_dim(&f, 1) == 4 && npy_dim(&f, 2) == 5);
@@ -90,7 +92,7 @@ TEST(npy_f32_write_read_roundtrip) {
     int64_t s2[2] = {6, 10};
     CHECK(npy_write_f32(p, x, 2, s2) == 0);
     size_t len;
-    char *raw = read_file_text(p, &len);
+    char *raw = fs_read_text(p, &len);
     CHECK(raw && len == 128 + 240);  // 10 + 61 dict bytes + padding + '\n' = 128
     CHECK(raw && memcmp(raw + 8, "\x76\x00{'descr': '<f4', 'fortran_order': False, 'shape': (6, 10), }", 62) == 0);
     CHECK(raw && raw[70] == ' ' && raw[127] == '\n');
@@ -104,7 +106,7 @@ TEST(npy_f16_v1_v2_v3) {
     tmpdir_make();
     float vals[6] = {0.0f, -1.5f, 65504.0f, 6.1035156e-05f, 5.9604645e-08f, 0.333251953125f};
     uint16_t h[6];
-    for (int i = 0; i < 6; i++) h[i] = f32_to_f16(vals[i]);
+    for (int i = 0; i < 6; i++) h[i] = half_f32_to_f16(vals[i]);
     for (int major = 1; major <= 3; major++) {
         char name[32];
         snprintf(name, sizeof name, "h%d.npy", major);
@@ -146,7 +148,7 @@ TEST(npy_rejects_bad_files) {
 
     write_npy_raw(p, 1, good, x, sizeof x);
     size_t len;
-    char *raw = read_file_text(p, &len);
+    char *raw = fs_read_text(p, &len);
     raw[1] = 'X';
     tu_put_bytes(p, raw, len);
     EXPECT_OPEN_ERROR(p, "bad magic");
@@ -245,7 +247,7 @@ TEST(npy_finds_nan_and_inf) {
 
     // float16, rank 2: -inf at [3, 1]
     uint16_t h[5 * 2];
-    for (int i = 0; i < 10; i++) h[i] = f32_to_f16((float)i);
+    for (int i = 0; i < 10; i++) h[i] = half_f32_to_f16((float)i);
     h[3 * 2 + 1] = 0xfc00;
     write_npy_raw(p, 1, "{'descr': '<f2', 'fortran_order': False, 'shape': (5, 2), }", h, sizeof h);
     CHECK(npy_open(&f, p) == 0);
@@ -263,7 +265,7 @@ TEST(npy_write_other_dtypes_and_ranks) {
     const char *p = tpath("l.npy");
     CHECK(npy_write(p, "<i4", 4, lab, 1, s1) == 0);
     size_t len;
-    char *raw = read_file_text(p, &len);
+    char *raw = fs_read_text(p, &len);
     CHECK(raw && len == 128 + 20);
     CHECK(raw && strstr(raw + 10, "'shape': (5,), }") != NULL, "rank 1 is written as a Python 1-tuple");
     CHECK(raw && memcmp(raw + 128, lab, 20) == 0);

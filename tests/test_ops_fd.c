@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "rng.h"
 #include "testutil.h"
 #include "model.h"
 #include "ops.h"

@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "rng.h"
 #include "testutil.h"
 #include "ops.h"
 #include "util.h"

@@ -10,10 +10,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fs.h"
 #include "harness.h"
 #include "hf.h"
 #include "model.h"
 #include "npy.h"
+#include "rng.h"
 #include "testutil.h"
 #include "util.h"
 
@@ -25,15 +27,15 @@ static int run_prog(const char *dir, const char *prog, const char *args, char **
     char exe[1024], cmd[4096];
     snprintf(exe, sizeof exe, "%s/%s", bin, prog);
     *out = *err = NULL;
-    if (!path_exists(exe)) {
+    if (!fs_path_exists(exe)) {
         CHECK(0, "%s not found: build it (make all) and run the tests from the repository root", exe);
         return -1;
     }
     const char *o = tu_path(dir, "stdout.txt"), *e = tu_path(dir, "stderr.txt");
     snprintf(cmd, sizeof cmd, "'%s' %s >'%s' 2>'%s'", exe, args, o, e);
     int st = system(cmd);
-    *out = read_file_text(o, NULL);
-    *err = read_file_text(e, NULL);
+    *out = fs_read_text(o, NULL);
+    *err = fs_read_text(e, NULL);
     if (!*out) *out = strdup("");
     if (!*err) *err = strdup("");
     return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
@@ -149,7 +151,7 @@ TEST(givt_train_runs_and_error_cases_exit_cleanly) {
              tu_path(dir, "run"));
     int rc = run_prog(dir, "givt-train", args, &out, &err);
     CHECK(rc == 0 && no_sanitizer_report(err), "exit %d\nstderr: %s", rc, err);
-    CHECK(path_exists(tu_path(dir, "run/step_00000006/model.safetensors")), "no final checkpoint\n%s", err);
+    CHECK(fs_path_exists(tu_path(dir, "run/step_00000006/model.safetensors")), "no final checkpoint\n%s", err);
     free(out);
     free(err);
     // resuming from a checkpoint whose optimizer state is missing (this leaked in load_train_state)
@@ -207,7 +209,7 @@ TEST(givt_train_reports_mfu_only_with_peak_tflops) {
     char *out, *err;
     snprintf(args, sizeof args, "configs/tiny.ini train.out_dir='%s' train.max_steps=5", tu_path(dir, "plain"));
     int rc = run_prog(dir, "givt-train", args, &out, &err);
-    char *metrics = read_file_text(tu_path(dir, "plain/metrics.jsonl"), NULL);
+    char *metrics = fs_read_text(tu_path(dir, "plain/metrics.jsonl"), NULL);
     CHECK(rc == 0 && metrics && strstr(metrics, "\"tokens_per_s\"") && !strstr(metrics, "mfu") && !strstr(err, "MFU"),
           "exit %d\nstderr: %s\nmetrics: %s", rc, err, metrics ? metrics : "(none)");
     free(metrics);
@@ -218,7 +220,7 @@ TEST(givt_train_reports_mfu_only_with_peak_tflops) {
              tu_path(dir, "mfu"), peak);
     rc = run_prog(dir, "givt-train", args, &out, &err);
     CHECK(rc == 0 && strstr(err, " tok/s | MFU ") && strstr(err, "% | ETA"), "exit %d\nstderr: %s", rc, err);
-    metrics = read_file_text(tu_path(dir, "mfu/metrics.jsonl"), NULL);
+    metrics = fs_read_text(tu_path(dir, "mfu/metrics.jsonl"), NULL);
     CHECK(metrics != NULL);
     GivtConfig cfg;  // configs/tiny.ini's [model], T = seq_len 8
     givt_config_default(&cfg);
@@ -278,7 +280,7 @@ static void sample_error_cases(const char *dir, const ErrorCase *cases, size_t n
         CHECK(rc == 1 && strstr(err, cases[i].want) && no_sanitizer_report(err), "case %zu: exit %d\nstderr: %s", i, rc,
               err);
         free(out), free(err);
-        CHECK(!path_exists(out_path), "case %zu wrote an output", i);
+        CHECK(!fs_path_exists(out_path), "case %zu wrote an output", i);
     }
 }
 

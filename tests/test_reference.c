@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fs.h"
 #include "harness.h"
 #include "model.h"
 #include "refdata.h"
@@ -193,7 +194,7 @@ TEST(reference_reader_errors) {
     CHECK(strstr(givt_last_error(), "tests/no-such-reference.bin") != NULL, "%s", givt_last_error());
 
     size_t len = 0;
-    char *buf = read_file_text(refdata_default_path(), &len);
+    char *buf = fs_read_text(refdata_default_path(), &len);
     CHECK(buf != NULL, "%s", givt_last_error());
     if (!buf) return;
     char tmp[] = "/tmp/givt_ref_truncXXXXXX";

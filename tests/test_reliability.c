@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "data.h"
+#include "fs.h"
 #include "harness.h"
 #include "hf.h"
 #include "model.h"
@@ -123,7 +124,7 @@ TEST(reliability_impossible_memory_is_refused_before_work) {
         int n = cases[i].ov[2] ? 3 : cases[i].ov[1] ? 2 : 1;
         CHECK(load_and_run(k_small_ini, where, n, cases[i].ov, 1) == -1, "case %zu ran", i);
         CHECK(tu_error_has("training needs", cases[i].want), "case %zu: got: %s", i, givt_last_error());
-        CHECK(!path_exists(where), "case %zu: out_dir was created: work began", i);
+        CHECK(!fs_path_exists(where), "case %zu: out_dir was created: work began", i);
     }
     tu_rmtree(d);
 }
@@ -200,7 +201,7 @@ TEST(reliability_data_error_checkpoints_the_last_good_step) {
     char ckpt[64];
     snprintf(ckpt, sizeof ckpt, "step_%08ld", stopped);
     CHECK(strstr(msg, ckpt) != NULL, "the message names the checkpoint %s: %s", ckpt, msg);
-    CHECK(path_exists(tu_path(tu_path(d, "b"), ckpt)));
+    CHECK(fs_path_exists(tu_path(tu_path(d, "b"), ckpt)));
 
     write_npy(bad, 24, 4, 3, 0.5f);  // repaired (by rename)
     const char *resume[] = {"data.kind=npy", path_bad, "train.max_steps=12", "train.resume_from_ckpt=latest"};
@@ -313,23 +314,23 @@ TEST(reliability_sigterm_stops_between_micro_batches) {
     CHECK(pid > 0);
     char step1[400];
     snprintf(step1, sizeof step1, "%s/run/step_00000001", d);
-    double t0 = time_now_s(), t_step1 = 0;
-    while (time_now_s() - t0 < 120 && !path_exists(step1)) usleep(2000);
-    t_step1 = time_now_s();
-    CHECK(path_exists(step1), "no first checkpoint within 120 s");
+    double t0 = util_time_now_s(), t_step1 = 0;
+    while (util_time_now_s() - t0 < 120 && !fs_path_exists(step1)) usleep(2000);
+    t_step1 = util_time_now_s();
+    CHECK(fs_path_exists(step1), "no first checkpoint within 120 s");
     usleep(100000);  // well inside step 2, which takes as long as step 1
     CHECK(kill(pid, SIGTERM) == 0);
-    double t_kill = time_now_s();
+    double t_kill = util_time_now_s();
     int status = 0;
     CHECK(waitpid(pid, &status, 0) == pid);
-    double stop_s = time_now_s() - t_kill, step_s = t_step1 - t0;
+    double stop_s = util_time_now_s() - t_kill, step_s = t_step1 - t0;
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 130, "status %d", status);
     printf("  SIGTERM: stopped in %.3f s; one optimizer step took about %.2f s\n", stop_s, step_s);
     CHECK(stop_s < 0.5 * step_s || stop_s < 0.25, "stopped after %.2f s, a step takes %.2f s", stop_s, step_s);
     char run_dir[400];
     snprintf(run_dir, sizeof run_dir, "%s/run", d);
     CHECK(tu_count_prefix(run_dir, "step_") >= 1);
-    char *err = read_file_text(tu_path(d, "log.txt"), NULL);
+    char *err = fs_read_text(tu_path(d, "log.txt"), NULL);
     CHECK(err && strstr(err, "interrupted at step"), "stderr: %s", err ? err : "(none)");
     free(err);
     tu_rmtree(d);
@@ -451,7 +452,7 @@ TEST(reliability_resume_from_an_older_checkpoint_sets_newer_aside) {
     CHECK(tu_count_prefix(aside, "step_") == 2, "step 6 and 8 in %s", aside);
     snprintf(b, sizeof b, "%s/step_00000008/model.safetensors", aside);
     CHECK(tu_same_file(copy, b), "the other run's step 8 changed");
-    char *m = read_file_text(tu_path(aside, "metrics.jsonl"), NULL);
+    char *m = fs_read_text(tu_path(aside, "metrics.jsonl"), NULL);
     CHECK(m && strstr(m, "\"step\": 8"), "that run's metrics were kept");
     free(m);
     CHECK(tu_count_prefix(out, "step_") == 3, "steps 2, 4 and the new 6");

@@ -7,8 +7,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fs.h"
 #include "harness.h"
 #include "json.h"
+#include "rng.h"
 #include "safetensors.h"
 #include "testutil.h"
 #include "util.h"
@@ -193,7 +195,7 @@ TEST(json_writer_rejects_invalid_utf8) {
     StMeta m[] = {{"note", "\xc0\x80"}};
     CHECK(st_write(path, ok, 1, m, 1) == -1 && tu_error_has(path, ": __metadata__ \"note\": string \"\\xc0\\x80\""),
           "%s", givt_last_error());
-    CHECK(!path_exists(path), "a rejected write left a file");
+    CHECK(!fs_path_exists(path), "a rejected write left a file");
     tu_rmtree(dir);
 }
 
@@ -405,7 +407,7 @@ TEST(st_truncations_and_corruptions) {
     StWriteTensor ts[] = {{"a", 2, {3, 4}, a}, {"b", 1, {3}, b}};
     CHECK(st_write(path, ts, 2, NULL, 0) == 0, "%s", givt_last_error());
     size_t n;
-    char *full = read_file_text(path, &n);
+    char *full = fs_read_text(path, &n);
     StFile f;
     for (size_t len = 0; len < n; len++) {
         tu_put_bytes(cut, full, len);
@@ -449,7 +451,7 @@ TEST(st_write_errors) {
     CHECK(st_write(path, neg, 1, NULL, 0) == -1 && tu_error_has(path, "\"n\": negative"));
     StMeta m2[] = {{"k", "v"}, {"k", "w"}};
     CHECK(st_write(path, NULL, 0, m2, 2) == -1 && tu_error_has(path, "\"k\" given twice"));
-    CHECK(!path_exists(path), "a failed write left a file");
+    CHECK(!fs_path_exists(path), "a failed write left a file");
     path = tu_path(dir, "no/such/dir/w.safetensors");
     CHECK(st_write(path, dup, 1, NULL, 0) == -1 && strstr(givt_last_error(), "no/such/dir"), "%s", givt_last_error());
     path = tu_path(dir, "fmt.safetensors");

@@ -8,6 +8,7 @@
 
 #include "harness.h"
 #include "model.h"
+#include "rng.h"
 #include "sample.h"
 #include "testutil.h"
 

@@ -14,8 +14,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fs.h"
 #include "harness.h"
 #include "npy.h"
+#include "rng.h"
 #include "testutil.h"
 #include "util.h"
 
@@ -36,8 +38,8 @@ static pid_t spawn_logged(char *const argv[], const char *log, int threads) {
 
 // Waits up to timeout_s for text to appear in the file at log; 1 when it did.
 static int wait_for_text(const char *log, const char *text, double timeout_s) {
-    for (double t0 = time_now_s(); time_now_s() - t0 < timeout_s; usleep(20000)) {
-        char *s = read_file_text(log, NULL);
+    for (double t0 = util_time_now_s(); util_time_now_s() - t0 < timeout_s; usleep(20000)) {
+        char *s = fs_read_text(log, NULL);
         int found = s && strstr(s, text);
         free(s);
         if (found) return 1;
@@ -80,7 +82,7 @@ TEST(signals_stop_in_blas_always_checkpoints) {
     // fewer tries under the sanitizers (every step several times slower); GIVT_SIGNAL_TRIES for more
     const char *env = getenv("GIVT_SIGNAL_TRIES");
     int tries = env && atoi(env) > 0 ? atoi(env) : getenv("ASAN_OPTIONS") ? 3 : 8;
-    uint64_t seed = (uint64_t)time_now_s() ^ (uint64_t)getpid();
+    uint64_t seed = (uint64_t)util_time_now_s() ^ (uint64_t)getpid();
     Rng rng;
     rng_seed(&rng, seed);
     printf("  %d tries, delays drawn with seed %llu\n", tries, (unsigned long long)seed);
@@ -98,7 +100,7 @@ TEST(signals_stop_in_blas_always_checkpoints) {
         usleep((useconds_t)(delay * 1e6));
         kill(pid, sig);
         int rc = tu_wait_exit(pid, 180);
-        char *text = read_file_text(log, NULL);
+        char *text = fs_read_text(log, NULL);
         CHECK(rc == 130, "try %d (%s after %.2f s, %d threads): exit %d, want 130; log: %s", i, strsignal(sig), delay,
               threads, rc, text ? text : "(none)");
         CHECK(tu_count_prefix(run, "step_") == 1, "try %d (%s): no checkpoint", i, strsignal(sig));
@@ -120,14 +122,14 @@ TEST(signals_sigterm_at_start_is_the_same_stop) {
     // as soon as main has blocked the signals (the first thing it does), at most 0.1 s after the start
     // (13 ms measured); the sanitized build takes longer to reach main (ASan's start-up, the emulator's
     // libraries): 1 s there
-    double limit = getenv("ASAN_OPTIONS") ? 1.0 : 0.1, t0 = time_now_s();
+    double limit = getenv("ASAN_OPTIONS") ? 1.0 : 0.1, t0 = util_time_now_s();
     pid_t pid = spawn_logged(argv, log, 1);
     if (pid < 0) return;
-    while (time_now_s() - t0 < limit && !blocks_sigterm(pid)) usleep(500);
-    double at = time_now_s() - t0;
+    while (util_time_now_s() - t0 < limit && !blocks_sigterm(pid)) usleep(500);
+    double at = util_time_now_s() - t0;
     kill(pid, SIGTERM);
     int rc = tu_wait_exit(pid, 120);
-    char *text = read_file_text(log, NULL);
+    char *text = fs_read_text(log, NULL);
     printf("  SIGTERM %.1f ms after the start: exit %d\n", 1e3 * at, rc);
     CHECK(rc == 130, "exit %d, want 130; log: %s", rc, text ? text : "(none)");
     CHECK(text && strstr(text, "interrupted at step 0"), "log: %s", text ? text : "(none)");
@@ -170,10 +172,10 @@ TEST(signals_stop_sample_and_eval) {
     CHECK(wait_for_text(slog, "vectors/s", 120), "no progress line from givt-sample");
     kill(pid, SIGINT);
     int rc = tu_wait_exit(pid, 60);
-    char *text = read_file_text(slog, NULL);
+    char *text = fs_read_text(slog, NULL);
     CHECK(rc == 130, "givt-sample: exit %d, want 130; log: %s", rc, text ? text : "");
     CHECK(text && strstr(text, "nothing written"), "givt-sample log: %s", text ? text : "");
-    CHECK(!path_exists(out) && tu_count_prefix(d, ".givt-tmp") <= 0 && tu_count_prefix(d, "samples.npy.") <= 0,
+    CHECK(!fs_path_exists(out) && tu_count_prefix(d, ".givt-tmp") <= 0 && tu_count_prefix(d, "samples.npy.") <= 0,
           "givt-sample left a file behind");
     free(text);
     // givt-eval: a data set it takes a while to go through
@@ -191,7 +193,7 @@ TEST(signals_stop_sample_and_eval) {
     usleep(1500000);  // the model is loaded and batches are being measured
     kill(pid, SIGTERM);
     rc = tu_wait_exit(pid, 60);
-    text = read_file_text(elog, NULL);
+    text = fs_read_text(elog, NULL);
     CHECK(rc == 130, "givt-eval: exit %d, want 130; log: %s", rc, text ? text : "");
     CHECK(text && strstr(text, "givt-eval: stopped by") && !strstr(text, "loss = "), "givt-eval log: %s",
           text ? text : "");
@@ -221,7 +223,7 @@ TEST(signals_stop_during_validation_is_recorded) {
     usleep(300000);  // step 2 took milliseconds; its validation takes seconds
     kill(pid, SIGINT);
     int rc = tu_wait_exit(pid, 120);
-    char *text = read_file_text(log, NULL), *metrics = read_file_text(tu_path(run, "metrics.jsonl"), NULL);
+    char *text = fs_read_text(log, NULL), *metrics = fs_read_text(tu_path(run, "metrics.jsonl"), NULL);
     CHECK(rc == 130, "exit %d; log: %s", rc, text ? text : "");
     CHECK(text && strstr(text, "validation of step 2 was cut short"), "log: %s", text ? text : "");
     CHECK(metrics && strstr(metrics, "\"step\": 2,") && strstr(metrics, "\"val_interrupted\": true"), "metrics: %s",

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fs.h"
 #include "harness.h"
 #include "hf.h"
 #include "npy.h"
@@ -44,7 +45,7 @@ static int run(const char *ini, const char *out_dir, int n, char **extra) {
 static char *metrics_core(const char *dir) {
     char path[300];
     snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
-    char *text = read_file_text(path, NULL);
+    char *text = fs_read_text(path, NULL);
     if (!text) return NULL;
     char *out = xcalloc(strlen(text) + 1, 1), *o = out;
     for (char *line = text; *line;) {
@@ -102,18 +103,18 @@ TEST(trainer_keeps_the_newest_checkpoints_and_no_temporaries) {
     snprintf(want, sizeof want, "%s/step_00000012", d);
     CHECK(!strcmp(latest, want), "latest %s", latest);
     snprintf(want, sizeof want, "%s/step_00000008/model.safetensors", d);
-    CHECK(path_exists(want));
+    CHECK(fs_path_exists(want));
     snprintf(want, sizeof want, "%s/step_00000006", d);
-    CHECK(!path_exists(want), "step 6 should have been removed");
+    CHECK(!fs_path_exists(want), "step 6 should have been removed");
     // a leftover temporary folder of a killed run is cleaned up by the next run
     snprintf(want, sizeof want, "%s/.tmp-step_00000014-999", d);
-    CHECK(mkdir_p(want) == 0);
+    CHECK(fs_mkdir_p(want) == 0);
     snprintf(want, sizeof want, "%s/metrics.jsonl.tmp.12345", d);  // an atomic write cut short
     tu_put_text(want, "{\"step\": 1");
     char *more[] = {"train.resume_from_ckpt=latest", "train.max_steps=14"};
     CHECK(run(k_tiny_ini, d, 2, more) == 0, "%s", givt_last_error());
     CHECK(tu_count_prefix(d, ".tmp") == 0);
-    CHECK(!path_exists(want), "%s was left behind", want);
+    CHECK(!fs_path_exists(want), "%s was left behind", want);
     tu_rmtree(d);
 }
 
@@ -165,7 +166,7 @@ TEST(trainer_stops_after_ten_non_finite_steps_and_writes_no_checkpoint) {
     CHECK(run(k_tiny_ini, d, 4, extra) == -1);
     CHECK(strstr(givt_last_error(), "10 steps in a row"), "got: %s", givt_last_error());
     CHECK(tu_count_prefix(d, "step_") == 0, "a checkpoint was written");
-    char *metrics = read_file_text(tu_path(d, "metrics.jsonl"), NULL);  // still JSON: null, never nan
+    char *metrics = fs_read_text(tu_path(d, "metrics.jsonl"), NULL);  // still JSON: null, never nan
     CHECK(metrics && strstr(metrics, "\"loss\": null") && !strstr(metrics, "nan") && !strstr(metrics, "inf"),
           "metrics.jsonl: %s", metrics ? metrics : "(missing)");
     free(metrics);
@@ -237,7 +238,7 @@ TEST(trainer_adamw_steps_match_pytorch) {
     // losses and lr per step from metrics.jsonl (the reference's losses include the constant iff full)
     char path[400];
     snprintf(path, sizeof path, "%s/metrics.jsonl", out);
-    char *metrics = read_file_text(path, NULL);
+    char *metrics = fs_read_text(path, NULL);
     CHECK(metrics != NULL);
     const char *line = metrics;
     double constant = rc->full ? 0.5 * GIVT_LOG_2PI : 0.0;

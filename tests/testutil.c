@@ -13,6 +13,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fs.h"
+#include "rng.h"
 #include "util.h"
 
 void tu_mkdtemp(char *dir, const char *tag) {
@@ -60,7 +62,7 @@ void tu_put_bytes(const char *path, const void *data, size_t n) {
 
 void tu_copy_file(const char *src, const char *dst) {
     size_t n;
-    char *bytes = read_file_text(src, &n);
+    char *bytes = fs_read_text(src, &n);
     if (!bytes) givt_die("cannot read %s: %s", src, givt_last_error());
     tu_put_bytes(dst, bytes, n);
     free(bytes);
@@ -68,7 +70,7 @@ void tu_copy_file(const char *src, const char *dst) {
 
 int tu_same_file(const char *a, const char *b) {
     size_t na, nb;
-    char *x = read_file_text(a, &na), *y = read_file_text(b, &nb);
+    char *x = fs_read_text(a, &na), *y = fs_read_text(b, &nb);
     int same = x && y && na == nb && memcmp(x, y, na) == 0;
     free(x);
     free(y);
@@ -121,7 +123,7 @@ void tu_random_model(GivtModel *m, const GivtConfig *cfg, Backend *be, uint64_t 
 int tu_program_path(char *exe, size_t n, const char *prog) {
     const char *bin = getenv("GIVT_BIN_DIR");
     snprintf(exe, n, "%s/%s", bin && *bin ? bin : ".", prog);
-    return path_exists(exe);
+    return fs_path_exists(exe);
 }
 
 pid_t tu_spawn_logged(char *const argv[], const char *log, int threads, int *err) {
@@ -147,7 +149,7 @@ pid_t tu_spawn_logged(char *const argv[], const char *log, int threads, int *err
 
 int tu_wait_exit(pid_t pid, double timeout_s) {
     int status = 0;
-    for (double t0 = time_now_s(); time_now_s() - t0 < timeout_s; usleep(10000)) {
+    for (double t0 = util_time_now_s(); util_time_now_s() - t0 < timeout_s; usleep(10000)) {
         pid_t r = waitpid(pid, &status, WNOHANG);
         if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
         if (r < 0) return -1;

@@ -9,7 +9,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fs.h"
 #include "npy.h"
+#include "rng.h"
 #include "util.h"
 
 static uint32_t rd_u32(const unsigned char *b) {
@@ -22,7 +24,7 @@ static int read_digits_header(int fd, const char *bin_path, int patch, uint32_t 
     unsigned char hdr[24];
     struct stat st;
     if (fstat(fd, &st) != 0) return givt_fail("%s: cannot stat: %s", bin_path, strerror(errno));
-    if (st.st_size < (off_t)sizeof hdr || pread_full(fd, bin_path, hdr, sizeof hdr, 0) || memcmp(hdr, "GIVTDIG1", 8))
+    if (st.st_size < (off_t)sizeof hdr || fs_pread_full(fd, bin_path, hdr, sizeof hdr, 0) || memcmp(hdr, "GIVTDIG1", 8))
         return givt_fail("%s: not a digits file (bad magic or short header)", bin_path);
     uint32_t n = rd_u32(hdr + 8), h = rd_u32(hdr + 12), w = rd_u32(hdr + 16), maxval = rd_u32(hdr + 20);
     if (n < 1 || n > (1u << 24) || h < 1 || h > 4096 || w < 1 || w > 4096 || maxval < 1 || maxval > 255)
@@ -40,7 +42,7 @@ static int read_digits_header(int fd, const char *bin_path, int patch, uint32_t 
 
 int digits_to_npy(const char *bin_path, const char *npy_out, const char *labels_out, int patch,
                   int64_t dequant_seed, DigitsInfo *info) {
-    int fd = open_regular_file(bin_path);
+    int fd = fs_open_regular_file(bin_path);
     if (fd < 0) return -1;
     uint32_t dims[4] = {0};
     if (read_digits_header(fd, bin_path, patch, dims)) {
@@ -50,7 +52,7 @@ int digits_to_npy(const char *bin_path, const char *npy_out, const char *labels_
     uint32_t n = dims[0], h = dims[1], w = dims[2], maxval = dims[3];
     size_t npix = (size_t)h * w, body = (size_t)n * npix + n;
     unsigned char *raw = xmalloc(body);
-    int bad = pread_full(fd, bin_path, raw, body, 24);
+    int bad = fs_pread_full(fd, bin_path, raw, body, 24);
     close(fd);
     if (bad) {
         free(raw);

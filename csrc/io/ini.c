@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fs.h"
 #include "util.h"
 
 void ini_init(IniFile *ini) { memset(ini, 0, sizeof *ini); }
@@ -193,7 +194,7 @@ int ini_parse(IniFile *ini, const char *text, const char *file_name) {
 
 int ini_load(IniFile *ini, const char *path) {
     size_t len;
-    char *text = read_file_text_max(path, GIVT_TEXT_MAX_BYTES, &len);
+    char *text = fs_read_text_max(path, GIVT_TEXT_MAX_BYTES, &len);
     if (!text) return -1;
     int rc = ini_parse_n(ini, text, len, path);
     free(text);

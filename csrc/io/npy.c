@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fs.h"
+#include "half.h"
 #include "util.h"
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "npy: little-endian hosts only");
@@ -157,7 +159,7 @@ static int64_t mtime_ns_of(const struct stat *st) {
 
 // Reads exactly n bytes at offset off; a short read means the file ended early.
 static int pread_exact(const NpyFile *f, void *dst, size_t n, int64_t off) {
-    return pread_full(f->fd, f->path, dst, n, off);
+    return fs_pread_full(f->fd, f->path, dst, n, off);
 }
 
 // The file must be as it was at npy_open: same size and modification time.
@@ -200,7 +202,7 @@ static int npy_open_as(NpyFile *f, const char *path, int kind) {
     memset(f, 0, sizeof *f);
     f->fd = -1;
     f->path = xstrdup(path);
-    f->fd = open_regular_file(path);  // a FIFO or device is refused, never waited on
+    f->fd = fs_open_regular_file(path);  // a FIFO or device is refused, never waited on
     if (f->fd < 0) return open_fail(f);
     struct stat st;
     if (fstat(f->fd, &st) != 0) {
@@ -368,7 +370,7 @@ int npy_read_f32(const NpyFile *f, int64_t start, int64_t count, float *dst) {
     for (int64_t done = 0; done < count;) {
         int64_t n = count - done < NPY_F16_CHUNK ? count - done : NPY_F16_CHUNK;
         if (pread_exact(f, h, (size_t)n * 2, off + done * 2)) return -1;
-        for (int64_t i = 0; i < n; i++) dst[done + i] = f16_to_f32(h[i]);
+        for (int64_t i = 0; i < n; i++) dst[done + i] = half_f16_to_f32(h[i]);
         done += n;
     }
     return 0;
@@ -468,14 +470,14 @@ int npy_write(const char *path, const char *descr, size_t itemsize, const void *
     hdr[total - 1] = '\n';
 
     AtomicFile af;
-    if (atomic_open(&af, path)) {
+    if (fs_atomic_open(&af, path)) {
         free(hdr);
         return -1;
     }
-    atomic_write(&af, hdr, total);
-    atomic_write(&af, data, numel * itemsize);
+    fs_atomic_write(&af, hdr, total);
+    fs_atomic_write(&af, data, numel * itemsize);
     free(hdr);
-    return atomic_commit(&af);
+    return fs_atomic_commit(&af);
 }
 
 int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *shape) {

@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fs.h"
+#include "half.h"
 #include "json.h"
 #include "util.h"
 
@@ -196,7 +198,7 @@ static int parse_header(StFile *f, const JsonValue *h) {
 // ---- reading: the file --------------------------------------------------------------------
 // Opens f->path (a regular file, or -1), its size into f->file_size.
 static int open_fd(StFile *f) {
-    f->fd = open_regular_file(f->path);
+    f->fd = fs_open_regular_file(f->path);
     if (f->fd < 0) return -1;
     struct stat st;
     if (fstat(f->fd, &st) != 0) return givt_fail("%s: cannot stat: %s", f->path, strerror(errno));
@@ -210,7 +212,7 @@ static int open_fd(StFile *f) {
 // Reads the header length and the header into f->header, sets the data buffer's place.
 static int read_header_bytes(StFile *f) {
     unsigned char len8[8];
-    if (pread_full(f->fd, f->path, len8, 8, 0)) return -1;
+    if (fs_pread_full(f->fd, f->path, len8, 8, 0)) return -1;
     uint64_t n = 0;
     for (int i = 7; i >= 0; i--) n = (n << 8) | len8[i];
     if (n > ST_MAX_HEADER)
@@ -224,7 +226,7 @@ static int read_header_bytes(StFile *f) {
     f->data_size = f->file_size - f->data_offset;
     f->header = xmalloc(f->data_offset);
     memcpy(f->header, len8, 8);
-    return pread_full(f->fd, f->path, f->header + 8, (size_t)n, 8);
+    return fs_pread_full(f->fd, f->path, f->header + 8, (size_t)n, 8);
 }
 
 static int open_file(StFile *f, const char *path) {
@@ -285,12 +287,12 @@ int st_read_f32(const StFile *f, int i, float *dst) {
     char what[512];  // names the tensor in a read error
     snprintf(what, sizeof what, "%s: tensor \"%.200s\"", f->path, t->name);
     int64_t off = (int64_t)(f->data_offset + t->begin);
-    if (t->dtype == ST_F32) return pread_full(f->fd, what, dst, t->numel * 4, off);
+    if (t->dtype == ST_F32) return fs_pread_full(f->fd, what, dst, t->numel * 4, off);
     uint16_t h[ST_HALF_CHUNK];
     for (size_t done = 0; done < t->numel; done += ST_HALF_CHUNK) {
         size_t n = t->numel - done < ST_HALF_CHUNK ? t->numel - done : ST_HALF_CHUNK;
-        if (pread_full(f->fd, what, h, n * 2, off + (int64_t)(done * 2))) return -1;
-        for (size_t k = 0; k < n; k++) dst[done + k] = t->dtype == ST_F16 ? f16_to_f32(h[k]) : bf16_to_f32(h[k]);
+        if (fs_pread_full(f->fd, what, h, n * 2, off + (int64_t)(done * 2))) return -1;
+        for (size_t k = 0; k < n; k++) dst[done + k] = t->dtype == ST_F16 ? half_f16_to_f32(h[k]) : half_bf16_to_f32(h[k]);
     }
     return 0;
 }
@@ -385,9 +387,9 @@ static int build_header(const char *path, const StWriteTensor *ts, int count, co
 static int write_body(AtomicFile *af, const JsonBuf *h, const StWriteTensor *const *order, int count) {
     unsigned char len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)h->len >> (8 * i));
-    if (atomic_write(af, len8, 8) || atomic_write(af, h->data, h->len)) return -1;
+    if (fs_atomic_write(af, len8, 8) || fs_atomic_write(af, h->data, h->len)) return -1;
     for (int k = 0; k < count; k++)
-        if (atomic_write(af, order[k]->data, 4 * write_numel(order[k]))) return -1;
+        if (fs_atomic_write(af, order[k]->data, 4 * write_numel(order[k]))) return -1;
     return 0;
 }
 
@@ -398,13 +400,13 @@ int st_write(const char *path, const StWriteTensor *tensors, int count, const St
     int rc = count < 0 ? givt_fail("%s: negative tensor count", path) : 0;
     if (rc == 0) rc = build_header(path, tensors, count, meta, n_meta, &h, order);
     AtomicFile af;
-    if (rc == 0) rc = atomic_open(&af, path);
+    if (rc == 0) rc = fs_atomic_open(&af, path);
     if (rc == 0) {
         if (write_body(&af, &h, order, count) == 0) {
-            rc = atomic_commit(&af);
+            rc = fs_atomic_commit(&af);
         } else {
             rc = -1;
-            atomic_abort(&af);
+            fs_atomic_abort(&af);
         }
     }
     free(order);

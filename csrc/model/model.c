@@ -1,6 +1,8 @@
 // model: GIVT configuration, parameter table, and the forward/backward passes over the op table.
 #include "model.h"
 
+#include "rng.h"
+
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -96,10 +98,10 @@ int givt_config_check(const GivtConfig *cfg, const char *p, const char *involved
     for (int i = 0; i < GIVT_CONFIG_NKEYS; i++) {
         const GivtConfigKey *k = &g_config_keys[i];
         double v = givt_config_value(cfg, k);
-        if (isfinite(v) && range_ok(k->range, k->lo, k->hi, v)) continue;
-        format_double(v, val, sizeof val);
+        if (isfinite(v) && util_range_ok(k->range, k->lo, k->hi, v)) continue;
+        util_format_double(v, val, sizeof val);
         involve(involved, k->key, NULL, NULL);
-        return givt_fail("%s%s = %s: must be %s", p, k->key, val, range_text(k->range, k->lo, k->hi, rb, sizeof rb));
+        return givt_fail("%s%s = %s: must be %s", p, k->key, val, util_range_text(k->range, k->lo, k->hi, rb, sizeof rb));
     }
     if (cfg->hidden_dim % cfg->num_heads != 0) {
         involve(involved, "hidden_dim", "num_heads", NULL);
@@ -108,7 +110,7 @@ int givt_config_check(const GivtConfig *cfg, const char *p, const char *involved
     }
     int n_elem = givt_config_rope_n_elem(cfg);
     if (n_elem % 2 != 0) {
-        format_double(cfg->rope_rotary_percentage, val, sizeof val);
+        util_format_double(cfg->rope_rotary_percentage, val, sizeof val);
         involve(involved, "rope_rotary_percentage", "hidden_dim", "num_heads");
         return givt_fail("%srope_rotary_percentage = %s rotates int(%s * head dim %d) = %d dims of each head: "
                          "RoPE needs an even number (0 is allowed: no rotation; head dim = %shidden_dim / %snum_heads)",

@@ -9,6 +9,7 @@
 
 #include "backend.h"
 #include "ops.h"
+#include "rng.h"
 #include "util.h"
 
 // The model's configuration (the seed's GIVTConfig; keys and defaults as in GIVT.md).
@@ -102,14 +103,6 @@ int givt_config_head_dim(const GivtConfig *cfg);     // hd = C / H
 // ([logits (k) | mu (k x D, component-major) | pre (k x D)]).
 int givt_config_head_out(const GivtConfig *cfg);
 int givt_config_rope_n_elem(const GivtConfig *cfg);  // int(pct * hd), as Python's int()
-
-// The head's std = softplus(pre) + eps as PyTorch computes it on float32 tensors: softplus with
-// PyTorch's threshold (pre > 20 gives pre) rounded to float32, then + eps rounded to float32. The one
-// definition for the loss (the backends' gaussian_nll), model_get_mu_std and sampling.
-static inline float givt_head_std(double pre, double eps) {
-    double sp = pre > 20.0 ? pre : log1p(exp(pre));
-    return (float)((double)(float)sp + eps);
-}
 
 // ---- the parameter table ------------------------------------------------------------------
 typedef enum { INIT_ZEROS, INIT_ONES, INIT_XAVIER_UNIFORM, INIT_NORMAL_002 } ParamInit;

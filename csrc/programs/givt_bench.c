@@ -11,6 +11,7 @@
 #include "blas.h"
 #include "model.h"
 #include "optim.h"
+#include "rng.h"
 
 static void usage(FILE *out) {
     fprintf(out,
@@ -36,10 +37,10 @@ static void usage(FILE *out) {
             "Threads: OMP_NUM_THREADS (OpenMP loops and the OpenMP build of OpenBLAS).\n");
 }
 
-// An int option in [lo, hi] (util's parse_long_option).
+// An int option in [lo, hi] (util's util_parse_long_option).
 static int parse_int(const char *opt, const char *v, long lo, long hi, int *out) {
     long x = 0;
-    int rc = parse_long_option(opt, v, lo, hi, &x);
+    int rc = util_parse_long_option(opt, v, lo, hi, &x);
     if (rc == 0) *out = (int)x;
     return rc;
 }
@@ -55,9 +56,9 @@ static int bench_sgemm(int M, int N, int K, int reps) {
     for (size_t i = 0; i < (size_t)N * K; i++) b[i] = (float)rng_uniform(&rng) - 0.5f;
     double best = 1e30;
     for (int r = 0; r < reps + 1; r++) {  // the first call warms the thread pool and caches
-        double t0 = time_now_s();
+        double t0 = util_time_now_s();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, a, K, b, K, 0.0f, c, N);
-        double dt = time_now_s() - t0;
+        double dt = util_time_now_s() - t0;
         if (r > 0 && dt < best) best = dt;
     }
     double gflops = 2.0 * M * N * K / best / 1e9;
@@ -196,7 +197,7 @@ int main(int argc, char **argv) {
     for (int s = 0; s < warmup + steps; s++) {
         if (s == warmup && profile) backend_profile_start(be);  // profile the timed steps only
         backend_synchronize(be);  // GPU ops are asynchronous: the clock brackets finished work
-        double t0 = time_now_s();
+        double t0 = util_time_now_s();
         // as the trainer's step: the loss and the squared norm into backend scalars, one host read
         model_zero_grads(&m);
         ops->zero(be, m.scalars, MODEL_NUM_SCALARS * sizeof(double));
@@ -209,7 +210,7 @@ int main(int argc, char **argv) {
         loss = sc[0] / ((double)B * T * cfg.input_dim);
         if (adamw) adamw_step(&opt, &m, m.grads, oc.lr, sqrt(sc[1]));
         backend_synchronize(be);
-        double dt = time_now_s() - t0;
+        double dt = util_time_now_s() - t0;
         if (!isfinite(loss)) givt_die("step %d: loss is %g", s, loss);
         if (s >= warmup) {
             times[s - warmup] = dt;

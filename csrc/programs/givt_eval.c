@@ -33,7 +33,7 @@ static int parse_args(int argc, char **argv, const char **folder, const char **d
         } else if (!strcmp(argv[i], "--batch-size") || !strncmp(argv[i], "--batch-size=", 13)) {
             const char *v = argv[i][12] == '=' ? argv[i] + 13 : (i + 1 < argc ? argv[++i] : NULL);
             long b = 0;
-            if (parse_long_option("--batch-size", v, 1, 1 << 20, &b) != 0) return -1;
+            if (util_parse_long_option("--batch-size", v, 1, 1 << 20, &b) != 0) return -1;
             *batch = (int)b;
         } else if (!strcmp(argv[i], "--device") || !strncmp(argv[i], "--device=", 9)) {
             *device = argv[i][8] == '=' ? argv[i] + 9 : (i + 1 < argc ? argv[++i] : NULL);
@@ -68,7 +68,7 @@ static int load_model(GivtModel *m, const char *folder, Backend *be) {
         return givt_fail("%s/config.json: the model's %zu parameters (hidden_dim = %d, intermediate_dim = %d, "
                          "num_layers = %d) need %s but %s are available",
                          folder, givt_config_num_params(&cfg), cfg.hidden_dim, cfg.intermediate_dim, cfg.num_layers,
-                         human_bytes(nb, (double)need), human_bytes(av, avail));
+                         util_human_bytes(nb, (double)need), util_human_bytes(av, avail));
     if (model_create(m, &cfg, be) != 0) return -1;
     return hf_model_load_weights(m, folder, &m->w);
 }
@@ -115,13 +115,13 @@ int main(int argc, char **argv) {
     if (acts == SIZE_MAX || (avail > 0 && (double)acts > avail)) {
         char ab[32], av[32];
         fprintf(stderr, "givt-eval: --batch-size %d of T = %d needs %s of activations but %s are available: lower --batch-size\n",
-                batch, T, human_bytes(ab, (double)acts), human_bytes(av, avail));
+                batch, T, util_human_bytes(ab, (double)acts), util_human_bytes(av, avail));
         goto done;
     }
     model_alloc_acts(&m, batch, T, 0, 0);
     host = xmalloc((size_t)batch * T * D * sizeof(float));
     x = be->ops->alloc(be, (size_t)batch * T * D * sizeof(float));
-    double sum = 0.0, t0 = time_now_s();
+    double sum = 0.0, t0 = util_time_now_s();
     long count = 0;
     int tty = isatty(fileno(stderr));
     int64_t nbatches = (n + batch - 1) / batch;
@@ -140,7 +140,7 @@ int main(int argc, char **argv) {
         seen += got;
         if (tty && (k % 16 == 15 || k + 1 == nbatches))
             fprintf(stderr, "\reval %lld/%lld sequences, %.1f s", (long long)((k + 1) * batch < n ? (k + 1) * batch : n),
-                    (long long)n, time_now_s() - t0);
+                    (long long)n, util_time_now_s() - t0);
     }
     if (tty) fputc('\n', stderr);
     if (k < nbatches) {  // a stop signal: what was measured is said as such, never as the whole set's loss

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fs.h"
 #include "hf.h"
 #include "model.h"
 #include "npy.h"
@@ -60,15 +61,15 @@ static int parse_args(int argc, char **argv, Args *a) {
         } else if (!strcmp(o, "--ema")) {
             a->ema = 1, takes = 0;
         } else if (!strcmp(o, "--max-len")) {
-            rc = parse_long_option(o, v, 1, 1 << 20, &x), a->max_len = (int)x;
+            rc = util_parse_long_option(o, v, 1, 1 << 20, &x), a->max_len = (int)x;
         } else if (!strcmp(o, "--num-samples")) {
-            rc = parse_long_option(o, v, 1, 1 << 30, &x), a->num_samples = (int)x;
+            rc = util_parse_long_option(o, v, 1, 1 << 30, &x), a->num_samples = (int)x;
         } else if (!strcmp(o, "--batch-size")) {
-            rc = parse_long_option(o, v, 1, 1 << 20, &x), a->batch_size = (int)x;
+            rc = util_parse_long_option(o, v, 1, 1 << 20, &x), a->batch_size = (int)x;
         } else if (!strcmp(o, "--seed")) {
-            rc = parse_long_option(o, v, 0, __LONG_MAX__, &x), a->seed = (uint64_t)x;
+            rc = util_parse_long_option(o, v, 0, __LONG_MAX__, &x), a->seed = (uint64_t)x;
         } else if (!strcmp(o, "--class")) {
-            rc = parse_long_option(o, v, 0, GIVT_MAX_CLASSES, &a->class_id);
+            rc = util_parse_long_option(o, v, 0, GIVT_MAX_CLASSES, &a->class_id);
         } else if (!strcmp(o, "--temperature") || !strcmp(o, "--cfg-scale")) {
             // Bounded so that sampling stays finite in float32 and meaningful. Temperature t scales
             // every std: x = mu + t * std * z with |z| <= 37.2 (rng_normal's Box-Muller clamps u at
@@ -180,8 +181,8 @@ static int read_prompt(const char *path, int D, float **data, int *n_prompts, in
 
 static int load_weights(GivtModel *m, const Args *a) {
     if (!a->ema) return hf_model_load_weights(m, a->folder, &m->w);
-    char *p = path_join(a->folder, "ema.safetensors");
-    int rc = path_exists(p) ? hf_model_load_tensors(m, p, &m->w)
+    char *p = fs_path_join(a->folder, "ema.safetensors");
+    int rc = fs_path_exists(p) ? hf_model_load_tensors(m, p, &m->w)
                             : givt_fail("--ema: %s: no such file (a givt-train checkpoint with [train] ema on has it)", p);
     free(p);
     return rc;
@@ -197,7 +198,7 @@ typedef struct {
 // after a stop signal.
 static int on_progress(void *user, int64_t done, int64_t total) {
     Progress *p = user;
-    double now = time_now_s();
+    double now = util_time_now_s();
     if (stop_requested()) {
         p->stopped_at = done;
         return 1;
@@ -254,7 +255,7 @@ int main(int argc, char **argv) {
         char nb[32], ob[32], fbs[32];
         givt_fail("generation needs %s on the device and %s of output but %s are free: lower --batch-size or "
                   "--num-samples",
-                  human_bytes(nb, (double)need), human_bytes(ob, (double)out_bytes), human_bytes(fbs, (double)fb));
+                  util_human_bytes(nb, (double)need), util_human_bytes(ob, (double)out_bytes), util_human_bytes(fbs, (double)fb));
         goto fail;
     }
     if (model_create(&m, &cfg, be) != 0 || load_weights(&m, &a) != 0) goto fail;
@@ -262,7 +263,7 @@ int main(int argc, char **argv) {
     SampleConfig sc = {.max_len = a.max_len, .temperature = a.temperature, .seed = a.seed, .batch_size = b,
                        .labels = labels, .n_labels = n_labels, .cfg_scale = a.cfg_scale, .stats = &stats};
     out = xmalloc(out_bytes);
-    Progress p = {.t0 = time_now_s(), .tty = isatty(fileno(stderr))};
+    Progress p = {.t0 = util_time_now_s(), .tty = isatty(fileno(stderr))};
     if (!strcmp(a.precision, "bf16") && be->compute != DTYPE_BF16)
         fprintf(stderr, "givt-sample: note: --precision bf16: the %s backend computes in %s\n", be->name,
                 dtype_name(be->compute));
@@ -291,7 +292,7 @@ int main(int argc, char **argv) {
                 stats.proposals ? 100.0 * (double)stats.accepted / (double)stats.proposals : 0.0,
                 (long long)stats.fallbacks, SAMPLE_CFG_MAX_PROPOSALS);
     fprintf(stderr, "givt-sample: wrote %s (%d, %d, %d) in %.1f s\n", a.out, n, a.max_len, cfg.input_dim,
-            time_now_s() - p.t0);
+            util_time_now_s() - p.t0);
     rc = 0;
     goto done;
 fail:

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "half.h"
+#include "rng.h"
 #include "util.h"
 
 size_t sample_memory_bytes(const GivtConfig *cfg, Backend *be, int b, int L, int s) {
@@ -108,7 +110,7 @@ void sample_head_vector_cfg(const GivtConfig *c, const float *yc, const float *y
 // The stream of sample i: independent of the chunking, so a sample does not depend on the batch size.
 static void sample_rng(Rng *r, uint64_t seed, int64_t i) {
     uint64_t x = seed ^ 0x5ca1ab1e0ddba11ull;
-    rng_seed(r, mix64(mix64(x) ^ (uint64_t)i));
+    rng_seed(r, rng_mix64(rng_mix64(x) ^ (uint64_t)i));
 }
 
 // x (b, D) from the last query position of y (streams * b, Tq, W), host copy in yh: rows [0, b) are
@@ -136,7 +138,7 @@ static void download_head(Backend *be, float *host, const cval *y, size_t n) {
     }
     uint16_t *raw = xmalloc(n * sizeof(uint16_t));
     be->ops->download(be, raw, y, n * sizeof(uint16_t));
-    for (size_t i = 0; i < n; i++) host[i] = bf16_to_f32(raw[i]);
+    for (size_t i = 0; i < n; i++) host[i] = half_bf16_to_f32(raw[i]);
     free(raw);
 }
 

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "model.h"
+#include "rng.h"
 
 // What DB-CFG's rejection sampling did (counts over all guided dimensions).
 typedef struct {

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fs.h"
 #include "hf.h"
 #include "train_state.h"
 #include "trainer_internal.h"
@@ -80,7 +81,7 @@ static int remove_folder(const char *dir) {
     int rc = 0;
     while ((e = readdir(d))) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        char *p = path_join(dir, e->d_name);
+        char *p = fs_path_join(dir, e->d_name);
         if (unlink(p) != 0) rc = givt_fail("%s: cannot remove: %s", p, strerror(errno));
         free(p);
     }
@@ -89,10 +90,10 @@ static int remove_folder(const char *dir) {
     return rc;
 }
 
-// The pid a temporary's name carries: AtomicFile's (util.h's atomic_temp_owner) or the "...-<pid>"
+// The pid a temporary's name carries: AtomicFile's (fs.h's fs_atomic_temp_owner) or the "...-<pid>"
 // that ends a checkpoint folder being written or removed; 0 when the name has none.
 static long temporary_owner(const char *name, int folder) {
-    if (!folder) return atomic_temp_owner(name);
+    if (!folder) return fs_atomic_temp_owner(name);
     const char *t = strrchr(name, '-');
     if (!t || !*++t) return 0;
     for (const char *c = t; *c; c++)
@@ -117,7 +118,7 @@ static int remove_stale_temporaries(const char *out_dir) {
         int folder = !strncmp(e->d_name, ".tmp-" CKPT_PREFIX, strlen(".tmp-" CKPT_PREFIX));
         long owner = temporary_owner(e->d_name, folder);
         if (owner == 0 || other_process_alive(owner)) continue;
-        char *p = path_join(out_dir, e->d_name);
+        char *p = fs_path_join(out_dir, e->d_name);
         if (folder) rc = remove_folder(p);
         else if (unlink(p) != 0) rc = givt_fail("%s: cannot remove: %s", p, strerror(errno));
         free(p);
@@ -153,14 +154,14 @@ int ckpt_set_aside_newer(const char *out_dir, long step) {
     int rc = mkdir(aside, 0777) != 0 ? givt_fail("%s: cannot create: %s", aside, strerror(errno)) : 0;
     for (int i = first - 1; rc == 0 && i < n; i++) {
         ckpt_path(out_dir, steps[i], from, sizeof from);
-        char *to = path_join(aside, strrchr(from, '/') + 1);
+        char *to = fs_path_join(aside, strrchr(from, '/') + 1);
         if (rename(from, to) != 0) rc = givt_fail("%s: cannot move to %s: %s", from, to, strerror(errno));
         free(to);
     }
-    char *metrics = path_join(out_dir, "metrics.jsonl"), *kept = path_join(aside, "metrics.jsonl");
-    if (rc == 0 && path_exists(metrics) && link(metrics, kept) != 0)
+    char *metrics = fs_path_join(out_dir, "metrics.jsonl"), *kept = fs_path_join(aside, "metrics.jsonl");
+    if (rc == 0 && fs_path_exists(metrics) && link(metrics, kept) != 0)
         fprintf(stderr, "givt-train: warning: %s: cannot keep a copy in %s: %s\n", metrics, aside, strerror(errno));
-    if (rc == 0) rc = fsync_dir_of(from);
+    if (rc == 0) rc = fs_fsync_dir_of(from);
     if (rc == 0)
         fprintf(stderr,
                 "givt-train: note: resuming at step %ld, older than the newest checkpoint in %s (step %ld): the %d newer "
@@ -254,23 +255,23 @@ static int write_checkpoint(Trainer *tr, float *mh, float *vh) {
     char final_dir[TRAIN_CONFIG_STR_MAX + 32], tmp_dir[TRAIN_CONFIG_STR_MAX + 64];
     ckpt_path(ts->out_dir, tr->step, final_dir, sizeof final_dir);
     snprintf(tmp_dir, sizeof tmp_dir, "%s/.tmp-" CKPT_PREFIX "%08ld-%ld", ts->out_dir, tr->step, (long)getpid());
-    if (remove_folder(tmp_dir) != 0 || mkdir_p(tmp_dir) != 0) return -1;
+    if (remove_folder(tmp_dir) != 0 || fs_mkdir_p(tmp_dir) != 0) return -1;
     int rc = hf_model_save(m, tmp_dir, &m->w);
     if (rc == 0 && tr->has_ema) {
-        char *p = path_join(tmp_dir, "ema.safetensors");
+        char *p = fs_path_join(tmp_dir, "ema.safetensors");
         rc = hf_model_save_tensors(m, p, &tr->ema);
         free(p);
     }
-    char *p = path_join(tmp_dir, "optimizer.safetensors");
+    char *p = fs_path_join(tmp_dir, "optimizer.safetensors");
     if (rc == 0) rc = save_train_state(tr, p, mh, vh);
     free(p);
-    p = path_join(tmp_dir, "train.ini");
+    p = fs_path_join(tmp_dir, "train.ini");
     if (rc == 0) rc = train_config_save(&tr->cfg, p);
     free(p);
-    if (rc == 0 && path_exists(final_dir)) rc = remove_checkpoint(ts->out_dir, tr->step);  // saved again
+    if (rc == 0 && fs_path_exists(final_dir)) rc = remove_checkpoint(ts->out_dir, tr->step);  // saved again
     if (rc == 0 && rename(tmp_dir, final_dir) != 0)
         rc = givt_fail("%s: cannot rename to %s: %s", tmp_dir, final_dir, strerror(errno));
-    if (rc == 0) rc = fsync_dir_of(final_dir);
+    if (rc == 0) rc = fs_fsync_dir_of(final_dir);
     if (rc != 0) {
         remove_folder(tmp_dir);
         return -1;
@@ -320,13 +321,13 @@ int ckpt_load_weights_from(Trainer *tr, const char *folder, const char *what) {
 int ckpt_resume(Trainer *tr, const char *dir) {
     if (ckpt_load_weights_from(tr, dir, "resume_from_ckpt") != 0) return -1;
     if (tr->has_ema) {
-        char *p = path_join(dir, "ema.safetensors");
-        int rc = path_exists(p) ? hf_model_load_tensors(&tr->model, p, &tr->ema)
+        char *p = fs_path_join(dir, "ema.safetensors");
+        int rc = fs_path_exists(p) ? hf_model_load_tensors(&tr->model, p, &tr->ema)
                                 : givt_fail("%s: missing, but [train] ema is on", p);
         free(p);
         if (rc != 0) return -1;
     }
-    char *p = path_join(dir, "optimizer.safetensors");
+    char *p = fs_path_join(dir, "optimizer.safetensors");
     int rc = load_train_state(tr, p);
     free(p);
     if (rc == 0) fprintf(stderr, "givt-train: resumed from %s at step %ld\n", dir, tr->step);
@@ -341,7 +342,7 @@ int ckpt_resume(Trainer *tr, const char *dir) {
 // cannot be locked (flock emulated over NFS wants a file open for writing), the PID file is locked.
 static int lock_out_dir(Trainer *tr) {
     const char *out = tr->cfg.train.out_dir;
-    char *p = path_join(out, LOCK_NAME);
+    char *p = fs_path_join(out, LOCK_NAME);
     int dir_fd = open(out, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     int pid_fd = open(p, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644), rc = 0;
     int lock_fd = dir_fd, e = 0;
@@ -403,5 +404,5 @@ int ckpt_choose(Trainer *tr, char *ckpt, size_t n) {
 int ckpt_claim_out_dir(Trainer *tr) {
     const char *out = tr->cfg.train.out_dir;
     if (!root(tr)) return 0;
-    return mkdir_p(out) != 0 || lock_out_dir(tr) != 0 || remove_stale_temporaries(out) != 0 ? -1 : 0;
+    return fs_mkdir_p(out) != 0 || lock_out_dir(tr) != 0 || remove_stale_temporaries(out) != 0 ? -1 : 0;
 }

@@ -14,17 +14,18 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "rng.h"
 #include "util.h"
 
 // Salts that separate the random streams derived from the one seed.
 enum { SALT_SPLIT = 1, SALT_SHUFFLE = 2, SALT_DUMMY = 3, SALT_LABEL_DROP = 4 };
 
-// A 64-bit hash of (seed, salt, index) with util's mix64: seeds the Rng of one permutation or one
+// A 64-bit hash of (seed, salt, index) with util's rng_mix64: seeds the Rng of one permutation or one
 // dummy sequence.
 static uint64_t hash3(uint64_t seed, uint64_t salt, uint64_t index) {
-    uint64_t h = mix64(seed + 0x9e3779b97f4a7c15ull);
-    h = mix64(h ^ (salt * 0xd1b54a32d192ed03ull));
-    return mix64(h ^ (index + 0x8cb92ba72f3d8dd7ull));
+    uint64_t h = rng_mix64(seed + 0x9e3779b97f4a7c15ull);
+    h = rng_mix64(h ^ (salt * 0xd1b54a32d192ed03ull));
+    return rng_mix64(h ^ (index + 0x8cb92ba72f3d8dd7ull));
 }
 
 // Uniform integer in [0, bound), without modulo bias.
@@ -447,7 +448,7 @@ int32_t data_window_label(const Dataset *ds, int64_t id) {
 }
 
 int data_label_dropped(uint64_t seed, int64_t step, int64_t slot, double rate) {
-    uint64_t h = mix64(hash3(seed, SALT_LABEL_DROP, (uint64_t)step) ^ ((uint64_t)slot * 0x9e3779b97f4a7c15ull));
+    uint64_t h = rng_mix64(hash3(seed, SALT_LABEL_DROP, (uint64_t)step) ^ ((uint64_t)slot * 0x9e3779b97f4a7c15ull));
     return (double)(h >> 11) * 0x1.0p-53 < rate;
 }
 
@@ -533,7 +534,7 @@ static int64_t num_labels(const Dataset *ds) {
     return ds->file_seq0[ds->nfiles - 1] + ds->files[ds->nfiles - 1].shape[0];
 }
 
-static uint64_t fp_add(uint64_t h, uint64_t v) { return mix64(h ^ mix64(v + 0x9e3779b97f4a7c15ull)); }
+static uint64_t fp_add(uint64_t h, uint64_t v) { return rng_mix64(h ^ rng_mix64(v + 0x9e3779b97f4a7c15ull)); }
 
 uint64_t data_fingerprint(const Dataset *ds) {
     uint64_t h = fp_add(0x67697674u, (uint64_t)ds->cfg.kind);  // "givt"

@@ -6,17 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dist_impl.h"
+#include "dist_mpi.h"
 #include "ops.h"
 #include "util.h"
-
-DistPart dist_part(size_t total, int world_size, int rank) {
-    size_t per = world_size > 0 ? (total + (size_t)world_size - 1) / (size_t)world_size : total;
-    size_t first = per * (size_t)rank;
-    if (first > total) first = total;
-    size_t end = first + per < total ? first + per : total;
-    return (DistPart){first, end - first};
-}
 
 // ---- single process: every collective is the identity ----------------------------------------
 static void single_allreduce_mean(Dist *d, Backend *be, float *buf, size_t n) { (void)d, (void)be, (void)buf, (void)n; }
@@ -133,12 +125,6 @@ const char *dist_build_info(void) {
         snprintf(buf + n, sizeof buf - n, "%sNCCL %s", n ? ", " : "", dist_nccl_version());
     }
     return buf[0] ? buf : "none (single process only)";
-}
-
-void dist_close(Dist *d) {
-    if (!d) return;
-    d->ops->close(d);
-    free(d);
 }
 
 // ---- dispatch --------------------------------------------------------------------------------

@@ -16,51 +16,11 @@
 #include <stddef.h>
 
 #include "backend.h"
+#include "comm.h"  // Dist, DistOps, DistPart: the communicator contract
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-typedef struct Dist Dist;
-
-// Rank r's part of a flat buffer of `total` floats split across the ranks for ZeRO-1: parts of
-// ceil(total / world_size) floats, the last ones shorter (possibly empty).
-typedef struct {
-    size_t first, count;
-} DistPart;
-DistPart dist_part(size_t total, int world_size, int rank);
-
-typedef struct {
-    // ---- data: backend memory ----
-    // buf (n floats) = the mean over ranks, in place
-    void (*allreduce_mean)(Dist *d, Backend *be, float *buf, size_t n);
-    // buf (n doubles, backend scalars) = the sum over ranks, in place
-    void (*allreduce_sum_scalars)(Dist *d, Backend *be, double *buf, size_t n);
-    // grads [first, first + count) of buf are final on this rank; the communicator may start their
-    // reduction (the allreduce_mean of the whole buffer that follows completes it). NULL: no overlap.
-    void (*grads_ready)(Dist *d, Backend *be, float *buf, size_t first, size_t count);
-    // ZeRO-1: part (this rank's dist_part of total) = the mean over ranks of that part of full
-    void (*reduce_scatter_mean)(Dist *d, Backend *be, const float *full, float *part, size_t total);
-    // ZeRO-1: every rank's part of full (total floats, each rank's own part in place) to every rank
-    void (*allgather)(Dist *d, Backend *be, float *full, size_t total);
-    // ---- control: host memory ----
-    long (*max)(Dist *d, long v);                      // the largest v over ranks, on every rank
-    void (*broadcast)(Dist *d, void *buf, size_t n);   // rank 0's n bytes to every rank
-    // rank 0 gets every rank's part (dist_part of total) of a float buffer into full (total floats,
-    // rank 0 only; NULL elsewhere); part is this rank's part in host memory
-    void (*gather)(Dist *d, const float *part, float *full, size_t total);
-    void (*barrier)(Dist *d);
-    void (*abort)(Dist *d, int code);  // ends every rank of the job; does not return
-    void (*close)(Dist *d);            // collective: every rank closes
-} DistOps;
-
-struct Dist {
-    const char *name;     // "single", "mpi", "nccl"
-    char launcher[64];    // how the ranks were started: "none", "mpirun (Open MPI)", "srun", ...
-    int rank, world_size, local_rank;
-    const DistOps *ops;
-    void *ctx;
-};
 
 // The communicator of this process. Under a launcher (mpirun, mpiexec, srun: found from the
 // environment it sets) it initialises MPI: rank and world size from MPI_COMM_WORLD, the local rank
@@ -74,7 +34,6 @@ Dist *dist_open_single(void);
 // takes over; its world and ranks). d itself when the backend's memory is host memory and d can
 // reduce it. NULL with givt_fail when no communicator of this build can reduce that backend's memory.
 Dist *dist_for_backend(Dist *d, Backend *be);
-void dist_close(Dist *d);
 
 // What this build can do: "MPI (Open MPI 4.1.4), NCCL 2.x" or "none"; for --version.
 const char *dist_build_info(void);

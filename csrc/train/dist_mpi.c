@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dist_impl.h"
+#include "dist_mpi.h"
 #include "util.h"
 
 // One MPI call's count at most: MPI counts are int; larger buffers go in pieces.

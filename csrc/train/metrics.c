@@ -4,15 +4,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fs.h"
 #include "trainer_internal.h"
 
 // Keeps the lines of metrics.jsonl whose "step" is <= step (a resumed run rewrites what followed).
 static int metrics_truncate(const char *path, long step) {
-    if (!path_exists(path)) return 0;
-    char *text = read_file_text(path, NULL);
+    if (!fs_path_exists(path)) return 0;
+    char *text = fs_read_text(path, NULL);
     if (!text) return -1;
     AtomicFile af;
-    if (atomic_open(&af, path) != 0) {
+    if (fs_atomic_open(&af, path) != 0) {
         free(text);
         return -1;
     }
@@ -22,15 +23,15 @@ static int metrics_truncate(const char *path, long step) {
         const char *s = strstr(line, "\"step\":");
         size_t len = strlen(line);
         if (!s || len == 0 || line[len - 1] != '}' || strtol(s + 7, NULL, 10) > step) continue;  // cut or later
-        atomic_write(&af, line, strlen(line));
-        atomic_write(&af, "\n", 1);
+        fs_atomic_write(&af, line, strlen(line));
+        fs_atomic_write(&af, "\n", 1);
     }
     free(text);
-    return atomic_commit(&af);
+    return fs_atomic_commit(&af);
 }
 
 int metrics_open(Trainer *tr) {
-    char *p = path_join(tr->cfg.train.out_dir, "metrics.jsonl");
+    char *p = fs_path_join(tr->cfg.train.out_dir, "metrics.jsonl");
     int rc = metrics_truncate(p, tr->step);
     if (rc == 0) {
         tr->metrics = fopen(p, "a");

@@ -19,7 +19,7 @@ static _Atomic long long g_progress_ms;
 static double g_hang_timeout_s;
 static int g_watch_rank;
 
-static long long now_ms(void) { return (long long)(time_now_s() * 1000.0); }
+static long long now_ms(void) { return (long long)(util_time_now_s() * 1000.0); }
 
 void guard_note_progress(void) { atomic_store(&g_progress_ms, now_ms()); }
 

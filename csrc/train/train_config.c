@@ -12,6 +12,7 @@
 #include <strings.h>
 
 #include "data.h"
+#include "fs.h"
 #include "ini.h"
 #include "util.h"
 
@@ -213,9 +214,9 @@ static void *field_ptr(TrainConfig *c, const ConfigKey *k) { return (char *)c + 
 static const void *field_cptr(const TrainConfig *c, const ConfigKey *k) { return (const char *)c + k->offset; }
 
 static const char *key_range_text(const ConfigKey *k, char *buf, size_t n) {
-    return range_text(k->range, k->lo, k->hi, buf, n);
+    return util_range_text(k->range, k->lo, k->hi, buf, n);
 }
-static int in_range(const ConfigKey *k, double v) { return range_ok(k->range, k->lo, k->hi, v); }
+static int in_range(const ConfigKey *k, double v) { return util_range_ok(k->range, k->lo, k->hi, v); }
 
 static const char *parse_f64(const char *s, double *out) {
     if (!*s) return "missing value (expected a number)";
@@ -421,11 +422,11 @@ void train_config_format(const TrainConfig *c, const ConfigKey *k, char *buf, si
             return;
         }
         // fall through
-    case CFG_F64: format_double(*(const double *)src, buf, n); return;
+    case CFG_F64: util_format_double(*(const double *)src, buf, n); return;
     case CFG_PAIR: {
         char a[32], b[32];
-        format_double(((const double *)src)[0], a, sizeof a);
-        format_double(((const double *)src)[1], b, sizeof b);
+        util_format_double(((const double *)src)[0], a, sizeof a);
+        util_format_double(((const double *)src)[1], b, sizeof b);
         snprintf(buf, n, "%s, %s", a, b);
         return;
     }
@@ -496,7 +497,7 @@ static int check_data_paths(const Checker *ck) {
         return givt_fail("%s[data] path = \"%s\": %s", pre, spec, givt_last_error());
     int rc = 0;
     for (int i = 0; i < n && rc == 0; i++)
-        if (!path_exists(paths[i])) rc = givt_fail("%s[data] path = \"%s\": no such file \"%s\"", pre, spec, paths[i]);
+        if (!fs_path_exists(paths[i])) rc = givt_fail("%s[data] path = \"%s\": no such file \"%s\"", pre, spec, paths[i]);
     data_free_paths(paths, n);
     return rc;
 }
@@ -587,12 +588,12 @@ static int check(const Checker *ck) {
                          "(a resumed run takes its weights from the checkpoint; with \"latest\", init_from serves a fresh start)",
                          pre, t->resume_from_ckpt, t->init_from);
     }
-    if (t->resume_from_ckpt[0] && strcmp(t->resume_from_ckpt, "latest") && !path_exists(t->resume_from_ckpt)) {
+    if (t->resume_from_ckpt[0] && strcmp(t->resume_from_ckpt, "latest") && !fs_path_exists(t->resume_from_ckpt)) {
         locs_prefix(ck, pre, sizeof pre, "train", "resume_from_ckpt", NULL);
         return givt_fail("%s[train] resume_from_ckpt = \"%s\": no such checkpoint folder", pre,
                          t->resume_from_ckpt);
     }
-    if (t->init_from[0] && !path_exists(t->init_from)) {
+    if (t->init_from[0] && !fs_path_exists(t->init_from)) {
         locs_prefix(ck, pre, sizeof pre, "train", "init_from", NULL);
         return givt_fail("%s[train] init_from = \"%s\": no such folder", pre, t->init_from);
     }
@@ -609,7 +610,7 @@ static int check(const Checker *ck) {
                          "(set num_classes, or remove labels)",
                          pre, d->labels);
     }
-    if (d->labels[0] && !path_exists(d->labels)) {
+    if (d->labels[0] && !fs_path_exists(d->labels)) {
         locs_prefix(ck, pre, sizeof pre, "data", "labels", NULL);
         return givt_fail("%s[data] labels = \"%s\": no such file", pre, d->labels);
     }
@@ -768,10 +769,10 @@ int train_config_write_ini(FILE *out, const TrainConfig *c) {
 
 int train_config_save(const TrainConfig *c, const char *path) {
     AtomicFile af;
-    if (atomic_open(&af, path)) return -1;
+    if (fs_atomic_open(&af, path)) return -1;
     if (train_config_write_ini(af.fp, c)) {
-        atomic_abort(&af);
+        fs_atomic_abort(&af);
         return givt_fail("%s: writing the configuration failed", path);
     }
-    return atomic_commit(&af);
+    return fs_atomic_commit(&af);
 }

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fs.h"
+#include "rng.h"
 #include "stop_signal.h"
 #include "trainer_internal.h"
 
@@ -222,8 +224,8 @@ static int check_memory(const TrainConfig *c, Backend *be, int world_size, int v
     char st[32], ac[32], da[32], nb[32], av[32];
     if (verbose) {
         fprintf(stderr, "givt-train: memory: %s of weights, gradients and optimizer state, %s of activations",
-                human_bytes(st, (double)p.model), human_bytes(ac, (double)p.acts));
-        if (p.data) fprintf(stderr, ", %s of data index", human_bytes(da, (double)p.data));
+                util_human_bytes(st, (double)p.model), util_human_bytes(ac, (double)p.acts));
+        if (p.data) fprintf(stderr, ", %s of data index", util_human_bytes(da, (double)p.data));
         fputc('\n', stderr);
         if (ts->zero) {
             TrainConfig whole = *c;
@@ -232,7 +234,7 @@ static int check_memory(const TrainConfig *c, Backend *be, int world_size, int v
             fprintf(stderr,
                     "givt-train: ZeRO-1: the AdamW moments are split over %d ranks: %s on each instead of %s (%s saved "
                     "per rank)\n",
-                    world_size, human_bytes(st, mine), human_bytes(ac, full), human_bytes(da, full - mine));
+                    world_size, util_human_bytes(st, mine), util_human_bytes(ac, full), util_human_bytes(da, full - mine));
         }
     }
     if (need != SIZE_MAX && (avail <= 0 || (double)need <= avail)) return 0;
@@ -254,9 +256,9 @@ static int check_memory(const TrainConfig *c, Backend *be, int world_size, int v
     if (!ts->gradient_checkpointing && p.acts >= p.model && p.acts >= p.data &&
         (double)size_add(size_add(p.model, p.acts_ckpt), p.data) <= avail)
         snprintf(hint, sizeof hint, ", or set [train] gradient_checkpointing = true (activations: %s)",
-                 human_bytes(da, (double)p.acts_ckpt));
-    return givt_fail("training needs %s but %s are available; the largest part is %s%s", human_bytes(nb, (double)need),
-                     human_bytes(av, avail), keys, hint);
+                 util_human_bytes(da, (double)p.acts_ckpt));
+    return givt_fail("training needs %s but %s are available; the largest part is %s%s", util_human_bytes(nb, (double)need),
+                     util_human_bytes(av, avail), keys, hint);
 }
 
 static int setup(Trainer *tr) {
@@ -411,7 +413,7 @@ static int loop(Trainer *tr) {
     // the MFU's peak: [train] peak_tflops, else the backend's own figure (the CPU backend has none), per
     // device, times the devices (tok/s is of all of them)
     double peak = (ts->peak_tflops > 0 ? ts->peak_tflops * 1e12 : tr->be->peak_flops) * tr->dist->world_size;
-    double t_window = time_now_s(), t_start = t_window;
+    double t_window = util_time_now_s(), t_start = t_window;
     long steps_window = 0, start_step = tr->step;
     if (tr->step >= ts->max_steps)
         fprintf(stderr, "givt-train: step %ld already reaches max_steps = %ld: nothing to do\n", tr->step,
@@ -432,7 +434,7 @@ static int loop(Trainer *tr) {
             fprintf(stderr, "\ngivt-train: the validation of step %ld was cut short by the stop: no val_loss for this "
                             "step (metrics.jsonl says \"val_interrupted\": true)\n", tr->step);
         if (tr->step % ts->log_every == 0 || last || !isnan(val_loss) || val == 1) {
-            double now = time_now_s();
+            double now = util_time_now_s();
             double tok_s = (double)(steps_window * tokens_per_step) / (now - t_window);
             double mfu = peak > 0 ? tok_s * flops_per_token / peak : NAN;
             double eta = (now - t_start) / (double)(tr->step - start_step) * (double)(ts->max_steps - tr->step);
@@ -461,7 +463,7 @@ int trainer_run(const TrainConfig *cfg) {
     tr->lock_fd = -1;
     int rc = setup(tr);
     if (rc == 0 && root(tr)) {
-        char *p = path_join(cfg->train.out_dir, "train.ini");
+        char *p = fs_path_join(cfg->train.out_dir, "train.ini");
         rc = train_config_save(&tr->cfg, p);
         free(p);
         if (rc == 0) rc = metrics_open(tr);

@@ -49,6 +49,10 @@ int backend_registry_count(void);
 const char *backend_registry_name(int i);
 int backend_available(const char *name, char *why, size_t n);
 
+// The registry's entries, one per backend folder: csrc/cpu/ (float32 compute, BLAS + OpenMP) and,
+// in builds with nvcc, kernels/ (backend_cuda.cu). Called through backend_open only.
+Backend *backend_cpu_open(const char *precision);
+
 // Memory the backend can still allocate and its total, in bytes (0 when unknown).
 void backend_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes);
 void backend_synchronize(Backend *be);

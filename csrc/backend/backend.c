@@ -151,7 +151,7 @@ double backend_op_begin(Backend *be, const char *name) {
     if (be->ops->range_push) be->ops->range_push(be, name);
     if (!be->profile) return 0.0;
     backend_synchronize(be);
-    return time_now_s();
+    return util_time_now_s();
 }
 
 void backend_op_end(Backend *be, const char *name, double t0, double flops, double bytes) {
@@ -159,7 +159,7 @@ void backend_op_end(Backend *be, const char *name, double t0, double flops, doub
     if (p) backend_synchronize(be);
     if (be->ops->range_pop) be->ops->range_pop(be);
     if (!p) return;
-    double dt = time_now_s() - t0;
+    double dt = util_time_now_s() - t0;
     int i = 0;
     while (i < p->n && strcmp(p->e[i].name, name) != 0) i++;
     if (i == p->n) {

@@ -10,10 +10,26 @@
 #ifndef GIVT_OPS_H
 #define GIVT_OPS_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "backend.h"
+
+#ifdef __CUDACC__
+#define GIVT_HOST_DEVICE __host__ __device__
+#else
+#define GIVT_HOST_DEVICE
+#endif
+
+// The head's std = softplus(pre) + eps as PyTorch computes it on float32 tensors: softplus with
+// PyTorch's threshold (pre > 20 gives pre) rounded to float32, then + eps rounded to float32. The one
+// definition for the loss (every backend's gaussian_nll and mixture_nll), model_get_mu_std and
+// sampling; the CUDA kernels call it on the device.
+static inline GIVT_HOST_DEVICE float givt_head_std(double pre, double eps) {
+    double sp = pre > 20.0 ? pre : log1p(exp(pre));
+    return (float)((double)(float)sp + eps);
+}
 
 // The shape of one attention call. Queries are the Tq tokens at positions pos0 .. pos0 + Tq - 1;
 // keys and values the Tk = pos0 + Tq tokens at positions 0 .. Tk - 1 (a KV cache holds the first
@@ -130,8 +146,5 @@ struct GivtOps {
     void (*range_push)(Backend *be, const char *name);
     void (*range_pop)(Backend *be);
 };
-
-// The CPU backend (ops_cpu.c): float32 compute, OpenBLAS + OpenMP. Opened through backend_open.
-Backend *backend_cpu_open(const char *precision);
 
 #endif

@@ -16,7 +16,6 @@
 #include <string.h>
 
 #include "blas.h"
-#include "model.h"  // givt_head_std
 #include "util.h"
 
 // Compute buffers (cval *) are float32 on this backend.
@@ -73,7 +72,7 @@ static void cpu_zero(Backend *be, void *p, size_t bytes) {
 // MemAvailable and MemTotal of /proc/meminfo (the physical memory when there is none)
 static void cpu_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes) {
     (void)be;
-    double avail = memory_available_bytes();
+    double avail = util_memory_available_bytes();
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     *free_bytes = (size_t)avail;
     *total_bytes = pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fs.h"
 #include "json.h"
 #include "util.h"
 
@@ -23,7 +24,7 @@ static int read_key(const char *path, const JsonValue *root, const GivtConfigKey
 
 int hf_read_config_json(const char *path, GivtConfig *cfg) {
     size_t len;
-    char *text = read_file_text_max(path, GIVT_TEXT_MAX_BYTES, &len);
+    char *text = fs_read_text_max(path, GIVT_TEXT_MAX_BYTES, &len);
     if (!text) return -1;
     JsonValue *root = json_parse(text, len, path);
     free(text);
@@ -38,7 +39,7 @@ int hf_read_config_json(const char *path, GivtConfig *cfg) {
 }
 
 int hf_read_config(const char *folder, GivtConfig *cfg) {
-    char *path = path_join(folder, "config.json");
+    char *path = fs_path_join(folder, "config.json");
     int rc = hf_read_config_json(path, cfg);
     free(path);
     return rc;
@@ -97,13 +98,13 @@ int hf_write_config_json(const char *path, const GivtConfig *cfg) {
     int rc = config_text(&b, cfg);
     if (rc) rc = givt_fail("%s: %s", path, givt_last_error());
     AtomicFile af;
-    if (rc == 0) rc = atomic_open(&af, path);
+    if (rc == 0) rc = fs_atomic_open(&af, path);
     if (rc == 0) {
-        if (atomic_write(&af, b.data, b.len) == 0) {
-            rc = atomic_commit(&af);
+        if (fs_atomic_write(&af, b.data, b.len) == 0) {
+            rc = fs_atomic_commit(&af);
         } else {
             rc = -1;
-            atomic_abort(&af);
+            fs_atomic_abort(&af);
         }
     }
     json_buf_free(&b);
@@ -168,7 +169,7 @@ int hf_load_tensors(const char *path, const ParamTable *pt, float *params_host) 
 }
 
 int hf_load_weights(const char *folder, const ParamTable *pt, float *params_host) {
-    char *path = path_join(folder, "model.safetensors");
+    char *path = fs_path_join(folder, "model.safetensors");
     int rc = hf_load_tensors(path, pt, params_host);
     free(path);
     return rc;
@@ -213,8 +214,8 @@ int hf_model_save(GivtModel *m, const char *folder, const Weights *w) {
 }
 
 int hf_save(const char *folder, const GivtConfig *cfg, const ParamTable *pt, const float *params_host) {
-    if (mkdir_p(folder)) return -1;
-    char *cfg_path = path_join(folder, "config.json"), *st_path = path_join(folder, "model.safetensors");
+    if (fs_mkdir_p(folder)) return -1;
+    char *cfg_path = fs_path_join(folder, "config.json"), *st_path = fs_path_join(folder, "model.safetensors");
     int rc = hf_write_config_json(cfg_path, cfg);
     if (rc == 0) rc = hf_save_tensors(st_path, pt, params_host, NULL, 0);
     free(cfg_path);

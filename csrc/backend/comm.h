@@ -1,0 +1,83 @@
+// comm: the communicator contract of data-parallel training: the Dist instance and the collectives
+// (DistOps) every communicator implements. csrc/train/dist.c holds the single-process one and
+// chooses among them (dist.h); csrc/train/dist_mpi.c implements it over MPI; a backend whose memory
+// is its own provides one that reduces that memory (kernels/dist_nccl.cu: NCCL). A communicator's
+// code includes this header, not the trainer's dist.h.
+#ifndef GIVT_COMM_H
+#define GIVT_COMM_H
+
+#include <stddef.h>
+#include <stdlib.h>
+
+#include "backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct Dist Dist;
+
+// Rank r's part of a flat buffer of `total` floats split across the ranks for ZeRO-1: parts of
+// ceil(total / world_size) floats, the last ones shorter (possibly empty).
+typedef struct {
+    size_t first, count;
+} DistPart;
+static inline DistPart dist_part(size_t total, int world_size, int rank) {
+    size_t per = world_size > 0 ? (total + (size_t)world_size - 1) / (size_t)world_size : total;
+    size_t first = per * (size_t)rank;
+    if (first > total) first = total;
+    size_t end = first + per < total ? first + per : total;
+    return (DistPart){first, end - first};
+}
+
+typedef struct {
+    // ---- data: backend memory ----
+    // buf (n floats) = the mean over ranks, in place
+    void (*allreduce_mean)(Dist *d, Backend *be, float *buf, size_t n);
+    // buf (n doubles, backend scalars) = the sum over ranks, in place
+    void (*allreduce_sum_scalars)(Dist *d, Backend *be, double *buf, size_t n);
+    // grads [first, first + count) of buf are final on this rank; the communicator may start their
+    // reduction (the allreduce_mean of the whole buffer that follows completes it). NULL: no overlap.
+    void (*grads_ready)(Dist *d, Backend *be, float *buf, size_t first, size_t count);
+    // ZeRO-1: part (this rank's dist_part of total) = the mean over ranks of that part of full
+    void (*reduce_scatter_mean)(Dist *d, Backend *be, const float *full, float *part, size_t total);
+    // ZeRO-1: every rank's part of full (total floats, each rank's own part in place) to every rank
+    void (*allgather)(Dist *d, Backend *be, float *full, size_t total);
+    // ---- control: host memory ----
+    long (*max)(Dist *d, long v);                      // the largest v over ranks, on every rank
+    void (*broadcast)(Dist *d, void *buf, size_t n);   // rank 0's n bytes to every rank
+    // rank 0 gets every rank's part (dist_part of total) of a float buffer into full (total floats,
+    // rank 0 only; NULL elsewhere); part is this rank's part in host memory
+    void (*gather)(Dist *d, const float *part, float *full, size_t total);
+    void (*barrier)(Dist *d);
+    void (*abort)(Dist *d, int code);  // ends every rank of the job; does not return
+    void (*close)(Dist *d);            // collective: every rank closes
+} DistOps;
+
+struct Dist {
+    const char *name;     // "single", "mpi", "nccl"
+    char launcher[64];    // how the ranks were started: "none", "mpirun (Open MPI)", "srun", ...
+    int rank, world_size, local_rank;
+    const DistOps *ops;
+    void *ctx;
+};
+
+// Closes a communicator (collective: every rank closes) and frees it.
+static inline void dist_close(Dist *d) {
+    if (!d) return;
+    d->ops->close(d);
+    free(d);
+}
+
+// The CUDA backend's communicator (kernels/dist_nccl.cu, in GPU builds when nvcc has NCCL beside
+// it; weak here, so that a build without it links and says so): one NCCL communicator over the
+// ranks of parent (whose unique id it broadcasts through parent), on the backend's GPU; parent then
+// serves the control collectives and is closed with it.
+Dist *dist_open_nccl(Dist *parent, Backend *be) __attribute__((weak));
+const char *dist_nccl_version(void) __attribute__((weak));
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
