@@ -213,11 +213,25 @@ test-sanitize:
 	    $(SAN_BUILD)/run_tests $(addprefix $(SAN_BUILD)/,$(PROGRAMS))
 	$(SAN_ENV) GIVT_BIN_DIR=$(SAN_BUILD) $(SAN_BUILD)/run_tests $(TEST_FILTER)
 
-install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/givt
-	install -m 755 $(PROGRAMS) $(DESTDIR)$(PREFIX)/bin/
-	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/
-	install -m 644 $(filter-out %_internal.h,$(foreach d,$(SRC_DIRS),$(wildcard $(d)/*.h))) $(DESTDIR)$(PREFIX)/include/givt/
+# make install: the programs, libgivt.a (with the CUDA backend's GPU objects when nvcc built them) and
+# the headers under $(PREFIX)/include/givt/ (#include <givt/model.h>: the headers include each other
+# from their own folder, so a user's util.h is never picked up), plus givt.pc for pkg-config
+# (--cflags -I$(PREFIX)/include; --libs with what the library needs: BLAS, OpenMP, MPI, CUDA).
+# scripts/check_install.sh checks it with a user program that has its own util.h and rng_seed.
+INSTALL_LIB := $(BUILD)/install/libgivt.a
+INSTALL_HDRS := $(filter-out %_internal.h,$(foreach d,$(SRC_DIRS),$(wildcard $(d)/*.h)))
+$(INSTALL_LIB): $(LIB_OBJS) $(KERNEL_OBJS)
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	$(AR) rcs $@ $^
+install: all $(INSTALL_LIB)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/givt
+	install -m 755 $(PROGRAM_BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(INSTALL_LIB) $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 $(INSTALL_HDRS) $(DESTDIR)$(PREFIX)/include/givt/
+	printf '%s\n' 'prefix=$(PREFIX)' 'Name: givt' 'Description: GIVT training and sampling engine' 'Version: 1' \
+	    'Cflags: -I$${prefix}/include' 'Libs: -L$${prefix}/lib -lgivt $(strip $(KERNEL_LIBS) $(LDLIBS))' \
+	    >$(DESTDIR)$(PREFIX)/lib/pkgconfig/givt.pc
 
 clean:
 	rm -rf $(BUILD) $(SAN_BUILD) $(PROGRAMS)

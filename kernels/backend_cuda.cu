@@ -163,7 +163,7 @@ extern "C" int backend_cuda_available(char *why, size_t n) {
 #endif
 }
 
-extern "C" Backend *backend_cuda_open(const char *precision) {
+extern "C" Backend *backend_cuda_open(Precision p) {
     int count = 0;
     CUDA_CHECK(cudaGetDeviceCount(&count));
     const int device = count > 0 ? backend_device_ordinal() % count : 0;  // data parallel: the local rank's GPU
@@ -173,9 +173,10 @@ extern "C" Backend *backend_cuda_open(const char *precision) {
     Backend *be = (Backend *)xcalloc(1, sizeof *be);
     CudaCtx *c = (CudaCtx *)xcalloc(1, sizeof *c);
     be->name = "cuda";
+    be->caps = BACKEND_CAP_DEVICE_MEMORY;  // device memory (emulated: the emulator's), its own mem_info
     be->ops = &g_cuda_ops;
     be->ctx = c;
-    be->compute = precision && !strcmp(precision, "bf16") ? DTYPE_BF16 : DTYPE_F32;
+    be->compute = p == PRECISION_BF16 ? DTYPE_BF16 : DTYPE_F32;
 #ifdef GIVT_CUDA_EMU
     c->emulated = 1;
     snprintf(be->device, sizeof be->device, "emulated CUDA (CPU)");

@@ -70,7 +70,7 @@ void cuda_matmul_bwd(Backend *be, cval *dinp, float *dw, const cval *dout, const
 
 // ---- kernels/backend_cuda.cu: the registry's entry (csrc/backend/backend.c) ----
 int backend_cuda_available(char *why, size_t n);
-Backend *backend_cuda_open(const char *precision);
+Backend *backend_cuda_open(Precision p);
 
 #ifdef __cplusplus
 }

@@ -1,121 +1,29 @@
 #!/usr/bin/python3
 """PyTorch side of the CPU benchmark (scripts/bench_cpu.sh) and of the GPU one (scripts/gpu_check.sh):
-the GIVT model of shared/GIVT.md, timed over full training steps (zero_grad, forward, backward,
-clip_grad_norm_, AdamW step) with the same sizes, initialisation rule and timing loop as givt-bench.
+the GIVT model of shared/GIVT.md (scripts/givt_reference.py's Givt, in float32), timed over full
+training steps (zero_grad, forward, backward, clip_grad_norm_, AdamW step) with the same sizes,
+initialisation rule and timing loop as givt-bench.
 Prints one line "RESULT impl=torch threads=N tokens_per_s=... ms_per_step=... gflops=... params=..."
 (the FLOP count is givt-bench's: 6 * matmul params + 12 * L * T * C per token, dense attention).
 
 CPU (float32): /usr/bin/python3 scripts/bench_torch.py --threads 2 [sizes as givt-bench]
 GPU: --device cuda [--bf16] [--compile]: --bf16 runs the forward under torch.autocast(bfloat16) with
-float32 master weights (AdamW fused when available); --compile wraps the model in torch.compile (the
-warmup steps, at least 2, absorb the compilation). The clock is read after torch.cuda.synchronize();
-the RESULT line adds peak_mem_bytes (torch.cuda.max_memory_allocated) and, with --peak-tflops, mfu.
+float32 master weights (AdamW fused when available); --compile wraps the model's loss (forward and
+Gaussian NLL) in torch.compile (the warmup steps, at least 2, absorb the compilation). The clock is
+read after torch.cuda.synchronize(); the RESULT line adds peak_mem_bytes
+(torch.cuda.max_memory_allocated) and, with --peak-tflops, mfu.
 """
 import argparse
-import math
+import os
 import statistics
+import sys
 import time
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F_
 
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * self.weight
-
-
-def rope_cache(T, n, base, condense):
-    theta = 1.0 / (base ** (torch.arange(0, n, 2, dtype=torch.float32) / n))
-    angle = torch.outer(torch.arange(T, dtype=torch.float32) / condense, theta)
-    angle = torch.cat([angle, angle], dim=-1)
-    return angle.cos(), angle.sin()
-
-
-def apply_rope(x, cos, sin):  # x (B, H, T, hd); rotate-half on the first n dims
-    n = cos.shape[-1]
-    xr, xp = x[..., :n], x[..., n:]
-    rot = torch.cat([-xr[..., n // 2:], xr[..., : n // 2]], dim=-1)
-    return torch.cat([xr * cos + rot * sin, xp], dim=-1)
-
-
-class Attention(nn.Module):
-    def __init__(self, C, H, sdpa=True):
-        super().__init__()
-        self.H = H
-        self.sdpa = sdpa and hasattr(F_, "scaled_dot_product_attention")  # PyTorch >= 2.0
-        self.norm = RMSNorm(C)
-        self.qkv_proj = nn.Linear(C, 3 * C, bias=False)
-        self.o_proj = nn.Linear(C, C, bias=False)
-
-    def forward(self, h, cos, sin):
-        B, T, C = h.shape
-        hd = C // self.H
-        q, k, v = self.qkv_proj(self.norm(h)).split(C, dim=-1)
-        q, k, v = (t.view(B, T, self.H, hd).transpose(1, 2) for t in (q, k, v))
-        # under autocast the float32 RoPE tables promote q and k: back to v's dtype for SDPA (no-op in fp32)
-        q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
-        if self.sdpa:  # the fused kernel (flash attention on the CPU in PyTorch 2)
-            y = F_.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # --attention math (and 1.13): dense masked softmax written out
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))
-            mask = torch.ones(T, T, dtype=torch.bool, device=h.device).triu(1)
-            att = att.masked_fill(mask, float("-inf")).softmax(dim=-1)
-            y = att @ v
-        return h + self.o_proj(y.transpose(1, 2).reshape(B, T, C))
-
-
-class Mlp(nn.Module):
-    def __init__(self, C, F):
-        super().__init__()
-        self.norm = RMSNorm(C)
-        self.fc1 = nn.Linear(C, F, bias=False)
-        self.fc2 = nn.Linear(C, F, bias=False)
-        self.fc3 = nn.Linear(F, C, bias=False)
-
-    def forward(self, h):
-        m = self.norm(h)
-        return h + self.fc3(F_.silu(self.fc1(m)) * self.fc2(m))
-
-
-class Block(nn.Module):
-    def __init__(self, C, F, H, sdpa=True):
-        super().__init__()
-        self.attn = Attention(C, H, sdpa)
-        self.mlp = Mlp(C, F)
-
-    def forward(self, h, cos, sin):
-        return self.mlp(self.attn(h, cos, sin))
-
-
-class Givt(nn.Module):
-    def __init__(self, D, C, F, H, L, T, eps=1e-8, rope_base=1e6, rope_pct=1.0, condense=4.0, sdpa=True):
-        super().__init__()
-        self.D, self.eps = D, eps
-        self.embed = nn.Linear(D, C, bias=False)
-        self.bos = nn.Parameter(torch.randn(D) * 0.02)
-        self.blocks = nn.ModuleList(Block(C, F, H, sdpa) for _ in range(L))
-        self.norm = RMSNorm(C)
-        self.head = nn.Linear(C, 2 * D, bias=False)
-        cos, sin = rope_cache(T, int(rope_pct * (C // H)), rope_base, condense)
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
-
-    def forward(self, x):
-        B, T, D = x.shape
-        inp = torch.cat([self.bos.expand(B, 1, D), x[:, :-1]], dim=1)
-        h = self.embed(inp)
-        cos, sin = self.cos[:T], self.sin[:T]
-        for blk in self.blocks:
-            h = blk(h, cos, sin)
-        y = self.head(self.norm(h))
-        mu, std = y[..., :D], F_.softplus(y[..., D:]) + self.eps
-        return F_.gaussian_nll_loss(mu, x, std.pow(2), eps=self.eps, full=False, reduction="mean")
+sys.dont_write_bytecode = True  # no scripts/__pycache__ from the import below
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import givt_reference as ref  # noqa: E402  (the model: ref.Givt, also the float64 reference)
 
 
 def time_sgemm(a):
@@ -180,14 +88,11 @@ def main():
     if a.compile:
         a.warmup = max(a.warmup, 2)  # the first steps compile (forward, then backward)
     D, C, F, H, L, T, B = a.input_dim, a.hidden, a.intermediate, a.heads, a.layers, a.seq, a.batch
-    model = Givt(D, C, F, H, L, T, sdpa=a.attention == "sdpa")
-    with torch.no_grad():  # xavier uniform like the seed; its zero-initialised weights get small values
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                if name.endswith(("o_proj.weight", "fc3.weight", "head.weight")):
-                    p.normal_(0.0, 0.02)
-                else:
-                    nn.init.xavier_uniform_(p)
+    cfg = ref.make_config(input_dim=D, hidden_dim=C, intermediate_dim=F, num_heads=H, num_layers=L, block_size=T)
+    model = ref.Givt(cfg, dtype=torch.float32, attention=a.attention)
+    # GIVT.md's init (xavier uniform, bos normal(0, 0.02), norms ones), the zero-initialised weights
+    # (o_proj, fc3, head) given small values
+    model.reset_parameters(zero_std=0.02)
     model.to(dev)
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]
@@ -202,7 +107,8 @@ def main():
     else:
         opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.99), eps=1e-8)
     x = torch.randn(B, T, D).to(dev)
-    fwd = torch.compile(model) if a.compile else model
+    # the loss is part of what is timed (and compiled): Givt.loss = forward + the seed's Gaussian NLL
+    fwd = torch.compile(model.loss) if a.compile else model.loss
 
     def forward():
         if a.bf16:
@@ -258,7 +164,7 @@ def main():
     print(f"RESULT impl=torch threads={a.threads} tokens_per_s={tokens / per_step:.1f} "
           f"ms_per_step={1e3 * per_step:.2f} best_ms={1e3 * min(times):.2f} gflops={gflops:.2f} "
           f"params={n_params} flops_per_token={fpt:.0f} loss={loss:.5f} compile={int(a.compile)} "
-          f"attention={a.attention if hasattr(F_, 'scaled_dot_product_attention') else 'math'}"
+          f"attention={model.attention}"
           + (f" device={a.device} dtype={'bf16' if a.bf16 else 'float32'}"
              f" peak_mem_bytes={peak_mem} warmup_s={t_warm:.1f}" if cuda else "")
           + (f" mfu={fpt * tokens / per_step / (a.peak_tflops * 1e12):.4f}" if a.peak_tflops > 0 else ""))

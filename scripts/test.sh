@@ -14,4 +14,8 @@ for order in forward reverse random; do
   GIVT_EMU_ORDER=$order build/run_tests backend_ops_ | tail -1
   [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "backend op tests failed in thread order $order" >&2; exit 1; }
 done
+# the architecture's rules (who includes whom, no include circle, module prefixes on every global
+# symbol) and make install as a user's program sees it
+python3 scripts/check_layout.py build
+bash scripts/check_install.sh build
 make test

@@ -282,6 +282,7 @@ TEST(config_table_is_consistent) {
         case CFG_F64: case CFG_F64_OPT: want = sizeof(double); break;
         case CFG_PAIR: want = 2 * sizeof(double); break;
         case CFG_STR: want = TRAIN_CONFIG_STR_MAX; break;
+        case CFG_DEVICE: want = BACKEND_NAME_MAX; break;
         }
         CHECK(k->size == want, "[%s] %s: field size %zu, type wants %zu", k->section, k->key, k->size, want);
         CHECK(k->offset + k->size <= sizeof(TrainConfig), "[%s] %s", k->section, k->key);
@@ -307,10 +308,10 @@ TEST(config_defaults_follow_givt_md) {
     CHECK(t->lr_betas[0] == 0.9 && t->lr_betas[1] == 0.99 && t->grad_norm == 1.0);
     CHECK(t->warmup_steps == 1000 && t->timescale == 1e8 && t->lr_schedule == LR_SCHEDULE_INVERSE_SQRT);
     CHECK(t->max_steps == 100000 && t->grad_accum_steps == 1 && t->ema == 0.0);
-    CHECK(t->mixed_precision == MIXED_PRECISION_NO && t->gradient_checkpointing == 0);
+    CHECK(t->mixed_precision == PRECISION_NO && t->gradient_checkpointing == 0);
     CHECK(t->log_every == 10 && t->val_every == 1000 && t->val_size == 100 && t->save_every == 1000);
     CHECK(t->keep_checkpoints == 5 && t->seed == 42 && !strcmp(t->out_dir, "runs/default"));
-    CHECK(!t->resume_from_ckpt[0] && !t->init_from[0] && t->device == DEVICE_AUTO);
+    CHECK(!t->resume_from_ckpt[0] && !t->init_from[0] && !strcmp(t->device, "auto"));
     CHECK(c->data.kind == DATA_KIND_NPY && !c->data.path[0] && c->data.seq_len == 512 &&
           c->data.dummy_size == 10000);
     // The defaults are consistent apart from the data path, which npy needs.
@@ -328,7 +329,7 @@ TEST(config_files_parse_and_validate) {
     }
     CHECK(train_config_load(c, "configs/base.ini", 0, NULL) == 0, "%s", givt_last_error());
     CHECK(c->model.hidden_dim == 1024 && c->model.num_layers == 16 && c->model.block_size == 256);
-    CHECK(c->train.mixed_precision == MIXED_PRECISION_BF16 && c->data.kind == DATA_KIND_DUMMY);
+    CHECK(c->train.mixed_precision == PRECISION_BF16 && c->data.kind == DATA_KIND_DUMMY);
 
     char *tiny_ov[] = {"train.out_dir=/tmp/givt-tiny-test"};
     CHECK(train_config_load(c, "configs/tiny.ini", 1, tiny_ov) == 0, "%s", givt_last_error());
@@ -379,7 +380,7 @@ TEST(config_good_input_and_overrides) {
     CHECK(c->train.ema == 0.6667 && c->train.seed == UINT64_MAX);
     CHECK(!strcmp(c->train.out_dir, "runs/with space") && c->train.batch_size == 16);
     CHECK(c->model.block_size == 128 && c->data.seq_len == 100 && c->data.kind == DATA_KIND_DUMMY);
-    CHECK(c->train.device == DEVICE_CUDA && c->train.mixed_precision == MIXED_PRECISION_BF16);
+    CHECK(!strcmp(c->train.device, "cuda") && c->train.mixed_precision == PRECISION_BF16);
     // Overrides alone, no file.
     char *only[] = {"data.kind=dummy", "train.warmup_steps=0", "train.grad_norm=0", "train.ema="};
     CHECK(train_config_load(c, NULL, 4, only) == 0, "%s", givt_last_error());
@@ -417,6 +418,9 @@ TEST(config_rejects_bad_values) {
     EXPECT_ERR("[train]\nlr_schedule = cos\n", 1, 0, NULL,
                "x.ini:2: [train] lr_schedule = \"cos\": must be one of inverse_sqrt, cosine, constant");
     EXPECT_ERR("[train]\nmixed_precision = fp16\n", 1, 0, NULL, "must be one of no, bf16");
+    // [train] device: "auto" or a name of the backend registry, listed in the registry's order
+    EXPECT_ERR("[train]\ndevice = tpu\n", 1, 0, NULL,
+               "x.ini:2: [train] device = \"tpu\": must be one of auto, cuda, cpu");
     EXPECT_ERR("[data]\nkind = csv\n", 0, 0, NULL, "x.ini:2: [data] kind = \"csv\": must be one of npy, dummy");
     EXPECT_ERR("[train]\ngradient_checkpointing = maybe\n", 1, 0, NULL,
                "[train] gradient_checkpointing = \"maybe\": expected true or false");
@@ -425,6 +429,34 @@ TEST(config_rejects_bad_values) {
     EXPECT_ERR("", 1, 1, ov1, "override 2: [train] lr = \"abc\": not a number");  // 1 is data.kind=dummy
     char *ov2[] = {"model.num_heads=1.5"};
     EXPECT_ERR("[train]\nlr = 1\n", 1, 1, ov2, "override 2: [model] num_heads = \"1.5\": not an integer");
+}
+
+// [train] device is "auto" or a name of the backend registry (any case in, the registry's spelling
+// kept), checked again by validation when set in code, and listed so by --help.
+TEST(config_device_is_a_registry_name) {
+    TrainConfig *c = malloc(sizeof *c);
+    CHECK(load_text(c, "[train]\ndevice = CPU\n", 1, 0, NULL) == 0, "%s", givt_last_error());
+    CHECK(!strcmp(c->train.device, "cpu"), "%s", c->train.device);
+    for (int i = 0; i < backend_registry_count(); i++) {
+        char ov[64], *ovp[] = {ov};
+        snprintf(ov, sizeof ov, "train.device=%s", backend_registry_name(i));
+        CHECK(load_text(c, "", 1, 1, ovp) == 0, "%s", givt_last_error());
+        CHECK(!strcmp(c->train.device, backend_registry_name(i)), "%s", c->train.device);
+    }
+    snprintf(c->train.device, sizeof c->train.device, "tpu");
+    CHECK(train_config_validate(c) == -1 && tu_error_has("[train] device = \"tpu\": invalid value", NULL), "%s",
+          givt_last_error());
+    snprintf(c->train.device, sizeof c->train.device, "CPU");  // backend_open takes the registry's spelling only
+    CHECK(train_config_validate(c) == -1, "CPU set in code was accepted");
+    free(c);
+    FILE *fp = tmpfile();
+    CHECK(fp != NULL);
+    if (!fp) return;
+    train_config_help(fp);
+    char *text = read_stream(fp);
+    fclose(fp);
+    CHECK(strstr(text, "(auto | cuda | cpu)") != NULL, "%s", text);
+    free(text);
 }
 
 // The INI file and config.json give the same verdict on RoPE's rotated dims, from one check
@@ -473,7 +505,7 @@ TEST(config_rope_dims_same_verdict_in_ini_and_config_json) {
             // the model builds and runs with this configuration (no rotated dims: an empty RoPE cache)
             g.block_size = 4;
             GivtModel m;
-            Backend *be = backend_open("cpu", "no");
+            Backend *be = backend_open("cpu", PRECISION_NO);
             CHECK(model_create(&m, &g, be) == 0, "%s", givt_last_error());
             Rng rng;
             rng_seed(&rng, 3);

@@ -503,7 +503,7 @@ TEST(cuda_emu_backend_registered) {
     char why[256] = "";
     int ok = backend_available("cuda", why, sizeof why);
     CHECK(ok == 2, "backend_available(cuda) = %d (%s): want 2, emulated", ok, why);
-    Backend *be = backend_open("cuda", "bf16");
+    Backend *be = backend_open("cuda", PRECISION_BF16);
     CHECK(be != NULL, "%s", givt_last_error());
     if (!be) return;
     CHECK(!strcmp(be->device, "emulated CUDA (CPU)") && be->compute == DTYPE_BF16 && cuda_ctx(be)->emulated == 1);

@@ -11,7 +11,7 @@
 
 TEST(dist_single_process_is_the_identity) {
     Dist *d = dist_open_single();
-    Backend *be = backend_open("cpu", "no");
+    Backend *be = backend_open("cpu", PRECISION_NO);
     CHECK(d->rank == 0 && d->world_size == 1 && dist_is_root(d));
     float *g = be->ops->alloc(be, 5 * sizeof(float)), host[5] = {1, -2, 3.5f, 0, 7}, back[5];
     be->ops->upload(be, g, host, sizeof host);
@@ -50,7 +50,7 @@ TEST(dist_backward_reports_each_gradient_once_in_order) {
     givt_config_default(&cfg);
     cfg.input_dim = 3, cfg.hidden_dim = 8, cfg.intermediate_dim = 12, cfg.num_heads = 2, cfg.num_layers = 3;
     cfg.block_size = 5;
-    Backend *be = backend_open("cpu", "no");
+    Backend *be = backend_open("cpu", PRECISION_NO);
     GivtModel m;
     CHECK(model_create(&m, &cfg, be) == 0, "%s", givt_last_error());
     Rng rng;
@@ -106,7 +106,7 @@ TEST(dist_parts_tile_the_buffer_in_rank_order) {
 
 TEST(dist_single_process_parts_gather_and_checks) {
     Dist *d = dist_open_single();
-    Backend *be = backend_open("cpu", "no");
+    Backend *be = backend_open("cpu", PRECISION_NO);
     float host[7] = {1, 2, 3, 4, 5, 6, 7}, part[7] = {0}, full[7] = {0};
     float *g = be->ops->alloc(be, sizeof host), *p = be->ops->alloc(be, sizeof host);
     be->ops->upload(be, g, host, sizeof host);
@@ -137,7 +137,7 @@ TEST(dist_open_without_a_launcher_is_the_single_process) {
     }
     Dist *d = dist_open();
     CHECK(d && !strcmp(d->name, "single") && d->world_size == 1);
-    Backend *be = backend_open("cpu", "no");
+    Backend *be = backend_open("cpu", PRECISION_NO);
     CHECK(dist_for_backend(d, be) == d, "the CPU backend's memory is host memory: the communicator itself");
     backend_close(be);
     dist_close(d);

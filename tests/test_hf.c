@@ -102,7 +102,7 @@ TEST(hf_model_save_and_load_backend_memory) {
     GivtConfig cfg;
     tu_tiny_config(&cfg);
     GivtModel a, b;
-    Backend *be = backend_open("cpu", "no");
+    Backend *be = backend_open("cpu", PRECISION_NO);
     CHECK(model_create(&a, &cfg, be) == 0 && model_create(&b, &cfg, be) == 0, "%s", givt_last_error());
     size_t bytes = a.table.total * sizeof(float);
     float *host = xmalloc(bytes), *back = xmalloc(bytes);

@@ -445,7 +445,7 @@ TEST(mixture_and_classes_on_the_cuda_backend_match_the_cpu) {
         t_skip(why);
         return;
     }
-    Backend *cpu = tu_open_cpu(), *f32 = backend_open("cuda", "no"), *bf = backend_open("cuda", "bf16");
+    Backend *cpu = tu_open_cpu(), *f32 = backend_open("cuda", PRECISION_NO), *bf = backend_open("cuda", PRECISION_BF16);
     CHECK(f32 && bf, "%s", givt_last_error());
     if (!f32 || !bf) return;
     float g_cpu[20000], g_f32[20000], g_bf[20000];

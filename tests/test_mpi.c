@@ -223,24 +223,6 @@ static pid_t start_bg(const char *cmd, const char *log_path) {
     return pid;
 }
 
-// Waits up to limit_s for pid; returns its exit status, -2 on timeout (then kills its group).
-static int wait_for(pid_t pid, double limit_s, double *took) {
-    double t0 = util_time_now_s();
-    int st = 0;
-    while (util_time_now_s() - t0 < limit_s) {
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid) {
-            *took = util_time_now_s() - t0;
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        }
-        usleep(20000);
-    }
-    kill(-pid, SIGKILL);
-    waitpid(pid, &st, 0);
-    *took = limit_s;
-    return -2;
-}
-
 // The pid of rank `rank` of the job marked `mark` (GIVT_TEST_MARK in its environment), 0 if none yet.
 static pid_t find_rank(const char *mark, int rank) {
     char want_mark[320], want_rank[64];
@@ -293,7 +275,7 @@ TEST(mpi_killed_rank_ends_the_job_within_a_minute) {
     CHECK(rank1 > 0, "rank 1 not found");
     if (rank1 > 0) kill(rank1, SIGKILL);
     double took;
-    int rc = wait_for(job, 60, &took);
+    int rc = tu_wait_exit_timed(job, 60, &took);
     char *log = fs_read_text(tu_path(dir, "log.txt"), NULL);
     CHECK(rc != -2, "the job still ran a minute after rank 1 was killed");
     CHECK(rc != 0, "exit status 0 after a rank was killed");
@@ -330,7 +312,7 @@ TEST(mpi_kill_and_resume_is_bit_exact_and_sigusr1_stops_every_rank) {
     if (r1 > 0) kill(r1, SIGKILL);
     kill(-job, SIGKILL);
     double took;
-    wait_for(job, 30, &took);
+    tu_wait_exit_timed(job, 30, &took);
     snprintf(args, sizeof args, "train.out_dir='%s' %s train.resume_from_ckpt=latest", killed, common);
     CHECK(train(dir, 2, cfg, args, &log) == 0, "resume after SIGKILL: %s", log);
     const char *from = strstr(log, "resumed from");
@@ -342,7 +324,7 @@ TEST(mpi_kill_and_resume_is_bit_exact_and_sigusr1_stops_every_rank) {
     job = start_bg(cmd, tu_path(dir, "stopped.txt"));
     wait_for_progress(stopped, 120);
     kill(job, SIGUSR1);
-    int rc = wait_for(job, 60, &took);
+    int rc = tu_wait_exit_timed(job, 60, &took);
     char *stop_log = fs_read_text(tu_path(dir, "stopped.txt"), NULL);
     if (rc != 0) {  // it may have finished before the signal arrived
         CHECK(rc != -2, "the job did not stop within a minute of SIGUSR1");
@@ -479,7 +461,7 @@ TEST(mpi_hung_rank_ends_the_job_after_hang_timeout) {
     CHECK(rank1 > 0, "rank 1 not found");
     if (rank1 > 0) kill(rank1, SIGSTOP);  // alive, but never answers again: rank 0 waits in a collective
     double took;
-    int rc = wait_for(job, 60, &took);
+    int rc = tu_wait_exit_timed(job, 60, &took);
     if (rank1 > 0) kill(rank1, SIGKILL);
     char *log = fs_read_text(tu_path(dir, "log.txt"), NULL);
     CHECK(rc != -2 && rc != 0, "exit status %d after a rank hung", rc);
@@ -507,7 +489,7 @@ TEST(mpi_stopped_and_woken_job_goes_on) {
         kill(r1, SIGCONT);
     }
     double took;
-    int rc = wait_for(job, 6, &took);  // still training 6 s after the wake-up: -2 (then killed)
+    int rc = tu_wait_exit_timed(job, 6, &took);  // still training 6 s after the wake-up: -2 (then killed)
     char *log = fs_read_text(tu_path(dir, "log.txt"), NULL);
     CHECK(rc == -2, "the job ended (exit status %d) after being stopped and woken: %s", rc, log ? log : "");
     CHECK(log && !strstr(log, "another rank or the file system hangs"), "a woken rank blamed the others: %s",

@@ -1,18 +1,19 @@
 // test_ops_cpu: value checks of CPU ops beyond the reference models: SwiGLU (its vectorised exp)
 // over the whole float range, and NaN propagation. The CPU backend is opened with
-// backend_open("cpu", "no") and closed at the end of each test; its compute buffers (cval *) are
+// backend_open("cpu", PRECISION_NO) and closed at the end of each test; its compute buffers (cval *) are
 // float32, so host float arrays are passed cast to cval *.
 #include <math.h>
 #include <stdlib.h>
 
 #include "harness.h"
+#include "backend.h"
 #include "ops.h"
 #include "util.h"
 
 #define CV(p) ((cval *)(void *)(p))
 
 static Backend *open_cpu(void) {
-    Backend *be = backend_open("cpu", "no");
+    Backend *be = backend_open("cpu", PRECISION_NO);
     if (!be) givt_die("backend_open(cpu): %s", givt_last_error());
     if (be->compute != DTYPE_F32) givt_die("the CPU backend computes in %s, not float32", dtype_name(be->compute));
     return be;

@@ -1,7 +1,7 @@
 // test_ops_fd: every CPU op's backward against central finite differences of its forward (the fused
 // residual add + RMSNorm, attention with RoPE inside, ...), the NLL's clamp and softplus threshold,
 // and a whole-model finite-difference check through the model API. Each test opens the CPU backend
-// (backend_open("cpu", "no")) and closes it at the end; on that backend compute buffers (cval *)
+// (backend_open("cpu", PRECISION_NO)) and closes it at the end; on that backend compute buffers (cval *)
 // are float32, so host float arrays are passed to the ops cast to cval *, and a host double serves
 // as a backend scalar.
 #include <math.h>

@@ -1,8 +1,9 @@
 // test_ops_fd64: every op's float32 CPU backward against central finite differences, in double, of
-// an independent double-precision forward of the op written out here from GIVT.md and ops.h (plain
-// loops; nothing from ops_cpu.c but the op under test). test_ops_fd.c differences the float32 ops
-// themselves, which float32 rounding limits to ~1e-3; here the differencing is ~1e-9 accurate, so
-// the comparison is limited only by the float32 rounding of the analytic gradient.
+// the op's independent double-precision forward: the reference ops of tests/ref_ops.c (plain loops
+// from GIVT.md and ops.h, shared with test_backend_ops.c; nothing from ops_cpu.c but the op under
+// test). test_ops_fd.c differences the float32 ops themselves, which float32 rounding limits to
+// ~1e-3; here the differencing is ~1e-9 accurate, so the comparison is limited only by the float32
+// rounding of the analytic gradient.
 //
 // For each op: inputs are random O(1) values drawn in float32 and widened to double (so both sides
 // see exactly the same numbers), L = sum_i w_i * out_i with random float32 weights w, and
@@ -22,7 +23,7 @@
 // (pos0 > 0, Tq = 1 or 3 queries against Tk = pos0 + Tq keys whose first pos0 rows were rotated
 // already) and q, k, v in separate buffers with padded row and batch strides.
 //
-// Every test opens the CPU backend (backend_open("cpu", "no")) and closes it at the end; its compute
+// Every test opens the CPU backend (backend_open("cpu", PRECISION_NO)) and closes it at the end; its compute
 // buffers are float32, so host float arrays are passed cast to cval *, and a host double serves as
 // a backend scalar.
 #include <math.h>
@@ -31,6 +32,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "ref_ops.h"
 #include "rng.h"
 #include "testutil.h"
 #include "ops.h"
@@ -63,12 +65,6 @@ static void draw(float *f, double *d, size_t n, Rng *r, double scale) {
     }
 }
 
-static double *widen(const float *f, size_t n) {
-    double *d = xmalloc(n * sizeof(double));
-    for (size_t i = 0; i < n; i++) d[i] = f[i];
-    return d;
-}
-
 // sum_i w_i * out_i, with w float32 (the same dout the float32 backward gets)
 static double proj64(const double *out, const float *w, size_t n) {
     double s = 0;
@@ -88,7 +84,7 @@ static double rel_diff(const double *a, const double *b, size_t n) {
 
 // ||f32 - f64|| / ||f64||: the float32 forward of the CPU backend against the double forward
 static double fwd_diff(const float *f32, const double *f64, size_t n) {
-    double *w = widen(f32, n);
+    double *w = refop_widen(f32, n);
     double r = rel_diff(w, f64, n);
     free(w);
     return r;
@@ -112,7 +108,7 @@ static void fd64(Loss64 f, void *ctx, double *p, size_t n, double *g) {
 
 // The ratio of the float32 analytic gradient (an32, n) to fd of L in the double inputs p (n).
 static double grad_ratio(Loss64 f, void *ctx, double *p, size_t n, const float *an32) {
-    double *fd = xmalloc(n * sizeof(double)), *an = widen(an32, n);
+    double *fd = xmalloc(n * sizeof(double)), *an = refop_widen(an32, n);
     fd64(f, ctx, p, n, fd);
     double r = rel_diff(an, fd, n);
     free(fd), free(an);
@@ -134,14 +130,7 @@ typedef struct {
     int N, K, M;
 } Mm64;
 
-static void matmul64(Mm64 *c) {
-    for (int n = 0; n < c->N; n++)
-        for (int m = 0; m < c->M; m++) {
-            double s = 0;
-            for (int k = 0; k < c->K; k++) s += c->inp[n * c->K + k] * c->w[m * c->K + k];
-            c->out[n * c->M + m] = s;
-        }
-}
+static void matmul64(Mm64 *c) { refop_matmul_fwd(c->out, c->inp, c->w, c->N, c->K, c->M); }
 
 static double matmul64_loss(void *p) {
     Mm64 *c = p;
@@ -188,19 +177,7 @@ typedef struct {
     int N, C;
 } Rms64;
 
-static void rmsnorm64(Rms64 *c) {
-    double *x = xmalloc((size_t)c->C * sizeof(double));
-    for (int n = 0; n < c->N; n++) {
-        for (int i = 0; i < c->C; i++)
-            x[i] = c->inp[(size_t)n * c->C + i] + (c->branch ? c->branch[(size_t)n * c->C + i] : 0.0);
-        double ss = 0;
-        for (int i = 0; i < c->C; i++) ss += x[i] * x[i];
-        double rs = 1.0 / sqrt(ss / c->C + 1e-5);
-        c->rstd[n] = rs;
-        for (int i = 0; i < c->C; i++) c->out[(size_t)n * c->C + i] = x[i] * rs * c->w[i];
-    }
-    free(x);
-}
+static void rmsnorm64(Rms64 *c) { refop_rmsnorm_fwd(c->out, c->rstd, NULL, c->inp, c->branch, c->w, c->N, c->C); }
 
 static double rmsnorm64_loss(void *p) {
     Rms64 *c = p;
@@ -266,158 +243,61 @@ TEST(ops_fd64_residual_rmsnorm) {
 
 // ---- rope + attention ------------------------------------------------------------------------
 // Queries at positions pos0 .. pos0 + Tq - 1, keys and values at 0 .. Tk - 1 (Tk = pos0 + Tq);
-// query t sees keys 0 .. pos0 + t. RoPE (rotate-half on the first n dims of every head):
-// rope(x) = x * cos + cat(-x[n/2:n], x[0:n/2]) * sin at the token's position, on q and on the keys
-// at positions >= pos0 (the first pos0 keys, a KV cache, were rotated when they were computed).
-// The cos/sin tables are inputs of the op (not differentiated): they are built from GIVT.md's cache
-// formula in double, rounded to float32 for the op, and the double forward uses those same values.
+// query t sees keys 0 .. pos0 + t. RoPE (rotate-half on the first n dims of every head) on q and on
+// the keys at positions >= pos0 (the first pos0 keys, a KV cache, were rotated when they were
+// computed). The cos/sin tables are inputs of the op (not differentiated): built from GIVT.md's cache
+// formula in double and rounded to float32; the op and the double forward (refop_attention) read the
+// same values. L = proj . out.
 typedef struct {
-    int B, H, hd, Tq, Tk, pos0, n;
-    double *q, *k, *v;    // dense (B, Tq, C), (B, Tk, C), (B, Tk, C); k rows < pos0 already rotated
-    double *qr, *kr;      // the rotated q and k (B, Tq, C), (B, Tk, C), written by attention64
-    double *out;          // (B, Tq, C)
-    const double *cos, *sin;
+    RefOpAttn a;          // the double forward: reads q, k, v below, writes qr, kr and out
+    double *q, *k, *v;    // dense (B, Tq, C), (B, Tk, C), (B, Tk, C): the inputs differenced
     const float *proj;    // (B, Tq, C)
 } Att64;
 
-// y (one token's H heads) = rope(x) at the table row cs, sn
-static void rope64_row(double *y, const double *x, int H, int hd, int n, const double *cs, const double *sn) {
-    int half = n / 2;
-    for (int h = 0; h < H; h++) {
-        const double *xh = x + (size_t)h * hd;
-        double *yh = y + (size_t)h * hd;
-        for (int i = 0; i < hd; i++) {
-            if (i >= n) {
-                yh[i] = xh[i];
-                continue;
-            }
-            double rot = i < half ? -xh[i + half] : xh[i - half];
-            yh[i] = xh[i] * cs[i] + rot * sn[i];
-        }
-    }
-}
-
-#define ATT64_MAX_TK 256
-
-static void attention64(Att64 *c) {
-    int B = c->B, H = c->H, hd = c->hd, Tq = c->Tq, Tk = c->Tk, C = H * hd;
-    for (int b = 0; b < B; b++) {
-        for (int t = 0; t < Tq; t++) {
-            size_t o = ((size_t)b * Tq + t) * C;
-            rope64_row(c->qr + o, c->q + o, H, hd, c->n, c->cos + (size_t)(c->pos0 + t) * c->n,
-                       c->sin + (size_t)(c->pos0 + t) * c->n);
-        }
-        for (int u = 0; u < Tk; u++) {
-            size_t o = ((size_t)b * Tk + u) * C;
-            if (u < c->pos0)
-                memcpy(c->kr + o, c->k + o, (size_t)C * sizeof(double));
-            else
-                rope64_row(c->kr + o, c->k + o, H, hd, c->n, c->cos + (size_t)u * c->n, c->sin + (size_t)u * c->n);
-        }
-    }
-    double scale = 1.0 / sqrt((double)hd), s[ATT64_MAX_TK];
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++)
-            for (int t = 0; t < Tq; t++) {
-                const double *q = c->qr + ((size_t)b * Tq + t) * C + (size_t)h * hd;
-                int last = c->pos0 + t;
-                double mx = -INFINITY, sum = 0;
-                for (int u = 0; u <= last; u++) {
-                    const double *k = c->kr + ((size_t)b * Tk + u) * C + (size_t)h * hd;
-                    double dot = 0;
-                    for (int i = 0; i < hd; i++) dot += q[i] * k[i];
-                    s[u] = scale * dot;
-                    mx = fmax(mx, s[u]);
-                }
-                for (int u = 0; u <= last; u++) sum += (s[u] = exp(s[u] - mx));
-                double *y = c->out + ((size_t)b * Tq + t) * C + (size_t)h * hd;
-                for (int i = 0; i < hd; i++) {
-                    double acc = 0;
-                    for (int u = 0; u <= last; u++) acc += s[u] / sum * c->v[((size_t)b * Tk + u) * C + (size_t)h * hd + i];
-                    y[i] = acc;
-                }
-            }
-}
-
 static double attention64_loss(void *p) {
     Att64 *c = p;
-    attention64(c);
-    return proj64(c->out, c->proj, (size_t)c->B * c->Tq * c->H * c->hd);
+    refop_attention(&c->a);
+    return proj64(c->a.out, c->proj, (size_t)c->a.s->B * c->a.s->Tq * c->a.s->H * c->a.s->hd);
 }
 
-// One attention case and the layout of q, k, v. shared: the model's layout, q, k, v the three
-// thirds of one (B, T, 3C) buffer (pos0 = 0). Otherwise three buffers: q of row stride C + qr_pad and
-// batch stride Tq * q_row + qb_pad, k and v of row stride C + kr_pad and batch stride
-// (Tk + kcap_pad) * kv_row + kb_pad (a KV cache with room for more tokens). Padding holds NaN: an op
-// that reads it poisons its output, and one that writes it is caught by the bitwise check.
-typedef struct {
-    int B, H, hd, Tq, pos0, n;
-    int shared, qr_pad, qb_pad, kr_pad, kcap_pad, kb_pad;
-} AttCase;
-
-typedef struct {
-    AttnShape s;
-    size_t nqbuf, nkvbuf;  // floats in the q buffer and in each of the k, v buffers (shared: the qkv buffer, 0)
-    size_t qoff, koff, voff;  // where q, k, v start in their buffers
-} AttLayout;
-
-static AttLayout att_layout(const AttCase *ac) {
-    int C = ac->H * ac->hd, Tk = ac->pos0 + ac->Tq;
-    AttLayout L = {.s = {.B = ac->B, .H = ac->H, .hd = ac->hd, .Tq = ac->Tq, .Tk = Tk, .pos0 = ac->pos0,
-                         .n_rot = ac->n}};
-    if (ac->shared) {
-        L.s.q_row = L.s.kv_row = 3 * (size_t)C;
-        L.s.q_batch = L.s.kv_batch = (size_t)ac->Tq * 3 * C;
-        L.nqbuf = (size_t)ac->B * L.s.q_batch, L.nkvbuf = 0;
-        L.qoff = 0, L.koff = (size_t)C, L.voff = 2 * (size_t)C;
-    } else {
-        L.s.q_row = (size_t)C + ac->qr_pad, L.s.q_batch = (size_t)ac->Tq * L.s.q_row + ac->qb_pad;
-        L.s.kv_row = (size_t)C + ac->kr_pad, L.s.kv_batch = (size_t)(Tk + ac->kcap_pad) * L.s.kv_row + ac->kb_pad;
-        L.nqbuf = (size_t)ac->B * L.s.q_batch, L.nkvbuf = (size_t)ac->B * L.s.kv_batch;
-        L.qoff = L.koff = L.voff = 0;
-    }
-    return L;
-}
+// One case (refop_att_layout: shared = the model's layout, q, k, v the three thirds of one
+// (B, T, 3C) buffer; otherwise three buffers with padded row and batch strides). Padding holds NaN:
+// an op that reads it poisons its output, and one that writes it is caught by the bitwise check.
 
 // The host buffers of one case: q, k, v point into qbuf (shared) or into their own buffers.
 typedef struct {
     float *qbuf, *kbuf, *vbuf;  // kbuf, vbuf NULL when shared
     float *q, *k, *v;
-    size_t nq, nk, nv;          // floats in the buffers q, k, v live in
 } AttBufs;
 
-static AttBufs att_bufs(const AttLayout *L, float fill) {
+static AttBufs att_bufs(const RefOpAttLayout *L, float fill) {
     AttBufs a = {0};
-    a.qbuf = xmalloc(L->nqbuf * 4);
-    for (size_t i = 0; i < L->nqbuf; i++) a.qbuf[i] = fill;
-    if (L->nkvbuf) {
-        a.kbuf = xmalloc(L->nkvbuf * 4), a.vbuf = xmalloc(L->nkvbuf * 4);
-        for (size_t i = 0; i < L->nkvbuf; i++) a.kbuf[i] = a.vbuf[i] = fill;
+    a.qbuf = xmalloc(L->nq * 4);
+    for (size_t i = 0; i < L->nq; i++) a.qbuf[i] = fill;
+    if (L->nkv) {
+        a.kbuf = xmalloc(L->nkv * 4), a.vbuf = xmalloc(L->nkv * 4);
+        for (size_t i = 0; i < L->nkv; i++) a.kbuf[i] = a.vbuf[i] = fill;
     }
     a.q = a.qbuf + L->qoff;
     a.k = (a.kbuf ? a.kbuf : a.qbuf) + L->koff;
     a.v = (a.vbuf ? a.vbuf : a.qbuf) + L->voff;
-    a.nq = L->nqbuf, a.nk = a.nv = L->nkvbuf ? L->nkvbuf : L->nqbuf;
     return a;
 }
 
-static AttBufs att_copy(const AttLayout *L, const AttBufs *src) {
+static AttBufs att_copy(const RefOpAttLayout *L, const AttBufs *src) {
     AttBufs a = att_bufs(L, 0.0f);
-    memcpy(a.qbuf, src->qbuf, L->nqbuf * 4);
-    if (L->nkvbuf) memcpy(a.kbuf, src->kbuf, L->nkvbuf * 4), memcpy(a.vbuf, src->vbuf, L->nkvbuf * 4);
+    memcpy(a.qbuf, src->qbuf, L->nq * 4);
+    if (L->nkv) memcpy(a.kbuf, src->kbuf, L->nkv * 4), memcpy(a.vbuf, src->vbuf, L->nkv * 4);
     return a;
 }
 
 static void att_free(AttBufs *a) { free(a->qbuf), free(a->kbuf), free(a->vbuf); }
 
-// Element (b, t, j) of a strided view.
-static size_t vix(size_t row, size_t batch, int b, int t, int j) { return (size_t)b * batch + (size_t)t * row + (size_t)j; }
-
 // dense (B, T, C) float <-> a strided view
 static void gather(float *dense, const float *view, size_t row, size_t batch, int B, int T, int C) {
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)
-            for (int j = 0; j < C; j++) dense[((size_t)b * T + t) * C + j] = view[vix(row, batch, b, t, j)];
+            for (int j = 0; j < C; j++) dense[((size_t)b * T + t) * C + j] = view[refop_vix(row, batch, b, t, j)];
 }
 
 static int same_bits(float a, float b) { return memcmp(&a, &b, sizeof a) == 0; }
@@ -425,24 +305,24 @@ static int same_bits(float a, float b) { return memcmp(&a, &b, sizeof a) == 0; }
 // Elements of the buffers of b that differ bitwise from a, skipping the (b, t, j) elements of q and
 // k that the forward rotates (dims < n of each head; k rows from pos0 on) when skip_rotated is set.
 // Counts the padding and everything else the op must leave as it was.
-static int att_changed(const AttLayout *L, const AttBufs *a, const AttBufs *b, int skip_rotated) {
-    size_t nbuf = L->nkvbuf ? 3 : 1;
+static int att_changed(const RefOpAttLayout *L, const AttBufs *a, const AttBufs *b, int skip_rotated) {
+    size_t nbuf = L->nkv ? 3 : 1;
     int changed = 0, C = L->s.H * L->s.hd;
     for (size_t which = 0; which < nbuf; which++) {
         const float *x = which == 0 ? a->qbuf : which == 1 ? a->kbuf : a->vbuf;
         const float *y = which == 0 ? b->qbuf : which == 1 ? b->kbuf : b->vbuf;
-        size_t n = which == 0 ? L->nqbuf : L->nkvbuf;
+        size_t n = which == 0 ? L->nq : L->nkv;
         uint8_t *rot = xcalloc(n, 1);
         if (skip_rotated)
             for (int part = 0; part < 2; part++) {  // q, k
-                if (L->nkvbuf && (size_t)part != which) continue;
+                if (L->nkv && (size_t)part != which) continue;
                 size_t row = part ? L->s.kv_row : L->s.q_row, batch = part ? L->s.kv_batch : L->s.q_batch;
                 size_t off = part ? L->koff : L->qoff;
                 int t0 = part ? L->s.pos0 : 0, t1 = part ? L->s.Tk : L->s.Tq;
                 for (int bb = 0; bb < L->s.B; bb++)
                     for (int t = t0; t < t1; t++)
                         for (int j = 0; j < C; j++)
-                            if (j % L->s.hd < L->s.n_rot) rot[off + vix(row, batch, bb, t, j)] = 1;
+                            if (j % L->s.hd < L->s.n_rot) rot[off + refop_vix(row, batch, bb, t, j)] = 1;
             }
         for (size_t i = 0; i < n; i++)
             if (!rot[i] && !same_bits(x[i], y[i])) changed++;
@@ -451,114 +331,139 @@ static int att_changed(const AttLayout *L, const AttBufs *a, const AttBufs *b, i
     return changed;
 }
 
-// Runs one case: the forward against the double one (out, and the rotated q and k the op leaves in
-// place), everything else in the buffers unchanged; for training shapes (pos0 = 0) the backward
-// against central differences of the double forward in the unrotated q, k and v, with the padding
-// of dq, dk, dv untouched. Keeps the worst ratios: forward (w_fwd), rotated q and k (w_rope), dq, dk
-// and dv (w_grad).
-static void attention_case(const AttCase *ac, uint64_t seed, double *w_fwd, double *w_rope, double *w_grad) {
-    AttLayout L = att_layout(ac);
-    const AttnShape *s = &L.s;
+// A case's inputs: the views random, the padding NaN; the first pos0 keys rotated (in double, then
+// rounded to float32 like a cache the op filled) at their positions; the same values dense in c.
+static AttBufs att_fill(const RefOpAttLayout *L, Att64 *c, const float *cs, const float *sn, Rng *r) {
+    const AttnShape *s = &L->s;
     int B = s->B, H = s->H, hd = s->hd, Tq = s->Tq, Tk = s->Tk, n = s->n_rot, C = H * hd;
-    if (Tk > ATT64_MAX_TK) givt_die("attention case: Tk %d > %d", Tk, ATT64_MAX_TK);
-    Rng r;
-    rng_seed(&r, seed);
-    size_t nqd = (size_t)B * Tq * C, nkd = (size_t)B * Tk * C, nt = (size_t)Tk * (n ? n : 1);
-    float *cs = xcalloc(nt, 4), *sn = xcalloc(nt, 4), *proj = xmalloc(nqd * 4);
-    double *dcs = xcalloc(nt, 8), *dsn = xcalloc(nt, 8);
-    const double base = 100.0, condense = 1.5;  // small base so the angles are O(1)
-    for (int t = 0; t < Tk; t++)
-        for (int i = 0; i < n / 2; i++) {
-            double ang = (t / condense) / pow(base, 2.0 * i / n);
-            cs[t * n + i] = cs[t * n + n / 2 + i] = (float)cos(ang);
-            sn[t * n + i] = sn[t * n + n / 2 + i] = (float)sin(ang);
-        }
-    for (size_t i = 0; i < nt; i++) dcs[i] = cs[i], dsn[i] = sn[i];
-    Att64 c = {B, H, hd, Tq, Tk, s->pos0, n, xmalloc(nqd * 8), xmalloc(nkd * 8), xmalloc(nkd * 8), xmalloc(nqd * 8),
-               xmalloc(nkd * 8), xmalloc(nqd * 8), dcs, dsn, proj};
-
-    // inputs: the views random, the padding NaN; the first pos0 keys rotated (in double, then
-    // rounded to float32 like a cache the op filled) at their positions
-    AttBufs in = att_bufs(&L, NAN);
+    double *q = c->q, *k = c->k, *v = c->v;
+    AttBufs in = att_bufs(L, NAN);
     double *tmp = xmalloc((size_t)C * 8), *rot = xmalloc((size_t)C * 8);
     for (int b = 0; b < B; b++) {
         for (int t = 0; t < Tq; t++)
             for (int j = 0; j < C; j++) {
-                float f = (float)rng_normal(&r);
-                in.q[vix(s->q_row, s->q_batch, b, t, j)] = f, c.q[((size_t)b * Tq + t) * C + j] = f;
+                float f = (float)rng_normal(r);
+                in.q[refop_vix(s->q_row, s->q_batch, b, t, j)] = f, q[((size_t)b * Tq + t) * C + j] = f;
             }
         for (int u = 0; u < Tk; u++) {
-            for (int j = 0; j < C; j++) tmp[j] = (float)rng_normal(&r);
-            if (u < s->pos0) rope64_row(rot, tmp, H, hd, n, dcs + (size_t)u * n, dsn + (size_t)u * n);
+            for (int j = 0; j < C; j++) tmp[j] = (float)rng_normal(r);
+            if (u < s->pos0) refop_rope_row(rot, tmp, H, hd, n, cs + (size_t)u * n, sn + (size_t)u * n);
             for (int j = 0; j < C; j++) {
-                float f = (float)(u < s->pos0 ? rot[j] : tmp[j]), fv = (float)rng_normal(&r);
-                in.k[vix(s->kv_row, s->kv_batch, b, u, j)] = f, c.k[((size_t)b * Tk + u) * C + j] = f;
-                in.v[vix(s->kv_row, s->kv_batch, b, u, j)] = fv, c.v[((size_t)b * Tk + u) * C + j] = fv;
+                float f = (float)(u < s->pos0 ? rot[j] : tmp[j]), fv = (float)rng_normal(r);
+                in.k[refop_vix(s->kv_row, s->kv_batch, b, u, j)] = f, k[((size_t)b * Tk + u) * C + j] = f;
+                in.v[refop_vix(s->kv_row, s->kv_batch, b, u, j)] = fv, v[((size_t)b * Tk + u) * C + j] = fv;
             }
         }
     }
-    for (size_t i = 0; i < nqd; i++) proj[i] = (float)rng_normal(&r);
     free(tmp), free(rot);
+    return in;
+}
 
-    // forward on a copy (it rotates q and k in place)
-    AttBufs work = att_copy(&L, &in);
-    float *out = xmalloc(nqd * 4), *got = xmalloc(nkd * 4);
-    for (size_t i = 0; i < nqd; i++) out[i] = NAN;  // overwritten
-    void *saved = xmalloc(ops->attention_saved_bytes(be, s));
-    ops->attention_fwd(be, CV(out), saved, CV(work.q), CV(work.k), CV(work.v), cs, sn, s);
-    attention64(&c);
-    double e = fwd_diff(out, c.out, nqd);
+// The forward's checks: out against the double forward, the rotated q and k it leaves in work
+// against qr, kr (1e-5 norm-wise: float32 dot products and softmax), and nothing else in the buffers
+// changed (bitwise). Keeps the worst ratios (forward in w_fwd, rotated q and k in w_rope).
+static void att_check_fwd(const RefOpAttLayout *L, const Att64 *c, const AttBufs *in, const AttBufs *work,
+                          const float *out, double *w_fwd, double *w_rope) {
+    const AttnShape *s = &L->s;
+    int C = s->H * s->hd;
+    size_t nqd = (size_t)s->B * s->Tq * C, nkd = (size_t)s->B * s->Tk * C;
+    float *got = xmalloc(nkd * 4);
+    double e = fwd_diff(out, c->a.out, nqd);
     CHECK(e <= FD64_TOL, "attention forward: ratio %.3g (tol %g)", e, FD64_TOL);
     *w_fwd = fmax(*w_fwd, e);
     if (isnan(e)) *w_fwd = e;
-    gather(got, work.q, s->q_row, s->q_batch, B, Tq, C);
-    double eq = fwd_diff(got, c.qr, nqd);
-    gather(got, work.k, s->kv_row, s->kv_batch, B, Tk, C);
-    double ek = fwd_diff(got, c.kr, nkd);
+    gather(got, work->q, s->q_row, s->q_batch, s->B, s->Tq, C);
+    double eq = fwd_diff(got, c->a.qr, nqd);
+    gather(got, work->k, s->kv_row, s->kv_batch, s->B, s->Tk, C);
+    double ek = fwd_diff(got, c->a.kr, nkd);
     CHECK(eq <= FD64_TOL && ek <= FD64_TOL, "rotated q %.3g, k %.3g (tol %g)", eq, ek, FD64_TOL);
     *w_rope = fmax(*w_rope, fmax(eq, ek));
-    int changed = att_changed(&L, &in, &work, 1);
+    int changed = att_changed(L, in, work, 1);
     CHECK(changed == 0, "the forward changed %d elements besides the rotated q and k (v, padding, dims >= n_rot, "
                         "k rows < pos0)", changed);
+    free(got);
+}
 
-    if (s->pos0 == 0) {  // the backward: training shapes only
-        AttBufs d = att_bufs(&L, NAN), d0 = att_bufs(&L, NAN);  // dq, dk, dv overwritten; padding kept
-        void *scratch = xmalloc(ops->attention_scratch_bytes(be, s));
-        ops->attention_bwd(be, CV(d.q), CV(d.k), CV(d.v), scratch, CV(proj), CV(work.q), CV(work.k), CV(work.v),
-                           saved, cs, sn, s);
-        float *g = xmalloc(nkd * 4);
-        gather(g, d.q, s->q_row, s->q_batch, B, Tq, C);
-        double gq = grad_ratio(attention64_loss, &c, c.q, nqd, g);
-        gather(g, d.k, s->kv_row, s->kv_batch, B, Tk, C);
-        double gk = grad_ratio(attention64_loss, &c, c.k, nkd, g);
-        gather(g, d.v, s->kv_row, s->kv_batch, B, Tk, C);
-        double gv = grad_ratio(attention64_loss, &c, c.v, nkd, g);
-        CHECK(gq <= FD64_TOL && gk <= FD64_TOL && gv <= FD64_TOL, "attention dq %.3g, dk %.3g, dv %.3g (tol %g)",
-              gq, gk, gv, FD64_TOL);
-        double gw = fmax(gq, fmax(gk, gv));
-        *w_grad = isnan(gq + gk + gv) ? NAN : fmax(*w_grad, gw);
-        // the padding of the gradient buffers: every element outside the views still NaN
-        int touched = 0;
-        if (L.nkvbuf) {
-            // fill the views of d0 with d's values: then d0 and d must agree bit for bit
-            for (int b = 0; b < B; b++)
-                for (int j = 0; j < C; j++) {
-                    for (int t = 0; t < Tq; t++) d0.q[vix(s->q_row, s->q_batch, b, t, j)] = d.q[vix(s->q_row, s->q_batch, b, t, j)];
-                    for (int t = 0; t < Tk; t++) {
-                        size_t i = vix(s->kv_row, s->kv_batch, b, t, j);
-                        d0.k[i] = d.k[i], d0.v[i] = d.v[i];
-                    }
-                }
-            touched = att_changed(&L, &d0, &d, 0);
+// Elements of the padding of the gradient buffers d that the backward wrote: every element outside
+// the views must still be NaN (d0, all NaN, gets d's views copied: then d0 and d agree bit for bit).
+static int att_padding_written(const RefOpAttLayout *L, const AttBufs *d) {
+    const AttnShape *s = &L->s;
+    if (!L->nkv) return 0;  // the shared layout has no padding
+    AttBufs d0 = att_bufs(L, NAN);
+    for (int b = 0; b < s->B; b++)
+        for (int j = 0; j < s->H * s->hd; j++) {
+            for (int t = 0; t < s->Tq; t++) {
+                size_t i = refop_vix(s->q_row, s->q_batch, b, t, j);
+                d0.q[i] = d->q[i];
+            }
+            for (int t = 0; t < s->Tk; t++) {
+                size_t i = refop_vix(s->kv_row, s->kv_batch, b, t, j);
+                d0.k[i] = d->k[i], d0.v[i] = d->v[i];
+            }
         }
-        CHECK(touched == 0, "the backward wrote %d elements of the padding of dq, dk, dv", touched);
-        free(scratch), free(g);
-        att_free(&d), att_free(&d0);
-    }
-    free(saved), free(out), free(got);
+    int touched = att_changed(L, &d0, d, 0);
+    att_free(&d0);
+    return touched;
+}
+
+// The backward (dout = proj) at the rotated q, k in work: dq, dk, dv against central differences of
+// the double forward in the unrotated q, k and v (FD64_TOL norm-wise), the padding of dq, dk, dv
+// untouched. Keeps the worst ratio in w_grad.
+static void att_check_bwd(const RefOpAttLayout *L, Att64 *c, const AttBufs *work, const void *saved, const float *cs,
+                          const float *sn, double *w_grad) {
+    const AttnShape *s = &L->s;
+    int C = s->H * s->hd;
+    size_t nqd = (size_t)s->B * s->Tq * C, nkd = (size_t)s->B * s->Tk * C;
+    AttBufs d = att_bufs(L, NAN);  // dq, dk, dv overwritten; padding kept
+    void *scratch = xmalloc(ops->attention_scratch_bytes(be, s));
+    ops->attention_bwd(be, CV(d.q), CV(d.k), CV(d.v), scratch, CV(c->proj), CV(work->q), CV(work->k), CV(work->v),
+                       saved, cs, sn, s);
+    float *g = xmalloc(nkd * 4);
+    gather(g, d.q, s->q_row, s->q_batch, s->B, s->Tq, C);
+    double gq = grad_ratio(attention64_loss, c, c->q, nqd, g);
+    gather(g, d.k, s->kv_row, s->kv_batch, s->B, s->Tk, C);
+    double gk = grad_ratio(attention64_loss, c, c->k, nkd, g);
+    gather(g, d.v, s->kv_row, s->kv_batch, s->B, s->Tk, C);
+    double gv = grad_ratio(attention64_loss, c, c->v, nkd, g);
+    CHECK(gq <= FD64_TOL && gk <= FD64_TOL && gv <= FD64_TOL, "attention dq %.3g, dk %.3g, dv %.3g (tol %g)", gq, gk,
+          gv, FD64_TOL);
+    *w_grad = isnan(gq + gk + gv) ? NAN : fmax(*w_grad, fmax(gq, fmax(gk, gv)));
+    int touched = att_padding_written(L, &d);
+    CHECK(touched == 0, "the backward wrote %d elements of the padding of dq, dk, dv", touched);
+    free(scratch), free(g);
+    att_free(&d);
+}
+
+// Runs one case: the forward (att_check_fwd), and for training shapes (pos0 = 0) the backward
+// (att_check_bwd). The rope tables use a small base (100, condense 1.5) so the angles are O(1).
+static void attention_case(const RefOpAttCase *ac, uint64_t seed, double *w_fwd, double *w_rope, double *w_grad) {
+    RefOpAttLayout L = refop_att_layout(ac);
+    const AttnShape *s = &L.s;
+    int n = s->n_rot, C = s->H * s->hd;
+    size_t nqd = (size_t)s->B * s->Tq * C, nkd = (size_t)s->B * s->Tk * C, nt = (size_t)s->Tk * (n ? n : 1);
+    Rng r;
+    rng_seed(&r, seed);
+    float *cs = xcalloc(nt, 4), *sn = xcalloc(nt, 4), *proj = xmalloc(nqd * 4);
+    refop_rope_tables(cs, sn, s->Tk, n, 100.0, 1.5);
+    Att64 c = {.q = refop_zeros(nqd), .k = refop_zeros(nkd), .v = refop_zeros(nkd), .proj = proj};
+    c.a = (RefOpAttn){.s = s, .cos = cs, .sin = sn, .q = c.q, .k = c.k, .v = c.v, .qr = refop_zeros(nqd),
+                      .kr = refop_zeros(nkd), .out = refop_zeros(nqd)};
+    AttBufs in = att_fill(&L, &c, cs, sn, &r);
+    for (size_t i = 0; i < nqd; i++) proj[i] = (float)rng_normal(&r);
+
+    // the forward on a copy (it rotates q and k in place)
+    AttBufs work = att_copy(&L, &in);
+    float *out = xmalloc(nqd * 4);
+    for (size_t i = 0; i < nqd; i++) out[i] = NAN;  // overwritten
+    void *saved = xmalloc(ops->attention_saved_bytes(be, s));
+    ops->attention_fwd(be, CV(out), saved, CV(work.q), CV(work.k), CV(work.v), cs, sn, s);
+    refop_attention(&c.a);
+    att_check_fwd(&L, &c, &in, &work, out, w_fwd, w_rope);
+    if (s->pos0 == 0) att_check_bwd(&L, &c, &work, saved, cs, sn, w_grad);  // training shapes only
+    free(saved), free(out);
     att_free(&in), att_free(&work);
-    free(cs), free(sn), free(proj), free(dcs), free(dsn);
-    free(c.q), free(c.k), free(c.v), free(c.qr), free(c.kr), free(c.out);
+    free(cs), free(sn), free(proj);
+    free(c.q), free(c.k), free(c.v), free(c.a.qr), free(c.a.kr), free(c.a.out);
 }
 
 // Training shapes in the model's layout (q, k, v thirds of one (B, T, 3C) buffer): the forward, the
@@ -567,10 +472,10 @@ TEST(ops_fd64_rope_attention) {
     open_cpu();
     // B, H, hd, Tq, pos0, n_rot: full rotation; partial (2 of hd 3, an odd head dim); none
     // (rope_rotary_percentage 0); partial 4 of 6
-    const AttCase cases[] = {{2, 2, 4, 5, 0, 4, 1, 0, 0, 0, 0, 0},
-                             {1, 2, 3, 3, 0, 2, 1, 0, 0, 0, 0, 0},
-                             {2, 2, 6, 4, 0, 0, 1, 0, 0, 0, 0, 0},
-                             {2, 3, 6, 4, 0, 4, 1, 0, 0, 0, 0, 0}};
+    const RefOpAttCase cases[] = {{2, 2, 4, 5, 0, 4, 1, 0, 0, 0, 0, 0},
+                                  {1, 2, 3, 3, 0, 2, 1, 0, 0, 0, 0, 0},
+                                  {2, 2, 6, 4, 0, 0, 1, 0, 0, 0, 0, 0},
+                                  {2, 3, 6, 4, 0, 4, 1, 0, 0, 0, 0, 0}};
     double w_fwd = 0, w_rope = 0, w_grad = 0;
     for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++)
         attention_case(&cases[i], 401 + (uint64_t)i, &w_fwd, &w_rope, &w_grad);
@@ -582,9 +487,9 @@ TEST(ops_fd64_rope_attention) {
 // q, k, v in three buffers with row and batch strides other than 3C (padding NaN), T = 1 included.
 TEST(ops_fd64_attention_strided) {
     open_cpu();
-    const AttCase cases[] = {{2, 2, 6, 6, 0, 4, 0, 3, 5, 7, 0, 2},
-                             {3, 1, 4, 1, 0, 4, 0, 1, 0, 2, 1, 3},
-                             {1, 3, 2, 5, 0, 2, 0, 9, 4, 0, 2, 0}};
+    const RefOpAttCase cases[] = {{2, 2, 6, 6, 0, 4, 0, 3, 5, 7, 0, 2},
+                                  {3, 1, 4, 1, 0, 4, 0, 1, 0, 2, 1, 3},
+                                  {1, 3, 2, 5, 0, 2, 0, 9, 4, 0, 2, 0}};
     double w_fwd = 0, w_rope = 0, w_grad = 0;
     for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++)
         attention_case(&cases[i], 451 + (uint64_t)i, &w_fwd, &w_rope, &w_grad);
@@ -600,9 +505,9 @@ TEST(ops_fd64_attention_strided) {
 // backend's 64-row blocks.
 TEST(ops_fd64_attention_decode) {
     open_cpu();
-    const AttCase cases[] = {{2, 2, 6, 1, 5, 4, 0, 0, 0, 0, 3, 0},  {2, 2, 4, 3, 4, 4, 0, 3, 2, 1, 2, 5},
-                             {1, 3, 4, 1, 8, 2, 0, 0, 0, 0, 0, 0},  {3, 2, 8, 3, 70, 8, 0, 2, 0, 4, 1, 0},
-                             {2, 1, 6, 1, 1, 6, 0, 0, 1, 0, 1, 0}};
+    const RefOpAttCase cases[] = {{2, 2, 6, 1, 5, 4, 0, 0, 0, 0, 3, 0},  {2, 2, 4, 3, 4, 4, 0, 3, 2, 1, 2, 5},
+                                  {1, 3, 4, 1, 8, 2, 0, 0, 0, 0, 0, 0},  {3, 2, 8, 3, 70, 8, 0, 2, 0, 4, 1, 0},
+                                  {2, 1, 6, 1, 1, 6, 0, 0, 1, 0, 1, 0}};
     double w_fwd = 0, w_rope = 0, w_grad = 0;
     for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++)
         attention_case(&cases[i], 481 + (uint64_t)i, &w_fwd, &w_rope, &w_grad);
@@ -618,13 +523,7 @@ typedef struct {
     int N, F;
 } Swi64;
 
-static void swiglu64(Swi64 *c) {
-    for (int n = 0; n < c->N; n++)
-        for (int f = 0; f < c->F; f++) {
-            double a = c->h[(size_t)n * 2 * c->F + f], b = c->h[(size_t)n * 2 * c->F + c->F + f];
-            c->out[(size_t)n * c->F + f] = a / (1.0 + exp(-a)) * b;
-        }
-}
+static void swiglu64(Swi64 *c) { refop_swiglu_fwd(c->out, c->h, c->N, c->F); }
 
 static double swiglu64_loss(void *p) {
     Swi64 *c = p;
@@ -665,13 +564,7 @@ typedef struct {
     int B, T, D;
 } Shift64;
 
-static void shift64(Shift64 *c) {
-    for (int b = 0; b < c->B; b++)
-        for (int t = 0; t < c->T; t++)
-            for (int d = 0; d < c->D; d++)
-                c->out[((size_t)b * c->T + t) * c->D + d] =
-                    t == 0 ? c->bos[d] : c->x[((size_t)b * c->T + t - 1) * c->D + d];
-}
+static void shift64(Shift64 *c) { refop_shift_bos(c->out, c->x, c->bos, c->B, c->T, c->D); }
 
 static double shift64_loss(void *p) {
     Shift64 *c = p;
@@ -717,24 +610,95 @@ typedef struct {
     int N, D;
 } Nll64;
 
-static double softplus64(double z) { return z > 20.0 ? z : log1p(exp(z)); }
-
 static double nll64_loss(void *p) {
     Nll64 *c = p;
-    double sum = 0;
-    for (int n = 0; n < c->N; n++)
-        for (int d = 0; d < c->D; d++) {
-            double mu = c->y[(size_t)n * 2 * c->D + d], pre = c->y[(size_t)n * 2 * c->D + c->D + d];
-            double sd = softplus64(pre) + c->eps, var = fmax(sd * sd, c->eps), e = c->x[(size_t)n * c->D + d] - mu;
-            sum += 0.5 * (log(var) + e * e / var);
-        }
-    return c->s * sum;
+    return c->s * refop_gaussian_nll(NULL, c->y, c->x, c->N, c->D, c->eps, 1.0);
 }
 
 // Is element (n, d) clamped (std^2 < eps)?
 static int nll64_clamped(const Nll64 *c, int n, int d) {
-    double sd = softplus64(c->y[(size_t)n * 2 * c->D + c->D + d]) + c->eps;
+    double sd = refop_softplus(c->y[(size_t)n * 2 * c->D + c->D + d]) + c->eps;
     return sd * sd < c->eps;
+}
+
+// Every other element of trials 1, 2 (and two of trial 0) gets a special pre: clamped or > 20.
+static void nll64_special_pre(float *y, Nll64 *c, int tr) {
+    const float special_pre[] = {20.5f, -4.0f, 27.0f, -6.0f, 60.0f, -3.5f, 21.0f};
+    int k = 0, D = c->D;
+    for (int n = 0; n < c->N; n++)
+        for (int d = 0; d < D; d++) {
+            int i = n * D + d;
+            if (tr == 0 ? (i == 1 || i == 7) : (i % 2 == 0)) {
+                float pre = special_pre[k++ % (int)(sizeof special_pre / sizeof special_pre[0])];
+                if (tr == 0 && pre < 0) pre = 25.0f;  // with eps 1e-8 a clamp needs std < 1e-4
+                y[(size_t)n * 2 * D + D + d] = pre, c->y[(size_t)n * 2 * D + D + d] = pre;
+            }
+        }
+}
+
+// The forward: the op's sum got against the double one (relative 1e-5: std is rounded to float32 in
+// the op, ~1e-7), and element by element (N = D = 1 calls, so that no term hides in the sum; relative
+// to max(1, |l|)). Returns the worst error.
+static double nll64_check_fwd(Nll64 *c, double got, const float *y, const float *x) {
+    int N = c->N, D = c->D;
+    double want = nll64_loss(c) / c->s, worst = fabs(got - want) / fabs(want);
+    CHECK(worst <= FD64_TOL, "gaussian_nll forward: %.10g vs double %.10g", got, want);
+    for (int n = 0; n < N; n++)
+        for (int d = 0; d < D; d++) {
+            float y1[2] = {y[(size_t)n * 2 * D + d], y[(size_t)n * 2 * D + D + d]}, x1 = x[(size_t)n * D + d];
+            double yd[2] = {y1[0], y1[1]}, xd = x1, g1 = 0;
+            double w1 = refop_gaussian_nll(NULL, yd, &xd, 1, 1, c->eps, 1.0);
+            ops->gaussian_nll(be, NULL, &g1, CV(y1), &x1, 1, 1, c->eps, 1.0f);
+            double e1 = fabs(g1 - w1) / fmax(1.0, fabs(w1));
+            CHECK(e1 <= FD64_TOL, "gaussian_nll forward of element (%d,%d): %.10g vs double %.10g", n, d, g1, w1);
+            worst = fmax(worst, e1);
+        }
+    return worst;
+}
+
+// Sums of squared differences and of squared references, for the norm-wise ratios.
+typedef struct {
+    double dd, ff;
+} Norm2;
+static void norm2_add(Norm2 *s, double an, double ref) { s->dd += (an - ref) * (an - ref), s->ff += ref * ref; }
+static double norm2_ratio(const Norm2 *s) { return sqrt(s->dd) / sqrt(s->ff); }
+
+// The worst ratios of the gradient over the trials, and the special elements seen.
+typedef struct {
+    double mu, pre, st;
+    int clamped, thresh;
+} Nll64Worst;
+
+// The gradient dy (the op's, float32, scale c->s) against fd of the double forward: norm-wise over the
+// dmu entries (fd is exact for those, clamped or not: var does not depend on mu) and over the dpre
+// entries of unclamped elements. Clamped: PyTorch's clamp passes the gradient straight through to
+// std (and so does the float32 op), whereas the double forward really is flat in pre there
+// (var = eps), so its fd is 0: that is checked, and dpre is compared with the straight-through
+// gradient of refop_gaussian_nll, s * 0.5 (1/var - e^2/var^2) * 2 std sigmoid(pre) with var = eps.
+static void nll64_check_grad(Nll64 *c, const float *dy, Nll64Worst *w) {
+    int N = c->N, D = c->D;
+    size_t ny = (size_t)N * 2 * D;
+    double *fd = xmalloc(ny * 8), *an = refop_widen(dy, ny), *st = refop_zeros(ny);
+    fd64(nll64_loss, c, c->y, ny, fd);
+    refop_gaussian_nll(st, c->y, c->x, N, D, c->eps, c->s);
+    Norm2 mu = {0, 0}, pre = {0, 0}, str = {0, 0};
+    for (int n = 0; n < N; n++)
+        for (int d = 0; d < D; d++) {
+            size_t im = (size_t)n * 2 * D + d, ip = im + D;
+            norm2_add(&mu, an[im], fd[im]);
+            if (c->y[ip] > REFOP_SOFTPLUS_THRESHOLD) w->thresh++;
+            if (!nll64_clamped(c, n, d)) {
+                norm2_add(&pre, an[ip], fd[ip]);
+                continue;
+            }
+            w->clamped++;
+            CHECK(fabs(fd[ip]) <= 1e-6, "clamped element (%d,%d): fd %.3g, want 0", n, d, fd[ip]);
+            norm2_add(&str, an[ip], st[ip]);
+        }
+    CHECK_RATIO("gaussian_nll dmu", norm2_ratio(&mu), w->mu);
+    CHECK_RATIO("gaussian_nll dpre", norm2_ratio(&pre), w->pre);
+    if (str.ff > 0) CHECK_RATIO("gaussian_nll dpre (clamped, straight-through)", norm2_ratio(&str), w->st);
+    free(fd), free(an), free(st);
 }
 
 TEST(ops_fd64_gaussian_nll) {
@@ -745,10 +709,9 @@ TEST(ops_fd64_gaussian_nll) {
     // within 1e-6 of 20 or of the clamp boundary, so no difference quotient straddles a kink.
     const int Ns[NTRIALS] = {4, 5, 4};
     const double epss[NTRIALS] = {1e-8, 1e-2, 1e-2};
-    const float special_pre[] = {20.5f, -4.0f, 27.0f, -6.0f, 60.0f, -3.5f, 21.0f};
     const int D = 3;
-    double w_fwd = 0, w_mu = 0, w_pre = 0, w_st = 0;
-    int n_clamped = 0, n_thresh = 0;
+    double w_fwd = 0;
+    Nll64Worst w = {0, 0, 0, 0, 0};
     for (int tr = 0; tr < NTRIALS; tr++) {
         Rng r;
         rng_seed(&r, 701 + tr);
@@ -757,72 +720,18 @@ TEST(ops_fd64_gaussian_nll) {
         float *y = xmalloc(ny * 4), *x = xmalloc(nx * 4), *dy = xmalloc(ny * 4);
         Nll64 c = {xmalloc(ny * 8), xmalloc(nx * 8), epss[tr], 0, N, D};
         draw(y, c.y, ny, &r, 1), draw(x, c.x, nx, &r, 1);
-        // every other element of trials 1, 2 (and two of trial 0) gets a special pre: clamped or > 20
-        int k = 0;
-        for (int n = 0; n < N; n++)
-            for (int d = 0; d < D; d++) {
-                int i = n * D + d;
-                if (tr == 0 ? (i == 1 || i == 7) : (i % 2 == 0)) {
-                    float pre = special_pre[k++ % (int)(sizeof special_pre / sizeof special_pre[0])];
-                    if (tr == 0 && pre < 0) pre = 25.0f;  // with eps 1e-8 a clamp needs std < 1e-4
-                    y[(size_t)n * 2 * D + D + d] = pre, c.y[(size_t)n * 2 * D + D + d] = pre;
-                }
-            }
+        nll64_special_pre(y, &c, tr);
         float s = (float)(0.5 + rng_uniform(&r));  // dout of the scalar sum
         c.s = s;
-
         double got = -2.0;  // the loss scalar accumulates: -2 + the sum
         ops->gaussian_nll(be, CV(dy), &got, CV(y), x, N, D, c.eps, s);
-        got += 2.0;
-        double want = nll64_loss(&c) / c.s;
-        double fr = fabs(got - want) / fabs(want);  // std is rounded to float32 in the op: ~1e-7
-        CHECK(fr <= FD64_TOL, "gaussian_nll forward: %.10g vs double %.10g", got, want);
-        if (fr > w_fwd) w_fwd = fr;
-        // and element by element (N = D = 1 calls), so that no term hides in the sum
-        for (int n = 0; n < N; n++)
-            for (int d = 0; d < D; d++) {
-                float y1[2] = {y[(size_t)n * 2 * D + d], y[(size_t)n * 2 * D + D + d]}, x1 = x[(size_t)n * D + d];
-                Nll64 c1 = {(double[2]){y1[0], y1[1]}, (double[1]){x1}, c.eps, 1.0, 1, 1};
-                double g1 = 0, w1 = nll64_loss(&c1);
-                ops->gaussian_nll(be, NULL, &g1, CV(y1), &x1, 1, 1, c.eps, 1.0f);
-                double e1 = fabs(g1 - w1) / fmax(1.0, fabs(w1));
-                CHECK(e1 <= FD64_TOL, "gaussian_nll forward of element (%d,%d): %.10g vs double %.10g", n, d, g1, w1);
-                if (e1 > w_fwd) w_fwd = e1;
-            }
-
-        double *fd = xmalloc(ny * 8), *an = widen(dy, ny);
-        fd64(nll64_loss, &c, c.y, ny, fd);
-        // Norm-wise over the dmu entries (fd is exact for those, clamped or not: var does not depend
-        // on mu) and over the dpre entries of unclamped elements.
-        double dd_mu = 0, ff_mu = 0, dd_pre = 0, ff_pre = 0, dd_st = 0, ff_st = 0;
-        for (int n = 0; n < N; n++)
-            for (int d = 0; d < D; d++) {
-                size_t im = (size_t)n * 2 * D + d, ip = im + D;
-                dd_mu += (an[im] - fd[im]) * (an[im] - fd[im]), ff_mu += fd[im] * fd[im];
-                double pre = c.y[ip];
-                if (pre > 20.0) n_thresh++;
-                if (!nll64_clamped(&c, n, d)) {
-                    dd_pre += (an[ip] - fd[ip]) * (an[ip] - fd[ip]), ff_pre += fd[ip] * fd[ip];
-                    continue;
-                }
-                // Clamped: PyTorch's clamp passes the gradient straight through to std (and so does
-                // the float32 op), whereas our double forward really is flat in pre there (var = eps),
-                // so its fd is 0. Check that, and compare dpre against the straight-through formula
-                // d/dpre = s * 0.5 * (1/var - e^2/var^2) * 2 * std * sigmoid(pre) with var = eps.
-                n_clamped++;
-                CHECK(fabs(fd[ip]) <= 1e-6, "clamped element (%d,%d): fd %.3g, want 0", n, d, fd[ip]);
-                double sd = softplus64(pre) + c.eps, e = c.x[(size_t)n * D + d] - c.y[im];
-                double st = c.s * 0.5 * (1.0 / c.eps - e * e / (c.eps * c.eps)) * 2.0 * sd / (1.0 + exp(-pre));
-                dd_st += (an[ip] - st) * (an[ip] - st), ff_st += st * st;
-            }
-        CHECK_RATIO("gaussian_nll dmu", sqrt(dd_mu) / sqrt(ff_mu), w_mu);
-        CHECK_RATIO("gaussian_nll dpre", sqrt(dd_pre) / sqrt(ff_pre), w_pre);
-        if (ff_st > 0) CHECK_RATIO("gaussian_nll dpre (clamped, straight-through)", sqrt(dd_st) / sqrt(ff_st), w_st);
-        free(fd), free(an), free(y), free(x), free(dy), free(c.y), free(c.x);
+        w_fwd = fmax(w_fwd, nll64_check_fwd(&c, got + 2.0, y, x));
+        nll64_check_grad(&c, dy, &w);
+        free(y), free(x), free(dy), free(c.y), free(c.x);
     }
-    CHECK(n_clamped >= 4 && n_thresh >= 4, "clamped %d, above threshold %d", n_clamped, n_thresh);
+    CHECK(w.clamped >= 4 && w.thresh >= 4, "clamped %d, above threshold %d", w.clamped, w.thresh);
     printf("  fd64 gaussian_nll worst ratio %.2e (dmu %.2e, dpre %.2e, dpre clamped vs straight-through %.2e; "
            "forward %.2e; %d clamped, %d with pre > 20)\n",
-           fmax(fmax(w_mu, w_pre), w_st), w_mu, w_pre, w_st, w_fwd, n_clamped, n_thresh);
+           fmax(fmax(w.mu, w.pre), w.st), w.mu, w.pre, w.st, w_fwd, w.clamped, w.thresh);
     close_cpu();
 }

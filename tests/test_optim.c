@@ -35,7 +35,7 @@ TEST(lr_cosine_and_constant) {
 }
 
 TEST(adamw_two_steps_by_hand) {
-    Backend *be = backend_open("cpu", "no");
+    Backend *be = backend_open("cpu", PRECISION_NO);
     float p[2] = {1.0f, -2.0f}, m[2] = {0}, v[2] = {0};
     const float g1[2] = {0.5f, -0.25f}, g2[2] = {-1.0f, 0.75f};
     double lr = 0.01, b1 = 0.9, b2 = 0.99, eps = 1e-8, wd = 0.1;
@@ -62,7 +62,7 @@ TEST(clipping_scales_to_the_max_norm) {
     cfg.input_dim = 2, cfg.hidden_dim = 4, cfg.intermediate_dim = 4, cfg.num_heads = 1, cfg.num_layers = 1;
     cfg.block_size = 4;
     GivtModel m;
-    Backend *be = backend_open("cpu", "no");
+    Backend *be = backend_open("cpu", PRECISION_NO);
     CHECK(model_create(&m, &cfg, be) == 0);
     model_alloc_grads(&m);
     for (size_t i = 0; i < m.table.total; i++) m.grads[i] = (i % 2 ? 3.0f : -4.0f);

@@ -181,7 +181,7 @@ TEST(reference_forward_backward) {
     CHECK(rcode == 0, "%s", givt_last_error());
     if (rcode != 0) return;
     CHECK(rd.ncases >= 4, "%d cases", rd.ncases);
-    g_be = backend_open("cpu", "no");
+    g_be = backend_open("cpu", PRECISION_NO);
     for (int i = 0; i < rd.ncases; i++) run_case(&rd.cases[i]);
     backend_close(g_be);
     refdata_free(&rd);
@@ -281,7 +281,7 @@ TEST(reference_mixture_and_classes) {
     if (rcode != 0) return;
     CHECK(rd.ncases >= 3 && rd.version == 2, "%d cases, version %d", rd.ncases, rd.version);
     int k3 = 0, classes = 0;
-    g_be = backend_open("cpu", "no");
+    g_be = backend_open("cpu", PRECISION_NO);
     for (int i = 0; i < rd.ncases; i++) {
         k3 += rd.cases[i].cfg.num_mixtures == 3;
         classes += rd.cases[i].cfg.num_classes > 0;

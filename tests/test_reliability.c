@@ -101,7 +101,7 @@ TEST(reliability_param_count_matches_the_table) {
     double C = cfg.hidden_dim, F = cfg.intermediate_dim, D = cfg.input_dim, L = cfg.num_layers;
     double want = L * (4 * C * C + 3 * F * C + 2 * C) + 3 * C * D + D + C;
     CHECK((double)givt_config_num_params(&cfg) == want);
-    Backend *be = backend_open("cpu", "no");
+    Backend *be = backend_open("cpu", PRECISION_NO);
     CHECK(model_acts_bytes(&cfg, be, 1 << 20, 1 << 20, 1, 0) == SIZE_MAX, "saturates instead of wrapping");
     backend_close(be);
 }

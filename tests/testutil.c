@@ -94,7 +94,7 @@ int tu_error_has(const char *a, const char *b) {
 }
 
 Backend *tu_open_cpu(void) {
-    Backend *be = backend_open("cpu", "no");
+    Backend *be = backend_open("cpu", PRECISION_NO);
     if (!be) givt_die("backend_open(cpu): %s", givt_last_error());
     if (be->compute != DTYPE_F32) givt_die("the CPU backend computes in %s, not float32", dtype_name(be->compute));
     return be;
@@ -147,14 +147,22 @@ pid_t tu_spawn_logged(char *const argv[], const char *log, int threads, int *err
     return rc == 0 ? pid : -1;
 }
 
-int tu_wait_exit(pid_t pid, double timeout_s) {
+int tu_wait_exit_timed(pid_t pid, double timeout_s, double *took) {
     int status = 0;
-    for (double t0 = util_time_now_s(); util_time_now_s() - t0 < timeout_s; usleep(10000)) {
+    double t0 = util_time_now_s();
+    for (; util_time_now_s() - t0 < timeout_s; usleep(10000)) {
         pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        if (r == pid) {
+            if (took) *took = util_time_now_s() - t0;
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        }
         if (r < 0) return -1;
     }
+    kill(-pid, SIGKILL);  // its process group, when it leads one (an mpirun job and its ranks)
     kill(pid, SIGKILL);
     waitpid(pid, &status, 0);
+    if (took) *took = timeout_s;
     return -2;
 }
+
+int tu_wait_exit(pid_t pid, double timeout_s) { return tu_wait_exit_timed(pid, timeout_s, NULL); }

@@ -35,8 +35,10 @@ int tu_program_path(char *exe, size_t n, const char *prog);
 // (the rest of the environment as it is); its pid, or -1 (errno-style code in *err when not NULL).
 pid_t tu_spawn_logged(char *const argv[], const char *log, int threads, int *err);
 // Waits up to timeout_s for pid: its exit status (128 + the signal when one killed it), or -2 after
-// the time (the process is then killed), -1 when it is not a child.
+// the time (the process is then killed, with its process group when it leads one), -1 when it is
+// not a child. The timed form also gives the seconds it waited.
 int tu_wait_exit(pid_t pid, double timeout_s);
+int tu_wait_exit_timed(pid_t pid, double timeout_s, double *took);
 
 // The CPU backend (float32 compute); dies when it cannot be opened. Close with backend_close.
 Backend *tu_open_cpu(void);

@@ -1,27 +1,72 @@
-// backend: the registry of backends, and what every backend shares (memory info, the op profile).
+// backend: the registry of backends (names, availability, opening with the op table checked), the
+// precision names, and what every backend shares (memory info, the op profile).
 #define _POSIX_C_SOURCE 200809L
 #include "backend.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "ops.h"
 #include "util.h"
 
-size_t dtype_size(DType t) { return t == DTYPE_BF16 ? 2 : 4; }
-const char *dtype_name(DType t) { return t == DTYPE_BF16 ? "bf16" : "float32"; }
 
 static int g_device_ordinal;
 void backend_set_device_ordinal(int ordinal) { g_device_ordinal = ordinal < 0 ? 0 : ordinal; }
 int backend_device_ordinal(void) { return g_device_ordinal; }
+
+// ---- precision ------------------------------------------------------------------------------
+const char *const backend_precision_names[] = {"no", "bf16", NULL};
+_Static_assert(PRECISION_NO == 0 && PRECISION_BF16 == 1, "backend_precision_names follows Precision");
+
+int backend_precision_parse(const char *text, Precision *p) {
+    for (int i = 0; backend_precision_names[i]; i++) {
+        if (text && !strcmp(text, backend_precision_names[i])) {
+            *p = (Precision)i;
+            return 0;
+        }
+    }
+    return givt_fail("precision \"%s\": expected no or bf16", text ? text : "");
+}
+
+const char *backend_precision_name(Precision p) {
+    return p == PRECISION_NO || p == PRECISION_BF16 ? backend_precision_names[p] : "?";
+}
+
+int backend_precision_note(const Backend *be, char *buf, size_t n) {
+    if (be->precision != PRECISION_BF16 || be->compute == DTYPE_BF16) return 0;
+    snprintf(buf, n, "the %s backend computes in %s", be->name, dtype_name(be->compute));
+    return 1;
+}
+
+// ---- the op table ---------------------------------------------------------------------------
+// The lists of ops.h name every member of GivtOps once: as many names as members (all function
+// pointers) and their offsets 0, 1, 2, ... pointers in some order (the sum of the offsets).
+#define OPS_COUNT(op) +1
+#define OPS_OFFSET(op) +offsetof(GivtOps, op)
+enum { NUM_OPS = 0 GIVT_OPS_REQUIRED(OPS_COUNT) GIVT_OPS_OPTIONAL(OPS_COUNT) };
+_Static_assert(sizeof(GivtOps) == NUM_OPS * sizeof(void (*)(void)), "GIVT_OPS_* lists every member of GivtOps");
+_Static_assert(0 GIVT_OPS_REQUIRED(OPS_OFFSET) GIVT_OPS_OPTIONAL(OPS_OFFSET) ==
+                   (size_t)NUM_OPS * (NUM_OPS - 1) / 2 * sizeof(void (*)(void)),
+               "GIVT_OPS_* name each member of GivtOps once");
+#undef OPS_COUNT
+#undef OPS_OFFSET
+
+int backend_check_ops(const GivtOps *ops, const char *name) {
+#define OPS_CHECK(op) \
+    if (!ops->op) return givt_fail("backend %s: op %s is not implemented", name, #op);
+    GIVT_OPS_REQUIRED(OPS_CHECK)
+#undef OPS_CHECK
+    return 0;
+}
 
 // ---- the registry ---------------------------------------------------------------------------
 // In the order "auto" tries them. A backend whose code is not built in says why it is unavailable.
 typedef struct {
     const char *name;
     int (*available)(char *why, size_t n);
-    Backend *(*open)(const char *precision);
+    Backend *(*open)(Precision p);
 } BackendEntry;
 
 static int cpu_available(char *why, size_t n) {
@@ -31,14 +76,14 @@ static int cpu_available(char *why, size_t n) {
 
 #ifdef GIVT_WITH_CUDA
 int backend_cuda_available(char *why, size_t n);
-Backend *backend_cuda_open(const char *precision);
+Backend *backend_cuda_open(Precision p);
 #else
 static int backend_cuda_available(char *why, size_t n) {
     snprintf(why, n, "this build has no CUDA backend");
     return 0;
 }
-static Backend *backend_cuda_open(const char *precision) {
-    (void)precision;
+static Backend *backend_cuda_open(Precision p) {
+    (void)p;
     return NULL;
 }
 #endif
@@ -67,10 +112,35 @@ int backend_available(const char *name, char *why, size_t n) {
     return e->available(why, n);
 }
 
-Backend *backend_open(const char *device, const char *precision) {
-    if (!precision) precision = "no";
-    if (strcmp(precision, "no") != 0 && strcmp(precision, "bf16") != 0) {
-        givt_fail("precision \"%s\": expected no or bf16", precision);
+const char *backend_device_lookup(const char *text) {
+    if (!strcasecmp(text, "auto")) return "auto";
+    for (int i = 0; i < NBACKENDS; i++)
+        if (!strcasecmp(text, k_backends[i].name)) return k_backends[i].name;
+    return NULL;
+}
+
+void backend_device_names(char *buf, size_t n, const char *sep) {
+    snprintf(buf, n, "auto");
+    for (int i = 0; i < NBACKENDS; i++) {
+        size_t len = strlen(buf);
+        snprintf(buf + len, n - len, "%s%s", sep, k_backends[i].name);
+    }
+}
+
+// Opens entry e, records the precision asked and checks its op table.
+static Backend *open_entry(const BackendEntry *e, Precision p) {
+    Backend *be = e->open(p);
+    if (!be) return NULL;
+    be->precision = p;
+    if (backend_check_ops(be->ops, be->name) == 0) return be;
+    if (be->ops->close) be->ops->close(be);
+    free(be);
+    return NULL;
+}
+
+Backend *backend_open(const char *device, Precision p) {
+    if (p != PRECISION_NO && p != PRECISION_BF16) {
+        givt_fail("precision %d: expected no or bf16", (int)p);
         return NULL;
     }
     char why[256];
@@ -78,7 +148,7 @@ Backend *backend_open(const char *device, const char *precision) {
         // available() == 2: an emulated device (the CUDA emulation of the tests), which auto skips
         for (int i = 0; i < NBACKENDS; i++) {
             int ok = k_backends[i].available(why, sizeof why);
-            if (ok == 1) return k_backends[i].open(precision);
+            if (ok == 1) return open_entry(&k_backends[i], p);
 #ifdef GIVT_WITH_CUDA
             if (!ok && i + 1 < NBACKENDS)  // one line: what auto skipped and why
                 fprintf(stderr, "note: device auto: %s not available: %s; trying %s\n", k_backends[i].name, why,
@@ -90,17 +160,16 @@ Backend *backend_open(const char *device, const char *precision) {
     }
     const BackendEntry *e = find_backend(device);
     if (!e) {
-        char names[128] = "";
-        for (int i = 0; i < NBACKENDS; i++)
-            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "", k_backends[i].name);
-        givt_fail("device \"%s\": unknown (known: auto, %s)", device, names);
+        char names[128];
+        backend_device_names(names, sizeof names, ", ");
+        givt_fail("device \"%s\": unknown (known: %s)", device, names);
         return NULL;
     }
     if (!e->available(why, sizeof why)) {
         givt_fail("device %s: not available: %s", device, why);
         return NULL;
     }
-    return e->open(precision);
+    return open_entry(e, p);
 }
 
 void backend_close(Backend *be) {

@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 
-#include "backend.h"
+#include "ops.h"  // Backend
 
 #ifdef __cplusplus
 extern "C" {

@@ -7,6 +7,9 @@
 // statistics, targets); `double *` are backend scalars (loss and norm accumulators).
 // The ops are the units a fast GPU backend fuses: residual add + RMSNorm, RoPE + attention, SwiGLU,
 // the Gaussian NLL with its gradient, AdamW with the refresh of the compute copy.
+// Also here: the Backend instance the ops receive, the element types, and the lists of the table's
+// members (GIVT_OPS_REQUIRED / GIVT_OPS_OPTIONAL, which backend_open checks). backend.h opens
+// backends (the registry) and runs ops (BACKEND_OPC: the profile and NVTX ranges).
 #ifndef GIVT_OPS_H
 #define GIVT_OPS_H
 
@@ -14,13 +17,56 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "backend.h"
 
 #ifdef __CUDACC__
 #define GIVT_HOST_DEVICE __host__ __device__
 #else
 #define GIVT_HOST_DEVICE
 #endif
+
+// Element types. Master weights, AdamW moments, weight gradients, norm statistics and the loss are
+// always float32 (or double for the loss scalars); activations and the compute copy of the weights
+// are in the backend's compute dtype.
+typedef enum { DTYPE_F32, DTYPE_BF16 } DType;
+static inline size_t dtype_size(DType t) { return t == DTYPE_BF16 ? 2 : 4; }
+static inline const char *dtype_name(DType t) { return t == DTYPE_BF16 ? "bf16" : "float32"; }
+
+// An element in the backend's compute dtype: pointers to it are backend memory that only the
+// backend's ops read or write (float on the CPU backend, bf16 or float on the CUDA backend). The
+// type is never defined, so the compiler keeps compute buffers and float32 buffers apart.
+typedef struct cval cval;
+
+typedef struct GivtOps GivtOps;
+typedef struct Backend Backend;
+
+// The compute precision asked of a backend: PRECISION_NO float32 compute; PRECISION_BF16 bfloat16
+// compute with float32 master weights where the backend supports it (the CPU backend computes in
+// float32 and says so through ->compute). backend.h has the one parse and the one list of names
+// (givt-train's [train] mixed_precision and the programs' --precision).
+typedef enum { PRECISION_NO, PRECISION_BF16 } Precision;
+
+// Capabilities of a backend (Backend.caps): what callers decide on, instead of its name.
+enum {
+    // Its buffers are host memory (alloc is malloc): a host communicator (MPI) reduces them in place.
+    BACKEND_CAP_HOST_MEMORY = 1u << 0,
+    // mem_info describes a device of its own: total - free is what this process (and the device's
+    // context) holds. Without it, mem_info is the machine's memory, shared with everything else.
+    BACKEND_CAP_DEVICE_MEMORY = 1u << 1,
+};
+
+#define BACKEND_NAME_MAX 32  // longest device name ("auto" or a registry name), NUL included
+
+struct Backend {
+    const char *name;       // the registry name: "cpu", "cuda" (for messages; decisions use caps)
+    char device[128];       // what it runs on, for the start-up line
+    unsigned caps;          // BACKEND_CAP_* flags
+    DType compute;          // dtype of activations and of the compute copy of the weights
+    Precision precision;    // what backend_open was asked for (compute may differ: backend_precision_note)
+    const GivtOps *ops;     // every op receives this Backend
+    void *ctx;              // the backend's own state (handles, streams, workspaces)
+    double peak_flops;      // the device's peak in the compute dtype (FLOP/s); 0 = unknown
+    struct BackendProfile *profile;  // per-op timing, when backend_profile_start was called
+};
 
 // The head's std = softplus(pre) + eps as PyTorch computes it on float32 tensors: softplus with
 // PyTorch's threshold (pre > 20 gives pre) rounded to float32, then + eps rounded to float32. The one
@@ -146,5 +192,17 @@ struct GivtOps {
     void (*range_push)(Backend *be, const char *name);
     void (*range_pop)(Backend *be);
 };
+
+// The members of GivtOps by name, in order: X(op) for each. The required ones must be set in every
+// backend's table (backend_open checks it: backend_check_ops); the optional ones may be NULL.
+// backend.c asserts at compile time that the two lists name every member once, so they cannot
+// drift from the struct.
+#define GIVT_OPS_REQUIRED(X)                                                                            \
+    X(alloc) X(free) X(upload) X(download) X(zero) X(copy) X(copy_rows) X(mem_info) X(synchronize)     \
+    X(close) X(to_compute) X(matmul_fwd) X(matmul_bwd) X(residual_rmsnorm_fwd) X(residual_rmsnorm_bwd) \
+    X(attention_saved_bytes) X(attention_fwd) X(attention_scratch_bytes) X(attention_bwd) X(swiglu_fwd) \
+    X(swiglu_bwd) X(shift_bos) X(shift_bos_bwd) X(class_embed_fwd) X(class_embed_bwd) X(gaussian_nll)   \
+    X(mixture_nll) X(sumsq) X(adamw) X(ema_update)
+#define GIVT_OPS_OPTIONAL(X) X(range_push) X(range_pop)
 
 #endif

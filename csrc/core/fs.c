@@ -272,7 +272,7 @@ int fs_atomic_commit(AtomicFile *af) {
 }
 
 // "<digits>" that ends at end, without leading zeros, as a pid (0 when not one).
-static long parse_pid(const char *s, const char *end) {
+long fs_parse_pid(const char *s, const char *end) {
     long pid = 0;
     if (s == end || *s == '0' || end - s > 10) return 0;
     for (; s < end; s++) {
@@ -291,9 +291,9 @@ long fs_atomic_temp_owner(const char *name) {
         const char *dash = base + n - ATOMIC_TMP_SUFFIX_LEN - 1;
         for (const char *c = dash + 1; *c; c++)
             if (!isalnum((unsigned char)*c)) return 0;
-        return *dash == '-' ? parse_pid(base + plen, dash) : 0;
+        return *dash == '-' ? fs_parse_pid(base + plen, dash) : 0;
     }
     const char *legacy = NULL;  // "<name>.tmp.<pid>": the last ".tmp."
     for (const char *t = strstr(base, ".tmp."); t; t = strstr(t + 1, ".tmp.")) legacy = t;
-    return legacy && legacy > base ? parse_pid(legacy + 5, base + n) : 0;
+    return legacy && legacy > base ? fs_parse_pid(legacy + 5, base + n) : 0;
 }

@@ -49,6 +49,9 @@ void fs_atomic_abort(AtomicFile *af);  // removes the temporary file; frees af
 // "<name>.tmp.<pid>" of earlier versions (so their leftovers are recognised too); 0 when name (a file
 // name or a path) is not one of these. Lets a cleanup remove the temporaries of dead processes only.
 long fs_atomic_temp_owner(const char *name);
+// The process id written in [s, end) as decimal digits (no sign, no leading zero, at most
+// INT32_MAX): the pids that temporary names carry. 0 when [s, end) is anything else.
+long fs_parse_pid(const char *s, const char *end);
 int fs_fsync_dir_of(const char *path);
 int fs_path_exists(const char *path);
 // mkdir -p: creates path and its missing parents (0 if it already is a directory).

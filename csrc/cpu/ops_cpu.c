@@ -686,11 +686,12 @@ static void cpu_close(Backend *be) {
     be->ctx = NULL;
 }
 
-// float32 compute whatever the precision asked for ("bf16" too: ->compute says float32).
-Backend *backend_cpu_open(const char *precision) {
-    (void)precision;
+// float32 compute whatever the precision asked for (bf16 too: ->compute says float32).
+Backend *backend_cpu_open(Precision p) {
+    (void)p;
     Backend *be = xcalloc(1, sizeof *be);
     be->name = "cpu";
+    be->caps = BACKEND_CAP_HOST_MEMORY;
     be->compute = DTYPE_F32;
     be->ops = &g_cpu_ops;
     be->ctx = xcalloc(1, sizeof(CpuCtx));

@@ -490,20 +490,12 @@ void model_free(GivtModel *m) {
     memset(m, 0, sizeof *m);
 }
 
-// Every op call goes through OPC (or OP), so that a profiling run (givt-bench --profile) times each
-// op by name; the CUDA backend marks the same names as NVTX ranges. cost: the call's OpCost (its
-// FLOPs and bytes, for the profile's GFLOP/s and GB/s); OP: an op whose rate is not shown.
-typedef struct {
-    double flops, bytes;
-} OpCost;
-#define OPC(cost, name, ...)                                    \
-    do {                                                        \
-        double t0_ = backend_op_begin(be, #name);               \
-        be->ops->name(be, __VA_ARGS__);                         \
-        OpCost c_ = be->profile ? (cost) : (OpCost){0, 0};      \
-        backend_op_end(be, #name, t0_, c_.flops, c_.bytes);     \
-    } while (0)
-#define OP(name, ...) OPC(((OpCost){0, 0}), name, __VA_ARGS__)
+// Every op call goes through OPC (or OP): ops.h's BACKEND_OPC on the local `be`, so that a profiling
+// run (givt-bench --profile) times each op by name and the CUDA backend marks the same names as
+// NVTX ranges. cost: the call's OpCost (its FLOPs and bytes, for the profile's GFLOP/s and GB/s);
+// OP: an op whose rate is not shown.
+#define OPC(cost, name, ...) BACKEND_OPC(be, cost, name, __VA_ARGS__)
+#define OP(name, ...) BACKEND_OP(be, name, __VA_ARGS__)
 
 // (N, K) x (M, K)^T: 2NKM FLOPs, three matrices of e bytes an element; backward twice the FLOPs
 // (dinp and dw) reading dout, inp and w and writing dinp and dw.

@@ -16,7 +16,8 @@
 static void usage(FILE *out) {
     fprintf(out,
             "usage: givt-bench [model options] [--device auto|cpu|cuda] [--precision no|bf16] [--steps N]\n"
-            "                  [--warmup N] [--no-adamw] [--checkpointing] [--profile] [--peak-tflops X] [--seed S]\n"
+            "                  [--warmup N] [--no-adamw] [--ema] [--checkpointing] [--profile] [--peak-tflops X]\n"
+            "                  [--seed S]\n"
             "       givt-bench --sgemm M N K [--reps R]\n"
             "model options (defaults in brackets):\n"
             "  --input-dim D [16]  --hidden C [256]  --intermediate F [688]  --heads H [4]  --layers L [4]\n"
@@ -27,7 +28,8 @@ static void usage(FILE *out) {
             "the backend knows its peak (an sm_90 GPU in bf16: 790 TFLOP/s) or --peak-tflops X is given.\n"
             "A step is zero_grads, forward, backward, global grad norm and AdamW (lr 1e-4, betas 0.9/0.99,\n"
             "wd 0.1, clip 1.0); ms/step and tokens/s are of the median timed step. --no-adamw times forward\n"
-            "+ backward only. --checkpointing recomputes each layer in backward. --profile adds a table of the\n"
+            "+ backward only. --ema adds givt-train's EMA update of the weights to each step. --checkpointing\n"
+            "recomputes each layer in backward. --profile adds a table of the\n"
             "time spent in each backend op (timed synchronously, by op name). The clock is read after\n"
             "synchronizing the backend (GPU ops are asynchronous). peak_mem_bytes in the RESULT line is the\n"
             "device's total - free memory at the end (a rough peak: it includes the CUDA context, which\n"
@@ -72,6 +74,12 @@ static int bench_sgemm(int M, int N, int K, int reps) {
     return 0;
 }
 
+// givt-train's EMA update after optimizer update `updates` (power 2/3, the seed's).
+static void bench_ema_step(GivtModel *m, Weights *ema, long updates) {
+    cval *compute = (void *)ema->compute == (void *)ema->master ? NULL : ema->compute;
+    ema_update_weights(m->be, ema->master, compute, m->w.master, m->table.total, (float)ema_decay(2.0 / 3.0, updates));
+}
+
 static int dbl_cmp(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -81,9 +89,10 @@ int main(int argc, char **argv) {
     GivtConfig cfg;
     givt_config_default(&cfg);
     cfg.input_dim = 16, cfg.hidden_dim = 256, cfg.intermediate_dim = 688, cfg.num_heads = 4, cfg.num_layers = 4;
-    int T = 256, B = 8, steps = 10, warmup = 2, adamw = 1, profile = 0, seed = 1337, checkpointing = 0;
+    int T = 256, B = 8, steps = 10, warmup = 2, adamw = 1, ema = 0, profile = 0, seed = 1337, checkpointing = 0;
     int sg[3] = {0, 0, 0}, sgemm = 0, reps = 5;
-    const char *device = "cpu", *precision = "no";
+    const char *device = "cpu";
+    Precision precision = PRECISION_NO;
     double peak_tflops = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -93,6 +102,8 @@ int main(int argc, char **argv) {
             return 0;
         } else if (!strcmp(a, "--no-adamw")) {
             adamw = 0;
+        } else if (!strcmp(a, "--ema")) {
+            ema = 1;
         } else if (!strcmp(a, "--checkpointing")) {
             checkpointing = 1;
         } else if (!strcmp(a, "--profile")) {
@@ -103,7 +114,7 @@ int main(int argc, char **argv) {
             else if (!strcmp(a, "--device"))
                 device = v;
             else
-                precision = v;
+                rc = backend_precision_parse(v, &precision);
             i++;
         } else if (!strcmp(a, "--peak-tflops")) {
             char *end = NULL;
@@ -186,6 +197,12 @@ int main(int argc, char **argv) {
                       .schedule = LR_SCHEDULE_CONSTANT};
     AdamW opt;
     adamw_create(&opt, &m, &oc);
+    Weights ema_w;  // --ema: the EMA weights, a copy to start (as givt-train's)
+    memset(&ema_w, 0, sizeof ema_w);
+    if (ema) {
+        model_weights_alloc(&m, &ema_w);
+        model_weights_copy(&m, &ema_w, &m.w);
+    }
 
     size_t mm_params;
     double fpt = givt_config_flops_per_token(&cfg, T, &mm_params);
@@ -209,6 +226,7 @@ int main(int argc, char **argv) {
         ops->download(be, sc, m.scalars + SCALAR_LOSS_SUM, sizeof sc);
         loss = sc[0] / ((double)B * T * cfg.input_dim);
         if (adamw) adamw_step(&opt, &m, m.grads, oc.lr, sqrt(sc[1]));
+        if (ema) bench_ema_step(&m, &ema_w, s + 1);
         backend_synchronize(be);
         double dt = util_time_now_s() - t0;
         if (!isfinite(loss)) givt_die("step %d: loss is %g", s, loss);
@@ -229,7 +247,7 @@ int main(int argc, char **argv) {
     double mfu = peak > 0 ? fpt * tokens / per_step / peak : 0;
     backend_mem_info(be, &mem_free, &mem_total);
     size_t used = mem_total > mem_free ? mem_total - mem_free : 0;
-    int gpu = strcmp(be->name, "cpu") != 0;
+    int gpu = (be->caps & BACKEND_CAP_DEVICE_MEMORY) != 0;
     if (peak > 0) printf("MFU %.1f%% of %s\n", 100 * mfu, peak_s);
     if (gpu)
         printf("device memory: %.2f GiB in use at the end (%.2f GiB just after the backend opened)\n",
@@ -246,6 +264,7 @@ int main(int argc, char **argv) {
            m.table.total, fpt, loss, be->name, dtype_name(be->compute), extra);
 
     adamw_free(&opt, &m);
+    if (ema) model_weights_free(&m, &ema_w);
     ops->free(be, x);
     model_free(&m);
     backend_close(be);

@@ -24,7 +24,7 @@ static void usage(FILE *out) {
 }
 
 static int parse_args(int argc, char **argv, const char **folder, const char **data, int *batch,
-                      const char **device, const char **precision) {
+                      const char **device, Precision *precision) {
     int npos = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
@@ -37,10 +37,15 @@ static int parse_args(int argc, char **argv, const char **folder, const char **d
             *batch = (int)b;
         } else if (!strcmp(argv[i], "--device") || !strncmp(argv[i], "--device=", 9)) {
             *device = argv[i][8] == '=' ? argv[i] + 9 : (i + 1 < argc ? argv[++i] : NULL);
-            if (!*device) return givt_fail("--device: expected auto, cpu or cuda");
+            if (!*device) {
+                char names[128];
+                backend_device_names(names, sizeof names, ", ");
+                return givt_fail("--device: expected one of %s", names);
+            }
         } else if (!strcmp(argv[i], "--precision") || !strncmp(argv[i], "--precision=", 12)) {
-            *precision = argv[i][11] == '=' ? argv[i] + 12 : (i + 1 < argc ? argv[++i] : NULL);
-            if (!*precision) return givt_fail("--precision: expected no or bf16");
+            const char *v = argv[i][11] == '=' ? argv[i] + 12 : (i + 1 < argc ? argv[++i] : NULL);
+            if (!v) return givt_fail("--precision: expected no or bf16");
+            if (backend_precision_parse(v, precision) != 0) return -1;
         } else if (argv[i][0] == '-' && argv[i][1]) {
             return givt_fail("unknown option %s (see --help)", argv[i]);
         } else if (npos == 0) {
@@ -92,7 +97,8 @@ static int open_data(Dataset *ds, const char *path, const GivtConfig *cfg) {
 
 // Every path out of main, errors included, frees what was allocated (the sanitizer run checks it).
 int main(int argc, char **argv) {
-    const char *folder = NULL, *data_path = NULL, *device = "auto", *precision = "no";
+    const char *folder = NULL, *data_path = NULL, *device = "auto";
+    Precision precision = PRECISION_NO;
     int batch = 8, rc = 1;
     Backend *be = NULL;
     GivtModel m;

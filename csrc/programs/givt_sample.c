@@ -18,7 +18,8 @@
 #include "stop_signal.h"
 
 typedef struct {
-    const char *folder, *out, *prompt, *device, *precision, *labels;
+    const char *folder, *out, *prompt, *device, *labels;
+    Precision precision;
     int max_len, num_samples, batch_size, ema;
     long class_id;  // -1: none
     double temperature, cfg_scale;
@@ -50,7 +51,7 @@ static void usage(FILE *out) {
 }
 
 static int parse_args(int argc, char **argv, Args *a) {
-    *a = (Args){.device = "auto", .precision = "no", .batch_size = 64, .temperature = 1.0, .class_id = -1};
+    *a = (Args){.device = "auto", .precision = PRECISION_NO, .batch_size = 64, .temperature = 1.0, .class_id = -1};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long x = 0;
@@ -93,7 +94,7 @@ static int parse_args(int argc, char **argv, Args *a) {
             else if (!strcmp(o, "--prompt")) a->prompt = v;
             else if (!strcmp(o, "--labels")) a->labels = v;
             else if (!strcmp(o, "--device")) a->device = v;
-            else a->precision = v;
+            else rc = backend_precision_parse(v, &a->precision);
         } else if (o[0] == '-') {
             rc = givt_fail("unknown option %s (see --help)", o);
         } else if (!a->folder) {
@@ -264,9 +265,9 @@ int main(int argc, char **argv) {
                        .labels = labels, .n_labels = n_labels, .cfg_scale = a.cfg_scale, .stats = &stats};
     out = xmalloc(out_bytes);
     Progress p = {.t0 = util_time_now_s(), .tty = isatty(fileno(stderr))};
-    if (!strcmp(a.precision, "bf16") && be->compute != DTYPE_BF16)
-        fprintf(stderr, "givt-sample: note: --precision bf16: the %s backend computes in %s\n", be->name,
-                dtype_name(be->compute));
+    char note[128];
+    if (backend_precision_note(be, note, sizeof note))
+        fprintf(stderr, "givt-sample: note: --precision %s: %s\n", backend_precision_name(be->precision), note);
     fprintf(stderr, "givt-sample: %d sequences of %d vectors (prompt %d), temperature %g, batch %d, backend %s (%s)\n",
             n, a.max_len, s, a.temperature, b, be->name, be->device);
     if (cfg.num_classes > 0)

@@ -95,10 +95,7 @@ static int remove_folder(const char *dir) {
 static long temporary_owner(const char *name, int folder) {
     if (!folder) return fs_atomic_temp_owner(name);
     const char *t = strrchr(name, '-');
-    if (!t || !*++t) return 0;
-    for (const char *c = t; *c; c++)
-        if (*c < '0' || *c > '9') return 0;
-    return strtol(t, NULL, 10);
+    return t ? fs_parse_pid(t + 1, t + 1 + strlen(t + 1)) : 0;
 }
 
 // Is process pid alive (and not this one)?
@@ -241,7 +238,7 @@ static int params_finite(GivtModel *m, const float *p) {
     Backend *be = m->be;
     double *acc = m->scalars + SCALAR_EVAL_SUM, ss = 0.0;
     be->ops->zero(be, acc, sizeof(double));
-    be->ops->sumsq(be, acc, p, m->table.total);
+    grad_sumsq_buffer(be, acc, p, m->table.total);
     be->ops->download(be, &ss, acc, sizeof(double));
     return isfinite(ss);
 }

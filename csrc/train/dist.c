@@ -103,7 +103,7 @@ Dist *dist_open(void) {
 }
 
 Dist *dist_for_backend(Dist *d, Backend *be) {
-    int host_memory = !strcmp(be->name, "cpu");
+    int host_memory = (be->caps & BACKEND_CAP_HOST_MEMORY) != 0;
     const char *force = getenv("GIVT_DIST");  // "nccl": NCCL even for one rank (scripts/gpu_check.sh)
     int want_nccl = !host_memory && (d->world_size > 1 || (force && !strcmp(force, "nccl")));
     if (!want_nccl) return d;  // host memory, or one rank: nothing to reduce on the device

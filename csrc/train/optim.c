@@ -1,4 +1,4 @@
-// optim: AdamW, schedules, clipping, EMA decay.
+// optim: AdamW, schedules, clipping, EMA decay, and the optimizer's backend ops through the op profile.
 #include "optim.h"
 
 #include <math.h>
@@ -42,8 +42,26 @@ void adamw_free(AdamW *opt, const GivtModel *model) {
     memset(opt, 0, sizeof *opt);
 }
 
+// ---- the optimizer's ops, through the op profile (ops.h's BACKEND_OPC) ----------------------------
+// Bytes moved by each: sumsq reads n floats; ema_update reads ema and p and writes ema (and the
+// compute copy); adamw reads p, g, m, v and writes p, m, v (and the compute copy). All memory bound:
+// flops 0, the profile shows their GB/s.
+static OpCost sumsq_cost(size_t n) { return (OpCost){0, (double)n * sizeof(float)}; }
+static OpCost update_cost(size_t n, int f32_passes, const cval *compute, size_t esize) {
+    return (OpCost){0, (double)n * ((double)f32_passes * sizeof(float) + (compute ? (double)esize : 0.0))};
+}
+
+void grad_sumsq_buffer(Backend *be, double *acc, const float *p, size_t n) {
+    BACKEND_OPC(be, sumsq_cost(n), sumsq, acc, p, n);
+}
+
+void ema_update_weights(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay) {
+    BACKEND_OPC(be, update_cost(n, 3, ema_compute, dtype_size(be->compute)), ema_update, ema, ema_compute, p, n,
+                decay);
+}
+
 void grad_sumsq(const GivtModel *model, double *acc) {
-    model->be->ops->sumsq(model->be, acc, model->grads, model->table.total);
+    grad_sumsq_buffer(model->be, acc, model->grads, model->table.total);
 }
 
 double grad_global_norm(GivtModel *model) {
@@ -83,9 +101,9 @@ void adamw_step(AdamW *opt, GivtModel *model, const float *grads, double lr, dou
         size_t a = s->offset > lo ? s->offset : lo, b = end < hi ? end : hi;  // the run's overlap with the part
         if (a >= b) continue;
         cval *pc = separate ? (cval *)((char *)w->compute + a * esize) : NULL;
-        be->ops->adamw(be, w->master + a, pc, grads + (a - lo), opt->m + (a - lo), opt->v + (a - lo), b - a, (float)lr,
-                       (float)c->beta1, (float)c->beta2, (float)c->eps,
-                       s->weight_decay ? (float)c->weight_decay : 0.0f, (float)scale, (int)opt->t);
+        BACKEND_OPC(be, update_cost(b - a, 7, pc, esize), adamw, w->master + a, pc, grads + (a - lo), opt->m + (a - lo),
+                    opt->v + (a - lo), b - a, (float)lr, (float)c->beta1, (float)c->beta2, (float)c->eps,
+                    s->weight_decay ? (float)c->weight_decay : 0.0f, (float)scale, (int)opt->t);
     }
 }
 

@@ -37,6 +37,14 @@ void adamw_create(AdamW *opt, const GivtModel *model, const OptimConfig *cfg);  
 // The optimizer of parameters [first, first + count) only (ZeRO-1).
 void adamw_create_part(AdamW *opt, const GivtModel *model, const OptimConfig *cfg, size_t first, size_t count);
 void adamw_free(AdamW *opt, const GivtModel *model);
+// The optimizer's backend ops, called through the op profile (givt-bench --profile, NVTX ranges):
+// *acc (a backend scalar) += the sum of squares of p (n floats of backend memory: a part of the
+// gradients, or any float32 buffer such as the weights).
+void grad_sumsq_buffer(Backend *be, double *acc, const float *p, size_t n);
+// ema (n floats) = decay * ema + (1 - decay) * p; ema_compute: ema's compute copy, or NULL when it is
+// ema itself (as the op's ema_compute).
+void ema_update_weights(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay);
+
 // *acc (a backend scalar) += the squared L2 norm of model->grads (double accumulation, fixed order).
 void grad_sumsq(const GivtModel *model, double *acc);
 // Global L2 norm of model->grads, read by the host (one synchronisation).

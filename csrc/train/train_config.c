@@ -18,8 +18,6 @@
 
 // ---- the table ------------------------------------------------------------------------------
 static const char *const k_schedules[] = {"inverse_sqrt", "cosine", "constant", NULL};
-static const char *const k_precisions[] = {"no", "bf16", NULL};
-static const char *const k_devices[] = {"auto", "cpu", "cuda", NULL};
 static const char *const k_data_kinds[] = {"npy", "dummy", NULL};
 static const char *const k_sections[] = {"model", "train", "data", NULL};
 _Static_assert(LR_SCHEDULE_INVERSE_SQRT == 0 && LR_SCHEDULE_COSINE == 1 && LR_SCHEDULE_CONSTANT == 2,
@@ -61,7 +59,8 @@ static const ConfigKey k_keys[] = {
     {"train", "ema", CFG_F64_OPT, FIELD(train.ema), "",
      "power of the Karras-style EMA of the weights (the seed: 2/3); empty = no EMA", RANGE_GT, 0, 0, NULL},
     {"train", "mixed_precision", CFG_ENUM, FIELD(train.mixed_precision), "no",
-     "bf16: bfloat16 compute, fp32 master weights (GPU only; the CPU backend trains in float32)", NO_RANGE, k_precisions},
+     "bf16: bfloat16 compute, fp32 master weights (GPU only; the CPU backend trains in float32)", NO_RANGE,
+     backend_precision_names},
     {"train", "gradient_checkpointing", CFG_BOOL, FIELD(train.gradient_checkpointing), "false",
      "keep only each layer's input and recompute the layer in backward: less memory, about 1/3 more time", NO_RANGE, NULL},
     {"train", "log_every", CFG_I64, FIELD(train.log_every), "10", "print the training loss every N steps",
@@ -82,8 +81,8 @@ static const ConfigKey k_keys[] = {
      "resume from a checkpoint folder, or \"latest\": the newest in out_dir (none yet: start fresh); empty = start fresh", NO_RANGE, NULL},
     {"train", "init_from", CFG_STR, FIELD(train.init_from), "",
      "initial weights from a Hugging Face style folder; empty = random init", NO_RANGE, NULL},
-    {"train", "device", CFG_ENUM, FIELD(train.device), "auto", "auto = cuda when a GPU is present, else cpu",
-     NO_RANGE, k_devices},
+    {"train", "device", CFG_DEVICE, FIELD(train.device), "auto", "auto = cuda when a GPU is present, else cpu",
+     NO_RANGE, NULL},
     {"train", "peak_tflops", CFG_F64, FIELD(train.peak_tflops), "0",
      "peak of one device in TFLOP/s for the MFU figure; 0 = the backend's own figure (the CPU backend has none: no MFU shown)", RANGE_GE, 0, 0, NULL},
     {"train", "zero", CFG_INT, FIELD(train.zero), "0",
@@ -117,8 +116,7 @@ const ConfigKey *train_config_keys(int *n) {
 }
 
 const char *lr_schedule_name(int s) { return s >= 0 && s < 3 ? k_schedules[s] : "?"; }
-const char *device_kind_name(int d) { return d >= 0 && d < 3 ? k_devices[d] : "?"; }
-const char *data_kind_name(int k) { return k >= 0 && k < 2 ? k_data_kinds[k] : "?"; }
+const char *train_data_kind_name(int k) { return k >= 0 && k < 2 ? k_data_kinds[k] : "?"; }
 
 static int find_key(const char *section, const char *key) {
     for (int i = 0; i < NKEYS; i++)
@@ -348,6 +346,17 @@ static const char *set_value(TrainConfig *c, const ConfigKey *k, const char *tex
         for (int i = 0; k->choices[i]; i++)
             snprintf(buf + strlen(buf), n - strlen(buf), "%s %s", i ? "," : "", k->choices[i]);
         return buf;
+    case CFG_DEVICE: {
+        const char *name = backend_device_lookup(text);
+        if (!name || strlen(name) >= k->size) {
+            snprintf(buf, n, "must be one of ");
+            backend_device_names(buf + strlen(buf), n - strlen(buf), ", ");
+            return buf;
+        }
+        memset(dst, 0, k->size);
+        memcpy(dst, name, strlen(name));
+        return NULL;
+    }
     case CFG_STR:
         if (strlen(text) >= k->size) {
             snprintf(buf, n, "too long (at most %zu characters)", k->size - 1);
@@ -437,6 +446,7 @@ void train_config_format(const TrainConfig *c, const ConfigKey *k, char *buf, si
         snprintf(buf, n, "%s", v >= 0 && v < nc ? k->choices[v] : "?");
         return;
     }
+    case CFG_DEVICE:
     case CFG_STR: snprintf(buf, n, "%s", (const char *)src); return;
     }
     buf[0] = '\0';
@@ -546,6 +556,11 @@ static int check(const Checker *ck) {
         }
         case CFG_BOOL: ok = *(const int *)src == 0 || *(const int *)src == 1; break;
         case CFG_STR: ok = memchr(src, '\0', k->size) != NULL; break;
+        case CFG_DEVICE: {  // as the registry spells it: what backend_open finds
+            const char *name = memchr(src, '\0', k->size) ? backend_device_lookup(src) : NULL;
+            ok = name && !strcmp(name, src);
+            break;
+        }
         case CFG_U64: break;
         }
         if (!ok) {
@@ -713,6 +728,7 @@ static void constraint_text(const ConfigKey *k, char *buf, size_t n) {
         for (int i = 0; k->choices[i]; i++)
             snprintf(buf + strlen(buf), n - strlen(buf), "%s%s", i ? " | " : "", k->choices[i]);
         break;
+    case CFG_DEVICE: backend_device_names(buf, n, " | "); break;
     case CFG_STR: snprintf(buf, n, "text"); break;
     }
 }

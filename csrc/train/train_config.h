@@ -16,9 +16,8 @@
 #define TRAIN_MAX_GRAD_ACCUM 65536
 #define TRAIN_MAX_DUMMY_SIZE ((int64_t)1 << 40)
 
-// Values of the enum keys, in the order of their choices (lr_schedule uses optim.h's LrSchedule).
-typedef enum { MIXED_PRECISION_NO, MIXED_PRECISION_BF16 } MixedPrecision;
-typedef enum { DEVICE_AUTO, DEVICE_CPU, DEVICE_CUDA } DeviceKind;
+// Values of the enum keys, in the order of their choices (lr_schedule uses optim.h's LrSchedule,
+// mixed_precision backend.h's Precision).
 enum { DATA_KIND_NPY, DATA_KIND_DUMMY };  // [data] kind (data.h's DataKind is the loader's)
 
 // [train]: the seed's TrainConfig, plus what this engine adds (schedules, checkpoints, device).
@@ -36,7 +35,7 @@ typedef struct {
     int64_t max_steps;
     int grad_accum_steps;
     double ema;            // power of the Karras-style EMA of the weights; 0 = no EMA (empty in INI)
-    int mixed_precision;   // MixedPrecision
+    int mixed_precision;   // Precision (backend.h): its names are the choices
     int gradient_checkpointing;
     int64_t log_every;
     int64_t val_every;     // 0 = no validation
@@ -47,7 +46,7 @@ typedef struct {
     char out_dir[TRAIN_CONFIG_STR_MAX];
     char resume_from_ckpt[TRAIN_CONFIG_STR_MAX];  // "" | a checkpoint folder | "latest" (in out_dir)
     char init_from[TRAIN_CONFIG_STR_MAX];         // "" | a Hugging Face style folder
-    int device;                                   // DeviceKind
+    char device[BACKEND_NAME_MAX];                // "auto" or a backend of the registry (backend.h)
     double peak_tflops;                           // of the device, for the MFU figure; 0 = unknown
     int zero;                                     // ZeRO stage: 0 off, 1 AdamW state split over ranks
     double hang_timeout;                          // s without progress that end a multi-rank job; 0 = never
@@ -80,6 +79,7 @@ typedef enum {
     CFG_BOOL,    // int 0/1: true/false, yes/no, 1/0, on/off
     CFG_ENUM,    // int index into choices
     CFG_STR,     // char[TRAIN_CONFIG_STR_MAX]
+    CFG_DEVICE,  // char[BACKEND_NAME_MAX]: "auto" or a registry name (backend_device_lookup, any case)
 } ConfigType;
 
 typedef struct {
@@ -120,7 +120,6 @@ int train_config_write_ini(FILE *out, const TrainConfig *c);
 int train_config_save(const TrainConfig *c, const char *path);
 
 const char *lr_schedule_name(int s);
-const char *device_kind_name(int d);
-const char *data_kind_name(int k);
+const char *train_data_kind_name(int k);
 
 #endif

@@ -83,7 +83,7 @@ static void reduce_gradients(Trainer *tr) {
     _Static_assert(SCALAR_GRAD_SUMSQ == SCALAR_LOSS_SUM + 1, "one all-reduce and one read of both scalars");
     if (tr->zero) {
         dist_reduce_scatter_mean(tr->dist, be, m->grads, tr->grad_part, total);
-        be->ops->sumsq(be, m->scalars + SCALAR_GRAD_SUMSQ, tr->grad_part, tr->opt.count);
+        grad_sumsq_buffer(be, m->scalars + SCALAR_GRAD_SUMSQ, tr->grad_part, tr->opt.count);
         dist_allreduce_sum_scalars(tr->dist, be, m->scalars + SCALAR_LOSS_SUM, 2);
     } else {
         dist_allreduce_mean(tr->dist, be, m->grads, total);
@@ -264,15 +264,16 @@ static int check_memory(const TrainConfig *c, Backend *be, int world_size, int v
 static int setup(Trainer *tr) {
     const TrainSettings *ts = &tr->cfg.train;
     backend_set_device_ordinal(tr->dist->local_rank);  // one GPU per rank of a node
-    tr->be = backend_open(device_kind_name(ts->device), ts->mixed_precision == MIXED_PRECISION_BF16 ? "bf16" : "no");
-    if (!tr->be) return givt_fail("[train] device = %s: %s", device_kind_name(ts->device), givt_last_error());
+    tr->be = backend_open(ts->device, (Precision)ts->mixed_precision);
+    if (!tr->be) return givt_fail("[train] device = %s: %s", ts->device, givt_last_error());
     Dist *d = dist_for_backend(tr->dist, tr->be);
     if (!d) return -1;
     tr->dist = d;
     if (guard_check_ranks_agree(tr) != 0) return -1;
-    if (ts->mixed_precision == MIXED_PRECISION_BF16 && tr->be->compute != DTYPE_BF16 && root(tr))
-        fprintf(stderr, "givt-train: note: mixed_precision = bf16: the %s backend computes in %s\n", tr->be->name,
-                dtype_name(tr->be->compute));
+    char note[128];
+    if (backend_precision_note(tr->be, note, sizeof note) && root(tr))
+        fprintf(stderr, "givt-train: note: mixed_precision = %s: %s\n", backend_precision_name(tr->be->precision),
+                note);
     if (check_memory(&tr->cfg, tr->be, d->world_size, root(tr)) != 0) return -1;
     if (ckpt_claim_out_dir(tr) != 0 || open_data(tr) != 0 || guard_check_same_data(tr) != 0) return -1;
     if (model_create(&tr->model, &tr->cfg.model, tr->be) != 0) return -1;
@@ -326,7 +327,7 @@ static void teardown(Trainer *tr) {
 static void ema_step(Trainer *tr, float decay) {
     GivtModel *m = &tr->model;
     cval *compute = (void *)tr->ema.compute == (void *)tr->ema.master ? NULL : tr->ema.compute;
-    tr->be->ops->ema_update(tr->be, tr->ema.master, compute, m->w.master, m->table.total, decay);
+    ema_update_weights(tr->be, tr->ema.master, compute, m->w.master, m->table.total, decay);
 }
 
 // ZeRO-1: each rank updated its part of the master weights; every rank gets all of them, and the
@@ -334,7 +335,10 @@ static void ema_step(Trainer *tr, float decay) {
 static void gather_weights(Trainer *tr) {
     GivtModel *m = &tr->model;
     dist_allgather(tr->dist, tr->be, m->w.master, m->table.total);
-    if ((void *)m->w.compute != (void *)m->w.master) tr->be->ops->to_compute(tr->be, m->w.compute, m->w.master, m->table.total);
+    size_t n = m->table.total;
+    OpCost cost = {0, (double)n * (double)(sizeof(float) + dtype_size(tr->be->compute))};  // read f32, write compute
+    if ((void *)m->w.compute != (void *)m->w.master)
+        BACKEND_OPC(tr->be, cost, to_compute, m->w.compute, m->w.master, n);
 }
 
 // One optimizer step: gradients, the finiteness check, clipping, AdamW and the EMA.

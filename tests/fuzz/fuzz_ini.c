@@ -54,7 +54,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         check_table(&c->model);
         // training keeps every buffer inference has, and more: a smaller estimate means a size wrapped
         static Backend *be;  // the CPU backend's sizes (the attention state it saves); opened once
-        if (!be) be = backend_open("cpu", "no");
+        if (!be) be = backend_open("cpu", PRECISION_NO);
         size_t train = model_acts_bytes(&c->model, be, c->train.batch_size, c->data.seq_len, 1,
                                         c->train.gradient_checkpointing);
         size_t infer = model_acts_bytes(&c->model, be, c->train.batch_size, c->data.seq_len, 0, 0);
