@@ -30,7 +30,7 @@ LDLIBS  += -fopenmp -lm
 #  - blis: Debian's libblis-openmp-dev;
 #  - mkl: MKLROOT holding include/mkl.h and lib/libmkl_*.so.N (e.g. a venv with pip's mkl-devel),
 #    GNU OpenMP threading layer.
-# The choice is recorded in $(BUILD)/.blas: changing it rebuilds every object.
+# The choice is recorded in $(BUILD)/.blas (below): changing it rebuilds every object.
 BLAS ?= dnnl
 PKG_CONFIG ?= pkg-config
 comma := ,
@@ -66,9 +66,6 @@ else
   $(error BLAS=$(BLAS): expected openblas, blis, mkl or dnnl)
 endif
 override CFLAGS += $(BLAS_CFLAGS)
-BLAS_STAMP := $(BUILD)/.blas
-$(shell mkdir -p $(BUILD) && { [ "$$(cat $(BLAS_STAMP) 2>/dev/null)" = "$(BLAS)" ] || echo "$(BLAS)" >$(BLAS_STAMP); })
-
 NVCC ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
 
 # MPI (data-parallel training, csrc/train/dist_mpi.c): the flags of the mpicc compiler wrapper
@@ -81,6 +78,13 @@ ifneq ($(MPICC),)
   override CFLAGS += -DGIVT_WITH_MPI $(MPI_CFLAGS)
   LDLIBS += $(MPI_LIBS)
 endif
+
+# The build's configuration (BLAS, whether nvcc and mpicc were found) is recorded in $(BUILD)/.blas:
+# changing any of them (BLAS=openblas, NVCC=, MPI=0) rebuilds every object instead of linking objects
+# compiled for another configuration.
+BLAS_STAMP := $(BUILD)/.blas
+BUILD_CONFIG := $(BLAS) cuda=$(if $(NVCC),1,0) mpi=$(if $(MPICC),1,0)
+$(shell mkdir -p $(BUILD) && { [ "$$(cat $(BLAS_STAMP) 2>/dev/null)" = "$(BUILD_CONFIG)" ] || echo "$(BUILD_CONFIG)" >$(BLAS_STAMP); })
 
 # where the programs go: the top-level folder (BIN_PREFIX empty), or e.g. build-san/ for test-sanitize
 BIN_PREFIX ?=

@@ -330,6 +330,8 @@ TEST(mpi_kill_and_resume_is_bit_exact_and_sigusr1_stops_every_rank) {
         CHECK(rc != -2, "the job did not stop within a minute of SIGUSR1");
         CHECK(stop_log && count_of(stop_log, "interrupted at step") == 1, "one rank reports the stop: %s",
               stop_log ? stop_log : "");
+        CHECK(stop_log && count_of(stop_log, "stopping after this micro-batch") == 1,
+              "the job says it is stopping once (rank 0), at once: %s", stop_log ? stop_log : "");
     }
     const char *at = stop_log ? strstr(stop_log, "interrupted at step") : NULL;
     fprintf(stderr, "  (SIGUSR1: %.*s)\n", at ? (int)strcspn(at, "\n") : 34, at ? at : "the run had ended before the signal");

@@ -14,6 +14,25 @@
 
 static _Atomic int g_stop_signal;
 static const char *g_prog = "givt";
+static const char *_Atomic g_first_notice;   // NULL: the first signal prints nothing
+static const char *_Atomic g_second_notice;  // NULL: "ending at once"
+static _Atomic int g_quiet;
+
+void stop_signals_notice(const char *first, const char *second) {
+    atomic_store(&g_first_notice, first);
+    atomic_store(&g_second_notice, second);
+}
+
+void stop_signals_quiet(int quiet) { atomic_store(&g_quiet, quiet); }
+
+// "\nPROG: WHAT: TEXT\n" on stderr with one write (the receiving thread prints while others may).
+static void say(const char *what, const char *text) {
+    if (!text || atomic_load(&g_quiet)) return;
+    char line[320];
+    int n = snprintf(line, sizeof line, "\n%s: %s: %s\n", g_prog, what, text);
+    if (n > (int)sizeof line - 1) n = (int)sizeof line - 1;
+    if (n > 0 && write(STDERR_FILENO, line, (size_t)n) < 0) { /* nothing more to say */ }
+}
 
 static void stop_set(sigset_t *set) {
     sigemptyset(set);
@@ -26,9 +45,10 @@ static void stop_set(sigset_t *set) {
 // A second signal ends the process with that signal's default action: unblocked in this thread
 // alone and raised here.
 static void end_at_once(int sig) {
-    char line[160];
-    int n = snprintf(line, sizeof line, "\n%s: second stop signal (%s): ending at once\n", g_prog, strsignal(sig));
-    if (n > 0 && write(STDERR_FILENO, line, (size_t)n) < 0) { /* nothing more to say */ }
+    char what[96];
+    snprintf(what, sizeof what, "second stop signal (%s)", strsignal(sig));
+    const char *second = atomic_load(&g_second_notice);
+    say(what, second ? second : "ending at once");
     signal(sig, SIG_DFL);
     sigset_t one;
     sigemptyset(&one);
@@ -47,6 +67,7 @@ static void *receive(void *arg) {
         if (sigwait(&set, &sig) != 0) continue;
         int first = 0;
         if (!atomic_compare_exchange_strong(&g_stop_signal, &first, sig)) end_at_once(sig);
+        say(strsignal(sig), atomic_load(&g_first_notice));
     }
     return NULL;
 }

@@ -23,6 +23,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "givt-train: %s\n", givt_last_error());
         return 1;
     }
+    stop_signals_notice("stopping after this micro-batch (press Ctrl-C again to quit without a checkpoint)",
+                        "quitting at once, without a checkpoint of this step");
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         usage(stdout);
         return 0;

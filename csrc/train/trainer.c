@@ -465,6 +465,7 @@ int trainer_run(const TrainConfig *cfg) {
     tr->cfg = *cfg;
     tr->dist = d;
     tr->lock_fd = -1;
+    stop_signals_quiet(!root(tr));  // a job says "stopping after this micro-batch" once, from rank 0
     int rc = setup(tr);
     if (rc == 0 && root(tr)) {
         char *p = fs_path_join(cfg->train.out_dir, "train.ini");
