@@ -44,7 +44,11 @@ def main():
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(path)), "metrics.png")
     rows = read_metrics(path)
 
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        sys.exit("plot_metrics.py needs matplotlib: apt-get install python3-matplotlib (Debian) "
+                 "or pip install matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

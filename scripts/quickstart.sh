@@ -8,11 +8,12 @@ cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
 make -j"$(nproc)" all
 [[ -f data/digits/digits_p2.npy ]] || ./givt-prepare-digits data/digits/digits.bin data/digits/digits_p2.npy
-./givt-train configs/digits.ini "train.out_dir=runs/digits-$(date +%Y%m%d-%H%M%S)" "$@"
+# this run's folder (a train.out_dir=... among the arguments comes later and wins, as in givt-train)
+out_dir=runs/digits-$(date +%Y%m%d-%H%M%S)
+./givt-train configs/digits.ini "train.out_dir=$out_dir" "$@"
 
 # The picture: a row of real digits, then rows of samples at temperatures 0.5 and 1 from the last
-# checkpoint (givt-sample), drawn by scripts/show_samples.py (Python standard library only).
-out_dir=$(ls -d runs/digits-*/ | sort | tail -1)
+# checkpoint of this run (givt-sample), drawn by scripts/show_samples.py (Python standard library only).
 for arg in "$@"; do [[ $arg == train.out_dir=* ]] && out_dir=${arg#train.out_dir=}; done
 out_dir=${out_dir%/}
 ckpt=$(ls -d "$out_dir"/step_* | sort | tail -1)

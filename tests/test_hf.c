@@ -238,6 +238,7 @@ static const char *all_f32(const char *n) { (void)n; return "F32"; }
 static const char *all_f16(const char *n) { (void)n; return "F16"; }
 static const char *mixed_bf16(const char *n) { return strstr(n, "norm") ? "BF16" : "F32"; }
 static const char *no_head(const char *n) { return strcmp(n, "model.head.weight") ? "F32" : NULL; }
+static const char *no_bos(const char *n) { return strcmp(n, "model.bos") ? "F32" : NULL; }
 static const char *bos_i64(const char *n) { return strcmp(n, "model.bos") ? "F32" : "I64"; }
 
 TEST(hf_loads_f16_bf16_and_rejects_bad_weights) {
@@ -260,6 +261,11 @@ TEST(hf_loads_f16_bf16_and_rejects_bad_weights) {
     }
     write_table_file(path, &pt, no_head, NULL);
     CHECK(hf_load_weights(dir, &pt, p) == -1 && tu_error_has(path, "tensor \"model.head.weight\" is missing"), "%s", givt_last_error());
+    // the weights of givt_pytorch 0.0.3 (PyPI), whose model has no bos: the error names the cause
+    write_table_file(path, &pt, no_bos, NULL);
+    CHECK(hf_load_weights(dir, &pt, p) == -1 &&
+              tu_error_has(path, "no tensor \"model.bos\": written by an older givt_pytorch (the PyPI release 0.0.3"),
+          "%s", givt_last_error());
     write_table_file(path, &pt, all_f32, "model.extra.weight");
     CHECK(hf_load_weights(dir, &pt, p) == -1 && tu_error_has(path, "unexpected tensor \"model.extra.weight\""), "%s", givt_last_error());
     write_table_file(path, &pt, bos_i64, NULL);

@@ -170,3 +170,60 @@ int util_parse_long_option(const char *opt, const char *v, long lo, long hi, lon
     *out = x;
     return 0;
 }
+
+// ---- "did you mean" -------------------------------------------------------------------------
+static int levenshtein(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    int *row = xmalloc((lb + 1) * sizeof *row);
+    for (size_t j = 0; j <= lb; j++) row[j] = (int)j;
+    for (size_t i = 1; i <= la; i++) {
+        int diag = row[0];
+        row[0] = (int)i;
+        for (size_t j = 1; j <= lb; j++) {
+            int up = row[j];
+            int best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best) best = up + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    int d = row[lb];
+    free(row);
+    return d;
+}
+
+// "learning_rate" -> "lr"; empty when the name has no '_'.
+static void initials(const char *s, char *out, size_t n) {
+    size_t k = 0;
+    if (!strchr(s, '_')) {
+        out[0] = '\0';
+        return;
+    }
+    for (const char *p = s; *p && k + 1 < n; p++)
+        if (*p != '_' && (p == s || p[-1] == '_')) out[k++] = *p;
+    out[k] = '\0';
+}
+
+int util_name_distance(const char *typed, const char *valid) {
+    char it[64], iv[64];
+    initials(typed, it, sizeof it);
+    initials(valid, iv, sizeof iv);
+    if ((it[0] && !strcmp(it, valid)) || (iv[0] && !strcmp(iv, typed))) return 1;
+    int d = levenshtein(typed, valid);
+    size_t lt = strlen(typed), lv = strlen(valid);
+    const char *shorter = lt < lv ? typed : valid, *longer = lt < lv ? valid : typed;
+    size_t diff = lt < lv ? lv - lt : lt - lv;
+    if (strlen(shorter) >= 3 && strstr(longer, shorter) && 1 + (int)(diff / 3) < d) d = 1 + (int)(diff / 3);
+    return d;
+}
+
+const char *util_nearest_name(const char *typed, const char *const *names, int n, int max_distance) {
+    const char *best = NULL;
+    int best_d = max_distance + 1;
+    for (int i = 0; i < n; i++) {
+        int d = util_name_distance(typed, names[i]);
+        if (d < best_d) best_d = d, best = names[i];
+    }
+    return best;
+}

@@ -63,6 +63,13 @@ double util_time_now_s(void);
 // whole number in [LO, HI]") when v is missing, not a number, or out of range.
 int util_parse_long_option(const char *opt, const char *v, long lo, long hi, long *out);
 
+// How far a name the user typed is from a valid one, for "did you mean": the edit distance, except that
+// a name and its initials ("learning_rate", "lr") count as 1, and a part of a name ("warmup" of
+// "warmup_steps") is closer the more of it it covers.
+int util_name_distance(const char *typed, const char *valid);
+// The name of names (n of them) nearest to typed, or NULL when none is within max_distance.
+const char *util_nearest_name(const char *typed, const char *const *names, int n, int max_distance);
+
 // Memory this machine can give a new allocation now (MemAvailable of /proc/meminfo, else the
 // physical memory), in bytes; 0 when unknown.
 double util_memory_available_bytes(void);

@@ -145,6 +145,12 @@ static int check_finite(const char *path, const ParamSpec *s, const float *p) {
 }
 
 static int load_all(const StFile *f, const ParamTable *pt, float *params_host) {
+    // givt_pytorch 0.0.3 (PyPI) has no bos; GIVT.md follows the GitHub version, whose model has one
+    if (st_find(f, "model.bos") < 0 && st_find(f, "model.embed.weight") >= 0)
+        return givt_fail("%s: no tensor \"model.bos\": written by an older givt_pytorch (the PyPI release 0.0.3 "
+                         "has no bos); givt exchanges weights with the GitHub version of givt_pytorch (a clone "
+                         "installed with pip install .), whose model has it",
+                         f->path);
     for (int i = 0; i < f->count; i++)
         if (param_table_find(pt, f->tensors[i].name) < 0)
             return givt_fail("%s: unexpected tensor \"%.200s\" (not a parameter of this model configuration)",

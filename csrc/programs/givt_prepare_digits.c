@@ -7,13 +7,15 @@
 #include "digits.h"
 #include "util.h"
 
-static void usage(const char *prog) {
-    fprintf(stderr,
+// The usage text on out; exits with status (0 for --help, 2 for a wrong command line).
+static void usage(const char *prog, FILE *out, int status) {
+    fprintf(out,
             "usage: %s DIGITS.bin OUT.npy [--patch P] [--labels LABELS.npy] [--no-dequantize]\n"
+            "       %s --help\n"
             "  P divides the 8x8 image (1, 2, 4 or 8; default 2): T = (8/P)^2 tokens of D = P*P values\n"
             "  values are level + U(0, 1) noise (seed 0) before scaling, unless --no-dequantize\n",
-            prog);
-    exit(2);
+            prog, prog);
+    exit(status);
 }
 
 int main(int argc, char **argv) {
@@ -21,7 +23,9 @@ int main(int argc, char **argv) {
     int patch = 2;
     int64_t dequant_seed = 0;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--patch") == 0 && i + 1 < argc) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(argv[0], stdout, 0);
+        } else if (strcmp(argv[i], "--patch") == 0 && i + 1 < argc) {
             char *end;
             long v = strtol(argv[++i], &end, 10);
             if (*end || v < 1 || v > 64) {
@@ -34,16 +38,17 @@ int main(int argc, char **argv) {
         } else if (strcmp(argv[i], "--no-dequantize") == 0) {
             dequant_seed = -1;
         } else if (argv[i][0] == '-' && argv[i][1]) {
-            usage(argv[0]);
+            fprintf(stderr, "%s: %s: unknown option\n", argv[0], argv[i]);
+            usage(argv[0], stderr, 2);
         } else if (!bin) {
             bin = argv[i];
         } else if (!out) {
             out = argv[i];
         } else {
-            usage(argv[0]);
+            usage(argv[0], stderr, 2);
         }
     }
-    if (!bin || !out) usage(argv[0]);
+    if (!bin || !out) usage(argv[0], stderr, 2);
     DigitsInfo info;
     if (digits_to_npy(bin, out, labels, patch, dequant_seed, &info)) {
         fprintf(stderr, "%s: %s\n", argv[0], givt_last_error());

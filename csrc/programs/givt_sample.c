@@ -50,6 +50,16 @@ static void usage(FILE *out) {
             "  --precision P       no | bf16 [no]\n");
 }
 
+// "unknown option --temprature (did you mean --temperature?)", the suggestion when one is near.
+static int unknown_option(const char *o) {
+    static const char *const k_options[] = {"--help", "--ema", "--max-len", "--num-samples", "--batch-size", "--seed",
+                                            "--class", "--temperature", "--cfg-scale", "--out", "--prompt",
+                                            "--device", "--precision", "--labels"};
+    const char *near = util_nearest_name(o, k_options, (int)(sizeof k_options / sizeof k_options[0]), 3);
+    if (near) return givt_fail("unknown option %s (did you mean %s?)", o, near);
+    return givt_fail("unknown option %s (see --help)", o);
+}
+
 static int parse_args(int argc, char **argv, Args *a) {
     *a = (Args){.device = "auto", .precision = PRECISION_NO, .batch_size = 64, .temperature = 1.0, .class_id = -1};
     for (int i = 1; i < argc; i++) {
@@ -96,7 +106,7 @@ static int parse_args(int argc, char **argv, Args *a) {
             else if (!strcmp(o, "--device")) a->device = v;
             else rc = backend_precision_parse(v, &a->precision);
         } else if (o[0] == '-') {
-            rc = givt_fail("unknown option %s (see --help)", o);
+            rc = unknown_option(o);
         } else if (!a->folder) {
             a->folder = o, takes = 0;
         } else {

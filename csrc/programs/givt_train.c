@@ -35,7 +35,9 @@ int main(int argc, char **argv) {
             char why[256] = "";
             const char *name = backend_registry_name(i);
             int ok = backend_available(name, why, sizeof why);
-            printf("  %-5s %s%s\n", name, ok ? "available" : "unavailable: ", ok ? "" : why);
+            // 2: the CUDA kernels emulated on the CPU (make emu, the tests): correct, and very slow
+            printf("  %-5s %s%s\n", name, ok == 2 ? "available, emulated on the CPU (tiny models only)"
+                                    : ok   ? "available" : "unavailable: ", ok ? "" : why);
         }
         printf("data parallel: %s\n", dist_build_info());
         return 0;
