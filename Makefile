@@ -5,6 +5,7 @@
 #   make info       what was detected (BLAS, nvcc, mpicc)
 #   make test-sanitize   every test (and the programs) built with ASan + UBSan + LSan in build-san/
 #   make emu        the programs with the CUDA backend emulated on the CPU, in build/emu/
+#   make emu-profile  the same with the kernels instrumented (the emulator as a profiler), build/emu-prof/
 
 PREFIX  ?= /usr/local
 # the library's layers: core (errors, memory, files), io (file formats), backend (the op contract,
@@ -143,7 +144,7 @@ ifneq ($(NVCC),)
   TEST_KERNEL_LIBS := $(EMU_LIBS)
 endif
 
-.PHONY: all test test-sanitize clean install info fuzz clean-fuzz emu test-gpu
+.PHONY: all test test-sanitize clean install info fuzz clean-fuzz emu test-gpu emu-profile
 all: $(LIB) $(PROGRAM_BINS)
 
 $(BUILD)/%.o: %.c $(BLAS_STAMP)
@@ -196,8 +197,61 @@ $(addprefix $(EMU_BIN)/,$(PROGRAMS)): $(EMU_BIN)/%: $$(BUILD)/csrc/programs/$$(s
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(filter %.o,$^) $(LIB) -o $@ $(EMU_LIBS) $(LDLIBS)
 
-# The tests that run a program find it in GIVT_BIN_DIR (the top-level folder by default).
-test: $(TEST_BIN) $(PROGRAM_BINS)
+# ---- the emulator as a profiler: make emu-profile ------------------------------------------------
+# kernels/*.cu compiled once more for the emulation, instrumented, into $(BUILD)/kernels-prof/:
+#  - -fsanitize=thread for its instrumentation only: every load and store of the kernel code calls
+#    __tsan_readN / __tsan_writeN (N = the access's bytes); no ThreadSanitizer runtime is linked,
+#    kernels/emu/emu_prof_hooks.cpp defines them and hands each access to the profiler
+#    (kernels/emu/emu_profile.cpp; both are part of every emulated build, where nothing calls the
+#    hooks and the profiler stays off);
+#  - -fsanitize-coverage=trace-pc: a call at each basic block, for the floating-point counts;
+#  - -fno-tree-sra: a float4 or uint4 copy stays one 16-byte access (as nvcc's 128-bit load) instead
+#    of four 4-byte ones;
+#  - more inlining than -O1's (-finline-small-functions, early-inlining-insns): GCC does not
+#    instrument a store of a call's result straight into memory (`*p = __float2bfloat16(x)` with the
+#    conversion not inlined), so the small functions that return structs must be inlined.
+# make emu-profile builds the programs with them in $(BUILD)/emu-prof/ (GIVT_EMU_PROFILE=FILE writes
+# the counters; kernels/README.md, "The emulator as a profiler") and $(BUILD)/run_tests_prof, the
+# planted-count tests of tests/prof/ (their own runner: the ordinary runner stays uninstrumented),
+# which make test runs before the main runner. The ordinary emulated build is not changed by any of it.
+PROF_TEST_BIN :=
+ifneq ($(NVCC),)
+  PROF_FLAGS       := -fsanitize=thread --param tsan-instrument-func-entry-exit=0 -fsanitize-coverage=trace-pc \
+                      -fno-tree-sra -finline-small-functions --param early-inlining-insns=60
+  PROF_CXXFLAGS    := $(filter-out $(EMU_EXTRA),$(EMU_CXXFLAGS)) $(PROF_FLAGS)
+  PROF_KERNEL_OBJS := $(KERNEL_SRCS:kernels/%.cu=$(BUILD)/kernels-prof/%.o)
+  PROF_EMU_OBJS    := $(filter $(BUILD)/kernels-emu/emu/%,$(EMU_OBJS))
+  PROF_TEST_OBJS   := $(patsubst tests/prof/%.cu,$(BUILD)/tests-prof/%.o,$(wildcard tests/prof/*.cu))
+  PROF_TEST_BIN    := $(BUILD)/run_tests_prof
+endif
+PROF_BIN := $(BUILD)/emu-prof
+
+$(BUILD)/kernels-prof/%.o: kernels/%.cu
+	@mkdir -p $(dir $@)
+	$(CXX) $(PROF_CXXFLAGS) -x c++ -c $< -o $@
+
+$(BUILD)/tests-prof/%.o: tests/prof/%.cu
+	@mkdir -p $(dir $@)
+	$(CXX) $(PROF_CXXFLAGS) -x c++ -c $< -o $@
+
+$(PROF_TEST_BIN): $(BUILD)/tests/run_tests.o $(PROF_TEST_OBJS) $(PROF_EMU_OBJS) $(LIB)
+	$(CC) $(CFLAGS) $(filter %.o,$^) $(LIB) -o $@ $(EMU_LIBS) $(LDLIBS)
+
+ifneq ($(NVCC),)
+emu-profile: $(addprefix $(PROF_BIN)/,$(PROGRAMS)) $(PROF_TEST_BIN)
+$(addprefix $(PROF_BIN)/,$(PROGRAMS)): $(PROF_BIN)/%: $$(BUILD)/csrc/programs/$$(subst -,_,$$*).o $(PROF_KERNEL_OBJS) \
+		$(PROF_EMU_OBJS) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(filter %.o,$^) $(LIB) -o $@ $(EMU_LIBS) $(LDLIBS)
+else
+emu-profile:
+	@echo "make emu-profile: no nvcc (the emulation needs the CUDA headers): nothing to build"
+endif
+
+# The tests that run a program find it in GIVT_BIN_DIR (the top-level folder by default). With nvcc,
+# the profiler's planted-count tests ($(PROF_TEST_BIN)) run first.
+test: $(TEST_BIN) $(PROGRAM_BINS) $(PROF_TEST_BIN)
+	$(if $(PROF_TEST_BIN),$(PROF_TEST_BIN) $(TEST_FILTER))
 	GIVT_BIN_DIR=$(or $(BIN_PREFIX),.) $(TEST_BIN) $(TEST_FILTER)
 
 # test-sanitize: the library, the programs and the test runner built again in build-san/ (never

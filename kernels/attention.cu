@@ -448,10 +448,13 @@ __global__ void __launch_bounds__(ATT_THREADS)
 // products). hd is padded with zeros to hdp = the next multiple of 16 (WMMA's k and n), so every hd
 // from 1 to 128 runs here. All operands are staged in shared memory as bf16 (rows of hdp + 8
 // elements: 16 bytes of padding against bank conflicts, never read); the products accumulate in
-// fp32 fragments; S and dP go from the accumulators to shared memory (fp32, rows of 68), where
+// fp32 fragments; S and dP go from the accumulators to shared memory (fp32, rows of 72), where
 // scalar fp32 code does the masking, the online softmax and dS = P (dP - D), and writes P and dS as
-// bf16 (rows of 72) for the next products. Fragments are touched only through load/store/mma_sync
-// and elementwise scaling (the element-to-lane mapping is unspecified: launch.cuh).
+// bf16 (rows of 72) for the next products; O (forward) and the epilogue's rows are fp32 rows of
+// hdp + 8. Those strides put the rows of an 8-byte accumulator store or load (the mma C layout: 4
+// rows x 8 words a half-warp) 8 or 24 banks apart, so they are conflict-free. Fragments are touched
+// only through load/store/mma_sync and elementwise scaling (the element-to-lane mapping is
+// unspecified: launch.cuh).
 //   forward (and pass 1's D mode): S_strip = Q_strip K^T; softmax; O_strip += P_strip V with O kept
 //     in shared memory as fp32 (its rows are rescaled by the online softmax in scalar code, so the
 //     accumulators are loaded from and stored back to it around the product);
@@ -459,10 +462,19 @@ __global__ void __launch_bounds__(ATT_THREADS)
 //     and dK += dS^T Q with P^T and dS^T read as col_major fragments, accumulated in registers
 //     (hdp / 16 fragments each) over the query tiles;
 //   pass 3 (per query tile): S, dP as in pass 2; dQ += dS K in registers over the key tiles.
+// Memory access (what the SASS shows: scripts/sass_check.sh): the tile pointers stay in the shared
+// space (aw_align), so every shared access is LDS/STS except the bf16 WMMA fragment loads, which
+// nvcc 13 compiles to generic 32-bit LD whatever the pointer (wmma.load...bf16 never gets .shared;
+// the f16 forms would give LDSM): ldmatrix needs the PTX of issue 20. Tiles are loaded in 16-byte
+// chunks (aw_load_tiles: LDG.128 + STS.128, coalesced and conflict-free, both tiles of a pair in
+// flight together; elementwise where hd is not a multiple of 8 or a row is not 16-byte aligned);
+// outputs are stored as bf16 pairs, consecutive lanes on consecutive pairs of a row (aw_store_rows);
+// no division per element anywhere. The forward's softmax walks its half rows in a rotated order per
+// lane (see there): conflict-free.
 // Dynamic shared memory (aw_fwd_smem, aw_bwd_smem; passes 2 and 3 get the same size, pass 3 uses
-// 9 KiB less): forward 50 / 70 / 110 KiB and backward 73 / 89 / 121 KiB at hd 32 / 64 / 128, opting
+// 9 KiB less): forward 52 / 72 / 112 KiB and backward 75 / 91 / 123 KiB at hd 32 / 64 / 128, opting
 // in above 48 KiB (sm_90 allows 227 KiB a block: two forward blocks or one backward block per SM at
-// hd 128). Registers (ptxas, sm_90): forward 96, pass 2 230, pass 3 128 a thread, no spills.
+// hd 128). Registers (ptxas 13, sm_90): forward 128, pass 2 236, pass 3 162 a thread, no spills.
 // Why 64 x 64 with 4 warps: each warp's strip is one row of WMMA fragments (4 accumulators for S),
 // the register file holds pass 2's 2 x 8 accumulators at hd 128 without spilling, a tile pair's
 // operands fit twice per SM in the forward, and the causal diagonal wastes at most one tile.
@@ -473,7 +485,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #define AW_BK 64
 #define AW_THREADS 128
 #define AW_NT (ATT_MAX_HD / 16)  // accumulator fragments per strip at the largest hd
-#define AW_LDS (AW_BK + 4)       // fp32 S / dP rows
+#define AW_LDS (AW_BK + 8)       // fp32 S / dP rows (8 banks apart: conflict-free accumulator stores)
 #define AW_LDP (AW_BK + 8)       // bf16 P / dS rows
 
 namespace wmma = nvcuda::wmma;
@@ -481,16 +493,104 @@ typedef __nv_bfloat16 bf16_t;
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> aw_acc;
 
 __host__ __device__ inline int aw_hdp(int hd) { return (hd + 15) & ~15; }
-// WMMA needs 32-byte aligned tiles; GIVT_DYNAMIC_SMEM promises 16: start at the next 128 bytes
+// WMMA needs 32-byte aligned tiles; GIVT_DYNAMIC_SMEM promises 16: start at the next 128 bytes. The
+// padding is computed from the shared address and added to p (never a pointer rebuilt from an
+// integer, which would lose the shared space: generic LD/ST for every access), so nvcc still knows
+// that every tile pointer derived from it is shared (LDS/STS).
 __device__ inline unsigned char *aw_align(unsigned char *p) {
-    return (unsigned char *)(((uintptr_t)p + 127) & ~(uintptr_t)127);
+#ifdef GIVT_CUDA_EMU
+    const unsigned off = (unsigned)(uintptr_t)p;
+#else
+    const unsigned off = (unsigned)__cvta_generic_to_shared(p);
+#endif
+    return p + ((128u - (off & 127u)) & 127u);
 }
 
-// rows [0, AW_BQ) x dims [0, hdp) of a bf16 tile (row stride ld), zero outside nrows x hd
-__device__ inline void aw_load_tile(bf16_t *dst, int ld, const bf16_t *src, size_t row, int nrows, int hd, int hdp) {
-    for (int idx = threadIdx.x; idx < AW_BQ * hdp; idx += AW_THREADS) {
-        int r = idx / hdp, d = idx - r * hdp;
-        dst[r * ld + d] = r < nrows && d < hd ? src[(size_t)r * row + d] : __float2bfloat16(0.0f);
+// A walk over the units (16-byte chunks, pairs or elements) of a tile's rows, w units a row: walker
+// id of n takes units id, id + n, id + 2n, ... (unit i = row i / w, unit i % w), without a division
+// per unit: this walker's (r, c), then next().
+struct AwWalk {
+    int r, c, w, dr, dc;
+    __device__ AwWalk(int w_, int id, int n) : w(w_) {
+        dr = n / w;
+        dc = n - dr * w;
+        r = id / w;
+        c = id - r * w;
+    }
+    __device__ void next() {
+        r += dr;
+        c += dc;
+        if (c >= w) c -= w, r++;
+    }
+};
+
+// 16-byte global loads: the source pointer and the row stride keep every row's start 16-byte aligned,
+// and hd is a multiple of 8 (whole chunks)
+__device__ inline bool aw_vec16(const bf16_t *src, size_t row, int hd) {
+    return (hd & 7) == 0 && (row & 7) == 0 && ((uintptr_t)src & 15) == 0;
+}
+
+// one 8-element chunk of a tile, elementwise (the fallback of odd strides and hd): src[0 .. m) and
+// zeros for [m, 8)
+__device__ inline void aw_chunk_scalar(bf16_t *dst, const bf16_t *src, int m) {
+#pragma unroll 1
+    for (int e = 0; e < 8; e++) dst[e] = e < m ? src[e] : __float2bfloat16(0.0f);
+}
+
+// Rows [0, AW_BQ) x dims [0, hdp) of one or two bf16 tiles (dst1 / src1 NULL: one; row strides in
+// shared memory ld, in global memory row0 / row1), zero outside nrows x hd, in 16-byte chunks, both
+// tiles' loads issued before their stores. The 8 threads of a quarter-warp take the same chunk of 8
+// consecutive rows (a band), the next 8 the next chunk: the rows of ld = hdp + 8 elements are an odd
+// number of 16-byte bank groups apart, so the 16-byte shared stores of a quarter-warp hit 8
+// different groups (conflict-free at every hd; whole rows per quarter-warp would conflict where a
+// row is shorter than 128 bytes), and a warp reads 8 rows x 64 contiguous bytes (coalesced). Chunks
+// of rows past nrows or of dims past hd (the padding to hdp) are zeros.
+__device__ inline void aw_load_tiles(bf16_t *dst0, const bf16_t *src0, size_t row0, bf16_t *dst1, const bf16_t *src1,
+                                     size_t row1, int ld, int nrows, int hd, int hdp) {
+    const bool two = dst1 != nullptr;
+    const bool v0 = aw_vec16(src0, row0, hd), v1 = two && aw_vec16(src1, row1, hd);
+    const int rs = threadIdx.x & 7;  // the thread's row in a band
+    // walk over (band, chunk) with AW_THREADS / 8 walkers
+    for (AwWalk w(hdp >> 3, threadIdx.x >> 3, AW_THREADS / 8); w.r < AW_BQ / 8; w.next()) {
+        const int r = 8 * w.r + rs, d0 = 8 * w.c;
+        const bool in = r < nrows && d0 < hd;
+        const bf16_t *s0 = src0 + (size_t)r * row0 + d0, *s1 = two ? src1 + (size_t)r * row1 + d0 : nullptr;
+        bf16_t *t0 = dst0 + r * ld + d0, *t1 = two ? dst1 + r * ld + d0 : nullptr;
+        uint4 a = {0u, 0u, 0u, 0u}, b = {0u, 0u, 0u, 0u};
+        if (in && v0) a = *(const uint4 *)s0;
+        if (in && v1) b = *(const uint4 *)s1;
+        if (v0)
+            *(uint4 *)t0 = a;
+        else
+            aw_chunk_scalar(t0, s0, in ? hd - d0 : 0);
+        if (v1)
+            *(uint4 *)t1 = b;
+        else if (two)
+            aw_chunk_scalar(t1, s1, in ? hd - d0 : 0);
+    }
+}
+
+// two bf16 as one 4-byte store
+struct alignas(4) aw_bf2 {
+    bf16_t x, y;
+};
+
+// Rows [0, n) x dims [0, hd) of dst (bf16, row stride row) from E (fp32, row stride ldo, a multiple of
+// 2), each row times inv[r] (inv NULL: 1): the threads of a warp on consecutive pairs of a row (8-byte
+// shared reads, 4-byte global stores), or consecutive elements where hd, the row stride or dst is
+// odd: coalesced, no division per element.
+__device__ inline void aw_store_rows(bf16_t *dst, size_t row, int n, int hd, const float *E, int ldo,
+                                     const float *inv) {
+    if ((hd & 1) == 0 && (row & 1) == 0 && ((uintptr_t)dst & 3) == 0) {
+        for (AwWalk w(hd >> 1, threadIdx.x, AW_THREADS); w.r < n; w.next()) {
+            const int d = 2 * w.c;
+            const float2 x = *(const float2 *)(E + w.r * ldo + d);
+            const float s = inv ? inv[w.r] : 1.0f;
+            *(aw_bf2 *)(dst + (size_t)w.r * row + d) = {__float2bfloat16(x.x * s), __float2bfloat16(x.y * s)};
+        }
+    } else {
+        for (AwWalk w(hd, threadIdx.x, AW_THREADS); w.r < n; w.next())
+            dst[(size_t)w.r * row + w.c] = __float2bfloat16(E[w.r * ldo + w.c] * (inv ? inv[w.r] : 1.0f));
     }
 }
 
@@ -549,7 +649,7 @@ __device__ __forceinline__ void aw_strip_ab(aw_acc (&acc)[AW_NT], int nt, const 
 }
 
 size_t aw_fwd_smem(int hd) {
-    size_t ldh = aw_hdp(hd) + 8, ldo = aw_hdp(hd) + 4;
+    size_t ldh = aw_hdp(hd) + 8, ldo = aw_hdp(hd) + 8;
     return 128 + 3 * AW_BQ * ldh * 2 + AW_BQ * AW_LDS * 4 + AW_BQ * AW_LDP * 2 + AW_BQ * ldo * 4;
 }
 size_t aw_bwd_smem(int hd) {  // pass 2 (pass 3 needs one P-sized array less)
@@ -562,7 +662,7 @@ __global__ void __launch_bounds__(AW_THREADS)
     attn_wmma_fwd_kernel(bf16_t *out, float *stat, const float *lse, const bf16_t *q, const bf16_t *k,
                          const bf16_t *v, const bf16_t *dout, AttnDev p) {
     GIVT_DYNAMIC_SMEM(unsigned char, aw_raw);
-    const int hd = p.hd, hdp = aw_hdp(hd), ldh = hdp + 8, ldo = hdp + 4, nt = hdp / 16;
+    const int hd = p.hd, hdp = aw_hdp(hd), ldh = hdp + 8, ldo = hdp + 8, nt = hdp / 16;
     bf16_t *Qs = (bf16_t *)aw_align(aw_raw);  // [AW_BQ][ldh]
     bf16_t *Ks = Qs + AW_BQ * ldh;            // [AW_BK][ldh]
     bf16_t *Vs = Ks + AW_BK * ldh;            // [AW_BK][ldh]
@@ -570,7 +670,7 @@ __global__ void __launch_bounds__(AW_THREADS)
     bf16_t *Ps = (bf16_t *)(Ss + AW_BQ * AW_LDS);  // [AW_BQ][AW_LDP]
     float *Os = (float *)(Ps + AW_BQ * AW_LDP);    // [AW_BQ][ldo]
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int q0 = blockIdx.x * AW_BQ, h = blockIdx.y, b = blockIdx.z;
+    const int q0 = blockIdx.x * AW_BQ;
     const int nq = attn_min(AW_BQ, p.Tq - q0);
     const int C = p.H * hd;
     const bool dmode = lse != nullptr;
@@ -578,12 +678,23 @@ __global__ void __launch_bounds__(AW_THREADS)
     const bf16_t *qb = q + off.q, *kb = k + off.kv, *vb = v + off.kv;
     const size_t stat0 = off.stat + q0;
 
-    aw_load_tile(Qs, ldh, qb + (size_t)q0 * p.q_row, p.q_row, nq, hd, hdp);
+    aw_load_tiles(Qs, qb + (size_t)q0 * p.q_row, p.q_row, nullptr, nullptr, 0, ldh, nq, hd, hdp);
     for (int idx = tid; idx < AW_BQ * ldo; idx += AW_THREADS) Os[idx] = 0.0f;
 
     // the softmax: lanes 2 rr and 2 rr + 1 share the strip's row r = 16 warp + rr, keys [32 half,
-    // 32 half + 32) of a tile each, dims [hdp/2 half, hdp/2 (half + 1)) of its O row
+    // 32 half + 32) of a tile each (as 16 pairs), dims [hdp/2 half, hdp/2 (half + 1)) of its O row.
+    // The row strides (S: 72 floats, P: 72 bf16, O: hdp + 8 floats) keep the accumulator stores and
+    // loads conflict-free, but rows 4 or 8 apart then share banks: if every lane walked its columns in
+    // the same order, 4 lanes would meet in a bank (the old layout's 4-way conflict). So each lane
+    // starts its walk rotated: by gs pairs in S and P, by go floats in O (go by hdp's class), chosen so
+    // that the 8-byte S reads (two wavefronts, one a half-warp), the 4-byte P stores and the O
+    // rescaling (one wavefront) are conflict-free at every hdp (checked by enumeration of the lanes'
+    // banks).
     const int rr = lane >> 1, half = lane & 1, r = warp * 16 + rr;
+    const int gs = half + 2 * (rr & 3) + 8 * (((rr >> 2) ^ (rr >> 3)) & 1);  // 0 .. 15
+    const int go0 = (hdp & 63) == 32 || hdp == 16 ? ((rr >> 2) & 1) + 2 * (rr >> 3) + 4 * (rr & 3)  // 0 .. 15
+                                                  : half + 2 * ((rr >> 2) & 1) + 4 * (rr >> 3);     // 0 .. 7
+    const int go = go0 < hdp / 2 ? go0 : go0 - hdp / 2;  // < hdp / 2 (>= 8)
     float m = dmode ? (r < nq ? lse[stat0 + r] : 0.0f) : -INFINITY;  // the row's running max (both lanes)
     float l = 0.0f;                                                    // the lane's part of the row's sum
     const int rows_w = attn_min(16, nq - warp * 16);                   // the warp's rows in the tile (<= 0: none)
@@ -592,8 +703,8 @@ __global__ void __launch_bounds__(AW_THREADS)
     for (int k0 = 0; k0 < kend; k0 += AW_BK) {
         const int nk = attn_min(AW_BK, kend - k0);
         __syncthreads();  // the previous tile's K, V, S, P (and O's product) are done with
-        aw_load_tile(Ks, ldh, kb + (size_t)k0 * p.kv_row, p.kv_row, nk, hd, hdp);
-        aw_load_tile(Vs, ldh, vb + (size_t)k0 * p.kv_row, p.kv_row, nk, hd, hdp);
+        aw_load_tiles(Ks, kb + (size_t)k0 * p.kv_row, p.kv_row, Vs, vb + (size_t)k0 * p.kv_row, p.kv_row, ldh, nk, hd,
+                      hdp);
         __syncthreads();
         // the key fragments the warp's rows see (warp-uniform; 0: nothing to do in this tile)
         const int ncol = aw_ncol(p.pos0, q0, warp * 16, warp * 16 + rows_w, k0, nk);
@@ -603,22 +714,45 @@ __global__ void __launch_bounds__(AW_THREADS)
 
         if (ncol > 0) {  // the online softmax of the warp's rows, P for columns [0, 16 ncol)
             const int jmax = r < nq ? attn_min(nk, p.pos0 + q0 + r - k0 + 1) : 0;  // the row sees keys j < jmax
+            // the lane's half row: keys 32 half + j, seen for j < jm, P stored for j < jp (jm <= jp, jp
+            // even: a pair is read only when its first key is seen, and then S holds both of its keys)
+            const float *Sr = Ss + r * AW_LDS + 32 * half;
+            bf16_t *Pr = Ps + r * AW_LDP + 32 * half;
+            const int jm = jmax - 32 * half, jp = 16 * ncol - 32 * half;
             float mx = -INFINITY;
-            for (int j = 32 * half; j < 32 * half + 32; j++)
-                if (j < jmax) mx = fmaxf(mx, Ss[r * AW_LDS + j] * p.scale);
+            for (int t = 0; t < 16; t++) {
+                const int j = 2 * ((t + gs) & 15);
+                if (j < jm) {
+                    const float2 s2 = *(const float2 *)(Sr + j);
+                    mx = fmaxf(mx, s2.x * p.scale);
+                    if (j + 1 < jm) mx = fmaxf(mx, s2.y * p.scale);
+                }
+            }
             mx = fmaxf(mx, __shfl_xor_sync(ATT_FULL_MASK, mx, 1));
             const float mnew = dmode ? m : fmaxf(m, mx);
             float sum = 0.0f;
-            for (int j = 32 * half; j < 32 * half + 32; j++) {
-                float pr = j < jmax ? expf(Ss[r * AW_LDS + j] * p.scale - mnew) : 0.0f;
-                sum += pr;
-                if (j < 16 * ncol) Ps[r * AW_LDP + j] = __float2bfloat16(pr);
+            for (int t = 0; t < 16; t++) {
+                const int j = 2 * ((t + gs) & 15);
+                float p0 = 0.0f, p1 = 0.0f;
+                if (j < jm) {
+                    const float2 s2 = *(const float2 *)(Sr + j);
+                    p0 = expf(s2.x * p.scale - mnew);
+                    if (j + 1 < jm) p1 = expf(s2.y * p.scale - mnew);
+                }
+                sum += p0;
+                sum += p1;
+                if (j < jp) *(aw_bf2 *)(Pr + j) = {__float2bfloat16(p0), __float2bfloat16(p1)};
             }
             if (!dmode) {
                 const float alpha = mnew == -INFINITY ? 1.0f : expf(m - mnew);
                 l = l * alpha + sum;
                 m = mnew;
-                for (int d = half * hdp / 2; d < (half + 1) * hdp / 2; d++) Os[r * ldo + d] *= alpha;
+                const int W = hdp >> 1;
+                float *Or = Os + r * ldo + half * W;
+                for (int t = 0; t < W; t++) {
+                    const int d = t + go < W ? t + go : t + go - W;
+                    Or[d] *= alpha;
+                }
             }
         }
         __syncthreads();
@@ -640,20 +774,27 @@ __global__ void __launch_bounds__(AW_THREADS)
     }
     __syncthreads();
 
-    const size_t orow = ((size_t)b * p.Tq + q0 + r) * C + (size_t)h * hd;
+    const size_t orow0 = off.o + (size_t)q0 * C;  // the tile's row 0 in out and dout (row stride C)
     if (!dmode) {
+        // 1 / the row's sum to shared memory (S's place), then the block stores the rows coalesced
         const float lsum = l + __shfl_xor_sync(ATT_FULL_MASK, l, 1);
-        if (r < nq) {
-            const float inv = 1.0f / lsum;
-            for (int d = half; d < hd; d += 2) out[orow + d] = __float2bfloat16(Os[r * ldo + d] * inv);
-            if (half == 0) stat[stat0 + r] = m + logf(lsum);
-        }
+        float *Inv = Ss;
+        if (half == 0) Inv[r] = r < nq ? 1.0f / lsum : 0.0f;
+        if (r < nq && half == 0) stat[stat0 + r] = m + logf(lsum);
+        __syncthreads();
+        aw_store_rows(out + orow0, (size_t)C, nq, hd, Os, ldo, Inv);
     } else {
-        float dot = 0.0f;
-        if (r < nq)
-            for (int d = half; d < hd; d += 2) dot += Os[r * ldo + d] * __bfloat162float(dout[orow + d]);
-        dot += __shfl_xor_sync(ATT_FULL_MASK, dot, 1);
-        if (r < nq && half == 0) stat[stat0 + r] = dot;
+        // D = dO . O per row: dO's tile staged in shared memory (coalesced, in Q's place: free), then
+        // the warp's rows one by one, the lanes on consecutive dims (conflict-free), a warp sum each
+        aw_load_tiles(Qs, dout + orow0, (size_t)C, nullptr, nullptr, 0, ldh, nq, hd, hdp);
+        __syncthreads();
+#pragma unroll 1
+        for (int i = warp * 16; i < warp * 16 + rows_w; i++) {  // warp-uniform
+            float dot = 0.0f;
+            for (int d = lane; d < hdp; d += 32) dot += Os[i * ldo + d] * __bfloat162float(Qs[i * ldh + d]);
+            dot = attn_warp_sum(dot);
+            if (lane == 0) stat[stat0 + i] = dot;
+        }
     }
 }
 
@@ -681,8 +822,8 @@ __device__ __forceinline__ void aw_bwd_tile(float *Ss, float *dPs, bf16_t *Ps, b
 }
 
 // The epilogue of passes 2 and 3: acc (scaled by s) into E (fp32 [64][ldo], the warp's strip), then
-// rows [0, n) of E through the RoPE transpose into dst (row r at position pos0 + r), or copied (rope
-// false). Begins and ends with a barrier.
+// the RoPE transpose in place on rows [0, n) of E (row r at position pos0 + r; not when rope is
+// false), then those rows into dst (aw_store_rows). Begins and ends with a barrier.
 __device__ __forceinline__ void aw_epilogue(float *E, int ldo, aw_acc (&acc)[AW_NT], int nt, float s, int warp,
                                             bf16_t *dst, size_t row, int n, int pos0, int hd, bool rope, int n_rot,
                                             const float *cos_t, const float *sin_t) {
@@ -694,13 +835,20 @@ __device__ __forceinline__ void aw_epilogue(float *E, int ldo, aw_acc (&acc)[AW_
         }
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < n * hd; idx += AW_THREADS) {
-        int r = idx / hd, d = idx - r * hd, pos = pos0 + r;
-        float x = rope ? attn_rope_dim(E + r * ldo, d, n_rot, cos_t + (size_t)pos * n_rot, sin_t + (size_t)pos * n_rot,
-                                       true)
-                       : E[r * ldo + d];
-        dst[(size_t)r * row + d] = __float2bfloat16(x);
+    if (rope && n_rot > 0) {  // the transpose of RoPE in place on E's rows: pairs (i, i + n_rot / 2), as attn_rope_dim
+        const int hr = n_rot >> 1;
+        for (AwWalk w(hr, threadIdx.x, AW_THREADS); w.r < n; w.next()) {
+            const size_t t = (size_t)(pos0 + w.r) * n_rot;
+            const float *cs = cos_t + t, *sn = sin_t + t;
+            float *x = E + w.r * ldo;
+            const int i = w.c;
+            const float x1 = x[i], x2 = x[i + hr];
+            x[i] = x1 * cs[i] + x2 * sn[i + hr];
+            x[i + hr] = x2 * cs[i + hr] - x1 * sn[i];
+        }
+        __syncthreads();
     }
+    aw_store_rows(dst, row, n, hd, E, ldo, nullptr);
     __syncthreads();
 }
 
@@ -710,7 +858,7 @@ __global__ void __launch_bounds__(AW_THREADS)
                           const bf16_t *dout, const float *L, const float *D, const float *cos_t, const float *sin_t,
                           AttnDev p) {
     GIVT_DYNAMIC_SMEM(unsigned char, aw_raw);
-    const int hd = p.hd, hdp = aw_hdp(hd), ldh = hdp + 8, ldo = hdp + 4, nt = hdp / 16, T_ = p.Tq, C = p.H * hd;
+    const int hd = p.hd, hdp = aw_hdp(hd), ldh = hdp + 8, ldo = hdp + 8, nt = hdp / 16, T_ = p.Tq, C = p.H * hd;
     unsigned char *base = aw_align(aw_raw);
     bf16_t *Ks = (bf16_t *)base, *Vs = Ks + AW_BK * ldh, *Qs = Vs + AW_BK * ldh, *dOs = Qs + AW_BQ * ldh;
     float *Ss = (float *)(dOs + AW_BQ * ldh), *dPs = Ss + AW_BQ * AW_LDS;
@@ -723,8 +871,8 @@ __global__ void __launch_bounds__(AW_THREADS)
     const size_t kvoff = off.kv, stat0 = off.stat;
     const bf16_t *qb = q + off.q, *ob = dout + off.o;
 
-    aw_load_tile(Ks, ldh, k + kvoff + (size_t)k0 * p.kv_row, p.kv_row, nk, hd, hdp);
-    aw_load_tile(Vs, ldh, v + kvoff + (size_t)k0 * p.kv_row, p.kv_row, nk, hd, hdp);
+    aw_load_tiles(Ks, k + kvoff + (size_t)k0 * p.kv_row, p.kv_row, Vs, v + kvoff + (size_t)k0 * p.kv_row, p.kv_row, ldh,
+                  nk, hd, hdp);
     aw_acc dka[AW_NT], dva[AW_NT];
 #pragma unroll
     for (int f = 0; f < AW_NT; f++) wmma::fill_fragment(dka[f], 0.0f), wmma::fill_fragment(dva[f], 0.0f);
@@ -732,8 +880,7 @@ __global__ void __launch_bounds__(AW_THREADS)
     for (int q0 = k0; q0 < T_; q0 += AW_BQ) {  // AW_BQ == AW_BK: queries before k0 see none of these keys
         const int nq = attn_min(AW_BQ, T_ - q0);
         __syncthreads();  // the previous query tile is done with
-        aw_load_tile(Qs, ldh, qb + (size_t)q0 * p.q_row, p.q_row, nq, hd, hdp);
-        aw_load_tile(dOs, ldh, ob + (size_t)q0 * C, (size_t)C, nq, hd, hdp);
+        aw_load_tiles(Qs, qb + (size_t)q0 * p.q_row, p.q_row, dOs, ob + (size_t)q0 * C, (size_t)C, ldh, nq, hd, hdp);
         if (tid < AW_BQ) {
             Ls[tid] = tid < nq ? L[stat0 + q0 + tid] : 0.0f;
             Ds[tid] = tid < nq ? D[stat0 + q0 + tid] : 0.0f;
@@ -761,7 +908,7 @@ __global__ void __launch_bounds__(AW_THREADS)
     attn_wmma_dq_kernel(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout,
                         const float *L, const float *D, const float *cos_t, const float *sin_t, AttnDev p) {
     GIVT_DYNAMIC_SMEM(unsigned char, aw_raw);
-    const int hd = p.hd, hdp = aw_hdp(hd), ldh = hdp + 8, ldo = hdp + 4, nt = hdp / 16, T_ = p.Tq, C = p.H * hd;
+    const int hd = p.hd, hdp = aw_hdp(hd), ldh = hdp + 8, ldo = hdp + 8, nt = hdp / 16, T_ = p.Tq, C = p.H * hd;
     unsigned char *base = aw_align(aw_raw);
     bf16_t *Qs = (bf16_t *)base, *dOs = Qs + AW_BQ * ldh, *Ks = dOs + AW_BQ * ldh, *Vs = Ks + AW_BK * ldh;
     float *Ss = (float *)(Vs + AW_BK * ldh), *dPs = Ss + AW_BQ * AW_LDS;
@@ -774,8 +921,7 @@ __global__ void __launch_bounds__(AW_THREADS)
     const size_t qoff = off.q, stat0 = off.stat;
     const bf16_t *kb = k + off.kv, *vb = v + off.kv, *ob = dout + off.o;
 
-    aw_load_tile(Qs, ldh, q + qoff + (size_t)q0 * p.q_row, p.q_row, nq, hd, hdp);
-    aw_load_tile(dOs, ldh, ob + (size_t)q0 * C, (size_t)C, nq, hd, hdp);
+    aw_load_tiles(Qs, q + qoff + (size_t)q0 * p.q_row, p.q_row, dOs, ob + (size_t)q0 * C, (size_t)C, ldh, nq, hd, hdp);
     if (tid < AW_BQ) {
         Ls[tid] = tid < nq ? L[stat0 + q0 + tid] : 0.0f;
         Ds[tid] = tid < nq ? D[stat0 + q0 + tid] : 0.0f;
@@ -788,8 +934,8 @@ __global__ void __launch_bounds__(AW_THREADS)
     for (int k0 = 0; k0 < kend; k0 += AW_BK) {
         const int nk = attn_min(AW_BK, kend - k0);
         __syncthreads();  // the previous key tile is done with
-        aw_load_tile(Ks, ldh, kb + (size_t)k0 * p.kv_row, p.kv_row, nk, hd, hdp);
-        aw_load_tile(Vs, ldh, vb + (size_t)k0 * p.kv_row, p.kv_row, nk, hd, hdp);
+        aw_load_tiles(Ks, kb + (size_t)k0 * p.kv_row, p.kv_row, Vs, vb + (size_t)k0 * p.kv_row, p.kv_row, ldh, nk, hd,
+                      hdp);
         __syncthreads();
         aw_bwd_tile(Ss, dPs, nullptr, dSs, Qs, dOs, Ks, Vs, Ls, Ds, ldh, hdp, q0, nq, k0, nk, p.scale, warp);
         // dQ += dS K over the key blocks the warp's rows see
@@ -803,7 +949,7 @@ __global__ void __launch_bounds__(AW_THREADS)
 }
 
 // Kernels whose dynamic shared memory passes the default 48 KiB opt in to it (up to the device's
-// limit, 227 KiB on sm_90; the largest here is ~74 KiB).
+// limit, 227 KiB on sm_90; the largest here is ~123 KiB: the bf16 backward at hd 128).
 template <typename K>
 void attn_allow_smem(K kernel, size_t bytes) {
     if (bytes > 48 * 1024)

@@ -163,6 +163,39 @@ extern "C" int backend_cuda_available(char *why, size_t n) {
 #endif
 }
 
+// ---- the device's peak ---------------------------------------------------------------------------
+// Dense FLOP/s of a GPU in the compute dtype, for MFU: SMs x clock x the architecture's dense rate per
+// SM and clock. sm_90 (Hopper): bf16 with fp32 accumulation on the tensor cores, 4096 FLOP/clk/SM
+// (1024 FMA per SM and clock, dense); float32 compute (no TF32: the matmuls are cuBLASLt's FFMA and
+// the kernels FMA), 256 FLOP/clk/SM (128 FP32 lanes x FMA).
+// The clock, chosen deliberately: cudaDevAttrClockRate is the maximum boost clock (1980 MHz on an
+// H100/H200 SXM, 1755 PCIe, 1785 NVL), which a tensor-core load does not hold under the power limit;
+// NVIDIA's datasheet tensor figures use a lower clock per product, so the bf16 peak of the known
+// parts comes from a table of those clocks by SM count and name: 132 SMs 1830 MHz (H100 SXM, H200
+// SXM, H800, GH200: 989.4 TFLOP/s), 132 SMs with "NVL" in the name 1545 MHz (H100 NVL, H200 NVL:
+// 835.3), 114 SMs 1620 MHz (H100 PCIe, H800 PCIe: 756.4). Any other sm_90 part: the formula at the
+// device's boost clock (an upper bound; [train] peak_tflops or --peak-tflops override it). Float32:
+// the formula at the boost clock, which is what the datasheets' FP32 figures use (67 TFLOP/s SXM, 51
+// PCIe, 60 NVL). Other architectures (this binary is built for sm_90): 0, unknown.
+// name may be NULL (no name-specific entry matches); clock_khz as cudaDevAttrClockRate reports it.
+extern "C" double cuda_peak_flops(int major, int minor, int sms, int clock_khz, const char *name, DType dtype) {
+    if (major != 9 || minor != 0 || sms <= 0) return 0;
+    if (dtype == DTYPE_F32) return clock_khz > 0 ? (double)sms * 256.0 * clock_khz * 1e3 : 0;
+    static const struct {
+        int sms;
+        const char *in_name;  // "" for any name
+        int mhz;              // the datasheet's tensor-core clock
+    } known[] = {
+        {132, "NVL", 1545},  // H100 NVL, H200 NVL
+        {132, "", 1830},     // H100 SXM5, H200 SXM, H800 SXM, GH200
+        {114, "", 1620},     // H100 PCIe, H800 PCIe
+    };
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (known[i].sms == sms && (!known[i].in_name[0] || (name && strstr(name, known[i].in_name))))
+            return (double)sms * 4096.0 * known[i].mhz * 1e6;
+    return clock_khz > 0 ? (double)sms * 4096.0 * clock_khz * 1e3 : 0;
+}
+
 extern "C" Backend *backend_cuda_open(Precision p) {
     int count = 0;
     CUDA_CHECK(cudaGetDeviceCount(&count));
@@ -184,8 +217,12 @@ extern "C" Backend *backend_cuda_open(Precision p) {
 #else
     snprintf(be->device, sizeof be->device, "%.100s, %.0f GiB, GPU %d", prop.name, prop.totalGlobalMem / 1073741824.0,
              device);
-    // H100/H200-class (sm_90) dense bf16 with fp32 accumulation; other GPUs and fp32: unknown
-    be->peak_flops = prop.major == 9 && prop.minor == 0 && be->compute == DTYPE_BF16 ? 790e12 : 0;
+    // the device's dense peak in the compute dtype (cuda_peak_flops: a table of datasheet clocks, or
+    // SMs x boost clock x rate); [train] peak_tflops overrides it
+    int clock_khz = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, device));
+    be->peak_flops =
+        cuda_peak_flops(prop.major, prop.minor, prop.multiProcessorCount, clock_khz, prop.name, be->compute);
 #endif
     c->device = device;
     c->dtype = be->compute;

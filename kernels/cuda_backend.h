@@ -71,6 +71,10 @@ void cuda_matmul_bwd(Backend *be, cval *dinp, float *dw, const cval *dout, const
 // ---- kernels/backend_cuda.cu: the registry's entry (csrc/backend/backend.c) ----
 int backend_cuda_available(char *why, size_t n);
 Backend *backend_cuda_open(Precision p);
+// The dense peak FLOP/s of a GPU of compute capability major.minor with sms SMs at clock_khz (the
+// maximum boost clock, cudaDevAttrClockRate) named name (NULL: unknown) in compute dtype dtype; 0
+// when unknown. Backend.peak_flops of the CUDA backend. A pure function (tests/test_cuda_emu.cu).
+double cuda_peak_flops(int major, int minor, int sms, int clock_khz, const char *name, DType dtype);
 
 #ifdef __cplusplus
 }

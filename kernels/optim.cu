@@ -3,22 +3,67 @@
 // (csrc/cpu/ops_cpu.c) writes it; the bias corrections are computed on the host in double, as
 // there. The compute copy (p_compute, ema_compute) gets the new float32 value rounded to the
 // compute dtype (bf16: nearest even); NULL, or the float32 buffer itself, writes nothing more.
+// 16-byte loads and stores of units of 4 floats where the arrays are aligned for them (common.cuh
+// cm_flat), the same arithmetic per element as the scalar rest.
 #include <math.h>
 
 #include "launch.cuh"
 #include "common.cuh"
 
 #define OPT_BLOCK 256
+#define OPT_W 4       // floats a unit: one 16-byte load or store of each float32 array
+#define OPT_UNROLL 2  // units a thread loads before it computes and stores them
 
+// One element of AdamW and of the EMA (the same arithmetic in the vector and the scalar code)
+struct AdamwArgs {
+    float beta1, beta2, eps, decay, grad_scale, step_size, bc2_sqrt;
+};
+__device__ inline void adamw_elem(const AdamwArgs &a, float gi, float &mi, float &vi, float &pi) {
+    gi *= a.grad_scale;
+    mi = a.beta1 * mi + (1.0f - a.beta1) * gi;
+    vi = a.beta2 * vi + (1.0f - a.beta2) * gi * gi;
+    const float denom = sqrtf(vi) / a.bc2_sqrt + a.eps;
+    pi = pi * a.decay - a.step_size * (mi / denom);
+}
+
+// Flat over n elements split by cm_flat (common.cuh): units of OPT_W floats from element f.head on
+// (p, g, m, v: 16-byte loads and stores; the compute copy pc: OPT_W elements, 8 or 16 bytes), and
+// the scalar rest. No division; size_t indices (n can exceed 2^32).
 template <typename T>
-__global__ void adamw_kernel(float *p, T *pc, const float *g, float *m, float *v, size_t n, float beta1, float beta2,
-                             float eps, float decay, float grad_scale, float step_size, float bc2_sqrt) {
-    CM_GRID_STRIDE(i, n) {
-        const float gi = g[i] * grad_scale;
-        const float mi = beta1 * m[i] + (1.0f - beta1) * gi;
-        const float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-        const float denom = sqrtf(vi) / bc2_sqrt + eps;
-        const float pi = p[i] * decay - step_size * (mi / denom);
+__global__ void adamw_kernel(float *p, T *pc, const float *g, float *m, float *v, CmFlat f, AdamwArgs a) {
+    const size_t t0 = (size_t)blockIdx.x * blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
+    float *pu = p + f.head, *mu = m + f.head, *vu = v + f.head;
+    const float *gu = g + f.head;
+    T *cu = pc ? pc + f.head : NULL;
+    for (size_t i = t0; i < f.nv; i += OPT_UNROLL * step) {
+        float gv[OPT_UNROLL][OPT_W] = {}, mv[OPT_UNROLL][OPT_W] = {}, vv[OPT_UNROLL][OPT_W] = {},
+              pv[OPT_UNROLL][OPT_W] = {};
+#pragma unroll
+        for (int k = 0; k < OPT_UNROLL; k++)
+            if (i + k * step < f.nv) {
+                const size_t e = (i + k * step) * OPT_W;
+                cm_ld_f32<OPT_W>(gv[k], gu + e);
+                cm_ld_f32<OPT_W>(mv[k], mu + e);
+                cm_ld_f32<OPT_W>(vv[k], vu + e);
+                cm_ld_f32<OPT_W>(pv[k], pu + e);
+            }
+#pragma unroll
+        for (int k = 0; k < OPT_UNROLL; k++)
+            if (i + k * step < f.nv) {
+                const size_t e = (i + k * step) * OPT_W;
+#pragma unroll
+                for (int j = 0; j < OPT_W; j++) adamw_elem(a, gv[k][j], mv[k][j], vv[k][j], pv[k][j]);
+                cm_st_f32<OPT_W>(mu + e, mv[k]);
+                cm_st_f32<OPT_W>(vu + e, vv[k]);
+                cm_st_f32<OPT_W>(pu + e, pv[k]);
+                if (cu) cm_st_f32<OPT_W>(cu + e, pv[k]);
+            }
+    }
+#pragma unroll 1
+    for (size_t j = t0; j < cm_flat_rest(f, OPT_W); j += step) {
+        const size_t i = cm_flat_at(f, OPT_W, j);
+        float mi = m[i], vi = v[i], pi = p[i];
+        adamw_elem(a, g[i], mi, vi, pi);
         m[i] = mi;
         v[i] = vi;
         p[i] = pi;
@@ -26,12 +71,44 @@ __global__ void adamw_kernel(float *p, T *pc, const float *g, float *m, float *v
     }
 }
 
-template <typename T> __global__ void ema_kernel(float *ema, T *ec, const float *p, size_t n, float decay) {
-    CM_GRID_STRIDE(i, n) {
-        const float e = decay * ema[i] + (1.0f - decay) * p[i];
+__device__ inline float ema_elem(float decay, float e, float p) { return decay * e + (1.0f - decay) * p; }
+
+template <typename T> __global__ void ema_kernel(float *ema, T *ec, const float *p, CmFlat f, float decay) {
+    const size_t t0 = (size_t)blockIdx.x * blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
+    float *eu = ema + f.head;
+    const float *pu = p + f.head;
+    T *cu = ec ? ec + f.head : NULL;
+    for (size_t i = t0; i < f.nv; i += OPT_UNROLL * step) {
+        float ev[OPT_UNROLL][OPT_W] = {}, pv[OPT_UNROLL][OPT_W] = {};
+#pragma unroll
+        for (int k = 0; k < OPT_UNROLL; k++)
+            if (i + k * step < f.nv) {
+                cm_ld_f32<OPT_W>(ev[k], eu + (i + k * step) * OPT_W);
+                cm_ld_f32<OPT_W>(pv[k], pu + (i + k * step) * OPT_W);
+            }
+#pragma unroll
+        for (int k = 0; k < OPT_UNROLL; k++)
+            if (i + k * step < f.nv) {
+                const size_t e = (i + k * step) * OPT_W;
+#pragma unroll
+                for (int j = 0; j < OPT_W; j++) ev[k][j] = ema_elem(decay, ev[k][j], pv[k][j]);
+                cm_st_f32<OPT_W>(eu + e, ev[k]);
+                if (cu) cm_st_f32<OPT_W>(cu + e, ev[k]);
+            }
+    }
+#pragma unroll 1
+    for (size_t j = t0; j < cm_flat_rest(f, OPT_W); j += step) {
+        const size_t i = cm_flat_at(f, OPT_W, j);
+        const float e = ema_elem(decay, ema[i], p[i]);
         ema[i] = e;
         if (ec) ec[i] = cm_from_f32<T>(e);
     }
+}
+
+// The grid for a split: enough threads for the units (OPT_UNROLL a thread) and for the scalar rest
+static unsigned opt_grid(Backend *be, const CmFlat &f) {
+    const size_t rest = f.n - f.nv * OPT_W, units = (f.nv + OPT_UNROLL - 1) / OPT_UNROLL;
+    return cm_grid_elementwise(be, units > rest ? units : rest, OPT_BLOCK);
 }
 
 extern "C" void cuda_adamw(Backend *be, float *p, cval *p_compute, const float *g, float *m, float *v, size_t n,
@@ -40,28 +117,31 @@ extern "C" void cuda_adamw(Backend *be, float *p, cval *p_compute, const float *
     const float step_size = (float)(lr / (1.0 - pow(beta1, t)));
     const float bc2_sqrt = (float)sqrt(1.0 - pow(beta2, t));
     const float decay = 1.0f - lr * weight_decay;
-    const unsigned grid = cm_grid_elementwise(be, n, OPT_BLOCK);
     if ((const void *)p_compute == (const void *)p) p_compute = NULL;
+    const AdamwArgs a = {beta1, beta2, eps, decay, grad_scale, step_size, bc2_sqrt};
+    const void *ptrs[5] = {p, g, m, v, p_compute};
+    size_t elem[5] = {4, 4, 4, 4, dtype_size(cuda_ctx(be)->dtype)};
+    const CmFlat f = cm_flat(n, OPT_W, 5, ptrs, elem);
     if (((CudaCtx *)be->ctx)->dtype == DTYPE_BF16) {
         typedef __nv_bfloat16 T;
-        GIVT_LAUNCH(adamw_kernel<T>, grid, OPT_BLOCK, 0, cuda_stream(be), p, (T *)p_compute, g, m, v, n, beta1, beta2,
-                    eps, decay, grad_scale, step_size, bc2_sqrt);
+        GIVT_LAUNCH(adamw_kernel<T>, opt_grid(be, f), OPT_BLOCK, 0, cuda_stream(be), p, (T *)p_compute, g, m, v, f, a);
     } else {
         typedef float T;
-        GIVT_LAUNCH(adamw_kernel<T>, grid, OPT_BLOCK, 0, cuda_stream(be), p, (T *)p_compute, g, m, v, n, beta1, beta2,
-                    eps, decay, grad_scale, step_size, bc2_sqrt);
+        GIVT_LAUNCH(adamw_kernel<T>, opt_grid(be, f), OPT_BLOCK, 0, cuda_stream(be), p, (T *)p_compute, g, m, v, f, a);
     }
 }
 
 extern "C" void cuda_ema_update(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay) {
     if (n == 0) return;
-    const unsigned grid = cm_grid_elementwise(be, n, OPT_BLOCK);
     if ((const void *)ema_compute == (const void *)ema) ema_compute = NULL;
+    const void *ptrs[3] = {ema, p, ema_compute};
+    size_t elem[3] = {4, 4, dtype_size(cuda_ctx(be)->dtype)};
+    const CmFlat f = cm_flat(n, OPT_W, 3, ptrs, elem);
     if (((CudaCtx *)be->ctx)->dtype == DTYPE_BF16) {
         typedef __nv_bfloat16 T;
-        GIVT_LAUNCH(ema_kernel<T>, grid, OPT_BLOCK, 0, cuda_stream(be), ema, (T *)ema_compute, p, n, decay);
+        GIVT_LAUNCH(ema_kernel<T>, opt_grid(be, f), OPT_BLOCK, 0, cuda_stream(be), ema, (T *)ema_compute, p, f, decay);
     } else {
         typedef float T;
-        GIVT_LAUNCH(ema_kernel<T>, grid, OPT_BLOCK, 0, cuda_stream(be), ema, (T *)ema_compute, p, n, decay);
+        GIVT_LAUNCH(ema_kernel<T>, opt_grid(be, f), OPT_BLOCK, 0, cuda_stream(be), ema, (T *)ema_compute, p, f, decay);
     }
 }

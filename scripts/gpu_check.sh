@@ -27,8 +27,10 @@
 #              configs/base.ini's model and batch, bf16: givt-bench --device cuda --precision bf16, then
 #              scripts/bench_torch.py --device cuda --bf16 (eager, SDPA) and --compile (compilation in
 #              the warmup steps) with $PYTHON (default python3); a markdown table (also in
-#              build-gpu/gpu_check/bench.md): ms/step, tokens/s, MFU against 790 TFLOP/s bf16 (FLOPs
-#              per token as givt-bench counts them), peak memory, speed relative to torch.compile.
+#              build-gpu/gpu_check/bench.md): ms/step, tokens/s, MFU against the GPU's dense bf16 peak
+#              (the CUDA backend's figure from the device, kernels/backend_cuda.cu cuda_peak_flops: 989
+#              TFLOP/s on an H100/H200 SXM, 756 on an H100 PCIe; PEAK_TFLOPS overrides it; FLOPs per
+#              token as givt-bench counts them), peak memory, speed relative to torch.compile.
 #              Each run has its own limit and the step a budget (BENCH_BUDGET s, default 210): runs
 #              that would start after it are skipped. BENCH=0 skips the step.
 # Without a GPU (a dry run) the GPU steps say SKIP. Logs: build-gpu/gpu_check/*.log.
@@ -229,7 +231,10 @@ fi
 
 # ---- benchmark: givt vs PyTorch (eager SDPA, torch.compile), bf16 ------------------------------
 PYTHON=${PYTHON:-python3}
-PEAK_TFLOPS=790
+# The MFU's peak: PEAK_TFLOPS from the environment, else the CUDA backend's own figure for this GPU,
+# which the first givt-bench run prints (peak_tflops= in its RESULT line); 989 (H100/H200 SXM) until
+# then or if it prints none.
+PEAK_TFLOPS=${PEAK_TFLOPS:-}
 field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | tail -1; }
 # ini_get SECTION KEY FILE: a value from an .ini (comments and spaces stripped)
 ini_get() {
@@ -255,16 +260,17 @@ bench_model() {  # LABEL D C F H L T B
         fi
         case $impl in
             givt) run "$log" "${limits[$i]}" $B/givt-bench --device cuda --precision bf16 "${sizes[@]}" \
-                      --steps 20 --warmup 3 --peak-tflops $PEAK_TFLOPS ;;
+                      --steps 20 --warmup 3 ${PEAK_TFLOPS:+--peak-tflops $PEAK_TFLOPS} ;;
             torch-eager) run "$log" "${limits[$i]}" "$PYTHON" scripts/bench_torch.py --device cuda --bf16 \
-                      "${sizes[@]}" --steps 20 --warmup 3 --peak-tflops $PEAK_TFLOPS ;;
+                      "${sizes[@]}" --steps 20 --warmup 3 --peak-tflops "${PEAK_TFLOPS:-989}" ;;
             torch-compile) run "$log" "${limits[$i]}" "$PYTHON" scripts/bench_torch.py --device cuda --bf16 --compile \
-                      "${sizes[@]}" --steps 20 --warmup 3 --peak-tflops $PEAK_TFLOPS ;;
+                      "${sizes[@]}" --steps 20 --warmup 3 --peak-tflops "${PEAK_TFLOPS:-989}" ;;
         esac
         local r
         r=$(grep '^RESULT' "$OUT/$log.log" | tail -1)
         if [ $RC -eq 0 ] && [ -n "$r" ]; then
             res[$impl]=$r
+            [ "$impl" = givt ] && [ -z "$PEAK_TFLOPS" ] && PEAK_TFLOPS=$(field "$r" peak_tflops)
         else
             res[$impl]="FAIL rc $RC: $(grep -v '^\s*$' "$OUT/$log.log" | tail -1 | cut -c1-100)"
             BENCH_FAIL=1
@@ -283,7 +289,7 @@ bench_model() {  # LABEL D C F H L T B
             continue
         fi
         ms=$(field "$r" ms_per_step) tps=$(field "$r" tokens_per_s)
-        mfu=$(awk -v t="$tps" -v f="$fpt" -v p=$PEAK_TFLOPS 'BEGIN { if (f > 0) printf "%.1f%%", 100 * t * f / (p * 1e12); else print "-" }')
+        mfu=$(awk -v t="$tps" -v f="$fpt" -v p="${PEAK_TFLOPS:-989}" 'BEGIN { if (f > 0) printf "%.1f%%", 100 * t * f / (p * 1e12); else print "-" }')
         if [ "$impl" = givt ]; then  # in use at the end less the context's share (just after the backend opened)
             mem=$(gib "$(awk -v a="$(field "$r" peak_mem_bytes)" -v b="$(field "$r" ctx_mem_bytes)" 'BEGIN { print a - b }')")
         else
@@ -309,7 +315,7 @@ else
         "$(ini_get model intermediate_dim $ini)" "$(ini_get model num_heads $ini)" "$(ini_get model num_layers $ini)" \
         "$(ini_get model block_size $ini)" "$(ini_get train batch_size $ini)"
     {
-        echo "| model | impl | ms/step | tokens/s | MFU (790 TFLOP/s) | peak memory | tokens/s vs torch.compile |"
+        echo "| model | impl | ms/step | tokens/s | MFU (${PEAK_TFLOPS:-989} TFLOP/s) | peak memory | tokens/s vs torch.compile |"
         echo "|---|---|---|---|---|---|---|"
         printf '%s' "$BENCH_ROWS"
         echo

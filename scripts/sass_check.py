@@ -63,9 +63,11 @@ RULES = [
             "store may alias any global load, loads cannot be hoisted past it (one load in flight).",
         exempt=[
             (["attn_wmma_fwd_kernel", "attn_wmma_dkdv_kernel", "attn_wmma_dq_kernel"], "known",
-             "aw_align (attention.cu) rounds the dynamic shared pointer through uintptr_t, so every "
-             "shared access of the WMMA kernels (tile stores, fragment loads, the softmax on S/dP/P) is "
-             "a generic LD.E/ST.E; no LDS/STS at all. " + ITEM3),
+             "generic LD.E only (no generic ST): the bf16 WMMA fragment loads (4 per fragment, 264 in "
+             "all). nvcc 13 emits wmma.load.{a,b}...bf16 without .shared even from a __shared__ array "
+             "(the f16 forms get .shared and LDSM), so no source change reaches LDS/LDSM while the "
+             "kernels use WMMA; every other shared access is LDS/STS. The fix is ldmatrix through the "
+             "emulated PTX header of issue 20 (the FlashAttention-2 rewrite)"),
         ]),
     dict(
         name="no-local-memory",
@@ -90,34 +92,20 @@ RULES = [
              "fp32 attention (mixed_precision = no): the accuracy mode that matches the CPU to 1e-5, "
              "not the fast path; compute-bound FMA tiles (each element staged in shared memory feeds "
              "the dot products of 32 rows)"),
-            (["attn_wmma_fwd_kernel", "attn_wmma_dkdv_kernel", "attn_wmma_dq_kernel"], "known",
-             "tensor-core attention: its tiles are loaded as 2-byte scalar LDG.E.U16 with a division "
-             "per element (aw_load_tile); 16-byte loads (or cp.async) of whole rows are the fix; "
-             + ITEM3),
             (["mixture_kernel<*>"], "n/a",
              "one thread per row of W = K + 2KD elements (W odd for odd K: rows not 8-byte aligned), "
-             "double-precision exp/log per element: compute-bound; its issue is the grid (N/2048 "
-             "blocks), not the load width"),
+             "double-precision exp/log per element: compute-bound (its grid: one row a thread, N/64 "
+             "blocks of 64, since issue 19 item 3)"),
             (["red_final_kernel"], "n/a",
              "one block summing at most 1024 double partials (8-byte loads already)"),
-            # bandwidth-bound kernels with 2- or 4-byte loads today
-            (["swiglu_fwd_kernel<*>", "swiglu_bwd_kernel<*>"], "known",
-             "one element per thread per iteration: 2-byte (bf16) or 4-byte (fp32) loads of a and b "
-             "with a division by F per element; " + ITEM3),
-            (["rmsnorm_fwd_kernel<*>", "rmsnorm_bwd_dx_kernel<*>", "rmsnorm_bwd_dw_kernel<*>",
-              "rmsnorm_bwd_dw_sum_kernel"], "known",
-             "one element per lane per iteration (c += 32): 2-byte / 4-byte loads, and the backward "
-             "reads dnorm and res twice (dx and dw kernels); " + ITEM3),
             (["class_embed_fwd_kernel<*>", "class_embed_bwd_kernel<*>", "shift_bos_bwd_kernel<*>"], "n/a",
              "position 0 only: B x C (B x D) elements a step, 1/T of one pass over the activations; "
              "not on the bandwidth path"),
-            (["shift_bos_kernel<*>", "copy_rows_kernel<*>", "to_compute_kernel<*>", "attn_rope_kernel<*>"],
+            # bandwidth-bound kernels with 2- or 4-byte loads today
+            (["attn_rope_kernel<*>"],
              "known",
              "one element per thread per iteration: 2- or 4-byte loads, a division or two per element; "
              + ITEM3),
-            (["adamw_kernel<*>", "ema_kernel<*>", "sumsq_kernel", "nll_kernel<*>"], "known",
-             "fp32 (or bf16) streams read one 4-byte (2-byte) element per thread per iteration: float4 "
-             "(or 8-byte) loads are possible where n allows; " + ITEM3),
         ]),
     dict(
         name="attention-ldsm-hmma",
@@ -130,8 +118,9 @@ RULES = [
             "shared-memory instructions.",
         exempt=[
             (["attn_wmma_fwd_kernel", "attn_wmma_dkdv_kernel", "attn_wmma_dq_kernel"], "known",
-             "HMMA present, but no LDSM: with the shared window lost (aw_align through uintptr_t) the "
-             "WMMA fragment loads compile to generic 32-bit LD.E and MOVM transposes; " + ITEM3),
+             "HMMA present, but no LDSM: nvcc 13 compiles the bf16 WMMA fragment loads to generic "
+             "32-bit LD.E (wmma.load...bf16 never gets .shared, see no-generic-ldst); ldmatrix through "
+             "the emulated PTX header of issue 20 (the FlashAttention-2 rewrite) is the fix"),
             (["attn_fwd_kernel<float>", "attn_bwd_dkdv_kernel<float>", "attn_bwd_dq_kernel<float>"], "n/a",
              "fp32 attention (mixed_precision = no): FMA kernels by design, the mode that matches the "
              "CPU to 1e-5; tensor cores would round the operands to bf16/tf32"),

@@ -1,7 +1,10 @@
 // cuda_emu: the CPU emulation of CUDA (see cuda_emu.h): the launch scheduler (blocks one at a time on
 // the calling OS thread, the threads of a block as ucontext fibers), barriers, warp collectives,
-// shared memory poisoning and the runtime API's memory, stream, event and device functions.
+// shared memory poisoning and the runtime API's memory, stream, event and device functions. When the
+// profiler is on (emu_profile.h: GIVT_EMU_PROFILE with instrumented kernels) it tells it where each
+// launch's memory lies and when blocks, barriers, warp collectives and WMMA operations happen.
 #include "cuda_emu.h"
+#include "emu_profile.h"
 
 #include <elf.h>
 #include <link.h>
@@ -25,6 +28,9 @@
 #else
 #define EMU_ASAN 0
 #endif
+
+// the cudaMalloc allocations, sorted (for the profiler; defined with the runtime API below)
+static void snapshot_allocations(std::vector<givt_emu::prof::Range> &out);
 
 namespace givt_emu {
 
@@ -170,6 +176,7 @@ void enter(Fiber *f) {
     t_cur = f;
     t_tid = &f->tid;
     t_in_fiber = true;
+    if (prof::g_on) prof::t_fiber = f->index;
 #if EMU_ASAN
     __sanitizer_start_switch_fiber(&t_sched_fake_stack, f->stack, g_stack_bytes);
 #endif
@@ -177,6 +184,7 @@ void enter(Fiber *f) {
 #if EMU_ASAN
     __sanitizer_finish_switch_fiber(t_sched_fake_stack, NULL, NULL);
 #endif
+    prof::t_fiber = -1;
     t_in_fiber = false;
     t_cur = NULL;
 }
@@ -266,6 +274,24 @@ void poison_static_shared() {
     for (const Range &r : g_shared) memset((unsigned char *)tls + r.offset, 0xFF, r.size);
 }
 
+// For the profiler: this OS thread's static __shared__ arrays and its copy of the executable's TLS
+// block (where they lie, beside the emulator's own thread_local variables).
+int tls_block_cb(struct dl_phdr_info *info, size_t, void *out) {
+    prof::Range *r = (prof::Range *)out;
+    r->lo = (uintptr_t)info->dlpi_tls_data;
+    for (int i = 0; i < info->dlpi_phnum; i++)
+        if (info->dlpi_phdr[i].p_type == PT_TLS) r->size = info->dlpi_phdr[i].p_memsz;
+    return 1;
+}
+void profile_memory_map(std::vector<prof::Range> &shared, prof::Range *tls) {
+    find_shared_arrays();
+    *tls = prof::Range{0, 0};
+    dl_iterate_phdr(tls_block_cb, tls);
+    shared.clear();
+    if (!tls->lo) return;
+    for (const Range &r : g_shared) shared.push_back(prof::Range{tls->lo + r.offset, r.size});
+}
+
 // ---- the scheduler ---------------------------------------------------------------------------
 const char *describe(const Fiber &f, char *buf, size_t n) {
     switch (f.state) {
@@ -307,6 +333,7 @@ bool resolve_warps(std::vector<Fiber> &fs, int only_warp = -1) {
                 f.coll(lanes);
                 t_cur = NULL;
                 if (t_abandon) return false;
+                if (prof::g_on) prof::warp_sync(w, false);
                 for (int j = 0; j < 32; j++) fs[w * 32 + j].state = RUN;
                 progress = true;
                 continue;
@@ -343,6 +370,7 @@ bool resolve_warps(std::vector<Fiber> &fs, int only_warp = -1) {
                     g.result = fs[w * 32 + src].bits;
                 }
             }
+            if (prof::g_on) prof::warp_sync(w, true);
             for (int j = 0; j < 32; j++)
                 if (f.mask >> j & 1) fs[w * 32 + j].state = RUN;
             progress = true;
@@ -459,6 +487,7 @@ void run_block(Launch &L, std::vector<Fiber> &fs, std::vector<int> &ord) {
                          nbar, first->file, first->line, ndone, gone->tid.x, gone->tid.y, gone->tid.z);
             return;
         }
+        if (prof::g_on) prof::barrier();
         for (int i = 0; i < n; i++) fs[i].state = RUN;
     }
 }
@@ -561,6 +590,7 @@ bool wmma_check_mem(const WmmaMem *a, void *const lanes[32]) {
 void wmma_mem(void *const lanes[32]) {
     const WmmaMem *a = (const WmmaMem *)lanes[0];
     if (!wmma_check_mem(a, lanes)) return;
+    if (prof::g_on) prof::wmma_mem(a->p, a->ldm, a->col_major, a->elem_bytes, a->store);
     const unsigned char *map = wmma_map(a->use);
     for (int l = 0; l < 32; l++) {
         const WmmaMem *m = (const WmmaMem *)lanes[l];
@@ -579,6 +609,7 @@ void wmma_mem(void *const lanes[32]) {
 }
 
 void wmma_mma(void *const lanes[32]) {
+    if (prof::g_on) prof::wmma_mma();
     const unsigned char *ma = wmma_map(0), *mb = wmma_map(1), *mc = wmma_map(2);
     float A[256], B[256], C[256];
     for (int l = 0; l < 32; l++) {  // every lane's fragments, read before any d is written (d may be c)
@@ -617,6 +648,7 @@ void run_grid(const char *kernel, const char *file, int line, dim3 grid, dim3 bl
               const void *fn_id, BlockFn fn, void *ctx) {
     std::lock_guard<std::mutex> lock(g_launch_mutex);
     init_order_from_env();
+    prof::init_from_env();
     unsigned long long nthreads = (unsigned long long)block.x * block.y * block.z;
     size_t smem_max = 48 * 1024;
     auto it = g_max_dyn_smem.find(fn_id);
@@ -663,12 +695,28 @@ void run_grid(const char *kernel, const char *file, int line, dim3 grid, dim3 bl
     t_fibers = &fs;
     t_abandon = false;
     t_blockDim = block, t_gridDim = grid;
+    const bool profiling = prof::g_on;
+    if (profiling) {  // the memory map the profiler classifies addresses by
+        std::vector<prof::Range> shared, globals;
+        prof::Range tls;
+        profile_memory_map(shared, &tls);
+        snapshot_allocations(globals);
+        prof::Range skip[3] = {{(uintptr_t)g_stacks, (uintptr_t)g_nstacks * (g_stack_bytes + 4096)},
+                               {(uintptr_t)fs.data(), fs.size() * sizeof(Fiber)},
+                               tls};
+        prof::LaunchInfo info = {kernel, fn_id, L.nthreads, (unsigned long long)grid.x * grid.y * grid.z,
+                                 prof::Range{(uintptr_t)L.smem, smem}, shared.data(), (int)shared.size(),
+                                 globals.data(), globals.size(), skip, 3};
+        prof::launch_begin(info);
+    }
     for (unsigned z = 0; z < grid.z && !t_abandon; z++)
         for (unsigned y = 0; y < grid.y && !t_abandon; y++)
             for (unsigned x = 0; x < grid.x && !t_abandon; x++) {
                 t_blockIdx.x = x, t_blockIdx.y = y, t_blockIdx.z = z;
                 run_block(L, fs, ord);
+                if (profiling) prof::block_end();
             }
+    if (profiling) prof::launch_end(t_abandon);
     if (t_abandon && g_last_error == cudaSuccess) g_last_error = cudaErrorLaunchFailure;
     free(smem_block);
     t_launch = NULL;
@@ -732,6 +780,12 @@ cudaError_t check_range(const void *p, size_t n, const char *what) {
     return set_error(cudaErrorInvalidValue);
 }
 }  // namespace
+
+static void snapshot_allocations(std::vector<givt_emu::prof::Range> &out) {
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    out.clear();
+    for (const auto &a : g_allocs) out.push_back(givt_emu::prof::Range{a.first, a.second});
+}
 
 extern "C" {
 
