@@ -93,7 +93,7 @@ BIN_PREFIX ?=
 LIB_SRCS  := $(foreach d,$(SRC_DIRS),$(wildcard $(d)/*.c))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 LIB       := $(BUILD)/libgivt.a
-PROGRAMS  := givt-eval givt-train givt-sample givt-prepare-digits givt-bench
+PROGRAMS  := givt-eval givt-train givt-sample givt-prepare-digits givt-bench givt-latents
 PROGRAM_BINS := $(addprefix $(BIN_PREFIX),$(PROGRAMS))
 TEST_SRCS := $(wildcard tests/*.c)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)

@@ -45,6 +45,7 @@ SYMBOL_PREFIXES = {
     "npy.o": ["npy_"],
     "safetensors.o": ["st_"],
     "digits.o": ["digits_"],
+    "latents.o": ["latents_"],
     "backend.o": ["backend_"],
     "ops_cpu.o": ["backend_cpu_"],
     "blas.o": ["blas_"],
@@ -61,6 +62,9 @@ SYMBOL_PREFIXES = {
     "checkpoint.o": ["ckpt_", "trainer_"],
     "run_guard.o": ["guard_"],
     "metrics.o": ["metrics_"],
+    "evaluate.o": ["evaluate_"],
+    "train_log.o": ["train_log_"],
+    "tb_events.o": ["tb_"],
     # the CUDA backend (kernels/*.cu): its C entry points; C++ names live in anonymous namespaces
     "kernels/*.o": ["cuda_", "backend_cuda_", "dist_open_nccl", "dist_nccl_",
                     "nvtx", "InitializeInjectionNvtx"],  # defined by NVIDIA's NVTX v3 header itself

@@ -200,13 +200,14 @@ TEST(mpi_two_ranks_train_like_one_process_with_twice_the_batch) {
         CHECK(dz >= 0 && dz <= tol, "%s: 2 ranks with ZeRO-1 vs 1 process: relative difference %g", files[k], dz);
     }
     // only rank 0 writes: the same files as one process, and nothing else
-    const char *entries[] = {".givt-train.lock", "metrics.jsonl", "train.ini", "step_00000006", "step_00000012"};
-    for (int k = 0; k < 5; k++) CHECK(fs_path_exists(tu_path(two, entries[k])), "%s missing", entries[k]);
+    const char *entries[] = {".givt-train.lock", "metrics.jsonl", "train.ini", "train.log", "step_00000006",
+                             "step_00000012"};
+    for (int k = 0; k < 6; k++) CHECK(fs_path_exists(tu_path(two, entries[k])), "%s missing", entries[k]);
     int n_entries = 0;
     DIR *dd = opendir(two);
     for (struct dirent *e; dd && (e = readdir(dd));) n_entries += e->d_name[0] != '.' || strlen(e->d_name) > 2;
     if (dd) closedir(dd);
-    CHECK(n_entries == 5, "%d entries in out_dir", n_entries);
+    CHECK(n_entries == 6, "%d entries in out_dir", n_entries);
     tu_rmtree(dir);
 }
 

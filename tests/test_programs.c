@@ -388,3 +388,213 @@ TEST(givt_sample_classes_and_guidance) {
     sample_error_cases(dir, cases, sizeof cases / sizeof cases[0], names, 7, bad_out);
     tu_rmtree(dir);
 }
+
+// ---- givt-latents and the data errors that point to it ----------------------------------------
+// "loss = X" of givt-eval's stdout (NAN when absent).
+static double eval_loss_of(const char *out) {
+    const char *p = strstr(out, "loss = ");
+    return p ? strtod(p + 7, NULL) : NAN;
+}
+
+// The last "val_loss" of a run's metrics.jsonl (NAN when none).
+static double last_val_loss(const char *run_dir) {
+    char *m = fs_read_text(tu_path(run_dir, "metrics.jsonl"), NULL);
+    double v = NAN;
+    for (const char *p = m; p && (p = strstr(p, "\"val_loss\": ")); p++) v = strtod(p + 12, NULL);
+    free(m);
+    return v;
+}
+
+// Runs prog with args and checks the exit status, that stderr (or stdout, for want_out) holds want,
+// and no sanitizer report; returns stdout (to be freed).
+static char *expect_run(const char *dir, const char *prog, const char *args, int want_rc, const char *want,
+                        const char *want_out, int line) {
+    char *out, *err;
+    int rc = run_prog(dir, prog, args, &out, &err);
+    if (rc != want_rc || (want && !strstr(err, want)) || (want_out && !strstr(out, want_out)) || !no_sanitizer_report(err))
+        t_fail_at(__FILE__, line, NULL, "%s %s: exit %d (want %d)\nstdout: %s\nstderr: %s\nwant \"%s\" / \"%s\"", prog,
+                  args, rc, want_rc, out, err, want ? want : "", want_out ? want_out : "");
+    free(err);
+    return out;
+}
+#define EXPECT_RUN(dir, prog, args, rc, want, want_out) expect_run((dir), (prog), (args), (rc), (want), (want_out), __LINE__)
+
+// givt-latents: synthetic float16 (N, H, W, C) latents to sequences and back with the default
+// statistics path, the layout taken from the statistics; every usage error a one-line message; and
+// givt-train and givt-eval given the latents themselves point to the converter.
+TEST(givt_latents_round_trip_and_errors) {
+    char dir[256], args[4096], lat[512], seq[512], back[512], stats[512];
+    tu_mkdtemp(dir, "latprog");
+    snprintf(lat, sizeof lat, "%s", tu_path(dir, "lat.npy"));
+    snprintf(seq, sizeof seq, "%s", tu_path(dir, "seq.npy"));
+    snprintf(stats, sizeof stats, "%s", tu_path(dir, "seq.stats.json"));
+    snprintf(back, sizeof back, "%s", tu_path(dir, "back.npy"));
+    snprintf(args, sizeof args, "synthetic '%s' --shape 6,3,5,3 --layout nhwc --dtype float16 --seed 2", lat);
+    free(EXPECT_RUN(dir, "givt-latents", args, 0, NULL, "(N, C, H, W) = (6, 3, 5, 3), stored nhwc, float16"));
+    snprintf(args, sizeof args, "to-sequences '%s' '%s' --layout nhwc", lat, seq);
+    free(EXPECT_RUN(dir, "givt-latents", args, 0, NULL, "(6, 15, 3) float32"));
+    CHECK(fs_path_exists(stats), "no statistics beside the output");
+    snprintf(args, sizeof args, "to-latents '%s' '%s' --stats '%s'", seq, back, stats);
+    free(EXPECT_RUN(dir, "givt-latents", args, 0, NULL, "(N, H, W, C, float32)"));
+    NpyArray a, b;
+    CHECK(npy_array_open(&a, lat) == 0 && npy_array_open(&b, back) == 0, "%s", givt_last_error());
+    CHECK(a.numel == 6 * 3 * 5 * 3 && b.numel == a.numel && b.ndim == 4 && b.shape[1] == 5 && b.shape[3] == 3);
+    if (a.numel == 270 && b.numel == 270) {
+        double x[270], y[270], worst = 0;
+        CHECK(npy_array_read_rows_f64(&a, 0, 6, x) == 0 && npy_array_read_rows_f64(&b, 0, 6, y) == 0);
+        for (int i = 0; i < 270; i++) worst = fmax(worst, fabs(x[i] - y[i]) / (1 + fabs(x[i])));
+        CHECK(worst < 1e-6, "round trip off by %g", worst);
+    }
+    npy_array_close(&a), npy_array_close(&b);
+    // usage and data errors
+    const ErrorCase cases[] = {
+        {"to-sequences '{S}' '{O}'", "array has rank 3, shape (6, 15, 3): it already is (N, T, D) sequences"},
+        {"to-latents '{S}' '{O}'", "to-latents: give --stats STATS.json"},
+        {"to-latents '{S}' '{O}' --stats '{L}'", "lat.npy: invalid JSON"},
+        {"to-latents '{S}' '{O}' --stats '{J}' --height 4", "--height 4 --width 3 but"},
+        {"to-sequences '{L}' '{O}' --height 4", "--height/--width: options of to-latents"},
+        {"to-sequences '{L}' '{O}' --layout chw", "layout \"chw\": expected nchw"},
+        {"to-sequences '{L}'", "to-sequences: expected LATENTS.npy OUT.npy"},
+        {"transpose '{L}' '{O}'", "unknown command \"transpose\""},
+        {"synthetic '{O}' --shape 2,3,4", "--shape 2,3,4: expected N,C,H,W"},
+        {"to-sequences '{L}' '{O}' --frobnicate", "unknown option --frobnicate"},
+    };
+    char never[512];
+    snprintf(never, sizeof never, "%s", tu_path(dir, "never.npy"));
+    const char *names[] = {"{S}", seq, "{O}", never, "{L}", lat, "{J}", stats};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        fill_template(args, sizeof args, cases[i].args, names, 4);
+        free(EXPECT_RUN(dir, "givt-latents", args, 1, cases[i].want, NULL));
+        CHECK(!fs_path_exists(never), "case %zu wrote an output", i);
+    }
+    snprintf(args, sizeof args, "configs/tiny.ini train.out_dir='%s' data.kind=npy data.path='%s' model.input_dim=3",
+             tu_path(dir, "run"), lat);
+    free(EXPECT_RUN(dir, "givt-train", args, 1, "givt-latents to-sequences", NULL));
+    char model[512];
+    make_model(model, sizeof model, dir, "model", 0);
+    snprintf(args, sizeof args, "'%s' '%s'", model, lat);
+    free(EXPECT_RUN(dir, "givt-eval", args, 1, "array has rank 4, shape (6, 5, 3, 3)", NULL));
+    tu_rmtree(dir);
+}
+
+// ---- givt-eval: the trainer's split, labels, EMA, windows ---------------------------------------
+// (N, T, D) float32 data of normal values (seed) at path.
+static void write_data(const char *path, int64_t n, int64_t t, int64_t d, uint64_t seed) {
+    float *x = xmalloc((size_t)(n * t * d) * sizeof *x);
+    Rng rng;
+    rng_seed(&rng, seed);
+    for (int64_t i = 0; i < n * t * d; i++) x[i] = (float)rng_normal(&rng);
+    int64_t shape[3] = {n, t, d};
+    if (npy_write_f32(path, x, 3, shape) != 0) givt_die("%s", givt_last_error());
+    free(x);
+}
+
+// givt-eval --split val on givt-train's final checkpoint gives the trainer's last val_loss to the 9
+// significant digits both print (2e-8 relative: the sums are the same, batch for batch): on dummy data
+// (train.ini found in the checkpoint), and on a class-conditional mixture with labels, sequences of
+// T = 16 cut into windows of 8, a last validation batch that is not full, and the EMA (--ema; the
+// model weights give another loss, with a note that the trainer used the EMA).
+TEST(givt_eval_split_val_matches_the_trainers_val_loss) {
+    char dir[256], args[4096], run[512], data[512], labels[512];
+    tu_mkdtemp(dir, "evalsplit");
+    snprintf(run, sizeof run, "%s", tu_path(dir, "dummy"));
+    snprintf(args, sizeof args, "configs/tiny.ini train.out_dir='%s' train.max_steps=6 train.save_every=3", run);
+    free(EXPECT_RUN(dir, "givt-train", args, 0, NULL, NULL));
+    double want = last_val_loss(run);
+    snprintf(args, sizeof args, "'%s/step_00000006' --split val", run);
+    char *out = EXPECT_RUN(dir, "givt-eval", args, 0, NULL, "split = val: 8 of 64 windows");
+    double got = eval_loss_of(out);
+    CHECK(isfinite(want) && fabs(got - want) <= 2e-8 * fabs(want), "givt-eval %.9g, trainer %.9g", got, want);
+    free(out);
+
+    snprintf(data, sizeof data, "%s", tu_path(dir, "data.npy"));
+    snprintf(labels, sizeof labels, "%s", tu_path(dir, "labels.npy"));
+    write_data(data, 20, 16, 4, 3);
+    int32_t lab[20];
+    for (int i = 0; i < 20; i++) lab[i] = (i * 7) % 3;
+    int64_t nl = 20;
+    CHECK(npy_write(labels, "<i4", 4, lab, 1, &nl) == 0);
+    snprintf(run, sizeof run, "%s", tu_path(dir, "cond"));
+    snprintf(args, sizeof args,
+             "configs/tiny.ini train.out_dir='%s' train.max_steps=8 train.ema=0.67 train.batch_size=3 "
+             "model.num_classes=3 model.num_mixtures=2 data.kind=npy data.path='%s' data.labels='%s'",
+             run, data, labels);
+    free(EXPECT_RUN(dir, "givt-train", args, 0, NULL, NULL));
+    want = last_val_loss(run);
+    snprintf(args, sizeof args, "'%s/step_00000008' --config '%s/train.ini' --split val --ema", run, run);
+    out = EXPECT_RUN(dir, "givt-eval", args, 0, NULL, "split = val: 8 of 40 windows");
+    got = eval_loss_of(out);
+    CHECK(isfinite(want) && fabs(got - want) <= 2e-8 * fabs(want), "givt-eval --ema %.9g, trainer %.9g", got, want);
+    CHECK(strstr(out, "sequences = 8, T = 8, D = 4 (EMA weights)"), "%s", out);
+    free(out);
+    snprintf(args, sizeof args, "'%s/step_00000008' --config '%s/train.ini' --split val", run, run);
+    out = EXPECT_RUN(dir, "givt-eval", args, 0, "the trainer's val_loss is of the EMA weights (--ema", NULL);
+    CHECK(fabs(eval_loss_of(out) - want) > 1e-6 * fabs(want), "the model weights give the EMA's loss");
+    free(out);
+    tu_rmtree(dir);
+}
+
+// givt-eval of a class-conditional model: --labels changes the loss; without labels a one-line note
+// says it is the "no label" loss. Data as givt-train takes them: an (M, D) stream in windows (of
+// block_size by default, or --seq-len), sequences longer than block_size cut into windows, each with
+// a note; and the errors of these options.
+TEST(givt_eval_labels_windows_and_notes) {
+    char dir[256], args[4096], cond[512], plain[512], data[512], labels[512], stream[512], longer[512];
+    tu_mkdtemp(dir, "evallab");
+    make_model(plain, sizeof plain, dir, "plain", 0);
+    GivtConfig cfg;
+    tu_tiny_config(&cfg);
+    cfg.num_mixtures = 2, cfg.num_classes = 3;
+    CHECK(save_model(cond, sizeof cond, dir, "cond", &cfg, 8, 0.3f, 0) == 0, "%s", givt_last_error());
+    snprintf(data, sizeof data, "%s", tu_path(dir, "data.npy"));
+    snprintf(labels, sizeof labels, "%s", tu_path(dir, "labels.npy"));
+    snprintf(stream, sizeof stream, "%s", tu_path(dir, "stream.npy"));
+    snprintf(longer, sizeof longer, "%s", tu_path(dir, "long.npy"));
+    write_data(data, 5, 6, 4, 4);
+    int32_t lab[5] = {0, 2, 1, 1, 0};
+    int64_t n5 = 5;
+    CHECK(npy_write(labels, "<i4", 4, lab, 1, &n5) == 0);
+    snprintf(args, sizeof args, "'%s' '%s'", cond, data);
+    char *out = EXPECT_RUN(dir, "givt-eval", args, 0, "is class-conditional (num_classes = 3) and no labels were given",
+                           "sequences = 5, T = 6, D = 4");
+    double none = eval_loss_of(out);
+    free(out);
+    snprintf(args, sizeof args, "'%s' '%s' --labels '%s'", cond, data, labels);
+    out = EXPECT_RUN(dir, "givt-eval", args, 0, NULL, "sequences = 5");
+    double with = eval_loss_of(out);
+    CHECK(isfinite(none) && isfinite(with) && fabs(none - with) > 1e-4, "labels %.9g, none %.9g", with, none);
+    free(out);
+    float s[30 * 4] = {0};
+    for (int i = 0; i < 120; i++) s[i] = (float)((i * 37) % 11) / 5.0f - 1.0f;
+    int64_t ss[2] = {30, 4};
+    CHECK(npy_write_f32(stream, s, 2, ss) == 0);
+    snprintf(args, sizeof args, "'%s' '%s'", plain, stream);
+    free(EXPECT_RUN(dir, "givt-eval", args, 0, "is an (M, D) stream: windows of block_size = 16",
+                    "sequences = 1, T = 16, D = 4"));
+    snprintf(args, sizeof args, "'%s' '%s' --seq-len 5", plain, stream);
+    free(EXPECT_RUN(dir, "givt-eval", args, 0, NULL, "sequences = 6, T = 5, D = 4"));
+    write_data(longer, 3, 40, 4, 5);
+    snprintf(args, sizeof args, "'%s' '%s'", plain, longer);
+    free(EXPECT_RUN(dir, "givt-eval", args, 0, "cut into 2 windows of 16 vectors, the rest unused",
+                    "sequences = 6, T = 16, D = 4"));
+    const ErrorCase cases[] = {
+        {"'{M}' '{D}' --labels '{L}'", "--labels {L}: the model {M} is unconditional (num_classes = 0"},
+        {"'{C}' '{S}' --labels '{L}'", "is an (M, D) stream; labels need (N, T, D) files"},
+        {"'{C}' '{X}' --labels '{L}'", "5 labels, but the data hold 3 sequences"},
+        {"'{M}' '{D}' --seq-len 17", "--seq-len 17: at most the model's block_size = 16"},
+        {"'{M}' '{D}' --seq-len 7", "sequences have T = 6, shorter than seq_len = 7"},
+        {"'{M}' --split val", "--split val needs the run's configuration: --config TRAIN.ini"},
+        {"'{M}' '{D}' --split test", "--split: split \"test\": expected all, train or val"},
+        {"'{M}' --config configs/tiny.ini", "configs/tiny.ini: [model] hidden_dim = 12, but {M}/config.json has"},
+        {"'{M}'", "expected FOLDER and DATA.npy, or FOLDER and --config TRAIN.ini"},
+        {"'{M}' '{D}' --ema", "--ema: {M}/ema.safetensors: no such file"},
+    };
+    const char *names[] = {"{M}", plain, "{C}", cond, "{D}", data, "{L}", labels, "{S}", stream, "{X}", longer};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char want[2048];
+        fill_template(args, sizeof args, cases[i].args, names, 6);
+        fill_template(want, sizeof want, cases[i].want, names, 6);
+        free(EXPECT_RUN(dir, "givt-eval", args, 1, want, NULL));
+    }
+    tu_rmtree(dir);
+}

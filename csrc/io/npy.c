@@ -198,7 +198,9 @@ static int npy_open_as(NpyFile *f, const char *path, int kind);
 
 int npy_open(NpyFile *f, const char *path) { return npy_open_as(f, path, OPEN_FLOATS); }
 
-static int npy_open_as(NpyFile *f, const char *path, int kind) {
+// Opens path into f (descriptor, size, modification time, identity) and parses its header into p;
+// f->data_off is set to the first byte after the header. -1 (givt_fail) with f closed on failure.
+static int open_header(NpyFile *f, const char *path, HeaderParser *p) {
     memset(f, 0, sizeof *f);
     f->fd = -1;
     f->path = xstrdup(path);
@@ -254,11 +256,80 @@ static int npy_open_as(NpyFile *f, const char *path, int kind) {
         free(header);
         return open_fail(f);
     }
-    HeaderParser p = {.s = header, .end = header + hlen, .path = path};
-    int bad = hp_parse(&p);
+    *p = (HeaderParser){.s = header, .end = header + hlen, .path = path};
+    int bad = hp_parse(p);
     free(header);
+    p->s = p->end = NULL;
     if (bad) return open_fail(f);
+    f->data_off = (int64_t)(prefix + hlen);
+    return 0;
+}
 
+// Sets f->numel from the shape and checks that the file holds exactly numel * itemsize data bytes.
+// -1 (givt_fail) with f closed otherwise.
+static int check_data_size(NpyFile *f, const char *path, int ndim, const int64_t *shape) {
+    // numel, and the product of the nonzero dims (row sizes are products of trailing dims: they must
+    // fit too when another dim is 0 and the file holds no data)
+    int64_t numel = 1, nonzero = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] != 0 && nonzero > INT64_MAX / 8 / shape[i]) {
+            givt_fail("%s: shape is too large", path);
+            return open_fail(f);
+        }
+        numel *= shape[i];
+        nonzero *= shape[i] ? shape[i] : 1;
+    }
+    f->numel = numel;
+    size_t want = (size_t)numel * (size_t)f->itemsize, have = (size_t)f->file_size - (size_t)f->data_off;
+    if (have < want) {
+        givt_fail("%s: truncated: shape needs %zu data bytes but the file has %zu", path, want, have);
+        return open_fail(f);
+    }
+    if (have > want) {
+        givt_fail("%s: %zu unexpected bytes after the data (shape needs %zu)", path, have - want, want);
+        return open_fail(f);
+    }
+    return 0;
+}
+
+// "(8, 4, 6, 5)" into buf.
+static void format_shape(const int64_t *shape, int ndim, char *buf, size_t n) {
+    size_t k = (size_t)snprintf(buf, n, "(");
+    for (int i = 0; i < ndim && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (k < n) snprintf(buf + k, n - k, ndim == 1 ? ",)" : ")");
+}
+
+#define NPY_LATENTS_HINT "README, \"Train on your own latents\""
+
+// Why a float array givt-train and givt-eval cannot read is not (N, T, D) or (M, D) float32/float16
+// in C order, with the one-line fix: rank 4 (latents) first, as the converter also fixes the dtype and
+// the order; then float64, Fortran order and other ranks.
+static int float_layout_error(const char *path, const HeaderParser *p) {
+    char shape[160];
+    format_shape(p->shape, p->ndim, shape, sizeof shape);
+    if (p->ndim == 4)
+        return givt_fail("%s: array has rank 4, shape %s; need rank 2 (M, D) or 3 (N, T, D): for latents (N, C, H, W) "
+                         "or (N, H, W, C), run `givt-latents to-sequences %s OUT.npy` (--layout nhwc for the "
+                         "second) to get (N, H*W, C) sequences (" NPY_LATENTS_HINT ")",
+                         path, shape, path);
+    // np.ascontiguousarray(..., dtype=np.float32) fixes both (astype alone keeps a Fortran order)
+    char fix[2 * 1024];
+    snprintf(fix, sizeof fix, "python3 -c \"import numpy as np; np.save('%s', np.ascontiguousarray(np.load('%s'), "
+             "dtype=np.float32))\"", path, path);
+    if (!strcmp(p->descr, "<f8"))
+        return givt_fail("%s: dtype '<f8' not supported (float64; need little-endian float32 '<f4' or float16 '<f2'): "
+                         "save it as float32 with %s",
+                         path, fix);
+    if (p->fortran)
+        return givt_fail("%s: Fortran-order arrays are not supported (need C order): save it in C order with %s", path,
+                         fix);
+    return givt_fail("%s: array has rank %d, shape %s; need rank 2 (M, D) or 3 (N, T, D)", path, p->ndim, shape);
+}
+
+static int npy_open_as(NpyFile *f, const char *path, int kind) {
+    HeaderParser p;
+    if (open_header(f, path, &p)) return -1;
     if (kind == OPEN_INT_VECTOR) {
         f->itemsize = !strcmp(p.descr, "<i4") ? 4 : !strcmp(p.descr, "<i8") ? 8 : 0;
         if (!f->itemsize) {
@@ -270,53 +341,29 @@ static int npy_open_as(NpyFile *f, const char *path, int kind) {
             givt_fail("%s: labels have rank %d; need rank 1, shape (N,): one label per sequence", path, p.ndim);
             return open_fail(f);
         }
+        if (p.fortran) {
+            givt_fail("%s: Fortran-order arrays are not supported (save a C-order array: np.ascontiguousarray)", path);
+            return open_fail(f);
+        }
         p.ndim = 2, p.shape[1] = 1;  // (N, 1) below: the same size checks
-    } else if (strcmp(p.descr, "<f4") == 0) {
-        f->dtype = NPY_F32;
-        f->itemsize = 4;
-    } else if (strcmp(p.descr, "<f2") == 0) {
-        f->dtype = NPY_F16;
-        f->itemsize = 2;
     } else {
-        givt_fail("%s: dtype '%s' not supported (need little-endian float32 '<f4' or float16 '<f2')",
-                  path, p.descr);
-        return open_fail(f);
-    }
-    if (p.fortran) {
-        givt_fail("%s: Fortran-order arrays are not supported (save a C-order array: np.ascontiguousarray)", path);
-        return open_fail(f);
-    }
-    if (p.ndim != 2 && p.ndim != 3) {
-        givt_fail("%s: array has rank %d; need rank 2 (M, D) or 3 (N, T, D)", path, p.ndim);
-        return open_fail(f);
+        int f4 = !strcmp(p.descr, "<f4"), f2 = !strcmp(p.descr, "<f2"), f8 = !strcmp(p.descr, "<f8");
+        if (!f4 && !f2 && !f8) {
+            givt_fail("%s: dtype '%s' not supported (need little-endian float32 '<f4' or float16 '<f2')", path,
+                      p.descr);
+            return open_fail(f);
+        }
+        if (f8 || p.fortran || (p.ndim != 2 && p.ndim != 3)) {
+            float_layout_error(path, &p);
+            return open_fail(f);
+        }
+        f->dtype = f4 ? NPY_F32 : NPY_F16;
+        f->itemsize = f4 ? 4 : 2;
     }
     f->ndim = p.ndim;
     f->shape[0] = f->shape[1] = f->shape[2] = 1;
-    // numel, and the product of the nonzero dims (row sizes are products of trailing dims: they must
-    // fit too when another dim is 0 and the file holds no data)
-    int64_t numel = 1, nonzero = 1;
-    for (int i = 0; i < p.ndim; i++) {
-        f->shape[i] = p.shape[i];
-        if (p.shape[i] != 0 && nonzero > INT64_MAX / 8 / p.shape[i]) {
-            givt_fail("%s: shape is too large", path);
-            return open_fail(f);
-        }
-        numel *= p.shape[i];
-        nonzero *= p.shape[i] ? p.shape[i] : 1;
-    }
-    f->numel = numel;
-    size_t data_off = prefix + hlen;
-    size_t want = (size_t)numel * (size_t)f->itemsize, have = size - data_off;
-    if (have < want) {
-        givt_fail("%s: truncated: shape needs %zu data bytes but the file has %zu", path, want, have);
-        return open_fail(f);
-    }
-    if (have > want) {
-        givt_fail("%s: %zu unexpected bytes after the data (shape needs %zu)", path, have - want, want);
-        return open_fail(f);
-    }
-    f->data_off = (int64_t)data_off;
-    return 0;
+    for (int i = 0; i < p.ndim; i++) f->shape[i] = p.shape[i];
+    return check_data_size(f, path, p.ndim, p.shape);
 }
 
 void npy_close(NpyFile *f) {
@@ -353,6 +400,102 @@ int npy_read_labels(const char *path, int32_t **labels, int64_t *n) {
     *labels = out;
     *n = count;
     return 0;
+}
+
+// ---- arrays of any rank (converters) ----------------------------------------------------------
+int npy_array_open(NpyArray *a, const char *path) {
+    memset(a, 0, sizeof *a);
+    HeaderParser p;
+    if (open_header(&a->file, path, &p)) return -1;
+    NpyFile *f = &a->file;
+    int f4 = !strcmp(p.descr, "<f4"), f2 = !strcmp(p.descr, "<f2"), f8 = !strcmp(p.descr, "<f8");
+    if (!f4 && !f2 && !f8) {
+        givt_fail("%s: dtype '%s' not supported (need little-endian float16 '<f2', float32 '<f4' or float64 '<f8')",
+                  path, p.descr);
+        return open_fail(f);
+    }
+    f->dtype = f4 ? NPY_F32 : f2 ? NPY_F16 : NPY_F64;
+    f->itemsize = f4 ? 4 : f2 ? 2 : 8;
+    f->ndim = 0;  // the shape is a's (any rank); f->shape stays unused
+    a->ndim = p.ndim;
+    a->fortran = p.fortran;
+    memcpy(a->shape, p.shape, sizeof a->shape);
+    if (check_data_size(f, path, p.ndim, p.shape)) return -1;
+    a->numel = f->numel;
+    return 0;
+}
+
+void npy_array_close(NpyArray *a) {
+    npy_close(&a->file);
+    memset(a, 0, sizeof *a);
+    a->file.fd = -1;
+}
+
+const char *npy_dtype_name(NpyDtype t) { return t == NPY_F16 ? "float16" : t == NPY_F64 ? "float64" : "float32"; }
+
+// n elements of dtype t at src as float64 (exact for all three dtypes).
+static void raw_to_f64(NpyDtype t, const void *src, int64_t n, double *dst) {
+    if (t == NPY_F64) memcpy(dst, src, (size_t)n * sizeof *dst);
+    else if (t == NPY_F32)
+        for (int64_t i = 0; i < n; i++) dst[i] = ((const float *)src)[i];
+    else
+        for (int64_t i = 0; i < n; i++) dst[i] = half_f16_to_f32(((const uint16_t *)src)[i]);
+}
+
+// count elements at flat (storage order) index start into dst as float64, in chunks through raw.
+static int read_raw_f64(const NpyFile *f, int64_t start, int64_t count, double *dst, void *raw, int64_t raw_elems) {
+    for (int64_t done = 0; done < count;) {
+        int64_t n = count - done < raw_elems ? count - done : raw_elems;
+        if (pread_exact(f, raw, (size_t)n * (size_t)f->itemsize, f->data_off + (start + done) * f->itemsize))
+            return -1;
+        raw_to_f64(f->dtype, raw, n, dst + done);
+        done += n;
+    }
+    return 0;
+}
+
+// Fortran order: element (r, i1, ..., ik) lies at r + N * (i1 + s1 * (i2 + ...)); for each index j of a
+// row (C order over (i1, ..., ik)) the count values of rows [row, row + count) are contiguous.
+static int read_rows_fortran(const NpyArray *a, int64_t row, int64_t count, int64_t per, double *dst, void *raw,
+                             double *col, int64_t raw_elems) {
+    for (int64_t j = 0; j < per; j++) {
+        int64_t rest = j, off = 0, stride = 1;  // off: the Fortran offset of (i1, ..., ik) in units of N
+        for (int d = a->ndim - 1; d >= 1; d--) stride *= a->shape[d];
+        for (int d = 1; d < a->ndim; d++) {
+            stride /= a->shape[d];
+            int64_t i = rest / stride;
+            rest %= stride;
+            int64_t fs = 1;
+            for (int e = 1; e < d; e++) fs *= a->shape[e];
+            off += i * fs;
+        }
+        if (read_raw_f64(&a->file, row + a->shape[0] * off, count, col, raw, raw_elems)) return -1;
+        for (int64_t m = 0; m < count; m++) dst[m * per + j] = col[m];
+    }
+    return 0;
+}
+
+int npy_array_read_rows_f64(const NpyArray *a, int64_t row, int64_t count, double *dst) {
+    const NpyFile *f = &a->file;
+    if (a->ndim < 1 || row < 0 || count < 0 || row > a->shape[0] || count > a->shape[0] - row)
+        return givt_fail("%s: read of %lld rows from row %lld is out of bounds (%lld rows)", f->path, (long long)count,
+                         (long long)row, (long long)(a->ndim ? a->shape[0] : 0));
+    if (f->fd < 0) return givt_fail("%s: read from a closed file", f->path ? f->path : "npy");
+    if (check_unchanged(f)) return -1;
+    int64_t per = a->shape[0] ? a->numel / a->shape[0] : 0;
+    if (count == 0 || per == 0) return 0;
+    enum { RAW_ELEMS = 1 << 15 };
+    void *raw = xmalloc((size_t)RAW_ELEMS * 8);
+    int rc;
+    if (!a->fortran || a->ndim == 1) {
+        rc = read_raw_f64(f, row * per, count * per, dst, raw, RAW_ELEMS);
+    } else {
+        double *col = xmalloc((size_t)count * sizeof *col);
+        rc = read_rows_fortran(a, row, count, per, dst, raw, col, RAW_ELEMS);
+        free(col);
+    }
+    free(raw);
+    return rc;
 }
 
 // float16 values are read in chunks of this many elements and converted.
@@ -437,25 +580,33 @@ int npy_check_finite(const NpyFile *f, int64_t idx[3]) {
 }
 
 // ---- writer ---------------------------------------------------------------------------------
-int npy_write(const char *path, const char *descr, size_t itemsize, const void *data, int ndim,
-              const int64_t *shape) {
-    if (ndim < 0 || ndim > 8) return givt_fail("%s: cannot write an array of rank %d", path, ndim);
+// The header of a C-order array: magic, version, dict padded with spaces and a final newline so that
+// the data start at a multiple of 64 bytes. Returns it (malloc'd; *total bytes) and *numel, or NULL
+// (givt_fail) for a bad rank or dimension.
+static unsigned char *make_header(const char *path, const char *descr, int ndim, const int64_t *shape, size_t *total,
+                                  size_t *numel) {
+    if (ndim < 0 || ndim > 8) {
+        givt_fail("%s: cannot write an array of rank %d", path, ndim);
+        return NULL;
+    }
     char dict[512];
     int n = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (", descr);
-    size_t numel = 1;
+    *numel = 1;
     for (int i = 0; i < ndim; i++) {
-        if (shape[i] < 0) return givt_fail("%s: negative dimension %lld", path, (long long)shape[i]);
+        if (shape[i] < 0) {
+            givt_fail("%s: negative dimension %lld", path, (long long)shape[i]);
+            return NULL;
+        }
         n += snprintf(dict + n, sizeof dict - (size_t)n, i ? ", %lld" : "%lld", (long long)shape[i]);
-        numel *= (size_t)shape[i];
+        *numel *= (size_t)shape[i];
     }
     n += snprintf(dict + n, sizeof dict - (size_t)n, "%s), }", ndim == 1 ? "," : "");
-    // Pad with spaces and a final newline so that the data start at a multiple of 64 bytes.
     size_t hlen = (size_t)n + 1;
     int v2 = 10 + hlen > 65535;
     size_t prefix = v2 ? 12 : 10;
-    size_t total = (prefix + hlen + 63) / 64 * 64;
-    hlen = total - prefix;
-    unsigned char *hdr = xmalloc(total);
+    *total = (prefix + hlen + 63) / 64 * 64;
+    hlen = *total - prefix;
+    unsigned char *hdr = xmalloc(*total);
     memcpy(hdr, NPY_MAGIC, 6);
     hdr[6] = v2 ? 2 : 1;
     hdr[7] = 0;
@@ -467,18 +618,54 @@ int npy_write(const char *path, const char *descr, size_t itemsize, const void *
     }
     memcpy(hdr + prefix, dict, (size_t)n);
     memset(hdr + prefix + n, ' ', hlen - (size_t)n - 1);
-    hdr[total - 1] = '\n';
+    hdr[*total - 1] = '\n';
+    return hdr;
+}
 
-    AtomicFile af;
-    if (fs_atomic_open(&af, path)) {
+int npy_write(const char *path, const char *descr, size_t itemsize, const void *data, int ndim,
+              const int64_t *shape) {
+    NpyWriter w;
+    if (npy_writer_open(&w, path, descr, itemsize, ndim, shape)) return -1;
+    npy_writer_write(&w, data, w.expect);
+    return npy_writer_commit(&w);
+}
+
+int npy_writer_open(NpyWriter *w, const char *path, const char *descr, size_t itemsize, int ndim,
+                    const int64_t *shape) {
+    memset(w, 0, sizeof *w);
+    size_t total, numel;
+    unsigned char *hdr = make_header(path, descr, ndim, shape, &total, &numel);
+    if (!hdr) return -1;
+    if (fs_atomic_open(&w->af, path)) {
         free(hdr);
         return -1;
     }
-    fs_atomic_write(&af, hdr, total);
-    fs_atomic_write(&af, data, numel * itemsize);
+    w->expect = numel * itemsize;
+    int rc = fs_atomic_write(&w->af, hdr, total);
     free(hdr);
-    return fs_atomic_commit(&af);
+    if (rc) fs_atomic_abort(&w->af);
+    return rc;
 }
+
+int npy_writer_write(NpyWriter *w, const void *data, size_t bytes) {
+    if (bytes > w->expect - w->written) {
+        w->af.failed = 1;
+        return givt_fail("%s: %zu more data bytes than the shape holds", w->af.final_path, bytes - (w->expect - w->written));
+    }
+    w->written += bytes;
+    return fs_atomic_write(&w->af, data, bytes);
+}
+
+int npy_writer_commit(NpyWriter *w) {
+    if (w->written != w->expect) {
+        int rc = givt_fail("%s: %zu of the shape's %zu data bytes written", w->af.final_path, w->written, w->expect);
+        fs_atomic_abort(&w->af);
+        return rc;
+    }
+    return fs_atomic_commit(&w->af);
+}
+
+void npy_writer_abort(NpyWriter *w) { fs_atomic_abort(&w->af); }
 
 int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *shape) {
     return npy_write(path, "<f4", 4, data, ndim, shape);

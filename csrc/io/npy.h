@@ -1,12 +1,16 @@
 // npy: NumPy .npy files: a validating reader (little-endian float32/float16, C order, rank 2 or 3)
-// that reads through pread and notices a file changed under it, and an atomic writer.
+// that reads through pread and notices a file changed under it, a reader of float arrays of any rank,
+// dtype (float16/32/64) and order for converters, and an atomic writer (whole, or streamed).
 #ifndef GIVT_NPY_H
 #define GIVT_NPY_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum { NPY_F32, NPY_F16 } NpyDtype;
+#include "fs.h"
+
+typedef enum { NPY_F32, NPY_F16, NPY_F64 } NpyDtype;  // npy_open: F32 or F16; npy_array_open: any
+const char *npy_dtype_name(NpyDtype t);               // "float32", "float16", "float64"
 
 // An open .npy file. Elements are read with pread(2) through npy_read_f32: the file is never mapped,
 // so a file truncated while open is a read error (never a SIGBUS). Every read also checks that the
@@ -29,7 +33,9 @@ typedef struct {
 
 // Opens and validates path: magic, version 1.0/2.0/3.0, header length within the file, header dict
 // ('descr' '<f4' or '<f2', 'fortran_order' False, 'shape' of rank 2 or 3), and a data size of exactly
-// prod(shape) * itemsize. Returns 0, or -1 with givt_fail("PATH: problem").
+// prod(shape) * itemsize. Returns 0, or -1 with givt_fail("PATH: problem"). A float array it cannot
+// take gets the one-line fix: rank 4 points to `givt-latents to-sequences` (latents (N, C, H, W) or
+// (N, H, W, C)); float64 and Fortran order give the numpy line that saves a C-order float32 copy.
 int npy_open(NpyFile *f, const char *path);
 void npy_close(NpyFile *f);  // safe on a zeroed or already closed NpyFile
 // Is fd (a new descriptor of f->path, for a reader that closed f's and opens it again) the file
@@ -65,11 +71,40 @@ int npy_check_finite(const NpyFile *f, int64_t idx[3]);
 // givt_fail("PATH: problem") (another dtype or rank says which it has and which are accepted).
 int npy_read_labels(const char *path, int32_t **labels, int64_t *n);
 
+// ---- float arrays of any rank, for converters (csrc/io/latents.c) ------------------------------
+// Rank 1 to 8, little-endian float16, float32 or float64, C or Fortran order; read by rows along the
+// first axis, converted to float64 (exactly). Reads check the file is unchanged, as npy_read_f32.
+typedef struct {
+    NpyFile file;      // path, descriptor, dtype, itemsize, numel (its ndim and shape are unused)
+    int ndim;
+    int64_t shape[8];
+    int fortran;       // 1: Fortran order (the first axis varies fastest)
+    int64_t numel;
+} NpyArray;
+int npy_array_open(NpyArray *a, const char *path);  // -1 (givt_fail naming path) for another dtype
+void npy_array_close(NpyArray *a);                  // safe on a zeroed or closed NpyArray
+// Rows [row, row + count) along axis 0 into dst (count, shape[1], ..., shape[ndim-1]) in C order,
+// whatever the file's order.
+int npy_array_read_rows_f64(const NpyArray *a, int64_t row, int64_t count, double *dst);
+
 // Writes a C-order .npy file atomically (temporary file, fsync, rename). descr is the NumPy dtype
 // string ("<f4", "<i4", ...) whose size is itemsize; ndim 0..8.
 int npy_write(const char *path, const char *descr, size_t itemsize, const void *data, int ndim,
               const int64_t *shape);
 // float32 data of the given shape, e.g. (N, T, D).
 int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *shape);
+// The same written in pieces (a file larger than memory): open writes the header to a temporary
+// file, write appends data bytes (at most what the shape holds), commit checks that all of them came
+// and renames the file into place; abort (or a failed commit) removes it. Each returns 0 or -1
+// (givt_fail); after a failed open nothing is left to abort.
+typedef struct {
+    AtomicFile af;
+    size_t expect, written;  // data bytes
+} NpyWriter;
+int npy_writer_open(NpyWriter *w, const char *path, const char *descr, size_t itemsize, int ndim,
+                    const int64_t *shape);
+int npy_writer_write(NpyWriter *w, const void *data, size_t bytes);
+int npy_writer_commit(NpyWriter *w);
+void npy_writer_abort(NpyWriter *w);
 
 #endif

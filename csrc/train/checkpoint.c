@@ -134,7 +134,9 @@ static int remove_checkpoint(const char *out_dir, long step) {
     return remove_folder(doomed);
 }
 
-int ckpt_set_aside_newer(const char *out_dir, long step) {
+int ckpt_set_aside_newer(Trainer *tr) {
+    const char *out_dir = tr->cfg.train.out_dir;
+    long step = tr->step;
     int n;
     long *steps = list_checkpoints(out_dir, &n);
     int first = 0;  // 1 + the index of the oldest newer checkpoint
@@ -157,13 +159,14 @@ int ckpt_set_aside_newer(const char *out_dir, long step) {
     }
     char *metrics = fs_path_join(out_dir, "metrics.jsonl"), *kept = fs_path_join(aside, "metrics.jsonl");
     if (rc == 0 && fs_path_exists(metrics) && link(metrics, kept) != 0)
-        fprintf(stderr, "givt-train: warning: %s: cannot keep a copy in %s: %s\n", metrics, aside, strerror(errno));
+        train_log_say(&tr->log, "givt-train: warning: %s: cannot keep a copy in %s: %s", metrics, aside, strerror(errno));
     if (rc == 0) rc = fs_fsync_dir_of(from);
     if (rc == 0)
-        fprintf(stderr,
-                "givt-train: note: resuming at step %ld, older than the newest checkpoint in %s (step %ld): the %d newer "
-                "checkpoint%s and that run's metrics.jsonl were moved to %s (move them back to return to that run)\n",
-                step, out_dir, steps[n - 1], n - first + 1, n - first + 1 == 1 ? "" : "s", aside);
+        train_log_say(&tr->log,
+                      "givt-train: note: resuming at step %ld, older than the newest checkpoint in %s (step %ld): the %d "
+                      "newer checkpoint%s and that run's metrics.jsonl were moved to %s (move them back to return to "
+                      "that run)",
+                      step, out_dir, steps[n - 1], n - first + 1, n - first + 1 == 1 ? "" : "s", aside);
     free(metrics);
     free(kept);
     free(steps);
@@ -218,10 +221,11 @@ static int load_train_state(Trainer *tr, const char *path) {
     if (rc == 0 && s.world_size != tr->dist->world_size && root(tr)) {
         char was[64] = "";
         if (s.global_batch) snprintf(was, sizeof was, " (was %" PRId64 ")", s.global_batch);
-        fprintf(stderr,
-                "givt-train: note: %s was written by %ld process%s, this run has %d: the global batch is now %ld "
-                "sequences%s; the data stream goes on from the same position\n",
-                path, (long)s.world_size, s.world_size == 1 ? "" : "es", tr->dist->world_size, global_batch(tr), was);
+        train_log_say(&tr->log,
+                      "givt-train: note: %s was written by %ld process%s, this run has %d: the global batch is now %ld "
+                      "sequences%s; the data stream goes on from the same position",
+                      path, (long)s.world_size, s.world_size == 1 ? "" : "es", tr->dist->world_size, global_batch(tr),
+                      was);
     }
     if (rc == 0) {
         const AdamW *o = &tr->opt;
@@ -241,6 +245,54 @@ static int params_finite(GivtModel *m, const float *p) {
     grad_sumsq_buffer(be, acc, p, m->table.total);
     be->ops->download(be, &ss, acc, sizeof(double));
     return isfinite(ss);
+}
+
+// Keeps the newest keep_checkpoints (0: all), and with keep_best the best one besides.
+static void rotate_checkpoints(Trainer *tr) {
+    const TrainSettings *ts = &tr->cfg.train;
+    int n;
+    long *steps = list_checkpoints(ts->out_dir, &n);
+    int exempt = ts->keep_best && tr->best_step > 0;
+    for (int i = n - 1, kept = 0; ts->keep_checkpoints > 0 && i >= 0; i--) {
+        if (exempt && steps[i] == tr->best_step) continue;
+        if (++kept > ts->keep_checkpoints && remove_checkpoint(ts->out_dir, steps[i]) != 0)
+            train_log_say(&tr->log, "givt-train: warning: %s", givt_last_error());
+    }
+    free(steps);
+}
+
+#define BEST_NAME "best"
+
+// Is path a symbolic link (dangling or not)?
+static int is_symlink(const char *path) {
+    struct stat st;
+    return lstat(path, &st) == 0 && S_ISLNK(st.st_mode);
+}
+
+void ckpt_point_best(Trainer *tr) {
+    const char *out = tr->cfg.train.out_dir;
+    char dir[TRAIN_CONFIG_STR_MAX + 32], target[32], tmp[64];
+    char *link_path = fs_path_join(out, BEST_NAME);
+    int have = tr->cfg.train.keep_best && tr->best_step > 0;
+    if (have) ckpt_path(out, tr->best_step, dir, sizeof dir);
+    if (!have || !fs_path_exists(dir)) {  // nothing to point to: no stale link either
+        if (is_symlink(link_path) && unlink(link_path) != 0)
+            train_log_say(&tr->log, "givt-train: warning: %s: cannot remove: %s", link_path, strerror(errno));
+        free(link_path);
+        return;
+    }
+    snprintf(target, sizeof target, CKPT_PREFIX "%08ld", tr->best_step);  // relative: out_dir may move
+    snprintf(tmp, sizeof tmp, BEST_NAME ".tmp.%ld", (long)getpid());  // a temporary name cleanup knows
+    char *tmp_path = fs_path_join(out, tmp);
+    unlink(tmp_path);
+    if (symlink(target, tmp_path) != 0 || rename(tmp_path, link_path) != 0) {
+        train_log_say(&tr->log, "givt-train: warning: %s: cannot link to %s: %s", link_path, target, strerror(errno));
+        unlink(tmp_path);
+    } else {
+        fs_fsync_dir_of(link_path);
+    }
+    free(tmp_path);
+    free(link_path);
 }
 
 // Rank 0 writes out_dir/step_XXXXXXXX as a whole (mh, vh: the moments of the whole table): files go
@@ -273,11 +325,8 @@ static int write_checkpoint(Trainer *tr, float *mh, float *vh) {
         remove_folder(tmp_dir);
         return -1;
     }
-    int n;
-    long *steps = list_checkpoints(ts->out_dir, &n);
-    for (int i = 0; ts->keep_checkpoints > 0 && i < n - ts->keep_checkpoints; i++)
-        if (remove_checkpoint(ts->out_dir, steps[i]) != 0) fprintf(stderr, "givt-train: warning: %s\n", givt_last_error());
-    free(steps);
+    if (ts->keep_best && tr->step == tr->best_step) ckpt_point_best(tr);
+    rotate_checkpoints(tr);
     return 0;
 }
 
@@ -327,7 +376,7 @@ int ckpt_resume(Trainer *tr, const char *dir) {
     char *p = fs_path_join(dir, "optimizer.safetensors");
     int rc = load_train_state(tr, p);
     free(p);
-    if (rc == 0) fprintf(stderr, "givt-train: resumed from %s at step %ld\n", dir, tr->step);
+    if (rc == 0 && root(tr)) train_log_say(&tr->log, "givt-train: resumed from %s at step %ld", dir, tr->step);
     tr->saved_step = tr->step;
     return rc;
 }
@@ -365,7 +414,7 @@ static int lock_out_dir(Trainer *tr) {
         char pid[32];
         int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
         if (ftruncate(pid_fd, 0) != 0 || pwrite(pid_fd, pid, (size_t)n, 0) != n)
-            fprintf(stderr, "givt-train: warning: %s: cannot write the PID: %s\n", p, strerror(errno));
+            train_log_say(&tr->log, "givt-train: warning: %s: cannot write the PID: %s", p, strerror(errno));
         tr->lock_fd = lock_fd;
     }
     if (dir_fd >= 0 && (rc != 0 || lock_fd != dir_fd)) close(dir_fd);
@@ -380,8 +429,8 @@ int ckpt_choose(Trainer *tr, char *ckpt, size_t n) {
     if (root(tr)) {
         if (!strcmp(ts->resume_from_ckpt, "latest")) {
             if (trainer_latest_checkpoint(ts->out_dir, ckpt, n) != 0) {
-                fprintf(stderr, "givt-train: resume_from_ckpt = latest: no checkpoint in %s yet; starting fresh\n",
-                        ts->out_dir);
+                train_log_say(&tr->log, "givt-train: resume_from_ckpt = latest: no checkpoint in %s yet; starting fresh",
+                              ts->out_dir);
                 ckpt[0] = '\0';
             }
         } else if (ts->resume_from_ckpt[0]) {
@@ -401,5 +450,8 @@ int ckpt_choose(Trainer *tr, char *ckpt, size_t n) {
 int ckpt_claim_out_dir(Trainer *tr) {
     const char *out = tr->cfg.train.out_dir;
     if (!root(tr)) return 0;
-    return fs_mkdir_p(out) != 0 || lock_out_dir(tr) != 0 || remove_stale_temporaries(out) != 0 ? -1 : 0;
+    return fs_mkdir_p(out) != 0 || lock_out_dir(tr) != 0 || remove_stale_temporaries(out) != 0 ||
+                   train_log_open(&tr->log, out) != 0
+               ? -1
+               : 0;
 }

@@ -515,6 +515,28 @@ int data_all_batch(Dataset *ds, int64_t k, int B, float *buf) {
     return ordered_batch(ds, NULL, ds->num_windows, k, B, buf, NULL);
 }
 
+static const char *const k_split_names[] = {"all", "train", "val"};
+
+const char *data_split_name(DataSplit s) { return s >= DATA_SPLIT_ALL && s <= DATA_SPLIT_VAL ? k_split_names[s] : "?"; }
+
+int data_split_parse(const char *s, DataSplit *out) {
+    for (int i = 0; i < 3; i++)
+        if (s && !strcmp(s, k_split_names[i])) {
+            *out = (DataSplit)i;
+            return 0;
+        }
+    return givt_fail("split \"%s\": expected all, train or val", s ? s : "");
+}
+
+int64_t data_split_size(const Dataset *ds, DataSplit s) {
+    return s == DATA_SPLIT_TRAIN ? ds->num_train : s == DATA_SPLIT_VAL ? ds->num_val : ds->num_windows;
+}
+
+int data_split_batch(Dataset *ds, DataSplit s, int64_t k, int B, float *buf, int32_t *labels) {
+    const int64_t *ids = s == DATA_SPLIT_TRAIN ? ds->train_ids : s == DATA_SPLIT_VAL ? ds->val_ids : NULL;
+    return ordered_batch(ds, ids, data_split_size(ds, s), k, B, buf, labels);
+}
+
 // A closed file is scanned through a descriptor of its own, closed after (ds stays as it is).
 int data_check_finite(const Dataset *ds) {
     for (int i = 0; i < ds->nfiles; i++) {

@@ -115,6 +115,15 @@ int data_val_batch_labels(Dataset *ds, int64_t k, int B, float *buf, int32_t *la
 // All windows in file order (ignoring the split), batch k, same contract: for evaluating a file.
 int data_all_batch(Dataset *ds, int64_t k, int B, float *buf);
 
+// Which windows an evaluation reads: all of them (file order), or the training or validation part
+// of the split (ascending window order: validation batch k is data_val_batch's batch k).
+typedef enum { DATA_SPLIT_ALL, DATA_SPLIT_TRAIN, DATA_SPLIT_VAL } DataSplit;
+const char *data_split_name(DataSplit s);               // "all", "train", "val"
+int data_split_parse(const char *s, DataSplit *out);    // -1 (givt_fail) for another name
+int64_t data_split_size(const Dataset *ds, DataSplit s);  // windows in it
+// Batch k of split s, as data_val_batch_labels (labels NULL: not wanted).
+int data_split_batch(Dataset *ds, DataSplit s, int64_t k, int B, float *buf, int32_t *labels);
+
 // Scans every file for NaN/Inf. Returns 0, or -1 naming the file and the index of the first one.
 int data_check_finite(const Dataset *ds);
 

@@ -18,6 +18,8 @@
 static _Atomic long long g_progress_ms;
 static double g_hang_timeout_s;
 static int g_watch_rank;
+static TrainLog *_Atomic g_log;  // the trainer's, while it is open: rank 0's watchdog says its line in train.log too
+static TrainLog g_stderr_log;     // stderr alone, after it closes
 
 static long long now_ms(void) { return (long long)(util_time_now_s() * 1000.0); }
 
@@ -29,39 +31,43 @@ void guard_note_progress(void) { atomic_store(&g_progress_ms, now_ms()); }
 // the hang's detection by that much.)
 #define WATCHDOG_GAP_S 3.0
 
+void guard_watchdog_leaves_the_log(void) { atomic_store(&g_log, &g_stderr_log); }
+
 static void *watchdog(void *arg) {
     (void)arg;
     long long tick = now_ms();
     for (;;) {
         sleep(1);
+        TrainLog *log = atomic_load(&g_log);
         long long now = now_ms();
         if ((double)(now - tick) / 1000.0 > WATCHDOG_GAP_S) {
-            fprintf(stderr, "\ngivt-train: rank %d: this process did not run for %.0f s (stopped or suspended); "
-                            "the hang timeout counts again from now\n",
-                    g_watch_rank, (double)(now - tick) / 1000.0);
+            train_log_say(log, "givt-train: rank %d: this process did not run for %.0f s (stopped or suspended); "
+                                 "the hang timeout counts again from now",
+                          g_watch_rank, (double)(now - tick) / 1000.0);
             guard_note_progress();
         }
         tick = now;
         double idle = (double)(now - atomic_load(&g_progress_ms)) / 1000.0;
         if (idle <= g_hang_timeout_s) continue;
-        fprintf(stderr,
-                "\ngivt-train: rank %d: no progress for %.0f s ([train] hang_timeout = %g): another rank or the file "
-                "system hangs; ending this rank, and with it the job\n",
-                g_watch_rank, idle, g_hang_timeout_s);
-        fflush(stderr);
+        train_log_say(log,
+                      "givt-train: rank %d: no progress for %.0f s ([train] hang_timeout = %g): another rank or the "
+                      "file system hangs; ending this rank, and with it the job",
+                      g_watch_rank, idle, g_hang_timeout_s);
         _exit(1);
     }
     return NULL;
 }
 
-void guard_start_watchdog(const Trainer *tr) {
+void guard_start_watchdog(Trainer *tr) {
     if (tr->dist->world_size < 2 || tr->cfg.train.hang_timeout <= 0) return;
     g_hang_timeout_s = tr->cfg.train.hang_timeout;
     g_watch_rank = tr->dist->rank;
+    train_log_init(&g_stderr_log, 0);
+    atomic_store(&g_log, &tr->log);
     guard_note_progress();
     pthread_t t;
     if (pthread_create(&t, NULL, watchdog, NULL) == 0) pthread_detach(t);
-    else fprintf(stderr, "givt-train: rank %d: warning: no watchdog thread: %s\n", g_watch_rank, strerror(errno));
+    else train_log_say(&tr->log, "givt-train: rank %d: warning: no watchdog thread: %s", g_watch_rank, strerror(errno));
 }
 
 // ---- the ranks agree ----------------------------------------------------------------------
@@ -95,7 +101,7 @@ static const char *ini_line_text(const char *line, char *buf, size_t n) {
 }
 
 // Prints the first line where configuration text `mine` differs from rank 0's `r0`, and its section.
-static void say_first_difference(int rank, const char *r0, const char *mine) {
+static void say_first_difference(TrainLog *log, int rank, const char *r0, const char *mine) {
     const char *a = r0, *b = mine, *section = "";
     size_t section_len = 0;
     while (*a && *b && strcspn(a, "\n") == strcspn(b, "\n") && !strncmp(a, b, strcspn(a, "\n"))) {
@@ -104,8 +110,8 @@ static void say_first_difference(int rank, const char *r0, const char *mine) {
         b += strcspn(b, "\n") + (b[strcspn(b, "\n")] != 0);
     }
     char la[256], lb[256];
-    fprintf(stderr, "givt-train: rank %d: configuration differs from rank 0's: %.*s rank 0 has \"%s\", rank %d has \"%s\"\n",
-            rank, (int)section_len, section, ini_line_text(a, la, sizeof la), rank, ini_line_text(b, lb, sizeof lb));
+    train_log_say(log, "givt-train: rank %d: configuration differs from rank 0's: %.*s rank 0 has \"%s\", rank %d has \"%s\"",
+                  rank, (int)section_len, section, ini_line_text(a, la, sizeof la), rank, ini_line_text(b, lb, sizeof lb));
 }
 
 int guard_check_ranks_agree(Trainer *tr) {
@@ -119,7 +125,7 @@ int guard_check_ranks_agree(Trainer *tr) {
     int bad = -1;
     char *r0 = NULL;  // rank 0's text, for the rank that differs to say where
     int rc = dist_check_same(d, text, len, &bad, &r0);
-    if (rc != 0 && d->rank == bad) say_first_difference(d->rank, r0, text);
+    if (rc != 0 && d->rank == bad) say_first_difference(&tr->log, d->rank, r0, text);
     free(r0);
     free(text);
     if (rc != 0) {
@@ -152,8 +158,8 @@ int guard_check_same_data(Trainer *tr) {
     char *r0 = NULL;
     if (dist_check_same(d, &mine, sizeof mine, &bad, &r0) == 0) return 0;
     if (d->rank == bad)
-        fprintf(stderr, "givt-train: rank %d reads %s\ngivt-train: rank 0 reads %s\n", d->rank, mine.what,
-                r0 ? r0 + sizeof mine.fingerprint : "?");
+        train_log_say(&tr->log, "givt-train: rank %d reads %s\ngivt-train: rank 0 reads %s", d->rank, mine.what,
+                      r0 ? r0 + sizeof mine.fingerprint : "?");
     free(r0);
     tr->agreed = 1;
     return givt_fail("rank %d reads other data than rank 0 (the files' shapes or sizes, the labels or the split "
@@ -182,8 +188,8 @@ int guard_end_failed_job(Trainer *tr, int rc) {
     Dist *d = tr->dist;
     char *why = xstrdup(givt_last_error());
     if (!tr->agreed) {
-        fprintf(stderr, "givt-train: rank %d of %d: %s\ngivt-train: rank %d failed alone: ending the whole job\n",
-                d->rank, d->world_size, why, d->rank);
+        train_log_say(&tr->log, "givt-train: rank %d of %d: %s\ngivt-train: rank %d failed alone: ending the whole job",
+                      d->rank, d->world_size, why, d->rank);
         dist_abort(d, 1);
     }
     if (!root(tr) && !tr->local_error) rc = 1;  // rank 0 says why

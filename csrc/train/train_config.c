@@ -13,6 +13,7 @@
 
 #include "data.h"
 #include "fs.h"
+#include "hf.h"
 #include "ini.h"
 #include "util.h"
 
@@ -65,6 +66,9 @@ static const ConfigKey k_keys[] = {
      "keep only each layer's input and recompute the layer in backward: less memory, about 1/3 more time", NO_RANGE, NULL},
     {"train", "log_every", CFG_I64, FIELD(train.log_every), "10", "print the training loss every N steps",
      RANGE_GE, 1, 0, NULL},
+    {"train", "tensorboard", CFG_BOOL, FIELD(train.tensorboard), "false",
+     "also write TensorBoard event files into out_dir at every log (loss, val_loss, lr, grad_norm, tokens_per_s, "
+     "mfu): tensorboard --logdir runs/", NO_RANGE, NULL},
     {"train", "val_every", CFG_I64, FIELD(train.val_every), "1000", "validate every N steps; 0 = never",
      RANGE_GE, 0, 0, NULL},
     {"train", "val_size", CFG_I64, FIELD(train.val_size), "100",
@@ -73,6 +77,9 @@ static const ConfigKey k_keys[] = {
      "save a checkpoint every N steps (and at the end); 0 = only at the end", RANGE_GE, 0, 0, NULL},
     {"train", "keep_checkpoints", CFG_INT, FIELD(train.keep_checkpoints), "5",
      "keep the last N checkpoints; 0 = keep all", RANGE_GE, 0, 0, NULL},
+    {"train", "keep_best", CFG_BOOL, FIELD(train.keep_best), "false",
+     "also keep the checkpoint of the lowest val_loss, out of the keep_checkpoints rotation (a new best is saved "
+     "at once; out_dir/best links to it)", NO_RANGE, NULL},
     {"train", "seed", CFG_U64, FIELD(train.seed), "42", "random seed (init, data order, dummy data)", NO_RANGE,
      NULL},
     {"train", "out_dir", CFG_STR, FIELD(train.out_dir), "runs/default",
@@ -131,59 +138,11 @@ static int known_section(const char *s) {
 }
 
 // ---- "did you mean" -------------------------------------------------------------------------
-static int levenshtein(const char *a, const char *b) {
-    size_t la = strlen(a), lb = strlen(b);
-    int *row = xmalloc((lb + 1) * sizeof *row);
-    for (size_t j = 0; j <= lb; j++) row[j] = (int)j;
-    for (size_t i = 1; i <= la; i++) {
-        int diag = row[0];
-        row[0] = (int)i;
-        for (size_t j = 1; j <= lb; j++) {
-            int up = row[j];
-            int best = diag + (a[i - 1] != b[j - 1]);
-            if (up + 1 < best) best = up + 1;
-            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
-            row[j] = best;
-            diag = up;
-        }
-    }
-    int d = row[lb];
-    free(row);
-    return d;
-}
-
-// "learning_rate" -> "lr"; empty when the name has no '_'.
-static void initials(const char *s, char *out, size_t n) {
-    size_t k = 0;
-    if (!strchr(s, '_')) {
-        out[0] = '\0';
-        return;
-    }
-    for (const char *p = s; *p && k + 1 < n; p++)
-        if (*p != '_' && (p == s || p[-1] == '_')) out[k++] = *p;
-    out[k] = '\0';
-}
-
-// Edit distance, except that a name and its initials ("learning_rate", "lr") count as close, and a
-// part of a name ("warmup" of "warmup_steps") closer the more of it it covers.
-static int name_distance(const char *typed, const char *valid) {
-    char it[64], iv[64];
-    initials(typed, it, sizeof it);
-    initials(valid, iv, sizeof iv);
-    if ((it[0] && !strcmp(it, valid)) || (iv[0] && !strcmp(iv, typed))) return 1;
-    int d = levenshtein(typed, valid);
-    size_t lt = strlen(typed), lv = strlen(valid);
-    const char *shorter = lt < lv ? typed : valid, *longer = lt < lv ? valid : typed;
-    size_t diff = lt < lv ? lv - lt : lt - lv;
-    if (strlen(shorter) >= 3 && strstr(longer, shorter) && 1 + (int)(diff / 3) < d) d = 1 + (int)(diff / 3);
-    return d;
-}
-
 static const char *nearest_section(const char *s) {
     const char *best = k_sections[0];
     int bd = INT_MAX;
     for (int i = 0; k_sections[i]; i++) {
-        int d = name_distance(s, k_sections[i]);
+        int d = util_name_distance(s, k_sections[i]);
         if (d < bd) bd = d, best = k_sections[i];
     }
     return best;
@@ -201,7 +160,7 @@ static void suggest_key(const char *section, const char *key, char *buf, size_t 
     int bd = INT_MAX, best = -1;
     for (int i = 0; i < NKEYS; i++) {
         if (strcmp(k_keys[i].section, section)) continue;
-        int d = name_distance(key, k_keys[i].key);
+        int d = util_name_distance(key, k_keys[i].key);
         if (d < bd) bd = d, best = i;
     }
     snprintf(buf, n, "\"%s\"", best >= 0 ? k_keys[best].key : "?");
@@ -593,6 +552,12 @@ static int check(const Checker *ck) {
                          "lr_schedule = cosine",
                          pre, (long long)t->warmup_steps, (long long)t->max_steps);
     }
+    if (t->keep_best && (t->val_every == 0 || t->val_size == 0)) {
+        locs_prefix(ck, pre, sizeof pre, "train", "keep_best", "train", "val_every", "train", "val_size", NULL);
+        return givt_fail("%s[train] keep_best = true needs validation: [train] val_every = %lld and [train] val_size = "
+                         "%lld must both be > 0",
+                         pre, (long long)t->val_every, (long long)t->val_size);
+    }
     if (t->out_dir[0] == '\0') {
         locs_prefix(ck, pre, sizeof pre, "train", "out_dir", NULL);
         return givt_fail("%s[train] out_dir must not be empty", pre);
@@ -680,6 +645,32 @@ static int apply(TrainConfig *c, const IniFile *ini, const char **where) {
     return 0;
 }
 
+// [train] init_from: the [model] keys that the INI and the overrides leave out come from the folder's
+// config.json (when it has one: a folder without is the weights loader's error). The number taken goes
+// to c->model_keys_from_init.
+static int fill_model_from_init(TrainConfig *c, const char **where) {
+    const char *folder = c->train.init_from;
+    c->model_keys_from_init = 0;
+    if (!folder[0]) return 0;
+    char *json = fs_path_join(folder, "config.json");
+    int present = fs_path_exists(json);
+    free(json);
+    if (!present) return 0;
+    GivtConfig saved;
+    if (hf_read_config(folder, &saved) != 0) {
+        char pre[1100];
+        where_prefix(where[find_key("train", "init_from")], pre, sizeof pre);
+        return givt_fail("%s[train] init_from = \"%s\": %s", pre, folder, givt_last_error());
+    }
+    for (int i = 0; i < NKEYS; i++) {
+        const ConfigKey *k = &k_keys[i];
+        if (strcmp(k->section, "model") != 0 || where[i]) continue;
+        memcpy(field_ptr(c, k), (const char *)&saved + (k->offset - offsetof(TrainConfig, model)), k->size);
+        c->model_keys_from_init++;
+    }
+    return 0;
+}
+
 static int load(TrainConfig *c, const char *text, const char *path, const char *name, int n_overrides,
                 char **overrides) {
     TrainConfig *tmp = xmalloc(sizeof *tmp);
@@ -692,6 +683,7 @@ static int load(TrainConfig *c, const char *text, const char *path, const char *
     else if (path) rc = ini_load(&ini, path);
     for (int i = 0; rc == 0 && i < n_overrides; i++) rc = ini_add_override(&ini, overrides[i], i + 1);
     if (rc == 0) rc = apply(tmp, &ini, where);
+    if (rc == 0) rc = fill_model_from_init(tmp, where);
     if (rc == 0) {
         Checker ck = {tmp, where};
         rc = check(&ck);
@@ -709,6 +701,44 @@ int train_config_load(TrainConfig *c, const char *ini_path, int n_overrides, cha
 int train_config_load_string(TrainConfig *c, const char *text, const char *file_name, int n_overrides,
                              char **overrides) {
     return load(c, text ? text : "", NULL, file_name ? file_name : "<string>", n_overrides, overrides);
+}
+
+int train_config_read_unchecked(TrainConfig *c, const char *path) {
+    train_config_default(c);
+    IniFile ini;
+    ini_init(&ini);
+    int rc = ini_load(&ini, path);
+    for (int e = 0; rc == 0 && e < ini.count; e++) {
+        const IniEntry *en = &ini.entries[e];
+        int ki = find_key(en->section, en->key);
+        char buf[256];
+        if (ki >= 0) set_value(c, &k_keys[ki], en->value, buf, sizeof buf);  // unreadable: the default stays
+    }
+    ini_free(&ini);
+    return rc;
+}
+
+char *train_config_changes(const TrainConfig *old, const TrainConfig *now, const char *indent, int *count) {
+    char *out = NULL, *a = xmalloc(TRAIN_CONFIG_STR_MAX), *b = xmalloc(TRAIN_CONFIG_STR_MAX);
+    size_t len = 0;
+    int n = 0;
+    for (int i = 0; i < NKEYS; i++) {
+        const ConfigKey *k = &k_keys[i];
+        if (!strcmp(k->section, "model") || !strcmp(k->key, "resume_from_ckpt")) continue;
+        train_config_format(old, k, a, TRAIN_CONFIG_STR_MAX);
+        train_config_format(now, k, b, TRAIN_CONFIG_STR_MAX);
+        if (!strcmp(a, b)) continue;
+        const char *qa = k->type == CFG_STR || k->type == CFG_F64_OPT ? "\"" : "";
+        size_t add = strlen(indent) + strlen(k->section) + strlen(k->key) + strlen(a) + strlen(b) + 32;
+        out = xrealloc(out, len + add);
+        len += (size_t)snprintf(out + len, add, "%s[%s] %s: %s%s%s -> %s%s%s\n", indent, k->section, k->key, qa, a, qa,
+                                qa, b, qa);
+        n++;
+    }
+    free(a);
+    free(b);
+    if (count) *count = n;
+    return out;
 }
 
 // ---- help and write-back ----------------------------------------------------------------------

@@ -42,6 +42,8 @@ typedef struct {
     int64_t val_size;      // held-out sequences
     int64_t save_every;    // 0 = no periodic checkpoints
     int keep_checkpoints;  // 0 = keep all
+    int keep_best;         // the checkpoint of the lowest val_loss is kept out of the keep_checkpoints rotation
+    int tensorboard;       // TensorBoard event files in out_dir (rank 0)
     uint64_t seed;
     char out_dir[TRAIN_CONFIG_STR_MAX];
     char resume_from_ckpt[TRAIN_CONFIG_STR_MAX];  // "" | a checkpoint folder | "latest" (in out_dir)
@@ -66,6 +68,9 @@ typedef struct {
     GivtConfig model;
     TrainSettings train;
     DataSettings data;
+    // Not a key: how many [model] keys train_config_load took from [train] init_from's config.json,
+    // those the INI and the overrides leave out (0: none).
+    int model_keys_from_init;
 } TrainConfig;
 
 // ---- the table of keys --------------------------------------------------------------------
@@ -109,6 +114,14 @@ int train_config_set(TrainConfig *c, const char *section, const char *key, const
                      const char *where);
 // Ranges of each key and the consistency between keys (files named by data.path must exist).
 int train_config_validate(const TrainConfig *c);
+// Defaults, then the values of the INI file at path as they are, without validation (a checkpoint's
+// train.ini, whose data may have moved since): keys this version does not know are skipped, so are
+// values it cannot read. 0, or -1 with givt_fail when the file cannot be read or parsed.
+int train_config_read_unchecked(TrainConfig *c, const char *path);
+// The [train] and [data] keys whose values differ from old to now, one line each,
+// "<indent>[section] key: OLD -> NOW" (resume_from_ckpt left out: it only says where a run starts);
+// malloc'd, NULL when none differs. *count (may be NULL) gets the number of lines.
+char *train_config_changes(const TrainConfig *old, const TrainConfig *now, const char *indent, int *count);
 
 // The current value of key k as INI text (what train_config_set reads back to the same value).
 void train_config_format(const TrainConfig *c, const ConfigKey *k, char *buf, size_t n);

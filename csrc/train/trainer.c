@@ -214,7 +214,7 @@ static MemoryPlan memory_plan(const TrainConfig *c, Backend *be, int world_size)
 
 // Says what training will hold in memory, and refuses to start what cannot fit, before any work,
 // naming the keys that drive the largest part.
-static int check_memory(const TrainConfig *c, Backend *be, int world_size, int verbose) {
+static int check_memory(const TrainConfig *c, Backend *be, int world_size, TrainLog *log, int verbose) {
     const TrainSettings *ts = &c->train;
     const GivtConfig *m = &c->model;
     MemoryPlan p = memory_plan(c, be, world_size);
@@ -223,18 +223,19 @@ static int check_memory(const TrainConfig *c, Backend *be, int world_size, int v
     double avail = (double)free_bytes;
     char st[32], ac[32], da[32], nb[32], av[32];
     if (verbose) {
-        fprintf(stderr, "givt-train: memory: %s of weights, gradients and optimizer state, %s of activations",
-                util_human_bytes(st, (double)p.model), util_human_bytes(ac, (double)p.acts));
-        if (p.data) fprintf(stderr, ", %s of data index", util_human_bytes(da, (double)p.data));
-        fputc('\n', stderr);
+        char index[64] = "";
+        if (p.data) snprintf(index, sizeof index, ", %s of data index", util_human_bytes(da, (double)p.data));
+        train_log_say(log, "givt-train: memory: %s of weights, gradients and optimizer state, %s of activations%s",
+                      util_human_bytes(st, (double)p.model), util_human_bytes(ac, (double)p.acts), index);
         if (ts->zero) {
             TrainConfig whole = *c;
             whole.train.zero = 0;
             double full = (double)moments_bytes(&whole, world_size), mine = (double)moments_bytes(c, world_size);
-            fprintf(stderr,
-                    "givt-train: ZeRO-1: the AdamW moments are split over %d ranks: %s on each instead of %s (%s saved "
-                    "per rank)\n",
-                    world_size, util_human_bytes(st, mine), util_human_bytes(ac, full), util_human_bytes(da, full - mine));
+            train_log_say(log,
+                          "givt-train: ZeRO-1: the AdamW moments are split over %d ranks: %s on each instead of %s (%s "
+                          "saved per rank)",
+                          world_size, util_human_bytes(st, mine), util_human_bytes(ac, full),
+                          util_human_bytes(da, full - mine));
         }
     }
     if (need != SIZE_MAX && (avail <= 0 || (double)need <= avail)) return 0;
@@ -261,6 +262,95 @@ static int check_memory(const TrainConfig *c, Backend *be, int world_size, int v
                      util_human_bytes(av, avail), keys, hint);
 }
 
+// What a change of the schedule's keys on resume does to the learning rate from `step` on, into buf
+// ("" when the schedule is the same).
+static void schedule_effect(const TrainSettings *was, const TrainSettings *now, long step, char *buf, size_t n) {
+    int cosine = was->lr_schedule == LR_SCHEDULE_COSINE || now->lr_schedule == LR_SCHEDULE_COSINE;
+    int shape = was->lr != now->lr || was->lr_schedule != now->lr_schedule || was->warmup_steps != now->warmup_steps ||
+                was->timescale != now->timescale || was->min_lr_ratio != now->min_lr_ratio;
+    int end = was->max_steps != now->max_steps;
+    buf[0] = '\0';
+    if (!shape && !end) return;
+    if (!shape && !cosine) {
+        snprintf(buf, n, "schedule: max_steps only moves the end of the run (the %s schedule does not depend on it)",
+                 lr_schedule_name(now->lr_schedule));
+        return;
+    }
+    OptimConfig a = optim_config(was), b = optim_config(now);
+    double lr_was = was->lr * lr_factor(&a, step), lr_now = now->lr * lr_factor(&b, step);
+    char what[160];
+    if (end && now->lr_schedule == LR_SCHEDULE_COSINE)
+        snprintf(what, sizeof what, "cosine, its decay reshaped to end at step %ld instead of %ld", (long)now->max_steps,
+                 (long)was->max_steps);
+    else
+        snprintf(what, sizeof what, "%s", lr_schedule_name(now->lr_schedule));
+    snprintf(buf, n, "schedule: %s; the lr of step %ld is now %.4g (it was to be %.4g)", what, step + 1, lr_now, lr_was);
+}
+
+// What changed keys of the data or of the batch do to the stream the run goes on with, into buf ("" when
+// nothing).
+static void data_effect(const TrainConfig *was, const TrainConfig *now, char *buf, size_t n) {
+    const DataSettings *a = &was->data, *b = &now->data;
+    int stream = was->train.seed != now->train.seed || was->train.val_size != now->train.val_size || a->kind != b->kind ||
+                 strcmp(a->path, b->path) || a->seq_len != b->seq_len || a->dummy_size != b->dummy_size ||
+                 strcmp(a->labels, b->labels);
+    long gb_was = (long)was->train.batch_size * was->train.grad_accum_steps,
+         gb_now = (long)now->train.batch_size * now->train.grad_accum_steps;
+    buf[0] = '\0';
+    if (stream)
+        snprintf(buf, n, "data: the split and the order of the windows are made again from [data], seed and val_size: "
+                         "the run goes on at the same position of another stream (no longer the one an uninterrupted "
+                         "run would read; windows validated before may now be trained on)");
+    else if (gb_was != gb_now)
+        snprintf(buf, n, "batch: batch_size x grad_accum_steps is %ld sequences (per rank) instead of %ld; the data "
+                         "stream goes on from the same position", gb_now, gb_was);
+}
+
+// Resuming with [train] or [data] values other than the checkpoint's train.ini: one note that lists each
+// changed key (old -> new) and what the change does to the schedule and the data (rank 0).
+static void say_resume_changes(Trainer *tr, const char *dir) {
+    char *path = fs_path_join(dir, "train.ini");
+    TrainConfig *was = xmalloc(sizeof *was);
+    int count = 0;
+    char *list = NULL;
+    if (!fs_path_exists(path))
+        train_log_say(&tr->log, "givt-train: note: %s: missing, so the settings cannot be compared", path);
+    else if (train_config_read_unchecked(was, path) != 0)
+        train_log_say(&tr->log, "givt-train: note: %s cannot be read (%s), so the settings cannot be compared", path,
+                      givt_last_error());
+    else
+        list = train_config_changes(was, &tr->cfg, "  ", &count);
+    if (list) {
+        char effect[2][400];
+        schedule_effect(&was->train, &tr->cfg.train, tr->step, effect[0], sizeof effect[0]);
+        data_effect(was, &tr->cfg, effect[1], sizeof effect[1]);
+        list = xrealloc(list, strlen(list) + sizeof effect + 8);
+        for (int i = 0; i < 2; i++)
+            if (effect[i][0]) strcat(strcat(strcat(list, "  "), effect[i]), "\n");
+        train_log_say(&tr->log, "givt-train: note: resuming with %d setting%s other than %s (checkpoint -> now):\n%s",
+                      count, count == 1 ? "" : "s", path, list);
+    }
+    free(list);
+    free(was);
+    free(path);
+}
+
+// The one line of init_from: the weights and, when the configuration left [model] keys out, the model
+// read from the folder's config.json (rank 0).
+static void say_init_from(Trainer *tr) {
+    const GivtConfig *m = &tr->cfg.model;
+    char from[200] = "";
+    int k = tr->cfg.model_keys_from_init;
+    if (k > 0)
+        snprintf(from, sizeof from, "; [model] from its config.json (%d of %d keys, those the configuration leaves out): "
+                                    "input_dim %d, hidden_dim %d, intermediate_dim %d, num_heads %d, num_layers %d, "
+                                    "block_size %d",
+                 k, GIVT_CONFIG_NKEYS, m->input_dim, m->hidden_dim, m->intermediate_dim, m->num_heads, m->num_layers,
+                 m->block_size);
+    train_log_say(&tr->log, "givt-train: init_from = %s: loaded its weights (%zu parameters)%s", tr->cfg.train.init_from,
+                  tr->model.table.total, from);
+}
+
 static int setup(Trainer *tr) {
     const TrainSettings *ts = &tr->cfg.train;
     backend_set_device_ordinal(tr->dist->local_rank);  // one GPU per rank of a node
@@ -272,9 +362,9 @@ static int setup(Trainer *tr) {
     if (guard_check_ranks_agree(tr) != 0) return -1;
     char note[128];
     if (backend_precision_note(tr->be, note, sizeof note) && root(tr))
-        fprintf(stderr, "givt-train: note: mixed_precision = %s: %s\n", backend_precision_name(tr->be->precision),
-                note);
-    if (check_memory(&tr->cfg, tr->be, d->world_size, root(tr)) != 0) return -1;
+        train_log_say(&tr->log, "givt-train: note: mixed_precision = %s: %s",
+                      backend_precision_name(tr->be->precision), note);
+    if (check_memory(&tr->cfg, tr->be, d->world_size, &tr->log, root(tr)) != 0) return -1;
     if (ckpt_claim_out_dir(tr) != 0 || open_data(tr) != 0 || guard_check_same_data(tr) != 0) return -1;
     if (model_create(&tr->model, &tr->cfg.model, tr->be) != 0) return -1;
     GivtModel *m = &tr->model;
@@ -293,13 +383,14 @@ static int setup(Trainer *tr) {
     tr->batch = tr->be->ops->alloc(tr->be, batch_floats * sizeof(float));
     char ckpt[TRAIN_CONFIG_STR_MAX + 32];
     if (ckpt_choose(tr, ckpt, sizeof ckpt) != 0) return -1;
-    if (ckpt[0])
-        return ckpt_resume(tr, ckpt) != 0 || (root(tr) && ckpt_set_aside_newer(ts->out_dir, tr->step) != 0) ||
-                       guard_check_same_weights(tr) != 0
-                   ? -1
-                   : 0;
+    if (ckpt[0]) {
+        if (ckpt_resume(tr, ckpt) != 0) return -1;
+        if (root(tr)) say_resume_changes(tr, ckpt);
+        return (root(tr) && ckpt_set_aside_newer(tr) != 0) || guard_check_same_weights(tr) != 0 ? -1 : 0;
+    }
     if (ts->init_from[0]) {
         if (ckpt_load_weights_from(tr, ts->init_from, "init_from") != 0) return -1;
+        if (root(tr)) say_init_from(tr);
     } else {
         Rng rng;
         rng_seed(&rng, ts->seed);
@@ -313,6 +404,8 @@ static void teardown(Trainer *tr) {
     GivtModel *m = &tr->model;
     if (tr->lock_fd >= 0) close(tr->lock_fd);
     if (tr->metrics) fclose(tr->metrics);
+    tb_close(&tr->tb);
+    train_log_close(&tr->log);
     if (tr->batch) tr->be->ops->free(tr->be, tr->batch);
     if (tr->grad_part) tr->be->ops->free(tr->be, tr->grad_part);
     if (tr->has_ema) model_weights_free(m, &tr->ema);
@@ -355,8 +448,8 @@ static StepResult train_step(Trainer *tr, double *loss, double *lr, double *gnor
     tr->step++;
     if (!isfinite(*loss) || !isfinite(*gnorm)) {
         tr->skipped_total++;
-        fprintf(stderr, "\ngivt-train: step %ld: loss %g, gradient norm %g: not finite, update skipped\n", tr->step,
-                *loss, *gnorm);
+        train_log_say(&tr->log, "givt-train: step %ld: loss %g, gradient norm %g: not finite, update skipped", tr->step,
+                      *loss, *gnorm);
         if (++tr->skipped_in_row >= MAX_BAD_STEPS_IN_A_ROW) {
             givt_fail("%d steps in a row with a non-finite loss or gradient (last: step %ld); stopping",
                       MAX_BAD_STEPS_IN_A_ROW, tr->step);
@@ -392,12 +485,12 @@ static int stop_early(Trainer *tr, int interrupted) {
         snprintf(where, sizeof where, "none: no step was completed");
     }
     if (rc != 0) {
-        fprintf(stderr, "\ngivt-train: %s\n", why ? why : "interrupted");
+        train_log_say(&tr->log, "givt-train: %s", why ? why : "interrupted");
         free(why);
         return -1;  // save_checkpoint's message
     }
     if (interrupted) {
-        if (root(tr)) fprintf(stderr, "\ngivt-train: interrupted at step %ld; checkpoint: %s\n", tr->step, where);
+        if (root(tr)) train_log_say(&tr->log, "givt-train: interrupted at step %ld; checkpoint: %s", tr->step, where);
         return 130;
     }
     if (root(tr))
@@ -409,53 +502,107 @@ static int stop_early(Trainer *tr, int interrupted) {
     return -1;
 }
 
+// A step's validation loss against the best so far (rank 0 keeps the record). With [train] keep_best,
+// whether it is a new best, agreed by every rank (the step's checkpoint is then written at once).
+static int note_validation(Trainer *tr, double val_loss) {
+    int better = 0;
+    if (root(tr)) {
+        better = isnan(tr->best_val) || val_loss < tr->best_val;
+        if (better) tr->best_val = val_loss, tr->best_step = tr->step;
+        tr->last_val = val_loss;
+        tr->last_val_step = tr->step;
+    }
+    return tr->cfg.train.keep_best && dist_any(tr->dist, better);
+}
+
+// What the loop measures between two logs.
+typedef struct {
+    long tokens_per_step, steps;  // steps since the last log
+    double flops_per_token, peak, t_last;
+} LogWindow;
+
+static LogWindow log_window(const Trainer *tr) {
+    const TrainSettings *ts = &tr->cfg.train;
+    LogWindow w = {
+        .tokens_per_step = (long)ts->batch_size * tr->T * ts->grad_accum_steps * tr->dist->world_size,
+        .flops_per_token = givt_config_flops_per_token(&tr->cfg.model, tr->T, NULL),
+        // the MFU's peak: [train] peak_tflops, else the backend's own figure (the CPU backend has none),
+        // per device, times the devices (tok/s is of all of them)
+        .peak = (ts->peak_tflops > 0 ? ts->peak_tflops * 1e12 : tr->be->peak_flops) * tr->dist->world_size,
+        .t_last = util_time_now_s(),
+    };
+    return w;
+}
+
+// The log of a step: metrics.jsonl (and TensorBoard) and the progress line, on rank 0.
+static void log_step(Trainer *tr, LogWindow *w, double loss, double lr, double gnorm, double val_loss, int val) {
+    double now = util_time_now_s();
+    double tok_s = (double)(w->steps * w->tokens_per_step) / (now - w->t_last);
+    double mfu = w->peak > 0 ? tok_s * w->flops_per_token / w->peak : NAN;
+    double eta = (now - tr->t_start) / (double)(tr->step - tr->start_step) * (double)(tr->cfg.train.max_steps - tr->step);
+    if (root(tr)) {
+        metrics_write(tr, loss, lr, gnorm, tok_s, mfu, val_loss, val == 1);
+        metrics_progress(tr, loss, lr, gnorm, tok_s, mfu, eta, val_loss);
+    }
+    w->t_last = now;
+    w->steps = 0;
+}
+
 static int loop(Trainer *tr) {
     const TrainSettings *ts = &tr->cfg.train;
-    int tty = isatty(fileno(stderr));
-    long tokens_per_step = (long)ts->batch_size * tr->T * ts->grad_accum_steps * tr->dist->world_size;
-    double flops_per_token = givt_config_flops_per_token(&tr->cfg.model, tr->T, NULL);
-    // the MFU's peak: [train] peak_tflops, else the backend's own figure (the CPU backend has none), per
-    // device, times the devices (tok/s is of all of them)
-    double peak = (ts->peak_tflops > 0 ? ts->peak_tflops * 1e12 : tr->be->peak_flops) * tr->dist->world_size;
-    double t_window = util_time_now_s(), t_start = t_window;
-    long steps_window = 0, start_step = tr->step;
-    if (tr->step >= ts->max_steps)
-        fprintf(stderr, "givt-train: step %ld already reaches max_steps = %ld: nothing to do\n", tr->step,
-                (long)ts->max_steps);
+    LogWindow w = log_window(tr);
+    tr->t_start = w.t_last;
+    tr->start_step = tr->step;
+    if (tr->step >= ts->max_steps && root(tr))
+        train_log_say(&tr->log, "givt-train: step %ld already reaches max_steps = %ld: nothing to do", tr->step,
+                      (long)ts->max_steps);
     while (tr->step < ts->max_steps) {
         double loss, lr, gnorm;
         StepResult r = train_step(tr, &loss, &lr, &gnorm);
         if (r == STEP_DIVERGED) return -1;
         if (r == STEP_DATA_ERROR || r == STEP_INTERRUPTED) return stop_early(tr, r == STEP_INTERRUPTED);
-        steps_window++;
-        int last = tr->step == ts->max_steps;
+        w.steps++;
+        int last = tr->step == ts->max_steps, new_best = 0;
         double val_loss = NAN;
         int val = 0;  // validate's result: 1 when a stop signal cut it short (nothing measured is kept)
         if (ts->val_every > 0 && data_num_val(&tr->data) > 0 && (tr->step % ts->val_every == 0 || last) &&
             (val = validate(tr, &val_loss)) < 0)
             return stop_early(tr, 0);
         if (val == 1 && root(tr))
-            fprintf(stderr, "\ngivt-train: the validation of step %ld was cut short by the stop: no val_loss for this "
-                            "step (metrics.jsonl says \"val_interrupted\": true)\n", tr->step);
-        if (tr->step % ts->log_every == 0 || last || !isnan(val_loss) || val == 1) {
-            double now = util_time_now_s();
-            double tok_s = (double)(steps_window * tokens_per_step) / (now - t_window);
-            double mfu = peak > 0 ? tok_s * flops_per_token / peak : NAN;
-            double eta = (now - t_start) / (double)(tr->step - start_step) * (double)(ts->max_steps - tr->step);
-            if (root(tr)) {
-                metrics_write(tr, loss, lr, gnorm, tok_s, mfu, val_loss, val == 1);
-                metrics_progress(tr, tty, loss, lr, gnorm, tok_s, mfu, eta, val_loss);
-            }
-            t_window = now;
-            steps_window = 0;
-        }
+            train_log_say(&tr->log, "givt-train: the validation of step %ld was cut short by the stop: no val_loss for "
+                                    "this step (metrics.jsonl says \"val_interrupted\": true)", tr->step);
+        if (!isnan(val_loss)) new_best = note_validation(tr, val_loss);
+        if (tr->step % ts->log_every == 0 || last || !isnan(val_loss) || val == 1)
+            log_step(tr, &w, loss, lr, gnorm, val_loss, val);
         if (dist_any(tr->dist, stop_requested())) return stop_early(tr, 1);
-        if ((ts->save_every > 0 && tr->step % ts->save_every == 0) || last) {
+        if ((ts->save_every > 0 && tr->step % ts->save_every == 0) || last || new_best) {
             if (ckpt_save(tr) != 0) return -1;
         }
     }
-    if (tty) fputc('\n', stderr);
     return 0;
+}
+
+// The end-of-run summary with the checkpoint folders (rank 0).
+static void say_summary(Trainer *tr) {
+    const char *out = tr->cfg.train.out_dir;
+    char final[TRAIN_CONFIG_STR_MAX + 32] = "", best[TRAIN_CONFIG_STR_MAX + 32] = "";
+    if (tr->saved_step > 0) ckpt_path(out, tr->saved_step, final, sizeof final);
+    if (tr->best_step > 0) {
+        ckpt_path(out, tr->best_step, best, sizeof best);
+        if (!fs_path_exists(best)) best[0] = '\0';
+    }
+    metrics_say_summary(tr, final, best);
+}
+
+// The files of a run, after set-up (rank 0): train.ini, metrics.jsonl (the validation record) and the
+// TensorBoard events, out_dir/best.
+static int open_run_files(Trainer *tr) {
+    char *p = fs_path_join(tr->cfg.train.out_dir, "train.ini");
+    int rc = train_config_save(&tr->cfg, p);
+    free(p);
+    if (rc == 0) rc = metrics_open(tr);
+    if (rc == 0) ckpt_point_best(tr);
+    return rc;
 }
 
 int trainer_run(const TrainConfig *cfg) {
@@ -465,21 +612,21 @@ int trainer_run(const TrainConfig *cfg) {
     tr->cfg = *cfg;
     tr->dist = d;
     tr->lock_fd = -1;
+    tr->best_val = tr->last_val = NAN;
+    train_log_init(&tr->log, root(tr));
     stop_signals_quiet(!root(tr));  // a job says "stopping after this micro-batch" once, from rank 0
     int rc = setup(tr);
-    if (rc == 0 && root(tr)) {
-        char *p = fs_path_join(cfg->train.out_dir, "train.ini");
-        rc = train_config_save(&tr->cfg, p);
-        free(p);
-        if (rc == 0) rc = metrics_open(tr);
-    }
+    if (rc == 0 && root(tr)) rc = open_run_files(tr);
     if (rc == 0) {
         if (root(tr)) metrics_say_start(tr);
         guard_start_watchdog(tr);
         rc = loop(tr);
+        if (rc >= 0 && root(tr)) say_summary(tr);
     }
     if (rc < 0 && tr->dist->world_size > 1) rc = guard_end_failed_job(tr, rc);
+    if (rc < 0 && root(tr)) train_log_file_only(&tr->log, "givt-train: %s", givt_last_error());  // main prints it
     Backend *be = tr->be;
+    guard_watchdog_leaves_the_log();
     teardown(tr);
     dist_close(tr->dist);  // before the backend: NCCL still uses its GPU
     backend_close(be);

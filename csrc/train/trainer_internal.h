@@ -1,7 +1,8 @@
 // trainer_internal: private to csrc/train/, not installed API: what the trainer's compile units share.
 // The trainer lives in four rooms: trainer.c (the loop), checkpoint.c, run_guard.c and metrics.c. They
 // call only downwards: trainer.c calls the other three; checkpoint.c calls guard_note_progress (a
-// checkpoint is progress); run_guard.c and metrics.c call no other room.
+// checkpoint is progress); run_guard.c and metrics.c call no other room. All four say their lines
+// through the trainer's log (train_log.h: the terminal, and out_dir/train.log on rank 0).
 #ifndef GIVT_TRAINER_INTERNAL_H
 #define GIVT_TRAINER_INTERNAL_H
 
@@ -10,6 +11,8 @@
 #include "data.h"
 #include "dist.h"
 #include "optim.h"
+#include "tb_events.h"
+#include "train_log.h"
 #include "trainer.h"
 
 typedef struct {
@@ -33,6 +36,13 @@ typedef struct {
     int agreed;                 // the run stopped where every rank stopped (nothing to abort)
     int local_error;            // this rank's own error caused the stop (it prints its message)
     FILE *metrics;
+    TrainLog log;               // every line the trainer says: the terminal and out_dir/train.log (rank 0)
+    TbWriter tb;                // [train] tensorboard: the event file (rank 0); tb.f NULL when not written
+    // validation over the whole run, a resumed one included (metrics.jsonl is read back on resume); rank 0
+    double best_val, last_val;  // the lowest val_loss and the latest one; NaN: none yet
+    long best_step, last_val_step;
+    long start_step;            // the step this run started at (the summary)
+    double t_start;             // when its loop started (util_time_now_s)
 } Trainer;
 
 // Only rank 0 prints and writes files.
@@ -47,11 +57,16 @@ static inline long global_batch(const Trainer *tr) {
 // The folder of the checkpoint of `step`, "out_dir/step_XXXXXXXX", into buf of n bytes.
 void ckpt_path(const char *out_dir, long step, char *buf, size_t n);
 
-// Resuming at `step` from a checkpoint older than the newest in out_dir: the newer checkpoints belong
+// Resuming at tr->step from a checkpoint older than the newest in out_dir: the newer checkpoints belong
 // to the run that went on from there, and the resumed run would overwrite them one by one (a later
 // `latest` then mixing the two runs). Rank 0 moves them, whole, with that run's metrics.jsonl (a hard
 // link: the resumed run rewrites its own), into out_dir/set-aside-<time>-<pid>/ and says where.
-int ckpt_set_aside_newer(const char *out_dir, long step);
+int ckpt_set_aside_newer(Trainer *tr);
+
+// [train] keep_best (rank 0): out_dir/best, a symbolic link to the folder of the best checkpoint
+// (step_XXXXXXXX of tr->best_step), is made or moved there atomically; without keep_best, or when that
+// folder does not exist, a link left by an earlier run is removed. Its failure is only a warning.
+void ckpt_point_best(Trainer *tr);
 
 // The checkpoint of the current step, on every rank together: the moments are brought to rank 0,
 // which writes the folder; every rank learns whether it was written. Every rank holds the same
@@ -77,7 +92,10 @@ int ckpt_claim_out_dir(Trainer *tr);
 void guard_note_progress(void);
 
 // Starts the watchdog thread of a multi-rank job with [train] hang_timeout > 0 (nothing otherwise).
-void guard_start_watchdog(const Trainer *tr);
+void guard_start_watchdog(Trainer *tr);
+
+// From now on the watchdog says its lines on stderr alone (the trainer's log is about to close).
+void guard_watchdog_leaves_the_log(void);
 
 // Every rank must run the same binary with the same configuration: checked before any work, and the
 // rank that differs is named (with the first line of its configuration that differs from rank 0's).
@@ -97,20 +115,29 @@ int guard_check_same_weights(Trainer *tr);
 int guard_end_failed_job(Trainer *tr, int rc);
 
 // ---- metrics.c: metrics -------------------------------------------------------------------
-// Opens out_dir/metrics.jsonl for appending (rank 0), first dropping its lines past the current step.
+// Opens out_dir/metrics.jsonl for appending (rank 0), first dropping its lines past the current step;
+// the val_loss lines kept give tr->best_val / best_step and last_val / last_val_step. With [train]
+// tensorboard, also opens a new TensorBoard event file in out_dir.
 int metrics_open(Trainer *tr);
 
-// One line of metrics.jsonl for the current step (rank 0).
+// One line of metrics.jsonl for the current step (rank 0), and the same scalars as one TensorBoard
+// event when its file is open (flushed).
 // mfu: the model FLOPs utilisation (a fraction), NaN when no peak is known (not written).
 // val_interrupted: the step's validation was cut short by a stop signal (no val_loss).
 void metrics_write(Trainer *tr, double loss, double lr, double gnorm, double tok_s, double mfu, double val_loss,
                    int val_interrupted);
 
-// The progress line on stderr (rank 0): redrawn in place on a terminal, a line per report otherwise.
-void metrics_progress(Trainer *tr, int tty, double loss, double lr, double gnorm, double tok_s, double mfu,
-                      double eta_s, double val_loss);
+// The progress line (rank 0), through the log: redrawn in place on a terminal, a line per report
+// otherwise and in train.log.
+void metrics_progress(Trainer *tr, double loss, double lr, double gnorm, double tok_s, double mfu, double eta_s,
+                      double val_loss);
 
 // The start-up line (rank 0): the model, the data, the backend, the ranks and the global batch.
-void metrics_say_start(const Trainer *tr);
+void metrics_say_start(Trainer *tr);
+
+// The end-of-run summary (rank 0): steps, time and tokens of this run, the best validation loss and
+// its step, the final checkpoint folder (final: "" when none) and that of the best (best: "" when
+// none was kept).
+void metrics_say_summary(Trainer *tr, const char *final, const char *best);
 
 #endif
