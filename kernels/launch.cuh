@@ -46,7 +46,17 @@
 //     columns, and never move x[] between fragments of different uses. Memory written by
 //     store_matrix_sync and read by other lanes (or written by other lanes and read by
 //     load_matrix_sync) needs a __syncthreads between, as any exchange through shared memory.
-// Not allowed: inline PTX, cooperative groups, other warp-level matrix ops (mma.sync/wgmma PTX, WMMA
+//   - the PTX instructions of kernels/ptx.cuh, through its functions only (its header documents the
+//     fragments): mma_m16n8k16_bf16 (mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32),
+//     ldmatrix_x1/x2/x4{_trans} (ldmatrix.sync.aligned.m8n8.x1/x2/x4{.trans}.shared.b16): warp
+//     collectives, all 32 lanes at the same call (an exited or diverged lane is an error under
+//     emulation), ldmatrix's row addresses 16-byte aligned in shared memory; cp_async_16
+//     (cp.async.cg.shared.global, 16 bytes, both addresses 16-byte aligned, global -> shared) with
+//     cp_async_commit, cp_async_wait_group<N>, cp_async_wait_all: the destination may be read only
+//     after the wait that covers the copy (and, by other threads, a __syncthreads after it): under
+//     emulation a copy lands at a random moment before its wait;
+// Not allowed: inline PTX outside ptx.cuh, cooperative groups, other warp-level matrix ops (wgmma,
+// TMA / cp.async.bulk, mma shapes or types other than ptx.cuh's, WMMA
 // shapes or types other than the above), implicit warp-synchronous
 // code (lanes exchanging through shared memory without a barrier: use the *_sync intrinsics),
 // __syncwarp, clock(), printf from device code, dynamic parallelism, floating-point atomics.
@@ -62,6 +72,7 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 #endif
+#include "ptx.cuh"
 
 #include <stdio.h>
 #include <stdlib.h>

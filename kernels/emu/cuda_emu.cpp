@@ -31,6 +31,8 @@
 
 // the cudaMalloc allocations, sorted (for the profiler; defined with the runtime API below)
 static void snapshot_allocations(std::vector<givt_emu::prof::Range> &out);
+// is [p, p + n) inside one cudaMalloc allocation? (cp.async's source; defined with the runtime API)
+static bool emu_in_device_memory(const void *p, size_t n);
 
 namespace givt_emu {
 
@@ -41,6 +43,12 @@ thread_local dim3 t_blockDim, t_gridDim;
 namespace {
 
 enum State { RUN, AT_BARRIER, AT_WARP, DONE };
+
+struct CpPending {  // a cp.async not yet landed
+    void *dst;
+    const void *src;
+    unsigned group;  // the group it belongs to (the thread's open group when issued)
+};
 
 struct Fiber {
     uint3 tid;
@@ -59,6 +67,10 @@ struct Fiber {
     int arg, width;
     CollectiveFn coll;  // W_COLLECTIVE: the operation and this lane's part of it
     void *coll_arg;
+    // cp.async: the pending copies, the groups committed so far, the landing moments' random state
+    std::vector<CpPending> cp;
+    unsigned cp_groups;
+    uint64_t cp_rng;
 };
 
 struct Launch {
@@ -123,6 +135,8 @@ uint64_t splitmix(uint64_t *x) {
 }
 
 void switch_to_scheduler_forever();
+void cp_land_random(struct Fiber *f);
+void cp_land(struct Fiber *f, unsigned below_group, bool all);
 
 // An error in a kernel: the message names the kernel, its launch site, the block and (in a fiber)
 // the thread. Aborts, or records and abandons the launch.
@@ -192,6 +206,7 @@ void enter(Fiber *f) {
 // fiber -> scheduler (returns when the scheduler resumes it)
 void yield() {
     Fiber *f = t_cur;
+    if (!f->cp.empty()) cp_land_random(f);  // a scheduling point: pending cp.async may land here
 #if EMU_ASAN
     __sanitizer_start_switch_fiber(&f->fake_stack, t_sched_stack_bottom, t_sched_stack_size);
 #endif
@@ -216,6 +231,7 @@ void fiber_main() {
     __sanitizer_finish_switch_fiber(NULL, &t_sched_stack_bottom, &t_sched_stack_size);
 #endif
     t_launch->fn(t_launch->ctx);
+    cp_land(t_cur, 0, true);  // a thread's outstanding cp.async complete after it exits
     g_threads++;
     switch_to_scheduler_forever();  // DONE
 }
@@ -408,6 +424,8 @@ void run_block(Launch &L, std::vector<Fiber> &fs, std::vector<int> &ord) {
         f.tid.y = (unsigned)i / t_blockDim.x % t_blockDim.y;
         f.tid.z = (unsigned)i / (t_blockDim.x * t_blockDim.y);
         f.stack = stack_of(i);
+        f.cp_rng = L.seed ^ 0xC0A5F1B3ull ^ ((uint64_t)i << 32) ^
+                   ((uint64_t)(t_blockIdx.x + 131u * t_blockIdx.y + 8191u * t_blockIdx.z) << 44) ^ L.phase;
 #if EMU_ASAN
         ASAN_UNPOISON_MEMORY_REGION(f.stack, g_stack_bytes);  // frames left by an abandoned launch
 #endif
@@ -633,6 +651,170 @@ void wmma_mma(void *const lanes[32]) {
     }
 }
 
+// ---- PTX: mma.sync m16n8k16 bf16, ldmatrix, cp.async (kernels/ptx.cuh) --------------------------
+namespace {
+thread_local uintptr_t t_tls_base;  // this OS thread's copy of the executable's TLS block
+
+// Is [p, p + n) inside the running block's shared memory (the dynamic shared memory, or one static
+// __shared__ array)?
+bool in_shared(const void *p, size_t n) {
+    uintptr_t a = (uintptr_t)p;
+    Launch *L = t_launch;
+    if (L && L->smem_bytes && a >= (uintptr_t)L->smem && a - (uintptr_t)L->smem + n <= L->smem_bytes) return true;
+    find_shared_arrays();
+    if (!t_tls_base) {
+        void *tls = NULL;
+        dl_iterate_phdr(tls_cb, &tls);
+        t_tls_base = (uintptr_t)tls;
+    }
+    if (!t_tls_base) return false;
+    for (const Range &r : g_shared) {
+        uintptr_t lo = t_tls_base + r.offset;
+        if (a >= lo && a - lo + n <= r.size) return true;
+    }
+    return false;
+}
+
+float bf16_value(unsigned short u) {  // a bf16 is the upper half of a float
+    uint32_t v = (uint32_t)u << 16;
+    float f;
+    memcpy(&f, &v, 4);
+    return f;
+}
+}  // namespace
+
+void ptx_mma(void *const lanes[32]) {
+    // (the profiler does not count mma.sync, ldmatrix and cp.async yet: emu_profile.cpp's hooks are
+    // WMMA's and the instrumented loads and stores)
+    float A[16][16], B[16][8], C[16][8];
+    for (int l = 0; l < 32; l++) {  // every lane's fragments, read before any d is written (d may be c)
+        const PtxMma *m = (const PtxMma *)lanes[l];
+        int g = l >> 2, t = l % 4;
+        for (int i = 0; i < 4; i++) {
+            // a[i]: rows g (i even) or g + 8 (i odd), cols 2t, 2t + 1 (+ 8 for i >= 2)
+            int r = g + 8 * (i & 1), c = 2 * t + 8 * (i >> 1);
+            A[r][c] = bf16_value((unsigned short)(m->a[i] & 0xffffu));
+            A[r][c + 1] = bf16_value((unsigned short)(m->a[i] >> 16));
+        }
+        for (int i = 0; i < 2; i++) {  // b[i]: rows 2t, 2t + 1 (+ 8 for i = 1), col g
+            int r = 2 * t + 8 * i;
+            B[r][g] = bf16_value((unsigned short)(m->b[i] & 0xffffu));
+            B[r + 1][g] = bf16_value((unsigned short)(m->b[i] >> 16));
+        }
+        for (int i = 0; i < 4; i++) C[g + 8 * (i >> 1)][2 * t + (i & 1)] = m->c[i];  // c[i]
+    }
+    float D[16][8];
+    for (int r = 0; r < 16; r++)
+        for (int c = 0; c < 8; c++) {
+            float acc = C[r][c];
+            for (int k = 0; k < 16; k++) acc += A[r][k] * B[k][c];  // bf16 products are exact in float
+            D[r][c] = acc;
+        }
+    for (int l = 0; l < 32; l++) {
+        const PtxMma *m = (const PtxMma *)lanes[l];
+        int g = l >> 2, t = l % 4;
+        for (int i = 0; i < 4; i++) m->d[i] = D[g + 8 * (i >> 1)][2 * t + (i & 1)];
+    }
+}
+
+void ptx_ldmatrix(void *const lanes[32]) {
+    const PtxLdmatrix *m0 = (const PtxLdmatrix *)lanes[0];
+    const int num = m0->num;
+    for (int l = 1; l < 32; l++) {
+        const PtxLdmatrix *m = (const PtxLdmatrix *)lanes[l];
+        if (m->num != num || m->trans != m0->trans) {
+            collective_error("lane %d runs x%d%s, lane 0 x%d%s (the lanes must agree)", l, m->num,
+                             m->trans ? ".trans" : "", num, m0->trans ? ".trans" : "");
+            return;
+        }
+    }
+    unsigned short M[4][8][8];  // the matrices, rows from lanes 8i..8i+7's addresses
+    for (int l = 0; l < 8 * num; l++) {
+        const PtxLdmatrix *m = (const PtxLdmatrix *)lanes[l];
+        if ((uintptr_t)m->p % 16) {
+            collective_error("lane %d's row address %p is not 16-byte aligned", l, m->p);
+            return;
+        }
+        if (!in_shared(m->p, 16)) {
+            collective_error("lane %d's row address %p is not in shared memory (16 bytes inside the dynamic "
+                             "shared memory or one __shared__ array)", l, m->p);
+            return;
+        }
+        memcpy(M[l / 8][l % 8], m->p, 16);
+    }
+    for (int l = 0; l < 32; l++) {
+        const PtxLdmatrix *m = (const PtxLdmatrix *)lanes[l];
+        int row = l / 4, col = 2 * (l % 4);
+        for (int i = 0; i < num; i++) {
+            unsigned lo = m0->trans ? M[i][col][row] : M[i][row][col];
+            unsigned hi = m0->trans ? M[i][col + 1][row] : M[i][row][col + 1];
+            m->r[i] = lo | hi << 16;
+        }
+    }
+}
+
+namespace {
+// Lands f's pending copies of the groups below below_group (all: every pending copy).
+void cp_land(Fiber *f, unsigned below_group, bool all) {
+    if (!f || f->cp.empty()) return;
+    size_t k = 0;
+    for (size_t i = 0; i < f->cp.size(); i++) {
+        CpPending &c = f->cp[i];
+        if (all || c.group < below_group) memcpy(c.dst, c.src, 16);
+        else f->cp[k++] = c;
+    }
+    f->cp.resize(k);
+}
+// A scheduling point of f: in the random order, each pending copy lands here with probability 1/2
+// (the others stay pending until a later point or their wait); in forward and reverse order none
+// does (they land as late as allowed: at the wait).
+void cp_land_random(Fiber *f) {
+    if (!t_launch || t_launch->order != ORDER_RANDOM) return;
+    size_t k = 0;
+    for (size_t i = 0; i < f->cp.size(); i++) {
+        CpPending &c = f->cp[i];
+        if (splitmix(&f->cp_rng) & 1) memcpy(c.dst, c.src, 16);
+        else f->cp[k++] = c;
+    }
+    f->cp.resize(k);
+}
+}  // namespace
+
+void cp_async(void *dst, const void *src, const char *file, int line) {
+    Fiber *f = t_cur;
+    if (!f) {
+        fprintf(stderr, "cuda_emu: cp.async (%s:%d) called outside a kernel\n", file, line);
+        abort();
+    }
+    if ((uintptr_t)dst % 16 || (uintptr_t)src % 16)
+        kernel_error("cp.async (%s:%d): %s address %p is not 16-byte aligned", file, line,
+                     (uintptr_t)dst % 16 ? "destination" : "source", (uintptr_t)dst % 16 ? dst : src);
+    if (!in_shared(dst, 16))
+        kernel_error("cp.async (%s:%d): destination %p is not in shared memory", file, line, dst);
+    if (!emu_in_device_memory(src, 16))
+        kernel_error("cp.async (%s:%d): source %p is not in global memory (16 bytes inside one cudaMalloc "
+                     "allocation)", file, line, src);
+    cp_land_random(f);  // earlier copies may land now
+    f->cp.push_back(CpPending{dst, src, f->cp_groups});
+}
+
+void cp_async_commit(void) {
+    Fiber *f = t_cur;
+    if (f) f->cp_groups++;
+}
+
+void cp_async_wait(int n) {
+    Fiber *f = t_cur;
+    if (!f) return;
+    if (n < 0) {  // wait_all: every copy, committed or not
+        cp_land(f, 0, true);
+        f->cp_groups++;  // (= commit_group; wait_group 0)
+        return;
+    }
+    // every committed group but the n most recent (copies of the open group are not covered)
+    if (f->cp_groups > (unsigned)n) cp_land(f, f->cp_groups - (unsigned)n, false);
+}
+
 void *dynamic_smem(void) {
     if (!t_launch) {
         fprintf(stderr, "cuda_emu: dynamic shared memory used outside a kernel\n");
@@ -780,6 +962,8 @@ cudaError_t check_range(const void *p, size_t n, const char *what) {
     return set_error(cudaErrorInvalidValue);
 }
 }  // namespace
+
+static bool emu_in_device_memory(const void *p, size_t n) { return in_device_memory(p, n); }
 
 static void snapshot_allocations(std::vector<givt_emu::prof::Range> &out) {
     std::lock_guard<std::mutex> lock(g_mem_mutex);

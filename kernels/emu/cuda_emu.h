@@ -339,6 +339,31 @@ static inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
 }  // namespace wmma
 }  // namespace nvcuda
 
+// ---- PTX warp-level matrix instructions (kernels/ptx.cuh): mma.sync m16n8k16 bf16, ldmatrix,
+// cp.async. mma and ldmatrix are warp collectives (warp_collective: all 32 lanes at the same call);
+// their fragments are the PTX ISA's (ptx.cuh lists them). cp.async is per thread: each copy is kept
+// pending in its thread's open group and lands (the 16 bytes are copied) at the wait that covers it,
+// or in the random fiber order earlier, at a scheduling point of its thread drawn by the launch's
+// seed (a barrier, a collective, another cp.async); a thread's pending copies land when it exits.
+namespace givt_emu {
+struct PtxMma {  // one lane's part of mma_m16n8k16_bf16
+    float *d;
+    const unsigned *a, *b;
+    const float *c;
+};
+struct PtxLdmatrix {  // one lane's part of ldmatrix
+    unsigned *r;
+    const void *p;
+    int num, trans;
+};
+void ptx_mma(void *const lanes[32]);
+void ptx_ldmatrix(void *const lanes[32]);
+// cp.async.cg.shared.global (16 bytes); n < 0: cp.async.wait_all, else cp.async.wait_group n
+void cp_async(void *dst, const void *src, const char *file, int line);
+void cp_async_commit(void);
+void cp_async_wait(int n);
+}  // namespace givt_emu
+
 // ---- device-only functions of the allowed list, on the host -----------------------------------
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 // (glibc declares __expf and __logf itself: the emulated ones take other names)
