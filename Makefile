@@ -24,7 +24,7 @@ override CFLAGS += -std=c11 -Wall -Wextra -Werror -fopenmp -fno-trapping-math -f
 LDLIBS  += -fopenmp -lm
 
 # BLAS, the CPU backend's matrix products (csrc/cpu/blas.h), chosen by measurement
-# (scripts/bench_blas.sh; README, "Benchmark"): BLAS=dnnl (default), openblas, blis or mkl.
+# (scripts/bench_blas.sh; docs/benchmarks.md, "Which BLAS"): BLAS=dnnl (default), openblas, blis or mkl.
 #  - dnnl: Debian's libdnnl-dev (oneDNN's dnnl_sgemm, GNU OpenMP threads);
 #  - openblas: via pkg-config; Debian's OpenMP build is preferred when installed (one thread pool
 #    shared with our own OpenMP loops), found beside the default .pc file rather than by a fixed path;
@@ -271,8 +271,9 @@ test-sanitize:
 	    $(SAN_BUILD)/run_tests $(addprefix $(SAN_BUILD)/,$(PROGRAMS))
 	$(SAN_ENV) GIVT_BIN_DIR=$(SAN_BUILD) $(SAN_BUILD)/run_tests $(TEST_FILTER)
 
-# make install: the programs, libgivt.a (with the CUDA backend's GPU objects when nvcc built them) and
-# the headers under $(PREFIX)/include/givt/ (#include <givt/model.h>: the headers include each other
+# make install: the programs, libgivt.a (with the CUDA backend's GPU objects when nvcc built them), the
+# configs and the Python scripts (samples and metrics pictures, the PyTorch reference) under
+# $(PREFIX)/share/givt/, and the headers under $(PREFIX)/include/givt/ (#include <givt/model.h>: the headers include each other
 # from their own folder, so a user's util.h is never picked up), plus givt.pc for pkg-config
 # (--cflags -I$(PREFIX)/include; --libs with what the library needs: BLAS, OpenMP, MPI, CUDA).
 # scripts/check_install.sh checks it with a user program that has its own util.h and rng_seed.
@@ -287,6 +288,9 @@ install: all $(INSTALL_LIB)
 	install -m 755 $(PROGRAM_BINS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(INSTALL_LIB) $(DESTDIR)$(PREFIX)/lib/
 	install -m 644 $(INSTALL_HDRS) $(DESTDIR)$(PREFIX)/include/givt/
+	install -d $(DESTDIR)$(PREFIX)/share/givt/configs $(DESTDIR)$(PREFIX)/share/givt/scripts
+	install -m 644 configs/*.ini $(DESTDIR)$(PREFIX)/share/givt/configs/
+	install -m 644 scripts/*.py $(DESTDIR)$(PREFIX)/share/givt/scripts/
 	printf '%s\n' 'prefix=$(PREFIX)' 'Name: givt' 'Description: GIVT training and sampling engine' 'Version: 1' \
 	    'Cflags: -I$${prefix}/include' 'Libs: -L$${prefix}/lib -lgivt $(strip $(KERNEL_LIBS) $(LDLIBS))' \
 	    >$(DESTDIR)$(PREFIX)/lib/pkgconfig/givt.pc

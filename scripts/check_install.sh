@@ -15,6 +15,11 @@ prefix="$tmp/prefix"
 make -s -j"$(nproc)" BUILD="$BUILD" PREFIX="$prefix" install >"$tmp/install.log" 2>&1 ||
   { cat "$tmp/install.log"; echo "check_install: make install failed" >&2; exit 1; }
 
+for f in bin/givt-train bin/givt-sample bin/givt-latents lib/libgivt.a lib/pkgconfig/givt.pc include/givt/model.h \
+         share/givt/configs/base.ini share/givt/configs/digits.ini share/givt/scripts/show_samples.py; do
+  [[ -e $prefix/$f ]] || { echo "check_install: make install left out $f" >&2; exit 1; }
+done
+
 user="$tmp/user"
 mkdir -p "$user"
 cat >"$user/util.h" <<'EOF'

@@ -71,3 +71,22 @@ TEST(cli_sample_suggests_the_nearest_option) {
     free(text);
     tu_rmtree(d);
 }
+
+// givt-train train.max_steps=1 on a config whose cosine warmup is longer: one step, a checkpoint and
+// a note that the warmup was cut (the step trains at the full rate), not an error.
+TEST(cli_train_max_steps_1_is_a_smoke_test) {
+    char d[256], out_arg[400], *text = NULL;
+    tu_mkdtemp(d, "cli_smoke");
+    snprintf(out_arg, sizeof out_arg, "train.out_dir=%s/run", d);
+    const char *args[] = {"configs/tiny.ini", out_arg, "train.lr_schedule=cosine", "train.warmup_steps=100",
+                          "train.max_steps=1", NULL};
+    int rc = run_logged(d, "givt-train", args, &text);
+    char run[400];
+    snprintf(run, sizeof run, "%s/run", d);
+    CHECK(rc == 0 && tu_count_prefix(run, "step_00000001") == 1, "exit %d; log: %s", rc, text ? text : "");
+    CHECK(text && strstr(text, "warmup_steps = 100 is not below max_steps = 1: the cosine schedule's warmup is cut "
+                               "to 0 steps"),
+          "log: %s", text ? text : "");
+    free(text);
+    tu_rmtree(d);
+}

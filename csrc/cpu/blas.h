@@ -1,5 +1,5 @@
 // blas: the matrix-product library of the CPU backend, chosen at build time (make BLAS=...): dnnl
-// (oneDNN, the default: the fastest for training here, README "Which BLAS"), openblas (the faster for
+// (oneDNN, the default: the fastest for training here, docs/benchmarks.md "Which BLAS"), openblas (the faster for
 // batched decoding, README "Sampling"), blis or mkl. The CPU backend calls cblas_sgemm / cblas_sgemv
 // and nothing else of it; for oneDNN, which has no CBLAS interface, this header maps the two onto
 // dnnl_sgemm.

@@ -141,6 +141,13 @@ static StepResult accumulate_gradients(Trainer *tr) {
     return STEP_DONE;
 }
 
+// A cosine schedule needs its warmup to end before max_steps: a longer warmup (a smoke test with
+// max_steps = 1 on a config that warms up for 100) is cut to max_steps - 1, which setup notes.
+static long warmup_for_run(const TrainSettings *ts) {
+    int cut = ts->lr_schedule == LR_SCHEDULE_COSINE && ts->warmup_steps >= ts->max_steps;
+    return cut ? ts->max_steps - 1 : ts->warmup_steps;
+}
+
 static OptimConfig optim_config(const TrainSettings *ts) {
     OptimConfig oc = {
         .lr = ts->lr,
@@ -150,7 +157,7 @@ static OptimConfig optim_config(const TrainSettings *ts) {
         .weight_decay = ts->weight_decay,
         .grad_norm = ts->grad_norm,
         .schedule = (LrSchedule)ts->lr_schedule,
-        .warmup_steps = ts->warmup_steps,
+        .warmup_steps = warmup_for_run(ts),
         .timescale = ts->timescale,
         .max_steps = ts->max_steps,
         .min_lr_ratio = ts->min_lr_ratio,
@@ -371,6 +378,10 @@ static int setup(Trainer *tr) {
     model_alloc_acts(m, ts->batch_size, tr->T, 1, ts->gradient_checkpointing);
     model_alloc_grads(m);
     OptimConfig oc = optim_config(ts);
+    if (oc.warmup_steps != ts->warmup_steps && root(tr))
+        train_log_say(&tr->log, "givt-train: note: [train] warmup_steps = %ld is not below max_steps = %ld: the cosine "
+                      "schedule's warmup is cut to %ld step%s for this run", (long)ts->warmup_steps,
+                      (long)ts->max_steps, (long)oc.warmup_steps, oc.warmup_steps == 1 ? "" : "s");
     tr->zero = ts->zero == 1;
     DistPart part = tr->zero ? dist_part(m->table.total, d->world_size, d->rank) : (DistPart){0, m->table.total};
     adamw_create_part(&tr->opt, m, &oc, part.first, part.count);
