@@ -90,3 +90,31 @@ TEST(cli_train_max_steps_1_is_a_smoke_test) {
     free(text);
     tu_rmtree(d);
 }
+
+// scripts/plot_metrics.py without matplotlib: one line saying what to install, no traceback (skipped
+// where python3 has matplotlib, or there is no python3).
+TEST(cli_plot_metrics_without_matplotlib_says_so) {
+    if (system("python3 -c 'import matplotlib' >/dev/null 2>&1") == 0) {
+        t_skip("python3 has matplotlib here");
+        return;
+    }
+    if (system("python3 -c '' >/dev/null 2>&1") != 0) {
+        t_skip("no python3");
+        return;
+    }
+    char d[256], cmd[900];
+    tu_mkdtemp(d, "cli_plot");
+    FILE *f = fopen(tu_path(d, "metrics.jsonl"), "w");
+    CHECK(f != NULL, "cannot write metrics.jsonl");
+    if (!f) return;
+    fputs("{\"step\": 1, \"loss\": 0.5, \"lr\": 0.001}\n", f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "python3 scripts/plot_metrics.py '%s' >'%s' 2>&1", d, tu_path(d, "out.txt"));
+    int st = system(cmd);
+    char *text = fs_read_text(tu_path(d, "out.txt"), NULL);
+    CHECK(st != 0 && text && strstr(text, "plot_metrics.py needs matplotlib: apt-get install python3-matplotlib") &&
+              !strstr(text, "Traceback"),
+          "status %d: %s", st, text ? text : "");
+    free(text);
+    tu_rmtree(d);
+}

@@ -316,6 +316,7 @@ TEST(mpi_kill_and_resume_is_bit_exact_and_sigusr1_stops_every_rank) {
     tu_wait_exit_timed(job, 30, &took);
     snprintf(args, sizeof args, "train.out_dir='%s' %s train.resume_from_ckpt=latest", killed, common);
     CHECK(train(dir, 2, cfg, args, &log) == 0, "resume after SIGKILL: %s", log);
+    CHECK(count_of(log, "resumed from") == 1, "rank 0 alone says where it resumed from: %s", log);
     const char *from = strstr(log, "resumed from");
     fprintf(stderr, "  (after SIGKILL: %.*s)\n", from ? (int)strcspn(from, "\n") : 18, from ? from : "started afresh");
     free(log);

@@ -120,3 +120,18 @@ TEST(registry_bench_profile_shows_the_optimizer_ops) {
     free(text);
     tu_rmtree(dir);
 }
+
+// givt-train --version's line per backend: the CPU is available; the CUDA backend is "available,
+// emulated on the CPU" in a runner that links the emulated kernels, "unavailable: why" without a GPU
+// or nvcc, and "available" on a GPU.
+TEST(registry_availability_text_for_version) {
+    char line[320], why[256] = "";
+    CHECK(!strcmp(backend_availability_text("cpu", line, sizeof line), "available"), "%s", line);
+    int ok = backend_available("cuda", why, sizeof why);
+    backend_availability_text("cuda", line, sizeof line);
+    const char *want = ok == 2 ? "available, emulated on the CPU (tiny models only)" : ok ? "available" : "unavailable: ";
+    CHECK(!strncmp(line, want, strlen(want)), "cuda (available() = %d): %s", ok, line);
+    printf("  cuda: %s\n", line);
+    CHECK(!strncmp(backend_availability_text("tpu", line, sizeof line), "unavailable: no such backend", 28), "%s",
+          line);
+}

@@ -138,6 +138,16 @@ static Backend *open_entry(const BackendEntry *e, Precision p) {
     return NULL;
 }
 
+const char *backend_availability_text(const char *name, char *buf, size_t n) {
+    char why[256] = "";
+    int ok = backend_available(name, why, sizeof why);
+    // 2: the CUDA kernels emulated on the CPU (make emu, the tests): correct, and very slow
+    if (ok == 2) snprintf(buf, n, "available, emulated on the CPU (tiny models only)");
+    else if (ok) snprintf(buf, n, "available");
+    else snprintf(buf, n, "unavailable: %s", why);
+    return buf;
+}
+
 Backend *backend_open(const char *device, Precision p) {
     if (p != PRECISION_NO && p != PRECISION_BF16) {
         givt_fail("precision %d: expected no or bf16", (int)p);

@@ -37,6 +37,9 @@ int backend_device_ordinal(void);
 int backend_registry_count(void);
 const char *backend_registry_name(int i);
 int backend_available(const char *name, char *why, size_t n);
+// One line for --version: "available", "available, emulated on the CPU (tiny models only)" or
+// "unavailable: WHY", into buf.
+const char *backend_availability_text(const char *name, char *buf, size_t n);
 // Device names: "auto" and the registry's. The name as listed for text that matches one without
 // regard to case, else NULL ([train] device).
 const char *backend_device_lookup(const char *text);

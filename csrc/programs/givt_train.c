@@ -32,12 +32,9 @@ int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "--version")) {
         printf("givt-train %s\nbackends:\n", GIVT_VERSION);
         for (int i = 0; i < backend_registry_count(); i++) {
-            char why[256] = "";
+            char line[320];
             const char *name = backend_registry_name(i);
-            int ok = backend_available(name, why, sizeof why);
-            // 2: the CUDA kernels emulated on the CPU (make emu, the tests): correct, and very slow
-            printf("  %-5s %s%s\n", name, ok == 2 ? "available, emulated on the CPU (tiny models only)"
-                                    : ok   ? "available" : "unavailable: ", ok ? "" : why);
+            printf("  %-5s %s\n", name, backend_availability_text(name, line, sizeof line));
         }
         printf("data parallel: %s\n", dist_build_info());
         return 0;
