@@ -684,8 +684,7 @@ float bf16_value(unsigned short u) {  // a bf16 is the upper half of a float
 }  // namespace
 
 void ptx_mma(void *const lanes[32]) {
-    // (the profiler does not count mma.sync, ldmatrix and cp.async yet: emu_profile.cpp's hooks are
-    // WMMA's and the instrumented loads and stores)
+    if (prof::g_on) prof::ptx_mma();
     float A[16][16], B[16][8], C[16][8];
     for (int l = 0; l < 32; l++) {  // every lane's fragments, read before any d is written (d may be c)
         const PtxMma *m = (const PtxMma *)lanes[l];
@@ -742,6 +741,11 @@ void ptx_ldmatrix(void *const lanes[32]) {
         }
         memcpy(M[l / 8][l % 8], m->p, 16);
     }
+    if (prof::g_on) {
+        const void *rows[32];
+        for (int l = 0; l < 8 * num; l++) rows[l] = ((const PtxLdmatrix *)lanes[l])->p;
+        prof::ptx_ldmatrix(rows, num);
+    }
     for (int l = 0; l < 32; l++) {
         const PtxLdmatrix *m = (const PtxLdmatrix *)lanes[l];
         int row = l / 4, col = 2 * (l % 4);
@@ -794,6 +798,7 @@ void cp_async(void *dst, const void *src, const char *file, int line) {
     if (!emu_in_device_memory(src, 16))
         kernel_error("cp.async (%s:%d): source %p is not in global memory (16 bytes inside one cudaMalloc "
                      "allocation)", file, line, src);
+    if (prof::g_on) prof::ptx_cp_async(dst, src, file, line);  // counted at issue
     cp_land_random(f);  // earlier copies may land now
     f->cp.push_back(CpPending{dst, src, f->cp_groups});
 }

@@ -20,6 +20,10 @@
 // executes them: a bf16 fragment as ldmatrix.x4 (one request, 32 lanes x 16 bytes: the 16 lines of
 // 32 bytes along the contiguous dimension, one 8 x 8 matrix per quarter-warp), a float accumulator
 // as the mma C layout (row-major: 4 requests of 8 bytes a lane; column-major: 8 of 4 bytes).
+// The PTX instructions (kernels/ptx.cuh) run inside the emulator too and are counted as issued:
+// mma.sync m16n8k16 as 2 * 16 * 8 * 16 mma_flop; ldmatrix as one shared request of its 8, 16 or 32
+// rows, one 8 x 8 matrix (8 rows of 16 bytes) per phase; cp.async as the lane's 16-byte global load
+// and shared store, grouped into warp requests like the instrumented accesses.
 //
 // Floating point: -fsanitize-coverage=trace-pc calls a hook at the start of every basic block of
 // the instrumented code; the table that maps a block (the hook's return address) to its floating-
@@ -605,6 +609,33 @@ void wmma_mem(const void *p, unsigned ldm, int col_major, int elem_bytes, int st
 
 void wmma_mma(void) {
     if (g_in_launch) g_cur.mma_flop += 2ull * 16 * 16 * 16;
+}
+
+void ptx_mma(void) {
+    if (g_in_launch) g_cur.mma_flop += 2ull * 16 * 8 * 16;
+}
+
+// ldmatrix .x1/.x2/.x4: one shared request of 8 num rows of 16 bytes. The hardware reads one 8 x 8
+// matrix (the 8 row addresses of lanes 8i..8i+7) per phase: account()'s 16-byte quarter-warp phases
+// are exactly these, so a matrix whose 8 rows cover the 32 banks once takes 1 wavefront, and rows whose
+// 16 bytes fall on the same banks at different words take one more each (rows 64 bytes apart: 4).
+void ptx_ldmatrix(const void *const rows[32], int num) {
+    if (!g_in_launch || num < 1 || num > 4) return;
+    uint64_t a[32] = {0};
+    uint32_t mask = num == 4 ? 0xffffffffu : (1u << (8 * num)) - 1;
+    for (int l = 0; l < 8 * num; l++) a[l] = (uint64_t)(uintptr_t)rows[l];
+    account(a, mask, 16, SHARED, false);
+}
+
+// cp.async 16 bytes, counted at issue (not when the copy lands): a global load of src and a shared
+// store to dst by this lane, grouped into warp requests like the instrumented accesses (per warp, per
+// call site, the k-th issue of each lane since the warp's last sync point); the site key is the call
+// site's file and line with the top bit set, which no code address has.
+void ptx_cp_async(const void *dst, const void *src, const char *file, int line) {
+    if (t_fiber < 0 || !g_in_launch) return;
+    uintptr_t site = ((uintptr_t)1 << 63) | (((uintptr_t)file << 16) ^ (uintptr_t)(unsigned)line);
+    access(site, (uintptr_t)src, 16, false);
+    access(site, (uintptr_t)dst, 16, true);
 }
 
 }  // namespace prof

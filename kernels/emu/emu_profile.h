@@ -20,7 +20,8 @@ namespace givt_emu {
 // The columns of the TSV, in order (kernels/README.md documents each).
 struct ProfileCounters {
     unsigned long long launches, blocks, threads;
-    unsigned long long mma_flop;                 // WMMA mma_sync: 2 * 16 * 16 * 16 per warp and call
+    unsigned long long mma_flop;                 // WMMA mma_sync: 2 * 16 * 16 * 16 per warp and call;
+                                                 // PTX mma.sync m16n8k16: 2 * 16 * 8 * 16
     unsigned long long float_flop, fp64_flop;    // host FP instructions of the kernel code (see README)
     unsigned long long math_calls;               // calls of libm transcendental functions (expf, logf...)
     unsigned long long gld_requests, gld_bytes, gld_sectors;
@@ -79,6 +80,10 @@ void access(uintptr_t pc, uintptr_t addr, unsigned size, bool store);  // from t
 void basic_block(uintptr_t pc);                                        // from the hooks (in a fiber)
 void wmma_mem(const void *p, unsigned ldm, int col_major, int elem_bytes, int store);
 void wmma_mma(void);
+// The PTX instructions of kernels/ptx.cuh (cuda_emu.cpp's PTX section), counted as issued:
+void ptx_mma(void);                                    // mma.sync m16n8k16: 2 * 16 * 8 * 16 per warp
+void ptx_ldmatrix(const void *const rows[32], int num);  // lanes 0..8 num - 1's row addresses (16 bytes)
+void ptx_cp_async(const void *dst, const void *src, const char *file, int line);  // one lane's, in a fiber
 }  // namespace prof
 
 }  // namespace givt_emu

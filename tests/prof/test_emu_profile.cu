@@ -2,7 +2,8 @@
 // counts are known exactly: a 4-way shared bank conflict, broadcasts, stride-2 global and shared
 // accesses, coalesced and conflicting 16-byte accesses, misaligned 4-, 8- and 16-byte loads, a
 // divergent branch, requests split at warp collectives, several warps and blocks with barriers,
-// WMMA fragments (ldmatrix model: ldm 16, 24, 64 bf16; accumulators in the mma C layout),
+// WMMA fragments (ldmatrix model: ldm 16, 24, 64 bf16; accumulators in the mma C layout), the PTX
+// instructions of kernels/ptx.cuh (mma.sync m16n8k16, ldmatrix on padded and unpadded tiles, cp.async),
 // floating-point counts, local memory not counted, the same counts in every fiber order, and the
 // TSV. Built only in the profiled build (make emu-profile: this file and the kernels instrumented;
 // $(BUILD)/run_tests_prof, which make test runs), never in the ordinary runner (tests/prof/ is
@@ -239,6 +240,44 @@ __global__ void wmma_store_global_kernel(float *out) {
     wmma::store_matrix_sync(out, acc, 16, wmma::mem_row_major);
 }
 
+// PTX (kernels/ptx.cuh): NMMA warps of one mma.sync m16n8k16 each (2 * 16 * 8 * 16 = 4096 mma_flop a
+// warp, fragments in registers: no memory), then d[0] to global (one request of 128 bytes a warp)
+template <int NMMA>
+__global__ void ptx_mma_kernel(float *out) {
+    int t = threadIdx.x;
+    unsigned a[4] = {0x3f803f80u, 0x3f803f80u, 0x3f803f80u, 0x3f803f80u}, b[2] = {0x3f803f80u, 0x3f803f80u};
+    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int i = 0; i < NMMA; i++) mma_m16n8k16_bf16(d, a, b, d);
+    out[t] = d[0];
+}
+
+// ldmatrix on a 16 x 16 bf16 tile whose rows are LD elements apart, lane l -> row l % 16, col 8 (l / 16)
+// (the A fragment of mma_m16n8k16_bf16): an x4 (matrix i = rows 8 (i % 2).., cols 8 (i / 2)..), an
+// x2.trans (lanes 0-15: matrices 0 and 1) and an x1 (lanes 0-7: matrix 0); the tile is not filled (no
+// other shared traffic), the registers go to global (one request of 128 bytes)
+template <int LD>
+__global__ void ptx_ldmatrix_kernel(unsigned *out) {
+    __shared__ __align__(16) __nv_bfloat16 tile[16 * LD];
+    int lane = threadIdx.x;
+    const __nv_bfloat16 *row = tile + (lane % 16) * LD + 8 * (lane / 16);
+    unsigned r4[4], r2[2], r1[1];
+    ldmatrix_x4(r4, row);
+    ldmatrix_x2_trans(r2, row);
+    ldmatrix_x1(r1, row);
+    out[lane] = r4[0] ^ r4[1] ^ r4[2] ^ r4[3] ^ r2[0] ^ r2[1] ^ r1[0];
+}
+
+// cp.async: every lane copies 16 bytes from in[STRIDE lane] to s[STRIDE lane] (float4 elements), then
+// waits; STRIDE 1: the warp's 512 contiguous bytes
+template <int STRIDE>
+__global__ void ptx_cp_async_kernel(const float4 *in) {
+    __shared__ __align__(16) float4 s[64 * STRIDE];
+    int t = threadIdx.x;
+    cp_async_16(&s[STRIDE * t], &in[STRIDE * t]);
+    cp_async_commit();
+    cp_async_wait_all();
+}
+
 // floating point: a * x + y (2: an FMA or a multiply and an add), a division (1), expf (a libm call)
 // and a double d * 2 + 1 (2) per thread
 __global__ void flops_kernel(float *y, const float *x, double *dy, const double *dx, float a) {
@@ -354,6 +393,79 @@ TEST(emu_profile_wmma) {
     GIVT_LAUNCH(wmma_store_global_kernel, 1, 32, 0, 0, out);
     expect("wmma accumulator to global", last(), {{"gst_requests", 4}, {"gst_bytes", 1024}, {"gst_sectors", 32}});
     cudaFree(in), cudaFree(out);
+}
+
+TEST(emu_profile_ptx) {
+    if (!ready()) return;
+    float *out = dev_floats(256);
+    // mma.sync m16n8k16: 2 * 16 * 8 * 16 = 4096 per warp and mma
+    {
+        auto *k = ptx_mma_kernel<1>;
+        GIVT_LAUNCH(k, 1, 32, 0, 0, out);
+        expect("mma.sync: 1 warp x 1", last(),
+               {{"mma_flop", 4096}, {"gst_requests", 1}, {"gst_bytes", 128}, {"gst_sectors", 4}});
+    }
+    {
+        auto *k = ptx_mma_kernel<3>;
+        GIVT_LAUNCH(k, 1, 64, 0, 0, out);
+        expect("mma.sync: 2 warps x 3", last(),
+               {{"mma_flop", 6 * 4096}, {"gst_requests", 2}, {"gst_bytes", 256}, {"gst_sectors", 8}});
+    }
+    // ldmatrix: one request per instruction, 16 bytes a used lane (x4 512, x2 256, x1 128 bytes), one
+    // phase (the hardware's wavefront when conflict-free) per 8 x 8 matrix: its 8 rows of 16 bytes =
+    // 4 words each, in banks (row start / 4) % 32 + 0..3.
+    // Padded: rows 40 bf16 = 80 bytes = 20 words apart: row r of a matrix starts at bank 20 r % 32 =
+    // 0, 20, 8, 28, 16, 4, 24, 12 (+ 4 for the matrices at col 8; rows 8.. start at 160 % 32 = 0 again):
+    // 8 disjoint groups of 4 banks, 1 wavefront a matrix: x4 4, x2 2, x1 1; no conflicts.
+    {
+        auto *k = ptx_ldmatrix_kernel<40>;
+        GIVT_LAUNCH(k, 1, 32, 0, 0, (unsigned *)out);
+        expect("ldmatrix, rows 80 bytes apart", last(),
+               {{"shared_requests", 3}, {"shared_bytes", 512 + 256 + 128}, {"shared_wavefronts", 4 + 2 + 1},
+                {"shared_bank_conflicts", 0}, {"gst_requests", 1}, {"gst_bytes", 128}, {"gst_sectors", 4}});
+    }
+    // Unpadded: rows 32 bf16 = 64 bytes = 16 words apart: row r starts at bank 16 r % 32 = 0, 16, 0,
+    // 16...: rows 0, 2, 4, 6 on banks 0-3 at 4 different words, rows 1, 3, 5, 7 on 16-19 (+ 4 at
+    // col 8): 4 wavefronts a matrix, 3 of them conflicts: x4 16 (12 conflicts), x2 8 (6), x1 4 (3).
+    {
+        auto *k = ptx_ldmatrix_kernel<32>;
+        GIVT_LAUNCH(k, 1, 32, 0, 0, (unsigned *)out);
+        expect("ldmatrix, rows 64 bytes apart", last(),
+               {{"shared_requests", 3}, {"shared_bytes", 512 + 256 + 128}, {"shared_wavefronts", 16 + 8 + 4},
+                {"shared_bank_conflicts", 12 + 6 + 3}, {"gst_requests", 1}, {"gst_bytes", 128},
+                {"gst_sectors", 4}});
+    }
+    // cp.async, counted at issue: per warp a global load request (32 x 16 bytes) and a shared store
+    // request (16-byte accesses: quarter-warp phases). Coalesced: 512 contiguous bytes = 16 sectors; 8
+    // lanes x 16 bytes = 32 words on 32 banks: 1 wavefront a phase, 4. Stride 2 (32 bytes): 512 bytes
+    // over 1024 = 32 sectors; lanes t and t + 4 of a phase on the same banks: 2 a phase, 8 (4 conflicts).
+    float4 *in;
+    CUDA_CHECK(cudaMalloc((void **)&in, 128 * sizeof(float4)));
+    CUDA_CHECK(cudaMemset(in, 0, 128 * sizeof(float4)));
+    const givt_emu::Order orders[3] = {givt_emu::ORDER_FORWARD, givt_emu::ORDER_REVERSE, givt_emu::ORDER_RANDOM};
+    for (int o = 0; o < 3; o++) {  // the same counts whenever the copies land
+        givt_emu::set_order(orders[o], 7);
+        {
+            auto *k = ptx_cp_async_kernel<1>;
+            GIVT_LAUNCH(k, 1, 32, 0, 0, (const float4 *)in);
+            expect("cp.async, coalesced", last(),
+                   {{"gld_requests", 1}, {"gld_bytes", 512}, {"gld_sectors", 16}, {"shared_requests", 1},
+                    {"shared_bytes", 512}, {"shared_wavefronts", 4}, {"shared_bank_conflicts", 0}});
+            GIVT_LAUNCH(k, 1, 64, 0, 0, (const float4 *)in);
+            expect("cp.async, coalesced, 2 warps", last(),
+                   {{"gld_requests", 2}, {"gld_bytes", 1024}, {"gld_sectors", 32}, {"shared_requests", 2},
+                    {"shared_bytes", 1024}, {"shared_wavefronts", 8}, {"shared_bank_conflicts", 0}});
+        }
+        {
+            auto *k = ptx_cp_async_kernel<2>;
+            GIVT_LAUNCH(k, 1, 32, 0, 0, (const float4 *)in);
+            expect("cp.async, stride 32 bytes", last(),
+                   {{"gld_requests", 1}, {"gld_bytes", 512}, {"gld_sectors", 32}, {"shared_requests", 1},
+                    {"shared_bytes", 512}, {"shared_wavefronts", 8}, {"shared_bank_conflicts", 4}});
+        }
+    }
+    givt_emu::set_order(givt_emu::ORDER_FORWARD, 1);
+    cudaFree(out), cudaFree(in);
 }
 
 TEST(emu_profile_flops) {
