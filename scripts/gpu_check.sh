@@ -33,6 +33,15 @@
 #              token as givt-bench counts them), peak memory, speed relative to torch.compile.
 #              Each run has its own limit and the step a budget (BENCH_BUDGET s, default 210): runs
 #              that would start after it are skipped. BENCH=0 skips the step.
+#   ncu        Nsight Compute (ncu on PATH or in /usr/local/cuda/bin) on one bf16 training step of
+#              givt-bench at the size of kernels/README.md's before/after table (C 256, F 688, H 4,
+#              L 1, T 256, B 2, D 16): global sectors per request (loads, stores), shared wavefronts
+#              per request and bank conflicts per kernel, printed beside the emulator's counts of the
+#              same step (make emu-profile's givt-bench, built into build-gpu/emu-prof/ and run on the
+#              CPU meanwhile) by kernels/emu/predict.py --ncu (also in build-gpu/gpu_check/ncu.txt).
+#              MISS (does not fail) when a kernel's measured sectors per request are more than 1.25x
+#              off the emulator's. Limits: ncu 120 s; the emulated side 180 s to build, 120 s to run.
+#              NCU=0 skips the step; NCU_BIN=PATH names the ncu to use.
 # Without a GPU (a dry run) the GPU steps say SKIP. Logs: build-gpu/gpu_check/*.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -101,7 +110,7 @@ fi
 t=${EPOCHREALTIME}
 B=$ROOT/build-gpu
 run build 300 make -j"$JOBS" BLAS=openblas MPI=0 BUILD=build-gpu BIN_PREFIX=build-gpu/ "${MAKE_BLAS[@]}" build-gpu/run_tests_gpu \
-    build-gpu/givt-train build-gpu/givt-eval build-gpu/givt-sample build-gpu/givt-bench build-gpu/givt-prepare-digits
+    build-gpu/givt-train build-gpu/givt-eval build-gpu/givt-sample build-gpu/givt-bench build-gpu/givt-prepare-digits build-gpu/givt-latents
 if [ $RC -eq 0 ]; then
     row build PASS "$(elapsed "$t")" "$($B/givt-train --version | grep -E '^  cuda' | sed 's/^ *//')"
 else
@@ -327,6 +336,50 @@ else
     row bench "$([ $BENCH_FAIL = 0 ] && echo PASS || echo FAIL)" "$(elapsed "$t")" "${BENCH_SUMMARY}table below"
 fi
 
+# ---- Nsight Compute beside the emulator (issue 19 item 4) -----------------------------------------
+# The first GPU minutes check the emulator's model: ncu measures the counters that
+# GIVT_EMU_PROFILE models (kernels/README.md, "The emulator as a profiler"), one bf16 training step at
+# the size of the README's before/after table; kernels/emu/predict.py joins them by kernel name.
+NCU_SIZE=(--hidden 256 --intermediate 688 --heads 4 --layers 1 --seq 256 --batch 2 --input-dim 16 --steps 1 --warmup 0)
+NCU_BIN=${NCU_BIN:-$(command -v ncu || { [ -x /usr/local/cuda/bin/ncu ] && echo /usr/local/cuda/bin/ncu; } || true)}
+t=${EPOCHREALTIME}
+if [ "${NCU:-1}" = 0 ]; then
+    row ncu SKIP 0 "NCU=0"
+elif [ $HAVE_CUDA = 0 ] || [ -z "$NCU_BIN" ]; then
+    row ncu SKIP 0 "no GPU or no ncu on PATH"
+else
+    rm -f "$OUT/ncu.csv" "$OUT/ncu-emu.tsv" "$OUT/ncu-emu.rc" "$OUT/ncu.txt"
+    # the emulated side on the CPU while ncu holds the GPU: the instrumented kernels (make emu-profile's
+    # givt-bench, with this build's library and BLAS) and the same step under GIVT_EMU_PROFILE
+    (
+        run ncu-emu-build 180 make -j"$JOBS" BLAS=openblas MPI=0 BUILD=build-gpu BIN_PREFIX=build-gpu/ "${MAKE_BLAS[@]}" \
+            build-gpu/emu-prof/givt-bench
+        [ $RC -eq 0 ] && run ncu-emu 120 env GIVT_EMU_PROFILE="$OUT/ncu-emu.tsv" $B/emu-prof/givt-bench --device cuda \
+            --precision bf16 "${NCU_SIZE[@]}"
+        echo $RC >"$OUT/ncu-emu.rc"
+    ) &
+    emu_pid=$!
+    run ncu 120 env LC_ALL=C "$NCU_BIN" --csv --log-file "$OUT/ncu.csv" --print-units base --print-kernel-base demangled \
+        --metrics "$("$PYTHON" kernels/emu/predict.py --ncu-metrics)" $B/givt-bench --device cuda --precision bf16 "${NCU_SIZE[@]}"
+    rc_ncu=$RC
+    wait $emu_pid
+    rc_emu=$(cat "$OUT/ncu-emu.rc" 2>/dev/null || echo 1)
+    emu_tsv=()
+    [ "$rc_emu" = 0 ] && [ -s "$OUT/ncu-emu.tsv" ] && emu_tsv=("$OUT/ncu-emu.tsv")
+    if grep -qs ERR_NVGPUCTRPERM "$OUT/ncu.csv" "$OUT/ncu.log"; then
+        row ncu SKIP "$(elapsed "$t")" "ncu may not read the GPU's counters here (ERR_NVGPUCTRPERM: needs root or NVreg_RestrictProfilingToAdminUsers=0)"
+    elif [ $rc_ncu -ne 0 ] || ! "$PYTHON" kernels/emu/predict.py --ncu "$OUT/ncu.csv" "${emu_tsv[@]}" >"$OUT/ncu.txt" 2>&1; then
+        row ncu "$([ $rc_ncu -eq 124 ] || [ $rc_ncu -eq 137 ] && echo TIME || echo FAIL)" "$(elapsed "$t")" \
+            "ncu rc $rc_ncu: $(grep -hE '==ERROR==|Error|error' "$OUT/ncu.csv" "$OUT/ncu.log" "$OUT/ncu.txt" 2>/dev/null | head -1 | cut -c1-120)"
+    elif [ ${#emu_tsv[@]} -eq 0 ]; then
+        row ncu FAIL "$(elapsed "$t")" "measured, but the emulated profile failed (rc $rc_emu: $OUT/ncu-emu-build.log, ncu-emu.log); table below"
+    else
+        worst=$(sed -n 's/.*largest measured\/emulated ratio of sectors per request: //p' "$OUT/ncu.txt")
+        st=$(awk -v w="$worst" 'BEGIN { print (w == "-" || w + 0 <= 1.25) ? "PASS" : "MISS" }')
+        row ncu "$st" "$(elapsed "$t")" "$(grep -m1 'kernels in both' "$OUT/ncu.txt" | cut -d';' -f1); sectors per request, measured against emulated: at most ${worst}x apart (target 1.25); table below"
+    fi
+fi
+
 # ---- the table --------------------------------------------------------------------------------
 echo
 echo "gpu_check: ${GPU:-no GPU (dry run)}; $(git rev-parse --short HEAD 2>/dev/null) $(git status --porcelain 2>/dev/null | grep -q . && echo '(with local changes)')"
@@ -336,6 +389,10 @@ echo "total $(elapsed "$T_START") s; logs in $OUT"
 if [ -n "${BENCH_ROWS:-}" ]; then
     echo
     cat "$OUT/bench.md"
+fi
+if [ -s "$OUT/ncu.txt" ]; then
+    echo
+    cat "$OUT/ncu.txt"
 fi
 printf '%s\n' "${ROWS[@]}" | grep -qE '^\S+ +(FAIL|TIME)' && exit 1
 exit 0
