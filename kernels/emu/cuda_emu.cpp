@@ -4,6 +4,7 @@
 // profiler is on (emu_profile.h: GIVT_EMU_PROFILE with instrumented kernels) it tells it where each
 // launch's memory lies and when blocks, barriers, warp collectives and WMMA operations happen.
 #include "cuda_emu.h"
+#include "elf_symbols.h"
 #include "emu_profile.h"
 
 #include <elf.h>
@@ -246,34 +247,12 @@ bool g_shared_found;
 void find_shared_arrays() {
     if (g_shared_found) return;
     g_shared_found = true;
-    FILE *f = fopen("/proc/self/exe", "rb");
-    if (!f) return;
-    std::vector<unsigned char> img;
-    unsigned char buf[1 << 16];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0) img.insert(img.end(), buf, buf + n);
-    fclose(f);
-    if (img.size() < sizeof(Elf64_Ehdr)) return;
-    const Elf64_Ehdr *eh = (const Elf64_Ehdr *)img.data();
-    if (memcmp(eh->e_ident, ELFMAG, SELFMAG) || eh->e_ident[EI_CLASS] != ELFCLASS64) return;
-    if (eh->e_shoff + (size_t)eh->e_shnum * sizeof(Elf64_Shdr) > img.size()) return;
-    const Elf64_Shdr *sh = (const Elf64_Shdr *)(img.data() + eh->e_shoff);
-    for (int i = 0; i < eh->e_shnum; i++) {
-        if (sh[i].sh_type != SHT_SYMTAB || sh[i].sh_link >= eh->e_shnum) continue;
-        const Elf64_Shdr *strs = &sh[sh[i].sh_link];
-        if (sh[i].sh_offset + sh[i].sh_size > img.size() || strs->sh_offset + strs->sh_size > img.size()) continue;
-        const Elf64_Sym *sym = (const Elf64_Sym *)(img.data() + sh[i].sh_offset);
-        size_t ns = sh[i].sh_size / sizeof(Elf64_Sym);
-        const char *names = (const char *)(img.data() + strs->sh_offset);
-        for (size_t j = 0; j < ns; j++) {
-            if (ELF64_ST_TYPE(sym[j].st_info) != STT_TLS || sym[j].st_size == 0) continue;
-            if (sym[j].st_name >= strs->sh_size) continue;
-            const char *name = names + sym[j].st_name;
-            // a function-local static (C++ mangling _ZZ...): in kernel code only __shared__ arrays are
-            if (strncmp(name, "_ZZ", 3) != 0 || strstr(name, "givt_emu")) continue;
-            g_shared.push_back({(size_t)sym[j].st_value, (size_t)sym[j].st_size});
-        }
-    }
+    elf_for_each_symbol([](const Elf64_Sym &sym, const char *name) {
+        if (ELF64_ST_TYPE(sym.st_info) != STT_TLS || sym.st_size == 0) return;
+        // a function-local static (C++ mangling _ZZ...): in kernel code only __shared__ arrays are
+        if (strncmp(name, "_ZZ", 3) != 0 || strstr(name, "givt_emu")) return;
+        g_shared.push_back({(size_t)sym.st_value, (size_t)sym.st_size});
+    });
 }
 
 int tls_cb(struct dl_phdr_info *info, size_t, void *out) {

@@ -34,6 +34,8 @@
 // operations) are not counted.
 #include "emu_profile.h"
 
+#include "elf_symbols.h"
+
 #include <cxxabi.h>
 #include <elf.h>
 #include <link.h>
@@ -385,29 +387,9 @@ std::map<const void *, std::string> g_names;
 void read_funcs() {
     if (g_funcs_read) return;
     g_funcs_read = true;
-    FILE *f = fopen("/proc/self/exe", "rb");
-    if (!f) return;
-    std::vector<unsigned char> img;
-    unsigned char buf[1 << 16];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0) img.insert(img.end(), buf, buf + n);
-    fclose(f);
-    if (img.size() < sizeof(Elf64_Ehdr)) return;
-    const Elf64_Ehdr *eh = (const Elf64_Ehdr *)img.data();
-    if (memcmp(eh->e_ident, ELFMAG, SELFMAG) || eh->e_ident[EI_CLASS] != ELFCLASS64) return;
-    if (eh->e_shoff + (size_t)eh->e_shnum * sizeof(Elf64_Shdr) > img.size()) return;
-    const Elf64_Shdr *sh = (const Elf64_Shdr *)(img.data() + eh->e_shoff);
-    for (int i = 0; i < eh->e_shnum; i++) {
-        if (sh[i].sh_type != SHT_SYMTAB || sh[i].sh_link >= eh->e_shnum) continue;
-        const Elf64_Shdr *strs = &sh[sh[i].sh_link];
-        if (sh[i].sh_offset + sh[i].sh_size > img.size() || strs->sh_offset + strs->sh_size > img.size()) continue;
-        const Elf64_Sym *sym = (const Elf64_Sym *)(img.data() + sh[i].sh_offset);
-        size_t ns = sh[i].sh_size / sizeof(Elf64_Sym);
-        const char *names = (const char *)(img.data() + strs->sh_offset);
-        for (size_t j = 0; j < ns; j++)
-            if (ELF64_ST_TYPE(sym[j].st_info) == STT_FUNC && sym[j].st_value && sym[j].st_name < strs->sh_size)
-                g_funcs.emplace((uintptr_t)sym[j].st_value, names + sym[j].st_name);
-    }
+    elf_for_each_symbol([](const Elf64_Sym &sym, const char *name) {
+        if (ELF64_ST_TYPE(sym.st_info) == STT_FUNC && sym.st_value) g_funcs.emplace((uintptr_t)sym.st_value, name);
+    });
 }
 
 // sass_check.py's shorten(): "void (anonymous namespace)::f<float, unsigned int>(float*, ...)" ->
