@@ -205,6 +205,15 @@ int hf_model_load_weights(GivtModel *m, const char *folder, Weights *w) {
     return load_staged(m, hf_load_weights, folder, w);
 }
 
+int hf_model_load_checkpoint_weights(GivtModel *m, const char *folder, int ema, Weights *w) {
+    if (!ema) return hf_model_load_weights(m, folder, w);
+    char *p = fs_path_join(folder, "ema.safetensors");
+    int rc = fs_path_exists(p) ? hf_model_load_tensors(m, p, w)
+                               : givt_fail("--ema: %s: no such file (a givt-train checkpoint with [train] ema on has it)", p);
+    free(p);
+    return rc;
+}
+
 int hf_model_save_tensors(GivtModel *m, const char *path, const Weights *w) {
     float *host = host_copy(m, w);
     int rc = hf_save_tensors(path, &m->table, host, NULL, 0);

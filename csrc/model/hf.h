@@ -32,6 +32,10 @@ int hf_load_tensors(const char *path, const ParamTable *pt, float *params_host);
 // and checked).
 int hf_model_load_tensors(GivtModel *m, const char *path, Weights *w);        // as hf_load_tensors
 int hf_model_load_weights(GivtModel *m, const char *folder, Weights *w);      // as hf_load_weights
+// The weights a program's --ema chooses: folder's model.safetensors, or with ema its ema.safetensors
+// (the EMA weights a givt-train checkpoint with [train] ema on holds; "--ema: PATH: no such file" when
+// it has none). givt-sample and givt-eval load through this.
+int hf_model_load_checkpoint_weights(GivtModel *m, const char *folder, int ema, Weights *w);
 int hf_model_save_tensors(GivtModel *m, const char *path, const Weights *w);  // as hf_save_tensors
 int hf_model_save(GivtModel *m, const char *folder, const Weights *w);        // as hf_save, with m->cfg
 

@@ -104,15 +104,6 @@ static int parse_args(int argc, char **argv, Args *a) {
     return 0;
 }
 
-static int load_weights(GivtModel *m, const Args *a) {
-    if (!a->ema) return hf_model_load_weights(m, a->folder, &m->w);
-    char *p = fs_path_join(a->folder, "ema.safetensors");
-    int rc = fs_path_exists(p) ? hf_model_load_tensors(m, p, &m->w)
-                               : givt_fail("--ema: %s: no such file (a givt-train checkpoint with [train] ema on has it)", p);
-    free(p);
-    return rc;
-}
-
 static int load_model(GivtModel *m, const Args *a, Backend *be) {
     GivtConfig cfg;
     if (hf_read_config(a->folder, &cfg) != 0) return -1;
@@ -128,7 +119,7 @@ static int load_model(GivtModel *m, const Args *a, Backend *be) {
                          a->folder, givt_config_num_params(&cfg), cfg.hidden_dim, cfg.intermediate_dim, cfg.num_layers,
                          util_human_bytes(nb, (double)need), util_human_bytes(av, avail));
     if (model_create(m, &cfg, be) != 0) return -1;
-    return load_weights(m, a);
+    return hf_model_load_checkpoint_weights(m, a->folder, a->ema, &m->w);
 }
 
 // "section.key=\"value\"" (quoted, as an override reads it) into a new string.

@@ -10,7 +10,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "fs.h"
 #include "hf.h"
 #include "model.h"
 #include "npy.h"
@@ -190,15 +189,6 @@ static int read_prompt(const char *path, int D, float **data, int *n_prompts, in
     return rc;
 }
 
-static int load_weights(GivtModel *m, const Args *a) {
-    if (!a->ema) return hf_model_load_weights(m, a->folder, &m->w);
-    char *p = fs_path_join(a->folder, "ema.safetensors");
-    int rc = fs_path_exists(p) ? hf_model_load_tensors(m, p, &m->w)
-                            : givt_fail("--ema: %s: no such file (a givt-train checkpoint with [train] ema on has it)", p);
-    free(p);
-    return rc;
-}
-
 typedef struct {
     double t0, last;
     int tty;
@@ -269,7 +259,7 @@ int main(int argc, char **argv) {
                   util_human_bytes(nb, (double)need), util_human_bytes(ob, (double)out_bytes), util_human_bytes(fbs, (double)fb));
         goto fail;
     }
-    if (model_create(&m, &cfg, be) != 0 || load_weights(&m, &a) != 0) goto fail;
+    if (model_create(&m, &cfg, be) != 0 || hf_model_load_checkpoint_weights(&m, a.folder, a.ema, &m.w) != 0) goto fail;
     CfgStats stats = {0};
     SampleConfig sc = {.max_len = a.max_len, .temperature = a.temperature, .seed = a.seed, .batch_size = b,
                        .labels = labels, .n_labels = n_labels, .cfg_scale = a.cfg_scale, .stats = &stats};

@@ -78,22 +78,24 @@ static size_t varint_size(uint64_t v) {
 
 static void pb_key(Pb *pb, int field, int wire_type) { pb_varint(pb, (uint64_t)(field << 3 | wire_type)); }
 
+// A fixed-width field: wire type 1 (64-bit) or 5 (32-bit), its n bytes little-endian.
+static void pb_fixed(Pb *pb, int field, int wire_type, uint64_t bits, int n) {
+    uint8_t b[8];
+    put_le(b, bits, n);
+    pb_key(pb, field, wire_type);
+    pb_bytes(pb, b, (size_t)n);
+}
+
 static void pb_double(Pb *pb, int field, double v) {
     uint64_t bits;
-    uint8_t b[8];
     memcpy(&bits, &v, 8);
-    put_le(b, bits, 8);
-    pb_key(pb, field, 1);
-    pb_bytes(pb, b, 8);
+    pb_fixed(pb, field, 1, bits, 8);
 }
 
 static void pb_float(Pb *pb, int field, float v) {
     uint32_t bits;
-    uint8_t b[4];
     memcpy(&bits, &v, 4);
-    put_le(b, bits, 4);
-    pb_key(pb, field, 5);
-    pb_bytes(pb, b, 4);
+    pb_fixed(pb, field, 5, bits, 4);
 }
 
 static void pb_string(Pb *pb, int field, const void *s, size_t n) {
