@@ -1082,9 +1082,10 @@ size_t cuda_attention_scratch_bytes(Backend *be, const AttnShape *s) {
     return (size_t)s->B * s->H * s->Tq * sizeof(float);  // D = rowsum(dO * O) per query row
 }
 
-void cuda_attention_bwd(Backend *be, cval *dq, cval *dk, cval *dv, void *scratch, const cval *dout, const cval *q,
-                        const cval *k, const cval *v, const void *saved, const float *cos, const float *sin,
-                        const AttnShape *s) {
+void cuda_attention_bwd(Backend *be, cval *dq, cval *dk, cval *dv, void *scratch, const cval *dout, const cval *out,
+                        const cval *q, const cval *k, const cval *v, const void *saved, const float *cos,
+                        const float *sin, const AttnShape *s) {
+    (void)out;  // (the bf16 kernels take D from it: attention_mma_bwd.cu)
     attn_check_shape(s, "attention_bwd");
     if (s->pos0 != 0 || s->Tq != s->Tk) givt_die("attention_bwd: training shapes only (pos0 = 0, Tq = Tk)");
     if (s->B == 0 || s->H == 0 || s->Tq == 0) return;

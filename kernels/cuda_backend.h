@@ -60,9 +60,9 @@ size_t cuda_attention_saved_bytes(Backend *be, const AttnShape *s);
 void cuda_attention_fwd(Backend *be, cval *out, void *saved, cval *q, cval *k, const cval *v, const float *cos,
                         const float *sin, const AttnShape *s);
 size_t cuda_attention_scratch_bytes(Backend *be, const AttnShape *s);
-void cuda_attention_bwd(Backend *be, cval *dq, cval *dk, cval *dv, void *scratch, const cval *dout, const cval *q,
-                        const cval *k, const cval *v, const void *saved, const float *cos, const float *sin,
-                        const AttnShape *s);
+void cuda_attention_bwd(Backend *be, cval *dq, cval *dk, cval *dv, void *scratch, const cval *dout, const cval *out,
+                        const cval *q, const cval *k, const cval *v, const void *saved, const float *cos,
+                        const float *sin, const AttnShape *s);
 // ---- kernels/matmul.cu (cuBLASLt) ----
 void cuda_matmul_fwd(Backend *be, cval *out, const cval *inp, const cval *w, int N, int K, int M);
 void cuda_matmul_bwd(Backend *be, cval *dinp, float *dw, const cval *dout, const cval *inp, const cval *w, int N,

@@ -906,18 +906,18 @@ static void att_dfree(Backend *be, AttDev *d) {
     for (int i = 0; i < 3; i++) dfree(be, d->buf[i]);
 }
 
-// The backward on be, after the forward left the rotated q, k in d: dq, dk, dv into grads (NaN
-// before). Returns the changed guard elements.
-static int run_attention_bwd(Backend *be, const RefOpAttLayout *L, const AttDev *d, const void *saved,
+// The backward on be, after the forward left the rotated q, k in d and its output in o: dq, dk, dv
+// into grads (NaN before). Returns the changed guard elements.
+static int run_attention_bwd(Backend *be, const RefOpAttLayout *L, const AttDev *d, const cval *o, const void *saved,
                              const float *dcs, const float *dsn, const float *dout, AttHost *grads) {
     const AttnShape *s = &L->s;
     size_t no = (size_t)s->B * s->Tq * s->H * s->hd;
     AttDev g = att_put(be, L, grads);  // NaN everywhere, the guard after each buffer
     cval *dy = put_c(be, dout, no);
     void *scratch = dalloc(be, be->ops->attention_scratch_bytes(be, s));
-    be->ops->attention_bwd(be, g.q, g.k, g.v, scratch, dy, d->q, d->k, d->v, saved, dcs, dsn, s);
+    be->ops->attention_bwd(be, g.q, g.k, g.v, scratch, dy, o, d->q, d->k, d->v, saved, dcs, dsn, s);
     int guard = att_get(be, grads, &g);
-    PERF(be, be->ops->attention_bwd(be, g.q, g.k, g.v, scratch, dy, d->q, d->k, d->v, saved, dcs, dsn, s));
+    PERF(be, be->ops->attention_bwd(be, g.q, g.k, g.v, scratch, dy, o, d->q, d->k, d->v, saved, dcs, dsn, s));
     att_dfree(be, &g);
     dfree(be, dy), dfree(be, scratch);
     return guard;
@@ -936,7 +936,7 @@ static int run_attention(Backend *be, const RefOpAttLayout *L, const AttHost *in
     be->ops->attention_fwd(be, o, saved, d.q, d.k, d.v, dcs, dsn, s);
     int guard = get_c(be, out, o, no) + att_get(be, after, &d);
     if (dout)
-        guard += run_attention_bwd(be, L, &d, saved, dcs, dsn, dout, grads);
+        guard += run_attention_bwd(be, L, &d, o, saved, dcs, dsn, dout, grads);
     else
         PERF(be, be->ops->attention_fwd(be, o, saved, d.q, d.k, d.v, dcs, dsn, s));
     att_dfree(be, &d);

@@ -286,8 +286,8 @@ TEST(ops_fd_rope_attention) {
 
         float *dqkv = xmalloc(nq * 4), *scratch = xmalloc(nscratch);
         for (size_t i = 0; i < nq; i++) dqkv[i] = 3.0f;  // overwritten, not accumulated (ops.h)
-        ops->attention_bwd(be, CV(dqkv), CV(dqkv + C), CV(dqkv + 2 * C), scratch, CV(c.proj), CV(c.work),
-                           CV(c.work + C), CV(c.work + 2 * C), c.saved, c.cos, c.sin, &c.s);
+        ops->attention_bwd(be, CV(dqkv), CV(dqkv + C), CV(dqkv + 2 * C), scratch, CV(c.proj), CV(c.out),
+                           CV(c.work), CV(c.work + C), CV(c.work + 2 * C), c.saved, c.cos, c.sin, &c.s);
         double *a = to_double(dqkv, nq, 0, 1);
         CHECK_FD(tr == 0 ? "rope+attention dqkv" : "rope+attention dqkv full", fd_ratio(attn_loss, &c, c.qkv, nq, a));
         free(a), free(dqkv), free(scratch);

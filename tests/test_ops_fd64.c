@@ -409,15 +409,15 @@ static int att_padding_written(const RefOpAttLayout *L, const AttBufs *d) {
 // The backward (dout = proj) at the rotated q, k in work: dq, dk, dv against central differences of
 // the double forward in the unrotated q, k and v (FD64_TOL norm-wise), the padding of dq, dk, dv
 // untouched. Keeps the worst ratio in w_grad.
-static void att_check_bwd(const RefOpAttLayout *L, Att64 *c, const AttBufs *work, const void *saved, const float *cs,
-                          const float *sn, double *w_grad) {
+static void att_check_bwd(const RefOpAttLayout *L, Att64 *c, const AttBufs *work, const float *out, const void *saved,
+                          const float *cs, const float *sn, double *w_grad) {
     const AttnShape *s = &L->s;
     int C = s->H * s->hd;
     size_t nqd = (size_t)s->B * s->Tq * C, nkd = (size_t)s->B * s->Tk * C;
     AttBufs d = att_bufs(L, NAN);  // dq, dk, dv overwritten; padding kept
     void *scratch = xmalloc(ops->attention_scratch_bytes(be, s));
-    ops->attention_bwd(be, CV(d.q), CV(d.k), CV(d.v), scratch, CV(c->proj), CV(work->q), CV(work->k), CV(work->v),
-                       saved, cs, sn, s);
+    ops->attention_bwd(be, CV(d.q), CV(d.k), CV(d.v), scratch, CV(c->proj), CV(out), CV(work->q), CV(work->k),
+                       CV(work->v), saved, cs, sn, s);
     float *g = xmalloc(nkd * 4);
     gather(g, d.q, s->q_row, s->q_batch, s->B, s->Tq, C);
     double gq = grad_ratio(attention64_loss, c, c->q, nqd, g);
@@ -459,7 +459,7 @@ static void attention_case(const RefOpAttCase *ac, uint64_t seed, double *w_fwd,
     ops->attention_fwd(be, CV(out), saved, CV(work.q), CV(work.k), CV(work.v), cs, sn, s);
     refop_attention(&c.a);
     att_check_fwd(&L, &c, &in, &work, out, w_fwd, w_rope);
-    if (s->pos0 == 0) att_check_bwd(&L, &c, &work, saved, cs, sn, w_grad);  // training shapes only
+    if (s->pos0 == 0) att_check_bwd(&L, &c, &work, out, saved, cs, sn, w_grad);  // training shapes only
     free(saved), free(out);
     att_free(&in), att_free(&work);
     free(cs), free(sn), free(proj);

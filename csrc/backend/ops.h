@@ -134,12 +134,13 @@ struct GivtOps {
     void (*attention_fwd)(Backend *be, cval *out, void *saved, cval *q, cval *k, const cval *v, const float *cos,
                           const float *sin, const AttnShape *s);
     // Training shapes only (pos0 = 0, Tq = Tk): dq, dk, dv (strided as q, k, v) = the gradients with
-    // respect to the unrotated q and k, and v, from dout (B, T, H * hd); q, k are the rotated ones the
-    // forward left. scratch holds attention_scratch_bytes.
+    // respect to the unrotated q and k, and v, from dout (B, T, H * hd); out (B, T, H * hd) is the
+    // forward's output (a backend may take D = rowsum(dout * out) from it instead of recomputing O);
+    // q, k are the rotated ones the forward left. scratch holds attention_scratch_bytes.
     size_t (*attention_scratch_bytes)(Backend *be, const AttnShape *s);
     void (*attention_bwd)(Backend *be, cval *dq, cval *dk, cval *dv, void *scratch, const cval *dout,
-                          const cval *q, const cval *k, const cval *v, const void *saved, const float *cos,
-                          const float *sin, const AttnShape *s);
+                          const cval *out, const cval *q, const cval *k, const cval *v, const void *saved,
+                          const float *cos, const float *sin, const AttnShape *s);
 
     // h (N, 2F) holds [a | b] per row -> out (N, F) = silu(a) * b
     void (*swiglu_fwd)(Backend *be, cval *out, const cval *h, int N, int F);

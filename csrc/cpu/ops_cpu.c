@@ -391,10 +391,11 @@ static void attention_bwd_probs(float *p, float *dp, const float *lse, int rows,
 }
 
 // Training shapes (pos0 = 0, Tq = Tk = T): dq, dk, dv (strided as q, k, v) from dout (B, T, H*hd)
+// (out unused: D = rowsum(dP * P) comes from the recomputed strips)
 static void cpu_attention_bwd(Backend *be, cval *dq_, cval *dk_, cval *dv_, void *scratch, const cval *dout,
-                              const cval *q_, const cval *k_, const cval *v_, const void *saved, const float *cos_t,
-                              const float *sin_t, const AttnShape *s) {
-    (void)scratch;
+                              const cval *out, const cval *q_, const cval *k_, const cval *v_, const void *saved,
+                              const float *cos_t, const float *sin_t, const AttnShape *s) {
+    (void)scratch, (void)out;
     if (s->pos0 != 0 || s->Tq != s->Tk) givt_die("attention_bwd: training shapes only (pos0 = 0, Tq = Tk)");
     int B = s->B, H = s->H, hd = s->hd, T = s->Tq, C = H * hd, qr = (int)s->q_row, kr = (int)s->kv_row;
     size_t strip = (size_t)imin(ATT_BLOCK, T) * (size_t)T;

@@ -774,7 +774,7 @@ void model_backward(GivtModel *m, const Weights *w) {
         // attention (dres is now d res_mid)
         OPC(mm_cost(N, C, C, E, 1), matmul_bwd, a->dtmp, lgrad(m, l, P_O_PROJ), a->dres, la.atty, lwc(m, w, l, P_O_PROJ), N, C, C);
         OPC(attn_cost(&sh, 1), attention_bwd, a->dqkv, cat(a->dqkv, (size_t)C, E), cat(a->dqkv, 2 * (size_t)C, E), a->att_scratch,
-           a->dtmp, la.qkv, cat(la.qkv, (size_t)C, E), cat(la.qkv, 2 * (size_t)C, E), la.att, m->rope_cos,
+           a->dtmp, la.atty, la.qkv, cat(la.qkv, (size_t)C, E), cat(la.qkv, 2 * (size_t)C, E), la.att, m->rope_cos,
            m->rope_sin, &sh);
         OPC(mm_cost(N, C, 3 * C, E, 1), matmul_bwd, a->dtmp, lgrad(m, l, P_QKV), a->dqkv, la.ln1, lwc(m, w, l, P_QKV), N, C, 3 * C);
         OPC(mem_cost((double)N * C, 4, E), residual_rmsnorm_bwd, a->dres, lgrad(m, l, P_ATTN_NORM), a->dtmp, la.res_in, lwc(m, w, l, P_ATTN_NORM),
