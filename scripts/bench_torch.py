@@ -42,6 +42,50 @@ def time_sgemm(a):
     print(f"RESULT impl=torch-sgemm threads={a.threads} m={M} n={N} k={K} gflops={gflops:.2f} ms={1e3 * best:.3f}")
 
 
+def time_attention_op(a):
+    """F.scaled_dot_product_attention alone (causal, (B, H, T, hd)), as givt-bench --attention: the median
+    of a.steps calls of the forward and of the backward (out.backward(dout), the graph kept), and
+    TFLOP/s counting the causal pairs only (forward 4 hd pairs, backward 10 hd pairs). On cuda with
+    --bf16 the FlashAttention backend is required (SDPBackend.FLASH_ATTENTION); otherwise the default."""
+    import contextlib
+    B, H, T, hd = a.attention_op
+    dev, dt = a.device, (torch.bfloat16 if a.bf16 else torch.float32)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    q, k, v, dout = (torch.randn(B, H, T, hd, generator=g).to(dev, dt) for _ in range(4))
+    for x in (q, k, v):
+        x.requires_grad_(True)
+    ctx = contextlib.nullcontext()
+    if dev == "cuda" and a.bf16:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        ctx = sdpa_kernel(SDPBackend.FLASH_ATTENTION)
+
+    def sync():
+        if dev == "cuda":
+            torch.cuda.synchronize()
+
+    def median_time(fn):
+        ts = []
+        for i in range(a.warmup + a.steps):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            if i >= a.warmup:
+                ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+
+    with ctx:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        tf = median_time(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
+        tb = median_time(lambda: out.backward(dout, retain_graph=True))
+    pairs = B * H * T * (T + 1) / 2
+    ff, fb = 4 * hd * pairs, 10 * hd * pairs
+    print(f"sdpa B {B} H {H} T {T} hd {hd} (causal, {dt}): forward {1e3 * tf:.3f} ms {ff / tf / 1e12:.2f} TFLOP/s, "
+          f"backward {1e3 * tb:.3f} ms {fb / tb / 1e12:.2f} TFLOP/s (median of {a.steps})")
+    print(f"RESULT impl=torch-sdpa B={B} H={H} T={T} hd={hd} fwd_ms={1e3 * tf:.4f} bwd_ms={1e3 * tb:.4f} "
+          f"fwd_tflops={ff / tf / 1e12:.3f} bwd_tflops={fb / tb / 1e12:.3f} torch={torch.__version__}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input-dim", type=int, default=16)
@@ -67,6 +111,8 @@ def main():
     ap.add_argument("--sgemm", type=int, nargs=3, metavar=("M", "N", "K"),
                     help="time torch.mm of (M, K) @ (K, N) float32 instead (this PyTorch's BLAS ceiling)")
     ap.add_argument("--reps", type=int, default=10, help="--sgemm: timed repetitions (the best is reported)")
+    ap.add_argument("--attention-op", type=int, nargs=4, metavar=("B", "H", "T", "HD"),
+                    help="time F.scaled_dot_product_attention alone (forward, backward), as givt-bench --attention")
     a = ap.parse_args()
     if a.show_config:
         print(torch.__version__)
@@ -81,6 +127,8 @@ def main():
     torch.manual_seed(a.seed)
     if a.sgemm:
         return time_sgemm(a)
+    if a.attention_op:
+        return time_attention_op(a)
     dev = torch.device(a.device)
     cuda = dev.type == "cuda"
     if cuda and not torch.cuda.is_available():

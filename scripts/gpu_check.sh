@@ -33,6 +33,10 @@
 #              token as givt-bench counts them), peak memory, speed relative to torch.compile.
 #              Each run has its own limit and the step a budget (BENCH_BUDGET s, default 210): runs
 #              that would start after it are skipped. BENCH=0 skips the step.
+#   attn       the attention op alone, bf16, causal: givt-bench --attention against PyTorch's SDPA with
+#              the FlashAttention backend (scripts/bench_torch.py --attention-op) at hd 64 and 128, T 256,
+#              1024 and 4096 (B T = 16384, H hd = 2048): TFLOP/s of the forward and the backward (a
+#              table; also build-gpu/gpu_check/attn.md). ATTN=0 skips the step.
 #   ncu        Nsight Compute (ncu on PATH or in /usr/local/cuda/bin) on one bf16 training step of
 #              givt-bench at the size of kernels/README.md's before/after table (C 256, F 688, H 4,
 #              L 1, T 256, B 2, D 16): global sectors per request (loads, stores), shared wavefronts
@@ -336,6 +340,43 @@ else
     row bench "$([ $BENCH_FAIL = 0 ] && echo PASS || echo FAIL)" "$(elapsed "$t")" "${BENCH_SUMMARY}table below"
 fi
 
+# ---- attention alone: givt's kernels against PyTorch's SDPA (FlashAttention-2 backend), bf16 --------
+# B T = 16384 tokens and H hd = 2048 (the shapes of FlashAttention's own benchmarks), causal; TFLOP/s
+# counting the causal pairs (forward 4 hd pairs, backward 10 hd pairs). givt's times include RoPE on
+# q and k (its op rotates them), SDPA's do not.
+ATTN_ROWS=""
+t=${EPOCHREALTIME}
+if [ "${ATTN:-1}" = 0 ]; then
+    row attn SKIP 0 "ATTN=0"
+elif [ $HAVE_CUDA = 0 ]; then
+    row attn SKIP 0 "no GPU"
+else
+    ATTN_FAIL=0 ATTN_SUMMARY=""
+    for hd in 64 128; do
+        for T in 256 1024 4096; do
+            Bn=$((16384 / T)) H=$((2048 / hd))
+            run "attn-givt-$hd-$T" 60 $B/givt-bench --attention --device cuda --precision bf16 --batch $Bn --heads $H \
+                --seq $T --head-dim $hd --steps 20 --warmup 3
+            g=$(grep '^RESULT' "$OUT/attn-givt-$hd-$T.log" | tail -1)
+            [ $RC -eq 0 ] && [ -n "$g" ] || ATTN_FAIL=1
+            run "attn-sdpa-$hd-$T" 60 "$PYTHON" scripts/bench_torch.py --device cuda --bf16 --attention-op $Bn $H $T $hd \
+                --steps 20 --warmup 3
+            p=$(grep '^RESULT' "$OUT/attn-sdpa-$hd-$T.log" | tail -1)
+            [ $RC -eq 0 ] && [ -n "$p" ] || ATTN_FAIL=1
+            ATTN_ROWS+="| $hd | $T | $Bn x $H | $(field "$g" fwd_tflops) | $(field "$p" fwd_tflops) | $(field "$g" bwd_tflops) | $(field "$p" bwd_tflops) |"$'\n'
+            [ $T = 1024 ] && ATTN_SUMMARY+="hd $hd T 1024: fwd $(field "$g" fwd_tflops) vs $(field "$p" fwd_tflops), bwd $(field "$g" bwd_tflops) vs $(field "$p" bwd_tflops) TFLOP/s; "
+        done
+    done
+    {
+        echo "| hd | T | B x H | givt fwd TFLOP/s | SDPA flash fwd | givt bwd TFLOP/s | SDPA flash bwd |"
+        echo "|---|---|---|---|---|---|---|"
+        printf '%s' "$ATTN_ROWS"
+        echo
+        echo "bf16, causal, median of 20 calls; FLOPs of the causal pairs (fwd 4 hd, bwd 10 hd per pair); givt includes RoPE."
+    } >"$OUT/attn.md"
+    row attn "$([ $ATTN_FAIL = 0 ] && echo PASS || echo FAIL)" "$(elapsed "$t")" "${ATTN_SUMMARY}table below"
+fi
+
 # ---- Nsight Compute beside the emulator (issue 19 item 4) -----------------------------------------
 # The first GPU minutes check the emulator's model: ncu measures the counters that
 # GIVT_EMU_PROFILE models (kernels/README.md, "The emulator as a profiler"), one bf16 training step at
@@ -389,6 +430,10 @@ echo "total $(elapsed "$T_START") s; logs in $OUT"
 if [ -n "${BENCH_ROWS:-}" ]; then
     echo
     cat "$OUT/bench.md"
+fi
+if [ -n "${ATTN_ROWS:-}" ]; then
+    echo
+    cat "$OUT/attn.md"
 fi
 if [ -s "$OUT/ncu.txt" ]; then
     echo

@@ -1,6 +1,8 @@
 // givt-bench: times full training steps of a GIVT model on a backend (--device cpu by default, or
 // cuda; tokens/s, ms/step, achieved GFLOP/s and, when the device's peak is known, MFU), or OpenBLAS
-// sgemm alone (--sgemm M N K: this machine's CPU ceiling). A benchmark, not a test: it prints one
+// sgemm alone (--sgemm M N K: this machine's CPU ceiling), or the attention op alone (--attention:
+// forward and backward at one shape, TFLOP/s, what scripts/gpu_check.sh sets beside PyTorch's SDPA).
+// A benchmark, not a test: it prints one
 // machine-readable "RESULT ..." line that scripts/bench_cpu.sh and scripts/gpu_check.sh read.
 #include <math.h>
 #include <omp.h>
@@ -19,6 +21,8 @@ static void usage(FILE *out) {
             "                  [--warmup N] [--no-adamw] [--ema] [--checkpointing] [--profile] [--peak-tflops X]\n"
             "                  [--seed S]\n"
             "       givt-bench --sgemm M N K [--reps R]\n"
+            "       givt-bench --attention [--batch B] [--heads H] [--seq T] [--head-dim hd] [--device ...]\n"
+            "                  [--precision ...] [--steps N] [--warmup N]\n"
             "model options (defaults in brackets):\n"
             "  --input-dim D [16]  --hidden C [256]  --intermediate F [688]  --heads H [4]  --layers L [4]\n"
             "  --seq T [256]  --batch B [8]\n"
@@ -38,6 +42,10 @@ static void usage(FILE *out) {
             "ctx_mem_bytes, the same just after the backend opened, estimates).\n"
             "--sgemm times C (M,N) = A (M,K) B^T (B stored (N,K), as the model's matmul_fwd) on the CPU with\n"
             "OpenBLAS, best of R repetitions.\n"
+            "--attention times the backend's attention_fwd and attention_bwd (RoPE on every dim, causal) on\n"
+            "random q, k, v in the model's layout ((B, T, 3C) rows), hd [64]: the median of N calls each, and\n"
+            "TFLOP/s counting the causal pairs only: forward 4 hd pairs, backward 10 hd pairs (5 products),\n"
+            "pairs = B H T (T + 1) / 2 (the convention of FlashAttention's benchmarks, for causal masks).\n"
             "Threads: OMP_NUM_THREADS (OpenMP loops and the OpenMP build of OpenBLAS).\n");
 }
 
@@ -87,12 +95,111 @@ static int dbl_cmp(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+// ---- attention alone ------------------------------------------------------------------------------
+// The median of n timings of one call (fwd: 0 the forward, 1 the backward); the backend synchronized
+// around each call.
+typedef struct {
+    Backend *be;
+    AttnShape s;
+    cval *qkv, *dqkv, *out, *dout;
+    void *saved, *scratch;
+    float *cos, *sin;
+} AttnBench;
+
+static void attn_bench_call(AttnBench *a, int bwd) {
+    const GivtOps *o = a->be->ops;
+    size_t C = (size_t)a->s.H * a->s.hd, e = dtype_size(a->be->compute);
+    char *q = (char *)a->qkv, *dq = (char *)a->dqkv;
+    if (bwd)
+        o->attention_bwd(a->be, (cval *)dq, (cval *)(dq + C * e), (cval *)(dq + 2 * C * e), a->scratch, a->dout, a->out,
+                         (cval *)q, (cval *)(q + C * e), (cval *)(q + 2 * C * e), a->saved, a->cos, a->sin, &a->s);
+    else
+        o->attention_fwd(a->be, a->out, a->saved, (cval *)q, (cval *)(q + C * e), (cval *)(q + 2 * C * e), a->cos,
+                         a->sin, &a->s);
+}
+
+static double attn_bench_time(AttnBench *a, int bwd, int warmup, int n) {
+    double *t = xcalloc((size_t)n, sizeof(double));
+    for (int i = 0; i < warmup + n; i++) {
+        backend_synchronize(a->be);
+        double t0 = util_time_now_s();
+        attn_bench_call(a, bwd);
+        backend_synchronize(a->be);
+        if (i >= warmup) t[i - warmup] = util_time_now_s() - t0;
+    }
+    qsort(t, (size_t)n, sizeof(double), dbl_cmp);
+    double med = n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+    free(t);
+    return med;
+}
+
+// Uploads n random values (normal, times scale) in the compute dtype
+static cval *attn_bench_random(Backend *be, Rng *rng, size_t n, double scale) {
+    float *h = xmalloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) h[i] = (float)(scale * rng_normal(rng));
+    float *f = be->ops->alloc(be, n * sizeof(float));
+    cval *c = be->ops->alloc(be, n * dtype_size(be->compute));
+    be->ops->upload(be, f, h, n * sizeof(float));
+    be->ops->to_compute(be, c, f, n);
+    be->ops->free(be, f);
+    free(h);
+    return c;
+}
+
+static int bench_attention(const char *device, Precision precision, int B, int H, int T, int hd, int steps,
+                           int warmup) {
+    Backend *be = backend_open(device, precision);
+    if (!be) {
+        fprintf(stderr, "givt-bench: %s\n", givt_last_error());
+        return 1;
+    }
+    const GivtOps *o = be->ops;
+    AttnBench a = {.be = be};
+    size_t C = (size_t)H * hd;
+    a.s = (AttnShape){.B = B, .H = H, .hd = hd, .Tq = T, .Tk = T, .pos0 = 0, .n_rot = hd & ~1, .q_row = 3 * C,
+                      .q_batch = 3 * C * T, .kv_row = 3 * C, .kv_batch = 3 * C * T};
+    Rng rng;
+    rng_seed(&rng, 1);
+    size_t nqkv = (size_t)B * T * 3 * C, no = (size_t)B * T * C, nt = (size_t)T * (size_t)(a.s.n_rot ? a.s.n_rot : 1);
+    a.qkv = attn_bench_random(be, &rng, nqkv, 1.0);
+    a.dout = attn_bench_random(be, &rng, no, 1.0);
+    a.dqkv = o->alloc(be, nqkv * dtype_size(be->compute));
+    a.out = o->alloc(be, no * dtype_size(be->compute));
+    a.saved = o->alloc(be, o->attention_saved_bytes(be, &a.s));
+    a.scratch = o->alloc(be, o->attention_scratch_bytes(be, &a.s));
+    float *cs = xmalloc(nt * sizeof(float)), *sn = xmalloc(nt * sizeof(float));
+    int half = a.s.n_rot / 2;
+    for (int t = 0; t < T; t++)  // rotate-half tables (base 10000), as the model's
+        for (int i = 0; i < a.s.n_rot; i++) {
+            double ang = t * pow(10000.0, -2.0 * (i % (half ? half : 1)) / (a.s.n_rot ? a.s.n_rot : 1));
+            cs[(size_t)t * a.s.n_rot + i] = (float)cos(ang), sn[(size_t)t * a.s.n_rot + i] = (float)sin(ang);
+        }
+    a.cos = o->alloc(be, nt * sizeof(float)), a.sin = o->alloc(be, nt * sizeof(float));
+    o->upload(be, a.cos, cs, nt * sizeof(float)), o->upload(be, a.sin, sn, nt * sizeof(float));
+    free(cs), free(sn);
+
+    attn_bench_call(&a, 0);  // the backward needs a forward's output and saved state
+    double tf = attn_bench_time(&a, 0, warmup, steps), tb = attn_bench_time(&a, 1, warmup, steps);
+    double pairs = (double)B * H * T * (T + 1.0) / 2.0, ff = 4.0 * hd * pairs, fb = 10.0 * hd * pairs;
+    printf("backend: %s (%s), compute %s\n", be->name, be->device, dtype_name(be->compute));
+    printf("attention B %d H %d T %d hd %d (causal, RoPE on %d dims): forward %.3f ms %.2f TFLOP/s, backward %.3f ms "
+           "%.2f TFLOP/s (median of %d)\n",
+           B, H, T, hd, a.s.n_rot, 1e3 * tf, ff / tf / 1e12, 1e3 * tb, fb / tb / 1e12, steps);
+    printf("RESULT impl=givt-attention B=%d H=%d T=%d hd=%d fwd_ms=%.4f bwd_ms=%.4f fwd_tflops=%.3f bwd_tflops=%.3f "
+           "backend=%s compute=%s\n",
+           B, H, T, hd, 1e3 * tf, 1e3 * tb, ff / tf / 1e12, fb / tb / 1e12, be->name, dtype_name(be->compute));
+    void *bufs[] = {a.qkv, a.dqkv, a.out, a.dout, a.saved, a.scratch, a.cos, a.sin};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) o->free(be, bufs[i]);
+    backend_close(be);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     GivtConfig cfg;
     givt_config_default(&cfg);
     cfg.input_dim = 16, cfg.hidden_dim = 256, cfg.intermediate_dim = 688, cfg.num_heads = 4, cfg.num_layers = 4;
     int T = 256, B = 8, steps = 10, warmup = 2, adamw = 1, ema = 0, profile = 0, seed = 1337, checkpointing = 0;
-    int sg[3] = {0, 0, 0}, sgemm = 0, reps = 5;
+    int sg[3] = {0, 0, 0}, sgemm = 0, reps = 5, attention = 0, head_dim = 64;
     const char *device = "cpu";
     Precision precision = PRECISION_NO;
     double peak_tflops = 0;
@@ -108,6 +215,8 @@ int main(int argc, char **argv) {
             ema = 1;
         } else if (!strcmp(a, "--checkpointing")) {
             checkpointing = 1;
+        } else if (!strcmp(a, "--attention")) {
+            attention = 1;
         } else if (!strcmp(a, "--profile")) {
             profile = 1;
         } else if (!strcmp(a, "--device") || !strcmp(a, "--precision")) {
@@ -131,9 +240,9 @@ int main(int argc, char **argv) {
         } else {
             static const char *names[] = {"--input-dim", "--hidden", "--intermediate", "--heads", "--layers",
                                           "--seq",       "--batch",  "--steps",        "--warmup", "--reps",
-                                          "--seed"};
+                                          "--seed",      "--head-dim"};
             int *dst[] = {&cfg.input_dim, &cfg.hidden_dim, &cfg.intermediate_dim, &cfg.num_heads, &cfg.num_layers,
-                          &T, &B, &steps, &warmup, &reps, &seed};
+                          &T, &B, &steps, &warmup, &reps, &seed, &head_dim};
             size_t k = 0;
             while (k < sizeof names / sizeof names[0] && strcmp(a, names[k]) != 0) k++;
             if (k == sizeof names / sizeof names[0]) {
@@ -152,6 +261,7 @@ int main(int argc, char **argv) {
     blas_init_threads(omp_get_max_threads());
     printf("threads: OpenMP %d; BLAS: %s\n", omp_get_max_threads(), blas_description());
     if (sgemm) return bench_sgemm(sg[0], sg[1], sg[2], reps);
+    if (attention) return bench_attention(device, precision, B, cfg.num_heads, T, head_dim, steps, warmup);
 
     cfg.block_size = T;
     GivtModel m;
