@@ -355,7 +355,7 @@ double refop_sumsq(const double *p, size_t n) {
     return s;
 }
 
-void refop_adamw(double *p, double *m, double *v, const double *g, size_t n, const RefOpAdamW *h) {
+void refop_adamw(double *p, double *m, double *v, double *ema, const double *g, size_t n, const RefOpAdamW *h) {
     double c1 = 1 - pow(h->beta1, h->t), c2 = 1 - pow(h->beta2, h->t);
     for (size_t i = 0; i < n; i++) {
         double gi = g[i] * h->grad_scale;
@@ -364,6 +364,7 @@ void refop_adamw(double *p, double *m, double *v, const double *g, size_t n, con
         v[i] = h->beta2 * v[i] + (1 - h->beta2) * gi * gi;
         p[i] -= h->lr / c1 * m[i] / (sqrt(v[i]) / sqrt(c2) + h->eps);
     }
+    if (ema) refop_ema_update(ema, p, n, h->ema_decay);
 }
 
 void refop_ema_update(double *ema, const double *p, size_t n, double decay) {

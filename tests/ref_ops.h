@@ -94,12 +94,14 @@ double refop_mixture_nll(double *dy, const double *y, const double *x, int N, in
 // ---- optimizer ops ---------------------------------------------------------------------------------
 double refop_sumsq(const double *p, size_t n);  // sum of p_i^2
 // PyTorch's AdamW: g' = g * grad_scale, p *= 1 - lr wd, m = b1 m + (1 - b1) g', v = b2 v + (1 - b2) g'^2,
-// p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps); p, m, v (n) in place.
+// p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps); p, m, v (n) in place. Then, unless ema
+// is NULL, the EMA of the updated weights: ema (n) = ema_decay * ema + (1 - ema_decay) * p.
 typedef struct {
     double lr, beta1, beta2, eps, weight_decay, grad_scale;
-    int t;  // the 1-based update count
+    int t;             // the 1-based update count
+    double ema_decay;  // of the EMA (when refop_adamw gets one)
 } RefOpAdamW;
-void refop_adamw(double *p, double *m, double *v, const double *g, size_t n, const RefOpAdamW *h);
+void refop_adamw(double *p, double *m, double *v, double *ema, const double *g, size_t n, const RefOpAdamW *h);
 // ema (n) = decay * ema + (1 - decay) * p, in place
 void refop_ema_update(double *ema, const double *p, size_t n, double decay);
 

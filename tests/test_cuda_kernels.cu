@@ -7,7 +7,8 @@
 //   - every kernel on buffers one element off their alignment (the scalar path, or for flat
 //     streams a scalar head before the 16-byte units): elementwise ops give the same bits as on
 //     aligned buffers, the sums agree to float rounding;
-//   - the same bits in every fiber order (deterministic sums).
+//   - the same bits in every fiber order (deterministic sums);
+//   - adamw with the EMA in its pass: the bits of adamw followed by ema_update.
 // Built only under emulation (g++ -x c++ -DGIVT_CUDA_EMU), into the test runner.
 #include "launch.cuh"
 
@@ -204,9 +205,19 @@ Outs run_ops(Backend *be, size_t off, size_t off_b, bool odd) {
              e = rnd(n, 30), ec = rnd(n, 31);
         Buf bp(be, p, off, true), bg(be, g, off_b, true), bm(be, m, off, true), bv(be, v, off, true),
             bpc(be, pc, off), be_(be, e, off, true), bec(be, ec, off);
-        be->ops->adamw(be, (float *)bp.p(), (cval *)bpc.p(), (const float *)bg.p(), (float *)bm.p(), (float *)bv.p(), n,
-                       1e-3f, 0.9f, 0.99f, 1e-8f, 0.1f, 0.7f, 3);
+        be->ops->adamw(be, (float *)bp.p(), (cval *)bpc.p(), (const float *)bg.p(), (float *)bm.p(), (float *)bv.p(),
+                       NULL, NULL, n, 1e-3f, 0.9f, 0.99f, 1e-8f, 0.1f, 0.7f, 3, 0.0f);
         be->ops->ema_update(be, (float *)be_.p(), (cval *)bec.p(), (const float *)bp.p(), n, 0.9f);
+        for (const Buf *b : {&bp, &bm, &bv, &bpc, &be_, &bec}) o.push_back(b->get());
+    }
+    {  // adamw with the EMA in its pass: the same inputs (the two-pass results above, bit for bit)
+        const size_t n = 1001;
+        auto p = rnd(n, 25), g = rnd(n, 26), m = rnd(n, 27), v = rnd(n, 28, 0.0f, 1.0f), pc = rnd(n, 29),
+             e = rnd(n, 30), ec = rnd(n, 31);
+        Buf bp(be, p, off, true), bg(be, g, off_b, true), bm(be, m, off, true), bv(be, v, off, true),
+            bpc(be, pc, off), be_(be, e, off, true), bec(be, ec, off);
+        be->ops->adamw(be, (float *)bp.p(), (cval *)bpc.p(), (const float *)bg.p(), (float *)bm.p(), (float *)bv.p(),
+                       (float *)be_.p(), (cval *)bec.p(), n, 1e-3f, 0.9f, 0.99f, 1e-8f, 0.1f, 0.7f, 3, 0.9f);
         for (const Buf *b : {&bp, &bm, &bv, &bpc, &be_, &bec}) o.push_back(b->get());
     }
     return o;
@@ -215,7 +226,8 @@ Outs run_ops(Backend *be, size_t off, size_t off_b, bool odd) {
 const char *k_out_names[] = {"swiglu_fwd", "swiglu_bwd", "shift_bos", "copy_rows", "to_compute",
                              "rmsnorm res_out", "rmsnorm norm_out", "rmsnorm rstd", "rmsnorm dres", "rmsnorm dw",
                              "rmsnorm (no branch) norm_out", "nll dy", "nll loss, sumsq", "adamw p", "adamw m",
-                             "adamw v", "adamw p_compute", "ema", "ema_compute"};
+                             "adamw v", "adamw p_compute", "ema", "ema_compute", "adamw+ema p", "adamw+ema m",
+                             "adamw+ema v", "adamw+ema p_compute", "adamw+ema ema", "adamw+ema ema_compute"};
 // outputs that depend on sums (whose order differs between the 16-byte and the scalar path)
 bool is_sum(int i) { return (i >= 6 && i <= 10) || i == 12; }
 
@@ -235,6 +247,9 @@ TEST(cuda_kernels_aligned_misaligned_orders) {
         for (bool odd : {false, true}) {
             givt_emu::set_order(orders[0], 5);
             const Outs ref = run_ops(be, 0, 0, odd);
+            for (int i = 0; i < 6; i++)  // adamw with its EMA: the bits of adamw, then ema_update
+                CHECK(ref[19 + i] == ref[13 + i], "%s %s: not the bits of %s", label, k_out_names[19 + i],
+                      k_out_names[13 + i]);
             for (int k = 1; k < 3; k++) {
                 givt_emu::set_order(orders[k], 5 + k);
                 const Outs o = run_ops(be, 0, 0, odd);

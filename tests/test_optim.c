@@ -1,10 +1,13 @@
 // test_optim: learning-rate schedules against their formulas, AdamW against a hand-computed step,
-// clipping, and the EMA decay.
+// clipping, the EMA decay, and AdamW with the EMA in one pass against the two passes, bit for bit.
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "harness.h"
 #include "optim.h"
+#include "util.h"
 
 TEST(lr_inverse_sqrt_matches_hf_formula) {
     OptimConfig oc = {.schedule = LR_SCHEDULE_INVERSE_SQRT, .warmup_steps = 1000, .timescale = 1e8};
@@ -42,7 +45,8 @@ TEST(adamw_two_steps_by_hand) {
     double P[2] = {1.0, -2.0}, M[2] = {0}, V[2] = {0};
     const float *gs[2] = {g1, g2};
     for (int t = 1; t <= 2; t++) {
-        be->ops->adamw(be, p, NULL, gs[t - 1], m, v, 2, (float)lr, (float)b1, (float)b2, (float)eps, (float)wd, 0.5f, t);
+        be->ops->adamw(be, p, NULL, gs[t - 1], m, v, NULL, NULL, 2, (float)lr, (float)b1, (float)b2, (float)eps,
+                       (float)wd, 0.5f, t, 0.0f);
         for (int i = 0; i < 2; i++) {  // PyTorch AdamW, in double
             double g = 0.5 * gs[t - 1][i];
             P[i] *= 1 - lr * wd;
@@ -81,6 +85,112 @@ TEST(clipping_scales_to_the_max_norm) {
     adamw_free(&opt, &m);
     model_free(&m);
     backend_close(be);
+}
+
+// One weight set's bytes (master and compute copy) from the backend into a new host buffer
+static unsigned char *weights_bytes(GivtModel *m, const Weights *w, size_t *bytes) {
+    size_t n = m->table.total, f = n * sizeof(float), c = n * dtype_size(m->be->compute);
+    unsigned char *h = malloc(f + c);
+    m->be->ops->download(m->be, h, w->master, f);
+    m->be->ops->download(m->be, h + f, w->compute, c);
+    *bytes = f + c;
+    return h;
+}
+
+// Two models from the same weights, EMA and gradients: one steps as givt-train did (adamw_step,
+// then ema_update_weights), the other with the EMA in AdamW's pass (adamw_step_ema).
+typedef struct {
+    GivtModel m;
+    AdamW opt;
+    Weights ema;
+} EmaRun;
+
+static void ema_run_open(EmaRun *r, Backend *be, const GivtConfig *cfg, const OptimConfig *oc) {
+    model_create(&r->m, cfg, be);
+    model_alloc_grads(&r->m);
+    Rng rng;
+    rng_seed(&rng, 7);
+    model_init_params(&r->m, &rng);
+    model_weights_alloc(&r->m, &r->ema);
+    model_weights_copy(&r->m, &r->ema, &r->m.w);
+    adamw_create(&r->opt, &r->m, oc);
+}
+
+static void ema_run_close(EmaRun *r) {
+    model_weights_free(&r->m, &r->ema);
+    adamw_free(&r->opt, &r->m);
+    model_free(&r->m);
+}
+
+// Steps both runs with the same gradients (seeded by the step) and counts the bytes that differ
+static size_t ema_runs_step(EmaRun *two, EmaRun *one, int steps, double power) {
+    size_t n = two->m.table.total, diff = 0;
+    float *g = malloc(n * sizeof(float));
+    Rng rng;
+    rng_seed(&rng, 11);
+    for (int s = 0; s < steps; s++) {
+        for (size_t i = 0; i < n; i++) g[i] = (float)rng_normal(&rng);
+        param_table_zero_padding(&two->m.table, g);  // as backward leaves it
+        two->m.be->ops->upload(two->m.be, two->m.grads, g, n * sizeof(float));
+        one->m.be->ops->upload(one->m.be, one->m.grads, g, n * sizeof(float));
+        adamw_step(&two->opt, &two->m, two->m.grads, 1e-2, 3.0);
+        cval *ec = (void *)two->ema.compute == (void *)two->ema.master ? NULL : two->ema.compute;
+        ema_update_weights(two->m.be, two->ema.master, ec, two->m.w.master, n, (float)ema_decay(power, two->opt.t));
+        adamw_step_ema(&one->opt, &one->m, one->m.grads, 1e-2, 3.0, &one->ema, power);
+    }
+    const Weights *w2[2] = {&two->m.w, &two->ema}, *w1[2] = {&one->m.w, &one->ema};
+    for (int k = 0; k < 2; k++) {
+        size_t b2, b1;
+        unsigned char *h2 = weights_bytes(&two->m, w2[k], &b2), *h1 = weights_bytes(&one->m, w1[k], &b1);
+        for (size_t i = 0; i < b2; i++) diff += h2[i] != h1[i];
+        free(h2), free(h1);
+    }
+    free(g);
+    return diff;
+}
+
+// Elements of the padding between tensors (model.h: PARAM_ALIGN) that are not zero in w's master
+static size_t padding_nonzero(GivtModel *m, const Weights *w) {
+    float *h = malloc(m->table.total * sizeof(float));
+    model_weights_download(m, w, h);
+    size_t bad = 0;
+    for (int i = 0; i < m->table.count; i++) {
+        const ParamSpec *s = &m->table.specs[i];
+        for (size_t j = s->numel; j < s->slot; j++) bad += h[s->offset + j] != 0.0f;
+    }
+    free(h);
+    return bad;
+}
+
+// AdamW with the EMA in one pass gives the bits of AdamW then the EMA's pass (the weights, the EMA
+// and both compute copies), on every backend here (the CUDA kernels emulated, in bf16 too); the
+// padding between the tensors (which AdamW's runs cross) stays zero.
+TEST(adamw_step_ema_is_adamw_then_ema_update) {
+    GivtConfig cfg;
+    givt_config_default(&cfg);
+    cfg.input_dim = 3, cfg.hidden_dim = 16, cfg.intermediate_dim = 24, cfg.num_heads = 2, cfg.num_layers = 2;
+    cfg.block_size = 8;
+    OptimConfig oc = {.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-8, .weight_decay = 0.1, .grad_norm = 1.0};
+    const char *names[2] = {"cpu", "cuda"};
+    for (int b = 0; b < 2; b++) {
+        char why[256];
+        if (!backend_available(names[b], why, sizeof why)) continue;
+        for (int prec = 0; prec < 2; prec++) {
+            Backend *be = backend_open(names[b], prec ? PRECISION_BF16 : PRECISION_NO);
+            CHECK(be != NULL, "%s: %s", names[b], givt_last_error());
+            if (!be) continue;
+            EmaRun two, one;
+            ema_run_open(&two, be, &cfg, &oc);
+            ema_run_open(&one, be, &cfg, &oc);
+            size_t diff = ema_runs_step(&two, &one, 5, 2.0 / 3.0);
+            CHECK(diff == 0, "%s/%s: %zu bytes differ", names[b], dtype_name(be->compute), diff);
+            CHECK(one.opt.t == 5 && two.opt.t == 5);
+            size_t pad = padding_nonzero(&one.m, &one.m.w) + padding_nonzero(&one.m, &one.ema);
+            CHECK(pad == 0, "%s: %zu elements of the padding are not zero after AdamW and the EMA", names[b], pad);
+            ema_run_close(&two), ema_run_close(&one);
+            backend_close(be);
+        }
+    }
 }
 
 TEST(ema_decay_follows_ema_pytorch_warmup) {

@@ -93,7 +93,17 @@ TEST(reliability_param_count_matches_the_table) {
     cfg.input_dim = 5, cfg.hidden_dim = 12, cfg.intermediate_dim = 7, cfg.num_heads = 3, cfg.num_layers = 3;
     ParamTable pt;
     param_table_build(&pt, &cfg);
-    CHECK(givt_config_num_params(&cfg) == pt.total, "%zu vs %zu", givt_config_num_params(&cfg), pt.total);
+    CHECK(givt_config_num_params(&cfg) == pt.params, "%zu vs %zu", givt_config_num_params(&cfg), pt.params);
+    // the slots: tensors at multiples of PARAM_ALIGN (fc2 right after fc1), tiling the buffer
+    size_t at = 0, bad = 0;
+    for (int i = 0; i < pt.count; i++) {
+        const ParamSpec *s = &pt.specs[i];
+        int fc2 = i >= pt.layer0 + P_FC2 && (i - pt.layer0) % P_PER_LAYER == P_FC2 && i < pt.norm;
+        bad += s->offset != at || (!fc2 && s->offset % PARAM_ALIGN) || s->slot < s->numel;
+        at = s->offset + s->slot;
+    }
+    CHECK(bad == 0 && at == pt.total && pt.total % PARAM_ALIGN == 0, "%zu tensors misplaced; slots end at %zu of %zu",
+          bad, at, pt.total);
     param_table_free(&pt);
     // at the limits the counts stay exact (no wrap): L * (4C^2 + 3FC + 2C) + 3CD + D + C
     cfg.input_dim = GIVT_MAX_INPUT_DIM, cfg.hidden_dim = GIVT_MAX_HIDDEN_DIM, cfg.num_heads = 1;

@@ -6,7 +6,7 @@
 // of the weights); `float *` is always float32 (master weights, weight gradients, AdamW moments, norm
 // statistics, targets); `double *` are backend scalars (loss and norm accumulators).
 // The ops are the units a fast GPU backend fuses: residual add + RMSNorm, RoPE + attention, SwiGLU,
-// the Gaussian NLL with its gradient, AdamW with the refresh of the compute copy.
+// the Gaussian NLL with its gradient, AdamW with the refresh of the compute copy and the EMA.
 // Also here: the Backend instance the ops receive, the element types, and the lists of the table's
 // members (GIVT_OPS_REQUIRED / GIVT_OPS_OPTIONAL, which backend_open checks). backend.h opens
 // backends (the registry) and runs ops (BACKEND_OPC: the profile and NVTX ranges).
@@ -180,12 +180,19 @@ struct GivtOps {
     // *acc (a backend scalar) += the sum of squares of p (n), double accumulation in a fixed order.
     void (*sumsq)(Backend *be, double *acc, const float *p, size_t n);
 
-    // AdamW (PyTorch's formula) on n float32 weights; g is multiplied by grad_scale first (clipping);
-    // t is the 1-based update count for the bias corrections. p_compute (n) gets the updated weights
-    // in the compute dtype, unless it is NULL (the compute copy is p itself).
-    void (*adamw)(Backend *be, float *p, cval *p_compute, const float *g, float *m, float *v, size_t n, float lr,
-                  float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t);
-    // ema = decay * ema + (1 - decay) * p, on n floats; ema_compute as p_compute of adamw.
+    // AdamW (PyTorch's formula) on n float32 weights p (n), moments m, v (n), gradients g (n); g is
+    // multiplied by grad_scale first (clipping); t is the 1-based update count for the bias
+    // corrections. p_compute (n) gets the updated weights in the compute dtype, unless it is NULL (the
+    // compute copy is p itself). The EMA of the weights in the same pass, unless ema is NULL:
+    // ema (n) = ema_decay * ema + (1 - ema_decay) * p with the updated p, exactly as ema_update on
+    // the updated p would (the same float32 arithmetic per element: the same bits); ema_compute (n)
+    // as p_compute. One read of p, g, m, v (and ema), one write of p, m, v (and ema) and the copies.
+    void (*adamw)(Backend *be, float *p, cval *p_compute, const float *g, float *m, float *v, float *ema,
+                  cval *ema_compute, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay,
+                  float grad_scale, int t, float ema_decay);
+    // ema = decay * ema + (1 - decay) * p, on n floats; ema_compute as p_compute of adamw. The EMA as a
+    // pass of its own, where it is not adamw's: under ZeRO-1 (after the gather of the weights), and
+    // givt-bench --ema.
     void (*ema_update)(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay);
 
     // Optional (NULL: none): mark the span of one model op for a profiler (the CUDA backend: NVTX

@@ -618,33 +618,55 @@ static void cpu_sumsq(Backend *be, double *acc, const float *p, size_t n) {
 }
 
 // ---- optimizer ----------------------------------------------------------------------------
-// The compute copy is the float32 weights themselves here: p_compute is NULL (or p).
-static void cpu_adamw(Backend *be, float *p_, cval *p_compute, const float *g_, float *m_, float *v_, size_t n,
-                      float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t) {
-    (void)be;
-    if (p_compute && FP(p_compute) != p_) givt_die("cpu adamw: the compute copy of float32 weights is the weights");
-    float step_size = (float)(lr / (1.0 - pow(beta1, t)));
-    float bc2_sqrt = (float)sqrt(1.0 - pow(beta2, t));
-    float decay = 1.0f - lr * weight_decay;
-    float *restrict p = p_, *restrict m = m_, *restrict v = v_;  // four separate arrays: the loop vectorises
-    const float *restrict g = g_;
+// The compute copies are the float32 buffers themselves here: p_compute, ema_compute NULL (or p, ema).
+// One element of AdamW (PyTorch's formula, the bias corrections in step_size and bc2_sqrt) and of
+// the EMA: the same functions for adamw's fused EMA and ema_update, so that the two give the same bits.
+typedef struct {
+    float beta1, beta2, eps, decay, grad_scale, step_size, bc2_sqrt;
+} CpuAdamw;
+static inline float cpu_adamw_elem(const CpuAdamw *a, float g, float *m, float *v, float p) {
+    float gi = g * a->grad_scale;
+    float mi = a->beta1 * *m + (1.0f - a->beta1) * gi;
+    float vi = a->beta2 * *v + (1.0f - a->beta2) * gi * gi;
+    float denom = sqrtf(vi) / a->bc2_sqrt + a->eps;
+    *m = mi;
+    *v = vi;
+    return p * a->decay - a->step_size * (mi / denom);
+}
+static inline float cpu_ema_elem(float decay, float e, float p) { return decay * e + (1.0f - decay) * p; }
+
+// p, m, v (n) updated from g (n); ema (n) too when not NULL. Separate loops, so that each
+// vectorises over its arrays (restrict: p, g, m, v, ema are distinct buffers).
+static void cpu_adamw_loop(const CpuAdamw *a, float *restrict p, const float *restrict g, float *restrict m,
+                           float *restrict v, float *restrict ema, size_t n, float ema_decay) {
+    if (ema) {
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i] * grad_scale;
-        float mi = beta1 * m[i] + (1.0f - beta1) * gi;
-        float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-        float denom = sqrtf(vi) / bc2_sqrt + eps;
-        m[i] = mi;
-        v[i] = vi;
-        p[i] = p[i] * decay - step_size * (mi / denom);
+        for (size_t i = 0; i < n; i++) {
+            p[i] = cpu_adamw_elem(a, g[i], &m[i], &v[i], p[i]);
+            ema[i] = cpu_ema_elem(ema_decay, ema[i], p[i]);
+        }
+    } else {
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) p[i] = cpu_adamw_elem(a, g[i], &m[i], &v[i], p[i]);
     }
+}
+
+static void cpu_adamw(Backend *be, float *p, cval *p_compute, const float *g, float *m, float *v, float *ema,
+                      cval *ema_compute, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay,
+                      float grad_scale, int t, float ema_decay) {
+    (void)be;
+    if (p_compute && FP(p_compute) != p) givt_die("cpu adamw: the compute copy of float32 weights is the weights");
+    if (ema_compute && (!ema || FP(ema_compute) != ema)) givt_die("cpu adamw: the EMA's compute copy is the EMA");
+    CpuAdamw a = {beta1, beta2, eps, 1.0f - lr * weight_decay, grad_scale, (float)(lr / (1.0 - pow(beta1, t))),
+                  (float)sqrt(1.0 - pow(beta2, t))};
+    cpu_adamw_loop(&a, p, g, m, v, ema, n, ema_decay);
 }
 
 static void cpu_ema_update(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay) {
     (void)be;
     if (ema_compute && FP(ema_compute) != ema) givt_die("cpu ema_update: the compute copy is the EMA weights");
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) ema[i] = decay * ema[i] + (1.0f - decay) * p[i];
+    for (size_t i = 0; i < n; i++) ema[i] = cpu_ema_elem(decay, ema[i], p[i]);
 }
 
 static const GivtOps g_cpu_ops = {

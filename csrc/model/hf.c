@@ -155,6 +155,7 @@ static int load_all(const StFile *f, const ParamTable *pt, float *params_host) {
         if (param_table_find(pt, f->tensors[i].name) < 0)
             return givt_fail("%s: unexpected tensor \"%.200s\" (not a parameter of this model configuration)",
                              f->path, f->tensors[i].name);
+    param_table_zero_padding(pt, params_host);
     for (int i = 0; i < pt->count; i++) {
         const ParamSpec *s = &pt->specs[i];
         int64_t shape[2];

@@ -13,7 +13,8 @@ int hf_read_config_json(const char *path, GivtConfig *cfg);  // the same, given 
 // Writes config.json (every GIVT.md key, "model_type": "givt", "architectures": ["GIVT"]) atomically.
 int hf_write_config_json(const char *path, const GivtConfig *cfg);
 
-// Reads <folder>/model.safetensors into params_host (pt->total floats): every table tensor must be
+// Reads <folder>/model.safetensors into params_host (pt->total floats: each tensor at its offset, the
+// padding between them zeroed; files hold the tensors only, end to end): every table tensor must be
 // there with its exact shape (F32, F16 or BF16), no other tensor may be, and every value must be
 // finite (a NaN or infinity fails, naming the file, the tensor and the first bad element).
 int hf_load_weights(const char *folder, const ParamTable *pt, float *params_host);

@@ -150,7 +150,8 @@ double givt_config_flops_per_token(const GivtConfig *cfg, int T, size_t *matmul_
 }
 
 // ---- parameter table ----------------------------------------------------------------------
-static void table_add(ParamTable *pt, const char *name, int d0, int d1, ParamInit init) {
+// Appends a tensor [d0, d1] (d1 0: [d0]); joined: the next tensor continues it, without padding.
+static void table_add_joined(ParamTable *pt, const char *name, int d0, int d1, ParamInit init, int joined) {
     ParamSpec *s = &pt->specs[pt->count++];
     memset(s, 0, sizeof *s);
     snprintf(s->name, sizeof s->name, "%s", name);
@@ -161,7 +162,12 @@ static void table_add(ParamTable *pt, const char *name, int d0, int d1, ParamIni
     s->weight_decay = s->ndim > 1;
     s->numel = (size_t)d0 * (size_t)(d1 > 0 ? d1 : 1);
     s->offset = pt->total;
-    pt->total += s->numel;
+    s->slot = joined ? s->numel : (s->offset + s->numel + PARAM_ALIGN - 1) / PARAM_ALIGN * PARAM_ALIGN - s->offset;
+    pt->total += s->slot;
+    pt->params += s->numel;
+}
+static void table_add(ParamTable *pt, const char *name, int d0, int d1, ParamInit init) {
+    table_add_joined(pt, name, d0, d1, init, 0);
 }
 
 // The table of GIVT.md, in this order: embed, bos, class_embed (only when num_classes > 0), blocks
@@ -198,7 +204,7 @@ void param_table_build(ParamTable *pt, const GivtConfig *cfg) {
         };
         for (int k = 0; k < P_PER_LAYER; k++) {
             snprintf(name, sizeof name, "model.blocks.%d.%s", l, layer[k].suffix);
-            table_add(pt, name, layer[k].d0, layer[k].d1, layer[k].init);
+            table_add_joined(pt, name, layer[k].d0, layer[k].d1, layer[k].init, k == P_FC1);  // fc1 | fc2
         }
     }
     pt->norm = pt->count;
@@ -218,7 +224,23 @@ int param_table_find(const ParamTable *pt, const char *name) {
     return -1;
 }
 
+size_t param_table_total(const GivtConfig *cfg) {
+    ParamTable pt;
+    param_table_build(&pt, cfg);
+    size_t total = pt.total;
+    param_table_free(&pt);
+    return total;
+}
+
+void param_table_zero_padding(const ParamTable *pt, float *params) {
+    for (int i = 0; i < pt->count; i++) {
+        const ParamSpec *s = &pt->specs[i];
+        memset(params + s->offset + s->numel, 0, (s->slot - s->numel) * sizeof(float));
+    }
+}
+
 void param_table_init(const ParamTable *pt, float *params, Rng *rng) {
+    param_table_zero_padding(pt, params);
     for (int i = 0; i < pt->count; i++) {
         const ParamSpec *s = &pt->specs[i];
         float *p = params + s->offset;
@@ -414,7 +436,7 @@ static void rope_cache_build(GivtModel *m) {
 }
 
 size_t model_weights_bytes(const GivtConfig *cfg, Backend *be) {
-    size_t P = givt_config_num_params(cfg), n_elem = (size_t)givt_config_rope_n_elem(cfg);
+    size_t P = param_table_total(cfg), n_elem = (size_t)givt_config_rope_n_elem(cfg);  // padding included
     size_t rope = size_mul3(2 * sizeof(float), (size_t)cfg->block_size, n_elem > 0 ? n_elem : 1);
     size_t copy = be->compute == DTYPE_F32 ? 0 : size_mul(P, dtype_size(be->compute));
     return size_add(size_add(size_mul(P, sizeof(float)), copy), rope);
@@ -734,11 +756,12 @@ ModelLoss model_eval_loss_cond(GivtModel *m, const Weights *w, const float *x, c
     return out;
 }
 
-// Tensors [first, first + count) of the table have their final gradients.
+// Tensors [first, first + count) of the table have their final gradients: their slots (the padding
+// too, so that the ranges reported tile the buffer).
 static void report_ready(GivtModel *m, int first, int count) {
     if (!m->grads_ready) return;
     const ParamSpec *a = &m->table.specs[first], *b = &m->table.specs[first + count - 1];
-    m->grads_ready(m->grads_ready_user, a->offset, b->offset + b->numel - a->offset);
+    m->grads_ready(m->grads_ready_user, a->offset, b->offset + b->slot - a->offset);
 }
 
 void model_backward(GivtModel *m, const Weights *w) {

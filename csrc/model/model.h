@@ -113,12 +113,22 @@ typedef struct {
     int shape[2];      // PyTorch order: [out, in] for Linear weights
     ParamInit init;
     int weight_decay;  // 1 for tensors with more than one dimension (AdamW decay group)
-    size_t offset;     // in floats, into the one flat parameter buffer
+    size_t offset;     // in floats, into the flat parameter buffers (see PARAM_ALIGN)
     size_t numel;
+    size_t slot;       // offset + slot: where the next tensor starts (numel, and the padding)
 } ParamSpec;
 
-// Per-layer tensors, in table order. fc1 and fc2 are adjacent so that together they form one
-// [2F, C] matrix for a single matmul.
+// Every tensor starts at a multiple of PARAM_ALIGN elements of the flat buffers (the master weights,
+// gradients, AdamW moments, the EMA and the compute copies): 512 bytes in float32, 256 in bf16, so
+// that cuBLASLt's heuristic sees 256-byte aligned operands (matmul.cu) - except fc2, which follows
+// fc1 directly (the two are one [2F, C] matrix, aligned at fc1). A tensor's slot is [offset, offset +
+// slot): its numel elements and the padding to the next tensor, always zero (the initialisation and
+// every load write zeros there; AdamW and the EMA keep zeros zero; no op writes there). The slots
+// tile [0, total). Files (safetensors) hold the tensors only, whatever the padding.
+#define PARAM_ALIGN 128
+
+// Per-layer tensors, in table order. fc1 and fc2 are adjacent (no padding between them) so that
+// together they form one [2F, C] matrix for a single matmul.
 enum {
     P_ATTN_NORM,
     P_QKV,
@@ -133,7 +143,8 @@ enum {
 typedef struct {
     ParamSpec *specs;
     int count;
-    size_t total;  // floats
+    size_t total;   // elements of the flat buffers: the tensors' slots, padding included
+    size_t params;  // the parameters (the sum of numel): the count users are shown
     // indices into specs of the non-layer tensors
     int embed, bos, norm, head;
     int class_embed;  // -1 for an unconditional model (num_classes = 0)
@@ -144,8 +155,12 @@ typedef struct {
 void param_table_build(ParamTable *pt, const GivtConfig *cfg);
 void param_table_free(ParamTable *pt);
 int param_table_find(const ParamTable *pt, const char *name);  // -1 if absent
-// Fills params (host, pt->total floats) with the table's initialisation, from rng.
+// Fills params (host, pt->total floats) with the table's initialisation, from rng (the padding zero).
 void param_table_init(const ParamTable *pt, float *params, Rng *rng);
+// Zeros the padding of every tensor's slot in params (host, pt->total floats).
+void param_table_zero_padding(const ParamTable *pt, float *params);
+// The elements of the flat buffers (ParamTable.total) of a valid configuration's table.
+size_t param_table_total(const GivtConfig *cfg);
 
 // ---- the model ----------------------------------------------------------------------------
 typedef struct GivtActs GivtActs;

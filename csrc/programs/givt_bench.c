@@ -84,7 +84,8 @@ static int bench_sgemm(int M, int N, int K, int reps) {
     return 0;
 }
 
-// givt-train's EMA update after optimizer update `updates` (power 2/3, the seed's).
+// givt-train's EMA update after optimizer update `updates` (power 2/3, the seed's), as a pass of its
+// own (--no-adamw --ema; with AdamW the EMA runs in its pass: adamw_step_ema).
 static void bench_ema_step(GivtModel *m, Weights *ema, long updates) {
     cval *compute = (void *)ema->compute == (void *)ema->master ? NULL : ema->compute;
     ema_update_weights(m->be, ema->master, compute, m->w.master, m->table.total, (float)ema_decay(2.0 / 3.0, updates));
@@ -322,7 +323,7 @@ int main(int argc, char **argv) {
     double *times = xcalloc((size_t)steps, sizeof(double));
     printf("model: D %d C %d F %d H %d L %d, T %d, B %d; %zu params (%zu in matmuls); %.3f GFLOP/step%s\n",
            cfg.input_dim, cfg.hidden_dim, cfg.intermediate_dim, cfg.num_heads, cfg.num_layers, T, B,
-           m.table.total, mm_params, fpt * tokens / 1e9, adamw ? "" : " (no optimizer step)");
+           m.table.params, mm_params, fpt * tokens / 1e9, adamw ? "" : " (no optimizer step)");
     for (int s = 0; s < warmup + steps; s++) {
         if (s == warmup && profile) backend_profile_start(be);  // profile the timed steps only
         backend_synchronize(be);  // GPU ops are asynchronous: the clock brackets finished work
@@ -337,8 +338,10 @@ int main(int argc, char **argv) {
         double sc[2];
         ops->download(be, sc, m.scalars + SCALAR_LOSS_SUM, sizeof sc);
         loss = sc[0] / ((double)B * T * cfg.input_dim);
-        if (adamw) adamw_step(&opt, &m, m.grads, oc.lr, sqrt(sc[1]));
-        if (ema) bench_ema_step(&m, &ema_w, s + 1);
+        if (adamw)  // with --ema, the EMA in AdamW's pass, as givt-train's step
+            adamw_step_ema(&opt, &m, m.grads, oc.lr, sqrt(sc[1]), ema ? &ema_w : NULL, 2.0 / 3.0);
+        else if (ema)
+            bench_ema_step(&m, &ema_w, s + 1);
         backend_synchronize(be);
         double dt = util_time_now_s() - t0;
         if (!isfinite(loss)) givt_die("step %d: loss is %g", s, loss);
@@ -373,7 +376,7 @@ int main(int argc, char **argv) {
     printf("RESULT impl=givt threads=%d tokens_per_s=%.1f ms_per_step=%.2f best_ms=%.2f gflops=%.2f params=%zu "
            "flops_per_token=%.0f loss=%.5f backend=%s compute=%s%s\n",
            omp_get_max_threads(), tokens / per_step, 1e3 * per_step, 1e3 * best, fpt * tokens / per_step / 1e9,
-           m.table.total, fpt, loss, be->name, dtype_name(be->compute), extra);
+           m.table.params, fpt, loss, be->name, dtype_name(be->compute), extra);
 
     adamw_free(&opt, &m);
     if (ema) model_weights_free(&m, &ema_w);

@@ -118,7 +118,7 @@ void metrics_say_start(Trainer *tr) {
     train_log_say(&tr->log,
                   "givt-train: %zu parameters, %lld training / %lld validation sequences of T = %d, backend %s (%s, "
                   "%s compute)",
-                  tr->model.table.total, (long long)data_num_train(&tr->data), (long long)data_num_val(&tr->data),
+                  tr->model.table.params, (long long)data_num_train(&tr->data), (long long)data_num_val(&tr->data),
                   tr->T, tr->be->name, tr->be->device, dtype_name(tr->be->compute));
     if (strcmp(d->name, "single") != 0)
         snprintf(comm, sizeof comm, " (%s communicator, started by %s%s)", d->name, d->launcher,

@@ -4,6 +4,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "util.h"
+
 double lr_factor(const OptimConfig *oc, long step) {
     if (step < oc->warmup_steps) return (double)step / (double)(oc->warmup_steps > 1 ? oc->warmup_steps : 1);
     switch (oc->schedule) {
@@ -44,20 +46,37 @@ void adamw_free(AdamW *opt, const GivtModel *model) {
 
 // ---- the optimizer's ops, through the op profile (ops.h's BACKEND_OPC) ----------------------------
 // Bytes moved by each: sumsq reads n floats; ema_update reads ema and p and writes ema (and the
-// compute copy); adamw reads p, g, m, v and writes p, m, v (and the compute copy). All memory bound:
-// flops 0, the profile shows their GB/s.
+// compute copy); adamw reads p, g, m, v and writes p, m, v (and the compute copy), and with the
+// EMA also reads and writes ema (and writes its compute copy). All memory bound: flops 0, the
+// profile shows their GB/s. Per parameter, e the compute dtype's size (bf16: 2; float32 compute:
+// no copy, the copy is the master itself):
+//   adamw            7 x 4 + e       = 30 bytes (bf16), 28 (float32)
+//   adamw + EMA      9 x 4 + 2e      = 40 bytes (bf16), 36 (float32)  (one pass, givt-train)
+//   adamw, then ema_update: 30 + (3 x 4 + e) = 44 bytes (bf16), 40 (float32)  (two passes: ZeRO-1)
 static OpCost sumsq_cost(size_t n) { return (OpCost){0, (double)n * sizeof(float)}; }
-static OpCost update_cost(size_t n, int f32_passes, const cval *compute, size_t esize) {
-    return (OpCost){0, (double)n * ((double)f32_passes * sizeof(float) + (compute ? (double)esize : 0.0))};
+// f32_passes float32 reads and writes, and `copies` compute copies written, of n elements
+static OpCost update_cost(size_t n, int f32_passes, int copies, size_t esize) {
+    return (OpCost){0, (double)n * ((double)f32_passes * sizeof(float) + (double)copies * (double)esize)};
 }
 
+// The gradient's sum of squares (the clipping's global norm) is a pass of its own, 4 bytes per
+// parameter read (float32 gradients), before AdamW's pass: the clipping scale that AdamW applies
+// needs the norm over every gradient first, and the host computes it (adamw_step's norm). It cannot
+// join an existing pass without changing results or ordering: the gradients are final only after
+// the backward's last matmul_bwd (cuBLASLt) and the all-reduce (NCCL or MPI, not our kernels) or
+// ZeRO-1's reduce-scatter, and model_zero_grads runs before them; summing per tensor as each
+// becomes ready (grads_ready) would change the order of the double sums, hence the norm's bits, and
+// under gradient accumulation only the last micro-batch's backward sees final gradients. One pass
+// (4 bytes/parameter, against AdamW's 30-40) is the minimum while the host decides the clipping
+// (device-side clipping is issue 21). The optimizer's part of a step, per parameter (bf16, EMA on):
+// 4 (sumsq) + 40 (adamw with the EMA) = 44 bytes, where it was 4 + 30 + 14 = 48 in three passes.
 void grad_sumsq_buffer(Backend *be, double *acc, const float *p, size_t n) {
     BACKEND_OPC(be, sumsq_cost(n), sumsq, acc, p, n);
 }
 
 void ema_update_weights(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay) {
-    BACKEND_OPC(be, update_cost(n, 3, ema_compute, dtype_size(be->compute)), ema_update, ema, ema_compute, p, n,
-                decay);
+    BACKEND_OPC(be, update_cost(n, 3, ema_compute != NULL, dtype_size(be->compute)), ema_update, ema, ema_compute,
+                p, n, decay);
 }
 
 void grad_sumsq(const GivtModel *model, double *acc) {
@@ -73,38 +92,63 @@ double grad_global_norm(GivtModel *model) {
     return sqrt(ss);
 }
 
-void adamw_step(AdamW *opt, GivtModel *model, const float *grads, double lr, double norm) {
-    const OptimConfig *c = &opt->cfg;
-    double scale = 1.0;
-    if (c->grad_norm > 0) {
-        double coef = c->grad_norm / (norm + 1e-6);
-        if (coef < 1.0) scale = coef;
+// min(1, grad_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_; 1 without clipping
+static double clip_scale(const OptimConfig *c, double norm) {
+    if (c->grad_norm <= 0) return 1.0;
+    double coef = c->grad_norm / (norm + 1e-6);
+    return coef < 1.0 ? coef : 1.0;
+}
+
+// The end of the run of neighbouring tensors from spec i with the same weight decay, padding
+// included (the tensors' slots tile the flat buffers; the padding is zero and stays zero: g = m = v
+// = p = 0 gives p = 0); *next = the first spec after it. The runs tile [0, table.total).
+static size_t run_end(const ParamTable *pt, int i, int *next) {
+    const ParamSpec *s = &pt->specs[i];
+    size_t end = s->offset + s->slot;
+    int j = i + 1;
+    for (; j < pt->count; j++) {
+        const ParamSpec *n = &pt->specs[j];
+        if (n->offset != end || !n->weight_decay != !s->weight_decay) break;
+        end = n->offset + n->slot;
     }
+    *next = j;
+    return end;
+}
+
+// A compute buffer of w (or of the EMA) at element a, or NULL when it is the float32 buffer itself
+static cval *compute_at(const Weights *w, size_t a, size_t esize) {
+    return (void *)w->compute == (void *)w->master ? NULL : (cval *)((char *)w->compute + a * esize);
+}
+
+void adamw_step_ema(AdamW *opt, GivtModel *model, const float *grads, double lr, double norm, const Weights *ema,
+                    double ema_power) {
+    const OptimConfig *c = &opt->cfg;
+    double scale = clip_scale(c, norm);
+    if (ema && (opt->first != 0 || opt->count != model->table.total))
+        givt_die("adamw_step_ema: the EMA in AdamW's pass needs the whole table (not a ZeRO-1 part)");
     opt->t++;
+    float decay = ema ? (float)ema_decay(ema_power, opt->t) : 0.0f;
     Backend *be = model->be;
     Weights *w = &model->w;
-    int separate = (void *)w->compute != (void *)w->master;  // a compute copy to refresh
     size_t esize = dtype_size(be->compute);
     size_t lo = opt->first, hi = opt->first + opt->count;
-    // One sweep per run of neighbouring tensors with the same weight decay (the tensors lie end to
-    // end in the flat buffers): a handful of calls for the whole model instead of one per tensor.
+    // One sweep per run of neighbouring tensors with the same weight decay: a handful of calls for
+    // the whole model instead of one per tensor.
     for (int i = 0; i < model->table.count;) {
         const ParamSpec *s = &model->table.specs[i];
-        size_t end = s->offset + s->numel;
-        int j = i + 1;
-        for (; j < model->table.count; j++) {
-            const ParamSpec *n = &model->table.specs[j];
-            if (n->offset != end || !n->weight_decay != !s->weight_decay) break;
-            end = n->offset + n->numel;
-        }
-        i = j;
+        size_t end = run_end(&model->table, i, &i);
         size_t a = s->offset > lo ? s->offset : lo, b = end < hi ? end : hi;  // the run's overlap with the part
         if (a >= b) continue;
-        cval *pc = separate ? (cval *)((char *)w->compute + a * esize) : NULL;
-        BACKEND_OPC(be, update_cost(b - a, 7, pc, esize), adamw, w->master + a, pc, grads + (a - lo), opt->m + (a - lo),
-                    opt->v + (a - lo), b - a, (float)lr, (float)c->beta1, (float)c->beta2, (float)c->eps,
-                    s->weight_decay ? (float)c->weight_decay : 0.0f, (float)scale, (int)opt->t);
+        cval *pc = compute_at(w, a, esize), *ec = ema ? compute_at(ema, a, esize) : NULL;
+        OpCost cost = update_cost(b - a, ema ? 9 : 7, (pc != NULL) + (ec != NULL), esize);
+        BACKEND_OPC(be, cost, adamw, w->master + a, pc, grads + (a - lo), opt->m + (a - lo), opt->v + (a - lo),
+                    ema ? ema->master + a : NULL, ec, b - a, (float)lr, (float)c->beta1, (float)c->beta2,
+                    (float)c->eps, s->weight_decay ? (float)c->weight_decay : 0.0f, (float)scale, (int)opt->t, decay);
     }
+}
+
+void adamw_step(AdamW *opt, GivtModel *model, const float *grads, double lr, double norm) {
+    adamw_step_ema(opt, model, grads, lr, norm, NULL, 0.0);
 }
 
 double ema_decay(double power, long updates) {

@@ -55,6 +55,12 @@ double grad_global_norm(GivtModel *model);
 // first, as torch.nn.utils.clip_grad_norm_ does, norm being the global norm. Decay applies to
 // tensors with more than one dim.
 void adamw_step(AdamW *opt, GivtModel *model, const float *grads, double lr, double norm);
+// adamw_step with the EMA of the weights in the same pass when ema is not NULL: ema (master and
+// compute copy) = d * ema + (1 - d) * the updated weights, d = ema_decay(ema_power, the update count
+// after this step), the same bits as adamw_step followed by ema_update_weights. Only for the whole
+// table (opt->first 0, count table.total): under ZeRO-1 the EMA is a pass of its own after the gather.
+void adamw_step_ema(AdamW *opt, GivtModel *model, const float *grads, double lr, double norm, const Weights *ema,
+                    double ema_power);
 
 // EMA decay for the `updates`-th update (1-based), as ema_pytorch's EMA(power=..) computes it when
 // updated every step from the start: 0 (a copy) for the first two, then min(0.9999, 1 - (updates-1)^-power).

@@ -101,6 +101,8 @@ int train_state_read(const char *path, const ParamTable *pt, float *mh, float *v
     if (st_open(&f, path) != 0) return -1;
     memset(s, 0, sizeof *s);
     int rc = read_meta(&f, s);
+    param_table_zero_padding(pt, mh);  // the file holds the tensors only: the padding is zero
+    param_table_zero_padding(pt, vh);
     for (int i = 0; rc == 0 && i < pt->count; i++)
         for (int k = MOMENT_AVG; rc == 0 && k <= MOMENT_AVG_SQ; k++) {
             const ParamSpec *p = &pt->specs[i];

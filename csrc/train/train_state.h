@@ -29,11 +29,13 @@ typedef struct {
 } TrainState;
 
 // Writes path atomically: "exp_avg.<name>" and "exp_avg_sq.<name>" for every parameter of pt (mh,
-// vh: the moments of the whole table, pt->total floats each) and the state in __metadata__.
+// vh: the moments of the whole table, pt->total floats each; the tensors only, not the padding
+// between them: the file is the same whatever PARAM_ALIGN) and the state in __metadata__.
 int train_state_write(const char *path, const ParamTable *pt, const float *mh, const float *vh, const TrainState *s);
 
-// Reads path into mh, vh (pt->total floats each) and *s, checking the format, every tensor's shape,
-// finite first moments, finite non-negative second moments, and each metadata value's range:
+// Reads path into mh, vh (pt->total floats each, the tensors' padding zeroed) and *s, checking the
+// format, every tensor's shape, finite first moments, finite non-negative second moments, and each
+// metadata value's range:
 // step in [0, TRAIN_STATE_MAX_STEP], skipped_steps in [0, step], adamw_t = step - skipped_steps,
 // data_epoch in [0, TRAIN_STATE_MAX_EPOCH], data_index >= 0, world_size in [1, TRAIN_STATE_MAX_WORLD],
 // global_batch in [1, INT32_MAX] when present.

@@ -198,13 +198,13 @@ typedef struct {
 // The float32 AdamW moments one rank holds: m and v of the whole table, or under ZeRO-1 of its part
 // (and the mean gradient of that part).
 static size_t moments_bytes(const TrainConfig *c, int world_size) {
-    size_t P = givt_config_num_params(&c->model), part = (P + (size_t)world_size - 1) / (size_t)world_size;
+    size_t P = param_table_total(&c->model), part = (P + (size_t)world_size - 1) / (size_t)world_size;
     return c->train.zero ? size_mul3(part, 3, sizeof(float)) : size_mul3(P, 2, sizeof(float));
 }
 
 static MemoryPlan memory_plan(const TrainConfig *c, Backend *be, int world_size) {
     const TrainSettings *ts = &c->train;
-    size_t P = givt_config_num_params(&c->model), f32 = sizeof(float), T = (size_t)c->data.seq_len;
+    size_t P = param_table_total(&c->model), f32 = sizeof(float), T = (size_t)c->data.seq_len;  // padded
     // float32 gradients and two host copies while a checkpoint is written or read (on the CPU
     // backend, host and device memory are the same), the moments, plus the EMA (a whole weight set)
     size_t batch = size_mul3(size_mul((size_t)ts->batch_size, T), (size_t)c->model.input_dim, 2 * f32);
@@ -355,7 +355,7 @@ static void say_init_from(Trainer *tr) {
                  k, GIVT_CONFIG_NKEYS, m->input_dim, m->hidden_dim, m->intermediate_dim, m->num_heads, m->num_layers,
                  m->block_size);
     train_log_say(&tr->log, "givt-train: init_from = %s: loaded its weights (%zu parameters)%s", tr->cfg.train.init_from,
-                  tr->model.table.total, from);
+                  tr->model.table.params, from);
 }
 
 static int setup(Trainer *tr) {
@@ -427,7 +427,7 @@ static void teardown(Trainer *tr) {
     data_close(&tr->data);
 }
 
-// ema = decay * ema + (1 - decay) * weights, master and compute copy
+// ema = decay * ema + (1 - decay) * weights, master and compute copy, as a pass of its own (ZeRO-1)
 static void ema_step(Trainer *tr, float decay) {
     GivtModel *m = &tr->model;
     cval *compute = (void *)tr->ema.compute == (void *)tr->ema.master ? NULL : tr->ema.compute;
@@ -443,6 +443,22 @@ static void gather_weights(Trainer *tr) {
     OpCost cost = {0, (double)n * (double)(sizeof(float) + dtype_size(tr->be->compute))};  // read f32, write compute
     if ((void *)m->w.compute != (void *)m->w.master)
         BACKEND_OPC(tr->be, cost, to_compute, m->w.compute, m->w.master, n);
+}
+
+// AdamW (the clipping by the global norm gnorm) and the EMA, once the gradients are reduced. The EMA
+// is updated on every step AdamW is (after the last micro-batch; a skipped step updates neither), in
+// AdamW's pass over the weights - except under ZeRO-1, where this rank updates its part only and
+// the EMA of every weight needs them all: there it stays a pass of its own after the gather (every
+// rank keeps the whole EMA).
+static void update_weights(Trainer *tr, double lr, double gnorm) {
+    GivtModel *m = &tr->model;
+    if (!tr->zero) {
+        adamw_step_ema(&tr->opt, m, m->grads, lr, gnorm, tr->has_ema ? &tr->ema : NULL, tr->cfg.train.ema);
+        return;
+    }
+    adamw_step(&tr->opt, m, tr->grad_part, lr, gnorm);
+    gather_weights(tr);
+    if (tr->has_ema) ema_step(tr, (float)ema_decay(tr->cfg.train.ema, tr->opt.t));
 }
 
 // One optimizer step: gradients, the finiteness check, clipping, AdamW and the EMA.
@@ -471,9 +487,7 @@ static StepResult train_step(Trainer *tr, double *loss, double *lr, double *gnor
     }
     tr->skipped_in_row = 0;
     backend_range_push(tr->be, "optimizer");
-    adamw_step(&tr->opt, m, tr->zero ? tr->grad_part : m->grads, *lr, *gnorm);
-    if (tr->zero) gather_weights(tr);
-    if (tr->has_ema) ema_step(tr, (float)ema_decay(tr->cfg.train.ema, tr->opt.t));
+    update_weights(tr, *lr, *gnorm);
     backend_range_pop(tr->be);
     return STEP_DONE;
 }
