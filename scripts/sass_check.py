@@ -19,7 +19,6 @@ import subprocess
 import sys
 from collections import Counter, OrderedDict
 
-ITEM3 = "to be fixed by issue 19 item 3"
 
 # ---- the rules ---------------------------------------------------------------------------------
 # ONE table: each rule says what it checks, where (kernel name patterns, fnmatch on the short names of
@@ -42,11 +41,13 @@ def _no_local(k):
 
 
 def _wide_loads(k):
-    n = sum(k.ldg.values())
-    if n == 0:
+    # LDGSTS (cp.async.cg: global to shared, 16 bytes a thread) counts as a 16-byte global load
+    n, cp = sum(k.ldg.values()), k.c["LDGSTS"]
+    if n + cp == 0:
         return True, "no global loads"
-    return k.ldg_bytes_mean() >= 8.0, (f"{k.ldg_bytes_mean():.1f} B per global load instruction "
-                                       f"(LDG by width {k.width_str(k.ldg)})")
+    mean = (k.ldg_bytes_mean() * n + 16.0 * cp) / (n + cp)
+    return mean >= 8.0, (f"{mean:.1f} B per global load instruction (LDG by width {k.width_str(k.ldg)}"
+                         + (f", {cp} LDGSTS.128" if cp else "") + ")")
 
 
 def _ldsm_hmma(k):
@@ -61,14 +62,7 @@ RULES = [
         why="A generic LD/ST (not LDG/LDS/LDL) means the compiler lost the address space: the access "
             "goes through the generic window (extra latency, no LDS/LDSM forms), and because a generic "
             "store may alias any global load, loads cannot be hoisted past it (one load in flight).",
-        exempt=[
-            (["attn_wmma_fwd_kernel", "attn_wmma_dkdv_kernel", "attn_wmma_dq_kernel"], "known",
-             "generic LD.E only (no generic ST): the bf16 WMMA fragment loads (4 per fragment, 264 in "
-             "all). nvcc 13 emits wmma.load.{a,b}...bf16 without .shared even from a __shared__ array "
-             "(the f16 forms get .shared and LDSM), so no source change reaches LDS/LDSM while the "
-             "kernels use WMMA; every other shared access is LDS/STS. The fix is ldmatrix through the "
-             "emulated PTX header of issue 20 (the FlashAttention-2 rewrite)"),
-        ]),
+        exempt=[]),
     dict(
         name="no-local-memory",
         check=_no_local,
@@ -83,7 +77,7 @@ RULES = [
         applies=["*"],
         why="A kernel that streams memory (and attention's tile loads) needs at least 8 bytes per thread "
             "per global load instruction "
-            "(LDG.E.64 / LDG.E.128; the mean over the kernel's LDG instructions, so a short scalar "
+            "(LDG.E.64 / LDG.E.128 / LDGSTS; the mean over the kernel's LDG and LDGSTS instructions, so a short scalar "
             "tail is allowed beside a vectorized main loop) to keep enough bytes in flight to "
             "saturate HBM: 2-byte loads need 4-8x the instructions and load slots for the same bytes.",
         exempt=[
@@ -96,16 +90,14 @@ RULES = [
              "one thread per row of W = K + 2KD elements (W odd for odd K: rows not 8-byte aligned), "
              "double-precision exp/log per element: compute-bound (its grid: one row a thread, N/64 "
              "blocks of 64, since issue 19 item 3)"),
+            (["attn_mma_bwd_d_kernel<false>"], "n/a",
+             "the fallback of D = rowsum(dO * O) for hd % 8 != 0 or dO / O rows not 16-byte aligned; "
+             "the model's shapes take attn_mma_bwd_d_kernel<true> (16-byte loads)"),
             (["red_final_kernel"], "n/a",
              "one block summing at most 1024 double partials (8-byte loads already)"),
             (["class_embed_fwd_kernel<*>", "class_embed_bwd_kernel<*>", "shift_bos_bwd_kernel<*>"], "n/a",
              "position 0 only: B x C (B x D) elements a step, 1/T of one pass over the activations; "
              "not on the bandwidth path"),
-            # bandwidth-bound kernels with 2- or 4-byte loads today
-            (["attn_rope_kernel<*>"],
-             "known",
-             "one element per thread per iteration: 2- or 4-byte loads, a division or two per element; "
-             + ITEM3),
         ]),
     dict(
         name="attention-ldsm-hmma",
@@ -117,10 +109,10 @@ RULES = [
             "rows) and run its products as HMMA; 32-bit loads per fragment register cost up to 4x the "
             "shared-memory instructions.",
         exempt=[
-            (["attn_wmma_fwd_kernel", "attn_wmma_dkdv_kernel", "attn_wmma_dq_kernel"], "known",
-             "HMMA present, but no LDSM: nvcc 13 compiles the bf16 WMMA fragment loads to generic "
-             "32-bit LD.E (wmma.load...bf16 never gets .shared, see no-generic-ldst); ldmatrix through "
-             "the emulated PTX header of issue 20 (the FlashAttention-2 rewrite) is the fix"),
+            (["attn_mma_bwd_d_kernel<*>", "attn_mma_bwd_dq_kernel<*>"], "n/a",
+             "the bf16 backward's bandwidth-bound helpers, no matrix product: D = rowsum(dO * O) per "
+             "row, and the fixed-order sum of the key-tile groups' fp32 dQ partials (with the RoPE "
+             "transpose); they are held to wide-global-loads instead"),
             (["attn_fwd_kernel<float>", "attn_bwd_dkdv_kernel<float>", "attn_bwd_dq_kernel<float>"], "n/a",
              "fp32 attention (mixed_precision = no): FMA kernels by design, the mode that matches the "
              "CPU to 1e-5; tensor cores would round the operands to bf16/tf32"),

@@ -106,14 +106,14 @@ typedef struct {
     X(class_embed_fwd, "B T C rows", NULL, case_ce_fwd, cost_ce_fwd, "refop_class_embed_fwd")               \
     X(class_embed_bwd, "B T C rows", NULL, case_ce_bwd, cost_ce_bwd, "refop_class_embed_bwd")               \
     X(sumsq, "n", NULL, case_sumsq, cost_sumsq, "refop_sumsq")                                              \
-    X(adamw, "n t alias", NULL, case_adamw, cost_adamw, "refop_adamw")                                      \
+    X(adamw, "n t alias ema", "decay", case_adamw, cost_adamw, "refop_adamw (with its EMA)")                 \
     X(ema_update, "n alias", "decay", case_ema, cost_ema, "refop_ema_update")
 
 #define OP_ENUM(name, dims, param, run, cost, ref) OP_##name,
 typedef enum { OPS(OP_ENUM) N_OPS } OpId;
 
 // A case: d is the shape, its entries named by the op's dims (the runner says what they mean);
-// x the op's parameter when it has one (the NLLs' eps, the EMA's decay).
+// x the op's parameter when it has one (the NLLs' eps, the EMA's decay (ema_update, adamw's EMA)).
 typedef struct {
     OpId op;
     int d[12];
@@ -172,12 +172,15 @@ static const OpCase k_cases[] = {
     {OP_attention_fwd, ATT(2, 1, 32, 67, 0, 32, 0, 1, 2, 3, 0, 1), 0, 1507, TOL_STD},   // hd 32, padded
     {OP_attention_fwd, ATT(1, 2, 64, 65, 0, 16, 1, 0, 0, 0, 0, 0), 0, 1508, TOL_STD},   // a 1-row 2nd tile
     {OP_attention_fwd, ATT(1, 1, 40, 33, 0, 40, 1, 0, 0, 0, 0, 0), 0, 1509, TOL_STD},   // hd 40
+    // five 64-key tiles: the bf16 forward's double-buffered K/V tiles are each reused
+    {OP_attention_fwd, ATT(1, 2, 64, 300, 0, 64, 1, 0, 0, 0, 0, 0), 0, 1510, TOL_STD},
     // attention, KV-cache decode (forward only)
     {OP_attention_fwd, ATT(3, 2, 48, 1, 36, 48, 0, 0, 0, 0, 4, 0), 0, 1550, TOL_STD},   // 1 query, Tk 37
     {OP_attention_fwd, ATT(2, 3, 16, 3, 34, 8, 0, 5, 3, 1, 2, 3), 0, 1551, TOL_STD},    // padded strides
     {OP_attention_fwd, ATT(1, 2, 8, 5, 66, 8, 1, 0, 0, 0, 0, 0), 0, 1552, TOL_STD},     // Tk 71, qkv layout
     {OP_attention_fwd, ATT(1, 1, 128, 66, 10, 128, 0, 0, 0, 0, 3, 0), 0, 1553, TOL_STD}, // hd 128, Tk 76
     {OP_attention_fwd, ATT(2, 1, 40, 7, 60, 40, 1, 0, 0, 0, 0, 0), 0, 1554, TOL_STD},   // hd 40, Tk 67
+    {OP_attention_fwd, ATT(1, 2, 64, 2, 298, 64, 1, 0, 0, 0, 0, 0), 0, 1555, TOL_STD},  // Tk 300: five key tiles
     {OP_attention_bwd, ATT(1, 1, 48, 1, 0, 48, 1, 0, 0, 0, 0, 0), 0, 1600, TOL_STD},
     {OP_attention_bwd, ATT(3, 2, 48, 37, 0, 48, 1, 0, 0, 0, 0, 0), 0, 1601, TOL_STD},
     {OP_attention_bwd, ATT(2, 3, 16, 37, 0, 8, 1, 0, 0, 0, 0, 0), 0, 1602, TOL_STD},
@@ -188,6 +191,8 @@ static const OpCase k_cases[] = {
     {OP_attention_bwd, ATT(2, 1, 32, 67, 0, 32, 0, 1, 2, 3, 0, 1), 0, 1607, TOL_STD},
     {OP_attention_bwd, ATT(1, 2, 64, 65, 0, 16, 1, 0, 0, 0, 0, 0), 0, 1608, TOL_STD},
     {OP_attention_bwd, ATT(1, 1, 40, 33, 0, 40, 1, 0, 0, 0, 0, 0), 0, 1609, TOL_STD},
+    {OP_attention_bwd, ATT(1, 2, 64, 300, 0, 64, 1, 0, 0, 0, 0, 0), 0, 1610, TOL_STD},  // five tiles
+    {OP_attention_bwd, ATT(1, 1, 128, 200, 0, 128, 0, 1, 2, 3, 0, 1), 0, 1611, TOL_STD}, // hd 128, padded
     {OP_swiglu_fwd,        {1, 1},                  0,     1700, TOL_STD},
     {OP_swiglu_fwd,        {111, 130},              0,     1701, TOL_STD},
     {OP_swiglu_fwd,        {37, 48},                0,     1702, TOL_STD},
@@ -237,10 +242,15 @@ static const OpCase k_cases[] = {
     {OP_sumsq,             {63},                    0,     2001, TOL_SUM},
     {OP_sumsq,             {1001},                  0,     2002, TOL_SUM},
     {OP_sumsq,             {100003},                0,     2003, TOL_SUM},
-    {OP_adamw,             {1, 1, 0},               0,     2100, TOL_STD},
-    {OP_adamw,             {37, 7, 1},              0,     2101, TOL_STD},
-    {OP_adamw,             {10007, 3, 0},           0,     2102, TOL_STD},
-    {OP_adamw,             {4099, 1, 1},            0,     2103, TOL_STD},
+    {OP_adamw,             {1, 1, 0, 0},            0,     2100, TOL_STD},
+    {OP_adamw,             {37, 7, 1, 0},           0,     2101, TOL_STD},
+    {OP_adamw,             {10007, 3, 0, 0},        0,     2102, TOL_STD},
+    {OP_adamw,             {4099, 1, 1, 0},         0,     2103, TOL_STD},
+    // with the EMA in the same pass (decay 0: the EMA's first updates, a copy of the new weights)
+    {OP_adamw,             {1, 1, 1, 1},            0,     2110, TOL_STD},
+    {OP_adamw,             {37, 7, 0, 1},           0.9f,  2111, TOL_STD},
+    {OP_adamw,             {10007, 3, 1, 1},        0.999f, 2112, TOL_STD},
+    {OP_adamw,             {4099, 2, 0, 1},         0.5f,  2113, TOL_STD},
     {OP_ema_update,        {1, 0},                  0.9f,  2200, TOL_STD},
     {OP_ema_update,        {37, 1},                 0,     2201, TOL_STD},
     {OP_ema_update,        {10007, 0},              0.999f, 2202, TOL_STD},
@@ -762,7 +772,7 @@ static void case_rmsnorm_bwd(const Target *t, const OpCase *c, Line *L) {
 // d = the fields of RefOpAttCase: B, H, hd, Tq, pos0, n_rot, and the layout (refop_att_layout: shared
 // = q, k, v the thirds of one (B, Tk, 3C) buffer, the model's; otherwise three padded buffers).
 // Padding is NaN.
-#define ATT_MAX_T 80  // rope table rows
+#define ATT_MAX_T 320  // rope table rows
 
 static RefOpAttCase att_case(const OpCase *c) {
     const int *d = c->d;
@@ -1362,66 +1372,143 @@ static void case_sumsq(const Target *t, const OpCase *c, Line *L) {
 }
 
 // ---- adamw ----------------------------------------------------------------------------------------
-// d = n, t, alias: PyTorch's AdamW (refop_adamw) in double on the same float32 inputs and float32
-// hyperparameters. lr is large (0.05) so that the update, which is compared, is far above the
-// float32 rounding of p. The compute copy: on a float32 backend p itself (alias 1) or NULL (alias 0),
-// otherwise a buffer of its own, compared with L->tol; p, m, v are float32 data (c->tol.data).
+// d = n, t, alias, ema; x = the EMA's decay (ema 1): PyTorch's AdamW (refop_adamw) in double on the
+// same float32 inputs and float32 hyperparameters, and with ema 1 the EMA of the updated weights in
+// the same call (refop_adamw's ema: decay ema + (1 - decay) p'). lr is large (0.05) so that the
+// update, which is compared, is far above the float32 rounding of p. The compute copies: on a float32
+// backend the float32 buffers themselves (alias 1) or NULL (alias 0), otherwise buffers of their own,
+// compared with L->tol; p, m, v, ema are float32 data (c->tol.data). The fused EMA must be the bits
+// of ema_update on the same backend applied to the updated p (what givt-train did in two passes).
 static const RefOpAdamW k_adamw = {.lr = 0.05f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f,
                                    .grad_scale = 0.7f};
 
-static int run_adamw(Backend *be, float *p, float *m, float *v, float *pc, const float *g, size_t n, int t,
-                     int alias) {
-    const RefOpAdamW *h = &k_adamw;
-    float *dp = put_f(be, p, n), *dg = put_f(be, g, n), *dm = put_f(be, m, n), *dv = put_f(be, v, n);
-    cval *dpc = be->compute == DTYPE_F32 ? (alias ? (cval *)(void *)dp : NULL) : put_c(be, NULL, n);
-    be->ops->adamw(be, dp, dpc, dg, dm, dv, n, (float)h->lr, (float)h->beta1, (float)h->beta2, (float)h->eps,
-                   (float)h->weight_decay, (float)h->grad_scale, t);
-    int guard = get_f(be, p, dp, n) + get_f(be, m, dm, n) + get_f(be, v, dv, n);
-    if (be->compute != DTYPE_F32) guard += get_c(be, pc, dpc, n);
-    else memcpy(pc, p, n * sizeof(float));
-    PERF(be, be->ops->adamw(be, dp, dpc, dg, dm, dv, n, (float)h->lr, (float)h->beta1, (float)h->beta2,
-                            (float)h->eps, (float)h->weight_decay, (float)h->grad_scale, t));
-    dfree(be, dp), dfree(be, dg), dfree(be, dm), dfree(be, dv);
-    if (be->compute != DTYPE_F32) dfree(be, dpc);
+// One backend's state, host copies (n floats each): in before the call, out after it. e, ec: the
+// EMA and its compute copy (ema cases); sep, sepc: ema_update's on the updated p (the two-pass EMA).
+typedef struct {
+    float *p, *m, *v, *pc, *e, *ec, *sep, *sepc;
+} AdamwHost;
+
+static AdamwHost adamw_host(size_t n, const float *p0, const float *m0, const float *v0, const float *e0) {
+    AdamwHost h = {fnew(n), fnew(n), fnew(n), fnew(n), fnew(n), fnew(n), fnew(n), fnew(n)};
+    memcpy(h.p, p0, n * 4), memcpy(h.m, m0, n * 4), memcpy(h.v, v0, n * 4), memcpy(h.e, e0, n * 4);
+    return h;
+}
+static void adamw_host_free(AdamwHost *h) {
+    free(h->p), free(h->m), free(h->v), free(h->pc), free(h->e), free(h->ec), free(h->sep), free(h->sepc);
+}
+
+// The compute copy of float32 buffer d (n): its own buffer, or on a float32 backend d (alias) or NULL
+static cval *adamw_copy(Backend *be, float *d, size_t n, int alias) {
+    return be->compute == DTYPE_F32 ? (alias ? (cval *)(void *)d : NULL) : put_c(be, NULL, n);
+}
+// Downloads the compute copy c of d (n) into h (on a float32 backend: d's values, in f)
+static int adamw_get_copy(Backend *be, float *h, const cval *c, const float *f, size_t n) {
+    if (be->compute != DTYPE_F32) return get_c(be, h, c, n);
+    memcpy(h, f, n * sizeof(float));
+    return 0;
+}
+
+// ema_update on a fresh copy of e0 (n) with the updated weights dp: h->sep, h->sepc
+static int adamw_two_pass_ema(Backend *be, AdamwHost *h, const float *e0, const float *dp, size_t n, float decay,
+                              int alias) {
+    float *de = put_f(be, e0, n);
+    cval *dec = adamw_copy(be, de, n, alias);
+    be->ops->ema_update(be, de, dec, dp, n, decay);
+    int guard = get_f(be, h->sep, de, n);
+    guard += adamw_get_copy(be, h->sepc, dec, h->sep, n);
+    if (be->compute != DTYPE_F32) dfree(be, dec);
+    dfree(be, de);
     return guard;
 }
 
-// The float32 state: p0, g, and moments m0, v0 (zero at t = 1, the first step; v >= 0)
-static void adamw_inputs(Rng *r, size_t n, int t, float **p0, float **g, float **m0, float **v0) {
+// The op on be from h's inputs (with the EMA when ema), the results into h; the guards' count
+static int run_adamw(Backend *be, AdamwHost *h, const float *g, size_t n, int t, int alias, int ema, float decay) {
+    const RefOpAdamW *k = &k_adamw;
+    float *dp = put_f(be, h->p, n), *dg = put_f(be, g, n), *dm = put_f(be, h->m, n), *dv = put_f(be, h->v, n);
+    float *de = ema ? put_f(be, h->e, n) : NULL;
+    cval *dpc = adamw_copy(be, dp, n, alias), *dec = ema ? adamw_copy(be, de, n, alias) : NULL;
+    float *e0 = fnew(n);
+    memcpy(e0, h->e, n * 4);
+    be->ops->adamw(be, dp, dpc, dg, dm, dv, de, dec, n, (float)k->lr, (float)k->beta1, (float)k->beta2, (float)k->eps,
+                   (float)k->weight_decay, (float)k->grad_scale, t, decay);
+    int guard = get_f(be, h->p, dp, n) + get_f(be, h->m, dm, n) + get_f(be, h->v, dv, n);
+    guard += adamw_get_copy(be, h->pc, dpc, h->p, n);
+    if (ema) {
+        guard += get_f(be, h->e, de, n) + adamw_get_copy(be, h->ec, dec, h->e, n);
+        guard += adamw_two_pass_ema(be, h, e0, dp, n, decay, alias);
+    }
+    PERF(be, be->ops->adamw(be, dp, dpc, dg, dm, dv, de, dec, n, (float)k->lr, (float)k->beta1, (float)k->beta2,
+                            (float)k->eps, (float)k->weight_decay, (float)k->grad_scale, t, decay));
+    dfree(be, dp), dfree(be, dg), dfree(be, dm), dfree(be, dv), dfree(be, de);
+    if (be->compute != DTYPE_F32) dfree(be, dpc), dfree(be, dec);
+    free(e0);
+    return guard;
+}
+
+// The float32 state: p0, g, and moments m0, v0 (zero at t = 1, the first step; v >= 0), the EMA e0
+static void adamw_inputs(Rng *r, size_t n, int t, float **p0, float **g, float **m0, float **v0, float **e0) {
     *p0 = randn(r, n, 1, DTYPE_F32), *g = randn(r, n, 1, DTYPE_F32), *m0 = randn(r, n, 0.1, DTYPE_F32);
     *v0 = randn(r, n, 0.1, DTYPE_F32);
     for (size_t i = 0; i < n; i++) (*v0)[i] = (*v0)[i] * (*v0)[i];
     if (t == 1)
         for (size_t i = 0; i < n; i++) (*m0)[i] = (*v0)[i] = 0;
+    *e0 = fnew(n);  // near p0 (an EMA of the weights), drawn after the others: their seeds' inputs kept
+    for (size_t i = 0; i < n; i++) (*e0)[i] = (*p0)[i] + (float)(0.1 * rng_normal(r));
+}
+
+// The bits of the fused EMA against the two-pass one on the same backend (and their compute copies)
+static int adamw_ema_bits(const AdamwHost *h, size_t n) {
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) bad += memcmp(&h->e[i], &h->sep[i], 4) != 0 || memcmp(&h->ec[i], &h->sepc[i], 4);
+    return bad;
+}
+
+// The EMA's lines: ema against double, its increment where it resolves (as case_ema), the compute
+// copy, decay 0 a copy of the updated p, and the bits of the two passes
+static void adamw_ema_lines(const Target *tg, const OpCase *c, Line *L, const AdamwHost *h, const AdamwHost *ch,
+                            const float *e0, const double *we, size_t n) {
+    float decay = (float)c->x;
+    const float *cpu = tg->is_cpu ? NULL : ch->e;
+    double *wd = refop_zeros(n);
+    for (size_t i = 0; i < n; i++) wd[i] = we[i] - e0[i];
+    line_cmp(L, "ema", h->e, NULL, we, cpu, NULL, n, c->tol.data);
+    if (decay <= 0.9f) line_cmp(L, "d ema", h->e, e0, wd, cpu, e0, n, c->tol.data);
+    if (tg->be->compute != DTYPE_F32) line_cmp(L, "ema_compute", h->ec, NULL, we, tg->is_cpu ? NULL : ch->ec, NULL, n, L->tol);
+    if (decay == 0.0f) {
+        int bad = 0;
+        for (size_t i = 0; i < n; i++) bad += h->e[i] != h->p[i];
+        line_exact(L, "ema copy", bad);
+    }
+    line_exact(L, "ema = ema_update", adamw_ema_bits(h, n));
+    free(wd);
 }
 
 static void case_adamw(const Target *tg, const OpCase *c, Line *L) {
     size_t n = (size_t)c->d[0];
-    int t = c->d[1], alias = c->d[2];
+    int t = c->d[1], alias = c->d[2], ema = c->d[3];
     Rng r;
     rng_seed(&r, c->seed);
-    float *p0, *g, *m0, *v0;
-    adamw_inputs(&r, n, t, &p0, &g, &m0, &v0);
+    float *p0, *g, *m0, *v0, *e0;
+    adamw_inputs(&r, n, t, &p0, &g, &m0, &v0, &e0);
     double *wp = refop_widen(p0, n), *wm = refop_widen(m0, n), *wv = refop_widen(v0, n), *dg = refop_widen(g, n);
-    RefOpAdamW h = k_adamw;
-    h.t = t;
-    refop_adamw(wp, wm, wv, dg, n, &h);
+    double *we = refop_widen(e0, n);
+    RefOpAdamW k = k_adamw;
+    k.t = t, k.ema_decay = (float)c->x;
+    refop_adamw(wp, wm, wv, ema ? we : NULL, dg, n, &k);
     double *wdp = refop_zeros(n);
     for (size_t i = 0; i < n; i++) wdp[i] = wp[i] - p0[i];
-    float *p = fnew(n), *m = fnew(n), *v = fnew(n), *pc = fnew(n), *cp_ = fnew(n), *cm = fnew(n), *cv = fnew(n);
-    float *cpc = fnew(n);
-    memcpy(p, p0, n * 4), memcpy(m, m0, n * 4), memcpy(v, v0, n * 4);
-    memcpy(cp_, p0, n * 4), memcpy(cm, m0, n * 4), memcpy(cv, v0, n * 4);
-    int guard = run_adamw(tg->be, p, m, v, pc, g, n, t, alias);
-    if (!tg->is_cpu) run_adamw(tg->cpu, cp_, cm, cv, cpc, g, n, t, alias);
+    AdamwHost h = adamw_host(n, p0, m0, v0, e0), ch = adamw_host(n, p0, m0, v0, e0);
+    int guard = run_adamw(tg->be, &h, g, n, t, alias, ema, (float)c->x);
+    if (!tg->is_cpu) run_adamw(tg->cpu, &ch, g, n, t, alias, ema, (float)c->x);
     int cpu = !tg->is_cpu;
-    line_cmp(L, "dp", p, p0, wdp, cpu ? cp_ : NULL, p0, n, c->tol.data);
-    line_cmp(L, "m", m, NULL, wm, cpu ? cm : NULL, NULL, n, c->tol.data);
-    line_cmp(L, "v", v, NULL, wv, cpu ? cv : NULL, NULL, n, c->tol.data);
-    if (tg->be->compute != DTYPE_F32) line_cmp(L, "p_compute", pc, NULL, wp, cpu ? cpc : NULL, NULL, n, L->tol);
+    line_cmp(L, "dp", h.p, p0, wdp, cpu ? ch.p : NULL, p0, n, c->tol.data);
+    line_cmp(L, "m", h.m, NULL, wm, cpu ? ch.m : NULL, NULL, n, c->tol.data);
+    line_cmp(L, "v", h.v, NULL, wv, cpu ? ch.v : NULL, NULL, n, c->tol.data);
+    if (tg->be->compute != DTYPE_F32) line_cmp(L, "p_compute", h.pc, NULL, wp, cpu ? ch.pc : NULL, NULL, n, L->tol);
+    if (ema) adamw_ema_lines(tg, c, L, &h, &ch, e0, we, n);
     line_exact(L, "guard", guard);
-    free(p0), free(g), free(m0), free(v0), free(wp), free(wm), free(wv), free(dg), free(wdp);
-    free(p), free(m), free(v), free(pc), free(cp_), free(cm), free(cv), free(cpc);
+    free(p0), free(g), free(m0), free(v0), free(e0), free(wp), free(wm), free(wv), free(dg), free(we), free(wdp);
+    adamw_host_free(&h), adamw_host_free(&ch);
 }
 
 // ---- ema_update -----------------------------------------------------------------------------------
@@ -1514,7 +1601,7 @@ static OpCost cost_mix_dy(const OpCase *c, size_t e) { return mix_cost(c, e, 1);
 static OpCost cost_ce_fwd(const OpCase *c, size_t e) { return bytes(2.0 * c->d[0] * c->d[2] * e); }
 static OpCost cost_ce_bwd(const OpCase *c, size_t e) { return bytes(c->d[0] * c->d[2] * (2.0 * e + 8)); }
 static OpCost cost_sumsq(const OpCase *c, size_t e) { return (void)e, bytes(4.0 * c->d[0]); }
-static OpCost cost_adamw(const OpCase *c, size_t e) { return bytes(c->d[0] * (7.0 * 4 + e)); }
+static OpCost cost_adamw(const OpCase *c, size_t e) { return bytes(c->d[0] * (c->d[3] ? 9.0 * 4 + 2 * e : 7.0 * 4 + e)); }
 static OpCost cost_ema(const OpCase *c, size_t e) { return bytes(c->d[0] * (3.0 * 4 + e)); }
 
 // ---- the op table and the driver --------------------------------------------------------------------
