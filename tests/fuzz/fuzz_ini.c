@@ -5,7 +5,9 @@
 // Input: INI text, then up to 8 overrides, separated by NUL bytes:
 //   "[model]\nnum_layers = 2\n...\0train.lr=3e-4\0data.kind=dummy"
 // Properties checked beyond "no crash, no sanitizer report, no exit":
-//   - the table has 4 + 7 L tensors whose sizes add up to its total;
+//   - the table has 4 + 7 L tensors whose slots tile its total (each at a multiple of PARAM_ALIGN but
+//     fc2, right after fc1; each slot holds its numel and less than PARAM_ALIGN of padding) and
+//     whose sizes add up to its params;
 //   - the activation estimate for training is not below the one for inference (no wrapped size);
 //   - the resolved configuration written by train_config_write_ini loads back to the same values.
 #define FUZZ_WITH_TRAIN_CONFIG  // fuzz_check_config_round_trip
@@ -21,15 +23,21 @@ static void check_table(const GivtConfig *m) {
     ParamTable pt;
     param_table_build(&pt, m);
     FUZZ_CHECK(pt.count == 4 + P_PER_LAYER * m->num_layers, "count %d, num_layers %d", pt.count, m->num_layers);
-    size_t total = 0;
+    size_t end = 0, params = 0;
     for (int i = 0; i < pt.count; i++) {
         const ParamSpec *s = &pt.specs[i];
-        FUZZ_CHECK(s->offset == total, "tensor %s at offset %zu, expected %zu", s->name, s->offset, total);
+        int fc2 = strstr(s->name, ".mlp.fc2.") != NULL;
+        FUZZ_CHECK(s->offset == end, "tensor %s at offset %zu, expected %zu", s->name, s->offset, end);
+        FUZZ_CHECK(fc2 || s->offset % PARAM_ALIGN == 0, "tensor %s at offset %zu: not aligned", s->name, s->offset);
+        FUZZ_CHECK(s->slot >= s->numel && s->slot - s->numel < PARAM_ALIGN, "tensor %s: numel %zu, slot %zu", s->name,
+                   s->numel, s->slot);
         FUZZ_CHECK(s->shape[0] > 0 && (s->ndim == 1 || s->shape[1] > 0), "tensor %s: shape [%d, %d]", s->name,
                    s->shape[0], s->shape[1]);
-        total += s->numel;
+        end = s->offset + s->slot;
+        params += s->numel;
     }
-    FUZZ_CHECK(total == pt.total, "sizes add up to %zu, total %zu", total, pt.total);
+    FUZZ_CHECK(end == pt.total, "slots end at %zu, total %zu", end, pt.total);
+    FUZZ_CHECK(params == pt.params, "sizes add up to %zu, params %zu", params, pt.params);
     FUZZ_CHECK(param_table_find(&pt, "model.head.weight") == pt.head, "head not found");
     FUZZ_CHECK(param_table_find(&pt, "model.embed.weight") == pt.embed, "embed not found");
     param_table_free(&pt);
