@@ -2,7 +2,7 @@
 // backend_cuda_open), the context (device, stream, cuBLASLt handle and workspace, scratch), the
 // memory ops and the op table, whose compute ops are the kernel groups' entry points
 // (kernels/cuda_backend.h). Every op is enqueued on the context's one stream, in order; download and
-// synchronize wait for it. Profile ranges: NVTX (nvtxRangePushA/Pop) on a GPU, nothing under emulation.
+// synchronize wait for it; readback_wait waits for its event only (the work enqueued after goes on). Profile ranges: NVTX (nvtxRangePushA/Pop) on a GPU, nothing under emulation.
 #include "launch.cuh"
 
 #include "cublaslt_check.cuh"
@@ -69,6 +69,59 @@ void cu_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes) {
 
 void cu_synchronize(Backend *be) { CUDA_CHECK(cudaStreamSynchronize(cuda_stream(be))); }
 
+// A readback slot: pinned host memory (a copy into it is asynchronous) and the event after its copy.
+struct CudaReadback {
+    void *host;
+    size_t bytes;
+    cudaEvent_t done;
+};
+
+BackendReadback *cu_readback_create(Backend *be, size_t bytes) {
+    (void)be;
+    CudaReadback *r = (CudaReadback *)xcalloc(1, sizeof *r);
+    CUDA_CHECK(cudaMallocHost(&r->host, bytes ? bytes : 1));
+    r->bytes = bytes;
+    CUDA_CHECK(cudaEventCreateWithFlags(&r->done, cudaEventDisableTiming));
+    return (BackendReadback *)r;
+}
+
+void cu_readback_start(Backend *be, BackendReadback *rb, const void *src, size_t bytes) {
+    CudaReadback *r = (CudaReadback *)rb;
+    if (bytes > r->bytes) givt_die("cuda readback_start: %zu bytes into a slot of %zu", bytes, r->bytes);
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(r->host, src, bytes, cudaMemcpyDeviceToHost, cuda_stream(be)));
+    CUDA_CHECK(cudaEventRecord(r->done, cuda_stream(be)));
+}
+
+// waits for the event alone: the work enqueued after readback_start goes on
+const void *cu_readback_wait(Backend *be, BackendReadback *rb) {
+    (void)be;
+    CudaReadback *r = (CudaReadback *)rb;
+    CUDA_CHECK(cudaEventSynchronize(r->done));
+    return r->host;
+}
+
+void cu_readback_free(Backend *be, BackendReadback *rb) {
+    (void)be;
+    CudaReadback *r = (CudaReadback *)rb;
+    if (!r) return;
+    CUDA_CHECK(cudaEventSynchronize(r->done));  // no copy into the memory freed
+    CUDA_CHECK(cudaEventDestroy(r->done));
+    CUDA_CHECK(cudaFreeHost(r->host));
+    free(r);
+}
+
+#ifdef GIVT_CUDA_EMU
+// the emulation's counts (kernels/emu/cuda_emu.h); on a GPU nothing is counted (no stats op)
+void cu_stats(Backend *be, BackendStats *out) {
+    (void)be;
+    const givt_emu::Stats s = givt_emu::stats();
+    out->counted = 1;
+    out->launches = s.launches;
+    out->host_syncs = s.host_syncs;
+    out->fence_waits = s.fence_waits;
+}
+#endif
+
 void cu_close(Backend *be) {
     CudaCtx *c = cuda_ctx(be);
     if (!c) return;
@@ -110,6 +163,10 @@ GivtOps make_ops() {
     o.mem_info = cu_mem_info;
     o.synchronize = cu_synchronize;
     o.close = cu_close;
+    o.readback_create = cu_readback_create;
+    o.readback_start = cu_readback_start;
+    o.readback_wait = cu_readback_wait;
+    o.readback_free = cu_readback_free;
     o.to_compute = cuda_to_compute;
     o.matmul_fwd = cuda_matmul_fwd;
     o.matmul_bwd = cuda_matmul_bwd;
@@ -128,10 +185,14 @@ GivtOps make_ops() {
     o.gaussian_nll = cuda_gaussian_nll;
     o.mixture_nll = cuda_mixture_nll;
     o.sumsq = cuda_sumsq;
+    o.step_check = cuda_step_check;
     o.adamw = cuda_adamw;
     o.ema_update = cuda_ema_update;
     o.range_push = cu_range_push;
     o.range_pop = cu_range_pop;
+#ifdef GIVT_CUDA_EMU
+    o.stats = cu_stats;
+#endif
     return o;
 }
 

@@ -194,21 +194,12 @@ static inline void *cm_scratch_get(Backend *be, size_t bytes, int *owned) {
     if (bytes == 0) return NULL;
     if (ctx->scratch && bytes <= ctx->scratch_bytes) return ctx->scratch;
     void *p = NULL;
-#ifdef GIVT_CUDA_EMU  // the emulation's streams are synchronous: the same thing
-    CUDA_CHECK(cudaMalloc(&p, bytes));
-#else
-    CUDA_CHECK(cudaMallocAsync(&p, bytes, cuda_stream(be)));
-#endif
+    CUDA_CHECK(cudaMallocAsync(&p, bytes, cuda_stream(be)));  // (emulated: plain, without a wait)
     *owned = 1;
     return p;
 }
 static inline void cm_scratch_put(Backend *be, void *p, int owned) {
-#ifdef GIVT_CUDA_EMU
-    (void)be;
-    if (owned) CUDA_CHECK(cudaFree(p));
-#else
     if (owned) CUDA_CHECK(cudaFreeAsync(p, cuda_stream(be)));
-#endif
 }
 
 #endif

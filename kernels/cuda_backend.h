@@ -52,10 +52,12 @@ void cuda_mixture_nll(Backend *be, cval *dy, double *loss_sum, const cval *y, co
                       double eps, float scale);
 void cuda_sumsq(Backend *be, double *acc, const float *p, size_t n);
 // ---- kernels/optim.cu ----
+void cuda_step_check(Backend *be, StepRecord *rec, const double *loss_norm, double loss_count, double max_norm);
 void cuda_adamw(Backend *be, float *p, cval *p_compute, const float *g, float *m, float *v, float *ema,
                 cval *ema_compute, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay,
-                float grad_scale, int t, float ema_decay);
-void cuda_ema_update(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay);
+                float grad_scale, int t, float ema_decay, const StepRecord *rec);
+void cuda_ema_update(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay,
+                     const StepRecord *rec);
 // ---- kernels/attention.cu ----
 size_t cuda_attention_saved_bytes(Backend *be, const AttnShape *s);
 void cuda_attention_fwd(Backend *be, cval *out, void *saved, cval *q, cval *k, const cval *v, const float *cos,

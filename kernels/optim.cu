@@ -1,7 +1,9 @@
 // optim.cu: AdamW with the refresh of the compute copy and, fused into the same pass, the EMA of the
 // weights; the EMA as a pass of its own (ops.h: adamw, ema_update), elementwise on float32 with PyTorch's AdamW formula as the CPU reference
 // (csrc/cpu/ops_cpu.c) writes it; the bias corrections are computed on the host in double, as
-// there. The compute copy (p_compute, ema_compute) gets the new float32 value rounded to the
+// there. The step's decision (step_check: the loss, the norm, the clipping scale and the skip of a
+// non-finite step) is a one-thread kernel in double, as the host computed it, into a StepRecord that
+// the update kernels read (no host round trip between the gradients and the update). The compute copy (p_compute, ema_compute) gets the new float32 value rounded to the
 // compute dtype (bf16: nearest even); NULL, or the float32 buffer itself, writes nothing more.
 // 16-byte loads and stores of units of 4 floats where the arrays are aligned for them (common.cuh
 // cm_flat), the same arithmetic per element as the scalar rest.
@@ -40,9 +42,29 @@ template <typename T> struct EmaArgs {
 // (p, g, m, v, ema: 16-byte loads and stores; the compute copies pc, ec: OPT_W elements, 8 or 16
 // bytes), and the scalar rest. EMA: the EMA of the updated p in the same pass (ema_elem, as
 // ema_kernel: the same bits). No division; size_t indices (n can exceed 2^32).
+// The step's decision (ops.h: step_check), in double exactly as the CPU reference (and the host
+// before it) computes it: IEEE division and square root, the same bits.
+__global__ void step_check_kernel(StepRecord *rec, const double *loss_norm, double loss_count, double max_norm) {
+    const double loss = loss_norm[0] / loss_count, norm = sqrt(loss_norm[1]);
+    double scale = 1.0;
+    if (max_norm > 0) {
+        const double coef = max_norm / (norm + 1e-6);
+        scale = coef < 1.0 ? coef : 1.0;
+    }
+    rec->loss = loss;
+    rec->norm = norm;
+    rec->grad_scale = (float)scale;
+    rec->skip = !isfinite(loss) || !isfinite(norm);
+}
+
+// rec (ops.h: adamw) when not NULL: the clipping scale from it, and nothing done on a skipped step.
 template <typename T, bool EMA>
 __global__ void adamw_kernel(float *p, T *pc, const float *g, float *m, float *v, EmaArgs<T> e, CmFlat f,
-                             AdamwArgs a) {
+                             AdamwArgs a, const StepRecord *rec) {
+    if (rec) {
+        if (rec->skip) return;
+        a.grad_scale = rec->grad_scale;
+    }
     const size_t t0 = (size_t)blockIdx.x * blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
     float *pu = p + f.head, *mu = m + f.head, *vu = v + f.head, *eu = EMA ? e.ema + f.head : NULL;
     const float *gu = g + f.head;
@@ -95,7 +117,9 @@ __global__ void adamw_kernel(float *p, T *pc, const float *g, float *m, float *v
     }
 }
 
-template <typename T> __global__ void ema_kernel(float *ema, T *ec, const float *p, CmFlat f, float decay) {
+template <typename T>
+__global__ void ema_kernel(float *ema, T *ec, const float *p, CmFlat f, float decay, const StepRecord *rec) {
+    if (rec && rec->skip) return;
     const size_t t0 = (size_t)blockIdx.x * blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
     float *eu = ema + f.head;
     const float *pu = p + f.head;
@@ -136,15 +160,20 @@ static unsigned opt_grid(Backend *be, const CmFlat &f) {
 // One launch of adamw_kernel<T, EMA> (EMA: e.ema not NULL)
 template <typename T>
 static void adamw_launch(Backend *be, const CmFlat &f, float *p, cval *pc, const float *g, float *m, float *v,
-                         float *ema, cval *ec, float ema_decay, const AdamwArgs &a) {
+                         float *ema, cval *ec, float ema_decay, const AdamwArgs &a, const StepRecord *rec) {
     const EmaArgs<T> e = {ema, (T *)ec, ema_decay};
     auto *k = ema ? adamw_kernel<T, true> : adamw_kernel<T, false>;
-    GIVT_LAUNCH(k, opt_grid(be, f), OPT_BLOCK, 0, cuda_stream(be), p, (T *)pc, g, m, v, e, f, a);
+    GIVT_LAUNCH(k, opt_grid(be, f), OPT_BLOCK, 0, cuda_stream(be), p, (T *)pc, g, m, v, e, f, a, rec);
+}
+
+extern "C" void cuda_step_check(Backend *be, StepRecord *rec, const double *loss_norm, double loss_count,
+                                double max_norm) {
+    GIVT_LAUNCH(step_check_kernel, 1, 1, 0, cuda_stream(be), rec, loss_norm, loss_count, max_norm);
 }
 
 extern "C" void cuda_adamw(Backend *be, float *p, cval *p_compute, const float *g, float *m, float *v, float *ema,
                            cval *ema_compute, size_t n, float lr, float beta1, float beta2, float eps,
-                           float weight_decay, float grad_scale, int t, float ema_decay) {
+                           float weight_decay, float grad_scale, int t, float ema_decay, const StepRecord *rec) {
     if (n == 0) return;
     const float step_size = (float)(lr / (1.0 - pow(beta1, t)));
     const float bc2_sqrt = (float)sqrt(1.0 - pow(beta2, t));
@@ -157,12 +186,13 @@ extern "C" void cuda_adamw(Backend *be, float *p, cval *p_compute, const float *
     size_t elem[7] = {4, 4, 4, 4, es, 4, es};
     const CmFlat f = cm_flat(n, OPT_W, 7, ptrs, elem);
     if (cuda_ctx(be)->dtype == DTYPE_BF16)
-        adamw_launch<__nv_bfloat16>(be, f, p, p_compute, g, m, v, ema, ema_compute, ema_decay, a);
+        adamw_launch<__nv_bfloat16>(be, f, p, p_compute, g, m, v, ema, ema_compute, ema_decay, a, rec);
     else
-        adamw_launch<float>(be, f, p, p_compute, g, m, v, ema, ema_compute, ema_decay, a);
+        adamw_launch<float>(be, f, p, p_compute, g, m, v, ema, ema_compute, ema_decay, a, rec);
 }
 
-extern "C" void cuda_ema_update(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay) {
+extern "C" void cuda_ema_update(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay,
+                                const StepRecord *rec) {
     if (n == 0) return;
     if ((const void *)ema_compute == (const void *)ema) ema_compute = NULL;
     const void *ptrs[3] = {ema, p, ema_compute};
@@ -170,9 +200,11 @@ extern "C" void cuda_ema_update(Backend *be, float *ema, cval *ema_compute, cons
     const CmFlat f = cm_flat(n, OPT_W, 3, ptrs, elem);
     if (((CudaCtx *)be->ctx)->dtype == DTYPE_BF16) {
         typedef __nv_bfloat16 T;
-        GIVT_LAUNCH(ema_kernel<T>, opt_grid(be, f), OPT_BLOCK, 0, cuda_stream(be), ema, (T *)ema_compute, p, f, decay);
+        GIVT_LAUNCH(ema_kernel<T>, opt_grid(be, f), OPT_BLOCK, 0, cuda_stream(be), ema, (T *)ema_compute, p, f, decay,
+                    rec);
     } else {
         typedef float T;
-        GIVT_LAUNCH(ema_kernel<T>, opt_grid(be, f), OPT_BLOCK, 0, cuda_stream(be), ema, (T *)ema_compute, p, f, decay);
+        GIVT_LAUNCH(ema_kernel<T>, opt_grid(be, f), OPT_BLOCK, 0, cuda_stream(be), ema, (T *)ema_compute, p, f, decay,
+                    rec);
     }
 }

@@ -106,6 +106,7 @@ typedef struct {
     X(class_embed_fwd, "B T C rows", NULL, case_ce_fwd, cost_ce_fwd, "refop_class_embed_fwd")               \
     X(class_embed_bwd, "B T C rows", NULL, case_ce_bwd, cost_ce_bwd, "refop_class_embed_bwd")               \
     X(sumsq, "n", NULL, case_sumsq, cost_sumsq, "refop_sumsq")                                              \
+    X(step_check, "inputs", "max_norm", case_step_check, cost_step_check, "the host's formula, in double")   \
     X(adamw, "n t alias ema", "decay", case_adamw, cost_adamw, "refop_adamw (with its EMA)")                 \
     X(ema_update, "n alias", "decay", case_ema, cost_ema, "refop_ema_update")
 
@@ -242,6 +243,14 @@ static const OpCase k_cases[] = {
     {OP_sumsq,             {63},                    0,     2001, TOL_SUM},
     {OP_sumsq,             {1001},                  0,     2002, TOL_SUM},
     {OP_sumsq,             {100003},                0,     2003, TOL_SUM},
+    // inputs: 0 finite (clipped), 1 a small norm (scale 1), 2 NaN loss, 3 infinite squared norm,
+    // 4 -inf loss and NaN squared norm; max_norm 0: no clipping
+    {OP_step_check,        {0},                     1.0f,  2050, TOL_EXACT},
+    {OP_step_check,        {0},                     0,     2051, TOL_EXACT},
+    {OP_step_check,        {1},                     1.0f,  2052, TOL_EXACT},
+    {OP_step_check,        {2},                     1.0f,  2053, TOL_EXACT},
+    {OP_step_check,        {3},                     1.0f,  2054, TOL_EXACT},
+    {OP_step_check,        {4},                     0.5f,  2055, TOL_EXACT},
     {OP_adamw,             {1, 1, 0, 0},            0,     2100, TOL_STD},
     {OP_adamw,             {37, 7, 1, 0},           0,     2101, TOL_STD},
     {OP_adamw,             {10007, 3, 0, 0},        0,     2102, TOL_STD},
@@ -1371,6 +1380,49 @@ static void case_sumsq(const Target *t, const OpCase *c, Line *L) {
     free(p), free(dp);
 }
 
+// ---- step_check ------------------------------------------------------------------------------------
+// d = inputs (the loss sum and squared norm: see k_cases), x = max_norm: the record must be the bits
+// the host computed before the decision moved to the backend (trainer.c, optim.c's clip_scale): the
+// loss sum / count, sqrt of the squared norm, (float)min(1, max_norm / (norm + 1e-6)) (1 for
+// max_norm 0), skip when the loss or the norm is not finite. Exact on every backend.
+static StepRecord step_check_host(const double *ln, double count, double max_norm) {
+    StepRecord r = {.loss = ln[0] / count, .norm = sqrt(ln[1]), .grad_scale = 1.0f};
+    if (max_norm > 0) {
+        double coef = max_norm / (r.norm + 1e-6);
+        r.grad_scale = (float)(coef < 1.0 ? coef : 1.0);
+    }
+    r.skip = !isfinite(r.loss) || !isfinite(r.norm);
+    return r;
+}
+
+static StepRecord run_step_check(Backend *be, const double *ln, double count, double max_norm) {
+    double *d = dalloc(be, 2 * sizeof(double));
+    StepRecord *rec = dalloc(be, sizeof(StepRecord)), got;
+    be->ops->upload(be, d, ln, 2 * sizeof(double));
+    be->ops->step_check(be, rec, d, count, max_norm);
+    be->ops->download(be, &got, rec, sizeof got);
+    dfree(be, d), dfree(be, rec);
+    return got;
+}
+
+static int step_record_differs(const StepRecord *a, const StepRecord *b) {
+    return memcmp(&a->loss, &b->loss, 8) || memcmp(&a->norm, &b->norm, 8) || memcmp(&a->grad_scale, &b->grad_scale, 4) ||
+           a->skip != b->skip;
+}
+
+static void case_step_check(const Target *t, const OpCase *c, Line *L) {
+    Rng r;
+    rng_seed(&r, c->seed);
+    double ln[2] = {1e3 * (1 + rng_uniform(&r)), 4.0 + 40 * rng_uniform(&r)}, count = 4099.0 * (1 + rng_uniform(&r));
+    if (c->d[0] == 1) ln[1] = 1e-3 * rng_uniform(&r);
+    if (c->d[0] == 2) ln[0] = NAN;
+    if (c->d[0] == 3) ln[1] = INFINITY;
+    if (c->d[0] == 4) ln[0] = -INFINITY, ln[1] = NAN;
+    StepRecord want = step_check_host(ln, count, c->x), got = run_step_check(t->be, ln, count, c->x);
+    line_exact(L, "record", step_record_differs(&got, &want));
+    line_append(L, " skip %d scale %.6g", (int)got.skip, (double)got.grad_scale);
+}
+
 // ---- adamw ----------------------------------------------------------------------------------------
 // d = n, t, alias, ema; x = the EMA's decay (ema 1): PyTorch's AdamW (refop_adamw) in double on the
 // same float32 inputs and float32 hyperparameters, and with ema 1 the EMA of the updated weights in
@@ -1384,14 +1436,25 @@ static const RefOpAdamW k_adamw = {.lr = 0.05f, .beta1 = 0.9f, .beta2 = 0.95f, .
 
 // One backend's state, host copies (n floats each): in before the call, out after it. e, ec: the
 // EMA and its compute copy (ema cases); sep, sepc: ema_update's on the updated p (the two-pass EMA).
+// rec_bad: adamw_with_record's count (run_adamw sets it; -1: not run, on the CPU backend's reference
+// run of another target); p0..e0: the inputs.
 typedef struct {
     float *p, *m, *v, *pc, *e, *ec, *sep, *sepc;
+    const float *p0, *m0, *v0, *e0;
+    int rec_bad;
 } AdamwHost;
 
 static AdamwHost adamw_host(size_t n, const float *p0, const float *m0, const float *v0, const float *e0) {
-    AdamwHost h = {fnew(n), fnew(n), fnew(n), fnew(n), fnew(n), fnew(n), fnew(n), fnew(n)};
+    AdamwHost h = {fnew(n), fnew(n), fnew(n), fnew(n), fnew(n), fnew(n), fnew(n), fnew(n), p0, m0, v0, e0, 0};
     memcpy(h.p, p0, n * 4), memcpy(h.m, m0, n * 4), memcpy(h.v, v0, n * 4), memcpy(h.e, e0, n * 4);
     return h;
+}
+
+// A step record in backend memory with grad_scale scale and skip skip (ops.h: step_check's)
+static StepRecord *put_record(Backend *be, float scale, int skip) {
+    StepRecord r = {.loss = 1.0, .norm = 1.0, .grad_scale = scale, .skip = skip}, *d = dalloc(be, sizeof r);
+    be->ops->upload(be, d, &r, sizeof r);
+    return d;
 }
 static void adamw_host_free(AdamwHost *h) {
     free(h->p), free(h->m), free(h->v), free(h->pc), free(h->e), free(h->ec), free(h->sep), free(h->sepc);
@@ -1413,12 +1476,47 @@ static int adamw_two_pass_ema(Backend *be, AdamwHost *h, const float *e0, const 
                               int alias) {
     float *de = put_f(be, e0, n);
     cval *dec = adamw_copy(be, de, n, alias);
-    be->ops->ema_update(be, de, dec, dp, n, decay);
+    be->ops->ema_update(be, de, dec, dp, n, decay, NULL);
     int guard = get_f(be, h->sep, de, n);
     guard += adamw_get_copy(be, h->sepc, dec, h->sep, n);
     if (be->compute != DTYPE_F32) dfree(be, dec);
     dfree(be, de);
     return guard;
+}
+
+// adamw given a step record, from h's inputs: with rec's grad_scale (the case's, skip 0) the bits of
+// the call with grad_scale (h's results; grad_scale 0 passed, which rec replaces); with skip 1 nothing
+// written (the inputs' bits; the compute copies left as they were: NaN). The elements wrong.
+static int adamw_with_record(Backend *be, const AdamwHost *h, const float *g, size_t n, int t, int alias, int ema,
+                             float decay) {
+    const RefOpAdamW *k = &k_adamw;
+    int bad = 0;
+    for (int skip = 0; skip < 2; skip++) {
+        float *dp = put_f(be, h->p0, n), *dg = put_f(be, g, n), *dm = put_f(be, h->m0, n), *dv = put_f(be, h->v0, n);
+        float *de = ema ? put_f(be, h->e0, n) : NULL;
+        cval *dpc = adamw_copy(be, dp, n, alias), *dec = ema ? adamw_copy(be, de, n, alias) : NULL;
+        StepRecord *rec = put_record(be, (float)k->grad_scale, skip);
+        be->ops->adamw(be, dp, dpc, dg, dm, dv, de, dec, n, (float)k->lr, (float)k->beta1, (float)k->beta2,
+                       (float)k->eps, (float)k->weight_decay, 0.0f, t, decay, rec);
+        float *got = fnew(n), *gotc = fnew(n);
+        const float *want[4] = {skip ? h->p0 : h->p, skip ? h->m0 : h->m, skip ? h->v0 : h->v, skip ? h->e0 : h->e};
+        float *bufs[4] = {dp, dm, dv, de};
+        for (int b = 0; b < (ema ? 4 : 3); b++) {
+            bad += get_f(be, got, bufs[b], n);
+            for (size_t i = 0; i < n; i++) bad += memcmp(&got[i], &want[b][i], 4) != 0;
+        }
+        cval *copies[2] = {dpc, dec};
+        const float *wantc[2] = {h->pc, h->ec};
+        for (int b = 0; b < 2 && be->compute != DTYPE_F32; b++) {
+            if (!copies[b]) continue;
+            bad += get_c(be, gotc, copies[b], n);
+            for (size_t i = 0; i < n; i++) bad += skip ? !isnan(gotc[i]) : memcmp(&gotc[i], &wantc[b][i], 4) != 0;
+        }
+        free(got), free(gotc);
+        dfree(be, rec), dfree(be, dp), dfree(be, dg), dfree(be, dm), dfree(be, dv), dfree(be, de);
+        if (be->compute != DTYPE_F32) dfree(be, dpc), dfree(be, dec);
+    }
+    return bad;
 }
 
 // The op on be from h's inputs (with the EMA when ema), the results into h; the guards' count
@@ -1430,7 +1528,7 @@ static int run_adamw(Backend *be, AdamwHost *h, const float *g, size_t n, int t,
     float *e0 = fnew(n);
     memcpy(e0, h->e, n * 4);
     be->ops->adamw(be, dp, dpc, dg, dm, dv, de, dec, n, (float)k->lr, (float)k->beta1, (float)k->beta2, (float)k->eps,
-                   (float)k->weight_decay, (float)k->grad_scale, t, decay);
+                   (float)k->weight_decay, (float)k->grad_scale, t, decay, NULL);
     int guard = get_f(be, h->p, dp, n) + get_f(be, h->m, dm, n) + get_f(be, h->v, dv, n);
     guard += adamw_get_copy(be, h->pc, dpc, h->p, n);
     if (ema) {
@@ -1438,7 +1536,10 @@ static int run_adamw(Backend *be, AdamwHost *h, const float *g, size_t n, int t,
         guard += adamw_two_pass_ema(be, h, e0, dp, n, decay, alias);
     }
     PERF(be, be->ops->adamw(be, dp, dpc, dg, dm, dv, de, dec, n, (float)k->lr, (float)k->beta1, (float)k->beta2,
-                            (float)k->eps, (float)k->weight_decay, (float)k->grad_scale, t, decay));
+                            (float)k->eps, (float)k->weight_decay, (float)k->grad_scale, t, decay, NULL));
+    if (h->rec_bad >= 0) {  // the same update with the scale from a step record, then a skipped one
+        h->rec_bad = adamw_with_record(be, h, g, n, t, alias, ema, decay);
+    }
     dfree(be, dp), dfree(be, dg), dfree(be, dm), dfree(be, dv), dfree(be, de);
     if (be->compute != DTYPE_F32) dfree(be, dpc), dfree(be, dec);
     free(e0);
@@ -1498,6 +1599,7 @@ static void case_adamw(const Target *tg, const OpCase *c, Line *L) {
     double *wdp = refop_zeros(n);
     for (size_t i = 0; i < n; i++) wdp[i] = wp[i] - p0[i];
     AdamwHost h = adamw_host(n, p0, m0, v0, e0), ch = adamw_host(n, p0, m0, v0, e0);
+    ch.rec_bad = -1;
     int guard = run_adamw(tg->be, &h, g, n, t, alias, ema, (float)c->x);
     if (!tg->is_cpu) run_adamw(tg->cpu, &ch, g, n, t, alias, ema, (float)c->x);
     int cpu = !tg->is_cpu;
@@ -1506,6 +1608,7 @@ static void case_adamw(const Target *tg, const OpCase *c, Line *L) {
     line_cmp(L, "v", h.v, NULL, wv, cpu ? ch.v : NULL, NULL, n, c->tol.data);
     if (tg->be->compute != DTYPE_F32) line_cmp(L, "p_compute", h.pc, NULL, wp, cpu ? ch.pc : NULL, NULL, n, L->tol);
     if (ema) adamw_ema_lines(tg, c, L, &h, &ch, e0, we, n);
+    line_exact(L, "step record (scale, skip)", h.rec_bad);
     line_exact(L, "guard", guard);
     free(p0), free(g), free(m0), free(v0), free(e0), free(wp), free(wm), free(wv), free(dg), free(we), free(wdp);
     adamw_host_free(&h), adamw_host_free(&ch);
@@ -1514,14 +1617,29 @@ static void case_adamw(const Target *tg, const OpCase *c, Line *L) {
 // ---- ema_update -----------------------------------------------------------------------------------
 // d = n, alias, x = decay: ema = decay ema + (1 - decay) p (float32 data: c->tol.data); decay 0 is
 // model_weights_copy's copy and must be exact. The compute copy as adamw's (alias).
-static int run_ema(Backend *be, float *ema, float *ec, const float *p, size_t n, float decay, int alias) {
+// Besides: with a step record, skip 0 gives the same bits and skip 1 writes nothing (the elements
+// wrong into *rec_bad).
+static int run_ema(Backend *be, float *ema, float *ec, const float *p, size_t n, float decay, int alias,
+                   int *rec_bad) {
+    float *e0 = fnew(n), *got = fnew(n);
+    memcpy(e0, ema, n * sizeof(float));
     float *de = put_f(be, ema, n), *dp = put_f(be, p, n);
     cval *dec = be->compute == DTYPE_F32 ? (alias ? (cval *)(void *)de : NULL) : put_c(be, NULL, n);
-    be->ops->ema_update(be, de, dec, dp, n, decay);
+    be->ops->ema_update(be, de, dec, dp, n, decay, NULL);
     int guard = get_f(be, ema, de, n);
     if (be->compute != DTYPE_F32) guard += get_c(be, ec, dec, n);
     else memcpy(ec, ema, n * sizeof(float));
-    PERF(be, be->ops->ema_update(be, de, dec, dp, n, decay));
+    *rec_bad = 0;
+    for (int skip = 0; skip < 2; skip++) {
+        float *de2 = put_f(be, e0, n);
+        StepRecord *rec = put_record(be, 1.0f, skip);
+        be->ops->ema_update(be, de2, NULL, dp, n, decay, rec);
+        *rec_bad += get_f(be, got, de2, n);
+        for (size_t i = 0; i < n; i++) *rec_bad += memcmp(&got[i], skip ? &e0[i] : &ema[i], 4) != 0;
+        dfree(be, rec), dfree(be, de2);
+    }
+    free(e0), free(got);
+    PERF(be, be->ops->ema_update(be, de, dec, dp, n, decay, NULL));
     if (be->compute != DTYPE_F32) dfree(be, dec);
     dfree(be, de), dfree(be, dp);
     return guard;
@@ -1539,8 +1657,9 @@ static void case_ema(const Target *t, const OpCase *c, Line *L) {
     for (size_t i = 0; i < n; i++) wd[i] = we[i] - e0[i];
     float *e = fnew(n), *ec = fnew(n), *ce = fnew(n), *cec = fnew(n);
     memcpy(e, e0, n * 4), memcpy(ce, e0, n * 4);
-    int guard = run_ema(t->be, e, ec, p, n, decay, alias);
-    if (!t->is_cpu) run_ema(t->cpu, ce, cec, p, n, decay, alias);
+    int rec_bad, cpu_rec_bad;
+    int guard = run_ema(t->be, e, ec, p, n, decay, alias, &rec_bad);
+    if (!t->is_cpu) run_ema(t->cpu, ce, cec, p, n, decay, alias, &cpu_rec_bad);
     const float *cpu = t->is_cpu ? NULL : ce;
     line_cmp(L, "ema", e, NULL, we, cpu, NULL, n, c->tol.data);
     // the increment (1 - decay)(p - ema) too, where it is large enough against the float32
@@ -1552,6 +1671,7 @@ static void case_ema(const Target *t, const OpCase *c, Line *L) {
         for (size_t i = 0; i < n; i++) bad += e[i] != p[i];
         line_exact(L, "copy", bad);
     }
+    line_exact(L, "step record (skip)", rec_bad);
     line_exact(L, "guard", guard);
     free(e0), free(p), free(we), free(dp), free(wd), free(e), free(ec), free(ce), free(cec);
 }
@@ -1601,6 +1721,7 @@ static OpCost cost_mix_dy(const OpCase *c, size_t e) { return mix_cost(c, e, 1);
 static OpCost cost_ce_fwd(const OpCase *c, size_t e) { return bytes(2.0 * c->d[0] * c->d[2] * e); }
 static OpCost cost_ce_bwd(const OpCase *c, size_t e) { return bytes(c->d[0] * c->d[2] * (2.0 * e + 8)); }
 static OpCost cost_sumsq(const OpCase *c, size_t e) { return (void)e, bytes(4.0 * c->d[0]); }
+static OpCost cost_step_check(const OpCase *c, size_t e) { return (void)c, (void)e, bytes(16.0 + sizeof(StepRecord)); }
 static OpCost cost_adamw(const OpCase *c, size_t e) { return bytes(c->d[0] * (c->d[3] ? 9.0 * 4 + 2 * e : 7.0 * 4 + e)); }
 static OpCost cost_ema(const OpCase *c, size_t e) { return bytes(c->d[0] * (3.0 * 4 + e)); }
 

@@ -511,3 +511,89 @@ TEST(cuda_emu_backend_registered) {
            givt_emu::order_name(givt_emu::get_order()));
     backend_close(be);
 }
+
+// ---- the counts: kernel launches, host synchronisations (drains) and fence waits ----------------
+__global__ void add_one(float *p) { p[threadIdx.x] += 1.0f; }
+
+// The counts since s0, as launches / host syncs / fence waits
+static void stats_since(const givt_emu::Stats &s0, unsigned long long *l, unsigned long long *h,
+                        unsigned long long *f) {
+    const givt_emu::Stats s = givt_emu::stats();
+    *l = s.launches - s0.launches, *h = s.host_syncs - s0.host_syncs, *f = s.fence_waits - s0.fence_waits;
+}
+
+// A wait counts once, as a host synchronisation when nothing is queued after what it waits for (a
+// GPU would idle), as a fence wait when later work is; a copy from the device into pageable memory
+// is synchronous, into cudaMallocHost's memory not; the backend's readback waits for its event only.
+TEST(cuda_emu_counts_launches_and_host_waits) {
+    cudaStream_t st;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    float *d = dev_floats(NULL, 32), h[32], *pinned = NULL;
+    CUDA_CHECK(cudaMemsetAsync(d, 0, 32 * sizeof(float), st));
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    CUDA_CHECK(cudaMallocHost(&pinned, 32 * sizeof(float)));
+    cudaEvent_t ev;
+    CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    unsigned long long l, hs, f;
+
+    givt_emu::Stats s0 = givt_emu::stats();
+    GIVT_LAUNCH(add_one, 1, 32, 0, st, d);
+    GIVT_LAUNCH(add_one, 1, 32, 0, st, d);
+    CUDA_CHECK(cudaStreamSynchronize(st));  // a drain
+    CUDA_CHECK(cudaStreamSynchronize(st));  // nothing new: nothing
+    stats_since(s0, &l, &hs, &f);
+    CHECK(l == 2 && hs == 1 && f == 0, "launches %llu, host syncs %llu, fence waits %llu", l, hs, f);
+
+    s0 = givt_emu::stats();
+    GIVT_LAUNCH(add_one, 1, 32, 0, st, d);
+    CUDA_CHECK(cudaMemcpyAsync(h, d, sizeof h, cudaMemcpyDeviceToHost, st));  // pageable: synchronous
+    CUDA_CHECK(cudaStreamSynchronize(st));                                    // waited for already
+    stats_since(s0, &l, &hs, &f);
+    CHECK(l == 1 && hs == 1 && f == 0 && h[0] == 3.0f, "launches %llu, host syncs %llu, fence waits %llu, %g", l, hs,
+          f, h[0]);
+
+    s0 = givt_emu::stats();
+    GIVT_LAUNCH(add_one, 1, 32, 0, st, d);
+    CUDA_CHECK(cudaMemcpyAsync(pinned, d, 32 * sizeof(float), cudaMemcpyDeviceToHost, st));  // pinned: async
+    CUDA_CHECK(cudaEventRecord(ev, st));
+    GIVT_LAUNCH(add_one, 1, 32, 0, st, d);  // queued after the event
+    CUDA_CHECK(cudaEventSynchronize(ev));    // a fence wait: the launch above keeps a GPU busy
+    stats_since(s0, &l, &hs, &f);
+    CHECK(l == 2 && hs == 0 && f == 1 && pinned[0] == 4.0f, "launches %llu, host syncs %llu, fence waits %llu, %g", l,
+          hs, f, pinned[0]);
+    CUDA_CHECK(cudaEventRecord(ev, st));
+    CUDA_CHECK(cudaEventSynchronize(ev));  // nothing after it: a drain
+    CUDA_CHECK(cudaFree(d));               // synchronizes the device: nothing new to wait for
+    stats_since(s0, &l, &hs, &f);
+    CHECK(l == 2 && hs == 1 && f == 1, "launches %llu, host syncs %llu, fence waits %llu", l, hs, f);
+
+    CUDA_CHECK(cudaEventDestroy(ev));
+    CUDA_CHECK(cudaFreeHost(pinned));
+    CUDA_CHECK(cudaStreamDestroy(st));
+
+    // the backend: download drains; readback_wait with work queued after readback_start is a fence
+    // wait; backend_stats reports the counts (the CPU backend counts nothing)
+    Backend *be = backend_open("cuda", PRECISION_NO), *cpu = backend_open("cpu", PRECISION_NO);
+    CHECK(be && cpu, "%s", givt_last_error());
+    if (!be || !cpu) return;
+    BackendStats b0, b1, c;
+    backend_stats(cpu, &c);
+    CHECK(c.counted == 0 && c.launches == 0 && c.host_syncs == 0);
+    float *x = (float *)be->ops->alloc(be, 32 * sizeof(float)), one = 1.0f, back = 0;
+    BackendReadback *rb = be->ops->readback_create(be, sizeof(float));
+    backend_stats(be, &b0);
+    be->ops->upload(be, x, &one, sizeof one);
+    be->ops->readback_start(be, rb, x, sizeof(float));
+    be->ops->zero(be, x, 32 * sizeof(float));  // queued after the readback
+    memcpy(&back, be->ops->readback_wait(be, rb), sizeof back);
+    be->ops->download(be, h, x, sizeof(float));
+    backend_stats(be, &b1);
+    CHECK(b1.counted == 1 && b1.host_syncs - b0.host_syncs == 1 && b1.fence_waits - b0.fence_waits == 1 &&
+              back == 1.0f && h[0] == 0.0f,
+          "host syncs %llu, fence waits %llu, readback %g, download %g", b1.host_syncs - b0.host_syncs,
+          b1.fence_waits - b0.fence_waits, back, h[0]);
+    be->ops->readback_free(be, rb);
+    be->ops->free(be, x);
+    backend_close(be);
+    backend_close(cpu);
+}

@@ -206,8 +206,8 @@ Outs run_ops(Backend *be, size_t off, size_t off_b, bool odd) {
         Buf bp(be, p, off, true), bg(be, g, off_b, true), bm(be, m, off, true), bv(be, v, off, true),
             bpc(be, pc, off), be_(be, e, off, true), bec(be, ec, off);
         be->ops->adamw(be, (float *)bp.p(), (cval *)bpc.p(), (const float *)bg.p(), (float *)bm.p(), (float *)bv.p(),
-                       NULL, NULL, n, 1e-3f, 0.9f, 0.99f, 1e-8f, 0.1f, 0.7f, 3, 0.0f);
-        be->ops->ema_update(be, (float *)be_.p(), (cval *)bec.p(), (const float *)bp.p(), n, 0.9f);
+                       NULL, NULL, n, 1e-3f, 0.9f, 0.99f, 1e-8f, 0.1f, 0.7f, 3, 0.0f, NULL);
+        be->ops->ema_update(be, (float *)be_.p(), (cval *)bec.p(), (const float *)bp.p(), n, 0.9f, NULL);
         for (const Buf *b : {&bp, &bm, &bv, &bpc, &be_, &bec}) o.push_back(b->get());
     }
     {  // adamw with the EMA in its pass: the same inputs (the two-pass results above, bit for bit)
@@ -217,7 +217,7 @@ Outs run_ops(Backend *be, size_t off, size_t off_b, bool odd) {
         Buf bp(be, p, off, true), bg(be, g, off_b, true), bm(be, m, off, true), bv(be, v, off, true),
             bpc(be, pc, off), be_(be, e, off, true), bec(be, ec, off);
         be->ops->adamw(be, (float *)bp.p(), (cval *)bpc.p(), (const float *)bg.p(), (float *)bm.p(), (float *)bv.p(),
-                       (float *)be_.p(), (cval *)bec.p(), n, 1e-3f, 0.9f, 0.99f, 1e-8f, 0.1f, 0.7f, 3, 0.9f);
+                       (float *)be_.p(), (cval *)bec.p(), n, 1e-3f, 0.9f, 0.99f, 1e-8f, 0.1f, 0.7f, 3, 0.9f, NULL);
         for (const Buf *b : {&bp, &bm, &bv, &bpc, &be_, &bec}) o.push_back(b->get());
     }
     return o;

@@ -46,7 +46,7 @@ TEST(adamw_two_steps_by_hand) {
     const float *gs[2] = {g1, g2};
     for (int t = 1; t <= 2; t++) {
         be->ops->adamw(be, p, NULL, gs[t - 1], m, v, NULL, NULL, 2, (float)lr, (float)b1, (float)b2, (float)eps,
-                       (float)wd, 0.5f, t, 0.0f);
+                       (float)wd, 0.5f, t, 0.0f, NULL);
         for (int i = 0; i < 2; i++) {  // PyTorch AdamW, in double
             double g = 0.5 * gs[t - 1][i];
             P[i] *= 1 - lr * wd;
@@ -135,7 +135,8 @@ static size_t ema_runs_step(EmaRun *two, EmaRun *one, int steps, double power) {
         one->m.be->ops->upload(one->m.be, one->m.grads, g, n * sizeof(float));
         adamw_step(&two->opt, &two->m, two->m.grads, 1e-2, 3.0);
         cval *ec = (void *)two->ema.compute == (void *)two->ema.master ? NULL : two->ema.compute;
-        ema_update_weights(two->m.be, two->ema.master, ec, two->m.w.master, n, (float)ema_decay(power, two->opt.t));
+        ema_update_weights(two->m.be, two->ema.master, ec, two->m.w.master, n, (float)ema_decay(power, two->opt.t),
+                           NULL);
         adamw_step_ema(&one->opt, &one->m, one->m.grads, 1e-2, 3.0, &one->ema, power);
     }
     const Weights *w2[2] = {&two->m.w, &two->ema}, *w1[2] = {&one->m.w, &one->ema};
@@ -188,6 +189,80 @@ TEST(adamw_step_ema_is_adamw_then_ema_update) {
             size_t pad = padding_nonzero(&one.m, &one.m.w) + padding_nonzero(&one.m, &one.ema);
             CHECK(pad == 0, "%s: %zu elements of the padding are not zero after AdamW and the EMA", names[b], pad);
             ema_run_close(&two), ema_run_close(&one);
+            backend_close(be);
+        }
+    }
+}
+
+// The moments' bytes of a run (m then v) from the backend into a new host buffer
+static unsigned char *moments_bytes(EmaRun *r, size_t *bytes) {
+    size_t f = r->opt.count * sizeof(float);
+    unsigned char *h = malloc(2 * f + 1);
+    r->m.be->ops->download(r->m.be, h, r->opt.m, f);
+    r->m.be->ops->download(r->m.be, h + f, r->opt.v, f);
+    *bytes = 2 * f;
+    return h;
+}
+
+// givt-train's step (issue 21): the clipping and the skip decided on the backend (adamw_check_step)
+// and applied by the update kernels (adamw_update), the update counted when the record is read
+// (adamw_note_step), gives the bits of the host's step (adamw_step_ema with the norm, nothing on a
+// non-finite step), on every backend here, with the EMA in the pass, a clipped norm and a step whose
+// loss is not finite (skipped: nothing changes, t included).
+TEST(adamw_update_from_a_step_record_is_the_hosts_step) {
+    GivtConfig cfg;
+    givt_config_default(&cfg);
+    cfg.input_dim = 3, cfg.hidden_dim = 16, cfg.intermediate_dim = 24, cfg.num_heads = 2, cfg.num_layers = 2;
+    cfg.block_size = 8;
+    OptimConfig oc = {.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-8, .weight_decay = 0.1, .grad_norm = 1.0};
+    const char *names[2] = {"cpu", "cuda"};
+    for (int b = 0; b < 2; b++) {
+        char why[256];
+        if (!backend_available(names[b], why, sizeof why)) continue;
+        for (int prec = 0; prec < 2; prec++) {
+            Backend *be = backend_open(names[b], prec ? PRECISION_BF16 : PRECISION_NO);
+            CHECK(be != NULL, "%s: %s", names[b], givt_last_error());
+            if (!be) continue;
+            EmaRun host, dev;
+            ema_run_open(&host, be, &cfg, &oc);
+            ema_run_open(&dev, be, &cfg, &oc);
+            size_t n = host.m.table.total, diff = 0;
+            float *g = malloc(n * sizeof(float));
+            StepRecord *rec = be->ops->alloc(be, sizeof *rec), r;
+            Rng rng;
+            rng_seed(&rng, 11);
+            int skipped = 0;
+            for (int s = 0; s < 5; s++) {
+                for (size_t i = 0; i < n; i++) g[i] = (float)rng_normal(&rng);
+                param_table_zero_padding(&host.m.table, g);
+                be->ops->upload(be, host.m.grads, g, n * sizeof(float));
+                be->ops->upload(be, dev.m.grads, g, n * sizeof(float));
+                double sc[2] = {s == 2 ? NAN : 100.0 + s, s == 4 ? 0.25 : 9.0 + s};  // clipped but at step 4
+                double lr = 1e-2 * (s + 1);
+                if (isfinite(sc[0])) adamw_step_ema(&host.opt, &host.m, host.m.grads, lr, sqrt(sc[1]), &host.ema, 0.5);
+                be->ops->upload(be, dev.m.scalars + SCALAR_LOSS_SUM, sc, sizeof sc);
+                adamw_check_step(&dev.opt, be, rec, dev.m.scalars + SCALAR_LOSS_SUM, 7.0);
+                adamw_update(&dev.opt, &dev.m, dev.m.grads, lr, rec, &dev.ema, 0.5);
+                be->ops->download(be, &r, rec, sizeof r);
+                adamw_note_step(&dev.opt, &r);
+                skipped += r.skip;
+                CHECK(r.skip == (s == 2) && (s == 2 || r.loss == sc[0] / 7.0) && r.norm == sqrt(sc[1]),
+                      "step %d: skip %d, loss %g, norm %g", s, (int)r.skip, r.loss, r.norm);
+            }
+            const Weights *wh[2] = {&host.m.w, &host.ema}, *wd[2] = {&dev.m.w, &dev.ema};
+            for (int k = 0; k < 3; k++) {
+                size_t bh, bd;
+                unsigned char *hh = k < 2 ? weights_bytes(&host.m, wh[k], &bh) : moments_bytes(&host, &bh);
+                unsigned char *hd = k < 2 ? weights_bytes(&dev.m, wd[k], &bd) : moments_bytes(&dev, &bd);
+                for (size_t i = 0; i < bh; i++) diff += hh[i] != hd[i];
+                free(hh), free(hd);
+            }
+            CHECK(diff == 0, "%s/%s: %zu bytes differ", names[b], dtype_name(be->compute), diff);
+            CHECK(skipped == 1 && host.opt.t == 4 && dev.opt.t == 4, "t %ld and %ld, %d skipped", host.opt.t,
+                  dev.opt.t, skipped);
+            free(g);
+            be->ops->free(be, rec);
+            ema_run_close(&host), ema_run_close(&dev);
             backend_close(be);
         }
     }

@@ -11,6 +11,7 @@
 #include "hf.h"
 #include "npy.h"
 #include "refdata.h"
+#include "rng.h"
 #include "safetensors.h"
 #include "testutil.h"
 #include "trainer.h"
@@ -171,6 +172,74 @@ TEST(trainer_stops_after_ten_non_finite_steps_and_writes_no_checkpoint) {
           "metrics.jsonl: %s", metrics ? metrics : "(missing)");
     free(metrics);
     tu_rmtree(d);
+}
+
+// Training data whose sequences 5, 17 and 29 hold 3e38 (finite, so the data are accepted; the
+// forward overflows on them): each pass over the data has non-finite steps, which are skipped.
+static void write_poisoned_data(const char *path) {
+    enum { N = 40, T = 6, D = 3 };
+    float *x = xmalloc((size_t)N * T * D * sizeof(float));
+    Rng rng;
+    rng_seed(&rng, 5);
+    for (size_t i = 0; i < (size_t)N * T * D; i++) x[i] = (float)rng_normal(&rng);
+    for (int b = 5; b < N; b += 12)
+        for (int i = 0; i < T * D; i++) x[(size_t)b * T * D + i] = 3e38f;
+    int64_t shape[3] = {N, T, D};
+    CHECK(npy_write_f32(path, x, 3, shape) == 0, "%s", givt_last_error());
+    free(x);
+}
+
+// A non-finite step is skipped and training goes on: the step is read back one step late (its
+// record), so it is said and logged one step later, but metrics.jsonl has exactly one line per step
+// (loss null on the skipped ones), the summary counts them, and a run split at step 6 (resumed from
+// its checkpoint) ends with the bytes and the metrics of the straight run.
+TEST(trainer_skips_non_finite_steps_and_goes_on) {
+    char a[256], b[256], data[300], path_ov[400];
+    tu_mkdtemp(a, "train_skip_a");
+    tu_mkdtemp(b, "train_skip_b");
+    snprintf(data, sizeof data, "%s/x.npy", a);
+    write_poisoned_data(data);
+    snprintf(path_ov, sizeof path_ov, "data.path=%s", data);
+    char *straight[] = {"data.kind=npy", path_ov, "train.val_size=0", "train.save_every=3"};
+    CHECK(run(k_tiny_ini, a, 4, straight) == 0, "%s", givt_last_error());
+    char *metrics = fs_read_text(tu_path(a, "metrics.jsonl"), NULL), *log = fs_read_text(tu_path(a, "train.log"), NULL);
+    CHECK(metrics && log);
+    int lines = 0, nulls = 0, finite_after_null = 0, said = 0;
+    for (const char *l = metrics; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : "") {
+        lines++;
+        char want[32];
+        snprintf(want, sizeof want, "{\"step\": %d,", lines);
+        CHECK(!strncmp(l, want, strlen(want)), "line %d: %.60s", lines, l);
+        int null = !strncmp(strstr(l, "\"loss\": ") + 8, "null", 4);
+        nulls += null;
+        finite_after_null += !null && nulls > 0;
+    }
+    for (const char *p = log; p && (p = strstr(p, "update skipped")); p++) said++;
+    char summary[64];
+    snprintf(summary, sizeof summary, "; %d skipped in all", nulls);
+    CHECK(lines == 12 && nulls >= 1 && finite_after_null > 0 && said == nulls && strstr(log, summary),
+          "%d lines, %d skipped (%d said), %d finite after a skip:\n%s", lines, nulls, said, finite_after_null,
+          metrics ? metrics : "");
+    free(metrics);
+    free(log);
+    char *half[] = {"data.kind=npy", path_ov, "train.val_size=0", "train.save_every=3", "train.max_steps=6"};
+    char *resume[] = {"data.kind=npy", path_ov, "train.val_size=0", "train.save_every=3",
+                      "train.resume_from_ckpt=latest"};
+    CHECK(run(k_tiny_ini, b, 5, half) == 0, "%s", givt_last_error());
+    CHECK(run(k_tiny_ini, b, 5, resume) == 0, "%s", givt_last_error());
+    const char *files[] = {"model.safetensors", "ema.safetensors", "optimizer.safetensors"};
+    for (int i = 0; i < 3; i++) {
+        char pa[300], pb[300];
+        snprintf(pa, sizeof pa, "%s/step_00000012/%s", a, files[i]);
+        snprintf(pb, sizeof pb, "%s/step_00000012/%s", b, files[i]);
+        CHECK(tu_same_file(pa, pb), "%s differs between the straight and the resumed run", files[i]);
+    }
+    char *ma = metrics_core(a), *mb = metrics_core(b);
+    CHECK(ma && mb && !strcmp(ma, mb), "metrics differ:\n%s\nvs\n%s", ma ? ma : "", mb ? mb : "");
+    free(ma);
+    free(mb);
+    tu_rmtree(a);
+    tu_rmtree(b);
 }
 
 // Weights of a reference case in the parameter table's layout (host floats).

@@ -218,6 +218,11 @@ void backend_profile_stop(Backend *be) {
     be->profile = NULL;
 }
 
+void backend_stats(Backend *be, BackendStats *out) {
+    memset(out, 0, sizeof *out);
+    if (be->ops->stats) be->ops->stats(be, out);
+}
+
 void backend_range_push(Backend *be, const char *name) {
     if (be->ops->range_push) be->ops->range_push(be, name);
 }

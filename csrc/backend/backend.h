@@ -53,6 +53,10 @@ Backend *backend_cpu_open(Precision p);
 // Memory the backend can still allocate and its total, in bytes (0 when unknown).
 void backend_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes);
 void backend_synchronize(Backend *be);
+// What the backend counted so far (ops.h's BackendStats: kernel launches, host synchronisations):
+// the emulated CUDA backend's counts, all zero (counted 0) on a backend that counts nothing (the
+// CPU backend, the CUDA backend on a GPU). givt-bench prints them per step; tests compare them.
+void backend_stats(Backend *be, BackendStats *out);
 
 // ---- per-op profile (givt-bench --profile) -----------------------------------------------------
 // Between start and stop, every op called through BACKEND_OP / BACKEND_OPC (ops.h) is timed

@@ -6,7 +6,9 @@
 // of the weights); `float *` is always float32 (master weights, weight gradients, AdamW moments, norm
 // statistics, targets); `double *` are backend scalars (loss and norm accumulators).
 // The ops are the units a fast GPU backend fuses: residual add + RMSNorm, RoPE + attention, SwiGLU,
-// the Gaussian NLL with its gradient, AdamW with the refresh of the compute copy and the EMA.
+// the Gaussian NLL with its gradient, AdamW with the refresh of the compute copy and the EMA; an
+// optimizer step's decision (clipping, the skip of a non-finite step) is an op too (step_check), so
+// that a training step never waits for the backend (its record is read back one step late).
 // Also here: the Backend instance the ops receive, the element types, and the lists of the table's
 // members (GIVT_OPS_REQUIRED / GIVT_OPS_OPTIONAL, which backend_open checks). backend.h opens
 // backends (the registry) and runs ops (BACKEND_OPC: the profile and NVTX ranges).
@@ -77,6 +79,30 @@ static inline GIVT_HOST_DEVICE float givt_head_std(double pre, double eps) {
     return (float)((double)(float)sp + eps);
 }
 
+// The decision of one optimizer step, made on the backend from the loss and the gradient norm (the
+// step_check op), so that the host need not wait for them: adamw and ema_update read the clipping
+// scale and the skip from it in backend memory, and the host reads it back one step later (the
+// readback ops) for its log and its rules on non-finite steps.
+typedef struct {
+    double loss;       // the mean loss: the loss sum / its count
+    double norm;       // the global gradient norm: sqrt(the squared norm)
+    float grad_scale;  // the clipping factor applied to the gradients (1: none)
+    int32_t skip;      // 1: the loss or the norm is not finite, the step updates nothing; else 0
+} StepRecord;
+
+// A readback slot: host memory that backend memory is copied into while the host goes on
+// (readback_create / readback_start / readback_wait / readback_free).
+typedef struct BackendReadback BackendReadback;
+
+// What a backend counts of its work (backend_stats): the emulated CUDA backend counts kernel launches
+// and the host's waits (kernels/emu/cuda_emu.h); a backend that counts nothing says counted = 0.
+typedef struct {
+    int counted;                      // 1: the counts are measured (process-wide, since it started)
+    unsigned long long launches;      // kernel launches, GEMMs included
+    unsigned long long host_syncs;    // host waits that drain the device's queue (nothing queued after)
+    unsigned long long fence_waits;   // host waits for work that has later work queued behind it
+} BackendStats;
+
 // The shape of one attention call. Queries are the Tq tokens at positions pos0 .. pos0 + Tq - 1;
 // keys and values the Tk = pos0 + Tq tokens at positions 0 .. Tk - 1 (a KV cache holds the first
 // pos0). Causal: query i sees keys 0 .. pos0 + i. Training is pos0 = 0, Tq = Tk = T.
@@ -105,6 +131,16 @@ struct GivtOps {
     void (*mem_info)(Backend *be, size_t *free_bytes, size_t *total_bytes);
     void (*synchronize)(Backend *be);
     void (*close)(Backend *be);  // frees ctx
+    // Reading backend memory back without waiting for it at once. readback_create: a slot of `bytes`
+    // bytes of host memory that the backend can copy into while the host goes on (CUDA: pinned
+    // memory and an event). readback_start: enqueues the copy of bytes (at most the slot's) from src
+    // (backend memory) into the slot, after every op enqueued before it, and returns. readback_wait:
+    // waits until that copy has landed (every op enqueued before readback_start is then done) and
+    // returns the slot's memory, valid until the next readback_start on the slot.
+    BackendReadback *(*readback_create)(Backend *be, size_t bytes);
+    void (*readback_start)(Backend *be, BackendReadback *r, const void *src, size_t bytes);
+    const void *(*readback_wait)(Backend *be, BackendReadback *r);
+    void (*readback_free)(Backend *be, BackendReadback *r);
 
     // dst (n) = src (n) converted to the compute dtype (the compute copy of float32 weights)
     void (*to_compute)(Backend *be, cval *dst, const float *src, size_t n);
@@ -180,6 +216,13 @@ struct GivtOps {
     // *acc (a backend scalar) += the sum of squares of p (n), double accumulation in a fixed order.
     void (*sumsq)(Backend *be, double *acc, const float *p, size_t n);
 
+    // An optimizer step's decision, where the loss and the norm are: from loss_norm (two backend
+    // scalars: the loss sum, then the squared gradient norm), *rec (backend memory) = {loss =
+    // loss_norm[0] / loss_count, norm = sqrt(loss_norm[1]), skip = 1 when either is not finite (else
+    // 0), grad_scale = (float)min(1, max_norm / (norm + 1e-6)), 1 when max_norm <= 0 (clipping as
+    // torch.nn.utils.clip_grad_norm_)}, in double as the host computes them (the same bits).
+    void (*step_check)(Backend *be, StepRecord *rec, const double *loss_norm, double loss_count, double max_norm);
+
     // AdamW (PyTorch's formula) on n float32 weights p (n), moments m, v (n), gradients g (n); g is
     // multiplied by grad_scale first (clipping); t is the 1-based update count for the bias
     // corrections. p_compute (n) gets the updated weights in the compute dtype, unless it is NULL (the
@@ -187,18 +230,23 @@ struct GivtOps {
     // ema (n) = ema_decay * ema + (1 - ema_decay) * p with the updated p, exactly as ema_update on
     // the updated p would (the same float32 arithmetic per element: the same bits); ema_compute (n)
     // as p_compute. One read of p, g, m, v (and ema), one write of p, m, v (and ema) and the copies.
+    // rec (backend memory, step_check's) when not NULL: the clipping scale is rec->grad_scale
+    // (grad_scale is not used), and when rec->skip is set nothing is read or written.
     void (*adamw)(Backend *be, float *p, cval *p_compute, const float *g, float *m, float *v, float *ema,
                   cval *ema_compute, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay,
-                  float grad_scale, int t, float ema_decay);
+                  float grad_scale, int t, float ema_decay, const StepRecord *rec);
     // ema = decay * ema + (1 - decay) * p, on n floats; ema_compute as p_compute of adamw. The EMA as a
     // pass of its own, where it is not adamw's: under ZeRO-1 (after the gather of the weights), and
-    // givt-bench --ema.
-    void (*ema_update)(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay);
+    // givt-bench --ema. rec (backend memory) when not NULL: nothing is done when rec->skip is set.
+    void (*ema_update)(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay,
+                       const StepRecord *rec);
 
     // Optional (NULL: none): mark the span of one model op for a profiler (the CUDA backend: NVTX
     // ranges named as the op); backend_op_begin / backend_op_end call them around every op.
     void (*range_push)(Backend *be, const char *name);
     void (*range_pop)(Backend *be);
+    // Optional (NULL: counts nothing): what the backend counted so far (BackendStats).
+    void (*stats)(Backend *be, BackendStats *out);
 };
 
 // The members of GivtOps by name, in order: X(op) for each. The required ones must be set in every
@@ -207,10 +255,11 @@ struct GivtOps {
 // drift from the struct.
 #define GIVT_OPS_REQUIRED(X)                                                                            \
     X(alloc) X(free) X(upload) X(download) X(zero) X(copy) X(copy_rows) X(mem_info) X(synchronize)     \
-    X(close) X(to_compute) X(matmul_fwd) X(matmul_bwd) X(residual_rmsnorm_fwd) X(residual_rmsnorm_bwd) \
+    X(close) X(readback_create) X(readback_start) X(readback_wait) X(readback_free) X(to_compute)       \
+    X(matmul_fwd) X(matmul_bwd) X(residual_rmsnorm_fwd) X(residual_rmsnorm_bwd)                          \
     X(attention_saved_bytes) X(attention_fwd) X(attention_scratch_bytes) X(attention_bwd) X(swiglu_fwd) \
     X(swiglu_bwd) X(shift_bos) X(shift_bos_bwd) X(class_embed_fwd) X(class_embed_bwd) X(gaussian_nll)   \
-    X(mixture_nll) X(sumsq) X(adamw) X(ema_update)
-#define GIVT_OPS_OPTIONAL(X) X(range_push) X(range_pop)
+    X(mixture_nll) X(sumsq) X(step_check) X(adamw) X(ema_update)
+#define GIVT_OPS_OPTIONAL(X) X(range_push) X(range_pop) X(stats)
 
 #endif

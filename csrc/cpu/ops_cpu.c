@@ -78,6 +78,30 @@ static void cpu_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes) {
     *total_bytes = pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0;
 }
 static void cpu_synchronize(Backend *be) { (void)be; }  // every op is synchronous
+// A readback is a copy (every op is done when it returns): the slot is plain host memory.
+struct BackendReadback {
+    size_t bytes;
+    unsigned char data[];
+};
+static BackendReadback *cpu_readback_create(Backend *be, size_t bytes) {
+    (void)be;
+    BackendReadback *r = xcalloc(1, sizeof *r + (bytes ? bytes : 1));
+    r->bytes = bytes;
+    return r;
+}
+static void cpu_readback_start(Backend *be, BackendReadback *r, const void *src, size_t bytes) {
+    (void)be;
+    if (bytes > r->bytes) givt_die("cpu readback_start: %zu bytes into a slot of %zu", bytes, r->bytes);
+    memcpy(r->data, src, bytes);
+}
+static const void *cpu_readback_wait(Backend *be, BackendReadback *r) {
+    (void)be;
+    return r->data;
+}
+static void cpu_readback_free(Backend *be, BackendReadback *r) {
+    (void)be;
+    free(r);
+}
 static void cpu_close(Backend *be);
 static void cpu_to_compute(Backend *be, cval *dst, const float *src, size_t n) {
     (void)be;
@@ -618,6 +642,17 @@ static void cpu_sumsq(Backend *be, double *acc, const float *p, size_t n) {
 }
 
 // ---- optimizer ----------------------------------------------------------------------------
+static void cpu_step_check(Backend *be, StepRecord *rec, const double *loss_norm, double loss_count, double max_norm) {
+    (void)be;
+    double loss = loss_norm[0] / loss_count, norm = sqrt(loss_norm[1]), scale = 1.0;
+    if (max_norm > 0) {
+        double coef = max_norm / (norm + 1e-6);
+        scale = coef < 1.0 ? coef : 1.0;
+    }
+    *rec = (StepRecord){.loss = loss, .norm = norm, .grad_scale = (float)scale,
+                        .skip = !isfinite(loss) || !isfinite(norm)};
+}
+
 // The compute copies are the float32 buffers themselves here: p_compute, ema_compute NULL (or p, ema).
 // One element of AdamW (PyTorch's formula, the bias corrections in step_size and bc2_sqrt) and of
 // the EMA: the same functions for adamw's fused EMA and ema_update, so that the two give the same bits.
@@ -653,18 +688,22 @@ static void cpu_adamw_loop(const CpuAdamw *a, float *restrict p, const float *re
 
 static void cpu_adamw(Backend *be, float *p, cval *p_compute, const float *g, float *m, float *v, float *ema,
                       cval *ema_compute, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay,
-                      float grad_scale, int t, float ema_decay) {
+                      float grad_scale, int t, float ema_decay, const StepRecord *rec) {
     (void)be;
     if (p_compute && FP(p_compute) != p) givt_die("cpu adamw: the compute copy of float32 weights is the weights");
     if (ema_compute && (!ema || FP(ema_compute) != ema)) givt_die("cpu adamw: the EMA's compute copy is the EMA");
+    if (rec && rec->skip) return;
+    if (rec) grad_scale = rec->grad_scale;
     CpuAdamw a = {beta1, beta2, eps, 1.0f - lr * weight_decay, grad_scale, (float)(lr / (1.0 - pow(beta1, t))),
                   (float)sqrt(1.0 - pow(beta2, t))};
     cpu_adamw_loop(&a, p, g, m, v, ema, n, ema_decay);
 }
 
-static void cpu_ema_update(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay) {
+static void cpu_ema_update(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay,
+                           const StepRecord *rec) {
     (void)be;
     if (ema_compute && FP(ema_compute) != ema) givt_die("cpu ema_update: the compute copy is the EMA weights");
+    if (rec && rec->skip) return;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) ema[i] = cpu_ema_elem(decay, ema[i], p[i]);
 }
@@ -680,6 +719,10 @@ static const GivtOps g_cpu_ops = {
     .mem_info = cpu_mem_info,
     .synchronize = cpu_synchronize,
     .close = cpu_close,
+    .readback_create = cpu_readback_create,
+    .readback_start = cpu_readback_start,
+    .readback_wait = cpu_readback_wait,
+    .readback_free = cpu_readback_free,
     .to_compute = cpu_to_compute,
     .matmul_fwd = cpu_matmul_fwd,
     .matmul_bwd = cpu_matmul_bwd,
@@ -698,6 +741,7 @@ static const GivtOps g_cpu_ops = {
     .gaussian_nll = cpu_gaussian_nll,
     .mixture_nll = cpu_mixture_nll,
     .sumsq = cpu_sumsq,
+    .step_check = cpu_step_check,
     .adamw = cpu_adamw,
     .ema_update = cpu_ema_update,
 };

@@ -33,7 +33,11 @@ static void usage(FILE *out) {
             "SMs x clock x dense rate per SM (sm_90 bf16: 4096 FLOP/clk/SM on the tensor cores at the\n"
             "datasheet clock: 989 TFLOP/s on an H100/H200 SXM, 756 on an H100 PCIe; fp32: 256 at boost).\n"
             "A step is zero_grads, forward, backward, global grad norm and AdamW (lr 1e-4, betas 0.9/0.99,\n"
-            "wd 0.1, clip 1.0); ms/step and tokens/s are of the median timed step. --no-adamw times forward\n"
+            "wd 0.1, clip 1.0) as givt-train's: the clipping and the skip of a non-finite step decided on the\n"
+            "backend, the step's loss read back one step late; ms/step and tokens/s are of the median timed\n"
+            "step. Per step, host_syncs (host waits that drain the backend's queue) and kernel launches, as\n"
+            "the backend counts them (the emulated CUDA backend; \"na\" elsewhere), the bench's own\n"
+            "synchronize around each timed step excluded. --no-adamw times forward\n"
             "+ backward only. --ema adds givt-train's EMA update of the weights to each step. --checkpointing\n"
             "recomputes each layer in backward. --profile adds a table of the\n"
             "time spent in each backend op (timed synchronously, by op name). The clock is read after\n"
@@ -88,7 +92,8 @@ static int bench_sgemm(int M, int N, int K, int reps) {
 // own (--no-adamw --ema; with AdamW the EMA runs in its pass: adamw_step_ema).
 static void bench_ema_step(GivtModel *m, Weights *ema, long updates) {
     cval *compute = (void *)ema->compute == (void *)ema->master ? NULL : ema->compute;
-    ema_update_weights(m->be, ema->master, compute, m->w.master, m->table.total, (float)ema_decay(2.0 / 3.0, updates));
+    ema_update_weights(m->be, ema->master, compute, m->w.master, m->table.total, (float)ema_decay(2.0 / 3.0, updates),
+                       NULL);
 }
 
 static int dbl_cmp(const void *a, const void *b) {
@@ -321,6 +326,13 @@ int main(int argc, char **argv) {
     double fpt = givt_config_flops_per_token(&cfg, T, &mm_params);
     double tokens = (double)B * T, total = 0, loss = 0;
     double *times = xcalloc((size_t)steps, sizeof(double));
+    // the step's decision (clipping, the skip) on the backend and its record read one step late, as
+    // givt-train's step (trainer.c): no wait for the backend inside a step
+    StepRecord *rec = ops->alloc(be, sizeof *rec), r = {0};
+    BackendReadback *back = ops->readback_create(be, sizeof(StepRecord));
+    int pending = 0;
+    BackendStats st0, st1;
+    double syncs = 0, launches = 0, fences = 0;  // inside the timed steps, the bench's own brackets excluded
     printf("model: D %d C %d F %d H %d L %d, T %d, B %d; %zu params (%zu in matmuls); %.3f GFLOP/step%s\n",
            cfg.input_dim, cfg.hidden_dim, cfg.intermediate_dim, cfg.num_heads, cfg.num_layers, T, B,
            m.table.params, mm_params, fpt * tokens / 1e9, adamw ? "" : " (no optimizer step)");
@@ -328,28 +340,44 @@ int main(int argc, char **argv) {
         if (s == warmup && profile) backend_profile_start(be);  // profile the timed steps only
         backend_synchronize(be);  // GPU ops are asynchronous: the clock brackets finished work
         double t0 = util_time_now_s();
-        // as the trainer's step: the loss and the squared norm into backend scalars, one host read
+        backend_stats(be, &st0);
+        // as the trainer's step: the loss and the squared norm into backend scalars, the step's
+        // decision from them on the backend (step_check), the previous step's record read back
         model_zero_grads(&m);
         ops->zero(be, m.scalars, MODEL_NUM_SCALARS * sizeof(double));
         model_forward(&m, &m.w, x, B, T);
         model_loss(&m, m.scalars + SCALAR_LOSS_SUM, 1.0f);
         model_backward(&m, &m.w);
         grad_sumsq(&m, m.scalars + SCALAR_GRAD_SUMSQ);
-        double sc[2];
-        ops->download(be, sc, m.scalars + SCALAR_LOSS_SUM, sizeof sc);
-        loss = sc[0] / ((double)B * T * cfg.input_dim);
+        adamw_check_step(&opt, be, rec, m.scalars + SCALAR_LOSS_SUM, (double)B * T * cfg.input_dim);
+        if (pending) {  // the previous step's record (a fence wait: this step's work is queued after it)
+            memcpy(&r, ops->readback_wait(be, back), sizeof r);
+            if (!isfinite(r.loss)) givt_die("step %d: loss is %g", s - 1, r.loss);
+            adamw_note_step(&opt, &r);
+        }
         if (adamw)  // with --ema, the EMA in AdamW's pass, as givt-train's step
-            adamw_step_ema(&opt, &m, m.grads, oc.lr, sqrt(sc[1]), ema ? &ema_w : NULL, 2.0 / 3.0);
+            adamw_update(&opt, &m, m.grads, oc.lr, rec, ema ? &ema_w : NULL, 2.0 / 3.0);
         else if (ema)
             bench_ema_step(&m, &ema_w, s + 1);
+        ops->readback_start(be, back, rec, sizeof *rec);
+        pending = 1;
+        backend_stats(be, &st1);
         backend_synchronize(be);
         double dt = util_time_now_s() - t0;
-        if (!isfinite(loss)) givt_die("step %d: loss is %g", s, loss);
+        if (s >= warmup) {
+            syncs += (double)(st1.host_syncs - st0.host_syncs);
+            launches += (double)(st1.launches - st0.launches);
+            fences += (double)(st1.fence_waits - st0.fence_waits);
+        }
         if (s >= warmup) {
             times[s - warmup] = dt;
             total += dt;
         }
     }
+    memcpy(&r, ops->readback_wait(be, back), sizeof r);  // the last step's record
+    if (!isfinite(r.loss)) givt_die("step %d: loss is %g", warmup + steps - 1, r.loss);
+    adamw_note_step(&opt, &r);
+    loss = r.loss;
     // The median step: robust to the odd step slowed by another process on a shared machine.
     qsort(times, (size_t)steps, sizeof(double), dbl_cmp);
     double per_step = steps % 2 ? times[steps / 2] : 0.5 * (times[steps / 2 - 1] + times[steps / 2]);
@@ -364,6 +392,18 @@ int main(int argc, char **argv) {
     size_t used = mem_total > mem_free ? mem_total - mem_free : 0;
     int gpu = (be->caps & BACKEND_CAP_DEVICE_MEMORY) != 0;
     if (peak > 0) printf("MFU %.1f%% of %s\n", 100 * mfu, peak_s);
+    char counts[160] = "";
+    if (st0.counted) {
+        printf("per step: %.2f host syncs, %.1f kernel launches, %.2f fence waits (counted by the %s backend; the "
+               "bench's synchronize around each step excluded)\n",
+               syncs / steps, launches / steps, fences / steps, be->name);
+        snprintf(counts, sizeof counts, " host_syncs_per_step=%.2f launches_per_step=%.1f fence_waits_per_step=%.2f",
+                 syncs / steps, launches / steps, fences / steps);
+    } else {
+        printf("per step: host syncs and kernel launches not counted by the %s backend (the emulated CUDA backend "
+               "counts them)\n", be->name);
+        snprintf(counts, sizeof counts, " host_syncs_per_step=na launches_per_step=na");
+    }
     if (gpu)
         printf("device memory: %.2f GiB in use at the end (%.2f GiB just after the backend opened)\n",
                used / 1073741824.0, ctx_mem / 1073741824.0);
@@ -374,10 +414,12 @@ int main(int argc, char **argv) {
     if (gpu)  // the CPU backend reports the whole machine's memory: not this run's
         snprintf(extra + n, sizeof extra - (size_t)n, " peak_mem_bytes=%zu ctx_mem_bytes=%zu", used, ctx_mem);
     printf("RESULT impl=givt threads=%d tokens_per_s=%.1f ms_per_step=%.2f best_ms=%.2f gflops=%.2f params=%zu "
-           "flops_per_token=%.0f loss=%.5f backend=%s compute=%s%s\n",
+           "flops_per_token=%.0f loss=%.5f backend=%s compute=%s%s%s\n",
            omp_get_max_threads(), tokens / per_step, 1e3 * per_step, 1e3 * best, fpt * tokens / per_step / 1e9,
-           m.table.params, fpt, loss, be->name, dtype_name(be->compute), extra);
+           m.table.params, fpt, loss, be->name, dtype_name(be->compute), extra, counts);
 
+    ops->readback_free(be, back);
+    ops->free(be, rec);
     adamw_free(&opt, &m);
     if (ema) model_weights_free(&m, &ema_w);
     ops->free(be, x);

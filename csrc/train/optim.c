@@ -61,22 +61,28 @@ static OpCost update_cost(size_t n, int f32_passes, int copies, size_t esize) {
 
 // The gradient's sum of squares (the clipping's global norm) is a pass of its own, 4 bytes per
 // parameter read (float32 gradients), before AdamW's pass: the clipping scale that AdamW applies
-// needs the norm over every gradient first, and the host computes it (adamw_step's norm). It cannot
+// needs the norm over every gradient first (step_check turns it into the scale on the backend;
+// adamw_step_ema's host path takes the norm from the host). It cannot
 // join an existing pass without changing results or ordering: the gradients are final only after
 // the backward's last matmul_bwd (cuBLASLt) and the all-reduce (NCCL or MPI, not our kernels) or
 // ZeRO-1's reduce-scatter, and model_zero_grads runs before them; summing per tensor as each
 // becomes ready (grads_ready) would change the order of the double sums, hence the norm's bits, and
 // under gradient accumulation only the last micro-batch's backward sees final gradients. One pass
-// (4 bytes/parameter, against AdamW's 30-40) is the minimum while the host decides the clipping
-// (device-side clipping is issue 21). The optimizer's part of a step, per parameter (bf16, EMA on):
+// (4 bytes/parameter, against AdamW's 30-40) is the minimum for a global norm. The optimizer's part
+// of a step, per parameter (bf16, EMA on):
 // 4 (sumsq) + 40 (adamw with the EMA) = 44 bytes, where it was 4 + 30 + 14 = 48 in three passes.
 void grad_sumsq_buffer(Backend *be, double *acc, const float *p, size_t n) {
     BACKEND_OPC(be, sumsq_cost(n), sumsq, acc, p, n);
 }
 
-void ema_update_weights(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay) {
+void ema_update_weights(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay,
+                        const StepRecord *rec) {
     BACKEND_OPC(be, update_cost(n, 3, ema_compute != NULL, dtype_size(be->compute)), ema_update, ema, ema_compute,
-                p, n, decay);
+                p, n, decay, rec);
+}
+
+void adamw_check_step(const AdamW *opt, Backend *be, StepRecord *rec, const double *loss_norm, double loss_count) {
+    BACKEND_OP(be, step_check, rec, loss_norm, loss_count, opt->cfg.grad_norm);
 }
 
 void grad_sumsq(const GivtModel *model, double *acc) {
@@ -120,14 +126,14 @@ static cval *compute_at(const Weights *w, size_t a, size_t esize) {
     return (void *)w->compute == (void *)w->master ? NULL : (cval *)((char *)w->compute + a * esize);
 }
 
-void adamw_step_ema(AdamW *opt, GivtModel *model, const float *grads, double lr, double norm, const Weights *ema,
-                    double ema_power) {
+// The update number t (1-based) with clipping scale `scale`, or the scale and the skip of rec
+// (backend memory) when rec is not NULL.
+static void adamw_enqueue(AdamW *opt, GivtModel *model, const float *grads, double lr, double scale,
+                          const StepRecord *rec, long t, const Weights *ema, double ema_power) {
     const OptimConfig *c = &opt->cfg;
-    double scale = clip_scale(c, norm);
     if (ema && (opt->first != 0 || opt->count != model->table.total))
         givt_die("adamw_step_ema: the EMA in AdamW's pass needs the whole table (not a ZeRO-1 part)");
-    opt->t++;
-    float decay = ema ? (float)ema_decay(ema_power, opt->t) : 0.0f;
+    float decay = ema ? (float)ema_decay(ema_power, t) : 0.0f;
     Backend *be = model->be;
     Weights *w = &model->w;
     size_t esize = dtype_size(be->compute);
@@ -143,8 +149,19 @@ void adamw_step_ema(AdamW *opt, GivtModel *model, const float *grads, double lr,
         OpCost cost = update_cost(b - a, ema ? 9 : 7, (pc != NULL) + (ec != NULL), esize);
         BACKEND_OPC(be, cost, adamw, w->master + a, pc, grads + (a - lo), opt->m + (a - lo), opt->v + (a - lo),
                     ema ? ema->master + a : NULL, ec, b - a, (float)lr, (float)c->beta1, (float)c->beta2,
-                    (float)c->eps, s->weight_decay ? (float)c->weight_decay : 0.0f, (float)scale, (int)opt->t, decay);
+                    (float)c->eps, s->weight_decay ? (float)c->weight_decay : 0.0f, (float)scale, (int)t, decay, rec);
     }
+}
+
+void adamw_step_ema(AdamW *opt, GivtModel *model, const float *grads, double lr, double norm, const Weights *ema,
+                    double ema_power) {
+    opt->t++;
+    adamw_enqueue(opt, model, grads, lr, clip_scale(&opt->cfg, norm), NULL, opt->t, ema, ema_power);
+}
+
+void adamw_update(AdamW *opt, GivtModel *model, const float *grads, double lr, const StepRecord *rec,
+                  const Weights *ema, double ema_power) {
+    adamw_enqueue(opt, model, grads, lr, 1.0, rec, opt->t + 1, ema, ema_power);
 }
 
 void adamw_step(AdamW *opt, GivtModel *model, const float *grads, double lr, double norm) {

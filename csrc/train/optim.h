@@ -42,8 +42,14 @@ void adamw_free(AdamW *opt, const GivtModel *model);
 // gradients, or any float32 buffer such as the weights).
 void grad_sumsq_buffer(Backend *be, double *acc, const float *p, size_t n);
 // ema (n floats) = decay * ema + (1 - decay) * p; ema_compute: ema's compute copy, or NULL when it is
-// ema itself (as the op's ema_compute).
-void ema_update_weights(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay);
+// ema itself (as the op's ema_compute). rec (backend memory, step_check's) when not NULL: nothing on
+// a skipped step.
+void ema_update_weights(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay,
+                        const StepRecord *rec);
+// A step's decision on the backend (ops.h: step_check): *rec (backend memory) = the mean loss
+// (loss_norm[0] / loss_count), the global norm, the clipping scale of opt->cfg.grad_norm and the skip
+// of a non-finite loss or norm, from loss_norm (the loss sum and the squared norm, backend scalars).
+void adamw_check_step(const AdamW *opt, Backend *be, StepRecord *rec, const double *loss_norm, double loss_count);
 
 // *acc (a backend scalar) += the squared L2 norm of model->grads (double accumulation, fixed order).
 void grad_sumsq(const GivtModel *model, double *acc);
@@ -61,6 +67,16 @@ void adamw_step(AdamW *opt, GivtModel *model, const float *grads, double lr, dou
 // table (opt->first 0, count table.total): under ZeRO-1 the EMA is a pass of its own after the gather.
 void adamw_step_ema(AdamW *opt, GivtModel *model, const float *grads, double lr, double norm, const Weights *ema,
                     double ema_power);
+// The update as adamw_step_ema, its clipping scale and its skip read on the backend from rec
+// (adamw_check_step's), so that the host need not know the norm: the update is the (opt->t + 1)-th
+// when it is not skipped, and opt->t is left as it is until the host, having read rec back, calls
+// adamw_note_step. The same bits as adamw_step_ema with rec's norm (skipped: nothing changes).
+void adamw_update(AdamW *opt, GivtModel *model, const float *grads, double lr, const StepRecord *rec,
+                  const Weights *ema, double ema_power);
+// rec (host memory: the step's record read back) counts the update adamw_update made, unless skipped.
+static inline void adamw_note_step(AdamW *opt, const StepRecord *rec) {
+    if (!rec->skip) opt->t++;
+}
 
 // EMA decay for the `updates`-th update (1-based), as ema_pytorch's EMA(power=..) computes it when
 // updated every step from the start: 0 (a copy) for the first two, then min(0.9999, 1 - (updates-1)^-power).

@@ -386,6 +386,8 @@ static int setup(Trainer *tr) {
     DistPart part = tr->zero ? dist_part(m->table.total, d->world_size, d->rank) : (DistPart){0, m->table.total};
     adamw_create_part(&tr->opt, m, &oc, part.first, part.count);
     if (tr->zero) tr->grad_part = tr->be->ops->alloc(tr->be, (part.count ? part.count : 1) * sizeof(float));
+    tr->rec = tr->be->ops->alloc(tr->be, sizeof(StepRecord));
+    tr->rec_back = tr->be->ops->readback_create(tr->be, sizeof(StepRecord));
     tr->has_ema = ts->ema > 0;
     if (tr->has_ema) model_weights_alloc(m, &tr->ema);
     m->grads_ready_user = tr;
@@ -419,6 +421,8 @@ static void teardown(Trainer *tr) {
     train_log_close(&tr->log);
     if (tr->batch) tr->be->ops->free(tr->be, tr->batch);
     if (tr->grad_part) tr->be->ops->free(tr->be, tr->grad_part);
+    if (tr->rec_back) tr->be->ops->readback_free(tr->be, tr->rec_back);
+    if (tr->rec) tr->be->ops->free(tr->be, tr->rec);
     if (tr->has_ema) model_weights_free(m, &tr->ema);
     free(tr->batch_host);
     free(tr->labels);
@@ -427,11 +431,12 @@ static void teardown(Trainer *tr) {
     data_close(&tr->data);
 }
 
-// ema = decay * ema + (1 - decay) * weights, master and compute copy, as a pass of its own (ZeRO-1)
+// ema = decay * ema + (1 - decay) * weights, master and compute copy, as a pass of its own (ZeRO-1);
+// nothing on a step the record skips
 static void ema_step(Trainer *tr, float decay) {
     GivtModel *m = &tr->model;
     cval *compute = (void *)tr->ema.compute == (void *)tr->ema.master ? NULL : tr->ema.compute;
-    ema_update_weights(tr->be, tr->ema.master, compute, m->w.master, m->table.total, decay);
+    ema_update_weights(tr->be, tr->ema.master, compute, m->w.master, m->table.total, decay, tr->rec);
 }
 
 // ZeRO-1: each rank updated its part of the master weights; every rank gets all of them, and the
@@ -445,60 +450,147 @@ static void gather_weights(Trainer *tr) {
         BACKEND_OPC(tr->be, cost, to_compute, m->w.compute, m->w.master, n);
 }
 
-// AdamW (the clipping by the global norm gnorm) and the EMA, once the gradients are reduced. The EMA
-// is updated on every step AdamW is (after the last micro-batch; a skipped step updates neither), in
-// AdamW's pass over the weights - except under ZeRO-1, where this rank updates its part only and
-// the EMA of every weight needs them all: there it stays a pass of its own after the gather (every
-// rank keeps the whole EMA).
-static void update_weights(Trainer *tr, double lr, double gnorm) {
+// The step's decision on the backend (step_check into tr->rec): the mean loss, the global gradient
+// norm, the clipping scale and the skip of a non-finite step, from the global loss sum and squared
+// norm that reduce_gradients left in the backend scalars. Nothing waits for it on the host.
+static void check_step(Trainer *tr) {
     GivtModel *m = &tr->model;
-    if (!tr->zero) {
-        adamw_step_ema(&tr->opt, m, m->grads, lr, gnorm, tr->has_ema ? &tr->ema : NULL, tr->cfg.train.ema);
-        return;
-    }
-    adamw_step(&tr->opt, m, tr->grad_part, lr, gnorm);
-    gather_weights(tr);
-    if (tr->has_ema) ema_step(tr, (float)ema_decay(tr->cfg.train.ema, tr->opt.t));
+    double count = (double)tr->cfg.train.batch_size * tr->T * m->cfg.input_dim * tr->cfg.train.grad_accum_steps;
+    adamw_check_step(&tr->opt, tr->be, tr->rec, m->scalars + SCALAR_LOSS_SUM, count * tr->dist->world_size);
 }
 
-// One optimizer step: gradients, the finiteness check, clipping, AdamW and the EMA.
-static StepResult train_step(Trainer *tr, double *loss, double *lr, double *gnorm) {
+// AdamW (the clipping scale and the skip read from tr->rec on the backend) and the EMA, once the
+// gradients are reduced. The EMA is updated on every step AdamW is (after the last micro-batch; a
+// skipped step updates neither), in AdamW's pass over the weights - except under ZeRO-1, where this
+// rank updates its part only and the EMA of every weight needs them all: there it stays a pass of
+// its own after the gather (every rank keeps the whole EMA; a skipped step gathers the weights
+// unchanged, the same bits). The update is the (opt.t + 1)-th; opt.t counts it when its record is read.
+static void update_weights(Trainer *tr, double lr) {
     GivtModel *m = &tr->model;
+    if (!tr->zero) {
+        adamw_update(&tr->opt, m, m->grads, lr, tr->rec, tr->has_ema ? &tr->ema : NULL, tr->cfg.train.ema);
+        return;
+    }
+    adamw_update(&tr->opt, m, tr->grad_part, lr, tr->rec, NULL, 0.0);
+    gather_weights(tr);
+    if (tr->has_ema) ema_step(tr, (float)ema_decay(tr->cfg.train.ema, tr->opt.t + 1));
+}
+
+// What the loop measures between two logs.
+typedef struct {
+    long tokens_per_step, steps;  // steps since the last log
+    double flops_per_token, peak, t_last;
+} LogWindow;
+
+static LogWindow log_window(const Trainer *tr) {
+    const TrainSettings *ts = &tr->cfg.train;
+    LogWindow w = {
+        .tokens_per_step = (long)ts->batch_size * tr->T * ts->grad_accum_steps * tr->dist->world_size,
+        .flops_per_token = givt_config_flops_per_token(&tr->cfg.model, tr->T, NULL),
+        // the MFU's peak: [train] peak_tflops, else the backend's own figure (the CPU backend has none),
+        // per device, times the devices (tok/s is of all of them)
+        .peak = (ts->peak_tflops > 0 ? ts->peak_tflops * 1e12 : tr->be->peak_flops) * tr->dist->world_size,
+        .t_last = util_time_now_s(),
+    };
+    return w;
+}
+
+// The log of a step: metrics.jsonl (and TensorBoard) and the progress line, on rank 0; now: the
+// time the step's window ends (tok/s and the ETA).
+static void log_step(Trainer *tr, LogWindow *w, double now, double loss, double lr, double gnorm, double val_loss,
+                     int val) {
+    double tok_s = (double)(w->steps * w->tokens_per_step) / (now - w->t_last);
+    double mfu = w->peak > 0 ? tok_s * w->flops_per_token / w->peak : NAN;
+    double eta = (now - tr->t_start) / (double)(tr->step - tr->start_step) * (double)(tr->cfg.train.max_steps - tr->step);
+    if (root(tr)) {
+        metrics_write(tr, loss, lr, gnorm, tok_s, mfu, val_loss, val == 1);
+        metrics_progress(tr, loss, lr, gnorm, tok_s, mfu, eta, val_loss);
+    }
+    w->t_last = now;
+    w->steps = 0;
+}
+
+// The step in flight (tr->pending), read one step late: waits for its record (its update, and all
+// the work before it, is then done on the backend; the work enqueued since goes on), counts the
+// update or the skip - a non-finite step is said here, and MAX_BAD_STEPS_IN_A_ROW skipped in a row
+// stop the run - and keeps its loss, lr and norm for its log (log_settled). Every rank reads the
+// same record (the loss and the norm are global), so every rank decides the same.
+static StepResult settle_step(Trainer *tr) {
+    if (!tr->pending) return STEP_DONE;
+    StepRecord r;
+    memcpy(&r, tr->be->ops->readback_wait(tr->be, tr->rec_back), sizeof r);
+    tr->pending = 0;
+    tr->unlogged = 1;
+    tr->step_loss = r.loss, tr->step_gnorm = r.norm, tr->step_lr = tr->pending_lr, tr->step_t = tr->pending_t;
+    adamw_note_step(&tr->opt, &r);
+    if (!r.skip) {
+        tr->skipped_in_row = 0;
+        return STEP_DONE;
+    }
+    tr->skipped_total++;
+    train_log_say(&tr->log, "givt-train: step %ld: loss %g, gradient norm %g: not finite, update skipped", tr->step,
+                  r.loss, r.norm);
+    if (++tr->skipped_in_row >= MAX_BAD_STEPS_IN_A_ROW) {
+        givt_fail("%d steps in a row with a non-finite loss or gradient (last: step %ld); stopping",
+                  MAX_BAD_STEPS_IN_A_ROW, tr->step);
+        tr->agreed = 1;  // the loss and the norm are global: every rank stops here
+        tr->unlogged = 0;  // the step the run stops at has no line
+        return STEP_DIVERGED;
+    }
+    return STEP_SKIPPED;
+}
+
+// The settled step's log when it is due (every log_every steps, the last step, a step with a
+// validation) and not written yet. deferred: logged one step late, from the next step, whose work
+// since must not count in this step's time: its window ends when its train_step did (tr->step_t);
+// otherwise now, as in the loop's iteration of the step (a validation's time included).
+static void log_settled(Trainer *tr, LogWindow *w, double val_loss, int val, int deferred) {
+    if (!tr->unlogged) return;
+    tr->unlogged = 0;
+    if (tr->step % tr->cfg.train.log_every == 0 || tr->step == tr->cfg.train.max_steps || !isnan(val_loss) || val == 1)
+        log_step(tr, w, deferred ? tr->step_t : util_time_now_s(), tr->step_loss, tr->step_lr, tr->step_gnorm,
+                 val_loss, val);
+}
+
+// One optimizer step: gradients, then - with no wait for the backend - the step's decision
+// (check_step: clipping, the finiteness check), AdamW and the EMA, and the start of its record's way
+// back to the host. The previous step is settled (settle_step, and logged) in between, once this
+// step's forward and backward are enqueued: the host waits for the backend only there, one step
+// behind, so that the backend always has queued work.
+static StepResult train_step(Trainer *tr, LogWindow *w) {
     StepResult r = accumulate_gradients(tr);
     if (r != STEP_DONE) return r;
-    double sc[2];  // the host reads the loss and the squared gradient norm once per step
-    tr->be->ops->download(tr->be, sc, m->scalars + SCALAR_LOSS_SUM, sizeof sc);
-    double count = (double)tr->cfg.train.batch_size * tr->T * m->cfg.input_dim * tr->cfg.train.grad_accum_steps;
-    *loss = sc[0] / (count * tr->dist->world_size);
-    *gnorm = sqrt(sc[1]);
-    *lr = tr->cfg.train.lr * lr_factor(&tr->opt.cfg, tr->step);
-    tr->step++;
-    if (!isfinite(*loss) || !isfinite(*gnorm)) {
-        tr->skipped_total++;
-        train_log_say(&tr->log, "givt-train: step %ld: loss %g, gradient norm %g: not finite, update skipped", tr->step,
-                      *loss, *gnorm);
-        if (++tr->skipped_in_row >= MAX_BAD_STEPS_IN_A_ROW) {
-            givt_fail("%d steps in a row with a non-finite loss or gradient (last: step %ld); stopping",
-                      MAX_BAD_STEPS_IN_A_ROW, tr->step);
-            tr->agreed = 1;  // the loss and the norm are global: every rank stops here
-            return STEP_DIVERGED;
-        }
-        return STEP_SKIPPED;
+    if (tr->pending) {
+        if (settle_step(tr) == STEP_DIVERGED) return STEP_DIVERGED;
+        log_settled(tr, w, NAN, 0, 1);
     }
-    tr->skipped_in_row = 0;
+    double lr = tr->cfg.train.lr * lr_factor(&tr->opt.cfg, tr->step);
+    tr->step++;
+    check_step(tr);
     backend_range_push(tr->be, "optimizer");
-    update_weights(tr, *lr, *gnorm);
+    update_weights(tr, lr);
     backend_range_pop(tr->be);
+    tr->be->ops->readback_start(tr->be, tr->rec_back, tr->rec, sizeof(StepRecord));
+    tr->pending = 1;
+    tr->pending_lr = lr;
+    tr->pending_t = util_time_now_s();
     return STEP_DONE;
 }
 
 // Ends the run before max_steps, after an interrupt (returns 130) or a data error (returns -1, the
-// error's message kept): a checkpoint of the last completed step is written first, unless the newest
-// checkpoint already holds it, and the run says which.
-// Every rank calls it at the same step (the reasons are agreed).
-static int stop_early(Trainer *tr, int interrupted) {
+// error's message kept): the step in flight is settled and logged first, then a checkpoint of the
+// last completed step is written, unless the newest checkpoint already holds it, and the run says
+// which. Every rank calls it at the same step (the reasons are agreed).
+static int stop_early(Trainer *tr, LogWindow *w, int interrupted) {
     tr->agreed = 1;
     char *why = interrupted ? NULL : xstrdup(givt_last_error());
+    if (tr->pending) {
+        if (settle_step(tr) == STEP_DIVERGED) {
+            free(why);
+            return -1;  // settle_step's message
+        }
+        log_settled(tr, w, NAN, 0, 0);
+    }
     char where[TRAIN_CONFIG_STR_MAX + 64];
     int rc = 0;
     if (tr->step > tr->saved_step) {
@@ -540,39 +632,9 @@ static int note_validation(Trainer *tr, double val_loss) {
     return tr->cfg.train.keep_best && dist_any(tr->dist, better);
 }
 
-// What the loop measures between two logs.
-typedef struct {
-    long tokens_per_step, steps;  // steps since the last log
-    double flops_per_token, peak, t_last;
-} LogWindow;
-
-static LogWindow log_window(const Trainer *tr) {
-    const TrainSettings *ts = &tr->cfg.train;
-    LogWindow w = {
-        .tokens_per_step = (long)ts->batch_size * tr->T * ts->grad_accum_steps * tr->dist->world_size,
-        .flops_per_token = givt_config_flops_per_token(&tr->cfg.model, tr->T, NULL),
-        // the MFU's peak: [train] peak_tflops, else the backend's own figure (the CPU backend has none),
-        // per device, times the devices (tok/s is of all of them)
-        .peak = (ts->peak_tflops > 0 ? ts->peak_tflops * 1e12 : tr->be->peak_flops) * tr->dist->world_size,
-        .t_last = util_time_now_s(),
-    };
-    return w;
-}
-
-// The log of a step: metrics.jsonl (and TensorBoard) and the progress line, on rank 0.
-static void log_step(Trainer *tr, LogWindow *w, double loss, double lr, double gnorm, double val_loss, int val) {
-    double now = util_time_now_s();
-    double tok_s = (double)(w->steps * w->tokens_per_step) / (now - w->t_last);
-    double mfu = w->peak > 0 ? tok_s * w->flops_per_token / w->peak : NAN;
-    double eta = (now - tr->t_start) / (double)(tr->step - tr->start_step) * (double)(tr->cfg.train.max_steps - tr->step);
-    if (root(tr)) {
-        metrics_write(tr, loss, lr, gnorm, tok_s, mfu, val_loss, val == 1);
-        metrics_progress(tr, loss, lr, gnorm, tok_s, mfu, eta, val_loss);
-    }
-    w->t_last = now;
-    w->steps = 0;
-}
-
+// The loop. A step's record is read one step late (train_step), except where the step must be
+// complete first: a validation, a checkpoint, the last step, a stop (stop_early) - there it is
+// settled at once, so that what is logged and saved is whole and a resumed run goes on bit for bit.
 static int loop(Trainer *tr) {
     const TrainSettings *ts = &tr->cfg.train;
     LogWindow w = log_window(tr);
@@ -582,25 +644,24 @@ static int loop(Trainer *tr) {
         train_log_say(&tr->log, "givt-train: step %ld already reaches max_steps = %ld: nothing to do", tr->step,
                       (long)ts->max_steps);
     while (tr->step < ts->max_steps) {
-        double loss, lr, gnorm;
-        StepResult r = train_step(tr, &loss, &lr, &gnorm);
+        StepResult r = train_step(tr, &w);
         if (r == STEP_DIVERGED) return -1;
-        if (r == STEP_DATA_ERROR || r == STEP_INTERRUPTED) return stop_early(tr, r == STEP_INTERRUPTED);
+        if (r == STEP_DATA_ERROR || r == STEP_INTERRUPTED) return stop_early(tr, &w, r == STEP_INTERRUPTED);
         w.steps++;
         int last = tr->step == ts->max_steps, new_best = 0;
+        int val_due = ts->val_every > 0 && data_num_val(&tr->data) > 0 && (tr->step % ts->val_every == 0 || last);
+        int save_due = (ts->save_every > 0 && tr->step % ts->save_every == 0) || last;
+        if ((val_due || save_due) && settle_step(tr) == STEP_DIVERGED) return -1;
         double val_loss = NAN;
         int val = 0;  // validate's result: 1 when a stop signal cut it short (nothing measured is kept)
-        if (ts->val_every > 0 && data_num_val(&tr->data) > 0 && (tr->step % ts->val_every == 0 || last) &&
-            (val = validate(tr, &val_loss)) < 0)
-            return stop_early(tr, 0);
+        if (val_due && (val = validate(tr, &val_loss)) < 0) return stop_early(tr, &w, 0);
         if (val == 1 && root(tr))
             train_log_say(&tr->log, "givt-train: the validation of step %ld was cut short by the stop: no val_loss for "
                                     "this step (metrics.jsonl says \"val_interrupted\": true)", tr->step);
         if (!isnan(val_loss)) new_best = note_validation(tr, val_loss);
-        if (tr->step % ts->log_every == 0 || last || !isnan(val_loss) || val == 1)
-            log_step(tr, &w, loss, lr, gnorm, val_loss, val);
-        if (dist_any(tr->dist, stop_requested())) return stop_early(tr, 1);
-        if ((ts->save_every > 0 && tr->step % ts->save_every == 0) || last || new_best) {
+        if (!tr->pending) log_settled(tr, &w, val_loss, val, 0);
+        if (dist_any(tr->dist, stop_requested())) return stop_early(tr, &w, 1);
+        if (save_due || new_best) {
             if (ckpt_save(tr) != 0) return -1;
         }
     }

@@ -26,6 +26,15 @@ typedef struct {
     Dataset data;
     int zero;                   // ZeRO-1: opt holds this rank's part of the moments (dist_part)
     float *grad_part;           // ZeRO-1: the mean gradient of that part (opt.count floats)
+    // The newest step's decision (step_check), made and applied on the backend, read back one step
+    // late (trainer.c: settle_step): while `pending`, its loss, norm and skip are not known to the
+    // host (opt.t, skipped_total and skipped_in_row count the steps before it).
+    StepRecord *rec;            // backend memory
+    BackendReadback *rec_back;  // its copy for the host
+    int pending;                // tr->step's record is in flight
+    int unlogged;               // tr->step is settled and its log (if due) not written yet
+    double pending_lr, pending_t;  // the learning rate of the step in flight; when its train_step ended
+    double step_loss, step_lr, step_gnorm, step_t;  // the settled step's, for its log
     float *batch_host, *batch;  // (B, T, D)
     int32_t *labels;            // (B) class labels of the batch (class-conditional models), host
     int T;

@@ -89,6 +89,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t op, const
                               cublasLtMatrixLayout_t Ddesc, const cublasLtMatmulAlgo_t *, void *, size_t,
                               cudaStream_t) {
     if (h != (cublasLtHandle_t)(void *)&g_handle_token) return CUBLAS_STATUS_NOT_INITIALIZED;
+    givt_emu::note_gemm();
     int32_t compute = 0, scale = 0, ta = 0, tb = 0, pmode = 0;
     uint32_t epilogue = 0;
     if (!op || !get_desc_attr(op, CUBLASLT_MATMUL_DESC_COMPUTE_TYPE, &compute) ||

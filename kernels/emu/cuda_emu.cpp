@@ -810,6 +810,40 @@ void *dynamic_smem(void) {
 // per kernel: the dynamic shared memory it may use (cudaFuncSetAttribute)
 static std::map<const void *, int> g_max_dyn_smem;
 
+// ---- the counts (cuda_emu.h: Stats) ----------------------------------------------------------
+// Device work is numbered in the order it is enqueued (the emulated streams are one order); the
+// host's waits are classified by how much of it they wait for.
+static std::mutex g_stat_mutex;
+static unsigned long long g_work_seq, g_waited_seq;  // the newest op; the newest op waited for
+static Stats g_stats;
+
+// One op of device work enqueued (launch: a kernel or a GEMM); its number.
+static unsigned long long note_work(bool launch) {
+    std::lock_guard<std::mutex> lock(g_stat_mutex);
+    if (launch) g_stats.launches++;
+    return ++g_work_seq;
+}
+static unsigned long long work_seq(void) {
+    std::lock_guard<std::mutex> lock(g_stat_mutex);
+    return g_work_seq;
+}
+// The host waits for the work up to op upto: a drain (host synchronisation) when nothing is queued
+// after it, a fence wait otherwise; nothing when it was waited for already.
+static void host_wait(unsigned long long upto) {
+    std::lock_guard<std::mutex> lock(g_stat_mutex);
+    if (upto <= g_waited_seq) return;
+    if (upto == g_work_seq) g_stats.host_syncs++;
+    else g_stats.fence_waits++;
+    g_waited_seq = upto;
+}
+static void host_wait_all(void) { host_wait(work_seq()); }
+
+Stats stats(void) {
+    std::lock_guard<std::mutex> lock(g_stat_mutex);
+    return g_stats;
+}
+void note_gemm(void) { note_work(true); }
+
 void run_grid(const char *kernel, const char *file, int line, dim3 grid, dim3 block, size_t smem, cudaStream_t,
               const void *fn_id, BlockFn fn, void *ctx) {
     std::lock_guard<std::mutex> lock(g_launch_mutex);
@@ -828,6 +862,7 @@ void run_grid(const char *kernel, const char *file, int line, dim3 grid, dim3 bl
                 block.y, block.z, smem, smem_max);
         return;
     }
+    note_work(true);
     Launch L = {};
     L.kernel = kernel, L.file = file, L.line = line, L.fn = fn, L.ctx = ctx;
     L.nthreads = (int)nthreads;
@@ -918,6 +953,7 @@ using namespace givt_emu;
 namespace {
 std::mutex g_mem_mutex;
 std::map<uintptr_t, size_t> g_allocs;  // device allocations: address -> bytes
+std::map<uintptr_t, size_t> g_host_allocs;  // cudaMallocHost's: address -> bytes
 size_t g_alloc_bytes;
 int g_stream_token, g_event_count;
 
@@ -949,6 +985,51 @@ cudaError_t check_range(const void *p, size_t n, const char *what) {
 
 static bool emu_in_device_memory(const void *p, size_t n) { return in_device_memory(p, n); }
 
+namespace {
+// Is [p, p + n) inside one cudaMallocHost allocation? (a GPU copies into it asynchronously)
+bool in_pinned_memory(const void *p, size_t n) {
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    auto it = g_host_allocs.upper_bound((uintptr_t)p);
+    if (it == g_host_allocs.begin()) return false;
+    --it;
+    return (uintptr_t)p >= it->first && (uintptr_t)p - it->first + n <= it->second;
+}
+
+// cudaFree's work, without its synchronisation (cudaFreeAsync's)
+cudaError_t free_device(void *p) {
+    if (!p) return cudaSuccess;
+    {
+        std::lock_guard<std::mutex> lock(g_mem_mutex);
+        auto it = g_allocs.find((uintptr_t)p);
+        if (it == g_allocs.end()) {
+            fprintf(stderr, "cuda_emu: cudaFree(%p): not a pointer from cudaMalloc\n", p);
+            return set_error(cudaErrorInvalidValue);
+        }
+        g_alloc_bytes -= it->second;
+        g_allocs.erase(it);
+    }
+    free(p);
+    return cudaSuccess;
+}
+
+// the copy of cudaMemcpy and cudaMemcpyAsync
+cudaError_t copy_bytes(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind) {
+    cudaError_t e = cudaSuccess;
+    if (kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice) e = check_range(dst, bytes, "cudaMemcpy destination");
+    if (e == cudaSuccess && (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice))
+        e = check_range(src, bytes, "cudaMemcpy source");
+    if (e != cudaSuccess) return e;
+    if (bytes) memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+
+// An event: when it was recorded (host time) and the op it follows.
+struct EmuEvent {
+    double t;
+    unsigned long long seq;
+};
+}  // namespace
+
 static void snapshot_allocations(std::vector<givt_emu::prof::Range> &out) {
     std::lock_guard<std::mutex> lock(g_mem_mutex);
     out.clear();
@@ -970,37 +1051,53 @@ cudaError_t cudaMalloc(void **p, size_t bytes) {
 }
 
 cudaError_t cudaFree(void *p) {
+    if (p) host_wait_all();  // cudaFree synchronizes the device
+    return free_device(p);
+}
+
+// streams are synchronous: stream-ordered allocation is plain allocation (without cudaFree's wait)
+cudaError_t cudaMallocAsync(void **p, size_t bytes, cudaStream_t) { return cudaMalloc(p, bytes); }
+cudaError_t cudaFreeAsync(void *p, cudaStream_t) { return free_device(p); }
+
+cudaError_t cudaMallocHost(void **p, size_t bytes) {
+    if (!p) return set_error(cudaErrorInvalidValue);
+    if (posix_memalign(p, 256, bytes ? bytes : 1)) *p = NULL;
+    if (!*p) return set_error(cudaErrorMemoryAllocation);
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    g_host_allocs[(uintptr_t)*p] = bytes ? bytes : 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaFreeHost(void *p) {
     if (!p) return cudaSuccess;
+    host_wait_all();  // as cudaFree
     {
         std::lock_guard<std::mutex> lock(g_mem_mutex);
-        auto it = g_allocs.find((uintptr_t)p);
-        if (it == g_allocs.end()) {
-            fprintf(stderr, "cuda_emu: cudaFree(%p): not a pointer from cudaMalloc\n", p);
+        auto it = g_host_allocs.find((uintptr_t)p);
+        if (it == g_host_allocs.end()) {
+            fprintf(stderr, "cuda_emu: cudaFreeHost(%p): not a pointer from cudaMallocHost\n", p);
             return set_error(cudaErrorInvalidValue);
         }
-        g_alloc_bytes -= it->second;
-        g_allocs.erase(it);
+        g_host_allocs.erase(it);
     }
     free(p);
     return cudaSuccess;
 }
 
-// streams are synchronous: stream-ordered allocation is plain allocation
-cudaError_t cudaMallocAsync(void **p, size_t bytes, cudaStream_t) { return cudaMalloc(p, bytes); }
-cudaError_t cudaFreeAsync(void *p, cudaStream_t) { return cudaFree(p); }
-
+// synchronous: the host waits for it (and for all work before it)
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind) {
-    cudaError_t e = cudaSuccess;
-    if (kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice) e = check_range(dst, bytes, "cudaMemcpy destination");
-    if (e == cudaSuccess && (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice))
-        e = check_range(src, bytes, "cudaMemcpy source");
-    if (e != cudaSuccess) return e;
-    if (bytes) memmove(dst, src, bytes);
-    return cudaSuccess;
+    cudaError_t e = copy_bytes(dst, src, bytes, kind);
+    if (e == cudaSuccess && bytes) host_wait(note_work(false));
+    return e;
 }
 
+// a copy from the device into memory that is not pinned (cudaMallocHost) is synchronous on a GPU
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind, cudaStream_t) {
-    return cudaMemcpy(dst, src, bytes, kind);
+    cudaError_t e = copy_bytes(dst, src, bytes, kind);
+    if (e != cudaSuccess || !bytes) return e;
+    unsigned long long op = note_work(false);
+    if (kind == cudaMemcpyDeviceToHost && !in_pinned_memory(dst, bytes)) host_wait(op);
+    return e;
 }
 
 cudaError_t cudaMemset(void *p, int value, size_t bytes) {
@@ -1010,7 +1107,11 @@ cudaError_t cudaMemset(void *p, int value, size_t bytes) {
     return cudaSuccess;
 }
 
-cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t) { return cudaMemset(p, value, bytes); }
+cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t) {
+    cudaError_t e = cudaMemset(p, value, bytes);
+    if (e == cudaSuccess && bytes) note_work(false);
+    return e;
+}
 
 cudaError_t cudaStreamCreate(cudaStream_t *s) {
     *s = (cudaStream_t)(void *)&g_stream_token;
@@ -1018,8 +1119,14 @@ cudaError_t cudaStreamCreate(cudaStream_t *s) {
 }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int) { return cudaStreamCreate(s); }
 cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+    host_wait_all();
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize(void) {
+    host_wait_all();
+    return cudaSuccess;
+}
 
 cudaError_t cudaGetDeviceCount(int *n) {
     *n = 1;
@@ -1114,12 +1221,13 @@ cudaError_t cudaRuntimeGetVersion(int *v) {
     return cudaSuccess;
 }
 
-// events: host time stamps (streams are synchronous)
+// events: host time stamps and the op they follow (streams are synchronous)
 cudaError_t cudaEventCreate(cudaEvent_t *e) {
-    *e = (cudaEvent_t)calloc(1, sizeof(double));
+    *e = (cudaEvent_t)calloc(1, sizeof(EmuEvent));
     g_event_count++;
     return *e ? cudaSuccess : set_error(cudaErrorMemoryAllocation);
 }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int) { return cudaEventCreate(e); }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
     free((void *)e);
     g_event_count--;
@@ -1128,12 +1236,18 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) {
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    *(double *)(void *)e = ts.tv_sec + 1e-9 * ts.tv_nsec;
+    EmuEvent *ev = (EmuEvent *)(void *)e;
+    ev->t = ts.tv_sec + 1e-9 * ts.tv_nsec;
+    ev->seq = work_seq();
     return cudaSuccess;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+    host_wait(((EmuEvent *)(void *)e)->seq);
+    return cudaSuccess;
+}
+cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) {
-    *ms = (float)(1e3 * (*(double *)(void *)end - *(double *)(void *)start));
+    *ms = (float)(1e3 * (((EmuEvent *)(void *)end)->t - ((EmuEvent *)(void *)start)->t));
     return cudaSuccess;
 }
 

@@ -19,6 +19,14 @@
 // poisoned (0xFF bytes: NaN as float or bf16) before each block; the dynamic shared memory is an
 // exact-size allocation poisoned before each block; cudaMalloc is an exact-size malloc, poisoned,
 // so AddressSanitizer reports an out-of-bounds access with its source line. Streams are synchronous.
+// Counted (givt_emu::stats, the CUDA backend's stats op): kernel launches (cuBLASLt GEMMs included)
+// and the host's waits for the device. The device work enqueued so far is numbered (launches, async
+// copies and memsets, GEMMs); a wait for work up to number k (stream or device synchronize, a
+// synchronous copy: cudaMemcpy, or cudaMemcpyAsync from the device into memory that is not
+// cudaMallocHost's, which a GPU does synchronously; cudaEventSynchronize of an event recorded after
+// op k; cudaFree, which synchronizes the device) is a host synchronisation when k is the newest op,
+// leaving a GPU with nothing queued (a drain), and a fence wait when later work is queued behind it
+// (a GPU stays busy); a wait for work already waited for counts nothing.
 #ifndef GIVT_CUDA_EMU_H
 #define GIVT_CUDA_EMU_H
 
@@ -75,6 +83,10 @@
 #define cudaEventDestroy givt_emu_cudaEventDestroy
 #define cudaEventRecord givt_emu_cudaEventRecord
 #define cudaEventSynchronize givt_emu_cudaEventSynchronize
+#define cudaEventCreateWithFlags givt_emu_cudaEventCreateWithFlags
+#define cudaEventQuery givt_emu_cudaEventQuery
+#define cudaMallocHost givt_emu_cudaMallocHost
+#define cudaFreeHost givt_emu_cudaFreeHost
 #define cudaEventElapsedTime givt_emu_cudaEventElapsedTime
 #define cudaFuncSetAttribute givt_emu_cudaFuncSetAttribute
 // cuBLASLt: the descriptors and layouts are the real library's; only the handle and the product
@@ -116,12 +128,20 @@ cudaError_t cudaEventCreate(cudaEvent_t *e);
 cudaError_t cudaEventDestroy(cudaEvent_t e);
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = 0);
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int flags);
+cudaError_t cudaEventQuery(cudaEvent_t e);  // cudaSuccess: the emulated work is done when enqueued
+cudaError_t cudaMallocHost(void **p, size_t bytes);  // "pinned" host memory: an async copy into it is async
+cudaError_t cudaFreeHost(void *p);
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end);
 }
 cudaError_t givt_emu_func_set_attribute(const void *fn, enum cudaFuncAttribute attr, int value);
 template <typename F>
 static inline cudaError_t cudaFuncSetAttribute(F *fn, enum cudaFuncAttribute attr, int value) {
     return givt_emu_func_set_attribute((const void *)fn, attr, value);
+}
+template <typename T>
+static inline cudaError_t cudaMallocHost(T **p, size_t bytes) {
+    return cudaMallocHost((void **)p, bytes);
 }
 template <typename T>
 static inline cudaError_t cudaMalloc(T **p, size_t bytes) {
@@ -147,6 +167,15 @@ const char *last_kernel_error(void);  // the recorded message ("" if none); clea
 void clear_kernel_error(void);
 // Emulated threads run so far (for reports).
 unsigned long long threads_run(void);
+// What the emulation counted since the process started (see the header's first comment): kernel
+// launches (cuBLASLt GEMMs included), host synchronisations (waits that drain the device's queue)
+// and fence waits (waits for work with later work queued behind it).
+struct Stats {
+    unsigned long long launches, host_syncs, fence_waits;
+};
+Stats stats(void);
+// A cuBLASLt GEMM (kernels/emu/cublaslt_emu.cpp): one launch of device work.
+void note_gemm(void);
 
 extern thread_local const uint3 *t_tid;  // threadIdx of the running fiber
 extern thread_local uint3 t_blockIdx;
