@@ -387,16 +387,8 @@ __device__ __forceinline__ void mb_accum(float (&dv)[2 * NK][4], float (&dk)[2 *
     for (int qq = 0; qq < QH; qq++) {
         const int qb = qb0 + qq;
         if (qb < qlo || qb >= qhi) continue;
-#pragma unroll
-        for (int nb = 0; nb < NK; nb++) {
-            unsigned bo[4], bq[4];
-            mt_frag_b_kn(bo, dOs, ld, 16 * qb, 16 * nb, lane);
-            mt_mma(dv[2 * nb], pa[qq], bo, 0);
-            mt_mma(dv[2 * nb + 1], pa[qq], bo, 1);
-            mt_frag_b_kn(bq, Qs, ld, 16 * qb, 16 * nb, lane);
-            mt_mma(dk[2 * nb], sa[qq], bq, 0);
-            mt_mma(dk[2 * nb + 1], sa[qq], bq, 1);
-        }
+        mt_mma_kn_row<NK>(dv, pa[qq], dOs, ld, 16 * qb, lane);
+        mt_mma_kn_row<NK>(dk, sa[qq], Qs, ld, 16 * qb, lane);
     }
 }
 
@@ -419,13 +411,7 @@ __device__ __forceinline__ void mb_dq_part(float *slot, bool first, const bf16 *
         if (kb > kbmax) continue;
         unsigned a[4];
         mt_frag_a_trans(a, dSt, MB_LDS, 16 * w, 16 * kb, lane);
-#pragma unroll
-        for (int nb = 0; nb < NK; nb++) {
-            unsigned bk[4];
-            mt_frag_b_kn(bk, Ks, ld, 16 * kb, 16 * nb, lane);
-            mt_mma(acc[2 * nb], a, bk, 0);
-            mt_mma(acc[2 * nb + 1], a, bk, 1);
-        }
+        mt_mma_kn_row<NK>(acc, a, Ks, ld, 16 * kb, lane);
     }
 #pragma unroll
     for (int n = 0; n < 2 * NK; n++) dst[32 * n] = make_float4(acc[n][0], acc[n][1], acc[n][2], acc[n][3]);

@@ -146,13 +146,7 @@ __device__ __forceinline__ void amf_pv(float (&o)[2 * NT][4], const float (&p)[8
         if (jb < nkb) {
             unsigned pa[4];
             mt_c_to_a(pa, p[2 * jb], p[2 * jb + 1]);
-#pragma unroll
-            for (int nb = 0; nb < NT; nb++) {
-                unsigned b[4];
-                mt_frag_b_kn(b, Vs, ld, 16 * jb, 16 * nb, lane);
-                mt_mma(o[2 * nb], pa, b, 0);
-                mt_mma(o[2 * nb + 1], pa, b, 1);
-            }
+            mt_mma_kn_row<NT>(o, pa, Vs, ld, 16 * jb, lane);
         }
     }
 }

@@ -15,7 +15,8 @@
 //   mt_frag_b_kn     two B (16 x 8): B_j[k][n] = tile[k0 + k][n0 + 8 j + n]          (V in P V)
 //   mt_c_to_a        the accumulators of two adjacent 16 x 8 products (columns 16 j .. 16 j + 15 of
 //                    a 16-row strip) as the bf16 A fragment of k block j: P stays in registers.
-// mt_mma(d, a, b): d (16 x 8, fp32) += A B (mma.sync m16n8k16, bf16 inputs).
+// mt_mma(d, a, b): d (16 x 8, fp32) += A B (mma.sync m16n8k16, bf16 inputs); mt_mma_kn_row: a 16-row
+// strip's accumulators over all its columns += A times one 16-row k block of a k-major tile.
 // Rows of an accumulator strip: lane holds rows g (d[0], d[1]) and g + 8 (d[2], d[3]), columns
 // 2 t, 2 t + 1 of each 8-column block; the 4 lanes of a row are lanes 4 g .. 4 g + 3 (mt_quad_max,
 // mt_quad_sum reduce over them).
@@ -110,6 +111,20 @@ __device__ __forceinline__ void mt_c_to_a(unsigned (&a)[4], const float (&c0)[4]
 __device__ __forceinline__ void mt_mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[4], int half) {
     const unsigned bh[2] = {b[2 * half], b[2 * half + 1]};
     mma_m16n8k16_bf16(d, a, bh, d);
+}
+
+// acc (16 x 16 NT: 2 NT blocks of 8 columns) += A (16 x 16) B, B = rows [k0, k0 + 16) of a k-major
+// tile (all its 16 NT columns, mt_frag_b_kn): one k block of O += P V, dV += P^T dO, dQ += dS K, ...
+template <int NT>
+__device__ __forceinline__ void mt_mma_kn_row(float (&acc)[2 * NT][4], const unsigned (&a)[4], const mt_bf16 *tile,
+                                              int ld, int k0, int lane) {
+#pragma unroll
+    for (int nb = 0; nb < NT; nb++) {
+        unsigned b[4];
+        mt_frag_b_kn(b, tile, ld, k0, 16 * nb, lane);
+        mt_mma(acc[2 * nb], a, b, 0);
+        mt_mma(acc[2 * nb + 1], a, b, 1);
+    }
 }
 
 // reductions over the 4 lanes that hold one accumulator row

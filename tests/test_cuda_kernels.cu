@@ -199,25 +199,18 @@ Outs run_ops(Backend *be, size_t off, size_t off_b, bool odd) {
         o.push_back({(float)h[0], (float)(h[0] - (double)(float)h[0]), (float)h[1],
                      (float)(h[1] - (double)(float)h[1])});
     }
-    {  // adamw (with the compute copy) and the EMA; n odd
+    // adamw (with the compute copy) and then the EMA's pass, and adamw with the EMA in its pass on the
+    // same inputs (n odd): the second's results are the first's, bit for bit
+    for (int fused = 0; fused < 2; fused++) {
         const size_t n = 1001;
         auto p = rnd(n, 25), g = rnd(n, 26), m = rnd(n, 27), v = rnd(n, 28, 0.0f, 1.0f), pc = rnd(n, 29),
              e = rnd(n, 30), ec = rnd(n, 31);
         Buf bp(be, p, off, true), bg(be, g, off_b, true), bm(be, m, off, true), bv(be, v, off, true),
             bpc(be, pc, off), be_(be, e, off, true), bec(be, ec, off);
         be->ops->adamw(be, (float *)bp.p(), (cval *)bpc.p(), (const float *)bg.p(), (float *)bm.p(), (float *)bv.p(),
-                       NULL, NULL, n, 1e-3f, 0.9f, 0.99f, 1e-8f, 0.1f, 0.7f, 3, 0.0f, NULL);
-        be->ops->ema_update(be, (float *)be_.p(), (cval *)bec.p(), (const float *)bp.p(), n, 0.9f, NULL);
-        for (const Buf *b : {&bp, &bm, &bv, &bpc, &be_, &bec}) o.push_back(b->get());
-    }
-    {  // adamw with the EMA in its pass: the same inputs (the two-pass results above, bit for bit)
-        const size_t n = 1001;
-        auto p = rnd(n, 25), g = rnd(n, 26), m = rnd(n, 27), v = rnd(n, 28, 0.0f, 1.0f), pc = rnd(n, 29),
-             e = rnd(n, 30), ec = rnd(n, 31);
-        Buf bp(be, p, off, true), bg(be, g, off_b, true), bm(be, m, off, true), bv(be, v, off, true),
-            bpc(be, pc, off), be_(be, e, off, true), bec(be, ec, off);
-        be->ops->adamw(be, (float *)bp.p(), (cval *)bpc.p(), (const float *)bg.p(), (float *)bm.p(), (float *)bv.p(),
-                       (float *)be_.p(), (cval *)bec.p(), n, 1e-3f, 0.9f, 0.99f, 1e-8f, 0.1f, 0.7f, 3, 0.9f, NULL);
+                       fused ? (float *)be_.p() : NULL, fused ? (cval *)bec.p() : NULL, n, 1e-3f, 0.9f, 0.99f, 1e-8f,
+                       0.1f, 0.7f, 3, fused ? 0.9f : 0.0f, NULL);
+        if (!fused) be->ops->ema_update(be, (float *)be_.p(), (cval *)bec.p(), (const float *)bp.p(), n, 0.9f, NULL);
         for (const Buf *b : {&bp, &bm, &bv, &bpc, &be_, &bec}) o.push_back(b->get());
     }
     return o;

@@ -163,10 +163,12 @@ static size_t padding_nonzero(GivtModel *m, const Weights *w) {
     return bad;
 }
 
-// AdamW with the EMA in one pass gives the bits of AdamW then the EMA's pass (the weights, the EMA
-// and both compute copies), on every backend here (the CUDA kernels emulated, in bf16 too); the
-// padding between the tensors (which AdamW's runs cross) stays zero.
-TEST(adamw_step_ema_is_adamw_then_ema_update) {
+// A case of the tests below: a small model and AdamW's settings, on backend be (name: its name)
+typedef void (*OptimCase)(Backend *be, const char *name, const GivtConfig *cfg, const OptimConfig *oc);
+
+// Runs body on every backend here (cpu, and cuda with its kernels emulated), in float32 and in bf16
+// compute, with a 2-layer model of width 16 and AdamW with clipping at 1.
+static void for_each_optim_backend(OptimCase body) {
     GivtConfig cfg;
     givt_config_default(&cfg);
     cfg.input_dim = 3, cfg.hidden_dim = 16, cfg.intermediate_dim = 24, cfg.num_heads = 2, cfg.num_layers = 2;
@@ -180,19 +182,28 @@ TEST(adamw_step_ema_is_adamw_then_ema_update) {
             Backend *be = backend_open(names[b], prec ? PRECISION_BF16 : PRECISION_NO);
             CHECK(be != NULL, "%s: %s", names[b], givt_last_error());
             if (!be) continue;
-            EmaRun two, one;
-            ema_run_open(&two, be, &cfg, &oc);
-            ema_run_open(&one, be, &cfg, &oc);
-            size_t diff = ema_runs_step(&two, &one, 5, 2.0 / 3.0);
-            CHECK(diff == 0, "%s/%s: %zu bytes differ", names[b], dtype_name(be->compute), diff);
-            CHECK(one.opt.t == 5 && two.opt.t == 5);
-            size_t pad = padding_nonzero(&one.m, &one.m.w) + padding_nonzero(&one.m, &one.ema);
-            CHECK(pad == 0, "%s: %zu elements of the padding are not zero after AdamW and the EMA", names[b], pad);
-            ema_run_close(&two), ema_run_close(&one);
+            body(be, names[b], &cfg, &oc);
             backend_close(be);
         }
     }
 }
+
+static void ema_in_adamw_case(Backend *be, const char *name, const GivtConfig *cfg, const OptimConfig *oc) {
+    EmaRun two, one;
+    ema_run_open(&two, be, cfg, oc);
+    ema_run_open(&one, be, cfg, oc);
+    size_t diff = ema_runs_step(&two, &one, 5, 2.0 / 3.0);
+    CHECK(diff == 0, "%s/%s: %zu bytes differ", name, dtype_name(be->compute), diff);
+    CHECK(one.opt.t == 5 && two.opt.t == 5);
+    size_t pad = padding_nonzero(&one.m, &one.m.w) + padding_nonzero(&one.m, &one.ema);
+    CHECK(pad == 0, "%s: %zu elements of the padding are not zero after AdamW and the EMA", name, pad);
+    ema_run_close(&two), ema_run_close(&one);
+}
+
+// AdamW with the EMA in one pass gives the bits of AdamW then the EMA's pass (the weights, the EMA
+// and both compute copies), on every backend here (the CUDA kernels emulated, in bf16 too); the
+// padding between the tensors (which AdamW's runs cross) stays zero.
+TEST(adamw_step_ema_is_adamw_then_ema_update) { for_each_optim_backend(ema_in_adamw_case); }
 
 // The moments' bytes of a run (m then v) from the backend into a new host buffer
 static unsigned char *moments_bytes(EmaRun *r, size_t *bytes) {
@@ -204,69 +215,55 @@ static unsigned char *moments_bytes(EmaRun *r, size_t *bytes) {
     return h;
 }
 
+static void record_case(Backend *be, const char *name, const GivtConfig *cfg, const OptimConfig *oc) {
+    EmaRun host, dev;
+    ema_run_open(&host, be, cfg, oc);
+    ema_run_open(&dev, be, cfg, oc);
+    size_t n = host.m.table.total, diff = 0;
+    float *g = malloc(n * sizeof(float));
+    StepRecord *rec = be->ops->alloc(be, sizeof *rec), r;
+    Rng rng;
+    rng_seed(&rng, 11);
+    int skipped = 0;
+    for (int s = 0; s < 5; s++) {
+        for (size_t i = 0; i < n; i++) g[i] = (float)rng_normal(&rng);
+        param_table_zero_padding(&host.m.table, g);
+        be->ops->upload(be, host.m.grads, g, n * sizeof(float));
+        be->ops->upload(be, dev.m.grads, g, n * sizeof(float));
+        double sc[2] = {s == 2 ? NAN : 100.0 + s, s == 4 ? 0.25 : 9.0 + s};  // clipped but at step 4
+        double lr = 1e-2 * (s + 1);
+        if (isfinite(sc[0])) adamw_step_ema(&host.opt, &host.m, host.m.grads, lr, sqrt(sc[1]), &host.ema, 0.5);
+        be->ops->upload(be, dev.m.scalars + SCALAR_LOSS_SUM, sc, sizeof sc);
+        adamw_check_step(&dev.opt, be, rec, dev.m.scalars + SCALAR_LOSS_SUM, 7.0);
+        adamw_update(&dev.opt, &dev.m, dev.m.grads, lr, rec, &dev.ema, 0.5);
+        be->ops->download(be, &r, rec, sizeof r);
+        adamw_note_step(&dev.opt, &r);
+        skipped += r.skip;
+        CHECK(r.skip == (s == 2) && (s == 2 || r.loss == sc[0] / 7.0) && r.norm == sqrt(sc[1]),
+              "step %d: skip %d, loss %g, norm %g", s, (int)r.skip, r.loss, r.norm);
+    }
+    const Weights *wh[2] = {&host.m.w, &host.ema}, *wd[2] = {&dev.m.w, &dev.ema};
+    for (int k = 0; k < 3; k++) {
+        size_t bh, bd;
+        unsigned char *hh = k < 2 ? weights_bytes(&host.m, wh[k], &bh) : moments_bytes(&host, &bh);
+        unsigned char *hd = k < 2 ? weights_bytes(&dev.m, wd[k], &bd) : moments_bytes(&dev, &bd);
+        for (size_t i = 0; i < bh; i++) diff += hh[i] != hd[i];
+        free(hh), free(hd);
+    }
+    CHECK(diff == 0, "%s/%s: %zu bytes differ", name, dtype_name(be->compute), diff);
+    CHECK(skipped == 1 && host.opt.t == 4 && dev.opt.t == 4, "t %ld and %ld, %d skipped", host.opt.t,
+          dev.opt.t, skipped);
+    free(g);
+    be->ops->free(be, rec);
+    ema_run_close(&host), ema_run_close(&dev);
+}
+
 // givt-train's step (issue 21): the clipping and the skip decided on the backend (adamw_check_step)
 // and applied by the update kernels (adamw_update), the update counted when the record is read
 // (adamw_note_step), gives the bits of the host's step (adamw_step_ema with the norm, nothing on a
 // non-finite step), on every backend here, with the EMA in the pass, a clipped norm and a step whose
 // loss is not finite (skipped: nothing changes, t included).
-TEST(adamw_update_from_a_step_record_is_the_hosts_step) {
-    GivtConfig cfg;
-    givt_config_default(&cfg);
-    cfg.input_dim = 3, cfg.hidden_dim = 16, cfg.intermediate_dim = 24, cfg.num_heads = 2, cfg.num_layers = 2;
-    cfg.block_size = 8;
-    OptimConfig oc = {.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-8, .weight_decay = 0.1, .grad_norm = 1.0};
-    const char *names[2] = {"cpu", "cuda"};
-    for (int b = 0; b < 2; b++) {
-        char why[256];
-        if (!backend_available(names[b], why, sizeof why)) continue;
-        for (int prec = 0; prec < 2; prec++) {
-            Backend *be = backend_open(names[b], prec ? PRECISION_BF16 : PRECISION_NO);
-            CHECK(be != NULL, "%s: %s", names[b], givt_last_error());
-            if (!be) continue;
-            EmaRun host, dev;
-            ema_run_open(&host, be, &cfg, &oc);
-            ema_run_open(&dev, be, &cfg, &oc);
-            size_t n = host.m.table.total, diff = 0;
-            float *g = malloc(n * sizeof(float));
-            StepRecord *rec = be->ops->alloc(be, sizeof *rec), r;
-            Rng rng;
-            rng_seed(&rng, 11);
-            int skipped = 0;
-            for (int s = 0; s < 5; s++) {
-                for (size_t i = 0; i < n; i++) g[i] = (float)rng_normal(&rng);
-                param_table_zero_padding(&host.m.table, g);
-                be->ops->upload(be, host.m.grads, g, n * sizeof(float));
-                be->ops->upload(be, dev.m.grads, g, n * sizeof(float));
-                double sc[2] = {s == 2 ? NAN : 100.0 + s, s == 4 ? 0.25 : 9.0 + s};  // clipped but at step 4
-                double lr = 1e-2 * (s + 1);
-                if (isfinite(sc[0])) adamw_step_ema(&host.opt, &host.m, host.m.grads, lr, sqrt(sc[1]), &host.ema, 0.5);
-                be->ops->upload(be, dev.m.scalars + SCALAR_LOSS_SUM, sc, sizeof sc);
-                adamw_check_step(&dev.opt, be, rec, dev.m.scalars + SCALAR_LOSS_SUM, 7.0);
-                adamw_update(&dev.opt, &dev.m, dev.m.grads, lr, rec, &dev.ema, 0.5);
-                be->ops->download(be, &r, rec, sizeof r);
-                adamw_note_step(&dev.opt, &r);
-                skipped += r.skip;
-                CHECK(r.skip == (s == 2) && (s == 2 || r.loss == sc[0] / 7.0) && r.norm == sqrt(sc[1]),
-                      "step %d: skip %d, loss %g, norm %g", s, (int)r.skip, r.loss, r.norm);
-            }
-            const Weights *wh[2] = {&host.m.w, &host.ema}, *wd[2] = {&dev.m.w, &dev.ema};
-            for (int k = 0; k < 3; k++) {
-                size_t bh, bd;
-                unsigned char *hh = k < 2 ? weights_bytes(&host.m, wh[k], &bh) : moments_bytes(&host, &bh);
-                unsigned char *hd = k < 2 ? weights_bytes(&dev.m, wd[k], &bd) : moments_bytes(&dev, &bd);
-                for (size_t i = 0; i < bh; i++) diff += hh[i] != hd[i];
-                free(hh), free(hd);
-            }
-            CHECK(diff == 0, "%s/%s: %zu bytes differ", names[b], dtype_name(be->compute), diff);
-            CHECK(skipped == 1 && host.opt.t == 4 && dev.opt.t == 4, "t %ld and %ld, %d skipped", host.opt.t,
-                  dev.opt.t, skipped);
-            free(g);
-            be->ops->free(be, rec);
-            ema_run_close(&host), ema_run_close(&dev);
-            backend_close(be);
-        }
-    }
-}
+TEST(adamw_update_from_a_step_record_is_the_hosts_step) { for_each_optim_backend(record_case); }
 
 TEST(ema_decay_follows_ema_pytorch_warmup) {
     CHECK(ema_decay(2.0 / 3.0, 1) == 0.0);

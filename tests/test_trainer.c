@@ -62,6 +62,26 @@ static char *metrics_core(const char *dir) {
     return out;
 }
 
+// Runs b (and c, when not NULL) ended with the bytes of run a at step 12: the files of its step 12
+// checkpoint (the first n of model, ema, optimizer safetensors and config.json) and metrics.jsonl
+// (timings cut).
+static void check_same_runs(const char *a, const char *b, const char *c, int n) {
+    const char *files[] = {"model.safetensors", "ema.safetensors", "optimizer.safetensors", "config.json"};
+    for (int i = 0; i < n; i++) {
+        char pa[300], pb[300], pc[300];
+        snprintf(pa, sizeof pa, "%s/step_00000012/%s", a, files[i]);
+        snprintf(pb, sizeof pb, "%s/step_00000012/%s", b, files[i]);
+        CHECK(tu_same_file(pa, pb), "%s differs between the straight and the resumed run", files[i]);
+        if (!c) continue;
+        snprintf(pc, sizeof pc, "%s/step_00000012/%s", c, files[i]);
+        CHECK(tu_same_file(pa, pc), "%s differs with gradient checkpointing", files[i]);
+    }
+    char *ma = metrics_core(a), *mb = metrics_core(b);
+    CHECK(ma && mb && !strcmp(ma, mb), "metrics differ:\n%s\nvs\n%s", ma ? ma : "", mb ? mb : "");
+    free(ma);
+    free(mb);
+}
+
 // Run b: 6 steps, exit, resume, 6 more; run c: 12 steps with gradient checkpointing. Both must end
 // with the same bytes as the straight run a.
 TEST(trainer_resume_is_bit_exact) {
@@ -75,19 +95,7 @@ TEST(trainer_resume_is_bit_exact) {
     CHECK(run(k_tiny_ini, b, 1, resume) == 0, "%s", givt_last_error());
     char *recompute[] = {"train.gradient_checkpointing=true"};
     CHECK(run(k_tiny_ini, c, 1, recompute) == 0, "%s", givt_last_error());
-    const char *files[] = {"model.safetensors", "ema.safetensors", "optimizer.safetensors", "config.json"};
-    for (int i = 0; i < 4; i++) {
-        char pa[300], pb[300], pc[300];
-        snprintf(pa, sizeof pa, "%s/step_00000012/%s", a, files[i]);
-        snprintf(pb, sizeof pb, "%s/step_00000012/%s", b, files[i]);
-        snprintf(pc, sizeof pc, "%s/step_00000012/%s", c, files[i]);
-        CHECK(tu_same_file(pa, pb), "%s differs between the straight and the resumed run", files[i]);
-        CHECK(tu_same_file(pa, pc), "%s differs with gradient checkpointing", files[i]);
-    }
-    char *ma = metrics_core(a), *mb = metrics_core(b);
-    CHECK(ma && mb && !strcmp(ma, mb), "metrics differ:\n%s\nvs\n%s", ma ? ma : "", mb ? mb : "");
-    free(ma);
-    free(mb);
+    check_same_runs(a, b, c, 4);
     tu_rmtree(a);
     tu_rmtree(b);
     tu_rmtree(c);
@@ -227,17 +235,7 @@ TEST(trainer_skips_non_finite_steps_and_goes_on) {
                       "train.resume_from_ckpt=latest"};
     CHECK(run(k_tiny_ini, b, 5, half) == 0, "%s", givt_last_error());
     CHECK(run(k_tiny_ini, b, 5, resume) == 0, "%s", givt_last_error());
-    const char *files[] = {"model.safetensors", "ema.safetensors", "optimizer.safetensors"};
-    for (int i = 0; i < 3; i++) {
-        char pa[300], pb[300];
-        snprintf(pa, sizeof pa, "%s/step_00000012/%s", a, files[i]);
-        snprintf(pb, sizeof pb, "%s/step_00000012/%s", b, files[i]);
-        CHECK(tu_same_file(pa, pb), "%s differs between the straight and the resumed run", files[i]);
-    }
-    char *ma = metrics_core(a), *mb = metrics_core(b);
-    CHECK(ma && mb && !strcmp(ma, mb), "metrics differ:\n%s\nvs\n%s", ma ? ma : "", mb ? mb : "");
-    free(ma);
-    free(mb);
+    check_same_runs(a, b, NULL, 3);
     tu_rmtree(a);
     tu_rmtree(b);
 }
