@@ -118,7 +118,7 @@ TEST(cuda_training_step_has_no_host_sync) {
         tu_mkdtemp(d, "cuda_syncs");
         BackendStats s[3];
         double loss;
-        const char *steps[2] = {"train.max_steps=3", "train.max_steps=7"};
+        const char *steps[2] = {"train.max_steps=2", "train.max_steps=4"};
         backend_stats(probe, &s[0]);
         for (int r = 0; r < 2; r++) {
             // no validation and no checkpoint before the end: max_steps is the only difference
@@ -131,13 +131,13 @@ TEST(cuda_training_step_has_no_host_sync) {
         long long fences =
             (long long)(s[2].fence_waits - s[1].fence_waits) - (long long)(s[1].fence_waits - s[0].fence_waits);
         long long launches = (long long)(s[2].launches - s[1].launches) - (long long)(s[1].launches - s[0].launches);
-        printf("  %s: 4 steady-state steps: %lld host syncs, %lld fence waits, %lld launches (%.1f a step); a run of 3 "
+        printf("  %s: 2 steady-state steps: %lld host syncs, %lld fence waits, %lld launches (%.1f a step); a run of 2 "
                "steps: %llu host syncs in all (set-up, checkpoint, teardown)\n",
-               precisions[p], syncs, fences, launches, launches / 4.0, s[1].host_syncs - s[0].host_syncs);
+               precisions[p], syncs, fences, launches, launches / 2.0, s[1].host_syncs - s[0].host_syncs);
         CHECK(s[0].counted == 1);
-        CHECK(syncs == 0, "%s: %lld host synchronisations in 4 steady-state steps, want 0", precisions[p], syncs);
-        CHECK(fences == 4, "%s: %lld fence waits in 4 steady-state steps, want one a step", precisions[p], fences);
-        CHECK(launches > 0 && launches % 4 == 0, "%s: %lld launches in 4 steps", precisions[p], launches);
+        CHECK(syncs == 0, "%s: %lld host synchronisations in 2 steady-state steps, want 0", precisions[p], syncs);
+        CHECK(fences == 2, "%s: %lld fence waits in 2 steady-state steps, want one a step", precisions[p], fences);
+        CHECK(launches > 0 && launches % 2 == 0, "%s: %lld launches in 2 steps", precisions[p], launches);
         tu_rmtree(d);
     }
     backend_close(probe);
