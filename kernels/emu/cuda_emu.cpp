@@ -967,14 +967,17 @@ cudaError_t set_error(cudaError_t e) {
     return e;
 }
 
-// Is [p, p + n) inside one device allocation? (device pointers passed to memcpy and memset)
-bool in_device_memory(const void *p, size_t n) {
+// Is [p, p + n) inside one allocation of allocs (address -> bytes)?
+bool in_one_allocation(const std::map<uintptr_t, size_t> &allocs, const void *p, size_t n) {
     std::lock_guard<std::mutex> lock(g_mem_mutex);
-    auto it = g_allocs.upper_bound((uintptr_t)p);
-    if (it == g_allocs.begin()) return false;
+    auto it = allocs.upper_bound((uintptr_t)p);
+    if (it == allocs.begin()) return false;
     --it;
     return (uintptr_t)p >= it->first && (uintptr_t)p - it->first + n <= it->second;
 }
+
+// Is [p, p + n) inside one device allocation? (device pointers passed to memcpy and memset)
+bool in_device_memory(const void *p, size_t n) { return in_one_allocation(g_allocs, p, n); }
 
 cudaError_t check_range(const void *p, size_t n, const char *what) {
     if (n == 0 || in_device_memory(p, n)) return cudaSuccess;
@@ -987,13 +990,7 @@ static bool emu_in_device_memory(const void *p, size_t n) { return in_device_mem
 
 namespace {
 // Is [p, p + n) inside one cudaMallocHost allocation? (a GPU copies into it asynchronously)
-bool in_pinned_memory(const void *p, size_t n) {
-    std::lock_guard<std::mutex> lock(g_mem_mutex);
-    auto it = g_host_allocs.upper_bound((uintptr_t)p);
-    if (it == g_host_allocs.begin()) return false;
-    --it;
-    return (uintptr_t)p >= it->first && (uintptr_t)p - it->first + n <= it->second;
-}
+bool in_pinned_memory(const void *p, size_t n) { return in_one_allocation(g_host_allocs, p, n); }
 
 // cudaFree's work, without its synchronisation (cudaFreeAsync's)
 cudaError_t free_device(void *p) {
