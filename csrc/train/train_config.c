@@ -21,6 +21,10 @@
 static const char *const k_schedules[] = {"inverse_sqrt", "cosine", "constant", NULL};
 static const char *const k_data_kinds[] = {"npy", "dummy", NULL};
 static const char *const k_sections[] = {"model", "train", "data", NULL};
+static const char *const k_graph_modes[] = {"auto", "on", "off", NULL};
+static const char *const k_reduce_dtypes[] = {"fp32", "bf16", NULL};
+_Static_assert(CUDA_GRAPHS_AUTO == 0 && CUDA_GRAPHS_ON == 1 && CUDA_GRAPHS_OFF == 2, "k_graph_modes follows CudaGraphs");
+_Static_assert(GRAD_REDUCE_FP32 == 0 && GRAD_REDUCE_BF16 == 1, "k_reduce_dtypes follows GradReduceDtype");
 _Static_assert(LR_SCHEDULE_INVERSE_SQRT == 0 && LR_SCHEDULE_COSINE == 1 && LR_SCHEDULE_CONSTANT == 2,
                "k_schedules follows optim.h's LrSchedule");
 
@@ -98,6 +102,13 @@ static const ConfigKey k_keys[] = {
     {"train", "hang_timeout", CFG_F64, FIELD(train.hang_timeout), "600",
      "data parallel: a rank that makes no progress for this many seconds (a hung peer or file system) ends "
      "the whole job; 0 = wait forever", RANGE_GE, 0, 0, NULL},
+    {"train", "cuda_graphs", CFG_ENUM, FIELD(train.cuda_graphs), "auto",
+     "capture a training step as a CUDA graph after warm-up and replay it: auto = where the step allows it (CUDA, "
+     "one micro-batch a step, no NCCL), on = the same but an error where it cannot, off = launch every kernel", NO_RANGE,
+     k_graph_modes},
+    {"train", "grad_reduce_dtype", CFG_ENUM, FIELD(train.grad_reduce_dtype), "fp32",
+     "data parallel: dtype of the gradients sent between ranks; bf16 halves the bytes (summed into float32 "
+     "gradients)", NO_RANGE, k_reduce_dtypes},
     {"train", "label_drop", CFG_F64, FIELD(train.label_drop), "0.1",
      "class-conditional models: share of training labels replaced by \"no label\" (for guidance)", RANGE_GE | RANGE_LE,
      0, 1, NULL},

@@ -18,7 +18,9 @@
 
 // Values of the enum keys, in the order of their choices (lr_schedule uses optim.h's LrSchedule,
 // mixed_precision backend.h's Precision).
-enum { DATA_KIND_NPY, DATA_KIND_DUMMY };  // [data] kind (data.h's DataKind is the loader's)
+enum { DATA_KIND_NPY, DATA_KIND_DUMMY };
+typedef enum { CUDA_GRAPHS_AUTO, CUDA_GRAPHS_ON, CUDA_GRAPHS_OFF } CudaGraphs;  // [train] cuda_graphs
+typedef enum { GRAD_REDUCE_FP32, GRAD_REDUCE_BF16 } GradReduceDtype;           // [train] grad_reduce_dtype  // [data] kind (data.h's DataKind is the loader's)
 
 // [train]: the seed's TrainConfig, plus what this engine adds (schedules, checkpoints, device).
 typedef struct {
@@ -53,6 +55,8 @@ typedef struct {
     int zero;                                     // ZeRO stage: 0 off, 1 AdamW state split over ranks
     double hang_timeout;                          // s without progress that end a multi-rank job; 0 = never
     double label_drop;                            // class-conditional: share of labels replaced by "no label"
+    int cuda_graphs;                              // CudaGraphs: the step as a CUDA graph
+    int grad_reduce_dtype;                        // GradReduceDtype: of the gradients between ranks
 } TrainSettings;
 
 // [data]
