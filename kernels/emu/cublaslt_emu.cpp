@@ -4,6 +4,9 @@
 // cublasLtMatrixLayoutGetAttribute), so the descriptor and layout code of kernels/matmul.cu is what
 // gets tested. Supported: column-major, no batches, no epilogue, host scalars, CUBLAS_COMPUTE_32F(_PEDANTIC)
 // with float scale, A and B both bf16 or both fp32, C = D of bf16 or fp32. Accumulates in float, k in order.
+// On a capturing stream (cuda_emu.h: graphs) the product is a node: the descriptor, the layouts and
+// alpha and beta are read at the call, as the real library bakes them into its kernel's parameters
+// (they may be destroyed or changed after it); the matrices are read when the node runs.
 #include "cuda_emu.h"
 
 #include <cublasLt.h>
@@ -26,6 +29,28 @@ struct Layout {
     uint64_t rows, cols;
     int64_t ld;
 };
+
+// one product, as read from the call (everything but the matrices' contents)
+struct Gemm {
+    const void *A, *B, *C;
+    void *D;
+    Layout a, b, c, d;
+    float alpha, beta;
+    uint64_t m, n, k;
+    size_t sa_i, sa_p, sb_p, sb_j;  // op(A)(i, p) at A[i * sa_i + p * sa_p]; op(B)(p, j) at B[p * sb_p + j * sb_j]
+};
+
+void run_gemm(const Gemm &g) {
+    for (uint64_t j = 0; j < g.n; j++)
+        for (uint64_t i = 0; i < g.m; i++) {
+            float acc = 0.0f;
+            for (uint64_t p = 0; p < g.k; p++)
+                acc += load(g.A, g.a.type, i * g.sa_i + p * g.sa_p) * load(g.B, g.b.type, p * g.sb_p + j * g.sb_j);
+            float v = g.alpha * acc;
+            if (g.beta != 0.0f) v += g.beta * load(g.C, g.c.type, i + j * (size_t)g.c.ld);  // beta = 0: C is not read (may be NaN)
+            store(g.D, g.d.type, i + j * (size_t)g.d.ld, v);
+        }
+}
 
 cublasStatus_t bad(const char *why) {
     fprintf(stderr, "cuda_emu: cublasLtMatmul: %s\n", why);
@@ -87,9 +112,11 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t op, const
                               cublasLtMatrixLayout_t Adesc, const void *B, cublasLtMatrixLayout_t Bdesc,
                               const void *beta, const void *C, cublasLtMatrixLayout_t Cdesc, void *D,
                               cublasLtMatrixLayout_t Ddesc, const cublasLtMatmulAlgo_t *, void *, size_t,
-                              cudaStream_t) {
+                              cudaStream_t stream) {
     if (h != (cublasLtHandle_t)(void *)&g_handle_token) return CUBLAS_STATUS_NOT_INITIALIZED;
-    givt_emu::note_gemm();
+    bool capture = false;
+    if (givt_emu::capture_any() && givt_emu::capture_enqueue(stream, "cublasLtMatmul", &capture) != cudaSuccess)
+        return CUBLAS_STATUS_EXECUTION_FAILED;  // the runtime's error is the last error
     int32_t compute = 0, scale = 0, ta = 0, tb = 0, pmode = 0;
     uint32_t epilogue = 0;
     if (!op || !get_desc_attr(op, CUBLASLT_MATMUL_DESC_COMPUTE_TYPE, &compute) ||
@@ -125,19 +152,17 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t op, const
                  (unsigned long long)d.cols);
         return bad(why);
     }
-    float al = *(const float *)alpha, be = *(const float *)beta;
-    // op(A)(i, p) at A[i * sa_i + p * sa_p]; op(B)(p, j) at B[p * sb_p + j * sb_j]
-    size_t sa_i = ta == CUBLAS_OP_T ? (size_t)a.ld : 1, sa_p = ta == CUBLAS_OP_T ? 1 : (size_t)a.ld;
-    size_t sb_p = tb == CUBLAS_OP_T ? (size_t)b.ld : 1, sb_j = tb == CUBLAS_OP_T ? 1 : (size_t)b.ld;
-    for (uint64_t j = 0; j < n; j++)
-        for (uint64_t i = 0; i < m; i++) {
-            float acc = 0.0f;
-            for (uint64_t p = 0; p < k; p++)
-                acc += load(A, a.type, i * sa_i + p * sa_p) * load(B, b.type, p * sb_p + j * sb_j);
-            float v = al * acc;
-            if (be != 0.0f) v += be * load(C, c.type, i + j * (size_t)c.ld);  // beta = 0: C is not read (may be NaN)
-            store(D, d.type, i + j * (size_t)d.ld, v);
-        }
+    Gemm g;
+    g.A = A, g.B = B, g.C = C, g.D = D, g.a = a, g.b = b, g.c = c, g.d = d, g.m = m, g.n = n, g.k = k;
+    g.alpha = *(const float *)alpha, g.beta = *(const float *)beta;  // host pointer mode: read now
+    g.sa_i = ta == CUBLAS_OP_T ? (size_t)a.ld : 1, g.sa_p = ta == CUBLAS_OP_T ? 1 : (size_t)a.ld;
+    g.sb_p = tb == CUBLAS_OP_T ? (size_t)b.ld : 1, g.sb_j = tb == CUBLAS_OP_T ? 1 : (size_t)b.ld;
+    if (capture) {
+        givt_emu::capture_work(stream, "cublasLtMatmul", true, [g] { run_gemm(g); });
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    givt_emu::note_gemm();
+    run_gemm(g);
     return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -17,8 +17,11 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <map>
 #include <mutex>
+#include <set>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -817,11 +820,26 @@ static std::mutex g_stat_mutex;
 static unsigned long long g_work_seq, g_waited_seq;  // the newest op; the newest op waited for
 static Stats g_stats;
 
-// One op of device work enqueued (launch: a kernel or a GEMM); its number.
+// set while cudaGraphLaunch replays a graph's nodes (on the calling thread)
+static thread_local bool t_replaying;
+
+// One op of device work enqueued (launch: a kernel or a GEMM); its number. A node replayed by a graph
+// is counted as one (graph_nodes, graph_kernels), never as a launch: the graph launch is the launch.
 static unsigned long long note_work(bool launch) {
     std::lock_guard<std::mutex> lock(g_stat_mutex);
-    if (launch) g_stats.launches++;
+    if (t_replaying) {
+        g_stats.graph_nodes++;
+        if (launch) g_stats.graph_kernels++;
+    } else if (launch) {
+        g_stats.launches++;
+    }
     return ++g_work_seq;
+}
+// cudaGraphLaunch: one launch by the host
+static void note_graph_launch(void) {
+    std::lock_guard<std::mutex> lock(g_stat_mutex);
+    g_stats.launches++;
+    g_stats.graph_launches++;
 }
 static unsigned long long work_seq(void) {
     std::lock_guard<std::mutex> lock(g_stat_mutex);
@@ -844,11 +862,9 @@ Stats stats(void) {
 }
 void note_gemm(void) { note_work(true); }
 
-void run_grid(const char *kernel, const char *file, int line, dim3 grid, dim3 block, size_t smem, cudaStream_t,
-              const void *fn_id, BlockFn fn, void *ctx) {
-    std::lock_guard<std::mutex> lock(g_launch_mutex);
-    init_order_from_env();
-    prof::init_from_env();
+// Is a launch's configuration valid? If not: the last error, a message (g_launch_mutex held).
+static bool launch_config_ok(const char *kernel, const char *file, int line, dim3 grid, dim3 block, size_t smem,
+                             const void *fn_id) {
     unsigned long long nthreads = (unsigned long long)block.x * block.y * block.z;
     size_t smem_max = 48 * 1024;
     auto it = g_max_dyn_smem.find(fn_id);
@@ -860,8 +876,18 @@ void run_grid(const char *kernel, const char *file, int line, dim3 grid, dim3 bl
             fprintf(stderr, "cuda_emu: kernel %s (%s:%d): invalid configuration grid (%u,%u,%u) block (%u,%u,%u) "
                 "dynamic shared memory %zu (at most %zu)\n", kernel, file, line, grid.x, grid.y, grid.z, block.x,
                 block.y, block.z, smem, smem_max);
-        return;
+        return false;
     }
+    return true;
+}
+
+void run_grid(const char *kernel, const char *file, int line, dim3 grid, dim3 block, size_t smem, cudaStream_t,
+              const void *fn_id, BlockFn fn, void *ctx) {
+    std::lock_guard<std::mutex> lock(g_launch_mutex);
+    init_order_from_env();
+    prof::init_from_env();
+    if (!launch_config_ok(kernel, file, line, grid, block, smem, fn_id)) return;
+    unsigned long long nthreads = (unsigned long long)block.x * block.y * block.z;
     note_work(true);
     Launch L = {};
     L.kernel = kernel, L.file = file, L.line = line, L.fn = fn, L.ctx = ctx;
@@ -955,7 +981,7 @@ std::mutex g_mem_mutex;
 std::map<uintptr_t, size_t> g_allocs;  // device allocations: address -> bytes
 std::map<uintptr_t, size_t> g_host_allocs;  // cudaMallocHost's: address -> bytes
 size_t g_alloc_bytes;
-int g_stream_token, g_event_count;
+int g_event_count;
 
 size_t phys_bytes(int avail) {
     long pages = sysconf(avail ? _SC_AVPHYS_PAGES : _SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
@@ -992,8 +1018,22 @@ namespace {
 // Is [p, p + n) inside one cudaMallocHost allocation? (a GPU copies into it asynchronously)
 bool in_pinned_memory(const void *p, size_t n) { return in_one_allocation(g_host_allocs, p, n); }
 
-// cudaFree's work, without its synchronisation (cudaFreeAsync's)
-cudaError_t free_device(void *p) {
+std::set<void *> g_graph_allocs;  // cudaMallocAsync's made in a capture: the graph's until it is destroyed
+
+// cudaMalloc's work: exact size, 256-byte aligned, poisoned
+cudaError_t alloc_device(void **p, size_t bytes) {
+    // 256-byte aligned, as cudaMalloc's (WMMA's 32-byte rule holds at a buffer's start); exact size
+    if (posix_memalign(p, 256, bytes ? bytes : 1)) *p = NULL;
+    if (!*p) return set_error(cudaErrorMemoryAllocation);
+    memset(*p, 0xFF, bytes);  // poison: NaN as float and bf16
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    g_allocs[(uintptr_t)*p] = bytes;
+    g_alloc_bytes += bytes;
+    return cudaSuccess;
+}
+
+// cudaFree's work, without its synchronisation (cudaFreeAsync's); graph: a graph's own allocation
+cudaError_t free_device(void *p, bool graph = false) {
     if (!p) return cudaSuccess;
     {
         std::lock_guard<std::mutex> lock(g_mem_mutex);
@@ -1002,6 +1042,13 @@ cudaError_t free_device(void *p) {
             fprintf(stderr, "cuda_emu: cudaFree(%p): not a pointer from cudaMalloc\n", p);
             return set_error(cudaErrorInvalidValue);
         }
+        if (!graph && g_graph_allocs.count(p)) {
+            if (!g_record)
+                fprintf(stderr, "cuda_emu: cudaFree(%p): memory a graph allocated (cudaMallocAsync during a capture): "
+                            "it is the graph's until cudaGraphDestroy\n", p);
+            return set_error(cudaErrorInvalidValue);
+        }
+        g_graph_allocs.erase(p);
         g_alloc_bytes -= it->second;
         g_allocs.erase(it);
     }
@@ -1009,22 +1056,201 @@ cudaError_t free_device(void *p) {
     return cudaSuccess;
 }
 
-// the copy of cudaMemcpy and cudaMemcpyAsync
-cudaError_t copy_bytes(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind) {
+// the checks of a copy: the device sides inside one allocation
+cudaError_t check_copy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind) {
     cudaError_t e = cudaSuccess;
     if (kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice) e = check_range(dst, bytes, "cudaMemcpy destination");
     if (e == cudaSuccess && (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice))
         e = check_range(src, bytes, "cudaMemcpy source");
+    return e;
+}
+
+// the copy of cudaMemcpy and cudaMemcpyAsync
+cudaError_t copy_bytes(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind) {
+    cudaError_t e = check_copy(dst, src, bytes, kind);
     if (e != cudaSuccess) return e;
     if (bytes) memmove(dst, src, bytes);
     return cudaSuccess;
 }
 
-// An event: when it was recorded (host time) and the op it follows.
+// An event: when it was recorded (host time) and the op it follows; or, when its last record was in a
+// capture, that capture (capture_id, 0 if none), the stream and the node count at the record.
 struct EmuEvent {
     double t;
     unsigned long long seq;
+    unsigned long long capture_id;
+    cudaStream_t cap_stream;
+    size_t cap_point;
 };
+
+// A stream (cudaStreamCreate*); the legacy default stream is 0 (or cudaStreamLegacy).
+struct EmuStream {
+    unsigned flags;
+};
+bool is_legacy(cudaStream_t s) { return s == 0 || s == cudaStreamLegacy; }
+
+// ---- graphs captured from a stream ----
+struct Node {
+    enum Kind { KERNEL, MEMCPY, MEMSET, WORK, ALLOC, FREE } kind;
+    const char *what;  // the kernel's name, or the call's
+    // KERNEL: run_grid's arguments; owner holds ctx (the launch's copy of its arguments)
+    const char *file;
+    int line;
+    dim3 grid, block;
+    size_t smem;
+    const void *fn_id;
+    BlockFn fn;
+    void *ctx;
+    std::shared_ptr<void> owner;
+    // MEMCPY, MEMSET, ALLOC (poisons), FREE (poisons)
+    void *dst;
+    const void *src;
+    size_t bytes;
+    int value;
+    // WORK (a GEMM: launch)
+    std::function<void()> run;
+    bool launch;
+};
+
+// A captured graph: its nodes in capture order and the memory it allocated (its own until destroyed).
+// cudaGraph_t and cudaGraphExec_t both hold one (an exec is the graph's nodes, shared).
+struct GraphData {
+    std::vector<Node> nodes;
+    std::vector<void *> allocs;
+    ~GraphData() {
+        for (void *p : allocs) free_device(p, true);
+    }
+};
+struct EmuGraph {
+    std::shared_ptr<GraphData> g;
+};
+struct EmuGraphExec {
+    std::shared_ptr<GraphData> g;
+};
+
+// The capture in progress (one at a time): the stream it began on, the streams that joined it
+// through cudaStreamWaitEvent (forks: node count after their last work, and up to where the origin
+// stream has joined them back), its graph.
+struct Fork {
+    size_t last, joined;
+};
+struct Capture {
+    bool invalid;
+    cudaStreamCaptureMode mode;
+    cudaStream_t origin;
+    std::thread::id thread;
+    std::map<cudaStream_t, Fork> forks;
+    std::shared_ptr<GraphData> g;
+    unsigned long long id;
+};
+std::recursive_mutex g_cap_mutex;
+std::atomic<bool> g_cap_active;
+Capture g_cap;
+unsigned long long g_cap_ids;
+
+bool in_capture(cudaStream_t s) { return g_cap_active && (s == g_cap.origin || g_cap.forks.count(s)); }
+
+// A call that breaks the capture: the error, set as the last error; the capture is invalidated.
+cudaError_t refuse(cudaError_t e, const char *what) {
+    std::lock_guard<std::recursive_mutex> lock(g_cap_mutex);
+    if (g_cap_active) g_cap.invalid = true;
+    if (!g_record)
+        fprintf(stderr, "cuda_emu: %s during a stream capture: %s (the capture is invalidated)\n", what,
+                cudaGetErrorName(e));
+    return set_error(e);
+}
+
+// A call that CUDA calls potentially unsafe during a capture (cudaMalloc, cudaFree, cudaMallocHost,
+// a synchronous copy, an event query): refused while a capture in global mode is in progress, or
+// one in thread-local mode on this thread; allowed in relaxed mode.
+cudaError_t unsafe_call(const char *what) {
+    std::lock_guard<std::recursive_mutex> lock(g_cap_mutex);
+    if (!g_cap_active || g_cap.mode == cudaStreamCaptureModeRelaxed ||
+        (g_cap.mode == cudaStreamCaptureModeThreadLocal && std::this_thread::get_id() != g_cap.thread))
+        return cudaSuccess;
+    return refuse(cudaErrorStreamCaptureUnsupported, what);
+}
+
+// Work on the legacy default stream while a capture is in progress: it would depend on the capture
+// (on a GPU when the capturing stream is a blocking one; the emulation refuses it for any).
+cudaError_t legacy_conflict(const char *what) {
+    if (!g_cap_active) return cudaSuccess;
+    return refuse(cudaErrorStreamCaptureImplicit, what);
+}
+
+// Add a node to the capture in progress on s (a stream of it).
+void add_node(cudaStream_t s, Node &&n) {
+    std::lock_guard<std::recursive_mutex> lock(g_cap_mutex);
+    g_cap.g->nodes.push_back(std::move(n));
+    auto f = g_cap.forks.find(s);
+    if (f != g_cap.forks.end()) f->second.last = g_cap.g->nodes.size();
+}
+}  // namespace
+
+bool givt_emu::capture_any(void) { return g_cap_active; }
+
+cudaError_t givt_emu::capture_enqueue(cudaStream_t s, const char *what, bool *capture) {
+    *capture = false;
+    if (!g_cap_active) return cudaSuccess;
+    std::lock_guard<std::recursive_mutex> lock(g_cap_mutex);
+    if (!g_cap_active) return cudaSuccess;
+    if (is_legacy(s)) return legacy_conflict(what);
+    if (!in_capture(s)) return cudaSuccess;  // another stream: runs now
+    if (g_cap.invalid) return set_error(cudaErrorStreamCaptureInvalidated);
+    *capture = true;
+    return cudaSuccess;
+}
+
+void givt_emu::capture_kernel(const char *kernel, const char *file, int line, dim3 grid, dim3 block, size_t smem,
+                              cudaStream_t s, const void *fn_id, BlockFn fn, void *ctx, void *held,
+                              void (*destroy)(void *)) {
+    std::shared_ptr<void> owner(held, destroy);
+    {
+        std::lock_guard<std::mutex> lock(g_launch_mutex);
+        if (!launch_config_ok(kernel, file, line, grid, block, smem, fn_id)) {
+            std::lock_guard<std::recursive_mutex> cap_lock(g_cap_mutex);
+            g_cap.invalid = true;
+            return;
+        }
+    }
+    Node n = {};
+    n.kind = Node::KERNEL, n.what = kernel, n.file = file, n.line = line, n.grid = grid, n.block = block;
+    n.smem = smem, n.fn_id = fn_id, n.fn = fn, n.ctx = ctx, n.owner = std::move(owner);
+    add_node(s, std::move(n));
+}
+
+void givt_emu::capture_work(cudaStream_t s, const char *what, bool launch, std::function<void()> run) {
+    Node n = {};
+    n.kind = Node::WORK, n.what = what, n.launch = launch, n.run = std::move(run);
+    add_node(s, std::move(n));
+}
+
+namespace {
+// Replay a graph's nodes in capture order (the emulated streams are synchronous), each counted as a
+// node of the graph launch (note_work under t_replaying).
+void replay(const GraphData &g, cudaStream_t s) {
+    t_replaying = true;
+    for (const Node &n : g.nodes) switch (n.kind) {
+        case Node::KERNEL: run_grid(n.what, n.file, n.line, n.grid, n.block, n.smem, s, n.fn_id, n.fn, n.ctx); break;
+        case Node::MEMCPY:
+            if (n.bytes) memmove(n.dst, n.src, n.bytes);  // what the source holds now
+            note_work(false);
+            break;
+        case Node::MEMSET: memset(n.dst, n.value, n.bytes), note_work(false); break;
+        case Node::ALLOC:  // undefined contents at every launch: poisoned
+        case Node::FREE:   // freed: poisoned for any node that still reads it
+            memset(n.dst, 0xFF, n.bytes), note_work(false);
+            break;
+        case Node::WORK: note_work(n.launch), n.run(); break;
+        }
+    t_replaying = false;
+}
+
+size_t alloc_bytes_of(void *p) {
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    auto it = g_allocs.find((uintptr_t)p);
+    return it == g_allocs.end() ? 0 : it->second;
+}
 }  // namespace
 
 static void snapshot_allocations(std::vector<givt_emu::prof::Range> &out) {
@@ -1037,27 +1263,55 @@ extern "C" {
 
 cudaError_t cudaMalloc(void **p, size_t bytes) {
     if (!p) return set_error(cudaErrorInvalidValue);
-    // 256-byte aligned, as cudaMalloc's (WMMA's 32-byte rule holds at a buffer's start); exact size
-    if (posix_memalign(p, 256, bytes ? bytes : 1)) *p = NULL;
-    if (!*p) return set_error(cudaErrorMemoryAllocation);
-    memset(*p, 0xFF, bytes);  // poison: NaN as float and bf16
-    std::lock_guard<std::mutex> lock(g_mem_mutex);
-    g_allocs[(uintptr_t)*p] = bytes;
-    g_alloc_bytes += bytes;
-    return cudaSuccess;
+    if (cudaError_t e = unsafe_call("cudaMalloc")) return e;
+    return alloc_device(p, bytes);
 }
 
 cudaError_t cudaFree(void *p) {
+    if (cudaError_t e = unsafe_call("cudaFree")) return e;
     if (p) host_wait_all();  // cudaFree synchronizes the device
     return free_device(p);
 }
 
-// streams are synchronous: stream-ordered allocation is plain allocation (without cudaFree's wait)
-cudaError_t cudaMallocAsync(void **p, size_t bytes, cudaStream_t) { return cudaMalloc(p, bytes); }
-cudaError_t cudaFreeAsync(void *p, cudaStream_t) { return free_device(p); }
+// streams are synchronous: stream-ordered allocation is plain allocation (without cudaFree's wait);
+// in a capture, the graph's own memory: allocated now (a fixed address for the graph's life), freed
+// by cudaGraphDestroy (and the last exec's destroy), poisoned at every replay of the allocation
+cudaError_t cudaMallocAsync(void **p, size_t bytes, cudaStream_t s) {
+    if (!p) return set_error(cudaErrorInvalidValue);
+    bool capture;
+    if (cudaError_t e = capture_enqueue(s, "cudaMallocAsync", &capture)) return e;
+    if (cudaError_t e = alloc_device(p, bytes)) return e;
+    if (capture) {
+        {
+            std::lock_guard<std::mutex> lock(g_mem_mutex);
+            g_graph_allocs.insert(*p);
+        }
+        std::lock_guard<std::recursive_mutex> lock(g_cap_mutex);
+        g_cap.g->allocs.push_back(*p);
+        Node n = {};
+        n.kind = Node::ALLOC, n.what = "cudaMallocAsync", n.dst = *p, n.bytes = bytes;
+        add_node(s, std::move(n));
+    }
+    return cudaSuccess;
+}
+cudaError_t cudaFreeAsync(void *p, cudaStream_t s) {
+    bool capture;
+    if (cudaError_t e = capture_enqueue(s, "cudaFreeAsync", &capture)) return e;
+    if (!capture) return free_device(p);
+    if (!p) return cudaSuccess;
+    std::lock_guard<std::recursive_mutex> lock(g_cap_mutex);
+    bool own = false;
+    for (void *a : g_cap.g->allocs) own |= a == p;
+    if (!own) return refuse(cudaErrorStreamCaptureUnsupported, "cudaFreeAsync of memory not allocated in the capture");
+    Node n = {};
+    n.kind = Node::FREE, n.what = "cudaFreeAsync", n.dst = p, n.bytes = alloc_bytes_of(p);
+    add_node(s, std::move(n));
+    return cudaSuccess;
+}
 
 cudaError_t cudaMallocHost(void **p, size_t bytes) {
     if (!p) return set_error(cudaErrorInvalidValue);
+    if (cudaError_t e = unsafe_call("cudaMallocHost")) return e;
     if (posix_memalign(p, 256, bytes ? bytes : 1)) *p = NULL;
     if (!*p) return set_error(cudaErrorMemoryAllocation);
     std::lock_guard<std::mutex> lock(g_mem_mutex);
@@ -1067,6 +1321,7 @@ cudaError_t cudaMallocHost(void **p, size_t bytes) {
 
 cudaError_t cudaFreeHost(void *p) {
     if (!p) return cudaSuccess;
+    if (cudaError_t e = unsafe_call("cudaFreeHost")) return e;
     host_wait_all();  // as cudaFree
     {
         std::lock_guard<std::mutex> lock(g_mem_mutex);
@@ -1083,13 +1338,31 @@ cudaError_t cudaFreeHost(void *p) {
 
 // synchronous: the host waits for it (and for all work before it)
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind) {
+    if (cudaError_t e = unsafe_call("cudaMemcpy")) return e;
+    if (cudaError_t e = legacy_conflict("cudaMemcpy (on the legacy default stream)")) return e;
     cudaError_t e = copy_bytes(dst, src, bytes, kind);
     if (e == cudaSuccess && bytes) host_wait(note_work(false));
     return e;
 }
 
 // a copy from the device into memory that is not pinned (cudaMallocHost) is synchronous on a GPU
-cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind, cudaStream_t) {
+// In a capture: a node that copies what the source holds when it runs; host memory must be pinned.
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind, cudaStream_t s) {
+    bool capture;
+    if (cudaError_t e = capture_enqueue(s, "cudaMemcpyAsync", &capture)) return e;
+    if (capture) {
+        if (cudaError_t e = check_copy(dst, src, bytes, kind)) return e;
+        bool host_dst = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyHostToHost ||
+                        (kind == cudaMemcpyDefault && !in_device_memory(dst, bytes));
+        bool host_src = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyHostToHost ||
+                        (kind == cudaMemcpyDefault && !in_device_memory(src, bytes));
+        if (bytes && ((host_dst && !in_pinned_memory(dst, bytes)) || (host_src && !in_pinned_memory(src, bytes))))
+            return refuse(cudaErrorStreamCaptureUnsupported, "cudaMemcpyAsync with pageable host memory (not cudaMallocHost's)");
+        Node n = {};
+        n.kind = Node::MEMCPY, n.what = "cudaMemcpyAsync", n.dst = dst, n.src = src, n.bytes = bytes;
+        add_node(s, std::move(n));
+        return cudaSuccess;
+    }
     cudaError_t e = copy_bytes(dst, src, bytes, kind);
     if (e != cudaSuccess || !bytes) return e;
     unsigned long long op = note_work(false);
@@ -1097,30 +1370,63 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaM
     return e;
 }
 
-cudaError_t cudaMemset(void *p, int value, size_t bytes) {
+static cudaError_t memset_bytes(void *p, int value, size_t bytes) {
     cudaError_t e = check_range(p, bytes, "cudaMemset");
     if (e != cudaSuccess) return e;
     if (bytes) memset(p, value, bytes);
     return cudaSuccess;
 }
 
-cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t) {
-    cudaError_t e = cudaMemset(p, value, bytes);
+cudaError_t cudaMemset(void *p, int value, size_t bytes) {
+    if (cudaError_t e = legacy_conflict("cudaMemset (on the legacy default stream)")) return e;
+    return memset_bytes(p, value, bytes);
+}
+
+cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t s) {
+    bool capture;
+    if (cudaError_t e = capture_enqueue(s, "cudaMemsetAsync", &capture)) return e;
+    if (capture) {
+        if (cudaError_t e = check_range(p, bytes, "cudaMemset")) return e;
+        Node n = {};
+        n.kind = Node::MEMSET, n.what = "cudaMemsetAsync", n.dst = p, n.value = value, n.bytes = bytes;
+        add_node(s, std::move(n));
+        return cudaSuccess;
+    }
+    cudaError_t e = memset_bytes(p, value, bytes);
     if (e == cudaSuccess && bytes) note_work(false);
     return e;
 }
 
-cudaError_t cudaStreamCreate(cudaStream_t *s) {
-    *s = (cudaStream_t)(void *)&g_stream_token;
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags) {
+    if (!s) return set_error(cudaErrorInvalidValue);
+    EmuStream *st = new EmuStream{flags};
+    *s = (cudaStream_t)(void *)st;
     return cudaSuccess;
 }
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int) { return cudaStreamCreate(s); }
-cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t) {
+cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags(s, cudaStreamDefault); }
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    if (is_legacy(s) || s == cudaStreamPerThread) return set_error(cudaErrorInvalidResourceHandle);
+    {
+        std::lock_guard<std::recursive_mutex> lock(g_cap_mutex);
+        if (in_capture(s)) refuse(cudaErrorStreamCaptureInvalidated, "cudaStreamDestroy of a capturing stream");
+        g_cap.forks.erase(s);
+    }
+    delete (EmuStream *)(void *)s;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    {
+        std::lock_guard<std::recursive_mutex> lock(g_cap_mutex);
+        if (in_capture(s)) return refuse(cudaErrorStreamCaptureUnsupported, "cudaStreamSynchronize of the capturing stream");
+        if (is_legacy(s)) {
+            if (cudaError_t e = legacy_conflict("cudaStreamSynchronize of the legacy default stream")) return e;
+        }
+    }
     host_wait_all();
     return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize(void) {
+    if (g_cap_active) return refuse(cudaErrorStreamCaptureUnsupported, "cudaDeviceSynchronize");
     host_wait_all();
     return cudaSuccess;
 }
@@ -1192,6 +1498,17 @@ const char *cudaGetErrorName(cudaError_t e) {
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorIllegalState: return "cudaErrorIllegalState";
+    case cudaErrorNotSupported: return "cudaErrorNotSupported";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureUnmatched: return "cudaErrorStreamCaptureUnmatched";
+    case cudaErrorStreamCaptureUnjoined: return "cudaErrorStreamCaptureUnjoined";
+    case cudaErrorStreamCaptureIsolation: return "cudaErrorStreamCaptureIsolation";
+    case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
+    case cudaErrorCapturedEvent: return "cudaErrorCapturedEvent";
+    case cudaErrorStreamCaptureWrongThread: return "cudaErrorStreamCaptureWrongThread";
     default: return "cudaErrorUnknown";
     }
 }
@@ -1205,6 +1522,17 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInsufficientDriver: return "CUDA driver version is insufficient for CUDA runtime version";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
+    case cudaErrorNotSupported: return "operation not supported (cuda_emu: see the message above)";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureUnmatched: return "capture was not ended in the same stream as it began";
+    case cudaErrorStreamCaptureUnjoined: return "capturing stream has unjoined work";
+    case cudaErrorStreamCaptureIsolation: return "dependency created on uncaptured work in another stream";
+    case cudaErrorStreamCaptureImplicit: return "operation would make the legacy stream depend on a capturing blocking stream";
+    case cudaErrorCapturedEvent: return "operation not permitted on an event last recorded in a capturing stream";
+    case cudaErrorStreamCaptureWrongThread: return "attempt to terminate a thread-local capture sequence from another thread";
     default: return "unknown error";
     }
 }
@@ -1230,21 +1558,171 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) {
     g_event_count--;
     return cudaSuccess;
 }
-cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+// In a capture: no node (as on a GPU, a dependency for cudaStreamWaitEvent within the capture); the
+// event is then a captured one until recorded again outside a capture.
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+    if (!e) return set_error(cudaErrorInvalidResourceHandle);
+    EmuEvent *ev = (EmuEvent *)(void *)e;
+    bool capture;
+    if (cudaError_t err = capture_enqueue(s, "cudaEventRecord", &capture)) return err;
+    if (capture) {
+        std::lock_guard<std::recursive_mutex> lock(g_cap_mutex);
+        ev->capture_id = g_cap.id, ev->cap_stream = s, ev->cap_point = g_cap.g->nodes.size();
+        return cudaSuccess;
+    }
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    EmuEvent *ev = (EmuEvent *)(void *)e;
     ev->t = ts.tv_sec + 1e-9 * ts.tv_nsec;
     ev->seq = work_seq();
+    ev->capture_id = 0;
     return cudaSuccess;
 }
+// a host wait for an event: refused for an event recorded in a capture, and (unsafe) during one
+static cudaError_t event_wait_check(cudaEvent_t e, const char *what) {
+    if (!e) return set_error(cudaErrorInvalidResourceHandle);
+    if (((EmuEvent *)(void *)e)->capture_id) {
+        if (g_cap_active) return refuse(cudaErrorCapturedEvent, what);
+        return set_error(cudaErrorCapturedEvent);
+    }
+    return unsafe_call(what);
+}
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+    if (cudaError_t err = event_wait_check(e, "cudaEventSynchronize")) return err;
     host_wait(((EmuEvent *)(void *)e)->seq);
     return cudaSuccess;
 }
-cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventQuery(cudaEvent_t e) { return event_wait_check(e, "cudaEventQuery"); }
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) {
     *ms = (float)(1e3 * (((EmuEvent *)(void *)end)->t - ((EmuEvent *)(void *)start)->t));
+    return cudaSuccess;
+}
+
+// ---- graphs captured from a stream ----
+// The emulated streams are synchronous: outside a capture, a wait for an event is a no-op. In a
+// capture: waiting for an event recorded in the capture joins the waiting stream to it (a fork), or,
+// on the capture's origin stream, joins the fork that recorded it back; waiting for an event
+// recorded outside the capture crosses its boundary (an error).
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int) {
+    if (!e) return set_error(cudaErrorInvalidResourceHandle);
+    EmuEvent *ev = (EmuEvent *)(void *)e;
+    std::lock_guard<std::recursive_mutex> lock(g_cap_mutex);
+    if (!g_cap_active) return ev->capture_id ? set_error(cudaErrorStreamCaptureIsolation) : cudaSuccess;
+    if (is_legacy(s)) return legacy_conflict("cudaStreamWaitEvent on the legacy default stream");
+    bool captured = ev->capture_id && ev->capture_id == g_cap.id;
+    if (!in_capture(s)) {
+        if (!captured) return ev->capture_id ? set_error(cudaErrorStreamCaptureIsolation) : cudaSuccess;
+        g_cap.forks[s] = Fork{g_cap.g->nodes.size(), g_cap.g->nodes.size()};  // s joins the capture
+        return cudaSuccess;
+    }
+    if (g_cap.invalid) return set_error(cudaErrorStreamCaptureInvalidated);
+    if (!captured) return refuse(cudaErrorStreamCaptureIsolation, "cudaStreamWaitEvent for an event recorded outside the capture");
+    if (s == g_cap.origin && ev->cap_stream != g_cap.origin) {
+        auto f = g_cap.forks.find(ev->cap_stream);
+        if (f != g_cap.forks.end() && ev->cap_point > f->second.joined) f->second.joined = ev->cap_point;
+    }
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode mode) {
+    if (mode != cudaStreamCaptureModeGlobal && mode != cudaStreamCaptureModeThreadLocal &&
+        mode != cudaStreamCaptureModeRelaxed)
+        return set_error(cudaErrorInvalidValue);
+    if (is_legacy(s)) return set_error(cudaErrorStreamCaptureUnsupported);  // the legacy stream cannot capture
+    std::lock_guard<std::recursive_mutex> lock(g_cap_mutex);
+    if (g_cap_active) {
+        if (in_capture(s)) return set_error(cudaErrorIllegalState);
+        fprintf(stderr, "cuda_emu: cudaStreamBeginCapture: one capture at a time is emulated\n");
+        return set_error(cudaErrorNotSupported);
+    }
+    g_cap = Capture();
+    g_cap.mode = mode, g_cap.origin = s, g_cap.thread = std::this_thread::get_id();
+    g_cap.g = std::make_shared<GraphData>();
+    g_cap.id = ++g_cap_ids;
+    g_cap_active = true;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *graph) {
+    if (!graph) return set_error(cudaErrorInvalidValue);
+    std::shared_ptr<GraphData> g;
+    cudaError_t e = cudaSuccess;
+    {
+        std::lock_guard<std::recursive_mutex> lock(g_cap_mutex);
+        if (!in_capture(s)) return set_error(cudaErrorIllegalState);
+        if (s != g_cap.origin) return refuse(cudaErrorStreamCaptureUnmatched, "cudaStreamEndCapture on a forked stream");
+        if (g_cap.mode != cudaStreamCaptureModeRelaxed && std::this_thread::get_id() != g_cap.thread)
+            return set_error(cudaErrorStreamCaptureWrongThread);
+        for (const auto &f : g_cap.forks)
+            if (f.second.last > f.second.joined) e = cudaErrorStreamCaptureUnjoined;
+        if (g_cap.invalid) e = cudaErrorStreamCaptureInvalidated;
+        g.swap(g_cap.g);  // freed below (and its memory) when the capture failed
+        g_cap = Capture();
+        g_cap_active = false;
+    }
+    *graph = NULL;
+    if (e != cudaSuccess) return set_error(e);
+    *graph = (cudaGraph_t)(void *)new EmuGraph{std::move(g)};
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, enum cudaStreamCaptureStatus *status) {
+    if (!status) return set_error(cudaErrorInvalidValue);
+    std::lock_guard<std::recursive_mutex> lock(g_cap_mutex);
+    *status = cudaStreamCaptureStatusNone;
+    if (is_legacy(s) && g_cap_active) return set_error(cudaErrorStreamCaptureImplicit);
+    if (in_capture(s)) *status = g_cap.invalid ? cudaStreamCaptureStatusInvalidated : cudaStreamCaptureStatusActive;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long) {
+    if (!exec || !graph) return set_error(cudaErrorInvalidValue);
+    *exec = (cudaGraphExec_t)(void *)new EmuGraphExec{((EmuGraph *)(void *)graph)->g};
+    return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiateWithFlags(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long flags) {
+    return cudaGraphInstantiate(exec, graph, flags);
+}
+
+// one launch by the host; the nodes replay in capture order, as device work enqueued on s
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
+    if (!exec) return set_error(cudaErrorInvalidValue);
+    {
+        std::lock_guard<std::recursive_mutex> lock(g_cap_mutex);
+        if (g_cap_active) {
+            if (is_legacy(s)) return legacy_conflict("cudaGraphLaunch on the legacy default stream");
+            if (in_capture(s)) {
+                fprintf(stderr, "cuda_emu: cudaGraphLaunch into a capture (a child graph) is not emulated\n");
+                return refuse(cudaErrorStreamCaptureUnsupported, "cudaGraphLaunch");
+            }
+        }
+    }
+    cudaError_t before = g_last_error;
+    note_graph_launch();
+    replay(*((EmuGraphExec *)(void *)exec)->g, s);
+    return before == cudaSuccess && g_last_error != cudaSuccess ? g_last_error : cudaSuccess;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+    if (!exec) return set_error(cudaErrorInvalidValue);
+    delete (EmuGraphExec *)(void *)exec;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+    if (!graph) return set_error(cudaErrorInvalidValue);
+    delete (EmuGraph *)(void *)graph;
+    return cudaSuccess;
+}
+
+// the nodes in capture order (handles for counting: nothing else takes them)
+cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t *nodes, size_t *count) {
+    if (!graph || !count) return set_error(cudaErrorInvalidValue);
+    GraphData &g = *((EmuGraph *)(void *)graph)->g;
+    if (!nodes) {
+        *count = g.nodes.size();
+        return cudaSuccess;
+    }
+    for (size_t i = 0; i < *count; i++) nodes[i] = i < g.nodes.size() ? (cudaGraphNode_t)(void *)&g.nodes[i] : NULL;
+    if (*count > g.nodes.size()) *count = g.nodes.size();
     return cudaSuccess;
 }
 

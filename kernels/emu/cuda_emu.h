@@ -27,6 +27,40 @@
 // op k; cudaFree, which synchronizes the device) is a host synchronisation when k is the newest op,
 // leaving a GPU with nothing queued (a drain), and a fence wait when later work is queued behind it
 // (a GPU stays busy); a wait for work already waited for counts nothing.
+// CUDA graphs captured from a stream (cudaStreamBeginCapture in global, thread-local or relaxed mode,
+// cudaStreamEndCapture, cudaStreamIsCapturing, cudaGraphInstantiate(WithFlags), cudaGraphLaunch,
+// cudaGraphGetNodes, cudaGraphExecDestroy, cudaGraphDestroy, cudaStreamWaitEvent), as on a GPU:
+// nothing enqueued on a capturing stream runs; each call becomes a node of the graph, in order:
+// kernel launches (their arguments copied at the capture: a replay uses those, whatever the
+// variables passed hold later), cudaMemsetAsync, cudaMemcpyAsync (device memory, or host memory of
+// cudaMallocHost's), cuBLASLt GEMMs (descriptor, layouts, alpha and beta read at the capture),
+// cudaMallocAsync (the graph's own memory, at one address for its life: allocated at the capture,
+// poisoned at every replay of the node, freed by cudaGraphDestroy and the last exec's destroy) and
+// cudaFreeAsync of it (poisons it again). cudaEventRecord makes no node (a dependency within the
+// capture: the event cannot be waited for by the host until recorded again outside one). Memory is
+// read when a node runs (a copy from pinned memory copies what it holds at the replay).
+// cudaGraphLaunch replays the nodes in capture order, kernels through run_grid as any launch (fiber
+// orders, poisoning, the profiler); it counts as one launch (Stats.launches and graph_launches), the
+// nodes as graph_nodes (graph_kernels: kernels and GEMMs), each numbered device work as above, so a
+// later wait for it is a host synchronisation or a fence wait as for eager work.
+// Refused during a capture as on a GPU, the capture then invalidated (cudaStreamEndCapture returns
+// cudaErrorStreamCaptureInvalidated and no graph; work enqueued on the stream meanwhile returns it
+// too): cudaStreamSynchronize of a capturing stream, cudaDeviceSynchronize, a launch into the graph
+// of cudaGraphLaunch (cudaErrorStreamCaptureUnsupported); in global mode (thread-local: from the
+// capturing thread; relaxed: allowed) cudaMalloc, cudaFree, cudaMallocHost, cudaFreeHost, cudaMemcpy,
+// cudaEventSynchronize and cudaEventQuery (cudaErrorStreamCaptureUnsupported); cudaMemcpyAsync with
+// pageable host memory (Unsupported); waiting for (cudaEventSynchronize, cudaEventQuery) an event
+// recorded in a capture (cudaErrorCapturedEvent); cudaStreamWaitEvent on a capturing stream for an
+// event recorded outside the capture (cudaErrorStreamCaptureIsolation); any work on the legacy
+// default stream 0, cudaMemcpy and cudaMemset included (cudaErrorStreamCaptureImplicit: stricter than
+// a GPU, which refuses it only when the capturing stream is a blocking one). Work on other streams
+// runs at once, unless the stream joined the capture: cudaStreamWaitEvent for an event recorded in
+// the capture forks it into the capture (its work becomes nodes, in issue order), and the capture's
+// origin stream must wait for an event recorded on it after its last work (the join), else
+// cudaStreamEndCapture returns cudaErrorStreamCaptureUnjoined. Limits: one capture at a time (a
+// second cudaStreamBeginCapture on another stream returns cudaErrorNotSupported); joins are
+// recognised directly into the origin stream only; cudaFreeAsync in a capture only of memory the
+// capture allocated (other memory: cudaErrorStreamCaptureUnsupported).
 #ifndef GIVT_CUDA_EMU_H
 #define GIVT_CUDA_EMU_H
 
@@ -46,6 +80,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <functional>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -89,6 +125,16 @@
 #define cudaFreeHost givt_emu_cudaFreeHost
 #define cudaEventElapsedTime givt_emu_cudaEventElapsedTime
 #define cudaFuncSetAttribute givt_emu_cudaFuncSetAttribute
+#define cudaStreamWaitEvent givt_emu_cudaStreamWaitEvent
+#define cudaStreamBeginCapture givt_emu_cudaStreamBeginCapture
+#define cudaStreamEndCapture givt_emu_cudaStreamEndCapture
+#define cudaStreamIsCapturing givt_emu_cudaStreamIsCapturing
+#define cudaGraphInstantiate givt_emu_cudaGraphInstantiate
+#define cudaGraphInstantiateWithFlags givt_emu_cudaGraphInstantiateWithFlags
+#define cudaGraphLaunch givt_emu_cudaGraphLaunch
+#define cudaGraphExecDestroy givt_emu_cudaGraphExecDestroy
+#define cudaGraphDestroy givt_emu_cudaGraphDestroy
+#define cudaGraphGetNodes givt_emu_cudaGraphGetNodes
 // cuBLASLt: the descriptors and layouts are the real library's; only the handle and the product
 // and the calls that need it (the heuristic) are emulated (kernels/emu/cublaslt_emu.cpp: a CPU GEMM
 // that reads the descriptors and layouts back).
@@ -133,6 +179,17 @@ cudaError_t cudaEventQuery(cudaEvent_t e);  // cudaSuccess: the emulated work is
 cudaError_t cudaMallocHost(void **p, size_t bytes);  // "pinned" host memory: an async copy into it is async
 cudaError_t cudaFreeHost(void *p);
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end);
+// CUDA graphs captured from a stream (see the header's first comment)
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int flags = 0);
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *graph);
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, enum cudaStreamCaptureStatus *status);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long flags = 0);
+cudaError_t cudaGraphInstantiateWithFlags(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long flags = 0);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
+cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t *nodes, size_t *count);
 }
 cudaError_t givt_emu_func_set_attribute(const void *fn, enum cudaFuncAttribute attr, int value);
 template <typename F>
@@ -170,8 +227,12 @@ unsigned long long threads_run(void);
 // What the emulation counted since the process started (see the header's first comment): kernel
 // launches (cuBLASLt GEMMs included), host synchronisations (waits that drain the device's queue)
 // and fence waits (waits for work with later work queued behind it).
+// Graphs: a cudaGraphLaunch is one launch (launches) and one graph launch (graph_launches); the
+// nodes it replays are counted in graph_nodes (all: kernels, GEMMs, copies, memsets, allocations)
+// and graph_kernels (the kernels and GEMMs among them), never in launches.
 struct Stats {
     unsigned long long launches, host_syncs, fence_waits;
+    unsigned long long graph_launches, graph_nodes, graph_kernels;
 };
 Stats stats(void);
 // A cuBLASLt GEMM (kernels/emu/cublaslt_emu.cpp): one launch of device work.
@@ -216,6 +277,22 @@ typedef void (*BlockFn)(void *ctx);
 void run_grid(const char *kernel, const char *file, int line, dim3 grid, dim3 block, size_t smem, cudaStream_t s,
               const void *fn_id, BlockFn fn, void *ctx);
 
+// ---- stream capture (the emulated enqueue functions) ----
+// Is any stream capturing? (a cheap test before capture_enqueue)
+bool capture_any(void);
+// Work (what: its name, for messages) is being enqueued on stream s: cudaSuccess and *capture = true
+// when s captures (the caller records a node), false when it runs now; or the error to return (the
+// capture it breaks is invalidated), also set as the last error (cudaGetLastError).
+cudaError_t capture_enqueue(cudaStream_t s, const char *what, bool *capture);
+// Record a kernel node on the capturing stream s (after capture_enqueue said so): run_grid's
+// arguments; owner (freed by destroy(owner) with the graph) keeps ctx, the launch's copy of its
+// arguments, alive as long as the graph. (A plain pointer and function: this header is compiled into
+// make emu-profile's instrumented kernels, where a shared_ptr's atomic count would need TSan's runtime.)
+void capture_kernel(const char *kernel, const char *file, int line, dim3 grid, dim3 block, size_t smem,
+                    cudaStream_t s, const void *fn_id, BlockFn fn, void *ctx, void *owner, void (*destroy)(void *));
+// Record another node of device work (a cuBLASLt GEMM: launch = true); run does it on replay.
+void capture_work(cudaStream_t s, const char *what, bool launch, std::function<void()> run);
+
 template <typename Tuple, typename... P>
 struct LaunchCtx {
     void (*k)(P...);
@@ -232,6 +309,20 @@ void launch(const char *name, const char *file, int line, dim3 grid, dim3 block,
             void (*k)(P...), A &&...a) {
     static_assert(sizeof...(P) == sizeof...(A), "GIVT_LAUNCH: wrong number of kernel arguments");
     typedef std::tuple<typename std::decay<P>::type...> Tuple;
+    bool capture = false;
+    if (capture_any() && capture_enqueue(s, name, &capture) != cudaSuccess) return;  // the last error is set
+    if (capture) {  // the graph keeps its own copy of the arguments, converted now, for every replay
+        struct Held {
+            Tuple args;
+            LaunchCtx<Tuple, P...> c;
+            Held(void (*kf)(P...), A &&...av) : args(std::forward<A>(av)...), c{kf, &args} {}
+            static void destroy(void *p) { delete (Held *)p; }
+        };
+        Held *held = new Held(k, std::forward<A>(a)...);
+        capture_kernel(name, file, line, grid, block, smem, s, (const void *)k, LaunchCtx<Tuple, P...>::run, &held->c,
+                       held, Held::destroy);
+        return;
+    }
     Tuple args(std::forward<A>(a)...);  // converted to the parameter types once, as CUDA does
     LaunchCtx<Tuple, P...> c = {k, &args};
     run_grid(name, file, line, grid, block, smem, s, (const void *)k, LaunchCtx<Tuple, P...>::run, &c);
