@@ -53,6 +53,7 @@ SYMBOL_PREFIXES = {
     "hf.o": ["hf_"],
     "sample.o": ["sample_"],
     "data.o": ["data_"],
+    "loader.o": ["loader_"],
     "dist.o": ["dist_"],
     "dist_mpi.o": ["dist_mpi_", "dist_open_mpi"],
     "optim.o": ["adamw_", "grad_", "ema_", "lr_"],   # the optimizer module: AdamW, gradients, EMA, lr

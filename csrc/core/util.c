@@ -69,6 +69,11 @@ int givt_fail(const char *fmt, ...) {
 
 const char *givt_last_error(void) { return g_err && g_err[0] ? g_err : "unknown error"; }
 
+void givt_error_clear(void) {
+    free(g_err);
+    g_err = NULL;
+}
+
 void givt_die_at(const char *file, int line, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);

@@ -17,6 +17,9 @@
 // already went through givt_fail is not escaped twice). Join parts of a message with "; ", not "\n".
 int givt_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *givt_last_error(void);
+// Frees the calling thread's last message (givt_last_error() then says "unknown error"): a thread that
+// may have failed calls it before it ends, so that its message does not leak.
+void givt_error_clear(void);
 // For internal invariants and out-of-memory: print "file:line: message" and exit(1).
 void givt_die_at(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4), noreturn));
