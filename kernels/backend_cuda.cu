@@ -110,6 +110,137 @@ void cu_readback_free(Backend *be, BackendReadback *rb) {
     free(r);
 }
 
+// Pinned host memory: the copy engine reads it directly, so that upload_async never waits.
+void *cu_host_alloc(Backend *be, size_t bytes) {
+    (void)be;
+    void *p = NULL;
+    CUDA_CHECK(cudaMallocHost(&p, bytes ? bytes : 1));
+    memset(p, 0, bytes);
+    return p;
+}
+
+void cu_host_free(Backend *be, void *p) {
+    if (!p) return;
+    // no copy still reads it (the copy stream's: the compute stream waits for each of them)
+    CUDA_CHECK(cudaStreamSynchronize(cuda_stream(be)));
+    CUDA_CHECK(cudaFreeHost(p));
+}
+
+// upload_async: the host-to-device copy runs on a copy stream of its own, into a device staging
+// buffer of a small ring, so that it overlaps the compute stream's work (the copy engine and the SMs
+// work at once); the compute stream waits for it (an event), then copies the staging buffer to dst
+// in its own order (device to device: about 1 us for base.ini's batch of 1 MiB) and records that the
+// staging buffer may be written again (an event the copy stream waits for before its next copy into
+// it). dst is written in the compute stream's order, as an upload on it would be (and no graph
+// records a pointer to the ring: dst is what the ops read).
+const int kUploadSlots = 4;
+struct CudaUploads {
+    cudaStream_t stream;
+    void *staging[kUploadSlots];
+    size_t bytes[kUploadSlots];
+    cudaEvent_t uploaded[kUploadSlots], consumed[kUploadSlots];
+    int next;
+};
+
+CudaUploads *cu_uploads(Backend *be) {
+    CudaCtx *c = cuda_ctx(be);
+    if (c->upload) return (CudaUploads *)c->upload;
+    CudaUploads *u = (CudaUploads *)xcalloc(1, sizeof *u);
+    CUDA_CHECK(cudaStreamCreateWithFlags(&u->stream, cudaStreamNonBlocking));
+    for (int i = 0; i < kUploadSlots; i++) {
+        CUDA_CHECK(cudaEventCreateWithFlags(&u->uploaded[i], cudaEventDisableTiming));
+        CUDA_CHECK(cudaEventCreateWithFlags(&u->consumed[i], cudaEventDisableTiming));
+    }
+    c->upload = u;
+    return u;
+}
+
+void cu_upload_async(Backend *be, void *dst, const void *src, size_t bytes) {
+    if (!bytes) return;
+    CudaUploads *u = cu_uploads(be);
+    const int i = u->next;
+    u->next = (i + 1) % kUploadSlots;
+    if (u->bytes[i] < bytes) {  // (the first uploads of a run: nothing in flight uses slot i then)
+        CUDA_CHECK(cudaStreamSynchronize(cuda_stream(be)));
+        if (u->staging[i]) CUDA_CHECK(cudaFree(u->staging[i]));
+        CUDA_CHECK(cudaMalloc(&u->staging[i], bytes));
+        u->bytes[i] = bytes;
+    }
+    CUDA_CHECK(cudaStreamWaitEvent(u->stream, u->consumed[i], 0));  // its last D2D copy has read it
+    CUDA_CHECK(cudaMemcpyAsync(u->staging[i], src, bytes, cudaMemcpyHostToDevice, u->stream));
+    CUDA_CHECK(cudaEventRecord(u->uploaded[i], u->stream));
+    CUDA_CHECK(cudaStreamWaitEvent(cuda_stream(be), u->uploaded[i], 0));
+    CUDA_CHECK(cudaMemcpyAsync(dst, u->staging[i], bytes, cudaMemcpyDeviceToDevice, cuda_stream(be)));
+    CUDA_CHECK(cudaEventRecord(u->consumed[i], cuda_stream(be)));
+}
+
+void cu_uploads_free(CudaCtx *c) {
+    CudaUploads *u = (CudaUploads *)c->upload;
+    if (!u) return;
+    CUDA_CHECK(cudaStreamSynchronize(u->stream));
+    for (int i = 0; i < kUploadSlots; i++) {
+        if (u->staging[i]) CUDA_CHECK(cudaFree(u->staging[i]));
+        CUDA_CHECK(cudaEventDestroy(u->uploaded[i]));
+        CUDA_CHECK(cudaEventDestroy(u->consumed[i]));
+    }
+    CUDA_CHECK(cudaStreamDestroy(u->stream));
+    free(u);
+    c->upload = NULL;
+}
+
+// ---- graphs: the stream's work captured (cudaStreamBeginCapture) and replayed (cudaGraphLaunch) ----
+struct CudaGraph {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+};
+
+// Global capture mode: a call that would wait for the device or allocate, from any thread, fails
+// the capture instead of running (the step must not contain one).
+int cu_graph_begin(Backend *be) {
+    cudaError_t e = cudaStreamBeginCapture(cuda_stream(be), cudaStreamCaptureModeGlobal);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return givt_fail("CUDA graph capture could not start: %s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));
+    }
+    return 0;
+}
+
+BackendGraph *cu_graph_end(Backend *be) {
+    cudaGraph_t graph = NULL;
+    cudaError_t e = cudaStreamEndCapture(cuda_stream(be), &graph);
+    if (e != cudaSuccess || !graph) {
+        cudaGetLastError();
+        givt_fail("CUDA graph capture failed: %s (%s): the step holds a call that cannot be recorded (a wait "
+                  "for the device, an allocation, a copy from ordinary host memory)",
+                  cudaGetErrorString(e), cudaGetErrorName(e));
+        return NULL;
+    }
+    CudaGraph *g = (CudaGraph *)xcalloc(1, sizeof *g);
+    g->graph = graph;
+    e = cudaGraphInstantiate(&g->exec, graph, 0);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        CUDA_CHECK(cudaGraphDestroy(graph));
+        free(g);
+        givt_fail("CUDA graph instantiation failed: %s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));
+        return NULL;
+    }
+    return (BackendGraph *)g;
+}
+
+void cu_graph_launch(Backend *be, BackendGraph *bg) {
+    CUDA_CHECK(cudaGraphLaunch(((CudaGraph *)bg)->exec, cuda_stream(be)));
+}
+
+void cu_graph_free(Backend *be, BackendGraph *bg) {
+    CudaGraph *g = (CudaGraph *)bg;
+    if (!g) return;
+    CUDA_CHECK(cudaStreamSynchronize(cuda_stream(be)));  // no replay still running
+    CUDA_CHECK(cudaGraphExecDestroy(g->exec));
+    CUDA_CHECK(cudaGraphDestroy(g->graph));
+    free(g);
+}
+
 #ifdef GIVT_CUDA_EMU
 // the emulation's counts (kernels/emu/cuda_emu.h); on a GPU nothing is counted (no stats op)
 void cu_stats(Backend *be, BackendStats *out) {
@@ -126,6 +257,7 @@ void cu_close(Backend *be) {
     CudaCtx *c = cuda_ctx(be);
     if (!c) return;
     CUDA_CHECK(cudaStreamSynchronize(cuda_stream(be)));
+    cu_uploads_free(c);
     CUBLAS_CHECK(cublasLtDestroy((cublasLtHandle_t)c->cublaslt));
     CUDA_CHECK(cudaFree(c->workspace));
     CUDA_CHECK(cudaFree(c->scratch));
@@ -167,6 +299,13 @@ GivtOps make_ops() {
     o.readback_start = cu_readback_start;
     o.readback_wait = cu_readback_wait;
     o.readback_free = cu_readback_free;
+    o.host_alloc = cu_host_alloc;
+    o.host_free = cu_host_free;
+    o.upload_async = cu_upload_async;
+    o.graph_begin = cu_graph_begin;
+    o.graph_end = cu_graph_end;
+    o.graph_launch = cu_graph_launch;
+    o.graph_free = cu_graph_free;
     o.to_compute = cuda_to_compute;
     o.matmul_fwd = cuda_matmul_fwd;
     o.matmul_bwd = cuda_matmul_bwd;

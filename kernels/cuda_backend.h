@@ -28,6 +28,7 @@ typedef struct {
     void *scratch;            // device scratch for the ops' own partial sums (deterministic reductions)
     size_t scratch_bytes;
     int emulated;             // 1 in the CPU emulation build
+    void *upload;             // CudaUploads: the copy stream of upload_async and its staging ring (backend_cuda.cu)
 } CudaCtx;
 
 // ---- kernels/norm.cu ----
@@ -52,7 +53,8 @@ void cuda_mixture_nll(Backend *be, cval *dy, double *loss_sum, const cval *y, co
                       double eps, float scale);
 void cuda_sumsq(Backend *be, double *acc, const float *p, size_t n);
 // ---- kernels/optim.cu ----
-void cuda_step_check(Backend *be, StepRecord *rec, const double *loss_norm, double loss_count, double max_norm);
+void cuda_step_check(Backend *be, StepRecord *rec, const double *loss_norm, double loss_count,
+                     const StepSchedule *sched);
 void cuda_adamw(Backend *be, float *p, cval *p_compute, const float *g, float *m, float *v, float *ema,
                 cval *ema_compute, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay,
                 float grad_scale, int t, float ema_decay, const StepRecord *rec);
@@ -78,6 +80,11 @@ Backend *backend_cuda_open(Precision p);
 // maximum boost clock, cudaDevAttrClockRate) named name (NULL: unknown) in compute dtype dtype; 0
 // when unknown. Backend.peak_flops of the CUDA backend. A pure function (tests/test_cuda_emu.cu).
 double cuda_peak_flops(int major, int minor, int sms, int clock_khz, const char *name, DType dtype);
+// ---- kernels/reduce_convert.cu: gradients between ranks in bf16 (kernels/dist_nccl.cu) ----
+// On stream (a cudaStream_t): dst (n bf16) = src (n floats) rounded to nearest even; and
+// dst (n floats) = float(src (n bf16)) * scale. Not in the op table (tests/test_reduce_convert.cu).
+void cuda_grads_to_bf16(Backend *be, void *stream, void *dst, const float *src, size_t n);
+void cuda_grads_from_bf16(Backend *be, void *stream, float *dst, const void *src, size_t n, float scale);
 
 #ifdef __cplusplus
 }

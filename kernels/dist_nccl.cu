@@ -4,7 +4,14 @@
 // barrier). Gradient buckets handed over by grads_ready are all-reduced (ncclAvg) on a stream of
 // their own as soon as the compute stream has finished them, so that the reduction of layer l
 // overlaps the backward of the layers before it; allreduce_mean then reduces what was not handed
-// over and makes the compute stream wait for the communication stream.
+// over and makes the compute stream wait for the communication stream. Under ZeRO-1 grads_ready_part
+// likewise starts, per range, the reduction of its overlap with each rank's part to that rank
+// (ncclReduce, grouped), and reduce_scatter_mean reduces the rest and waits.
+// [train] grad_reduce_dtype = bf16 (Dist.grad_dtype): each range is rounded to bf16 into a staging
+// buffer (kernels/reduce_convert.cu, on the communication stream), reduced there in place with
+// ncclBfloat16 / ncclSum (NCCL rounds every partial sum to bf16: per hop), and its mean written back
+// as float32 (a second kernel: float(sum) * 1 / world_size) into the gradients (ZeRO-1: this rank's
+// part of it into part). Float32 ranges use ncclFloat / ncclAvg in place, as before.
 // Built only for the GPU (nvcc, with NCCL found beside it); the CPU emulation has no NCCL.
 #include "launch.cuh"
 
@@ -31,7 +38,9 @@ struct NcclCtx {
     cudaStream_t comm_stream; // the buckets' reductions
     cudaEvent_t *events;      // one per bucket of a step: "the compute stream finished this bucket"
     int nevents, cap;
-    size_t *first, *count;    // the buckets handed over since the last allreduce_mean
+    size_t *first, *count;    // the buckets handed over since the last allreduce_mean / reduce_scatter_mean
+    void *stage;              // bf16: the gradients' bf16 copy (the whole buffer's positions), device memory
+    size_t stage_cap;         // its elements
 };
 
 Dist *g_dist;  // for the failure message
@@ -49,7 +58,25 @@ void nccl_failed(const char *call, ncclResult_t rc, const char *file, int line) 
 
 NcclCtx *nctx(Dist *d) { return (NcclCtx *)d->ctx; }
 
-void bucket_launch(Dist *d, Backend *be, float *buf, size_t first, size_t count) {
+// The bf16 staging buffer, n elements at least (sized to the whole gradient buffer at the first
+// range of the first step: the head, handed over first, ends the buffer). Growing it later waits for
+// the device first, so that no pending reduction loses its memory.
+__nv_bfloat16 *stage_for(NcclCtx *c, size_t n) {
+    if (n > c->stage_cap) {
+        if (c->stage) {
+            CUDA_CHECK(cudaDeviceSynchronize());
+            CUDA_CHECK(cudaFree(c->stage));
+            c->stage = NULL;
+        }
+        CUDA_CHECK(cudaMalloc(&c->stage, (n ? n : 1) * sizeof(__nv_bfloat16)));
+        c->stage_cap = n;
+    }
+    return (__nv_bfloat16 *)c->stage;
+}
+
+// The communication stream waits for what the compute stream has enqueued so far (the range's
+// gradients); the range is noted as handed over.
+void comm_after_compute(Dist *d, Backend *be, size_t first, size_t count) {
     NcclCtx *c = nctx(d);
     if (c->nevents == c->cap) {
         int cap = c->cap ? 2 * c->cap : 64;
@@ -64,7 +91,71 @@ void bucket_launch(Dist *d, Backend *be, float *buf, size_t first, size_t count)
     c->count[i] = count;
     CUDA_CHECK(cudaEventRecord(c->events[i], cuda_stream(be)));
     CUDA_CHECK(cudaStreamWaitEvent(c->comm_stream, c->events[i], 0));
-    NCCL_CHECK(ncclAllReduce(buf + first, buf + first, count, ncclFloat, ncclAvg, c->comm, c->comm_stream));
+}
+
+// One bucket of the all-reduce: buf[first, first + count) = the mean over ranks, on the comm stream.
+void bucket_launch(Dist *d, Backend *be, float *buf, size_t first, size_t count) {
+    NcclCtx *c = nctx(d);
+    comm_after_compute(d, be, first, count);
+    if (d->grad_dtype != DIST_GRAD_BF16) {
+        NCCL_CHECK(ncclAllReduce(buf + first, buf + first, count, ncclFloat, ncclAvg, c->comm, c->comm_stream));
+        return;
+    }
+    __nv_bfloat16 *s = stage_for(c, first + count) + first;
+    cuda_grads_to_bf16(be, c->comm_stream, s, buf + first, count);
+    NCCL_CHECK(ncclAllReduce(s, s, count, ncclBfloat16, ncclSum, c->comm, c->comm_stream));
+    cuda_grads_from_bf16(be, c->comm_stream, buf + first, s, count, 1.0f / (float)d->world_size);
+}
+
+// ZeRO-1, one range [first, first + count) of full: its overlap with each rank r's part reduced to r
+// (ncclReduce per overlap, grouped), on the comm stream; float32 from full into part (ncclAvg), or
+// bf16 in place in the staging buffer (ncclSum), this rank's overlap then converted into part.
+void part_launch(Dist *d, Backend *be, const float *full, float *part, size_t total, size_t first, size_t count) {
+    NcclCtx *c = nctx(d);
+    comm_after_compute(d, be, first, count);
+    const int bf16 = d->grad_dtype == DIST_GRAD_BF16;
+    __nv_bfloat16 *s = bf16 ? stage_for(c, total) : NULL;
+    if (bf16) cuda_grads_to_bf16(be, c->comm_stream, s + first, full + first, count);
+    const DistPart mine = dist_part(total, d->world_size, d->rank);
+    size_t my_lo = 0, my_hi = 0;
+    NCCL_CHECK(ncclGroupStart());
+    for (int r = 0; r < d->world_size; r++) {
+        const DistPart p = dist_part(total, d->world_size, r);
+        const size_t lo = first > p.first ? first : p.first;
+        const size_t hi = first + count < p.first + p.count ? first + count : p.first + p.count;
+        if (lo >= hi) continue;
+        const int me = r == d->rank;
+        if (me) my_lo = lo, my_hi = hi;
+        if (bf16)
+            NCCL_CHECK(ncclReduce(s + lo, me ? s + lo : NULL, hi - lo, ncclBfloat16, ncclSum, r, c->comm,
+                                  c->comm_stream));
+        else
+            NCCL_CHECK(ncclReduce(full + lo, me ? part + (lo - mine.first) : NULL, hi - lo, ncclFloat, ncclAvg, r,
+                                  c->comm, c->comm_stream));
+    }
+    NCCL_CHECK(ncclGroupEnd());
+    if (bf16 && my_hi > my_lo)
+        cuda_grads_from_bf16(be, c->comm_stream, part + (my_lo - mine.first), s + my_lo, my_hi - my_lo,
+                             1.0f / (float)d->world_size);
+}
+
+// Sorts the ranges handed over by first (insertion: tens of them).
+void sort_ranges(NcclCtx *c) {
+    for (int i = 1; i < c->nevents; i++)
+        for (int j = i; j > 0 && c->first[j - 1] > c->first[j]; j--) {
+            size_t f = c->first[j], k = c->count[j];
+            c->first[j] = c->first[j - 1], c->count[j] = c->count[j - 1];
+            c->first[j - 1] = f, c->count[j - 1] = k;
+        }
+}
+
+// The compute stream waits for every reduction enqueued on the comm stream; the ranges are forgotten.
+void compute_after_comm(Dist *d, Backend *be) {
+    NcclCtx *c = nctx(d);
+    cudaEvent_t done = c->events[0];  // reused: every range's wait was enqueued already
+    CUDA_CHECK(cudaEventRecord(done, c->comm_stream));
+    CUDA_CHECK(cudaStreamWaitEvent(cuda_stream(be), done, 0));
+    c->nevents = 0;
 }
 
 void nccl_grads_ready(Dist *d, Backend *be, float *buf, size_t first, size_t count) {
@@ -77,30 +168,46 @@ void nccl_allreduce_mean(Dist *d, Backend *be, float *buf, size_t n) {
     NcclCtx *c = nctx(d);
     if (n == 0 && c->nevents == 0) return;
     int launched = c->nevents;
-    for (int i = 1; i < launched; i++)  // sort the buckets by first (insertion: tens of them)
-        for (int j = i; j > 0 && c->first[j - 1] > c->first[j]; j--) {
-            size_t f = c->first[j], k = c->count[j];
-            c->first[j] = c->first[j - 1], c->count[j] = c->count[j - 1];
-            c->first[j - 1] = f, c->count[j - 1] = k;
-        }
+    sort_ranges(c);
     size_t at = 0;
-    for (int i = 0; i <= launched; i++) {
+    for (int i = 0; i <= launched; i++) {  // (a gap's bucket lands after index launched - 1: not revisited)
         size_t next = i < launched ? c->first[i] : n;
         if (next > at) bucket_launch(d, be, buf, at, next - at);  // a gap: not handed over
         if (i < launched && c->first[i] + c->count[i] > at) at = c->first[i] + c->count[i];
     }
-    cudaEvent_t done = c->events[0];  // reused: every bucket's wait was enqueued already
-    CUDA_CHECK(cudaEventRecord(done, c->comm_stream));
-    CUDA_CHECK(cudaStreamWaitEvent(cuda_stream(be), done, 0));
-    c->nevents = 0;
+    compute_after_comm(d, be);
 }
 
 void nccl_allreduce_sum_scalars(Dist *d, Backend *be, double *buf, size_t n) {
     NCCL_CHECK(ncclAllReduce(buf, buf, n, ncclDouble, ncclSum, nctx(d)->comm, cuda_stream(be)));
 }
 
-// ZeRO-1: rank r's part reduced to r (ncclReduce per part, grouped: parts may differ in size)
+void nccl_grads_ready_part(Dist *d, Backend *be, const float *full, float *part, size_t total, size_t first,
+                           size_t count) {
+    if (count) part_launch(d, be, full, part, total, first, count);
+}
+
+// ZeRO-1: rank r's part reduced to r. Nothing handed over, float32: ncclReduce per part, grouped
+// (parts may differ in size), on the compute stream. Otherwise the gaps between the ranges handed
+// over (all of it when none was) as ranges of their own on the comm stream, which the compute
+// stream then waits for. Per element the same reduction either way (an ncclReduce to the same root,
+// only cut into other pieces): the same bits as long as NCCL picks the same algorithm and order for
+// the smaller pieces (not promised by NCCL).
 void nccl_reduce_scatter_mean(Dist *d, Backend *be, const float *full, float *part, size_t total) {
+    NcclCtx *c = nctx(d);
+    if (c->nevents || d->grad_dtype == DIST_GRAD_BF16) {
+        if (total == 0 && c->nevents == 0) return;
+        int launched = c->nevents;
+        sort_ranges(c);
+        size_t at = 0;
+        for (int i = 0; i <= launched; i++) {
+            size_t next = i < launched ? c->first[i] : total;
+            if (next > at) part_launch(d, be, full, part, total, at, next - at);  // a gap: not handed over
+            if (i < launched && c->first[i] + c->count[i] > at) at = c->first[i] + c->count[i];
+        }
+        compute_after_comm(d, be);
+        return;
+    }
     NCCL_CHECK(ncclGroupStart());
     for (int r = 0; r < d->world_size; r++) {
         DistPart p = dist_part(total, d->world_size, r);
@@ -144,6 +251,7 @@ void nccl_close(Dist *d) {
     free(c->events);
     free(c->first);
     free(c->count);
+    if (c->stage) CUDA_CHECK(cudaFree(c->stage));
     dist_close(c->parent);
     free(c);
     g_dist = NULL;
@@ -152,7 +260,7 @@ void nccl_close(Dist *d) {
 const DistOps k_nccl = {
     nccl_allreduce_mean, nccl_allreduce_sum_scalars, nccl_grads_ready, nccl_reduce_scatter_mean, nccl_allgather,
     nccl_max,            nccl_broadcast,             nccl_gather,      nccl_barrier,             nccl_abort,
-    nccl_close,
+    nccl_close,          nccl_grads_ready_part,
 };
 
 }  // namespace

@@ -1,7 +1,7 @@
 // optim.cu: AdamW with the refresh of the compute copy and, fused into the same pass, the EMA of the
 // weights; the EMA as a pass of its own (ops.h: adamw, ema_update), elementwise on float32 with PyTorch's AdamW formula as the CPU reference
 // (csrc/cpu/ops_cpu.c) writes it; the bias corrections are computed on the host in double, as
-// there. The step's decision (step_check: the loss, the norm, the clipping scale and the skip of a
+// there, or taken from the step record (ops.h: givt_step_decide, in double). The step's decision (step_check: the loss, the norm, the clipping scale and the skip of a
 // non-finite step) is a one-thread kernel in double, as the host computed it, into a StepRecord that
 // the update kernels read (no host round trip between the gradients and the update). The compute copy (p_compute, ema_compute) gets the new float32 value rounded to the
 // compute dtype (bf16: nearest even); NULL, or the float32 buffer itself, writes nothing more.
@@ -20,6 +20,7 @@
 // the fused and the separate EMA)
 struct AdamwArgs {
     float beta1, beta2, eps, decay, grad_scale, step_size, bc2_sqrt;
+    float weight_decay;  // decay = 1 - lr * weight_decay (with a step record: rec->lr's)
 };
 __device__ inline void adamw_elem(const AdamwArgs &a, float gi, float &mi, float &vi, float &pi) {
     gi *= a.grad_scale;
@@ -43,27 +44,23 @@ template <typename T> struct EmaArgs {
 // bytes), and the scalar rest. EMA: the EMA of the updated p in the same pass (ema_elem, as
 // ema_kernel: the same bits). No division; size_t indices (n can exceed 2^32).
 // The step's decision (ops.h: step_check), in double exactly as the CPU reference (and the host
-// before it) computes it: IEEE division and square root, the same bits.
-__global__ void step_check_kernel(StepRecord *rec, const double *loss_norm, double loss_count, double max_norm) {
-    const double loss = loss_norm[0] / loss_count, norm = sqrt(loss_norm[1]);
-    double scale = 1.0;
-    if (max_norm > 0) {
-        const double coef = max_norm / (norm + 1e-6);
-        scale = coef < 1.0 ? coef : 1.0;
-    }
-    rec->loss = loss;
-    rec->norm = norm;
-    rec->grad_scale = (float)scale;
-    rec->skip = !isfinite(loss) || !isfinite(norm);
+// before it) computes it: givt_step_decide, the one definition (IEEE division and square root; its
+// products rounded one by one, GIVT_DMUL; pow and cos are CUDA's, within an ulp or two of glibc's).
+__global__ void step_check_kernel(StepRecord *rec, const double *loss_norm, double loss_count, StepSchedule sched) {
+    givt_step_decide(rec, loss_norm, loss_count, &sched);
 }
 
 // rec (ops.h: adamw) when not NULL: the clipping scale from it, and nothing done on a skipped step.
 template <typename T, bool EMA>
 __global__ void adamw_kernel(float *p, T *pc, const float *g, float *m, float *v, EmaArgs<T> e, CmFlat f,
                              AdamwArgs a, const StepRecord *rec) {
-    if (rec) {
+    if (rec) {  // the step's scalars from the record: the bits the host's arguments would have had
         if (rec->skip) return;
         a.grad_scale = rec->grad_scale;
+        a.step_size = rec->step_size;
+        a.bc2_sqrt = rec->bc2_sqrt;
+        a.decay = 1.0f - GIVT_FMUL(rec->lr, a.weight_decay);
+        if (EMA) e.decay = rec->ema_decay;
     }
     const size_t t0 = (size_t)blockIdx.x * blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
     float *pu = p + f.head, *mu = m + f.head, *vu = v + f.head, *eu = EMA ? e.ema + f.head : NULL;
@@ -120,6 +117,7 @@ __global__ void adamw_kernel(float *p, T *pc, const float *g, float *m, float *v
 template <typename T>
 __global__ void ema_kernel(float *ema, T *ec, const float *p, CmFlat f, float decay, const StepRecord *rec) {
     if (rec && rec->skip) return;
+    if (rec) decay = rec->ema_decay;
     const size_t t0 = (size_t)blockIdx.x * blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
     float *eu = ema + f.head;
     const float *pu = p + f.head;
@@ -167,8 +165,8 @@ static void adamw_launch(Backend *be, const CmFlat &f, float *p, cval *pc, const
 }
 
 extern "C" void cuda_step_check(Backend *be, StepRecord *rec, const double *loss_norm, double loss_count,
-                                double max_norm) {
-    GIVT_LAUNCH(step_check_kernel, 1, 1, 0, cuda_stream(be), rec, loss_norm, loss_count, max_norm);
+                                const StepSchedule *sched) {
+    GIVT_LAUNCH(step_check_kernel, 1, 1, 0, cuda_stream(be), rec, loss_norm, loss_count, *sched);
 }
 
 extern "C" void cuda_adamw(Backend *be, float *p, cval *p_compute, const float *g, float *m, float *v, float *ema,
@@ -180,7 +178,7 @@ extern "C" void cuda_adamw(Backend *be, float *p, cval *p_compute, const float *
     const float decay = 1.0f - lr * weight_decay;
     if ((const void *)p_compute == (const void *)p) p_compute = NULL;
     if (!ema || (const void *)ema_compute == (const void *)ema) ema_compute = NULL;
-    const AdamwArgs a = {beta1, beta2, eps, decay, grad_scale, step_size, bc2_sqrt};
+    const AdamwArgs a = {beta1, beta2, eps, decay, grad_scale, step_size, bc2_sqrt, weight_decay};
     const size_t es = dtype_size(cuda_ctx(be)->dtype);
     const void *ptrs[7] = {p, g, m, v, p_compute, ema, ema_compute};
     size_t elem[7] = {4, 4, 4, 4, es, 4, es};

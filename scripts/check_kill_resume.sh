@@ -20,7 +20,10 @@
 # left, and every resumed run resumed from the newest checkpoint present when it started.
 # Prints PASS / FAIL; exits 1 on failure. Usage (from anywhere): bash scripts/check_kill_resume.sh
 # KEEP=1 keeps the work folder. DEVICE=cuda (default cpu) runs both on the GPU and GIVT_TRAIN=path
-# checks another build of givt-train (scripts/gpu_check.sh).
+# checks another build of givt-train (scripts/gpu_check.sh). MAX_STEPS (default 120) and EXTRA_ARGS
+# (more key=value overrides, after the ones below) shrink or change the run: CI runs it on the
+# emulated CUDA backend (make emu's givt-train) with a smaller model, one micro-batch a step and
+# train.cuda_graphs=on, so that the steps replayed as a CUDA graph are killed and resumed too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -38,7 +41,7 @@ cp "$SRC_EXE" "$EXE" && "$EXE" --version >/dev/null 2>&1 || { echo "FAIL: cannot
 export OMP_NUM_THREADS=${THREADS:-1} OPENBLAS_NUM_THREADS=${THREADS:-1}
 A=$WORK/A
 B=$WORK/B
-MAX_STEPS=120
+MAX_STEPS=${MAX_STEPS:-120}
 SAVE_EVERY=5
 ARGS=(configs/tiny.ini
       model.input_dim=8 model.hidden_dim=64 model.intermediate_dim=128 model.num_heads=4 model.num_layers=2
@@ -46,6 +49,8 @@ ARGS=(configs/tiny.ini
       train.batch_size=8 train.grad_accum_steps=2 train.val_size=16 train.val_every=10 train.log_every=3
       train.save_every=$SAVE_EVERY train.keep_checkpoints=3 train.ema=0.6667 train.warmup_steps=10
       train.max_steps=$MAX_STEPS train.seed=7 train.device=${DEVICE:-cpu})
+read -r -a EXTRA <<<"${EXTRA_ARGS:-}"
+ARGS+=("${EXTRA[@]}")
 FAILS=0
 fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
 

@@ -21,7 +21,8 @@
 #              1024 and 4096 (B T = 16384, H hd = 2048): TFLOP/s of the forward and the backward (a
 #              table; also build-gpu/gpu_check/attn.md). ATTN=0 skips the step.
 #   bench      training steps of a 124M-class GIVT (D 16, C 768, F 2048, H 12, L 12, T 1024, B 8) and of
-#              configs/base.ini's model and batch, bf16: givt-bench --device cuda --precision bf16, then
+#              configs/base.ini's model and batch, bf16: givt-bench --device cuda --precision bf16 (and
+#              again with --cuda-graphs: the step replayed as one CUDA graph), then
 #              scripts/bench_torch.py --device cuda --bf16 (eager, SDPA) and --compile (compilation in
 #              the warmup steps) with $PYTHON (default python3); a markdown table (also in
 #              build-gpu/gpu_check/bench.md): ms/step, tokens/s, MFU against the GPU's dense bf16 peak
@@ -39,6 +40,9 @@
 #              MISS (does not fail) when a kernel's measured sectors per request are more than 1.25x
 #              off the emulator's. Limits: ncu 120 s; the emulated side 180 s to build, 120 s to run.
 #              NCU=0 skips the step; NCU_BIN=PATH names the ncu to use.
+#   nsys       Nsight Systems (nsys) on 3 steps of base.ini's model, eager and with --cuda-graphs:
+#              scripts/nsys_gaps.py says how busy the GPU was over the last step and its largest gaps
+#              between kernels. NSYS=0 skips the step; NSYS_BIN=PATH names the nsys to use.
 #   digits     configs/digits.ini on cpu, cuda fp32 and cuda bf16: validation losses; the target is
 #              bf16 within 0.01 of fp32 (MISS when not, which does not fail the script)
 #   nccl       tiny.ini on cuda with GIVT_DIST=nccl: one rank through the NCCL communicator (bucketed
@@ -246,9 +250,9 @@ BENCH_ROWS=""
 bench_model() {  # LABEL D C F H L T B
     local label=$1 D=$2 C=$3 F=$4 H=$5 L=$6 T=$7 Bn=$8
     local sizes=(--input-dim "$D" --hidden "$C" --intermediate "$F" --heads "$H" --layers "$L" --seq "$T" --batch "$Bn")
-    local impls=(givt torch-eager torch-compile) limits=(90 120 180) impl i
+    local impls=(givt givt-graphs torch-eager torch-compile) limits=(90 90 120 180) impl i
     local -A res=()
-    for i in 0 1 2; do
+    for i in 0 1 2 3; do
         impl=${impls[$i]}
         local log="bench-$label-$impl"
         if [ "$(elapsed "$t_bench" | cut -d. -f1)" -ge "${BENCH_BUDGET:-210}" ]; then
@@ -258,6 +262,8 @@ bench_model() {  # LABEL D C F H L T B
         case $impl in
             givt) run "$log" "${limits[$i]}" $B/givt-bench --device cuda --precision bf16 "${sizes[@]}" \
                       --steps 20 --warmup 3 ${PEAK_TFLOPS:+--peak-tflops $PEAK_TFLOPS} ;;
+            givt-graphs) run "$log" "${limits[$i]}" $B/givt-bench --device cuda --precision bf16 "${sizes[@]}" \
+                      --steps 20 --warmup 3 --cuda-graphs ${PEAK_TFLOPS:+--peak-tflops $PEAK_TFLOPS} ;;
             torch-eager) run "$log" "${limits[$i]}" "$PYTHON" scripts/bench_torch.py --device cuda --bf16 \
                       "${sizes[@]}" --steps 20 --warmup 3 --peak-tflops "${PEAK_TFLOPS:-989}" ;;
             torch-compile) run "$log" "${limits[$i]}" "$PYTHON" scripts/bench_torch.py --device cuda --bf16 --compile \
@@ -287,7 +293,7 @@ bench_model() {  # LABEL D C F H L T B
         fi
         ms=$(field "$r" ms_per_step) tps=$(field "$r" tokens_per_s)
         mfu=$(awk -v t="$tps" -v f="$fpt" -v p="${PEAK_TFLOPS:-989}" 'BEGIN { if (f > 0) printf "%.1f%%", 100 * t * f / (p * 1e12); else print "-" }')
-        if [ "$impl" = givt ]; then  # in use at the end less the context's share (just after the backend opened)
+        if [ "${impl#givt}" != "$impl" ]; then  # in use at the end less the context's share (just after the backend opened)
             mem=$(gib "$(awk -v a="$(field "$r" peak_mem_bytes)" -v b="$(field "$r" ctx_mem_bytes)" 'BEGIN { print a - b }')")
         else
             mem=$(gib "$(field "$r" peak_mem_bytes)")
@@ -295,6 +301,7 @@ bench_model() {  # LABEL D C F H L T B
         ratio=$(awk -v a="$tps" -v b="$ctps" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
         BENCH_ROWS+="| $label | $impl | $ms | $tps | $mfu | $mem | $ratio |"$'\n'
         [ "$impl" = givt ] && BENCH_SUMMARY+="$label givt $ms ms/step, ${ratio}x compile; "
+        [ "$impl" = givt-graphs ] && BENCH_SUMMARY+="with graphs $ms ms/step; "
     done
 }
 t=${EPOCHREALTIME}
@@ -317,6 +324,8 @@ else
         printf '%s' "$BENCH_ROWS"
         echo
         echo "124M: D 16, C 768, F 2048, H 12, L 12, T 1024, B 8; base: configs/base.ini's model and batch; all bf16"
+        echo "givt-graphs: the same step recorded once as a CUDA graph and replayed (givt-bench --cuda-graphs,"
+        echo "givt-train's [train] cuda_graphs)."
         echo "compute with float32 master weights, a full training step (AdamW, grad clip), median of 20 steps."
         echo "Peak memory: givt, device memory in use at the end less that in use just after the backend"
         echo "opened (context); torch, torch.cuda.max_memory_allocated."
@@ -366,6 +375,42 @@ else
         st=$(awk -v w="$worst" 'BEGIN { print (w == "-" || w + 0 <= 1.25) ? "PASS" : "MISS" }')
         row ncu "$st" "$(elapsed "$t")" "$(grep -m1 'kernels in both' "$OUT/ncu.txt" | cut -d';' -f1); sectors per request, measured against emulated: at most ${worst}x apart (target 1.25); table below"
     fi
+fi
+
+# ---- Nsight Systems: one step's timeline, eager and as a graph (issue 21 item 5) ------------------
+# nsys (on PATH or in /usr/local/cuda/bin) records givt-bench at base.ini's size, 3 steps, eagerly and
+# with --cuda-graphs; scripts/nsys_gaps.py reads each report's GPU trace (nsys stats cuda_gpu_trace)
+# and says, for the last step, how much of its span the GPU was busy and the largest gaps between
+# kernels (the host's share of the step). The reports stay in build-gpu/gpu_check/nsys-*.nsys-rep.
+NSYS_BIN=${NSYS_BIN:-$(command -v nsys || { [ -x /usr/local/cuda/bin/nsys ] && echo /usr/local/cuda/bin/nsys; } || true)}
+t=${EPOCHREALTIME}
+if [ "${NSYS:-1}" = 0 ]; then
+    row nsys SKIP 0 "NSYS=0"
+elif [ $HAVE_CUDA = 0 ] || [ -z "$NSYS_BIN" ]; then
+    row nsys SKIP 0 "no GPU or no nsys on PATH"
+else
+    ini=configs/base.ini
+    NSYS_SIZE=(--input-dim "$(ini_get model input_dim $ini)" --hidden "$(ini_get model hidden_dim $ini)"
+        --intermediate "$(ini_get model intermediate_dim $ini)" --heads "$(ini_get model num_heads $ini)"
+        --layers "$(ini_get model num_layers $ini)" --seq "$(ini_get model block_size $ini)"
+        --batch "$(ini_get train batch_size $ini)" --steps 3 --warmup 1)
+    nsys_sum=""
+    nsys_st=PASS
+    for mode in eager graphs; do
+        extra=()
+        [ $mode = graphs ] && extra=(--cuda-graphs)
+        rm -f "$OUT/nsys-$mode".*
+        run "nsys-$mode" 90 "$NSYS_BIN" profile --trace cuda,nvtx --force-overwrite true -o "$OUT/nsys-$mode" \
+            $B/givt-bench --device cuda --precision bf16 "${NSYS_SIZE[@]}" "${extra[@]}"
+        if [ $RC -eq 0 ] && run "nsys-$mode-stats" 60 "$PYTHON" scripts/nsys_gaps.py --nsys "$NSYS_BIN" \
+            "$OUT/nsys-$mode.nsys-rep" && [ $RC -eq 0 ]; then
+            nsys_sum+="$mode: $(tail -1 "$OUT/nsys-$mode-stats.log"); "
+        else
+            nsys_st=FAIL
+            nsys_sum+="$mode: rc $RC ($OUT/nsys-$mode*.log); "
+        fi
+    done
+    row nsys $nsys_st "$(elapsed "$t")" "$nsys_sum"
 fi
 
 # ---- digits: bf16 against fp32 ---------------------------------------------------------------------

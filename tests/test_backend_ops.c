@@ -1384,7 +1384,15 @@ static void case_sumsq(const Target *t, const OpCase *c, Line *L) {
 // d = inputs (the loss sum and squared norm: see k_cases), x = max_norm: the record must be the bits
 // the host computed before the decision moved to the backend (trainer.c, optim.c's clip_scale): the
 // loss sum / count, sqrt of the squared norm, (float)min(1, max_norm / (norm + 1e-6)) (1 for
-// max_norm 0), skip when the loss or the norm is not finite. Exact on every backend.
+// max_norm 0), skip when the loss or the norm is not finite; and going on from the previous record
+// (step 41, t 37 here) the counts, the schedule's learning rate for step 41 (cosine, past its warmup),
+// AdamW's bias corrections as adamw computes them from float arguments, the EMA's decay. Exact on
+// every backend.
+static StepSchedule step_check_schedule(double max_norm) {
+    StepSchedule s = {.lr = 3e-4, .beta1 = 0.9f, .beta2 = 0.95f, .schedule = GIVT_LR_COSINE, .warmup_steps = 10,
+                      .max_steps = 100, .min_lr_ratio = 0.1, .max_norm = max_norm, .ema_power = 2.0 / 3.0};
+    return s;
+}
 static StepRecord step_check_host(const double *ln, double count, double max_norm) {
     StepRecord r = {.loss = ln[0] / count, .norm = sqrt(ln[1]), .grad_scale = 1.0f};
     if (max_norm > 0) {
@@ -1392,14 +1400,22 @@ static StepRecord step_check_host(const double *ln, double count, double max_nor
         r.grad_scale = (float)(coef < 1.0 ? coef : 1.0);
     }
     r.skip = !isfinite(r.loss) || !isfinite(r.norm);
+    r.step = 42, r.t = 37 + !r.skip;
+    double progress = (41.0 - 10.0) / 90.0, f = 0.1 + (1.0 - 0.1) * 0.5 * (1.0 + cos(3.14159265358979323846 * progress));
+    r.lr = (float)(3e-4 * f);
+    r.step_size = (float)((double)r.lr / (1.0 - pow(0.9f, (double)r.t)));
+    r.bc2_sqrt = (float)sqrt(1.0 - pow(0.95f, (double)r.t));
+    r.ema_decay = (float)fmin(0.9999, 1.0 - pow((double)(r.t - 1), -2.0 / 3.0));
     return r;
 }
 
 static StepRecord run_step_check(Backend *be, const double *ln, double count, double max_norm) {
     double *d = dalloc(be, 2 * sizeof(double));
-    StepRecord *rec = dalloc(be, sizeof(StepRecord)), got;
+    StepRecord *rec = dalloc(be, sizeof(StepRecord)), got, prev = {.step = 41, .t = 37};
+    StepSchedule sched = step_check_schedule(max_norm);
     be->ops->upload(be, d, ln, 2 * sizeof(double));
-    be->ops->step_check(be, rec, d, count, max_norm);
+    be->ops->upload(be, rec, &prev, sizeof prev);
+    be->ops->step_check(be, rec, d, count, &sched);
     be->ops->download(be, &got, rec, sizeof got);
     dfree(be, d), dfree(be, rec);
     return got;
@@ -1407,7 +1423,9 @@ static StepRecord run_step_check(Backend *be, const double *ln, double count, do
 
 static int step_record_differs(const StepRecord *a, const StepRecord *b) {
     return memcmp(&a->loss, &b->loss, 8) || memcmp(&a->norm, &b->norm, 8) || memcmp(&a->grad_scale, &b->grad_scale, 4) ||
-           a->skip != b->skip;
+           a->skip != b->skip || a->step != b->step || a->t != b->t || memcmp(&a->lr, &b->lr, 4) ||
+           memcmp(&a->step_size, &b->step_size, 4) || memcmp(&a->bc2_sqrt, &b->bc2_sqrt, 4) ||
+           memcmp(&a->ema_decay, &b->ema_decay, 4);
 }
 
 static void case_step_check(const Target *t, const OpCase *c, Line *L) {
@@ -1420,7 +1438,8 @@ static void case_step_check(const Target *t, const OpCase *c, Line *L) {
     if (c->d[0] == 4) ln[0] = -INFINITY, ln[1] = NAN;
     StepRecord want = step_check_host(ln, count, c->x), got = run_step_check(t->be, ln, count, c->x);
     line_exact(L, "record", step_record_differs(&got, &want));
-    line_append(L, " skip %d scale %.6g", (int)got.skip, (double)got.grad_scale);
+    line_append(L, " skip %d scale %.6g t %lld lr %.6g", (int)got.skip, (double)got.grad_scale, (long long)got.t,
+                (double)got.lr);
 }
 
 // ---- adamw ----------------------------------------------------------------------------------------
@@ -1450,9 +1469,15 @@ static AdamwHost adamw_host(size_t n, const float *p0, const float *m0, const fl
     return h;
 }
 
-// A step record in backend memory with grad_scale scale and skip skip (ops.h: step_check's)
-static StepRecord *put_record(Backend *be, float scale, int skip) {
-    StepRecord r = {.loss = 1.0, .norm = 1.0, .grad_scale = scale, .skip = skip}, *d = dalloc(be, sizeof r);
+// A step record in backend memory with grad_scale scale and skip skip (ops.h: step_check's), and the
+// learning rate, bias corrections of update t and EMA decay that the host's arguments of k_adamw give
+static StepRecord *put_record(Backend *be, float scale, int skip, int t, float ema_decay) {
+    const RefOpAdamW *k = &k_adamw;
+    float lr = (float)k->lr;
+    StepRecord r = {.loss = 1.0, .norm = 1.0, .grad_scale = scale, .skip = skip, .step = t, .t = t, .lr = lr,
+                    .step_size = (float)(lr / (1.0 - pow((float)k->beta1, t))),
+                    .bc2_sqrt = (float)sqrt(1.0 - pow((float)k->beta2, t)), .ema_decay = ema_decay},
+               *d = dalloc(be, sizeof r);
     be->ops->upload(be, d, &r, sizeof r);
     return d;
 }
@@ -1495,9 +1520,10 @@ static int adamw_with_record(Backend *be, const AdamwHost *h, const float *g, si
         float *dp = put_f(be, h->p0, n), *dg = put_f(be, g, n), *dm = put_f(be, h->m0, n), *dv = put_f(be, h->v0, n);
         float *de = ema ? put_f(be, h->e0, n) : NULL;
         cval *dpc = adamw_copy(be, dp, n, alias), *dec = ema ? adamw_copy(be, de, n, alias) : NULL;
-        StepRecord *rec = put_record(be, (float)k->grad_scale, skip);
-        be->ops->adamw(be, dp, dpc, dg, dm, dv, de, dec, n, (float)k->lr, (float)k->beta1, (float)k->beta2,
-                       (float)k->eps, (float)k->weight_decay, 0.0f, t, decay, rec);
+        StepRecord *rec = put_record(be, (float)k->grad_scale, skip, t, decay);
+        // the arguments the record replaces are wrong on purpose (lr, grad_scale, t, the EMA's decay)
+        be->ops->adamw(be, dp, dpc, dg, dm, dv, de, dec, n, 9.0f, (float)k->beta1, (float)k->beta2,
+                       (float)k->eps, (float)k->weight_decay, 0.0f, t + 5, 0.123f, rec);
         float *got = fnew(n), *gotc = fnew(n);
         const float *want[4] = {skip ? h->p0 : h->p, skip ? h->m0 : h->m, skip ? h->v0 : h->v, skip ? h->e0 : h->e};
         float *bufs[4] = {dp, dm, dv, de};
@@ -1632,8 +1658,8 @@ static int run_ema(Backend *be, float *ema, float *ec, const float *p, size_t n,
     *rec_bad = 0;
     for (int skip = 0; skip < 2; skip++) {
         float *de2 = put_f(be, e0, n);
-        StepRecord *rec = put_record(be, 1.0f, skip);
-        be->ops->ema_update(be, de2, NULL, dp, n, decay, rec);
+        StepRecord *rec = put_record(be, 1.0f, skip, 1, decay);
+        be->ops->ema_update(be, de2, NULL, dp, n, 0.123f, rec);  // the record's decay, not the argument
         *rec_bad += get_f(be, got, de2, n);
         for (size_t i = 0; i < n; i++) *rec_bad += memcmp(&got[i], skip ? &e0[i] : &ema[i], 4) != 0;
         dfree(be, rec), dfree(be, de2);

@@ -20,7 +20,7 @@ static const char *k_ini =
     "log_every = 1\nval_every = 3\nval_size = 4\nsave_every = 6\nseed = 7\n"
     "[data]\nkind = dummy\nseq_len = 7\ndummy_size = 40\n";
 
-// Trains k_ini on device with precision into dir (and n_more more overrides, at most 4); the last
+// Trains k_ini on device with precision into dir (and n_more more overrides, at most 8); the last
 // logged loss into *loss.
 static int train_with(const char *dir, const char *device, const char *precision, int n_more,
                       const char *const *more, double *loss) {
@@ -28,10 +28,10 @@ static int train_with(const char *dir, const char *device, const char *precision
     snprintf(out, sizeof out, "train.out_dir=%s", dir);
     snprintf(dev, sizeof dev, "train.device=%s", device);
     snprintf(prec, sizeof prec, "train.mixed_precision=%s", precision);
-    char *ov[7] = {out, dev, prec};
-    for (int i = 0; i < n_more && i < 4; i++) ov[3 + i] = (char *)more[i];
+    char *ov[11] = {out, dev, prec};
+    for (int i = 0; i < n_more && i < 8; i++) ov[3 + i] = (char *)more[i];
     TrainConfig *c = malloc(sizeof *c);
-    int rc = train_config_load_string(c, k_ini, "cuda_train.ini", 3 + (n_more < 4 ? n_more : 4), ov);
+    int rc = train_config_load_string(c, k_ini, "cuda_train.ini", 3 + (n_more < 8 ? n_more : 8), ov);
     if (rc == 0) rc = trainer_run(c);
     free(c);
     *loss = NAN;
@@ -140,5 +140,69 @@ TEST(cuda_training_step_has_no_host_sync) {
         CHECK(launches > 0 && launches % 2 == 0, "%s: %lld launches in 2 steps", precisions[p], launches);
         tu_rmtree(d);
     }
+    backend_close(probe);
+}
+
+// The step's files of two runs' checkpoints of `step` (weights, EMA, optimizer state) byte for byte:
+// the number of files that differ (a missing file differs).
+static int checkpoint_files_differ(const char *run_a, const char *run_b, long step) {
+    static const char *const files[] = {"model.safetensors", "ema.safetensors", "optimizer.safetensors"};
+    int bad = 0;
+    for (int i = 0; i < 3; i++) {
+        char a[1100], b[1100];
+        snprintf(a, sizeof a, "%.512s/step_%08ld/%s", run_a, step, files[i]);
+        snprintf(b, sizeof b, "%.512s/step_%08ld/%s", run_b, step, files[i]);
+        bad += !tu_same_file(a, b);
+    }
+    return bad;
+}
+
+// [train] cuda_graphs (issue 21 item 3): the step recorded once as a CUDA graph and replayed (the
+// emulator records the capture and replays it, kernel by kernel) gives the bits of the eager steps:
+// k_ini with one micro-batch a step (graphs need it), the EMA in AdamW's pass, validation every 3
+// steps between the replays, a learning rate that changes at every replayed step (a warmup of 5 steps)
+// read by the replayed update from the step record, as its bias corrections and the EMA's decay. Also: the replayed steps launch one graph each, where the eager ones
+// launch every kernel; and a run resumed from a checkpoint with graphs on (step 4, resumed to 6:
+// recorded again in the new process) ends with the bits of the uninterrupted one.
+TEST(cuda_graph_steps_equal_eager_steps) {
+    char why[256] = "";
+    if (backend_available("cuda", why, sizeof why) != 2) {
+        t_skip(why[0] ? why : "the CUDA backend is not emulated here");
+        return;
+    }
+    Backend *probe = backend_open("cuda", PRECISION_NO);
+    CHECK(probe != NULL, "%s", givt_last_error());
+    if (!probe) return;
+    char d[256];
+    tu_mkdtemp(d, "cuda_graphs");
+    const char *runs[3] = {"eager", "graphs", "resumed"};
+    const char *modes[3] = {"train.cuda_graphs=off", "train.cuda_graphs=on", "train.cuda_graphs=on"};
+    double loss[3];
+    BackendStats s[4];
+    backend_stats(probe, &s[0]);
+    for (int r = 0; r < 3; r++) {
+        const char *more[6] = {modes[r], "train.grad_accum_steps=1", r == 2 ? "train.max_steps=4" : "train.max_steps=6",
+                               "train.resume_from_ckpt=latest", "train.lr_schedule=constant", "train.warmup_steps=5"};
+        CHECK(train_with(tu_path(d, runs[r]), "cuda", "bf16", 6, more, &loss[r]) == 0, "%s: %s", runs[r],
+              givt_last_error());
+        backend_stats(probe, &s[r + 1]);
+    }
+    const char *more[6] = {modes[2], "train.grad_accum_steps=1", "train.max_steps=6", "train.resume_from_ckpt=latest",
+                           "train.lr_schedule=constant", "train.warmup_steps=5"};
+    CHECK(train_with(tu_path(d, runs[2]), "cuda", "bf16", 6, more, &loss[2]) == 0, "resume: %s", givt_last_error());
+    unsigned long long eager = s[1].launches - s[0].launches, graphs = s[2].launches - s[1].launches;
+    printf("  6 steps, bf16: loss eager %.9g, graphs %.9g, resumed at 4 with graphs %.9g; launches eager %llu, with "
+           "graphs %llu (replayed steps: one launch each)\n",
+           loss[0], loss[1], loss[2], eager, graphs);
+    CHECK(memcmp(&loss[0], &loss[1], sizeof loss[0]) == 0 && memcmp(&loss[0], &loss[2], sizeof loss[0]) == 0,
+          "losses %.17g, %.17g, %.17g", loss[0], loss[1], loss[2]);
+    char a[512], b[512], c[512];
+    snprintf(a, sizeof a, "%s", tu_path(d, runs[0]));
+    snprintf(b, sizeof b, "%s", tu_path(d, runs[1]));
+    snprintf(c, sizeof c, "%s", tu_path(d, runs[2]));
+    CHECK(checkpoint_files_differ(a, b, 6) == 0, "graphs vs eager: the step-6 checkpoints differ");
+    CHECK(checkpoint_files_differ(a, c, 6) == 0, "resumed with graphs vs eager: the step-6 checkpoints differ");
+    CHECK(graphs + 100 < eager, "launches: %llu with graphs, %llu eager", graphs, eager);
+    tu_rmtree(d);
     backend_close(probe);
 }

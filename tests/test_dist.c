@@ -1,6 +1,9 @@
-// test_dist: the communicator seam: the single-process communicator is the identity, and
-// model_backward reports every gradient as ready exactly once, in the order a data-parallel trainer
-// can start reducing them (head and final norm, the layers from the last, then embedding and bos).
+// test_dist: the communicator seam: the single-process communicator is the identity (in either
+// gradient dtype), model_backward reports every gradient as ready exactly once, in the order a
+// data-parallel trainer can start reducing them (head and final norm, the layers from the last, then
+// embedding and bos), and [train] grad_reduce_dtype reads fp32 and bf16 and refuses anything else,
+// naming the key.
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,6 +11,7 @@
 #include "harness.h"
 #include "model.h"
 #include "rng.h"
+#include "train_config.h"
 
 TEST(dist_single_process_is_the_identity) {
     Dist *d = dist_open_single();
@@ -139,6 +143,44 @@ TEST(dist_open_without_a_launcher_is_the_single_process) {
     CHECK(d && !strcmp(d->name, "single") && d->world_size == 1);
     Backend *be = backend_open("cpu", PRECISION_NO);
     CHECK(dist_for_backend(d, be) == d, "the CPU backend's memory is host memory: the communicator itself");
+    backend_close(be);
+    dist_close(d);
+}
+
+TEST(dist_grad_reduce_dtype_key_and_the_single_process) {
+    TrainConfig c;
+    const char *data = "[data]\nkind = dummy\n";
+    char text[256];
+    snprintf(text, sizeof text, "[train]\ngrad_reduce_dtype = bf16\n%s", data);
+    CHECK(train_config_load_string(&c, text, "t.ini", 0, NULL) == 0, "%s", givt_last_error());
+    CHECK(c.train.grad_reduce_dtype == GRAD_REDUCE_BF16);
+    CHECK(train_config_load_string(&c, data, "t.ini", 0, NULL) == 0, "%s", givt_last_error());
+    CHECK(c.train.grad_reduce_dtype == GRAD_REDUCE_FP32, "fp32 by default");
+    snprintf(text, sizeof text, "[train]\ngrad_reduce_dtype = fp16\n%s", data);
+    CHECK(train_config_load_string(&c, text, "t.ini", 0, NULL) != 0);
+    CHECK(strstr(givt_last_error(), "grad_reduce_dtype") && strstr(givt_last_error(), "fp16"), "%s",
+          givt_last_error());
+    char *bad[] = {"train.grad_reduce_dtype=float32"};
+    CHECK(train_config_load_string(&c, data, "t.ini", 1, bad) != 0);
+    CHECK(strstr(givt_last_error(), "grad_reduce_dtype"), "%s", givt_last_error());
+    // one process: nothing to exchange; bf16 is accepted and changes nothing
+    Dist *d = dist_open_single();
+    Backend *be = backend_open("cpu", PRECISION_NO);
+    CHECK(dist_set_grad_dtype(d, GRAD_REDUCE_BF16) == 0 && d->grad_dtype == DIST_GRAD_BF16);
+    CHECK(dist_set_grad_dtype(d, 7) != 0 && strstr(givt_last_error(), "grad_reduce_dtype"), "%s", givt_last_error());
+    float host[5] = {1.001f, -2.3f, 3.5e-9f, 0, 7.77f}, back[5], part[5];
+    float *g = be->ops->alloc(be, sizeof host), *p = be->ops->alloc(be, sizeof host);
+    be->ops->upload(be, g, host, sizeof host);
+    dist_grads_ready(d, be, g, 0, 5);
+    dist_allreduce_mean(d, be, g, 5);
+    be->ops->download(be, back, g, sizeof back);
+    CHECK(memcmp(host, back, sizeof host) == 0, "float32 values, not rounded to bf16");
+    dist_grads_ready_part(d, be, g, p, 5, 2, 3);
+    dist_reduce_scatter_mean(d, be, g, p, 5);
+    be->ops->download(be, part, p, sizeof part);
+    CHECK(memcmp(host, part, sizeof host) == 0);
+    be->ops->free(be, g);
+    be->ops->free(be, p);
     backend_close(be);
     dist_close(d);
 }

@@ -215,10 +215,12 @@ static unsigned char *moments_bytes(EmaRun *r, size_t *bytes) {
     return h;
 }
 
-static void record_case(Backend *be, const char *name, const GivtConfig *cfg, const OptimConfig *oc) {
+static void record_case(Backend *be, const char *name, const GivtConfig *cfg, const OptimConfig *base) {
     EmaRun host, dev;
-    ema_run_open(&host, be, cfg, oc);
-    ema_run_open(&dev, be, cfg, oc);
+    OptimConfig oc = *base;  // a learning rate that changes every step: warmup, then the cosine decay
+    oc.schedule = LR_SCHEDULE_COSINE, oc.warmup_steps = 2, oc.max_steps = 6, oc.min_lr_ratio = 0.1;
+    ema_run_open(&host, be, cfg, &oc);
+    ema_run_open(&dev, be, cfg, &oc);
     size_t n = host.m.table.total, diff = 0;
     float *g = malloc(n * sizeof(float));
     StepRecord *rec = be->ops->alloc(be, sizeof *rec), r;
@@ -231,16 +233,19 @@ static void record_case(Backend *be, const char *name, const GivtConfig *cfg, co
         be->ops->upload(be, host.m.grads, g, n * sizeof(float));
         be->ops->upload(be, dev.m.grads, g, n * sizeof(float));
         double sc[2] = {s == 2 ? NAN : 100.0 + s, s == 4 ? 0.25 : 9.0 + s};  // clipped but at step 4
-        double lr = 1e-2 * (s + 1);
+        double lr = host.opt.cfg.lr * lr_factor(&host.opt.cfg, s);  // the schedule's, step s (0-based)
         if (isfinite(sc[0])) adamw_step_ema(&host.opt, &host.m, host.m.grads, lr, sqrt(sc[1]), &host.ema, 0.5);
         be->ops->upload(be, dev.m.scalars + SCALAR_LOSS_SUM, sc, sizeof sc);
-        adamw_check_step(&dev.opt, be, rec, dev.m.scalars + SCALAR_LOSS_SUM, 7.0);
-        adamw_update(&dev.opt, &dev.m, dev.m.grads, lr, rec, &dev.ema, 0.5);
+        if (s == 0) adamw_record_start(&dev.opt, be, rec, 0);
+        adamw_check_step(&dev.opt, be, rec, dev.m.scalars + SCALAR_LOSS_SUM, 7.0, 0.5);
+        adamw_update(&dev.opt, &dev.m, dev.m.grads, rec, &dev.ema);
         be->ops->download(be, &r, rec, sizeof r);
         adamw_note_step(&dev.opt, &r);
         skipped += r.skip;
         CHECK(r.skip == (s == 2) && (s == 2 || r.loss == sc[0] / 7.0) && r.norm == sqrt(sc[1]),
               "step %d: skip %d, loss %g, norm %g", s, (int)r.skip, r.loss, r.norm);
+        CHECK(r.step == s + 1 && r.t == dev.opt.t && r.lr == (float)lr, "step %d: record step %lld, t %lld, lr %g",
+              s, (long long)r.step, (long long)r.t, (double)r.lr);
     }
     const Weights *wh[2] = {&host.m.w, &host.ema}, *wd[2] = {&dev.m.w, &dev.ema};
     for (int k = 0; k < 3; k++) {

@@ -30,6 +30,13 @@ static inline DistPart dist_part(size_t total, int world_size, int rank) {
     return (DistPart){first, end - first};
 }
 
+// The dtype of the gradients between ranks (Dist.grad_dtype; the values of [train] grad_reduce_dtype,
+// GradReduceDtype). DIST_GRAD_BF16: each communicator rounds the float32 gradients to bfloat16
+// (nearest even) before sending, adds bf16 values in float32 and rounds each partial sum to bf16
+// (every reduction hop, as NCCL's bf16 sums do), and writes the mean back as float32: half the bytes.
+// Buffers handed to the communicator stay float32 either way.
+enum { DIST_GRAD_F32 = 0, DIST_GRAD_BF16 = 1 };
+
 typedef struct {
     // ---- data: backend memory ----
     // buf (n floats) = the mean over ranks, in place
@@ -39,7 +46,8 @@ typedef struct {
     // grads [first, first + count) of buf are final on this rank; the communicator may start their
     // reduction (the allreduce_mean of the whole buffer that follows completes it). NULL: no overlap.
     void (*grads_ready)(Dist *d, Backend *be, float *buf, size_t first, size_t count);
-    // ZeRO-1: part (this rank's dist_part of total) = the mean over ranks of that part of full
+    // ZeRO-1: part (this rank's dist_part of total) = the mean over ranks of that part of full;
+    // completes what grads_ready_part started (reduces the rest, and waits for it all)
     void (*reduce_scatter_mean)(Dist *d, Backend *be, const float *full, float *part, size_t total);
     // ZeRO-1: every rank's part of full (total floats, each rank's own part in place) to every rank
     void (*allgather)(Dist *d, Backend *be, float *full, size_t total);
@@ -52,12 +60,20 @@ typedef struct {
     void (*barrier)(Dist *d);
     void (*abort)(Dist *d, int code);  // ends every rank of the job; does not return
     void (*close)(Dist *d);            // collective: every rank closes
+    // ---- data, ZeRO-1 (after close: the positional tables of C++ communicators) ----
+    // ZeRO-1's grads_ready: grads [first, first + count) of full (total floats) are final on this
+    // rank; the communicator may start reducing the overlap of that range with each rank's
+    // dist_part to its owner (into part on this rank); the reduce_scatter_mean of the whole buffer
+    // that follows completes it. NULL: no overlap (reduce_scatter_mean does it all).
+    void (*grads_ready_part)(Dist *d, Backend *be, const float *full, float *part, size_t total, size_t first,
+                             size_t count);
 } DistOps;
 
 struct Dist {
     const char *name;     // "single", "mpi", "nccl"
     char launcher[64];    // how the ranks were started: "none", "mpirun (Open MPI)", "srun", ...
     int rank, world_size, local_rank;
+    int grad_dtype;       // DIST_GRAD_F32 (the default) or DIST_GRAD_BF16: dist_set_grad_dtype
     const DistOps *ops;
     void *ctx;
 };

@@ -79,20 +79,114 @@ static inline GIVT_HOST_DEVICE float givt_head_std(double pre, double eps) {
     return (float)((double)(float)sp + eps);
 }
 
+// Float and double products and sums rounded one by one on the device too (nvcc would otherwise
+// contract a * b + c into one FMA, another rounding than the host's): the step's scalars below are
+// computed the same way on the host and on the device.
+#ifdef __CUDA_ARCH__
+#define GIVT_FMUL(a, b) __fmul_rn((a), (b))
+#define GIVT_DMUL(a, b) __dmul_rn((a), (b))
+#else
+#define GIVT_FMUL(a, b) ((a) * (b))
+#define GIVT_DMUL(a, b) ((a) * (b))
+#endif
+
+// The learning-rate schedules (optim.h's LrSchedule has the same values).
+enum { GIVT_LR_INVERSE_SQRT, GIVT_LR_COSINE, GIVT_LR_CONSTANT };
+
+// What a run's optimizer steps follow, constant over the run: the schedule of the learning rate,
+// AdamW's betas (its bias corrections), the clipping norm and the EMA's power. step_check computes
+// each step's scalars from it on the backend (so that a step needs nothing new from the host: a
+// step captured once as a CUDA graph replays correctly).
+typedef struct {
+    double lr;                    // the peak learning rate
+    double beta1, beta2;          // AdamW's (as float32 values, widened: adamw receives floats)
+    int schedule;                 // GIVT_LR_*
+    int64_t warmup_steps;         // linear warmup (every schedule)
+    double timescale;             // inverse_sqrt
+    int64_t max_steps;            // cosine
+    double min_lr_ratio;          // cosine floor, as a share of lr
+    double max_norm;              // clip the global gradient norm to this; <= 0: no clipping
+    double ema_power;             // the EMA's power (ema_pytorch); 0: no EMA
+} StepSchedule;
+
+// The multiplier of lr for optimizer step `step` (0-based, as the scheduler's LambdaLR sees it):
+// inverse_sqrt (Hugging Face get_inverse_sqrt_schedule): step / warmup while step < warmup, then
+// 1 / sqrt((step + timescale - warmup) / timescale); cosine: the same linear warmup, then min + (1 -
+// min) * 0.5 * (1 + cos(pi * progress)) to max_steps; constant: the same warmup, then 1.
+static inline GIVT_HOST_DEVICE double givt_lr_factor(const StepSchedule *s, int64_t step) {
+    if (step < s->warmup_steps) return (double)step / (double)(s->warmup_steps > 1 ? s->warmup_steps : 1);
+    if (s->schedule == GIVT_LR_INVERSE_SQRT) {
+        double shift = s->timescale - (double)s->warmup_steps;
+        return 1.0 / sqrt(((double)step + shift) / s->timescale);
+    }
+    if (s->schedule == GIVT_LR_COSINE) {
+        int64_t span = s->max_steps - s->warmup_steps;
+        double progress = span > 0 ? (double)(step - s->warmup_steps) / (double)span : 1.0;
+        if (progress > 1.0) progress = 1.0;
+        double c = GIVT_DMUL(0.5, 1.0 + cos(GIVT_DMUL(3.14159265358979323846, progress)));
+        return s->min_lr_ratio + GIVT_DMUL(1.0 - s->min_lr_ratio, c);
+    }
+    return 1.0;
+}
+
+// The EMA's decay at its `updates`-th update (1-based), as ema_pytorch's EMA(power=..) computes it when
+// updated every step from the start: 0 (a copy) for the first two, then min(0.9999, 1 - (updates-1)^-power).
+static inline GIVT_HOST_DEVICE double givt_ema_decay(double power, int64_t updates) {
+    if (updates <= 2) return 0.0;
+    double d = 1.0 - pow((double)(updates - 1), -power);
+    return d < 0.9999 ? d : 0.9999;
+}
+
 // The decision of one optimizer step, made on the backend from the loss and the gradient norm (the
 // step_check op), so that the host need not wait for them: adamw and ema_update read the clipping
-// scale and the skip from it in backend memory, and the host reads it back one step later (the
-// readback ops) for its log and its rules on non-finite steps.
+// scale, the skip, the learning rate and the bias corrections from it in backend memory, and the
+// host reads it back one step later (the readback ops) for its log and its rules on non-finite steps.
+// The record also carries the counts from one step to the next (step, t): the host writes them once,
+// when training starts or resumes.
 typedef struct {
     double loss;       // the mean loss: the loss sum / its count
     double norm;       // the global gradient norm: sqrt(the squared norm)
     float grad_scale;  // the clipping factor applied to the gradients (1: none)
     int32_t skip;      // 1: the loss or the norm is not finite, the step updates nothing; else 0
+    int64_t step;      // optimizer steps completed, this one included (skipped steps count)
+    int64_t t;         // AdamW updates made, this one included unless skipped (the bias corrections' t)
+    float lr;          // this step's learning rate: (float)(lr * givt_lr_factor(step - 1))
+    float step_size;   // (float)(lr / (1 - beta1^t)): AdamW's step with the first bias correction
+    float bc2_sqrt;    // (float)sqrt(1 - beta2^t): the second bias correction
+    float ema_decay;   // (float)givt_ema_decay(ema_power, t): the EMA's decay at this update
 } StepRecord;
+
+// step_check's arithmetic, the one definition for every backend (the host's before it: the same bits):
+// from the loss sum and squared norm (loss_norm), their count and the schedule, *rec becomes this
+// step's record, rec->step and rec->t going on from the previous step's.
+static inline GIVT_HOST_DEVICE void givt_step_decide(StepRecord *rec, const double *loss_norm, double loss_count,
+                                                     const StepSchedule *s) {
+    double loss = loss_norm[0] / loss_count, norm = sqrt(loss_norm[1]), scale = 1.0;
+    if (s->max_norm > 0) {
+        double coef = s->max_norm / (norm + 1e-6);
+        scale = coef < 1.0 ? coef : 1.0;
+    }
+    int skip = !isfinite(loss) || !isfinite(norm);
+    int64_t step = rec->step + 1, t = rec->t + !skip;
+    float lr = (float)GIVT_DMUL(s->lr, givt_lr_factor(s, step - 1));
+    rec->loss = loss;
+    rec->norm = norm;
+    rec->grad_scale = (float)scale;
+    rec->skip = skip;
+    rec->step = step;
+    rec->t = t;
+    rec->lr = lr;
+    // as adamw computes them from its float arguments (beta1, beta2 are float32 values)
+    rec->step_size = (float)((double)lr / (1.0 - pow(s->beta1, (double)t)));
+    rec->bc2_sqrt = (float)sqrt(1.0 - pow(s->beta2, (double)t));
+    rec->ema_decay = (float)givt_ema_decay(s->ema_power, t);
+}
 
 // A readback slot: host memory that backend memory is copied into while the host goes on
 // (readback_create / readback_start / readback_wait / readback_free).
 typedef struct BackendReadback BackendReadback;
+// A recorded sequence of ops, replayed as one launch (graph_begin / graph_end / graph_launch / graph_free).
+typedef struct BackendGraph BackendGraph;
 
 // What a backend counts of its work (backend_stats): the emulated CUDA backend counts kernel launches
 // and the host's waits (kernels/emu/cuda_emu.h); a backend that counts nothing says counted = 0.
@@ -141,6 +235,26 @@ struct GivtOps {
     void (*readback_start)(Backend *be, BackendReadback *r, const void *src, size_t bytes);
     const void *(*readback_wait)(Backend *be, BackendReadback *r);
     void (*readback_free)(Backend *be, BackendReadback *r);
+
+    // Host memory that the backend uploads from without waiting (CUDA: pinned memory, which a copy
+    // engine reads directly; an upload from ordinary memory may be staged through it and wait for the
+    // queue). host_alloc zero-fills.
+    void *(*host_alloc)(Backend *be, size_t bytes);
+    void (*host_free)(Backend *be, void *p);
+    // Enqueues the copy of bytes from src (host_alloc's memory) to dst (backend memory), after every
+    // op enqueued before it, and returns at once: src must stay as it is until a wait covers the copy
+    // (synchronize, download, or readback_wait of a readback started after it).
+    void (*upload_async)(Backend *be, void *dst, const void *src, size_t bytes);
+    // Optional (NULL: the backend has no graphs; the CPU backend): a sequence of ops recorded once and
+    // replayed. graph_begin: from here on the ops enqueued are recorded, not run (it returns 0, or -1
+    // with givt_fail). graph_end: the recording becomes a graph, or NULL with givt_fail when something
+    // in it could not be recorded (a wait for the backend, an allocation, a copy from ordinary host
+    // memory: these are errors while recording). graph_launch: enqueues the recorded ops again, each
+    // with the arguments it was recorded with, on memory as it is when they run. graph_free.
+    int (*graph_begin)(Backend *be);
+    BackendGraph *(*graph_end)(Backend *be);
+    void (*graph_launch)(Backend *be, BackendGraph *g);
+    void (*graph_free)(Backend *be, BackendGraph *g);
 
     // dst (n) = src (n) converted to the compute dtype (the compute copy of float32 weights)
     void (*to_compute)(Backend *be, cval *dst, const float *src, size_t n);
@@ -217,11 +331,15 @@ struct GivtOps {
     void (*sumsq)(Backend *be, double *acc, const float *p, size_t n);
 
     // An optimizer step's decision, where the loss and the norm are: from loss_norm (two backend
-    // scalars: the loss sum, then the squared gradient norm), *rec (backend memory) = {loss =
-    // loss_norm[0] / loss_count, norm = sqrt(loss_norm[1]), skip = 1 when either is not finite (else
-    // 0), grad_scale = (float)min(1, max_norm / (norm + 1e-6)), 1 when max_norm <= 0 (clipping as
-    // torch.nn.utils.clip_grad_norm_)}, in double as the host computes them (the same bits).
-    void (*step_check)(Backend *be, StepRecord *rec, const double *loss_norm, double loss_count, double max_norm);
+    // scalars: the loss sum, then the squared gradient norm), their count and the run's schedule (host
+    // memory, read at the call), *rec (backend memory, holding the previous step's record: its step
+    // and t go on) becomes this step's (givt_step_decide: loss = loss_norm[0] / loss_count, norm =
+    // sqrt(loss_norm[1]), skip when either is not finite, grad_scale = (float)min(1, max_norm / (norm +
+    // 1e-6)) (1 when max_norm <= 0: clipping as torch.nn.utils.clip_grad_norm_), step + 1, t + 1 unless
+    // skipped, the step's learning rate, AdamW's bias corrections and the EMA's decay), in double as
+    // the host computes them (the same bits).
+    void (*step_check)(Backend *be, StepRecord *rec, const double *loss_norm, double loss_count,
+                       const StepSchedule *sched);
 
     // AdamW (PyTorch's formula) on n float32 weights p (n), moments m, v (n), gradients g (n); g is
     // multiplied by grad_scale first (clipping); t is the 1-based update count for the bias
@@ -230,14 +348,17 @@ struct GivtOps {
     // ema (n) = ema_decay * ema + (1 - ema_decay) * p with the updated p, exactly as ema_update on
     // the updated p would (the same float32 arithmetic per element: the same bits); ema_compute (n)
     // as p_compute. One read of p, g, m, v (and ema), one write of p, m, v (and ema) and the copies.
-    // rec (backend memory, step_check's) when not NULL: the clipping scale is rec->grad_scale
-    // (grad_scale is not used), and when rec->skip is set nothing is read or written.
+    // rec (backend memory, step_check's) when not NULL: lr, grad_scale, t and ema_decay are not used;
+    // the step's come from the record (rec->lr, rec->grad_scale, the bias corrections of rec->t,
+    // rec->ema_decay: the same bits as passing them), and when rec->skip is set nothing is read or
+    // written.
     void (*adamw)(Backend *be, float *p, cval *p_compute, const float *g, float *m, float *v, float *ema,
                   cval *ema_compute, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay,
                   float grad_scale, int t, float ema_decay, const StepRecord *rec);
     // ema = decay * ema + (1 - decay) * p, on n floats; ema_compute as p_compute of adamw. The EMA as a
     // pass of its own, where it is not adamw's: under ZeRO-1 (after the gather of the weights), and
-    // givt-bench --ema. rec (backend memory) when not NULL: nothing is done when rec->skip is set.
+    // givt-bench --ema. rec (backend memory) when not NULL: decay is rec->ema_decay, and nothing is
+    // done when rec->skip is set.
     void (*ema_update)(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay,
                        const StepRecord *rec);
 
@@ -255,11 +376,12 @@ struct GivtOps {
 // drift from the struct.
 #define GIVT_OPS_REQUIRED(X)                                                                            \
     X(alloc) X(free) X(upload) X(download) X(zero) X(copy) X(copy_rows) X(mem_info) X(synchronize)     \
-    X(close) X(readback_create) X(readback_start) X(readback_wait) X(readback_free) X(to_compute)       \
+    X(close) X(readback_create) X(readback_start) X(readback_wait) X(readback_free) X(host_alloc)       \
+    X(host_free) X(upload_async) X(to_compute)                                                          \
     X(matmul_fwd) X(matmul_bwd) X(residual_rmsnorm_fwd) X(residual_rmsnorm_bwd)                          \
     X(attention_saved_bytes) X(attention_fwd) X(attention_scratch_bytes) X(attention_bwd) X(swiglu_fwd) \
     X(swiglu_bwd) X(shift_bos) X(shift_bos_bwd) X(class_embed_fwd) X(class_embed_bwd) X(gaussian_nll)   \
     X(mixture_nll) X(sumsq) X(step_check) X(adamw) X(ema_update)
-#define GIVT_OPS_OPTIONAL(X) X(range_push) X(range_pop) X(stats)
+#define GIVT_OPS_OPTIONAL(X) X(range_push) X(range_pop) X(stats) X(graph_begin) X(graph_end) X(graph_launch) X(graph_free)
 
 #endif

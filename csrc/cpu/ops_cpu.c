@@ -102,6 +102,11 @@ static void cpu_readback_free(Backend *be, BackendReadback *r) {
     (void)be;
     free(r);
 }
+// Host memory is all this backend has: host_alloc is alloc, an upload a copy (done when it returns).
+static void cpu_upload_async(Backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    memcpy(dst, src, bytes);
+}
 static void cpu_close(Backend *be);
 static void cpu_to_compute(Backend *be, cval *dst, const float *src, size_t n) {
     (void)be;
@@ -642,15 +647,10 @@ static void cpu_sumsq(Backend *be, double *acc, const float *p, size_t n) {
 }
 
 // ---- optimizer ----------------------------------------------------------------------------
-static void cpu_step_check(Backend *be, StepRecord *rec, const double *loss_norm, double loss_count, double max_norm) {
+static void cpu_step_check(Backend *be, StepRecord *rec, const double *loss_norm, double loss_count,
+                           const StepSchedule *sched) {
     (void)be;
-    double loss = loss_norm[0] / loss_count, norm = sqrt(loss_norm[1]), scale = 1.0;
-    if (max_norm > 0) {
-        double coef = max_norm / (norm + 1e-6);
-        scale = coef < 1.0 ? coef : 1.0;
-    }
-    *rec = (StepRecord){.loss = loss, .norm = norm, .grad_scale = (float)scale,
-                        .skip = !isfinite(loss) || !isfinite(norm)};
+    givt_step_decide(rec, loss_norm, loss_count, sched);
 }
 
 // The compute copies are the float32 buffers themselves here: p_compute, ema_compute NULL (or p, ema).
@@ -693,9 +693,12 @@ static void cpu_adamw(Backend *be, float *p, cval *p_compute, const float *g, fl
     if (p_compute && FP(p_compute) != p) givt_die("cpu adamw: the compute copy of float32 weights is the weights");
     if (ema_compute && (!ema || FP(ema_compute) != ema)) givt_die("cpu adamw: the EMA's compute copy is the EMA");
     if (rec && rec->skip) return;
-    if (rec) grad_scale = rec->grad_scale;
     CpuAdamw a = {beta1, beta2, eps, 1.0f - lr * weight_decay, grad_scale, (float)(lr / (1.0 - pow(beta1, t))),
                   (float)sqrt(1.0 - pow(beta2, t))};
+    if (rec) {  // the step's scalars from the record (the same bits as passing them)
+        a = (CpuAdamw){beta1, beta2, eps, 1.0f - rec->lr * weight_decay, rec->grad_scale, rec->step_size, rec->bc2_sqrt};
+        ema_decay = rec->ema_decay;
+    }
     cpu_adamw_loop(&a, p, g, m, v, ema, n, ema_decay);
 }
 
@@ -704,6 +707,7 @@ static void cpu_ema_update(Backend *be, float *ema, cval *ema_compute, const flo
     (void)be;
     if (ema_compute && FP(ema_compute) != ema) givt_die("cpu ema_update: the compute copy is the EMA weights");
     if (rec && rec->skip) return;
+    if (rec) decay = rec->ema_decay;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) ema[i] = cpu_ema_elem(decay, ema[i], p[i]);
 }
@@ -723,6 +727,9 @@ static const GivtOps g_cpu_ops = {
     .readback_start = cpu_readback_start,
     .readback_wait = cpu_readback_wait,
     .readback_free = cpu_readback_free,
+    .host_alloc = cpu_alloc,
+    .host_free = cpu_free,
+    .upload_async = cpu_upload_async,
     .to_compute = cpu_to_compute,
     .matmul_fwd = cpu_matmul_fwd,
     .matmul_bwd = cpu_matmul_bwd,

@@ -603,32 +603,57 @@ static void next_norm(GivtModel *m, int l, cval **ln, float **rstd) {
     }
 }
 
-// Class conditioning: the labels of the batch (NULL: "no label" for all) into backend memory, then
-// the first row of each sequence of the embedded input, res (B, T, C), becomes class_embed[label].
-// An unconditional model has nothing to do (and takes no labels).
-static void embed_class(GivtModel *m, const Weights *w, const int32_t *labels, int B, int T) {
+void model_check_labels(const GivtModel *m, const int32_t *labels, int B, int32_t *out) {
+    int nc = m->cfg.num_classes;
+    if (nc == 0 && labels) givt_die("model: labels given to a model without classes (num_classes = 0)");
+    for (int b = 0; b < B && nc > 0; b++) {
+        out[b] = labels ? labels[b] : nc;
+        if (out[b] < 0 || out[b] > nc) givt_die("model: label %d of sequence %d is not in [0, %d]", out[b], b, nc);
+    }
+}
+
+// Class conditioning: unless staged (the caller put checked labels into a->labels: model_forward_staged),
+// the labels of the batch (NULL: "no label" for all) into backend memory; then the first row of each
+// sequence of the embedded input, res (B, T, C), becomes class_embed[label]. An unconditional model
+// has nothing to do (and takes no labels).
+static void embed_class(GivtModel *m, const Weights *w, const int32_t *labels, int staged, int B, int T) {
     Backend *be = m->be;
     GivtActs *a = m->acts;
-    int nc = m->cfg.num_classes;
-    if (nc == 0) {
-        if (labels) givt_die("model: labels given to a model without classes (num_classes = 0)");
+    if (m->cfg.num_classes == 0) {
+        model_check_labels(m, labels, B, NULL);
         return;
     }
-    int32_t *host = xmalloc((size_t)B * sizeof *host);
-    for (int b = 0; b < B; b++) {
-        host[b] = labels ? labels[b] : nc;
-        if (host[b] < 0 || host[b] > nc) givt_die("model: label %d of sequence %d is not in [0, %d]", host[b], b, nc);
+    if (!staged) {
+        int32_t *host = xmalloc((size_t)B * sizeof *host);
+        model_check_labels(m, labels, B, host);
+        be->ops->upload(be, a->labels, host, (size_t)B * sizeof *host);
+        free(host);
     }
-    be->ops->upload(be, a->labels, host, (size_t)B * sizeof *host);
-    free(host);
     OP(class_embed_fwd, a->res, wc(m, w, m->table.class_embed), a->labels, B, T, m->cfg.hidden_dim);
+}
+
+static const cval *forward(GivtModel *m, const Weights *w, const float *x, const int32_t *labels, int staged, int B,
+                           int T);
+
+const cval *model_forward_cond(GivtModel *m, const Weights *w, const float *x, const int32_t *labels, int B, int T) {
+    return forward(m, w, x, labels, 0, B, T);
+}
+
+const cval *model_forward_staged(GivtModel *m, const Weights *w, const float *x, int B, int T) {
+    return forward(m, w, x, NULL, 1, B, T);
+}
+
+int32_t *model_labels_buffer(GivtModel *m) {
+    if (!m->acts) givt_die("model_labels_buffer: no activations allocated (model_alloc_acts)");
+    return m->acts->labels;
 }
 
 const cval *model_forward(GivtModel *m, const Weights *w, const float *x, int B, int T) {
     return model_forward_cond(m, w, x, NULL, B, T);
 }
 
-const cval *model_forward_cond(GivtModel *m, const Weights *w, const float *x, const int32_t *labels, int B, int T) {
+static const cval *forward(GivtModel *m, const Weights *w, const float *x, const int32_t *labels, int staged, int B,
+                           int T) {
     const GivtConfig *c = &m->cfg;
     Backend *be = m->be;
     GivtActs *a = m->acts;
@@ -640,7 +665,7 @@ const cval *model_forward_cond(GivtModel *m, const Weights *w, const float *x, c
     a->T = T;
     OP(shift_bos, a->x_in, x, wc(m, w, m->table.bos), B, T, D);
     OPC(mm_cost(N, D, C, a->esize, 0), matmul_fwd, a->res, a->x_in, wc(m, w, m->table.embed), N, D, C);
-    embed_class(m, w, labels, B, T);
+    embed_class(m, w, labels, staged, B, T);
     // each layer's last add is fused with the next norm: the next layer's ln1 (with a shared slot, the
     // slot's ln1, which layer l no longer needs by then), or the final norm
     for (int l = 0; l < c->num_layers; l++) {
@@ -713,7 +738,7 @@ const cval *model_decode_cond(GivtModel *m, const Weights *w, KvCache *kc, const
     if (pos0 == 0) OP(shift_bos, a->x_in, x, wc(m, w, m->table.bos), B, Tq, D);
     else OP(to_compute, a->x_in, x, (size_t)N * D);
     OPC(mm_cost(N, D, C, a->esize, 0), matmul_fwd, a->res, a->x_in, wc(m, w, m->table.embed), N, D, C);
-    if (pos0 == 0) embed_class(m, w, labels, B, Tq);
+    if (pos0 == 0) embed_class(m, w, labels, 0, B, Tq);
     for (int l = 0; l < c->num_layers; l++) {
         cval *ln;
         float *rstd;

@@ -227,6 +227,16 @@ const cval *model_forward(GivtModel *m, const Weights *w, const float *x, int B,
 // labels: every sequence gets "no label" (the unconditional model). An unconditional model takes
 // NULL only.
 const cval *model_forward_cond(GivtModel *m, const Weights *w, const float *x, const int32_t *labels, int B, int T);
+// Checks labels (B, host) as model_forward_cond does (each in [0, num_classes]; dies naming a bad one)
+// and writes them into out (B, host; NULL labels: every one num_classes, "no label"). A model without
+// classes takes NULL labels only (and out may be NULL).
+void model_check_labels(const GivtModel *m, const int32_t *labels, int B, int32_t *out);
+// model_forward_cond with the labels already in backend memory, in m->acts->labels (B, checked by
+// model_check_labels; a class-conditional model only reads them), put there by the caller: nothing
+// here reads host memory, so that the forward can be recorded into a graph (ops.h: graph_begin).
+const cval *model_forward_staged(GivtModel *m, const Weights *w, const float *x, int B, int T);
+// Where model_forward_staged reads the labels: backend memory for max_B int32 (model_alloc_acts).
+int32_t *model_labels_buffer(GivtModel *m);
 // The loss of the last forward (whose targets it has): *loss_sum (a backend scalar, e.g.
 // m->scalars + SCALAR_LOSS_SUM) += the Gaussian NLL summed over the B*T*D elements, without the
 // 0.5*log(2 pi) constant (k > 1: the mixture's -log p per position, without D * 0.5*log(2 pi), summed

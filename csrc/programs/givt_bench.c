@@ -19,7 +19,7 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: givt-bench [model options] [--device auto|cpu|cuda] [--precision no|bf16] [--steps N]\n"
             "                  [--warmup N] [--no-adamw] [--ema] [--checkpointing] [--profile] [--peak-tflops X]\n"
-            "                  [--seed S]\n"
+            "                  [--seed S] [--cuda-graphs]\n"
             "       givt-bench --sgemm M N K [--reps R]\n"
             "       givt-bench --attention [--batch B] [--heads H] [--seq T] [--head-dim hd] [--device ...]\n"
             "                  [--precision ...] [--steps N] [--warmup N]\n"
@@ -39,7 +39,9 @@ static void usage(FILE *out) {
             "the backend counts them (the emulated CUDA backend; \"na\" elsewhere), the bench's own\n"
             "synchronize around each timed step excluded. --no-adamw times forward\n"
             "+ backward only. --ema adds givt-train's EMA update of the weights to each step. --checkpointing\n"
-            "recomputes each layer in backward. --profile adds a table of the\n"
+            "recomputes each layer in backward. --cuda-graphs records the step as a CUDA graph at the second\n"
+            "step and replays it after (givt-train's [train] cuda_graphs; a replayed step is one launch).\n"
+            "--profile adds a table of the\n"
             "time spent in each backend op (timed synchronously, by op name). The clock is read after\n"
             "synchronizing the backend (GPU ops are asynchronous). peak_mem_bytes in the RESULT line is the\n"
             "device's total - free memory at the end (a rough peak: it includes the CUDA context, which\n"
@@ -88,12 +90,52 @@ static int bench_sgemm(int M, int N, int K, int reps) {
     return 0;
 }
 
-// givt-train's EMA update after optimizer update `updates` (power 2/3, the seed's), as a pass of its
-// own (--no-adamw --ema; with AdamW the EMA runs in its pass: adamw_step_ema).
-static void bench_ema_step(GivtModel *m, Weights *ema, long updates) {
+// givt-train's EMA update as a pass of its own (--no-adamw --ema; with AdamW the EMA runs in its
+// pass: adamw_update), its decay (power 2/3, the seed's) from the step record rec
+static void bench_ema_step(GivtModel *m, Weights *ema, const StepRecord *rec) {
     cval *compute = (void *)ema->compute == (void *)ema->master ? NULL : ema->compute;
-    ema_update_weights(m->be, ema->master, compute, m->w.master, m->table.total, (float)ema_decay(2.0 / 3.0, updates),
-                       NULL);
+    ema_update_weights(m->be, ema->master, compute, m->w.master, m->table.total, 0.0f, rec);
+}
+
+// What one benchmarked step enqueues, as givt-train's (trainer.c enqueue_step): the loss and the
+// squared norm into backend scalars, the step's decision from them on the backend (step_check), the
+// update (AdamW with the EMA in its pass, or the EMA alone with --no-adamw --ema, or nothing).
+typedef struct {
+    GivtModel *m;
+    AdamW *opt;
+    Weights *ema;  // NULL: no EMA
+    const float *x;
+    StepRecord *rec;
+    int B, T, adamw;
+} BenchStep;
+
+static void bench_enqueue_step(const BenchStep *b) {
+    GivtModel *m = b->m;
+    Backend *be = m->be;
+    model_zero_grads(m);
+    be->ops->zero(be, m->scalars, MODEL_NUM_SCALARS * sizeof(double));
+    model_forward(m, &m->w, b->x, b->B, b->T);
+    model_loss(m, m->scalars + SCALAR_LOSS_SUM, 1.0f);
+    model_backward(m, &m->w);
+    grad_sumsq(m, m->scalars + SCALAR_GRAD_SUMSQ);
+    adamw_check_step(b->opt, be, b->rec, m->scalars + SCALAR_LOSS_SUM, (double)b->B * b->T * m->cfg.input_dim,
+                     b->ema ? 2.0 / 3.0 : 0.0);
+    if (b->adamw)
+        adamw_update(b->opt, m, m->grads, b->rec, b->ema);
+    else if (b->ema)
+        bench_ema_step(m, b->ema, b->rec);
+}
+
+// The step as a CUDA graph (--cuda-graphs): recorded at its first use, replayed after.
+static void bench_launch_step(const BenchStep *b, BackendGraph **graph) {
+    Backend *be = b->m->be;
+    if (!*graph) {
+        if (be->ops->graph_begin(be) != 0) givt_die("--cuda-graphs: %s", givt_last_error());
+        bench_enqueue_step(b);
+        *graph = be->ops->graph_end(be);
+        if (!*graph) givt_die("--cuda-graphs: %s", givt_last_error());
+    }
+    be->ops->graph_launch(be, *graph);
 }
 
 static int dbl_cmp(const void *a, const void *b) {
@@ -205,7 +247,7 @@ int main(int argc, char **argv) {
     givt_config_default(&cfg);
     cfg.input_dim = 16, cfg.hidden_dim = 256, cfg.intermediate_dim = 688, cfg.num_heads = 4, cfg.num_layers = 4;
     int T = 256, B = 8, steps = 10, warmup = 2, adamw = 1, ema = 0, profile = 0, seed = 1337, checkpointing = 0;
-    int sg[3] = {0, 0, 0}, sgemm = 0, reps = 5, attention = 0, head_dim = 64;
+    int sg[3] = {0, 0, 0}, sgemm = 0, reps = 5, attention = 0, head_dim = 64, graphs = 0;
     const char *device = "cpu";
     Precision precision = PRECISION_NO;
     double peak_tflops = 0;
@@ -221,6 +263,8 @@ int main(int argc, char **argv) {
             ema = 1;
         } else if (!strcmp(a, "--checkpointing")) {
             checkpointing = 1;
+        } else if (!strcmp(a, "--cuda-graphs")) {
+            graphs = 1;
         } else if (!strcmp(a, "--attention")) {
             attention = 1;
         } else if (!strcmp(a, "--profile")) {
@@ -289,6 +333,12 @@ int main(int argc, char **argv) {
         return 1;
     }
     const GivtOps *ops = be->ops;
+    if (graphs && (!ops->graph_begin || profile)) {
+        fprintf(stderr, "givt-bench: --cuda-graphs: %s\n",
+                profile ? "not with --profile (it times each op on its own; a graph runs them as one launch)"
+                        : "the backend has no graphs (CUDA only)");
+        return 1;
+    }
     // Table init, then every zero-initialised tensor (o_proj, fc3, head) gets small random values so
     // that the backward does real work (with zeros most gradients would vanish).
     Rng rng;
@@ -331,6 +381,8 @@ int main(int argc, char **argv) {
     StepRecord *rec = ops->alloc(be, sizeof *rec), r = {0};
     BackendReadback *back = ops->readback_create(be, sizeof(StepRecord));
     int pending = 0;
+    BenchStep step = {&m, &opt, ema ? &ema_w : NULL, x, rec, B, T, adamw};
+    BackendGraph *graph = NULL;
     BackendStats st0, st1;
     double syncs = 0, launches = 0, fences = 0;  // inside the timed steps, the bench's own brackets excluded
     printf("model: D %d C %d F %d H %d L %d, T %d, B %d; %zu params (%zu in matmuls); %.3f GFLOP/step%s\n",
@@ -341,24 +393,18 @@ int main(int argc, char **argv) {
         backend_synchronize(be);  // GPU ops are asynchronous: the clock brackets finished work
         double t0 = util_time_now_s();
         backend_stats(be, &st0);
-        // as the trainer's step: the loss and the squared norm into backend scalars, the step's
-        // decision from them on the backend (step_check), the previous step's record read back
-        model_zero_grads(&m);
-        ops->zero(be, m.scalars, MODEL_NUM_SCALARS * sizeof(double));
-        model_forward(&m, &m.w, x, B, T);
-        model_loss(&m, m.scalars + SCALAR_LOSS_SUM, 1.0f);
-        model_backward(&m, &m.w);
-        grad_sumsq(&m, m.scalars + SCALAR_GRAD_SUMSQ);
-        adamw_check_step(&opt, be, rec, m.scalars + SCALAR_LOSS_SUM, (double)B * T * cfg.input_dim);
-        if (pending) {  // the previous step's record (a fence wait: this step's work is queued after it)
+        // as the trainer's step: the whole step enqueued (eagerly, or with --cuda-graphs from the
+        // second step on as one graph launch), then the previous step's record read (a fence wait:
+        // this step's work is queued after it)
+        if (graphs && s >= 1)
+            bench_launch_step(&step, &graph);
+        else
+            bench_enqueue_step(&step);
+        if (pending) {
             memcpy(&r, ops->readback_wait(be, back), sizeof r);
             if (!isfinite(r.loss)) givt_die("step %d: loss is %g", s - 1, r.loss);
             adamw_note_step(&opt, &r);
         }
-        if (adamw)  // with --ema, the EMA in AdamW's pass, as givt-train's step
-            adamw_update(&opt, &m, m.grads, oc.lr, rec, ema ? &ema_w : NULL, 2.0 / 3.0);
-        else if (ema)
-            bench_ema_step(&m, &ema_w, s + 1);
         ops->readback_start(be, back, rec, sizeof *rec);
         pending = 1;
         backend_stats(be, &st1);
@@ -418,6 +464,7 @@ int main(int argc, char **argv) {
            omp_get_max_threads(), tokens / per_step, 1e3 * per_step, 1e3 * best, fpt * tokens / per_step / 1e9,
            m.table.params, fpt, loss, be->name, dtype_name(be->compute), extra, counts);
 
+    if (graph) ops->graph_free(be, graph);
     ops->readback_free(be, back);
     ops->free(be, rec);
     adamw_free(&opt, &m);

@@ -8,7 +8,11 @@
 
 #include "dist_mpi.h"
 #include "ops.h"
+#include "train_config.h"  // GradReduceDtype
 #include "util.h"
+
+_Static_assert((int)DIST_GRAD_F32 == (int)GRAD_REDUCE_FP32 && (int)DIST_GRAD_BF16 == (int)GRAD_REDUCE_BF16,
+               "comm.h's gradient dtypes are the values of [train] grad_reduce_dtype");
 
 // ---- single process: every collective is the identity ----------------------------------------
 static void single_allreduce_mean(Dist *d, Backend *be, float *buf, size_t n) { (void)d, (void)be, (void)buf, (void)n; }
@@ -36,6 +40,7 @@ static void single_abort(Dist *d, int code) {
     exit(code);
 }
 static void single_close(Dist *d) { (void)d; }
+// grads_ready and grads_ready_part are NULL: one process has nothing to exchange, in any dtype
 
 static const DistOps k_single = {
     .allreduce_mean = single_allreduce_mean,
@@ -49,6 +54,7 @@ static const DistOps k_single = {
     .barrier = single_barrier,
     .abort = single_abort,
     .close = single_close,
+    .grads_ready_part = NULL,
 };
 
 Dist *dist_open_single(void) {
@@ -128,12 +134,33 @@ const char *dist_build_info(void) {
 }
 
 // ---- dispatch --------------------------------------------------------------------------------
+int dist_set_grad_dtype(Dist *d, int dtype) {
+    if (dtype != DIST_GRAD_F32 && dtype != DIST_GRAD_BF16)
+        return givt_fail("[train] grad_reduce_dtype: unknown dtype %d (fp32 or bf16)", dtype);
+    d->grad_dtype = dtype;
+    return 0;
+}
+
+// GIVT_DIST_OVERLAP=0: no reduction starts during backward (dist.h)
+static int overlap_off(void) {
+    static int off = -1;
+    if (off < 0) {
+        const char *v = getenv("GIVT_DIST_OVERLAP");
+        off = v && !strcmp(v, "0");
+    }
+    return off;
+}
+
 void dist_allreduce_mean(Dist *d, Backend *be, float *buf, size_t n) { d->ops->allreduce_mean(d, be, buf, n); }
 void dist_allreduce_sum_scalars(Dist *d, Backend *be, double *buf, size_t n) {
     d->ops->allreduce_sum_scalars(d, be, buf, n);
 }
 void dist_grads_ready(Dist *d, Backend *be, float *buf, size_t first, size_t count) {
-    if (d->ops->grads_ready) d->ops->grads_ready(d, be, buf, first, count);
+    if (d->ops->grads_ready && !overlap_off()) d->ops->grads_ready(d, be, buf, first, count);
+}
+void dist_grads_ready_part(Dist *d, Backend *be, const float *full, float *part, size_t total, size_t first,
+                           size_t count) {
+    if (d->ops->grads_ready_part && !overlap_off()) d->ops->grads_ready_part(d, be, full, part, total, first, count);
 }
 void dist_reduce_scatter_mean(Dist *d, Backend *be, const float *full, float *part, size_t total) {
     d->ops->reduce_scatter_mean(d, be, full, part, total);

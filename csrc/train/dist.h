@@ -38,11 +38,24 @@ Dist *dist_for_backend(Dist *d, Backend *be);
 // What this build can do: "MPI (Open MPI 4.1.4), NCCL 2.x" or "none"; for --version.
 const char *dist_build_info(void);
 
+// [train] grad_reduce_dtype (DIST_GRAD_F32 or DIST_GRAD_BF16, comm.h: the values of GradReduceDtype)
+// for the gradient reductions of d (allreduce_mean, grads_ready, reduce_scatter_mean and
+// grads_ready_part); the loss, the norms and the control collectives stay as they are. 0, or -1
+// with givt_fail naming the key. The single process has nothing to exchange: bf16 is accepted there
+// and changes nothing.
+int dist_set_grad_dtype(Dist *d, int dtype);
+
 static inline int dist_is_root(const Dist *d) { return d->rank == 0; }
 void dist_allreduce_mean(Dist *d, Backend *be, float *buf, size_t n);
 void dist_allreduce_sum_scalars(Dist *d, Backend *be, double *buf, size_t n);
 void dist_grads_ready(Dist *d, Backend *be, float *buf, size_t first, size_t count);
 void dist_reduce_scatter_mean(Dist *d, Backend *be, const float *full, float *part, size_t total);
+// ZeRO-1: [first, first + count) of full is final; its reduction to the parts' owners may start
+// (comm.h's grads_ready_part); dist_reduce_scatter_mean completes it.
+// GIVT_DIST_OVERLAP=0 in the environment turns dist_grads_ready and dist_grads_ready_part into no-ops
+// (everything is reduced after backward in one call: for comparisons, tests/test_mpi.c).
+void dist_grads_ready_part(Dist *d, Backend *be, const float *full, float *part, size_t total, size_t first,
+                           size_t count);
 void dist_allgather(Dist *d, Backend *be, float *full, size_t total);
 long dist_max(Dist *d, long v);
 int dist_any(Dist *d, int flag);  // 1 on every rank when flag is set on any rank

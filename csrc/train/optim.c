@@ -6,22 +6,29 @@
 
 #include "util.h"
 
+_Static_assert((int)LR_SCHEDULE_INVERSE_SQRT == (int)GIVT_LR_INVERSE_SQRT && (int)LR_SCHEDULE_COSINE == (int)GIVT_LR_COSINE &&
+                   (int)LR_SCHEDULE_CONSTANT == (int)GIVT_LR_CONSTANT,
+               "optim.h's LrSchedule is ops.h's GIVT_LR_*");
+
+StepSchedule adamw_schedule(const OptimConfig *oc, double ema_power) {
+    StepSchedule s = {
+        .lr = oc->lr,
+        .beta1 = (float)oc->beta1,  // adamw receives them as floats
+        .beta2 = (float)oc->beta2,
+        .schedule = (int)oc->schedule,
+        .warmup_steps = oc->warmup_steps,
+        .timescale = oc->timescale,
+        .max_steps = oc->max_steps,
+        .min_lr_ratio = oc->min_lr_ratio,
+        .max_norm = oc->grad_norm,
+        .ema_power = ema_power,
+    };
+    return s;
+}
+
 double lr_factor(const OptimConfig *oc, long step) {
-    if (step < oc->warmup_steps) return (double)step / (double)(oc->warmup_steps > 1 ? oc->warmup_steps : 1);
-    switch (oc->schedule) {
-    case LR_SCHEDULE_INVERSE_SQRT: {
-        double shift = oc->timescale - (double)oc->warmup_steps;
-        return 1.0 / sqrt(((double)step + shift) / oc->timescale);
-    }
-    case LR_SCHEDULE_COSINE: {
-        long span = oc->max_steps - oc->warmup_steps;
-        double progress = span > 0 ? (double)(step - oc->warmup_steps) / (double)span : 1.0;
-        if (progress > 1.0) progress = 1.0;
-        return oc->min_lr_ratio + (1.0 - oc->min_lr_ratio) * 0.5 * (1.0 + cos(3.14159265358979323846 * progress));
-    }
-    case LR_SCHEDULE_CONSTANT: return 1.0;
-    }
-    return 1.0;
+    StepSchedule s = adamw_schedule(oc, 0.0);
+    return givt_lr_factor(&s, step);
 }
 
 void adamw_create_part(AdamW *opt, const GivtModel *model, const OptimConfig *cfg, size_t first, size_t count) {
@@ -81,8 +88,15 @@ void ema_update_weights(Backend *be, float *ema, cval *ema_compute, const float 
                 p, n, decay, rec);
 }
 
-void adamw_check_step(const AdamW *opt, Backend *be, StepRecord *rec, const double *loss_norm, double loss_count) {
-    BACKEND_OP(be, step_check, rec, loss_norm, loss_count, opt->cfg.grad_norm);
+void adamw_check_step(const AdamW *opt, Backend *be, StepRecord *rec, const double *loss_norm, double loss_count,
+                      double ema_power) {
+    StepSchedule s = adamw_schedule(&opt->cfg, ema_power);
+    BACKEND_OP(be, step_check, rec, loss_norm, loss_count, &s);
+}
+
+void adamw_record_start(const AdamW *opt, Backend *be, StepRecord *rec, long step) {
+    StepRecord r = {.step = step, .t = opt->t};
+    be->ops->upload(be, rec, &r, sizeof r);
 }
 
 void grad_sumsq(const GivtModel *model, double *acc) {
@@ -159,17 +173,13 @@ void adamw_step_ema(AdamW *opt, GivtModel *model, const float *grads, double lr,
     adamw_enqueue(opt, model, grads, lr, clip_scale(&opt->cfg, norm), NULL, opt->t, ema, ema_power);
 }
 
-void adamw_update(AdamW *opt, GivtModel *model, const float *grads, double lr, const StepRecord *rec,
-                  const Weights *ema, double ema_power) {
-    adamw_enqueue(opt, model, grads, lr, 1.0, rec, opt->t + 1, ema, ema_power);
+void adamw_update(AdamW *opt, GivtModel *model, const float *grads, const StepRecord *rec, const Weights *ema) {
+    // lr 0, scale 1, t 1 and the EMA's decay are placeholders: the op takes the step's from rec
+    adamw_enqueue(opt, model, grads, 0.0, 1.0, rec, 1, ema, 0.0);
 }
 
 void adamw_step(AdamW *opt, GivtModel *model, const float *grads, double lr, double norm) {
     adamw_step_ema(opt, model, grads, lr, norm, NULL, 0.0);
 }
 
-double ema_decay(double power, long updates) {
-    if (updates <= 2) return 0.0;
-    double d = 1.0 - pow((double)(updates - 1), -power);
-    return d < 0.9999 ? d : 0.9999;
-}
+double ema_decay(double power, long updates) { return givt_ema_decay(power, updates); }

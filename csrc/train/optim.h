@@ -46,10 +46,19 @@ void grad_sumsq_buffer(Backend *be, double *acc, const float *p, size_t n);
 // a skipped step.
 void ema_update_weights(Backend *be, float *ema, cval *ema_compute, const float *p, size_t n, float decay,
                         const StepRecord *rec);
-// A step's decision on the backend (ops.h: step_check): *rec (backend memory) = the mean loss
-// (loss_norm[0] / loss_count), the global norm, the clipping scale of opt->cfg.grad_norm and the skip
-// of a non-finite loss or norm, from loss_norm (the loss sum and the squared norm, backend scalars).
-void adamw_check_step(const AdamW *opt, Backend *be, StepRecord *rec, const double *loss_norm, double loss_count);
+// The run's schedule for step_check (ops.h's StepSchedule) from the optimizer's configuration and the
+// EMA's power (0: no EMA).
+StepSchedule adamw_schedule(const OptimConfig *oc, double ema_power);
+// A step's decision on the backend (ops.h: step_check): *rec (backend memory, the previous step's
+// record) becomes this step's: the mean loss (loss_norm[0] / loss_count), the global norm, the
+// clipping scale of opt->cfg.grad_norm, the skip of a non-finite loss or norm, the step count, the
+// update count t, the step's learning rate and bias corrections and the EMA's decay (ema_power), from
+// loss_norm (the loss sum and the squared norm, backend scalars).
+void adamw_check_step(const AdamW *opt, Backend *be, StepRecord *rec, const double *loss_norm, double loss_count,
+                      double ema_power);
+// Before the first step of a run (fresh or resumed): the record's counts become `step` (optimizer
+// steps completed) and opt->t (updates made), from which step_check goes on (one upload).
+void adamw_record_start(const AdamW *opt, Backend *be, StepRecord *rec, long step);
 
 // *acc (a backend scalar) += the squared L2 norm of model->grads (double accumulation, fixed order).
 void grad_sumsq(const GivtModel *model, double *acc);
@@ -67,12 +76,12 @@ void adamw_step(AdamW *opt, GivtModel *model, const float *grads, double lr, dou
 // table (opt->first 0, count table.total): under ZeRO-1 the EMA is a pass of its own after the gather.
 void adamw_step_ema(AdamW *opt, GivtModel *model, const float *grads, double lr, double norm, const Weights *ema,
                     double ema_power);
-// The update as adamw_step_ema, its clipping scale and its skip read on the backend from rec
-// (adamw_check_step's), so that the host need not know the norm: the update is the (opt->t + 1)-th
-// when it is not skipped, and opt->t is left as it is until the host, having read rec back, calls
-// adamw_note_step. The same bits as adamw_step_ema with rec's norm (skipped: nothing changes).
-void adamw_update(AdamW *opt, GivtModel *model, const float *grads, double lr, const StepRecord *rec,
-                  const Weights *ema, double ema_power);
+// The update as adamw_step_ema, everything that varies from step to step read on the backend from rec
+// (adamw_check_step's: the clipping scale, the skip, the learning rate, the bias corrections of its t,
+// the EMA's decay), so that the host need not know the norm nor the count: the update is the
+// rec->t-th when it is not skipped, and opt->t is left as it is until the host, having read rec back,
+// calls adamw_note_step. The same bits as adamw_step_ema with rec's norm and lr (skipped: nothing changes).
+void adamw_update(AdamW *opt, GivtModel *model, const float *grads, const StepRecord *rec, const Weights *ema);
 // rec (host memory: the step's record read back) counts the update adamw_update made, unless skipped.
 static inline void adamw_note_step(AdamW *opt, const StepRecord *rec) {
     if (!rec->skip) opt->t++;

@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "trainer.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,30 +53,37 @@ typedef enum {
     STEP_DIVERGED,     // MAX_BAD_STEPS_IN_A_ROW skipped in a row: the run stops (givt_fail)
     STEP_DATA_ERROR,   // a batch could not be read (givt_fail); no step taken
     STEP_INTERRUPTED,  // SIGINT/SIGTERM/SIGHUP between micro-batches; no step taken
+    STEP_GRAPH_ERROR,  // the step could not be recorded as a CUDA graph (givt_fail); no step taken
 } StepResult;
 
 // Called by model_backward for each range of gradients it has finished: on the last micro-batch of
-// a step they are final, and the communicator may start reducing them.
+// a step they are final, and the communicator may start reducing them (under ZeRO-1 each overlap
+// with a rank's part to that rank, into grad_part here).
 static void on_grads_ready(void *user, size_t first, size_t count) {
     Trainer *tr = user;
-    dist_grads_ready(tr->dist, tr->be, tr->model.grads, first, count);
+    if (tr->zero)
+        dist_grads_ready_part(tr->dist, tr->be, tr->model.grads, tr->grad_part, tr->model.table.total, first, count);
+    else
+        dist_grads_ready(tr->dist, tr->be, tr->model.grads, first, count);
 }
 
-// Label dropout of micro-batch k of this step: each label becomes "no label" (num_classes) with
-// probability label_drop, decided by (seed, step, slot) with the slot global over micro-batches and
-// ranks, so that a resumed run (or another world size with the same global batch) drops the same ones.
-static void drop_labels(Trainer *tr, int k) {
+// Label dropout of micro-batch k of this step, on its labels (B): each label becomes "no label"
+// (num_classes) with probability label_drop, decided by (seed, step, slot) with the slot global over
+// micro-batches and ranks, so that a resumed run (or another world size with the same global batch)
+// drops the same ones.
+static void drop_labels(Trainer *tr, int k, int32_t *labels) {
     int B = tr->cfg.train.batch_size;
     for (int j = 0; j < B; j++) {
         int64_t slot = ((int64_t)k * tr->dist->world_size + tr->dist->rank) * B + j;
         if (data_label_dropped(tr->cfg.train.seed, tr->step, slot, tr->cfg.train.label_drop))
-            tr->labels[j] = tr->cfg.model.num_classes;
+            labels[j] = tr->cfg.model.num_classes;
     }
 }
 
 // The reduction over ranks after backward: the gradients of the global mean loss (under ZeRO-1 only
 // this rank's part, in grad_part), the global loss sum in SCALAR_LOSS_SUM and the global squared
-// gradient norm in SCALAR_GRAD_SUMSQ (adjacent backend scalars).
+// gradient norm in SCALAR_GRAD_SUMSQ (adjacent backend scalars). The gradient reduction completes
+// what on_grads_ready started during the last micro-batch's backward.
 static void reduce_gradients(Trainer *tr) {
     GivtModel *m = &tr->model;
     Backend *be = tr->be;
@@ -103,41 +111,161 @@ static long agree_on_stop(Trainer *tr, int data_error) {
     return stop;
 }
 
-// Forward and backward over grad_accum_steps batches, then the reduction over ranks (see
-// reduce_gradients). A data error or an interrupt on any rank abandons the step on every rank and
-// puts the data position back where the step began, so that the checkpoint written next resumes
-// exactly at this step.
-static StepResult accumulate_gradients(Trainer *tr) {
+// The loader's batches, in host memory of the backend's (pinned: its uploads do not wait).
+static void *loader_host_alloc(void *user, size_t bytes) {
+    Backend *be = user;
+    return be->ops->host_alloc(be, bytes);
+}
+static void loader_host_free(void *user, void *p) {
+    Backend *be = user;
+    be->ops->host_free(be, p);
+}
+
+static DataConfig data_config(const Trainer *tr);
+
+// At most this many batches are held for their uploads (see open_loader).
+#define TRAIN_HELD_BATCHES_MAX 16
+
+// Starts the loader at the data position training goes on from (after a resume): it reads the
+// training batches ahead on its own thread. Its ring holds two steps' micro-batches (the step in
+// flight's are held until its record is read: settle_step), at most TRAIN_HELD_BATCHES_MAX (with
+// more than 8 micro-batches a step, stage_batch waits for the backend when they are all held), and
+// two more read ahead.
+static int open_loader(Trainer *tr) {
+    int accum = tr->cfg.train.grad_accum_steps;
+    tr->held_max = accum <= TRAIN_HELD_BATCHES_MAX / 2 ? 2 * accum : TRAIN_HELD_BATCHES_MAX;
+    tr->held = xcalloc((size_t)tr->held_max, sizeof *tr->held);
+    tr->held_step = xcalloc((size_t)tr->held_max, sizeof *tr->held_step);
+    LoaderAlloc alloc = {loader_host_alloc, loader_host_free, tr->be};
+    DataConfig dc = data_config(tr);
+    return loader_open(&tr->loader, &dc, data_get_pos(&tr->data), tr->cfg.train.batch_size, tr->held_max + 2, &alloc);
+}
+
+// The held batches of steps up to `step` go back to the loader: a wait has covered their uploads.
+static void release_batches(Trainer *tr, long step) {
+    int keep = 0;
+    for (int i = 0; i < tr->nheld; i++) {
+        if (tr->held_step[i] <= step) {
+            loader_release(tr->loader, tr->held[i]);
+        } else {
+            tr->held[keep] = tr->held[i];
+            tr->held_step[keep++] = tr->held_step[i];
+        }
+    }
+    tr->nheld = keep;
+}
+
+// Micro-batch k of the step into backend memory: the loader's next batch, agreed on by every rank
+// (agree_on_stop: 0, or why the step stops: an interrupt, or a batch the loader could not read, its
+// message kept), then uploaded without a wait with its labels (label dropout applied) into the
+// model's buffer (model_forward_staged reads them there). The data position is the batch's end.
+static long stage_batch(Trainer *tr, int k) {
     GivtModel *m = &tr->model;
     Backend *be = tr->be;
-    int B = tr->cfg.train.batch_size, D = m->cfg.input_dim, accum = tr->cfg.train.grad_accum_steps;
+    int B = tr->cfg.train.batch_size, D = m->cfg.input_dim;
+    LoaderBatch *b = stop_requested() ? NULL : loader_next(tr->loader);
+    long stop = agree_on_stop(tr, b && b->rc != 0);
+    guard_note_progress();
+    if (stop != 0) return stop;
+    if (tr->nheld == tr->held_max) {  // (more than 8 micro-batches a step) every held upload is done then
+        be->ops->synchronize(be);
+        release_batches(tr, LONG_MAX);
+    }
+    tr->held[tr->nheld] = b;
+    tr->held_step[tr->nheld++] = tr->step + 1;
+    be->ops->upload_async(be, tr->batch, b->x, (size_t)B * tr->T * D * sizeof(float));
+    if (tr->labels) {
+        if (!b->labels) givt_die("internal: a class-conditional model's batch without labels");
+        drop_labels(tr, k, b->labels);
+        model_check_labels(m, b->labels, B, b->labels);
+        be->ops->upload_async(be, model_labels_buffer(m), b->labels, (size_t)B * sizeof *b->labels);
+    }
+    tr->data.pos = b->after;
+    return 0;
+}
+
+// The step's ops before its first micro-batch: the loss and norm scalars and the gradients cleared.
+static void enqueue_step_begin(Trainer *tr) {
+    Backend *be = tr->be;
+    be->ops->zero(be, tr->model.scalars, MODEL_NUM_SCALARS * sizeof(double));
+    model_zero_grads(&tr->model);
+}
+
+// Forward, loss and backward of micro-batch k (staged by stage_batch); on the last one, the
+// communicator is handed each range of gradients as backward finishes it.
+static void enqueue_micro_batch(Trainer *tr, int k) {
+    GivtModel *m = &tr->model;
+    Backend *be = tr->be;
+    int B = tr->cfg.train.batch_size, accum = tr->cfg.train.grad_accum_steps;
+    backend_range_push(be, "forward");
+    model_forward_staged(m, &m->w, tr->batch, B, tr->T);
+    backend_range_pop(be);
+    backend_range_push(be, "loss");
+    model_loss(m, m->scalars + SCALAR_LOSS_SUM, 1.0f / (float)accum);
+    backend_range_pop(be);
+    m->grads_ready = k == accum - 1 ? on_grads_ready : NULL;
+    backend_range_push(be, "backward");
+    model_backward(m, &m->w);
+    backend_range_pop(be);
+}
+
+static void update_weights(Trainer *tr);
+static void check_step(Trainer *tr);
+
+// The step's ops after its last micro-batch: the reduction over ranks (reduce_gradients), the
+// step's decision (check_step) and the update (update_weights). Nothing here depends on the host's
+// view of the step: the same ops every step, so that they can be recorded once (a CUDA graph).
+static void enqueue_step_end(Trainer *tr) {
+    Backend *be = tr->be;
+    backend_range_push(be, "gradient reduction");
+    reduce_gradients(tr);
+    backend_range_pop(be);
+    check_step(tr);
+    backend_range_push(be, "optimizer");
+    update_weights(tr);
+    backend_range_pop(be);
+}
+
+// The whole step (one micro-batch: graphs_decide) as a graph: recorded at its first use, then
+// replayed with one launch. -1 (givt_fail) when the recording fails.
+static int launch_step_graph(Trainer *tr) {
+    Backend *be = tr->be;
+    if (!tr->graph) {
+        if (be->ops->graph_begin(be) != 0) return -1;
+        enqueue_step_begin(tr);
+        enqueue_micro_batch(tr, 0);
+        enqueue_step_end(tr);
+        tr->graph = be->ops->graph_end(be);
+        if (!tr->graph) return -1;
+    }
+    be->ops->graph_launch(be, tr->graph);
+    return 0;
+}
+
+// Forward and backward over grad_accum_steps batches, the reduction over ranks, the step's decision
+// and the update, all enqueued with no wait for the backend: eagerly, or (tr->graphs, after the run's
+// first step, which warms up the libraries and memory pools) as one graph launch. A data error or an
+// interrupt on any rank abandons the step on every rank before its update and puts the data position
+// back where the step began, so that the checkpoint written next resumes exactly at this step.
+static StepResult enqueue_step(Trainer *tr) {
+    int accum = tr->cfg.train.grad_accum_steps, graph = tr->graphs && tr->step > tr->start_step;
     DataPos start = data_get_pos(&tr->data);
-    be->ops->zero(be, m->scalars, MODEL_NUM_SCALARS * sizeof(double));
-    model_zero_grads(m);
+    if (!graph) enqueue_step_begin(tr);
     for (int k = 0; k < accum; k++) {
-        int data_error = !stop_requested() && data_next_batch_labels(&tr->data, B, tr->batch_host, tr->labels) != 0;
-        long stop = agree_on_stop(tr, data_error);
-        guard_note_progress();
+        long stop = stage_batch(tr, k);
         if (stop != 0) {
             tr->data.pos = start;
             return stop == 1 ? STEP_INTERRUPTED : STEP_DATA_ERROR;
         }
-        be->ops->upload(be, tr->batch, tr->batch_host, (size_t)B * tr->T * D * sizeof(float));
-        if (tr->labels) drop_labels(tr, k);
-        backend_range_push(be, "forward");
-        model_forward_cond(m, &m->w, tr->batch, tr->labels, B, tr->T);
-        backend_range_pop(be);
-        backend_range_push(be, "loss");
-        model_loss(m, m->scalars + SCALAR_LOSS_SUM, 1.0f / (float)accum);
-        backend_range_pop(be);
-        m->grads_ready = k == accum - 1 && !tr->zero ? on_grads_ready : NULL;
-        backend_range_push(be, "backward");
-        model_backward(m, &m->w);
-        backend_range_pop(be);
+        if (!graph) enqueue_micro_batch(tr, k);
     }
-    backend_range_push(be, "gradient reduction");
-    reduce_gradients(tr);
-    backend_range_pop(be);
+    if (!graph) {
+        enqueue_step_end(tr);
+    } else if (launch_step_graph(tr) != 0) {
+        tr->data.pos = start;
+        tr->local_error = 1;
+        return STEP_GRAPH_ERROR;
+    }
     return STEP_DONE;
 }
 
@@ -165,7 +293,9 @@ static OptimConfig optim_config(const TrainSettings *ts) {
     return oc;
 }
 
-static int open_data(Trainer *tr) {
+// The data of the run's [data] (and seed, val_size, labels) for this rank: the trainer's Dataset
+// (validation) and the loader's (training) open the same.
+static DataConfig data_config(const Trainer *tr) {
     const TrainConfig *c = &tr->cfg;
     DataConfig dc;
     data_config_default(&dc);
@@ -180,6 +310,12 @@ static int open_data(Trainer *tr) {
     dc.num_classes = c->model.num_classes;
     dc.rank = tr->dist->rank;  // each rank reads its slice of every global batch
     dc.world_size = tr->dist->world_size;
+    return dc;
+}
+
+static int open_data(Trainer *tr) {
+    const TrainConfig *c = &tr->cfg;
+    DataConfig dc = data_config(tr);
     if (data_open(&tr->data, &dc) != 0) return -1;
     if (c->model.num_classes > 0) tr->labels = xmalloc((size_t)c->train.batch_size * sizeof *tr->labels);
     if (data_num_train(&tr->data) < 1) return givt_fail("[data]: no training windows after the validation split");
@@ -358,6 +494,26 @@ static void say_init_from(Trainer *tr) {
                   tr->model.table.params, from);
 }
 
+// [train] cuda_graphs: whether this run replays its steps as one graph. auto: where it can; on: the
+// same, and an error naming the reason where it cannot; off: never.
+static int graphs_decide(Trainer *tr) {
+    const TrainSettings *ts = &tr->cfg.train;
+    const char *why = NULL;
+    if (ts->cuda_graphs == CUDA_GRAPHS_OFF) return 0;
+    if (!tr->be->ops->graph_begin)
+        why = "the backend has no graphs (CUDA only)";
+    else if (ts->grad_accum_steps > 1)
+        why = "grad_accum_steps > 1 (each micro-batch would need a graph of its own; the steps run eagerly)";
+    else if (tr->dist->world_size > 1)
+        why = "data parallel (NCCL inside a graph is not done yet; the steps run eagerly)";
+    if (!why) {
+        tr->graphs = 1;
+        return 0;
+    }
+    if (ts->cuda_graphs == CUDA_GRAPHS_ON) return givt_fail("[train] cuda_graphs = on: %s on device %s", why, tr->be->name);
+    return 0;
+}
+
 static int setup(Trainer *tr) {
     const TrainSettings *ts = &tr->cfg.train;
     backend_set_device_ordinal(tr->dist->local_rank);  // one GPU per rank of a node
@@ -366,12 +522,13 @@ static int setup(Trainer *tr) {
     Dist *d = dist_for_backend(tr->dist, tr->be);
     if (!d) return -1;
     tr->dist = d;
+    if (dist_set_grad_dtype(d, ts->grad_reduce_dtype) != 0) return -1;
     if (guard_check_ranks_agree(tr) != 0) return -1;
     char note[128];
     if (backend_precision_note(tr->be, note, sizeof note) && root(tr))
         train_log_say(&tr->log, "givt-train: note: mixed_precision = %s: %s",
                       backend_precision_name(tr->be->precision), note);
-    if (check_memory(&tr->cfg, tr->be, d->world_size, &tr->log, root(tr)) != 0) return -1;
+    if (graphs_decide(tr) != 0 || check_memory(&tr->cfg, tr->be, d->world_size, &tr->log, root(tr)) != 0) return -1;
     if (ckpt_claim_out_dir(tr) != 0 || open_data(tr) != 0 || guard_check_same_data(tr) != 0) return -1;
     if (model_create(&tr->model, &tr->cfg.model, tr->be) != 0) return -1;
     GivtModel *m = &tr->model;
@@ -419,6 +576,10 @@ static void teardown(Trainer *tr) {
     if (tr->metrics) fclose(tr->metrics);
     tb_close(&tr->tb);
     train_log_close(&tr->log);
+    loader_close(tr->loader);  // (host_free waits for the backend: no upload still reads its batches)
+    free(tr->held);
+    free(tr->held_step);
+    if (tr->graph) tr->be->ops->graph_free(tr->be, tr->graph);
     if (tr->batch) tr->be->ops->free(tr->be, tr->batch);
     if (tr->grad_part) tr->be->ops->free(tr->be, tr->grad_part);
     if (tr->rec_back) tr->be->ops->readback_free(tr->be, tr->rec_back);
@@ -433,10 +594,11 @@ static void teardown(Trainer *tr) {
 
 // ema = decay * ema + (1 - decay) * weights, master and compute copy, as a pass of its own (ZeRO-1);
 // nothing on a step the record skips
-static void ema_step(Trainer *tr, float decay) {
+// (the decay is the record's: rec->ema_decay)
+static void ema_step(Trainer *tr) {
     GivtModel *m = &tr->model;
     cval *compute = (void *)tr->ema.compute == (void *)tr->ema.master ? NULL : tr->ema.compute;
-    ema_update_weights(tr->be, tr->ema.master, compute, m->w.master, m->table.total, decay, tr->rec);
+    ema_update_weights(tr->be, tr->ema.master, compute, m->w.master, m->table.total, 0.0f, tr->rec);
 }
 
 // ZeRO-1: each rank updated its part of the master weights; every rank gets all of them, and the
@@ -456,7 +618,8 @@ static void gather_weights(Trainer *tr) {
 static void check_step(Trainer *tr) {
     GivtModel *m = &tr->model;
     double count = (double)tr->cfg.train.batch_size * tr->T * m->cfg.input_dim * tr->cfg.train.grad_accum_steps;
-    adamw_check_step(&tr->opt, tr->be, tr->rec, m->scalars + SCALAR_LOSS_SUM, count * tr->dist->world_size);
+    adamw_check_step(&tr->opt, tr->be, tr->rec, m->scalars + SCALAR_LOSS_SUM, count * tr->dist->world_size,
+                     tr->has_ema ? tr->cfg.train.ema : 0.0);
 }
 
 // AdamW (the clipping scale and the skip read from tr->rec on the backend) and the EMA, once the
@@ -464,16 +627,18 @@ static void check_step(Trainer *tr) {
 // skipped step updates neither), in AdamW's pass over the weights - except under ZeRO-1, where this
 // rank updates its part only and the EMA of every weight needs them all: there it stays a pass of
 // its own after the gather (every rank keeps the whole EMA; a skipped step gathers the weights
-// unchanged, the same bits). The update is the (opt.t + 1)-th; opt.t counts it when its record is read.
-static void update_weights(Trainer *tr, double lr) {
+// unchanged, the same bits). The learning rate, the update's count t (its bias corrections) and the
+// EMA's decay are the record's (step_check's): nothing here changes from step to step, so that the
+// step can be captured once and replayed. opt.t counts the update when its record is read.
+static void update_weights(Trainer *tr) {
     GivtModel *m = &tr->model;
     if (!tr->zero) {
-        adamw_update(&tr->opt, m, m->grads, lr, tr->rec, tr->has_ema ? &tr->ema : NULL, tr->cfg.train.ema);
+        adamw_update(&tr->opt, m, m->grads, tr->rec, tr->has_ema ? &tr->ema : NULL);
         return;
     }
-    adamw_update(&tr->opt, m, tr->grad_part, lr, tr->rec, NULL, 0.0);
+    adamw_update(&tr->opt, m, tr->grad_part, tr->rec, NULL);
     gather_weights(tr);
-    if (tr->has_ema) ema_step(tr, (float)ema_decay(tr->cfg.train.ema, tr->opt.t + 1));
+    if (tr->has_ema) ema_step(tr);
 }
 
 // What the loop measures between two logs.
@@ -519,10 +684,14 @@ static StepResult settle_step(Trainer *tr) {
     if (!tr->pending) return STEP_DONE;
     StepRecord r;
     memcpy(&r, tr->be->ops->readback_wait(tr->be, tr->rec_back), sizeof r);
+    release_batches(tr, tr->step);  // their uploads came before this record
     tr->pending = 0;
     tr->unlogged = 1;
     tr->step_loss = r.loss, tr->step_gnorm = r.norm, tr->step_lr = tr->pending_lr, tr->step_t = tr->pending_t;
     adamw_note_step(&tr->opt, &r);
+    if (r.step != tr->step || r.t != tr->opt.t)
+        givt_die("internal: the step record counts step %lld, update %lld; the host step %ld, update %ld",
+                 (long long)r.step, (long long)r.t, tr->step, tr->opt.t);
     if (!r.skip) {
         tr->skipped_in_row = 0;
         return STEP_DONE;
@@ -552,24 +721,19 @@ static void log_settled(Trainer *tr, LogWindow *w, double val_loss, int val, int
                  val_loss, val);
 }
 
-// One optimizer step: gradients, then - with no wait for the backend - the step's decision
-// (check_step: clipping, the finiteness check), AdamW and the EMA, and the start of its record's way
-// back to the host. The previous step is settled (settle_step, and logged) in between, once this
-// step's forward and backward are enqueued: the host waits for the backend only there, one step
-// behind, so that the backend always has queued work.
+// One optimizer step: the whole step enqueued with no wait for the backend (enqueue_step: gradients,
+// the step's decision, AdamW and the EMA), then the previous step settled (settle_step, and logged)
+// and this step's record started on its way back to the host: the host waits for the backend only
+// there, one step behind, so that the backend always has queued work.
 static StepResult train_step(Trainer *tr, LogWindow *w) {
-    StepResult r = accumulate_gradients(tr);
+    StepResult r = enqueue_step(tr);
     if (r != STEP_DONE) return r;
-    if (tr->pending) {
+    if (tr->pending) {  // the previous step (a fence wait: this step's work is queued behind its record)
         if (settle_step(tr) == STEP_DIVERGED) return STEP_DIVERGED;
         log_settled(tr, w, NAN, 0, 1);
     }
-    double lr = tr->cfg.train.lr * lr_factor(&tr->opt.cfg, tr->step);
+    double lr = tr->cfg.train.lr * lr_factor(&tr->opt.cfg, tr->step);  // the record's, for the log
     tr->step++;
-    check_step(tr);
-    backend_range_push(tr->be, "optimizer");
-    update_weights(tr, lr);
-    backend_range_pop(tr->be);
     tr->be->ops->readback_start(tr->be, tr->rec_back, tr->rec, sizeof(StepRecord));
     tr->pending = 1;
     tr->pending_lr = lr;
@@ -638,6 +802,7 @@ static int note_validation(Trainer *tr, double val_loss) {
 static int loop(Trainer *tr) {
     const TrainSettings *ts = &tr->cfg.train;
     LogWindow w = log_window(tr);
+    adamw_record_start(&tr->opt, tr->be, tr->rec, tr->step);  // the record's counts go on from here
     tr->t_start = w.t_last;
     tr->start_step = tr->step;
     if (tr->step >= ts->max_steps && root(tr))
@@ -646,7 +811,8 @@ static int loop(Trainer *tr) {
     while (tr->step < ts->max_steps) {
         StepResult r = train_step(tr, &w);
         if (r == STEP_DIVERGED) return -1;
-        if (r == STEP_DATA_ERROR || r == STEP_INTERRUPTED) return stop_early(tr, &w, r == STEP_INTERRUPTED);
+        if (r == STEP_DATA_ERROR || r == STEP_INTERRUPTED || r == STEP_GRAPH_ERROR)
+            return stop_early(tr, &w, r == STEP_INTERRUPTED);
         w.steps++;
         int last = tr->step == ts->max_steps, new_best = 0;
         int val_due = ts->val_every > 0 && data_num_val(&tr->data) > 0 && (tr->step % ts->val_every == 0 || last);
@@ -702,6 +868,7 @@ int trainer_run(const TrainConfig *cfg) {
     train_log_init(&tr->log, root(tr));
     stop_signals_quiet(!root(tr));  // a job says "stopping after this micro-batch" once, from rank 0
     int rc = setup(tr);
+    if (rc == 0) rc = open_loader(tr);
     if (rc == 0 && root(tr)) rc = open_run_files(tr);
     if (rc == 0) {
         if (root(tr)) metrics_say_start(tr);

@@ -10,6 +10,7 @@
 
 #include "data.h"
 #include "dist.h"
+#include "loader.h"
 #include "optim.h"
 #include "tb_events.h"
 #include "train_log.h"
@@ -35,7 +36,15 @@ typedef struct {
     int unlogged;               // tr->step is settled and its log (if due) not written yet
     double pending_lr, pending_t;  // the learning rate of the step in flight; when its train_step ended
     double step_loss, step_lr, step_gnorm, step_t;  // the settled step's, for its log
-    float *batch_host, *batch;  // (B, T, D)
+    int graphs;                 // [train] cuda_graphs in effect: the steps after the run's first replay one graph
+    BackendGraph *graph;        // the step's graph, recorded at its first use (NULL until then)
+    // The training batches, read ahead by the loader's thread into host memory the backend uploads
+    // from without waiting (host_alloc); each is held until a wait covers its upload (settle_step).
+    Loader *loader;
+    LoaderBatch **held;         // (held_max) batches whose upload may still be in flight
+    long *held_step;            // (held_max) the step each belongs to (tr->step + 1 when staged)
+    int nheld, held_max;
+    float *batch_host, *batch;  // (B, T, D): batch_host for validation
     int32_t *labels;            // (B) class labels of the batch (class-conditional models), host
     int T;
     long step;                  // optimizer steps completed (skipped ones included)
