@@ -338,13 +338,18 @@ fi
 # GIVT_EMU_PROFILE models (kernels/README.md, "The emulator as a profiler"), one bf16 training step at
 # the size of the README's before/after table; kernels/emu/predict.py joins them by kernel name.
 NCU_SIZE=(--hidden 256 --intermediate 688 --heads 4 --layers 1 --seq 256 --batch 2 --input-dim 16 --steps 1 --warmup 0)
-NCU_BIN=${NCU_BIN:-$(command -v ncu || { [ -x /usr/local/cuda/bin/ncu ] && echo /usr/local/cuda/bin/ncu; } || true)}
+# the path of a CUDA tool: $2 when given, else $1 on PATH or in /usr/local/cuda/bin ("" when none)
+cuda_tool() { [ -n "${2:-}" ] && echo "$2" && return; command -v "$1" || { [ -x "/usr/local/cuda/bin/$1" ] && echo "/usr/local/cuda/bin/$1"; } || true; }
+# a profiler's step (ncu, nsys) that cannot run says SKIP (returns 0): switched off ($2 = 0), no GPU
+# or no tool ($3 empty)
+tool_step_skipped() {  # STEP ENABLED BIN
+    if [ "$2" = 0 ]; then row "$1" SKIP 0 "${1^^}=0"; return 0; fi
+    if [ $HAVE_CUDA = 0 ] || [ -z "$3" ]; then row "$1" SKIP 0 "no GPU or no $1 on PATH"; return 0; fi
+    return 1
+}
+NCU_BIN=$(cuda_tool ncu "${NCU_BIN:-}")
 t=${EPOCHREALTIME}
-if [ "${NCU:-1}" = 0 ]; then
-    row ncu SKIP 0 "NCU=0"
-elif [ $HAVE_CUDA = 0 ] || [ -z "$NCU_BIN" ]; then
-    row ncu SKIP 0 "no GPU or no ncu on PATH"
-else
+if ! tool_step_skipped ncu "${NCU:-1}" "$NCU_BIN"; then
     rm -f "$OUT/ncu.csv" "$OUT/ncu-emu.tsv" "$OUT/ncu-emu.rc" "$OUT/ncu.txt"
     # the emulated side on the CPU while ncu holds the GPU: the instrumented kernels (make emu-profile's
     # givt-bench, with this build's library and BLAS) and the same step under GIVT_EMU_PROFILE
@@ -382,13 +387,9 @@ fi
 # with --cuda-graphs; scripts/nsys_gaps.py reads each report's GPU trace (nsys stats cuda_gpu_trace)
 # and says, for the last step, how much of its span the GPU was busy and the largest gaps between
 # kernels (the host's share of the step). The reports stay in build-gpu/gpu_check/nsys-*.nsys-rep.
-NSYS_BIN=${NSYS_BIN:-$(command -v nsys || { [ -x /usr/local/cuda/bin/nsys ] && echo /usr/local/cuda/bin/nsys; } || true)}
+NSYS_BIN=$(cuda_tool nsys "${NSYS_BIN:-}")
 t=${EPOCHREALTIME}
-if [ "${NSYS:-1}" = 0 ]; then
-    row nsys SKIP 0 "NSYS=0"
-elif [ $HAVE_CUDA = 0 ] || [ -z "$NSYS_BIN" ]; then
-    row nsys SKIP 0 "no GPU or no nsys on PATH"
-else
+if ! tool_step_skipped nsys "${NSYS:-1}" "$NSYS_BIN"; then
     ini=configs/base.ini
     NSYS_SIZE=(--input-dim "$(ini_get model input_dim $ini)" --hidden "$(ini_get model hidden_dim $ini)"
         --intermediate "$(ini_get model intermediate_dim $ini)" --heads "$(ini_get model num_heads $ini)"
