@@ -24,9 +24,16 @@ bash scripts/check_install.sh build
 if command -v nvcc >/dev/null 2>&1 || [[ -x /usr/local/cuda/bin/nvcc ]]; then
   make -j"$(nproc)" emu
   echo "== kill and resume with CUDA graphs, emulated (scripts/check_kill_resume.sh)"
-  GIVT_TRAIN=build/emu/givt-train DEVICE=cuda MAX_STEPS=40 EXTRA_ARGS="model.hidden_dim=16 model.intermediate_dim=32 \
+  kr_log=$(mktemp)
+  if GIVT_TRAIN=build/emu/givt-train DEVICE=cuda MAX_STEPS=40 EXTRA_ARGS="model.hidden_dim=16 model.intermediate_dim=32 \
 model.num_heads=2 model.block_size=8 data.seq_len=8 train.batch_size=2 train.grad_accum_steps=1 train.cuda_graphs=on \
-train.mixed_precision=bf16" bash scripts/check_kill_resume.sh | tail -3
-  [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "kill and resume with CUDA graphs (emulated) failed" >&2; exit 1; }
+train.mixed_precision=bf16" bash scripts/check_kill_resume.sh >"$kr_log" 2>&1; then
+    tail -2 "$kr_log"
+    rm -f "$kr_log"
+  else
+    cat "$kr_log"
+    echo "kill and resume with CUDA graphs (emulated) failed" >&2
+    exit 1
+  fi
 fi
 make test

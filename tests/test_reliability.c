@@ -303,6 +303,24 @@ TEST(reliability_checkpoints_past_step_99999999) {
     tu_rmtree(d);
 }
 
+// A run killed after its last checkpoint was renamed into place, before it removed the old ones past
+// keep_checkpoints, leaves one too many; the next run (here with nothing left to do: a resumed run at
+// max_steps writes no checkpoint) finishes the rotation at its start. Found by check_kill_resume.sh
+// with a SIGKILL right after the last checkpoint.
+TEST(reliability_a_resumed_run_finishes_the_checkpoint_rotation) {
+    char d[256];
+    tu_mkdtemp(d, "rel_rotate");
+    const char *first[3] = {"train.max_steps=8", "train.save_every=2", "train.keep_checkpoints=0"};
+    CHECK(load_and_run(k_small_ini, d, 3, first, 1) == 0, "%s", givt_last_error());
+    CHECK(tu_count_prefix(d, "step_") == 4, "%d checkpoints", tu_count_prefix(d, "step_"));
+    const char *again[4] = {"train.max_steps=8", "train.save_every=2", "train.keep_checkpoints=2",
+                            "train.resume_from_ckpt=latest"};
+    CHECK(load_and_run(k_small_ini, d, 4, again, 1) == 0, "%s", givt_last_error());
+    CHECK(tu_count_prefix(d, "step_") == 2, "%d checkpoints after the resumed run", tu_count_prefix(d, "step_"));
+    CHECK(fs_path_exists(tu_path(d, "step_00000008")) && fs_path_exists(tu_path(d, "step_00000006")));
+    tu_rmtree(d);
+}
+
 // ---- SIGTERM between micro-batches --------------------------------------------------------------
 // givt-train (the program) with a long optimizer step: SIGTERM in the middle of a step ends the run
 // within a micro-batch, with a checkpoint of the last completed step, and exit code 130.

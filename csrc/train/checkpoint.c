@@ -247,8 +247,7 @@ static int params_finite(GivtModel *m, const float *p) {
     return isfinite(ss);
 }
 
-// Keeps the newest keep_checkpoints (0: all), and with keep_best the best one besides.
-static void rotate_checkpoints(Trainer *tr) {
+void ckpt_rotate(Trainer *tr) {
     const TrainSettings *ts = &tr->cfg.train;
     int n;
     long *steps = list_checkpoints(ts->out_dir, &n);
@@ -326,7 +325,7 @@ static int write_checkpoint(Trainer *tr, float *mh, float *vh) {
         return -1;
     }
     if (ts->keep_best && tr->step == tr->best_step) ckpt_point_best(tr);
-    rotate_checkpoints(tr);
+    ckpt_rotate(tr);
     return 0;
 }
 

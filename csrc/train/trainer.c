@@ -847,12 +847,13 @@ static void say_summary(Trainer *tr) {
 }
 
 // The files of a run, after set-up (rank 0): train.ini, metrics.jsonl (the validation record) and the
-// TensorBoard events, out_dir/best.
+// TensorBoard events, the rotation of the checkpoints a killed run may have left, out_dir/best.
 static int open_run_files(Trainer *tr) {
     char *p = fs_path_join(tr->cfg.train.out_dir, "train.ini");
     int rc = train_config_save(&tr->cfg, p);
     free(p);
     if (rc == 0) rc = metrics_open(tr);
+    if (rc == 0) ckpt_rotate(tr);  // (after metrics_open: keep_best's best step is known)
     if (rc == 0) ckpt_point_best(tr);
     return rc;
 }

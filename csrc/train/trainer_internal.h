@@ -91,6 +91,11 @@ void ckpt_point_best(Trainer *tr);
 // weights, so the finiteness check agrees everywhere.
 int ckpt_save(Trainer *tr);
 
+// Rank 0: keeps the newest keep_checkpoints checkpoint folders of out_dir (0: all), and with keep_best
+// the best one besides; after each checkpoint, and at the start of a run (a run killed while it
+// removed the old ones leaves one more, and a resumed run with nothing left to do writes none).
+void ckpt_rotate(Trainer *tr);
+
 // Loads config.json + model.safetensors of folder into the model, after checking that the folder's
 // [model] matches the configured one.
 int ckpt_load_weights_from(Trainer *tr, const char *folder, const char *what);
