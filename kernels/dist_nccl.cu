@@ -120,10 +120,9 @@ void part_launch(Dist *d, Backend *be, const float *full, float *part, size_t to
     size_t my_lo = 0, my_hi = 0;
     NCCL_CHECK(ncclGroupStart());
     for (int r = 0; r < d->world_size; r++) {
-        const DistPart p = dist_part(total, d->world_size, r);
-        const size_t lo = first > p.first ? first : p.first;
-        const size_t hi = first + count < p.first + p.count ? first + count : p.first + p.count;
-        if (lo >= hi) continue;
+        const DistPart o = dist_overlap(dist_part(total, d->world_size, r), first, count);
+        const size_t lo = o.first, hi = o.first + o.count;
+        if (o.count == 0) continue;
         const int me = r == d->rank;
         if (me) my_lo = lo, my_hi = hi;
         if (bf16)
@@ -139,16 +138,6 @@ void part_launch(Dist *d, Backend *be, const float *full, float *part, size_t to
                              1.0f / (float)d->world_size);
 }
 
-// Sorts the ranges handed over by first (insertion: tens of them).
-void sort_ranges(NcclCtx *c) {
-    for (int i = 1; i < c->nevents; i++)
-        for (int j = i; j > 0 && c->first[j - 1] > c->first[j]; j--) {
-            size_t f = c->first[j], k = c->count[j];
-            c->first[j] = c->first[j - 1], c->count[j] = c->count[j - 1];
-            c->first[j - 1] = f, c->count[j - 1] = k;
-        }
-}
-
 // The compute stream waits for every reduction enqueued on the comm stream; the ranges are forgotten.
 void compute_after_comm(Dist *d, Backend *be) {
     NcclCtx *c = nctx(d);
@@ -156,6 +145,21 @@ void compute_after_comm(Dist *d, Backend *be) {
     CUDA_CHECK(cudaEventRecord(done, c->comm_stream));
     CUDA_CHECK(cudaStreamWaitEvent(cuda_stream(be), done, 0));
     c->nevents = 0;
+}
+
+// The ranges of [0, total) that no range handed over covered (all of it when none was) are launched
+// now (launch(first, count): their waits on the compute stream and reductions are appended after the
+// ranges walked), then the compute stream waits for every reduction.
+template <typename Launch>
+void launch_gaps(Dist *d, Backend *be, size_t total, Launch launch) {
+    NcclCtx *c = nctx(d);
+    const int launched = c->nevents;
+    dist_sort_ranges(c->first, c->count, launched);
+    int i = 0;
+    size_t at = 0;
+    DistPart gap;
+    while (dist_next_gap(c->first, c->count, launched, total, &i, &at, &gap)) launch(gap.first, gap.count);
+    compute_after_comm(d, be);
 }
 
 void nccl_grads_ready(Dist *d, Backend *be, float *buf, size_t first, size_t count) {
@@ -167,15 +171,7 @@ void nccl_grads_ready(Dist *d, Backend *be, float *buf, size_t first, size_t cou
 void nccl_allreduce_mean(Dist *d, Backend *be, float *buf, size_t n) {
     NcclCtx *c = nctx(d);
     if (n == 0 && c->nevents == 0) return;
-    int launched = c->nevents;
-    sort_ranges(c);
-    size_t at = 0;
-    for (int i = 0; i <= launched; i++) {  // (a gap's bucket lands after index launched - 1: not revisited)
-        size_t next = i < launched ? c->first[i] : n;
-        if (next > at) bucket_launch(d, be, buf, at, next - at);  // a gap: not handed over
-        if (i < launched && c->first[i] + c->count[i] > at) at = c->first[i] + c->count[i];
-    }
-    compute_after_comm(d, be);
+    launch_gaps(d, be, n, [&](size_t first, size_t count) { bucket_launch(d, be, buf, first, count); });
 }
 
 void nccl_allreduce_sum_scalars(Dist *d, Backend *be, double *buf, size_t n) {
@@ -197,15 +193,8 @@ void nccl_reduce_scatter_mean(Dist *d, Backend *be, const float *full, float *pa
     NcclCtx *c = nctx(d);
     if (c->nevents || d->grad_dtype == DIST_GRAD_BF16) {
         if (total == 0 && c->nevents == 0) return;
-        int launched = c->nevents;
-        sort_ranges(c);
-        size_t at = 0;
-        for (int i = 0; i <= launched; i++) {
-            size_t next = i < launched ? c->first[i] : total;
-            if (next > at) part_launch(d, be, full, part, total, at, next - at);  // a gap: not handed over
-            if (i < launched && c->first[i] + c->count[i] > at) at = c->first[i] + c->count[i];
-        }
-        compute_after_comm(d, be);
+        launch_gaps(d, be, total,
+                    [&](size_t first, size_t count) { part_launch(d, be, full, part, total, first, count); });
         return;
     }
     NCCL_CHECK(ncclGroupStart());

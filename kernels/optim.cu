@@ -173,8 +173,8 @@ extern "C" void cuda_adamw(Backend *be, float *p, cval *p_compute, const float *
                            cval *ema_compute, size_t n, float lr, float beta1, float beta2, float eps,
                            float weight_decay, float grad_scale, int t, float ema_decay, const StepRecord *rec) {
     if (n == 0) return;
-    const float step_size = (float)(lr / (1.0 - pow(beta1, t)));
-    const float bc2_sqrt = (float)sqrt(1.0 - pow(beta2, t));
+    const float step_size = givt_adamw_step_size(lr, beta1, t);
+    const float bc2_sqrt = givt_adamw_bc2_sqrt(beta2, t);
     const float decay = 1.0f - lr * weight_decay;
     if ((const void *)p_compute == (const void *)p) p_compute = NULL;
     if (!ema || (const void *)ema_compute == (const void *)ema) ema_compute = NULL;

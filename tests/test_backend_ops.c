@@ -1382,7 +1382,7 @@ static void case_sumsq(const Target *t, const OpCase *c, Line *L) {
 
 // ---- step_check ------------------------------------------------------------------------------------
 // d = inputs (the loss sum and squared norm: see k_cases), x = max_norm: the record must be the bits
-// the host computed before the decision moved to the backend (trainer.c, optim.c's clip_scale): the
+// the host computed before the decision moved to the backend (trainer.c, optim.c's clipping): the
 // loss sum / count, sqrt of the squared norm, (float)min(1, max_norm / (norm + 1e-6)) (1 for
 // max_norm 0), skip when the loss or the norm is not finite; and going on from the previous record
 // (step 41, t 37 here) the counts, the schedule's learning rate for step 41 (cosine, past its warmup),

@@ -223,6 +223,18 @@ void backend_stats(Backend *be, BackendStats *out) {
     if (be->ops->stats) be->ops->stats(be, out);
 }
 
+int backend_graph_launch(Backend *be, BackendGraph **graph, void (*record)(void *user), void *user) {
+    if (!*graph) {
+        if (!be->ops->graph_begin) return givt_fail("the %s backend has no graphs (CUDA only)", be->name);
+        if (be->ops->graph_begin(be) != 0) return -1;
+        record(user);
+        *graph = be->ops->graph_end(be);
+        if (!*graph) return -1;
+    }
+    be->ops->graph_launch(be, *graph);
+    return 0;
+}
+
 void backend_range_push(Backend *be, const char *name) {
     if (be->ops->range_push) be->ops->range_push(be, name);
 }

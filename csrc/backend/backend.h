@@ -57,6 +57,10 @@ void backend_synchronize(Backend *be);
 // the emulated CUDA backend's counts, all zero (counted 0) on a backend that counts nothing (the
 // CPU backend, the CUDA backend on a GPU). givt-bench prints them per step; tests compare them.
 void backend_stats(Backend *be, BackendStats *out);
+// A sequence of ops run as a graph (ops.h: graph_begin ...): at the first call (*graph NULL) the ops
+// that record(user) enqueues are recorded into *graph; then (every call) *graph is launched. 0, or -1
+// with givt_fail when the backend has no graphs or the recording fails (*graph stays NULL).
+int backend_graph_launch(Backend *be, BackendGraph **graph, void (*record)(void *user), void *user);
 
 // ---- per-op profile (givt-bench --profile) -----------------------------------------------------
 // Between start and stop, every op called through BACKEND_OP / BACKEND_OPC (ops.h) is timed

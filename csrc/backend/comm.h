@@ -30,6 +30,42 @@ static inline DistPart dist_part(size_t total, int world_size, int rank) {
     return (DistPart){first, end - first};
 }
 
+// The overlap of the range [first, first + count) with part p (count 0: none).
+static inline DistPart dist_overlap(DistPart p, size_t first, size_t count) {
+    size_t lo = first > p.first ? first : p.first;
+    size_t hi = first + count < p.first + p.count ? first + count : p.first + p.count;
+    return (DistPart){lo, hi > lo ? hi - lo : 0};
+}
+
+// The ranges of gradients handed over during backward (first[i], count[i]; n of them), sorted by
+// first (insertion: tens of them).
+static inline void dist_sort_ranges(size_t *first, size_t *count, int n) {
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && first[j - 1] > first[j]; j--) {
+            size_t f = first[j], k = count[j];
+            first[j] = first[j - 1], count[j] = count[j - 1];
+            first[j - 1] = f, count[j - 1] = k;
+        }
+}
+
+// The gaps that n sorted ranges leave in [0, total), one per call, in order: 1 with the next one in
+// *gap, 0 after the last. *i (the next range) and *at (where the walk stands) start at 0. first and
+// count are passed at every call, so that the caller may append ranges to them (and move them)
+// between calls; only the n given are walked.
+static inline int dist_next_gap(const size_t *first, const size_t *count, int n, size_t total, int *i, size_t *at,
+                                DistPart *gap) {
+    for (; *i <= n; (*i)++) {
+        size_t from = *at, next = *i < n ? first[*i] : total;
+        if (*i < n && first[*i] + count[*i] > *at) *at = first[*i] + count[*i];
+        if (next > from) {
+            *gap = (DistPart){from, next - from};
+            (*i)++;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 // The dtype of the gradients between ranks (Dist.grad_dtype; the values of [train] grad_reduce_dtype,
 // GradReduceDtype). DIST_GRAD_BF16: each communicator rounds the float32 gradients to bfloat16
 // (nearest even) before sending, adds bf16 values in float32 and rounds each partial sum to bf16

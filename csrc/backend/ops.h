@@ -137,6 +137,23 @@ static inline GIVT_HOST_DEVICE double givt_ema_decay(double power, int64_t updat
     return d < 0.9999 ? d : 0.9999;
 }
 
+// The clipping factor of a global gradient norm, as torch.nn.utils.clip_grad_norm_ computes it:
+// min(1, max_norm / (norm + 1e-6)); 1 when max_norm <= 0 (no clipping).
+static inline GIVT_HOST_DEVICE double givt_clip_scale(double max_norm, double norm) {
+    if (max_norm <= 0) return 1.0;
+    double coef = max_norm / (norm + 1e-6);
+    return coef < 1.0 ? coef : 1.0;
+}
+
+// AdamW's bias corrections for update t (1-based), from the float32 arguments adamw receives:
+// the step size lr / (1 - beta1^t) and sqrt(1 - beta2^t), in double, rounded to float32.
+static inline GIVT_HOST_DEVICE float givt_adamw_step_size(float lr, float beta1, int64_t t) {
+    return (float)((double)lr / (1.0 - pow((double)beta1, (double)t)));
+}
+static inline GIVT_HOST_DEVICE float givt_adamw_bc2_sqrt(float beta2, int64_t t) {
+    return (float)sqrt(1.0 - pow((double)beta2, (double)t));
+}
+
 // The decision of one optimizer step, made on the backend from the loss and the gradient norm (the
 // step_check op), so that the host need not wait for them: adamw and ema_update read the clipping
 // scale, the skip, the learning rate and the bias corrections from it in backend memory, and the
@@ -161,11 +178,7 @@ typedef struct {
 // step's record, rec->step and rec->t going on from the previous step's.
 static inline GIVT_HOST_DEVICE void givt_step_decide(StepRecord *rec, const double *loss_norm, double loss_count,
                                                      const StepSchedule *s) {
-    double loss = loss_norm[0] / loss_count, norm = sqrt(loss_norm[1]), scale = 1.0;
-    if (s->max_norm > 0) {
-        double coef = s->max_norm / (norm + 1e-6);
-        scale = coef < 1.0 ? coef : 1.0;
-    }
+    double loss = loss_norm[0] / loss_count, norm = sqrt(loss_norm[1]), scale = givt_clip_scale(s->max_norm, norm);
     int skip = !isfinite(loss) || !isfinite(norm);
     int64_t step = rec->step + 1, t = rec->t + !skip;
     float lr = (float)GIVT_DMUL(s->lr, givt_lr_factor(s, step - 1));
@@ -177,8 +190,8 @@ static inline GIVT_HOST_DEVICE void givt_step_decide(StepRecord *rec, const doub
     rec->t = t;
     rec->lr = lr;
     // as adamw computes them from its float arguments (beta1, beta2 are float32 values)
-    rec->step_size = (float)((double)lr / (1.0 - pow(s->beta1, (double)t)));
-    rec->bc2_sqrt = (float)sqrt(1.0 - pow(s->beta2, (double)t));
+    rec->step_size = givt_adamw_step_size(lr, (float)s->beta1, t);
+    rec->bc2_sqrt = givt_adamw_bc2_sqrt((float)s->beta2, t);
     rec->ema_decay = (float)givt_ema_decay(s->ema_power, t);
 }
 

@@ -102,11 +102,6 @@ static void cpu_readback_free(Backend *be, BackendReadback *r) {
     (void)be;
     free(r);
 }
-// Host memory is all this backend has: host_alloc is alloc, an upload a copy (done when it returns).
-static void cpu_upload_async(Backend *be, void *dst, const void *src, size_t bytes) {
-    (void)be;
-    memcpy(dst, src, bytes);
-}
 static void cpu_close(Backend *be);
 static void cpu_to_compute(Backend *be, cval *dst, const float *src, size_t n) {
     (void)be;
@@ -693,8 +688,8 @@ static void cpu_adamw(Backend *be, float *p, cval *p_compute, const float *g, fl
     if (p_compute && FP(p_compute) != p) givt_die("cpu adamw: the compute copy of float32 weights is the weights");
     if (ema_compute && (!ema || FP(ema_compute) != ema)) givt_die("cpu adamw: the EMA's compute copy is the EMA");
     if (rec && rec->skip) return;
-    CpuAdamw a = {beta1, beta2, eps, 1.0f - lr * weight_decay, grad_scale, (float)(lr / (1.0 - pow(beta1, t))),
-                  (float)sqrt(1.0 - pow(beta2, t))};
+    CpuAdamw a = {beta1, beta2, eps, 1.0f - lr * weight_decay, grad_scale, givt_adamw_step_size(lr, beta1, t),
+                  givt_adamw_bc2_sqrt(beta2, t)};
     if (rec) {  // the step's scalars from the record (the same bits as passing them)
         a = (CpuAdamw){beta1, beta2, eps, 1.0f - rec->lr * weight_decay, rec->grad_scale, rec->step_size, rec->bc2_sqrt};
         ema_decay = rec->ema_decay;
@@ -727,9 +722,9 @@ static const GivtOps g_cpu_ops = {
     .readback_start = cpu_readback_start,
     .readback_wait = cpu_readback_wait,
     .readback_free = cpu_readback_free,
-    .host_alloc = cpu_alloc,
+    .host_alloc = cpu_alloc,  // host memory is all this backend has: an upload is a copy, done at once
     .host_free = cpu_free,
-    .upload_async = cpu_upload_async,
+    .upload_async = cpu_upload,
     .to_compute = cpu_to_compute,
     .matmul_fwd = cpu_matmul_fwd,
     .matmul_bwd = cpu_matmul_bwd,

@@ -109,7 +109,8 @@ typedef struct {
     int B, T, adamw;
 } BenchStep;
 
-static void bench_enqueue_step(const BenchStep *b) {
+static void bench_enqueue_step(void *user) {
+    const BenchStep *b = user;
     GivtModel *m = b->m;
     Backend *be = m->be;
     model_zero_grads(m);
@@ -126,17 +127,6 @@ static void bench_enqueue_step(const BenchStep *b) {
         bench_ema_step(m, b->ema, b->rec);
 }
 
-// The step as a CUDA graph (--cuda-graphs): recorded at its first use, replayed after.
-static void bench_launch_step(const BenchStep *b, BackendGraph **graph) {
-    Backend *be = b->m->be;
-    if (!*graph) {
-        if (be->ops->graph_begin(be) != 0) givt_die("--cuda-graphs: %s", givt_last_error());
-        bench_enqueue_step(b);
-        *graph = be->ops->graph_end(be);
-        if (!*graph) givt_die("--cuda-graphs: %s", givt_last_error());
-    }
-    be->ops->graph_launch(be, *graph);
-}
 
 static int dbl_cmp(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -396,10 +386,10 @@ int main(int argc, char **argv) {
         // as the trainer's step: the whole step enqueued (eagerly, or with --cuda-graphs from the
         // second step on as one graph launch), then the previous step's record read (a fence wait:
         // this step's work is queued after it)
-        if (graphs && s >= 1)
-            bench_launch_step(&step, &graph);
-        else
+        if (!(graphs && s >= 1))
             bench_enqueue_step(&step);
+        else if (backend_graph_launch(be, &graph, bench_enqueue_step, &step) != 0)  // recorded at its first use
+            givt_die("--cuda-graphs: %s", givt_last_error());
         if (pending) {
             memcpy(&r, ops->readback_wait(be, back), sizeof r);
             if (!isfinite(r.loss)) givt_die("step %d: loss is %g", s - 1, r.loss);

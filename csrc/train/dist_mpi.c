@@ -129,10 +129,9 @@ static void start_range(Dist *d, const float *full, float *part, size_t total, s
     uint16_t *s = bf16 ? stage_for(c, total) : NULL;
     if (bf16) to_bf16(s + first, full + first, count);
     for (int r = 0; r < d->world_size; r++) {
-        DistPart p = dist_part(total, d->world_size, r);
-        size_t lo = first > p.first ? first : p.first;
-        size_t hi = first + count < p.first + p.count ? first + count : p.first + p.count;
-        for (size_t off = lo; off < hi; off += MPI_PIECE) {
+        DistPart p = dist_part(total, d->world_size, r), o = dist_overlap(p, first, count);
+        size_t hi = o.first + o.count;
+        for (size_t off = o.first; off < hi; off += MPI_PIECE) {
             size_t k = hi - off < MPI_PIECE ? hi - off : MPI_PIECE;
             if (c->nreqs == c->reqs_cap) {
                 c->reqs_cap = c->reqs_cap ? 2 * c->reqs_cap : 64;
@@ -176,19 +175,12 @@ static void mpi_reduce_scatter_mean(Dist *d, Backend *be, const float *full, flo
     MpiCtx *c = mctx(d);
     DistPart mine = dist_part(total, d->world_size, d->rank);
     if (c->nranges || d->grad_dtype == DIST_GRAD_BF16) {
-        int n = c->nranges;
-        for (int i = 1; i < n; i++)  // sort the ranges by first (insertion: tens of them)
-            for (int j = i; j > 0 && c->first[j - 1] > c->first[j]; j--) {
-                size_t f = c->first[j], k = c->count[j];
-                c->first[j] = c->first[j - 1], c->count[j] = c->count[j - 1];
-                c->first[j - 1] = f, c->count[j - 1] = k;
-            }
+        dist_sort_ranges(c->first, c->count, c->nranges);
+        int i = 0;
         size_t at = 0;
-        for (int i = 0; i <= n; i++) {
-            size_t next = i < n ? c->first[i] : total;
-            if (next > at) start_range(d, full, part, total, at, next - at);  // a gap: not handed over
-            if (i < n && c->first[i] + c->count[i] > at) at = c->first[i] + c->count[i];
-        }
+        DistPart gap;  // not handed over: its reductions start now
+        while (dist_next_gap(c->first, c->count, c->nranges, total, &i, &at, &gap))
+            start_range(d, full, part, total, gap.first, gap.count);
         if (c->nreqs) MPI_CHECK(MPI_Waitall(c->nreqs, c->reqs, MPI_STATUSES_IGNORE));
         c->nreqs = c->nranges = 0;
         if (d->grad_dtype == DIST_GRAD_BF16)

@@ -112,12 +112,6 @@ double grad_global_norm(GivtModel *model) {
     return sqrt(ss);
 }
 
-// min(1, grad_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_; 1 without clipping
-static double clip_scale(const OptimConfig *c, double norm) {
-    if (c->grad_norm <= 0) return 1.0;
-    double coef = c->grad_norm / (norm + 1e-6);
-    return coef < 1.0 ? coef : 1.0;
-}
 
 // The end of the run of neighbouring tensors from spec i with the same weight decay, padding
 // included (the tensors' slots tile the flat buffers; the padding is zero and stays zero: g = m = v
@@ -170,7 +164,7 @@ static void adamw_enqueue(AdamW *opt, GivtModel *model, const float *grads, doub
 void adamw_step_ema(AdamW *opt, GivtModel *model, const float *grads, double lr, double norm, const Weights *ema,
                     double ema_power) {
     opt->t++;
-    adamw_enqueue(opt, model, grads, lr, clip_scale(&opt->cfg, norm), NULL, opt->t, ema, ema_power);
+    adamw_enqueue(opt, model, grads, lr, givt_clip_scale(opt->cfg.grad_norm, norm), NULL, opt->t, ema, ema_power);
 }
 
 void adamw_update(AdamW *opt, GivtModel *model, const float *grads, const StepRecord *rec, const Weights *ema) {

@@ -226,20 +226,12 @@ static void enqueue_step_end(Trainer *tr) {
     backend_range_pop(be);
 }
 
-// The whole step (one micro-batch: graphs_decide) as a graph: recorded at its first use, then
-// replayed with one launch. -1 (givt_fail) when the recording fails.
-static int launch_step_graph(Trainer *tr) {
-    Backend *be = tr->be;
-    if (!tr->graph) {
-        if (be->ops->graph_begin(be) != 0) return -1;
-        enqueue_step_begin(tr);
-        enqueue_micro_batch(tr, 0);
-        enqueue_step_end(tr);
-        tr->graph = be->ops->graph_end(be);
-        if (!tr->graph) return -1;
-    }
-    be->ops->graph_launch(be, tr->graph);
-    return 0;
+// The whole step's ops (one micro-batch: graphs_decide), for its graph (backend_graph_launch).
+static void record_step(void *user) {
+    Trainer *tr = user;
+    enqueue_step_begin(tr);
+    enqueue_micro_batch(tr, 0);
+    enqueue_step_end(tr);
 }
 
 // Forward and backward over grad_accum_steps batches, the reduction over ranks, the step's decision
@@ -261,7 +253,7 @@ static StepResult enqueue_step(Trainer *tr) {
     }
     if (!graph) {
         enqueue_step_end(tr);
-    } else if (launch_step_graph(tr) != 0) {
+    } else if (backend_graph_launch(tr->be, &tr->graph, record_step, tr) != 0) {  // recorded at its first use
         tr->data.pos = start;
         tr->local_error = 1;
         return STEP_GRAPH_ERROR;
